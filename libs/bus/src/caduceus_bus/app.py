@@ -1,0 +1,29 @@
+"""One place that builds a service's broker: connection, telemetry middleware, stream."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsBroker
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from opentelemetry import trace
+
+from caduceus_bus.settings import BusSettings
+from caduceus_bus.streams import ensure_stream
+
+
+def make_broker(settings: BusSettings, service: str) -> NatsBroker:
+    """A FastStream NATS broker for one service, with trace context carried in headers."""
+    auth: dict[str, str] = {}
+    if settings.nats_user:
+        auth = {"user": settings.nats_user, "password": settings.nats_password or ""}
+    return NatsBroker(
+        settings.nats_url,
+        name=f"caduceus-{service}",
+        middlewares=(NatsTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),),
+        max_reconnect_attempts=-1,
+        logger=None,
+        **auth,
+    )
+
+
+async def ensure_event_stream(broker: NatsBroker, settings: BusSettings) -> None:
+    await ensure_stream(broker.config.connection_state.stream, settings.stream_name)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Client library: send chat messages to Caduceus over the bus and wait for replies."""

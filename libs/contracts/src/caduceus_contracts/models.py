@@ -1,0 +1,301 @@
+"""Versioned event models: every message body on the bus is one of these, as JSON.
+
+Each event names its `kind` (the discriminator) and `schema_version`; a
+consumer parses with `parse_event`, which refuses unknown kinds, unknown
+versions and malformed bodies with a `ContractError` naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from caduceus_contracts import subjects
+from caduceus_contracts.canonical import call_digest
+from caduceus_contracts.signing import Keyring, Signer
+
+SCHEMA_VERSION = 1
+MAX_EVENT_BYTES = 1_048_576
+
+
+class ContractError(ValueError):
+    """A message on the bus does not match any event contract."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Tenant = Annotated[str, Field(pattern=subjects.TOKEN_RE.pattern)]
+Workspace = Annotated[str, Field(pattern=subjects.TOKEN_RE.pattern)]
+SessionId = Annotated[str, Field(pattern=subjects.SESSION_RE.pattern)]
+
+
+class Event(Model):
+    """Fields every event carries."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(default_factory=new_id, min_length=1, max_length=128)
+    tenant: Tenant
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+# --- identity --------------------------------------------------------------
+
+
+class SessionGrant(Model):
+    """Who is asking, for one turn: issued and signed by identity, trusted by policy and approval."""
+
+    grant_id: str = Field(default_factory=new_id)
+    tenant: Tenant
+    workspace: Workspace
+    user: str = Field(min_length=1, max_length=256)
+    roles: tuple[str, ...]
+    channel: str = Field(min_length=1, max_length=256)
+    session_id: SessionId
+    issued_at: datetime
+    expires_at: datetime
+
+
+class SignedGrant(Model):
+    grant: SessionGrant
+    key_id: str
+    signature: str
+
+    @classmethod
+    def issue(cls, signer: Signer, grant: SessionGrant) -> "SignedGrant":
+        return cls(grant=grant, key_id=signer.key_id, signature=signer.sign(grant.model_dump(mode="json")))
+
+    def verified(self, keyring: Keyring, *, now: datetime | None = None) -> SessionGrant:
+        """The grant, if identity signed it and it has not expired. Raises SignatureError or GrantExpired."""
+        keyring.verify(self.grant.model_dump(mode="json"), key_id=self.key_id, signature=self.signature, issuers={"identity"})
+        if (now or utcnow()) >= self.grant.expires_at:
+            raise GrantExpired(f"session grant {self.grant.grant_id} expired at {self.grant.expires_at.isoformat()}")
+        return self.grant
+
+
+class GrantExpired(Exception):
+    """A session grant is past its expiry."""
+
+
+# --- policy ----------------------------------------------------------------
+
+Verdict = Literal["allow", "deny", "approve"]
+
+
+class Decision(Model):
+    """A verdict on one exact call (by digest); signed, expiring and single-use."""
+
+    decision_id: str = Field(default_factory=new_id)
+    tenant: Tenant
+    workspace: Workspace
+    session_id: SessionId
+    call_id: str
+    tool: str
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    verdict: Verdict
+    reason: str
+    policy_ids: tuple[str, ...] = ()
+    pack_version: str = ""
+    approver_group: str | None = None
+    quorum: int | None = None
+    issued_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class SignedDecision(Model):
+    decision: Decision
+    key_id: str
+    signature: str
+
+    @classmethod
+    def issue(cls, signer: Signer, decision: Decision) -> "SignedDecision":
+        return cls(decision=decision, key_id=signer.key_id, signature=signer.sign(decision.model_dump(mode="json")))
+
+    def verify(self, keyring: Keyring, issuers: frozenset[str] = frozenset({"policy", "approval"})) -> str:
+        return keyring.verify(
+            self.decision.model_dump(mode="json"), key_id=self.key_id, signature=self.signature, issuers=set(issuers)
+        )
+
+
+def decision_ttl(seconds: float = 60.0) -> datetime:
+    return utcnow() + timedelta(seconds=seconds)
+
+
+# --- events on the path ----------------------------------------------------
+
+
+class ChatMessageIn(Event):
+    """A person's message from a chat integration. `token` is an OIDC ID/access token."""
+
+    kind: Literal["chat.message.in"] = "chat.message.in"
+    message_id: str = Field(default_factory=new_id)
+    session_id: SessionId
+    workspace: Workspace = "default"
+    channel: str = Field(default="cli", min_length=1, max_length=256)
+    token: str = Field(max_length=16_384, repr=False)
+    text: str = Field(max_length=100_000)
+
+
+class TurnRequested(Event):
+    """Identity verified the person and issued a grant: the broker may start the turn."""
+
+    kind: Literal["turn.requested"] = "turn.requested"
+    message_id: str
+    grant: SignedGrant
+    text: str
+
+
+class TurnAssigned(Event):
+    """The broker handed a turn to the planner of its tenant/workspace."""
+
+    kind: Literal["turn.assigned"] = "turn.assigned"
+    message_id: str
+    grant: SignedGrant
+    text: str
+    worker_id: str
+
+
+class ToolCallRequested(Event):
+    """The planner asks for one tool call; nothing runs until it is decided."""
+
+    kind: Literal["tool.requested"] = "tool.requested"
+    call_id: str = Field(default_factory=new_id)
+    grant: SignedGrant
+    workspace: Workspace
+    session_id: SessionId
+    tool: str = Field(min_length=1, max_length=256)
+    args: dict[str, Any]
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    def computed_digest(self) -> str:
+        return call_digest(
+            tenant=self.tenant, workspace=self.workspace, session=self.session_id, tool=self.tool, args=self.args
+        )
+
+
+class ToolCallDecided(Event):
+    kind: Literal["tool.decided"] = "tool.decided"
+    call_id: str
+    workspace: Workspace
+    decision: SignedDecision
+
+
+class ToolCallDispatched(Event):
+    """The broker sends a decided call to the executor of its tenant/workspace."""
+
+    kind: Literal["tool.dispatched"] = "tool.dispatched"
+    call_id: str
+    workspace: Workspace
+    session_id: SessionId
+    tool: str
+    args: dict[str, Any]
+    decision: SignedDecision
+
+
+ToolStatus = Literal["ok", "error", "denied", "refused"]
+
+
+class ToolCallCompleted(Event):
+    """The outcome the planner hands back to Hermes: a result, or why nothing ran."""
+
+    kind: Literal["tool.completed"] = "tool.completed"
+    call_id: str
+    workspace: Workspace
+    session_id: SessionId
+    tool: str
+    status: ToolStatus
+    result: str = ""
+    reason: str = ""
+    executed_by: str | None = None
+
+    @field_validator("result")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        return value if len(value) <= 200_000 else value[:200_000] + "\n[truncated]"
+
+
+class ChatReply(Event):
+    kind: Literal["chat.reply"] = "chat.reply"
+    message_id: str
+    session_id: SessionId
+    status: Literal["ok", "refused", "error"] = "ok"
+    text: str
+
+
+class WorkerLifecycle(Event):
+    kind: Literal["worker.lifecycle"] = "worker.lifecycle"
+    workspace: Workspace
+    worker_id: str
+    role: Literal["planner", "executor"]
+    state: Literal["started", "stopped", "crashed", "refused"]
+    detail: str = ""
+
+
+class ErrorEvent(Event):
+    """A message was refused: malformed, unknown, forged or out of place. Audited like any event."""
+
+    kind: Literal["error"] = "error"
+    service: str
+    subject: str
+    reason: str
+    excerpt: str = ""
+
+
+AnyEvent = Annotated[
+    Union[
+        ChatMessageIn,
+        TurnRequested,
+        TurnAssigned,
+        ToolCallRequested,
+        ToolCallDecided,
+        ToolCallDispatched,
+        ToolCallCompleted,
+        ChatReply,
+        WorkerLifecycle,
+        ErrorEvent,
+    ],
+    Field(discriminator="kind"),
+]
+_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+EVENT_KINDS = {
+    m.model_fields["kind"].default: m
+    for m in (ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided,
+              ToolCallDispatched, ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent)
+}
+
+
+def parse_event(data: bytes | str, *, expect: type[Event] | None = None, subject: str | None = None) -> Event:
+    """Parse one message body into its event model, or raise ContractError saying why.
+
+    With `expect`, any other kind is refused. With `subject`, the event's tenant
+    must be the subject's tenant (a message cannot speak for another tenant).
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_EVENT_BYTES:
+        raise ContractError(f"message of {len(data)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+    try:
+        event = _adapter.validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise ContractError(f"malformed event at {where}: {first.get('msg')}") from None
+    if expect is not None and not isinstance(event, expect):
+        raise ContractError(f"expected {expect.model_fields['kind'].default} event, got {event.kind}")
+    if subject is not None:
+        subject_tenant = subjects.tenant_of(subject)
+        if subject_tenant != event.tenant:
+            raise ContractError(f"event for tenant {event.tenant!r} published on {subject!r}")
+    return event

@@ -1,0 +1,129 @@
+"""Ed25519 signatures over canonical JSON: decisions, approvals and session grants.
+
+A signer holds one private key and a key id naming the issuing service; a
+keyring holds the public keys a verifier trusts, each bound to the one issuer
+allowed to use it, so a grant key cannot sign a decision.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from caduceus_contracts.canonical import canonical_json
+
+
+class SignatureError(Exception):
+    """A signature is missing, malformed, from an untrusted key, or does not match."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs payloads as one issuer (`policy`, `approval`, `identity`)."""
+
+    issuer: str
+    private_key: Ed25519PrivateKey
+
+    @property
+    def key_id(self) -> str:
+        return key_id_for(self.private_key.public_key(), self.issuer)
+
+    def sign(self, payload: Any) -> str:
+        return _b64(self.private_key.sign(canonical_json(payload)))
+
+    @classmethod
+    def generate(cls, issuer: str) -> "Signer":
+        return cls(issuer, Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, issuer: str, path: Path) -> "Signer":
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SignatureError(f"{path} is not an Ed25519 private key")
+        return cls(issuer, key)
+
+    def public_pem(self) -> bytes:
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def private_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+
+def key_id_for(public_key: Ed25519PublicKey, issuer: str) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"{issuer}:{_b64(raw)[:16]}"
+
+
+@dataclass
+class Keyring:
+    """Public keys a verifier trusts, by key id, each bound to one issuer."""
+
+    keys: dict[str, tuple[str, Ed25519PublicKey]] = field(default_factory=dict)
+
+    def trust(self, issuer: str, public_key: Ed25519PublicKey) -> str:
+        kid = key_id_for(public_key, issuer)
+        self.keys[kid] = (issuer, public_key)
+        return kid
+
+    def trust_pem(self, issuer: str, pem: bytes) -> str:
+        key = serialization.load_pem_public_key(pem)
+        if not isinstance(key, Ed25519PublicKey):
+            raise SignatureError(f"public key for {issuer} is not Ed25519")
+        return self.trust(issuer, key)
+
+    def verify(self, payload: Any, *, key_id: str, signature: str, issuers: set[str]) -> str:
+        """Check the signature; return the issuer. Raises SignatureError otherwise."""
+        entry = self.keys.get(key_id)
+        if entry is None:
+            raise SignatureError(f"unknown signing key {key_id!r}")
+        issuer, public_key = entry
+        if issuer not in issuers:
+            raise SignatureError(f"key {key_id!r} belongs to {issuer!r}, which may not sign this")
+        try:
+            public_key.verify(_unb64(signature), canonical_json(payload))
+        except (InvalidSignature, ValueError) as exc:
+            raise SignatureError("signature does not match the signed content") from exc
+        return issuer
+
+
+def load_keyring(keys_dir: Path) -> Keyring:
+    """Trust every `<issuer>.pub` PEM in a directory (the embedded stack's key exchange)."""
+    ring = Keyring()
+    if keys_dir.is_dir():
+        for pub in sorted(keys_dir.glob("*.pub")):
+            ring.trust_pem(pub.stem, pub.read_bytes())
+    return ring
+
+
+def ensure_signer(keys_dir: Path, issuer: str) -> Signer:
+    """Load `<issuer>.key` from keys_dir, creating it (and `<issuer>.pub`) on first use."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    key_path = keys_dir / f"{issuer}.key"
+    if key_path.exists():
+        signer = Signer.load(issuer, key_path)
+    else:
+        signer = Signer.generate(issuer)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(signer.private_pem())
+    pub_path = keys_dir / f"{issuer}.pub"
+    if not pub_path.exists() or pub_path.read_bytes() != signer.public_pem():
+        pub_path.write_bytes(signer.public_pem())
+    return signer

@@ -1,0 +1,98 @@
+"""Subject builders: `cad.v1.<domain>.<event>.<tenant>[.<more>]`.
+
+The tenant is always the fifth token so NATS permissions and stream filters
+can scope by it. Tokens are validated: a tenant or workspace that could smuggle
+a wildcard or a dot into a subject is refused.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "cad.v1"
+ALL = f"{PREFIX}.>"
+TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+SYSTEM_TENANT = "_system"  # errors that cannot be attributed to a valid tenant
+
+
+class SubjectError(ValueError):
+    """A subject token is not a valid tenant, workspace or session name."""
+
+
+def token(value: str, what: str = "tenant") -> str:
+    if not TOKEN_RE.match(value or ""):
+        raise SubjectError(
+            f"invalid {what} {value!r}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    return value
+
+
+def session_token(value: str) -> str:
+    if not SESSION_RE.match(value or ""):
+        raise SubjectError(f"invalid session id {value!r}: use letters, digits, '-' or '_' (at most 128)")
+    return value
+
+
+def chat_in(tenant: str) -> str:
+    return f"{PREFIX}.chat.in.{token(tenant)}"
+
+
+def chat_reply(tenant: str, session: str) -> str:
+    return f"{PREFIX}.chat.reply.{token(tenant)}.{session_token(session)}"
+
+
+def turn_requested(tenant: str) -> str:
+    return f"{PREFIX}.turn.requested.{token(tenant)}"
+
+
+def turn_assigned(tenant: str, workspace: str) -> str:
+    return f"{PREFIX}.turn.assigned.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def tool_requested(tenant: str) -> str:
+    return f"{PREFIX}.tool.requested.{token(tenant)}"
+
+
+def tool_decided(tenant: str) -> str:
+    return f"{PREFIX}.tool.decided.{token(tenant)}"
+
+
+def tool_dispatched(tenant: str, workspace: str) -> str:
+    return f"{PREFIX}.tool.dispatched.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def tool_completed(tenant: str, workspace: str) -> str:
+    return f"{PREFIX}.tool.completed.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def worker_event(tenant: str, workspace: str) -> str:
+    return f"{PREFIX}.worker.lifecycle.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def error(tenant: str, service: str) -> str:
+    tenant_token = tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.match(tenant or "")) else SYSTEM_TENANT
+    return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
+
+
+def tenant_of(subject: str) -> str | None:
+    """The tenant token of a `cad.v1` subject, or None when it has none or it is invalid."""
+    parts = subject.split(".")
+    if len(parts) < 5 or parts[0] != "cad" or parts[1] != "v1":
+        return None
+    tenant = parts[4]
+    return tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.match(tenant)) else None
+
+
+def any_tenant(builder_subject: str) -> str:
+    """Turn a concrete subject pattern into a per-tenant wildcard (`...<tenant>` -> `...*`)."""
+    parts = builder_subject.split(".")
+    parts[4] = "*"
+    return ".".join(parts)
+
+
+# Wildcards services subscribe to.
+CHAT_IN_ALL = f"{PREFIX}.chat.in.*"
+TURN_REQUESTED_ALL = f"{PREFIX}.turn.requested.*"
+TOOL_REQUESTED_ALL = f"{PREFIX}.tool.requested.*"
+TOOL_DECIDED_ALL = f"{PREFIX}.tool.decided.*"

@@ -1,0 +1,1 @@
+"""The Caduceus plugin for Hermes Agent: every tool call goes to the bus."""

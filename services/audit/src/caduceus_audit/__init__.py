@@ -1,0 +1,1 @@
+"""Audit: every bus event stored in SQL."""

@@ -1,0 +1,1 @@
+"""Identity: OIDC token verification, tenants, session grants; the dev issuer."""

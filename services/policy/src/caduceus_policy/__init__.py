@@ -1,0 +1,1 @@
+"""Policy Decision Point: decides every tool call and signs the decision."""
