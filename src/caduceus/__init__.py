@@ -1,0 +1,1 @@
+"""The `caduceus` operator command."""

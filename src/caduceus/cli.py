@@ -1,0 +1,24 @@
+"""`caduceus`: the operator's entry point. Each command group lives in caduceus.commands.<name>."""
+
+from __future__ import annotations
+
+import typer
+
+from caduceus.commands import chat, demo, up
+
+app = typer.Typer(
+    name="caduceus",
+    help="Caduceus, the enterprise control plane for Hermes Agent.\n\n"
+    "Start here: `caduceus demo` runs the embedded stack and one governed chat turn; "
+    "`caduceus up` keeps the stack running; `caduceus chat` talks to it.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+up.register(app)
+chat.register(app)
+demo.register(app)
+
+
+if __name__ == "__main__":
+    app()

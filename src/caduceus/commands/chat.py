@@ -1,0 +1,9 @@
+"""`caduceus chat`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
