@@ -1,0 +1,62 @@
+"""Where a running embedded stack advertises itself: `<state_dir>/stack.json`.
+
+`caduceus up` writes it once every service is ready and removes it on a clean stop;
+`caduceus chat`, `caduceus demo` and the client library read it to find the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel
+
+STACK_FILE = "stack.json"
+
+
+class StackInfo(BaseModel):
+    state_dir: str
+    pid: int
+    nats_url: str
+    dev_issuer_url: str
+    temporal_address: str
+    temporal_ui_url: str
+    model_base_url: str
+    audit_db_url: str
+    services: dict[str, int] = {}  # service name -> pid
+
+
+def default_state_dir() -> Path:
+    """CADUCEUS_STATE_DIR, else the user's data dir (e.g. ~/.local/share/caduceus)."""
+    override = os.environ.get("CADUCEUS_STATE_DIR")  # read here only: the CLI's --state-dir default
+    return Path(override) if override else Path(platformdirs.user_data_dir("caduceus"))
+
+
+def write_stack_info(info: StackInfo) -> Path:
+    path = Path(info.state_dir) / STACK_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(info.model_dump_json(indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_stack_info(state_dir: Path) -> StackInfo | None:
+    """The advertised stack, or None when none was started here or its process is gone."""
+    path = Path(state_dir) / STACK_FILE
+    try:
+        info = StackInfo.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return info
+
+
+def clear_stack_info(state_dir: Path) -> None:
+    (Path(state_dir) / STACK_FILE).unlink(missing_ok=True)
