@@ -1,0 +1,241 @@
+"""The planner's link to the control plane: each tool call goes to the bus and its outcome comes back.
+
+Hermes calls tools from its own threads, synchronously; the gateway runs one
+asyncio loop in a background thread that owns the NATS connection, and offers
+a blocking `request_call` that never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from caduceus_bus import BusSettings, EventConnection
+from caduceus_contracts import (
+    CanonicalizationError,
+    ContractError,
+    Keyring,
+    SignatureError,
+    SignedGrant,
+    ToolCallCompleted,
+    ToolCallDecided,
+    ToolCallRequested,
+    call_digest,
+    parse_event,
+    subjects,
+    utcnow,
+)
+from caduceus_hermes_plugin.outcome import CallOutcome, denied
+from caduceus_hermes_plugin.tools import runs_in_planner
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("caduceus.planner")
+
+
+@dataclass
+class _PendingCall:
+    request: ToolCallRequested
+    decided: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    completed: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class GatewayTimeouts:
+    decision_s: float = 5.0  # policy must decide within this bound, or the call is denied
+    completion_s: float = 300.0  # the executor must finish within this bound
+
+
+class ToolGateway:
+    """Sends governed tool calls for one tenant/workspace and waits for their outcome."""
+
+    def __init__(self, conn: EventConnection, loop: asyncio.AbstractEventLoop, *, tenant: str, workspace: str,
+                 keyring: Keyring, timeouts: GatewayTimeouts = GatewayTimeouts()) -> None:
+        self.conn = conn
+        self.loop = loop
+        self.tenant = tenant
+        self.workspace = workspace
+        self.keyring = keyring
+        self.timeouts = timeouts
+        self._grants: dict[str, SignedGrant] = {}
+        self._traces: dict[str, otel_context.Context] = {}
+        self._pending: dict[str, _PendingCall] = {}
+
+    # --- lifecycle (on the gateway's loop) ---
+
+    async def start(self) -> None:
+        await self.conn.subscribe(subjects.tool_decided(self.tenant), self._on_decided)
+        await self.conn.subscribe(subjects.tool_completed(self.tenant, self.workspace), self._on_completed)
+
+    def bind_session(self, session_id: str, grant: SignedGrant, trace_context: otel_context.Context | None = None) -> None:
+        """The grant every call of this session carries (Hermes's hooks know no user), and the turn's trace."""
+        self._grants[session_id] = grant
+        if trace_context is not None:
+            self._traces[session_id] = trace_context
+
+    def unbind_session(self, session_id: str) -> None:
+        self._grants.pop(session_id, None)
+        self._traces.pop(session_id, None)
+
+    # --- called from Hermes threads ---
+
+    def request_call(self, tool: str, args: dict[str, Any], *, session_id: str,
+                     run_locally: Callable[[dict[str, Any]], Any] | None = None) -> CallOutcome:
+        """Ask for one call and block until its outcome. Never raises: any failure is a denial."""
+        try:
+            future: Future = asyncio.run_coroutine_threadsafe(self._traced(tool, args, session_id), self.loop)
+            outcome, request = future.result(self.timeouts.decision_s + self.timeouts.completion_s + 5)
+        except Exception as exc:  # the plugin must never raise into Hermes
+            log.exception("governed call failed")
+            return denied(f"the control plane could not be reached ({type(exc).__name__}); nothing ran")
+        if outcome.status == "allowed-in-planner" and run_locally is not None:
+            return self._run_in_planner(tool, args, request, run_locally)
+        return outcome
+
+    def _run_in_planner(self, tool: str, args: dict[str, Any], request: ToolCallRequested,
+                        run_locally: Callable[[dict[str, Any]], Any]) -> CallOutcome:
+        try:
+            result = run_locally(args)
+            outcome = CallOutcome("ok", result if isinstance(result, str) else str(result))
+        except Exception as exc:
+            outcome = CallOutcome("error", f'{{"error": "{type(exc).__name__}: {exc}"}}')
+        self._report(request, outcome, executed_by="planner")
+        return outcome
+
+    def _report(self, request: ToolCallRequested, outcome: CallOutcome, executed_by: str | None) -> None:
+        event = ToolCallCompleted(tenant=self.tenant, call_id=request.call_id, workspace=self.workspace,
+                                  session_id=request.session_id, tool=request.tool, status=outcome.status,
+                                  result=outcome.result, reason=outcome.reason, executed_by=executed_by)
+        try:
+            asyncio.run_coroutine_threadsafe(
+                self.conn.publish(subjects.tool_completed(self.tenant, self.workspace), event), self.loop
+            ).result(10)
+        except Exception:
+            log.exception("could not publish the outcome of %s", request.call_id)
+
+    # --- on the gateway's loop ---
+
+    async def _traced(self, tool: str, args: dict[str, Any], session_id: str) -> tuple[CallOutcome, ToolCallRequested | None]:
+        parent = self._traces.get(session_id)
+        with tracer.start_as_current_span(f"execute_tool {tool}", context=parent,
+                                          attributes={"gen_ai.operation.name": "execute_tool",
+                                                      "gen_ai.tool.name": tool}) as span:
+            outcome, request = await self._govern(tool, args, session_id)
+            span.set_attribute("caduceus.outcome", outcome.status)
+            if request is not None:
+                span.set_attribute("gen_ai.tool.call.id", request.call_id)
+            return outcome, request
+
+    async def _govern(self, tool: str, args: dict[str, Any], session_id: str) -> tuple[CallOutcome, ToolCallRequested | None]:
+        grant = self._grants.get(session_id)
+        if grant is None:
+            return denied(f"no session grant for session {session_id!r}; nothing ran"), None
+        try:
+            digest = call_digest(tenant=self.tenant, workspace=self.workspace, session=session_id, tool=tool, args=args)
+            request = ToolCallRequested(tenant=self.tenant, grant=grant, workspace=self.workspace,
+                                        session_id=session_id, tool=tool, args=args, digest=digest)
+        except (CanonicalizationError, ValueError) as exc:
+            return denied(f"the call's arguments are not valid JSON for the bus: {exc}"), None
+        pending = _PendingCall(request)
+        self._pending[request.call_id] = pending
+        try:
+            await self.conn.publish(subjects.tool_requested(self.tenant), request)
+            try:
+                decision = await asyncio.wait_for(asyncio.shield(pending.decided), self.timeouts.decision_s)
+            except TimeoutError:
+                outcome = denied(f"policy did not decide within {self.timeouts.decision_s:g} s; denied (fail closed)")
+                await self._publish_outcome(request, outcome)
+                return outcome, request
+            if decision.verdict == "allow" and runs_in_planner(tool):
+                return CallOutcome("allowed-in-planner"), request
+            if decision.verdict == "deny":
+                return denied(decision.reason), request
+            try:
+                completed: ToolCallCompleted = await asyncio.wait_for(
+                    asyncio.shield(pending.completed), self.timeouts.completion_s)
+            except TimeoutError:
+                outcome = CallOutcome("error", reason=f"no result within {self.timeouts.completion_s:g} s")
+                await self._publish_outcome(request, outcome)
+                return outcome, request
+            return CallOutcome(completed.status, completed.result, completed.reason), request
+        finally:
+            self._pending.pop(request.call_id, None)
+
+    async def _publish_outcome(self, request: ToolCallRequested, outcome: CallOutcome) -> None:
+        event = ToolCallCompleted(tenant=self.tenant, call_id=request.call_id, workspace=self.workspace,
+                                  session_id=request.session_id, tool=request.tool, status=outcome.status,
+                                  result=outcome.result, reason=outcome.reason)
+        try:
+            await self.conn.publish(subjects.tool_completed(self.tenant, self.workspace), event)
+        except Exception:
+            log.exception("could not publish the outcome of %s", request.call_id)
+
+    async def _on_decided(self, msg: Msg) -> None:
+        try:
+            event = parse_event(msg.data, expect=ToolCallDecided, subject=msg.subject)
+        except ContractError:
+            return  # the deciding services and audit report malformed events; the planner only listens
+        pending = self._pending.get(event.call_id)
+        if pending is None or pending.decided.done():
+            return
+        decision = event.decision.decision
+        try:
+            event.decision.verify(self.keyring)
+            if decision.digest != pending.request.digest or decision.call_id != pending.request.call_id:
+                raise SignatureError("the decision names another call")
+            if decision.expires_at <= utcnow():
+                raise SignatureError("the decision has expired")
+        except SignatureError as exc:
+            log.warning("ignoring decision for %s: %s", event.call_id, exc)
+            return
+        if decision.verdict == "approve":
+            return  # the approval service answers later with its own decision
+        pending.decided.set_result(decision)
+
+    async def _on_completed(self, msg: Msg) -> None:
+        try:
+            event = parse_event(msg.data, expect=ToolCallCompleted, subject=msg.subject)
+        except ContractError:
+            return
+        pending = self._pending.get(event.call_id)
+        if pending is not None and not pending.completed.done():
+            pending.completed.set_result(event)
+            if not pending.decided.done() and event.status in ("denied", "refused"):
+                # A denial can arrive as an outcome (broker) before or without a decision we trust.
+                pending.decided.set_result(_Refusal(event.reason))
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    reason: str
+    verdict: str = "deny"
+
+
+_gateway: ToolGateway | None = None
+
+
+def install_gateway(gateway: ToolGateway | None) -> None:
+    """The planner process installs its gateway before running Hermes; the plugin uses it."""
+    global _gateway
+    _gateway = gateway
+
+
+def current_gateway() -> ToolGateway | None:
+    return _gateway
+
+
+async def connect_gateway(settings: BusSettings, *, tenant: str, workspace: str, keyring: Keyring,
+                          timeouts: GatewayTimeouts) -> ToolGateway:
+    conn = await EventConnection.connect(settings, name=f"planner-{tenant}-{workspace}")
+    gateway = ToolGateway(conn, asyncio.get_running_loop(), tenant=tenant, workspace=workspace, keyring=keyring,
+                          timeouts=timeouts)
+    await gateway.start()
+    return gateway

@@ -1,0 +1,143 @@
+"""Broker handlers: start turns on workers, route decided calls to executors, report denials."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from caduceus_bus import EventPublisher
+from caduceus_contracts import (
+    ChatReply,
+    GrantExpired,
+    Keyring,
+    SignatureError,
+    ToolCallCompleted,
+    ToolCallDecided,
+    ToolCallDispatched,
+    ToolCallRequested,
+    TurnAssigned,
+    TurnRequested,
+    WorkerLifecycle,
+    load_keyring,
+    subjects,
+)
+from caduceus_broker.domain import route_decision
+from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
+
+log = logging.getLogger("caduceus.broker")
+PENDING_TTL_S = 900.0
+
+
+@dataclass
+class PendingCalls:
+    """Requested calls waiting for their decision, and decisions that arrived before their request."""
+
+    requests: dict[str, tuple[float, ToolCallRequested]] = field(default_factory=dict)
+    early: dict[str, tuple[float, ToolCallDecided]] = field(default_factory=dict)
+
+    def expire(self, now: float) -> None:
+        for table in (self.requests, self.early):
+            for key in [k for k, (at, _) in table.items() if now - at > PENDING_TTL_S]:
+                del table[key]
+
+
+class BrokerHandlers:
+    def __init__(self, publisher: EventPublisher, pool: WorkerPool, keys_dir) -> None:
+        self.publisher = publisher
+        self.pool = pool
+        self.keys_dir = keys_dir
+        self.keyring: Keyring = load_keyring(keys_dir)
+        self.pending = PendingCalls()
+
+    def _verify_with_reload(self, verify):
+        try:
+            return verify(self.keyring)
+        except SignatureError:
+            self.keyring = load_keyring(self.keys_dir)  # a service may have started with a new key
+            return verify(self.keyring)
+
+    async def on_turn_requested(self, subject: str, body: bytes) -> None:
+        turn = await self.publisher.receive(subject, body, TurnRequested)
+        if turn is None:
+            return
+        try:
+            grant = self._verify_with_reload(turn.grant.verified)
+        except (SignatureError, GrantExpired) as exc:
+            await self.publisher.refuse(subject, body, f"turn refused: {exc}")
+            await self._reply(turn, "refused", f"this turn was refused: {exc}")
+            return
+        try:
+            worker = await self.pool.ensure(grant.tenant, grant.workspace)
+        except WorkerStartFailed as exc:
+            await self._reply(turn, "error", f"the agent could not start: {exc}")
+            return
+        assigned = TurnAssigned(tenant=turn.tenant, message_id=turn.message_id, grant=turn.grant, text=turn.text,
+                                worker_id=worker.worker_id)
+        await self.publisher.publish(subjects.turn_assigned(grant.tenant, grant.workspace), assigned)
+
+    async def on_tool_requested(self, subject: str, body: bytes) -> None:
+        request = await self.publisher.receive(subject, body, ToolCallRequested)
+        if request is None:
+            return
+        now = time.monotonic()
+        self.pending.expire(now)
+        early = self.pending.early.pop(request.call_id, None)
+        if early is not None:
+            await self._route(request, early[1])
+        else:
+            self.pending.requests[request.call_id] = (now, request)
+
+    async def on_tool_decided(self, subject: str, body: bytes) -> None:
+        decided = await self.publisher.receive(subject, body, ToolCallDecided)
+        if decided is None:
+            return
+        try:
+            self._verify_with_reload(decided.decision.verify)
+        except SignatureError as exc:
+            await self.publisher.refuse(subject, body, f"decision for call {decided.call_id} rejected: {exc}")
+            return
+        entry = self.pending.requests.get(decided.call_id)
+        if entry is None:
+            self.pending.early[decided.call_id] = (time.monotonic(), decided)
+            return
+        await self._route(entry[1], decided)
+
+    async def _route(self, request: ToolCallRequested, decided: ToolCallDecided) -> None:
+        decision = decided.decision.decision
+        routing = route_decision(request, decision)
+        if routing.route == "await-approval":
+            return  # stays pending: the approval service decides again
+        self.pending.requests.pop(request.call_id, None)
+        if routing.route == "dispatch":
+            await self.publisher.publish(
+                subjects.tool_dispatched(request.tenant, request.workspace),
+                ToolCallDispatched(tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,
+                                   session_id=request.session_id, tool=request.tool, args=request.args,
+                                   decision=decided.decision))
+        elif routing.route in ("deny", "refuse"):
+            status = "denied" if routing.route == "deny" else "refused"
+            await self.publisher.publish(
+                subjects.tool_completed(request.tenant, request.workspace),
+                ToolCallCompleted(tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,
+                                  session_id=request.session_id, tool=request.tool, status=status,
+                                  reason=routing.reason))
+        # "in-planner": the planner runs agent-loop tools itself and reports their outcome.
+
+    async def _reply(self, turn: TurnRequested, status: str, text: str) -> None:
+        session = turn.grant.grant.session_id
+        await self.publisher.publish(
+            subjects.chat_reply(turn.tenant, session),
+            ChatReply(tenant=turn.tenant, message_id=turn.message_id, session_id=session, status=status, text=text))
+
+    async def report_worker(self, worker: Worker, role: str, state: str, detail: str) -> None:
+        event = WorkerLifecycle(tenant=worker.tenant, workspace=worker.workspace, worker_id=worker.worker_id,
+                                role=role if role in ("planner", "executor") else "planner", state=state,
+                                detail=detail)
+        try:
+            await self.publisher.publish(subjects.worker_event(worker.tenant, worker.workspace), event)
+        except Exception:
+            log.exception("could not report worker %s %s", worker.worker_id, state)
+
+

@@ -1,0 +1,139 @@
+"""The planner: runs Hermes's agent loop for one tenant/workspace; every tool call goes to the bus.
+
+`python -m caduceus_broker.planner`, started by the broker with HERMES_HOME set to
+the planner's own profile. It holds the model credentials and no workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from nats.aio.msg import Msg
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from caduceus_bus import BusSettings, EventConnection, extract_context
+from caduceus_contracts import (
+    ChatReply,
+    ContractError,
+    GrantExpired,
+    SignatureError,
+    TurnAssigned,
+    load_keyring,
+    parse_event,
+    subjects,
+)
+from caduceus_broker.runtime import answer_health, health_subject, stop_event
+from caduceus_broker.settings import ModelSettings, WorkerSettings
+from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway, install_gateway
+from caduceus_telemetry import setup_telemetry, shutdown_telemetry
+
+log = logging.getLogger("caduceus.planner")
+tracer = trace.get_tracer("caduceus.planner")
+
+
+class Planner:
+    def __init__(self, settings: WorkerSettings, model: ModelSettings, conn: EventConnection, gateway: ToolGateway):
+        self.settings = settings
+        self.model = model
+        self.conn = conn
+        self.gateway = gateway
+        self.histories: dict[str, list[dict[str, Any]]] = {}
+        self._session_locks: dict[str, asyncio.Lock] = {}
+
+    async def on_turn(self, msg: Msg) -> None:
+        try:
+            turn = parse_event(msg.data, expect=TurnAssigned, subject=msg.subject)
+        except ContractError as exc:
+            log.warning("refusing a turn: %s", exc)
+            return
+        asyncio.create_task(self._serve(turn, extract_context(msg.headers)))
+
+    async def _serve(self, turn: TurnAssigned, parent: otel_context.Context) -> None:
+        session = turn.grant.grant.session_id
+        try:
+            grant = turn.grant.verified(self.gateway.keyring)
+            if (grant.tenant, grant.workspace) != (self.settings.tenant, self.settings.workspace):
+                raise SignatureError("the grant is for another tenant or workspace")
+        except (SignatureError, GrantExpired) as exc:
+            await self._reply(turn, "refused", f"this turn was refused: {exc}")
+            return
+        lock = self._session_locks.setdefault(session, asyncio.Lock())
+        async with lock:  # one turn at a time per conversation
+            self.gateway.bind_session(session, turn.grant, parent)
+            try:
+                with tracer.start_as_current_span("chat turn", context=parent):
+                    text = await asyncio.to_thread(self._run_agent, session, turn.text)
+                await self._reply(turn, "ok", text)
+            except Exception as exc:
+                log.exception("turn failed")
+                await self._reply(turn, "error", f"the agent failed: {type(exc).__name__}: {exc}")
+            finally:
+                self.gateway.unbind_session(session)
+
+    def _run_agent(self, session: str, text: str) -> str:
+        from run_agent import AIAgent
+
+        agent = AIAgent(
+            base_url=self.model.base_url,
+            api_key=self.model.api_key,
+            provider="custom",
+            api_mode="chat_completions",
+            model=self.model.name,
+            enabled_toolsets=list(self.settings.toolsets),
+            session_id=session,
+            quiet_mode=True,
+            max_iterations=self.settings.max_iterations,
+            skip_context_files=True,
+            platform="caduceus",
+        )
+        result = agent.run_conversation(text, conversation_history=self.histories.get(session))
+        messages = result.get("messages")
+        if isinstance(messages, list):
+            self.histories[session] = messages
+        return str(result.get("final_response") or "")
+
+    async def _reply(self, turn: TurnAssigned, status: str, text: str) -> None:
+        session = turn.grant.grant.session_id
+        reply = ChatReply(tenant=turn.tenant, message_id=turn.message_id, session_id=session, status=status, text=text)
+        await self.conn.publish(subjects.chat_reply(turn.tenant, session), reply)
+
+
+async def serve(settings: WorkerSettings) -> None:
+    import run_agent  # noqa: F401 - import Hermes (and load the plugin) before saying ready
+
+    from hermes_cli.plugins import discover_plugins, has_middleware
+
+    discover_plugins()
+    if not has_middleware("tool_execution"):
+        raise SystemExit("the Caduceus plugin did not load in this planner's Hermes profile; refusing to run")
+    bus = BusSettings()
+    keyring = load_keyring(settings.keys_dir)
+    conn = await EventConnection.connect(bus, name=f"planner-{settings.tenant}-{settings.workspace}")
+    gateway = ToolGateway(conn, asyncio.get_running_loop(), tenant=settings.tenant, workspace=settings.workspace,
+                          keyring=keyring, timeouts=GatewayTimeouts(settings.decision_timeout_s,
+                                                                    settings.completion_timeout_s))
+    await gateway.start()
+    install_gateway(gateway)
+    planner = Planner(settings, ModelSettings(), conn, gateway)
+    stop = stop_event()
+    await conn.subscribe(subjects.turn_assigned(settings.tenant, settings.workspace), planner.on_turn)
+    await answer_health(conn.nc, health_subject(settings.tenant, settings.workspace, "planner"))
+    log.info("planner %s ready for %s/%s", settings.worker_id, settings.tenant, settings.workspace)
+    await stop.wait()
+    await conn.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    provider = setup_telemetry("planner")
+    try:
+        asyncio.run(serve(WorkerSettings()))
+    finally:
+        shutdown_telemetry(provider)
+
+
+if __name__ == "__main__":
+    main()
