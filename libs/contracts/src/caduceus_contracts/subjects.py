@@ -21,7 +21,7 @@ class SubjectError(ValueError):
 
 
 def token(value: str, what: str = "tenant") -> str:
-    if not TOKEN_RE.match(value or ""):
+    if not TOKEN_RE.fullmatch(value or ""):
         raise SubjectError(
             f"invalid {what} {value!r}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
         )
@@ -29,7 +29,7 @@ def token(value: str, what: str = "tenant") -> str:
 
 
 def session_token(value: str) -> str:
-    if not SESSION_RE.match(value or ""):
+    if not SESSION_RE.fullmatch(value or ""):
         raise SubjectError(f"invalid session id {value!r}: use letters, digits, '-' or '_' (at most 128)")
     return value
 
@@ -71,8 +71,13 @@ def worker_event(tenant: str, workspace: str) -> str:
 
 
 def error(tenant: str, service: str) -> str:
-    tenant_token = tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.match(tenant or "")) else SYSTEM_TENANT
+    tenant_token = tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.fullmatch(tenant or "")) else SYSTEM_TENANT
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
+
+
+def _tenant_index(parts: list[str]) -> int:
+    # Error subjects have no event token: cad.v1.error.<tenant>.<service>.
+    return 3 if parts[2] == "error" else 4
 
 
 def tenant_of(subject: str) -> str | None:
@@ -80,14 +85,14 @@ def tenant_of(subject: str) -> str | None:
     parts = subject.split(".")
     if len(parts) < 5 or parts[0] != "cad" or parts[1] != "v1":
         return None
-    tenant = parts[4]
-    return tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.match(tenant)) else None
+    tenant = parts[_tenant_index(parts)]
+    return tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.fullmatch(tenant)) else None
 
 
 def any_tenant(builder_subject: str) -> str:
     """Turn a concrete subject pattern into a per-tenant wildcard (`...<tenant>` -> `...*`)."""
     parts = builder_subject.split(".")
-    parts[4] = "*"
+    parts[_tenant_index(parts)] = "*"
     return ".".join(parts)
 
 
@@ -96,3 +101,4 @@ CHAT_IN_ALL = f"{PREFIX}.chat.in.*"
 TURN_REQUESTED_ALL = f"{PREFIX}.turn.requested.*"
 TOOL_REQUESTED_ALL = f"{PREFIX}.tool.requested.*"
 TOOL_DECIDED_ALL = f"{PREFIX}.tool.decided.*"
+TOOL_COMPLETED_ALL = f"{PREFIX}.tool.completed.*.*"

@@ -29,6 +29,7 @@ class BrokerApp:
             subjects.TURN_REQUESTED_ALL: "on_turn_requested",
             subjects.TOOL_REQUESTED_ALL: "on_tool_requested",
             subjects.TOOL_DECIDED_ALL: "on_tool_decided",
+            subjects.TOOL_COMPLETED_ALL: "on_tool_completed",
         }
         for subject, name in routes.items():
             async def subscriber(msg: NatsMessage, name: str = name) -> None:
@@ -46,7 +47,7 @@ class BrokerApp:
         publisher = EventPublisher(self.broker, self.bus, SERVICE)
         pool = WorkerPool(self.settings, self.bus, self.model, self.broker.config.connection_state.connection,
                           self._report_worker)
-        self.handlers = BrokerHandlers(publisher, pool, self.settings.keys)
+        self.handlers = BrokerHandlers(publisher, pool, self.settings.keys, self.settings.decision_timeout_s)
         await self.broker.start()
 
     async def _report_worker(self, *args) -> None:

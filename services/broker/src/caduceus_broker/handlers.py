@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,9 @@ from caduceus_contracts import (
     WorkerLifecycle,
     load_keyring,
     subjects,
+    utcnow,
 )
-from caduceus_broker.domain import route_decision
+from caduceus_broker.domain import Routing, route_decision
 from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
 
 log = logging.getLogger("caduceus.broker")
@@ -36,18 +36,28 @@ class PendingCalls:
 
     requests: dict[str, tuple[float, ToolCallRequested]] = field(default_factory=dict)
     early: dict[str, tuple[float, ToolCallDecided]] = field(default_factory=dict)
+    awaiting_approval: set[str] = field(default_factory=set)
 
     def expire(self, now: float) -> None:
         for table in (self.requests, self.early):
             for key in [k for k, (at, _) in table.items() if now - at > PENDING_TTL_S]:
                 del table[key]
+        self.awaiting_approval &= set(self.requests)
+
+    def close(self, call_id: str) -> None:
+        """The call has an outcome: nothing may be dispatched for it any more."""
+        self.requests.pop(call_id, None)
+        self.early.pop(call_id, None)
+        self.awaiting_approval.discard(call_id)
 
 
 class BrokerHandlers:
-    def __init__(self, publisher: EventPublisher, pool: WorkerPool, keys_dir) -> None:
+    def __init__(self, publisher: EventPublisher, pool: WorkerPool, keys_dir, decision_timeout_s: float) -> None:
         self.publisher = publisher
         self.pool = pool
         self.keys_dir = keys_dir
+        # The planner denies a call policy did not decide within this bound; a later decision must not run it.
+        self.decision_timeout_s = decision_timeout_s
         self.keyring: Keyring = load_keyring(keys_dir)
         self.pending = PendingCalls()
 
@@ -84,10 +94,9 @@ class BrokerHandlers:
         now = time.monotonic()
         self.pending.expire(now)
         early = self.pending.early.pop(request.call_id, None)
+        self.pending.requests[request.call_id] = (now, request)
         if early is not None:
             await self._route(request, early[1])
-        else:
-            self.pending.requests[request.call_id] = (now, request)
 
     async def on_tool_decided(self, subject: str, body: bytes) -> None:
         decided = await self.publisher.receive(subject, body, ToolCallDecided)
@@ -104,12 +113,25 @@ class BrokerHandlers:
             return
         await self._route(entry[1], decided)
 
+    async def on_tool_completed(self, subject: str, body: bytes) -> None:
+        completed = await self.publisher.receive(subject, body, ToolCallCompleted)
+        if completed is not None:
+            self.pending.close(completed.call_id)
+
     async def _route(self, request: ToolCallRequested, decided: ToolCallDecided) -> None:
         decision = decided.decision.decision
         routing = route_decision(request, decision)
         if routing.route == "await-approval":
+            self.pending.awaiting_approval.add(request.call_id)
             return  # stays pending: the approval service decides again
-        self.pending.requests.pop(request.call_id, None)
+        requested_at = self.pending.requests[request.call_id][0]
+        # Measured from the planner's own clock too: its timer started before the broker saw the request.
+        late = (time.monotonic() - requested_at > self.decision_timeout_s
+                or (utcnow() - request.occurred_at).total_seconds() > self.decision_timeout_s)
+        if late and request.call_id not in self.pending.awaiting_approval and routing.route != "deny":
+            routing = Routing("refuse", f"the decision came after the {self.decision_timeout_s:g} s bound; "
+                                        "the call was already denied")
+        self.pending.close(request.call_id)
         if routing.route == "dispatch":
             await self.publisher.publish(
                 subjects.tool_dispatched(request.tenant, request.workspace),
