@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from opentelemetry import trace
@@ -27,3 +28,13 @@ def make_broker(settings: BusSettings, service: str) -> NatsBroker:
 
 async def ensure_event_stream(broker: NatsBroker, settings: BusSettings) -> None:
     await ensure_stream(broker.config.connection_state.stream, settings.stream_name)  # type: ignore[attr-defined]
+
+
+async def raw_body(msg: StreamMessage) -> bytes:
+    """Hand the body over undecoded: the contracts parse it, so a lying content-type cannot drop a message."""
+    return msg.body
+
+
+# Options for every subscriber of contract events. no_reply: a JetStream publish is a request, and an automatic
+# empty reply could reach the publisher as its ack. decoder: see raw_body.
+EVENT_SUBSCRIBER = {"no_reply": True, "decoder": raw_body}

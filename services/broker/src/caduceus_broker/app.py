@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faststream.nats import NatsBroker, NatsMessage
 
-from caduceus_bus import BusSettings, EventPublisher, ensure_event_stream, make_broker
+from caduceus_bus import EVENT_SUBSCRIBER, BusSettings, EventPublisher, ensure_event_stream, make_broker
 from caduceus_contracts import subjects
 from caduceus_broker.handlers import BrokerHandlers
 from caduceus_broker.settings import BrokerSettings, ModelSettings
@@ -35,7 +35,7 @@ class BrokerApp:
             async def subscriber(msg: NatsMessage, name: str = name) -> None:
                 await getattr(self.handlers, name)(msg.raw_message.subject, msg.body)
 
-            self.broker.subscriber(subject, queue=SERVICE, max_workers=16)(subscriber)
+            self.broker.subscriber(subject, queue=SERVICE, max_workers=16, **EVENT_SUBSCRIBER)(subscriber)
 
         @self.broker.subscriber(f"caduceus.health.{SERVICE}")
         async def health(msg: NatsMessage) -> bytes:
