@@ -80,14 +80,14 @@ def _start_stack(state_dir: Path, scope: ExitStack) -> StackInfo:
     from caduceus_embedded.ports import PortBusy
     from caduceus_embedded.servers import ServerFailed
     from caduceus_embedded.services import ServiceFailed
-    from caduceus_embedded.stack import EmbeddedStack
+    from caduceus_embedded.stack import EmbeddedStack, StackAlreadyRunning
 
     console.print(f"starting the embedded stack in {state_dir}")
     stack = EmbeddedStack(state_dir, on_progress=lambda line: console.print(f"  {line}", style="dim", markup=False),
                           on_problem=lambda line: err.print(line, style="yellow", markup=False))
     try:
         stack.start()
-    except (PortBusy, MissingBinary, ServiceFailed, ServerFailed) as exc:
+    except (PortBusy, MissingBinary, ServiceFailed, ServerFailed, StackAlreadyRunning) as exc:
         err.print(f"error: {str(exc).splitlines()[0]}", style="red", markup=False)
         raise typer.Exit(2) from None
     scope.callback(stack.stop)

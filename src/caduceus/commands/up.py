@@ -1,9 +1,126 @@
-"""`caduceus up`."""
+"""`caduceus up`: run the embedded stack in the foreground until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from caduceus_embedded.binaries import MissingBinary
+from caduceus_embedded.ports import PortBusy, StackPorts
+from caduceus_embedded.servers import ServerFailed
+from caduceus_embedded.services import ServiceFailed
+from caduceus_embedded.stack import EmbeddedStack, StackAlreadyRunning
+from caduceus_embedded.stackinfo import default_state_dir
+
+HINT = 'caduceus chat --tenant acme --user alice "hello"'
+DEFAULTS = StackPorts()
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command(name="up")(up)
+
+
+def up(
+    state_dir: Annotated[Path | None, typer.Option(
+        help="Where the stack keeps its data (JetStream, Temporal, audit, keys, logs). "
+             "Default: $CADUCEUS_STATE_DIR or the user data dir.")] = None,
+    nats_port: Annotated[int, typer.Option(help="NATS client port.")] = DEFAULTS.nats,
+    temporal_port: Annotated[int, typer.Option(help="Temporal gRPC port.")] = DEFAULTS.temporal,
+    temporal_ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = DEFAULTS.temporal_ui,
+    issuer_port: Annotated[int, typer.Option(help="Dev OIDC issuer port.")] = DEFAULTS.issuer,
+    model_port: Annotated[int, typer.Option(help="Scripted model port (unused when "
+                                                 "CADUCEUS_MODEL_BASE_URL is set).")] = DEFAULTS.model,
+) -> None:
+    """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
+    ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
+                       model=model_port)
+    stack = EmbeddedStack(state_dir or default_state_dir(), ports,
+                          on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
+                          on_problem=lambda line: err.print(escape(line), style="yellow"))
+    _stop_on(signal.SIGINT, signal.SIGTERM)
+    out.print("starting the Caduceus embedded stack")
+    try:
+        stack.start()
+    except StackAlreadyRunning as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        raise typer.Exit(1) from None
+    except (PortBusy, MissingBinary) as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        raise typer.Exit(2) from None
+    except ServiceFailed as exc:
+        err.print(f"error: {escape(exc.summary)}", style="red")
+        _print_tail(str(exc).splitlines()[1:], exc.log_path)
+        raise typer.Exit(2) from None
+    except ServerFailed as exc:
+        first, *rest = str(exc).splitlines()
+        err.print(f"error: {escape(first)}", style="red")
+        _print_tail(rest, None)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted while starting; stopped")
+        raise typer.Exit(130) from None
+    _show(stack)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and leave children running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        out.print("stopping…")
+        stack.stop()
+    out.print("stopped")
+
+
+def _stop_on(*signums: int) -> None:
+    """Stop on Ctrl-C and on SIGTERM (a service manager), even when started with SIGINT ignored (`cmd &`)."""
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for signum in signums:
+        signal.signal(signum, interrupt)
+
+
+def _print_tail(lines: list[str], log_path: Path | None) -> None:
+    if not lines:
+        return
+    err.print(f"last lines of {log_path}:" if log_path else "last lines of its log:", style="dim")
+    for line in lines:
+        err.print(f"  {escape(line)}", style="dim")
+
+
+def _show(stack: EmbeddedStack) -> None:
+    info = stack.info
+    services = Table(title="Caduceus is up", title_justify="left", show_edge=False)
+    services.add_column("service")
+    services.add_column("pid", justify="right")
+    services.add_column("url")
+    for name, running in stack.services.items():
+        services.add_row(name, str(running.pid), running.spec.url or "")
+    out.print(services)
+    where = Table.grid(padding=(0, 2))
+    model_source = "scripted model" if stack.model_is_scripted else "CADUCEUS_MODEL_BASE_URL"
+    for label, value in [
+        ("NATS", info.nats_url),
+        ("Temporal", info.temporal_address),
+        ("Temporal Web UI", info.temporal_ui_url),
+        ("dev issuer", info.dev_issuer_url),
+        ("model endpoint", f"{info.model_base_url} ({model_source}, model {stack.model.name})"),
+        ("state dir", info.state_dir),
+        ("logs", str(stack.layout.logs)),
+    ]:
+        where.add_row(label, escape(value))
+    out.print(where)
+    out.print(f"\ntry: [bold]{escape(HINT)}[/]\nCtrl-C stops everything.")

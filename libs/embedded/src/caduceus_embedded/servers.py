@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,14 +44,16 @@ class ServerProcess:
             self.process.wait()
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a process log, for error messages."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
 
 
-def _spawn(name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a child in its own session (Ctrl-C reaches only the supervisor), appending output to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -63,11 +66,11 @@ def start_nats(port: int, store_dir: Path, log_path: Path, *, config_file: Path 
     argv = [str(find_binary("nats-server")), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
     if config_file is not None:
         argv += ["-c", str(config_file)]
-    proc = _spawn("nats", argv, log_path)
+    proc = spawn(argv, log_path)
     server = ServerProcess("nats", proc, log_path, {"nats": f"nats://127.0.0.1:{port}"})
     if not wait_for_port(port, timeout) or proc.poll() is not None:
         server.kill()
-        raise ServerFailed(f"nats-server did not start on port {port}:\n{_tail(log_path)}")
+        raise ServerFailed(f"nats-server did not start on port {port}:\n{log_tail(log_path)}")
     return server
 
 
@@ -76,10 +79,22 @@ def start_temporal(port: int, ui_port: int, db_file: Path, log_path: Path, *, ti
     db_file.parent.mkdir(parents=True, exist_ok=True)
     argv = [str(find_binary("temporal")), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
             "--ui-port", str(ui_port), "--db-filename", str(db_file), "--log-level", "warn"]
-    proc = _spawn("temporal", argv, log_path)
+    proc = spawn(argv, log_path)
     server = ServerProcess("temporal", proc, log_path,
                            {"temporal": f"127.0.0.1:{port}", "temporal-ui": f"http://127.0.0.1:{ui_port}"})
     if not wait_for_port(port, timeout) or proc.poll() is not None:
         server.kill()
-        raise ServerFailed(f"Temporal dev server did not start on port {port}:\n{_tail(log_path)}")
+        raise ServerFailed(f"Temporal dev server did not start on port {port}:\n{log_tail(log_path)}")
+    return server
+
+
+def start_scripted_model(port: int, scenarios_file: Path, log_path: Path, *, timeout: float = 15.0) -> ServerProcess:
+    """The scripted OpenAI-compatible model (`python -m caduceus_embedded.scripted_model`) playing scenarios_file."""
+    argv = [sys.executable, "-m", "caduceus_embedded.scripted_model", "--port", str(port),
+            "--scenarios", str(scenarios_file)]
+    proc = spawn(argv, log_path)
+    server = ServerProcess("scripted-model", proc, log_path, {"model": f"http://127.0.0.1:{port}/v1"})
+    if not wait_for_port(port, timeout) or proc.poll() is not None:
+        server.kill()
+        raise ServerFailed(f"the scripted model did not start on port {port}:\n{log_tail(log_path)}")
     return server

@@ -1,0 +1,105 @@
+"""What lives where in a state dir, and preparing it before anything starts.
+
+```
+<state_dir>/
+  stack.json            the running stack advertises itself here (stackinfo)
+  tenants.yaml, policy.yaml, scenarios.yaml   copied from defaults/ once; the operator's to edit
+  nats/                 JetStream file store
+  temporal/temporal.db  Temporal dev server (SQLite)
+  keys/                 Ed25519 keys of identity, policy and approval
+  logs/<name>.log       one log per process
+  workspaces/, workers/ the broker's tenant workspaces and Hermes worker homes
+  audit.db              the audit chains (SQLite)
+```
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from caduceus_contracts import ensure_signer
+
+DEFAULT_FILES = ("tenants.yaml", "policy.yaml", "scenarios.yaml")
+SIGNING_ISSUERS = ("identity", "policy", "approval")
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    root: Path
+
+    @property
+    def nats_store(self) -> Path:
+        return self.root / "nats"
+
+    @property
+    def temporal_db(self) -> Path:
+        return self.root / "temporal" / "temporal.db"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def workspaces(self) -> Path:
+        return self.root / "workspaces"
+
+    @property
+    def workers(self) -> Path:
+        return self.root / "workers"
+
+    @property
+    def audit_db(self) -> Path:
+        return self.root / "audit.db"
+
+    @property
+    def audit_db_url(self) -> str:
+        return f"sqlite:///{self.audit_db}"
+
+    @property
+    def tenants_file(self) -> Path:
+        return self.root / "tenants.yaml"
+
+    @property
+    def policy_file(self) -> Path:
+        return self.root / "policy.yaml"
+
+    @property
+    def scenarios_file(self) -> Path:
+        return self.root / "scenarios.yaml"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def prepare(self) -> None:
+        """Create the directories, copy missing default files, and make sure the signing keys exist.
+
+        Keys are made here, before any service starts, so every service finds every
+        public key in keys/ at startup. Existing files are never overwritten.
+        """
+        for directory in (self.nats_store, self.temporal_db.parent, self.logs, self.workspaces, self.workers):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.keys.mkdir(mode=0o700, exist_ok=True)  # private signing keys
+        copy_default_files(self.root)
+        for issuer in SIGNING_ISSUERS:
+            ensure_signer(self.keys, issuer)
+
+
+def copy_default_files(state_dir: Path) -> list[Path]:
+    """Copy each shipped default file that the state dir does not have yet; return those copied."""
+    defaults = resources.files("caduceus_embedded") / "defaults"
+    copied = []
+    for name in DEFAULT_FILES:
+        source = defaults / name
+        target = state_dir / name
+        if source.is_file() and not target.exists():
+            with resources.as_file(source) as path:
+                shutil.copyfile(path, target)
+            copied.append(target)
+    return copied

@@ -1,0 +1,125 @@
+"""The services the embedded stack runs: a table of specs, and the child processes made from them.
+
+Each service is `python -m <module>` in its own process and session, logging to
+logs/<name>.log. The table is data so tests (and other deployments) can run their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from caduceus_embedded.layout import StateLayout
+from caduceus_embedded.ports import StackPorts
+from caduceus_embedded.servers import log_tail, spawn
+from caduceus_embedded.settings import ModelSettings
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the stack: `python -m module *args` with env on top of the stack's common env.
+
+    A service is ready when it answers the core-NATS request `caduceus.health.<name>` with b"ok",
+    or, when ready_url is set, when an HTTP GET of ready_url answers 200. url is what the
+    operator is shown for it (the dev issuer, the model endpoint).
+    """
+
+    name: str
+    module: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    ready_url: str | None = None
+    url: str | None = None
+
+    @property
+    def health_subject(self) -> str:
+        return f"caduceus.health.{self.name}"
+
+
+class ServiceFailed(RuntimeError):
+    """A service exited or did not become ready; the message ends with the tail of its log."""
+
+    def __init__(self, name: str, reason: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.summary = f"service {name} {reason} (log: {log_path})"
+        tail = log_tail(log_path)
+        super().__init__(f"{self.summary}\n{tail}" if tail else self.summary)
+
+
+@dataclass
+class RunningService:
+    """A started service process and how often the stack has restarted it."""
+
+    spec: ServiceSpec
+    process: subprocess.Popen
+    log_path: Path
+    restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def terminate(self) -> None:
+        """Ask the service to stop (SIGTERM): it shuts down its own children."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the service and anything left in its session (a worker it started)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+
+
+def start_service(spec: ServiceSpec, common_env: Mapping[str, str], log_path: Path) -> RunningService:
+    """Start one service as `sys.executable -m module`, in its own session."""
+    argv = [sys.executable, "-m", spec.module, *spec.args]
+    env = {"PYTHONUNBUFFERED": "1", **common_env, **spec.env}
+    return RunningService(spec, spawn(argv, log_path, env), log_path)
+
+
+def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings) -> list[ServiceSpec]:
+    """Caduceus's own services, plus the scripted model when no model endpoint is configured."""
+    endpoint = model.for_stack(ports.model)
+    issuer_url = f"http://127.0.0.1:{ports.issuer}"
+    table: list[ServiceSpec] = []
+    if model.is_scripted:
+        table.append(ServiceSpec(
+            "model", "caduceus_embedded.scripted_model",
+            args=("--port", str(ports.model), "--scenarios", str(layout.scenarios_file)),
+            ready_url=f"{endpoint.base_url}/models", url=endpoint.base_url,
+        ))
+    table += [
+        ServiceSpec("audit", "caduceus_audit", {"CADUCEUS_AUDIT_DB_URL": layout.audit_db_url}),
+        ServiceSpec("identity", "caduceus_identity", {
+            "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
+            "CADUCEUS_DEV_ISSUER_PORT": str(ports.issuer),
+            "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
+        }, url=issuer_url),
+        ServiceSpec("policy", "caduceus_policy", {
+            "CADUCEUS_POLICY_FILE": str(layout.policy_file),
+            "CADUCEUS_WORKSPACES_DIR": str(layout.workspaces),
+        }),
+        ServiceSpec("approval", "caduceus_approval", {"CADUCEUS_TEMPORAL_ADDRESS": f"127.0.0.1:{ports.temporal}"}),
+        ServiceSpec("broker", "caduceus_broker", {
+            "CADUCEUS_WORKSPACES_DIR": str(layout.workspaces),
+            "CADUCEUS_WORKERS_DIR": str(layout.workers),
+            **endpoint.env(),
+        }),
+    ]
+    return table

@@ -1,0 +1,241 @@
+"""The embedded stack: nats-server, the Temporal dev server, the model and every service, supervised.
+
+`caduceus up`, `caduceus demo` and the end-to-end tests all run it:
+
+    with EmbeddedStack(state_dir) as stack:
+        stack.info.nats_url
+
+Starting checks ports and binaries first, prepares the state dir (keys before any
+service), starts the servers, then the services, and waits until each answers its
+health check; any failure stops everything and raises. A restart on the same state
+dir continues where it stopped. While running, a service that dies is restarted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from caduceus_bus import BusSettings, EventConnection
+from caduceus_embedded.binaries import find_binary
+from caduceus_embedded.health import wait_ready
+from caduceus_embedded.layout import StateLayout
+from caduceus_embedded.ports import StackPorts
+from caduceus_embedded.servers import ServerProcess, start_nats, start_temporal
+from caduceus_embedded.services import RunningService, ServiceFailed, ServiceSpec, default_services, start_service
+from caduceus_embedded.settings import ModelSettings
+from caduceus_embedded.stackinfo import StackInfo, clear_stack_info, read_stack_info, write_stack_info
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WATCH_INTERVAL_S = 0.5
+
+
+class StackAlreadyRunning(RuntimeError):
+    """Another stack advertises itself in this state dir."""
+
+    def __init__(self, info: StackInfo) -> None:
+        self.info = info
+        super().__init__(f"a stack is already running in {info.state_dir} (pid {info.pid}, NATS {info.nats_url}); "
+                         f"stop it first, or use another --state-dir")
+
+
+class EmbeddedStack:
+    """Runs and supervises the whole stack for one state dir; see the module docstring."""
+
+    def __init__(self, state_dir: Path | str, ports: StackPorts | None = None, *,
+                 services: Sequence[ServiceSpec] | None = None, model: ModelSettings | None = None,
+                 ready_timeout: float = 60.0, stop_grace: float = 10.0,
+                 on_progress: Callable[[str], None] | None = None,
+                 on_problem: Callable[[str], None] | None = None) -> None:
+        self.layout = StateLayout(Path(state_dir).expanduser().resolve())
+        self.ports = ports or StackPorts()
+        configured = model or ModelSettings()
+        self.model_is_scripted = configured.is_scripted
+        self.model = configured.for_stack(self.ports.model)
+        self.specs = list(services) if services is not None else default_services(self.layout, self.ports, configured)
+        self.ready_timeout = ready_timeout
+        self.stop_grace = stop_grace
+        self.say = on_progress or log.info
+        self.warn = on_problem or log.warning
+        self.nats: ServerProcess | None = None
+        self.temporal: ServerProcess | None = None
+        self.services: dict[str, RunningService] = {}
+        self._info: StackInfo | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.ports.nats}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.ports.temporal}"
+
+    @property
+    def info(self) -> StackInfo:
+        """What the running stack advertises in stack.json."""
+        if self._info is None:
+            raise RuntimeError("the stack is not running: call start() or use it as a context manager")
+        return self._info
+
+    def common_env(self) -> dict[str, str]:
+        """The environment every service gets, on top of its own spec."""
+        return {"CADUCEUS_NATS_URL": self.nats_url, "CADUCEUS_STATE_DIR": str(self.layout.root),
+                "CADUCEUS_KEYS_DIR": str(self.layout.keys)}
+
+    def start(self) -> StackInfo:
+        """Start everything and wait until it is ready; on any failure stop what started and raise.
+
+        Raises StackAlreadyRunning, PortBusy, MissingBinary, ServerFailed or ServiceFailed.
+        """
+        running = read_stack_info(self.layout.root)
+        if running is not None:
+            raise StackAlreadyRunning(running)
+        self.ports.check(model=self.model_is_scripted)
+        binaries = find_binary("nats-server"), find_binary("temporal")
+        self._stopping.clear()
+        try:
+            self._start(*binaries)
+        except BaseException:
+            self.stop()
+            raise
+        return self.info
+
+    def _start(self, nats_binary: Path, temporal_binary: Path) -> None:
+        self.say(f"state dir {self.layout.root}")
+        self.layout.prepare()
+        self.nats = start_nats(self.ports.nats, self.layout.nats_store, self.layout.log("nats"))
+        self.say(f"nats-server {nats_binary} listening on {self.nats_url} (JetStream store {self.layout.nats_store})")
+        stream = BusSettings(nats_url=self.nats_url).stream_name
+        _run(_ensure_stream(self.nats_url))
+        self.say(f"JetStream stream {stream} ready")
+        self.temporal = start_temporal(self.ports.temporal, self.ports.temporal_ui, self.layout.temporal_db,
+                                       self.layout.log("temporal"))
+        self.say(f"Temporal dev server {temporal_binary} on {self.temporal_address} "
+                 f"(Web UI http://127.0.0.1:{self.ports.temporal_ui})")
+        if not self.model_is_scripted:
+            self.say(f"model endpoint {self.model.base_url} (from CADUCEUS_MODEL_BASE_URL), model {self.model.name}")
+        for spec in self.specs:
+            self.services[spec.name] = start_service(spec, self.common_env(), self.layout.log(spec.name))
+        self.say(f"starting {', '.join(self.services)}")
+        _run(wait_ready(self.nats_url, list(self.services.values()), self.ready_timeout,
+                        on_ready=lambda s: self.say(f"{s.name} ready (pid {s.pid})"),
+                        cancelled=self._stopping.is_set))
+        self._info = StackInfo(
+            state_dir=str(self.layout.root), pid=os.getpid(), nats_url=self.nats_url,
+            dev_issuer_url=f"http://127.0.0.1:{self.ports.issuer}", temporal_address=self.temporal_address,
+            temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
+            audit_db_url=self.layout.audit_db_url, services={name: s.pid for name, s in self.services.items()},
+        )
+        write_stack_info(self._info)
+        self._watcher = threading.Thread(target=self._watch, name="caduceus-stack-watch", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        """Stop services (SIGTERM, then SIGKILL after the grace period), then Temporal and nats (SIGINT)."""
+        self._stopping.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        self._watcher = None
+        clear_stack_info(self.layout.root)
+        self._info = None
+        for service in self.services.values():
+            service.terminate()
+        deadline = time.monotonic() + self.stop_grace
+        for service in self.services.values():
+            try:
+                service.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.warn(f"{service.name} did not stop within {self.stop_grace:.0f}s; killing it")
+            service.kill()
+        self.services.clear()
+        for server in (self.temporal, self.nats):
+            if server is not None:
+                server.stop()
+        self.temporal = self.nats = None
+
+    def __enter__(self) -> "EmbeddedStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _watch(self) -> None:
+        """Say when a child dies; restart a service that dies once, leave it down the second time."""
+        reported: set[str] = set()
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            for server in (self.nats, self.temporal):
+                if server is not None and server.name not in reported and server.process.poll() is not None:
+                    reported.add(server.name)
+                    self.warn(f"{server.name} exited with code {server.process.returncode} "
+                              f"(log: {server.log_path}); restart the stack")
+            for service in list(self.services.values()):
+                code = service.exit_code()
+                if code is None or service.name in reported or self._stopping.is_set():
+                    continue
+                if service.restarts >= 1:
+                    reported.add(service.name)
+                    self.warn(f"{service.name} exited again with code {code} (log: {service.log_path}); "
+                              f"not restarting it")
+                    continue
+                self.warn(f"{service.name} exited unexpectedly with code {code} (log: {service.log_path}); "
+                          f"restarting it")
+                if not self._restart(service):
+                    reported.add(service.name)
+
+    def _restart(self, old: RunningService) -> bool:
+        """Start the service again and wait for it; False when it did not come back."""
+        fresh = start_service(old.spec, self.common_env(), old.log_path)
+        fresh.restarts = old.restarts + 1
+        self.services[old.name] = fresh
+        try:
+            ready = _run(wait_ready(self.nats_url, [fresh], self.ready_timeout, cancelled=self._stopping.is_set))
+        except (ServiceFailed, OSError) as exc:
+            self.warn(f"{str(exc).splitlines()[0]}; not restarting it again")
+            return False
+        if ready and self._info is not None:
+            self.say(f"{fresh.name} is back (pid {fresh.pid})")
+            self._info = self._info.model_copy(update={
+                "services": {name: s.pid for name, s in self.services.items()}})
+            write_stack_info(self._info)
+        return True
+
+
+async def _ensure_stream(nats_url: str) -> None:
+    connection = await EventConnection.connect(BusSettings(nats_url=nats_url), "caduceus-up")
+    try:
+        await connection.ensure_stream()
+    finally:
+        await connection.close()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even when the caller's thread has an event loop.
+
+    The join stays interruptible by Ctrl-C; the daemon thread then ends on its own (it watches `_stopping`).
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="caduceus-stack-async", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -1,0 +1,248 @@
+"""The embedded stack, run for real: nats-server, the Temporal dev server and stand-in services."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+import nats
+import pytest
+
+import caduceus_embedded
+from caduceus_embedded.layout import StateLayout
+from caduceus_embedded.ports import PortBusy, StackPorts
+from caduceus_embedded.services import ServiceFailed, ServiceSpec, default_services
+from caduceus_embedded.settings import ModelSettings
+from caduceus_embedded.stack import EmbeddedStack
+from caduceus_embedded.stackinfo import STACK_FILE, StackInfo, read_stack_info, write_stack_info
+
+T = TypeVar("T")
+TESTS_DIR = Path(__file__).parent
+DEFAULTS = Path(caduceus_embedded.__file__).parent / "defaults"
+EXTERNAL_MODEL = ModelSettings(base_url="http://127.0.0.1:9/v1", api_key="k", name="m")
+
+
+def standin(name: str, mode: str = "ok") -> ServiceSpec:
+    return ServiceSpec(name, "standin_service",
+                       {"STANDIN_NAME": name, "STANDIN_MODE": mode, "PYTHONPATH": str(TESTS_DIR)})
+
+
+def make_stack(state_dir: Path, *services: ServiceSpec, ports: StackPorts | None = None,
+               problems: list[str] | None = None) -> EmbeddedStack:
+    return EmbeddedStack(state_dir, ports or StackPorts.free(), services=list(services), model=EXTERNAL_MODEL,
+                         ready_timeout=20, stop_grace=5,
+                         on_problem=problems.append if problems is not None else None)
+
+
+def child_pids() -> set[int]:
+    """Live processes whose parent is this test process."""
+    me, found = os.getpid(), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def port_answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+async def stream_messages(nats_url: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        return (await nc.jetstream().stream_info("CADUCEUS")).state.messages
+    finally:
+        await nc.close()
+
+
+async def test_running_stack_advertises_itself_and_stops_without_leftovers(tmp_path: Path) -> None:
+    before = child_pids()
+    ports = StackPorts.free()
+    state = tmp_path / "state"
+    with make_stack(state, standin("alpha"), standin("beta"), ports=ports) as stack:
+        advertised = read_stack_info(state)
+        assert advertised == stack.info
+        assert advertised.nats_url == f"nats://127.0.0.1:{ports.nats}"
+        assert advertised.temporal_address == f"127.0.0.1:{ports.temporal}"
+        assert advertised.temporal_ui_url == f"http://127.0.0.1:{ports.temporal_ui}"
+        assert advertised.dev_issuer_url == f"http://127.0.0.1:{ports.issuer}"
+        assert advertised.model_base_url == "http://127.0.0.1:9/v1"
+        assert advertised.audit_db_url == f"sqlite:///{state.resolve() / 'audit.db'}"
+        assert set(advertised.services) == {"alpha", "beta"}
+        assert await stream_messages(advertised.nats_url) == 0
+        assert port_answers(ports.temporal)
+        for sub in ("nats", "temporal", "keys", "logs", "workspaces", "workers"):
+            assert (state / sub).is_dir()
+        assert (state / "logs" / "alpha.log").read_text().strip().endswith("ready")
+        assert len(child_pids() - before) == 4  # nats, temporal, two services
+    assert not (state / STACK_FILE).exists()
+    assert child_pids() - before == set()
+    assert not port_answers(ports.nats) and not port_answers(ports.temporal)
+
+
+async def test_restarted_stack_continues_where_it_stopped(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "policy.yaml").write_text("# the operator's own policy\n")
+    ports = StackPorts.free()
+    with make_stack(state, standin("alpha"), ports=ports) as stack:
+        nc = await nats.connect(stack.info.nats_url)
+        await nc.jetstream().publish("cad.v1.chat.in.acme", b'{"before": "restart"}')
+        await nc.close()
+        policy_key = (state / "keys" / "policy.key").read_bytes()
+    with make_stack(state, standin("alpha"), ports=ports) as stack:
+        assert await stream_messages(stack.info.nats_url) == 1
+        assert (state / "keys" / "policy.key").read_bytes() == policy_key
+        assert (state / "policy.yaml").read_text() == "# the operator's own policy\n"
+        assert (state / "temporal" / "temporal.db").stat().st_size > 0
+
+
+def test_busy_port_is_refused_naming_its_flag(tmp_path: Path) -> None:
+    with busy_port() as port:
+        stack = make_stack(tmp_path / "state", standin("alpha"), ports=replace(StackPorts.free(), temporal_ui=port))
+        with pytest.raises(PortBusy, match=f"port {port} .*--temporal-ui-port"):
+            stack.start()
+    assert not (tmp_path / "state").exists()
+
+
+def test_same_port_twice_is_refused(tmp_path: Path) -> None:
+    free = StackPorts.free()
+    stack = make_stack(tmp_path / "state", ports=StackPorts(free.nats, free.nats, free.temporal_ui, free.issuer))
+    with pytest.raises(PortBusy, match="--nats-port and --temporal-port both ask for port"):
+        stack.start()
+
+
+def test_service_that_exits_at_start_fails_the_start_with_its_log_tail(tmp_path: Path) -> None:
+    before = child_pids()
+    state = tmp_path / "state"
+    stack = make_stack(state, standin("alpha"), standin("broken", mode="exit"))
+    with pytest.raises(ServiceFailed) as failure:
+        stack.start()
+    message = str(failure.value)
+    assert "service broken exited with code 3 while starting" in message
+    assert str(state.resolve() / "logs" / "broken.log") in message
+    assert "cannot open its database, giving up" in message
+    assert not (state / STACK_FILE).exists()
+    assert child_pids() - before == set()
+
+
+async def test_a_crashed_service_is_restarted_once(tmp_path: Path) -> None:
+    problems: list[str] = []
+    with make_stack(tmp_path / "state", standin("alpha"), problems=problems) as stack:
+        nc = await nats.connect(stack.info.nats_url)
+        try:
+            first_pid = stack.info.services["alpha"]
+            await nc.publish("standin.crash.alpha", b"")
+            second_pid = await until(lambda: read_stack_info(tmp_path / "state").services["alpha"] != first_pid)
+            assert (await nc.request("caduceus.health.alpha", b"", timeout=2)).data == b"ok"
+            assert any("alpha exited unexpectedly with code 5" in line and "alpha.log" in line for line in problems)
+            assert second_pid
+
+            await nc.publish("standin.crash.alpha", b"")
+            await until(lambda: any("alpha exited again with code 5" in line for line in problems))
+            await asyncio.sleep(1)
+            assert stack.services["alpha"].exit_code() == 5  # left down the second time
+        finally:
+            await nc.close()
+
+
+async def until(condition: Callable[[], T], timeout: float = 15.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_up_with_a_busy_port_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    free = StackPorts.free()
+    with busy_port() as port:
+        result = run_up(tmp_path / "state", "--nats-port", str(free.nats), "--temporal-port", str(port),
+                        "--temporal-ui-port", str(free.temporal_ui), "--issuer-port", str(free.issuer),
+                        "--model-port", str(free.model))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"port {port}" in lines[0] and "--temporal-port" in lines[0]
+
+
+def test_up_refuses_a_state_dir_where_a_stack_runs(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    write_stack_info(StackInfo(state_dir=str(state), pid=os.getpid(), nats_url="nats://127.0.0.1:1",
+                               dev_issuer_url="", temporal_address="", temporal_ui_url="", model_base_url="",
+                               audit_db_url=""))
+    result = run_up(state)
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+
+
+def run_up(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "caduceus.cli", "up", "--state-dir", str(state_dir), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_without_a_model_endpoint_the_stack_serves_the_scripted_model(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    monkeypatch.delenv("CADUCEUS_MODEL_BASE_URL", raising=False)
+    state = tmp_path / "state"
+    ports = StackPorts.free()
+    model = default_services(StateLayout(state.resolve()), ports, ModelSettings())[0]
+    stack = EmbeddedStack(state, ports, services=[model, standin("alpha")], ready_timeout=20, stop_grace=5)
+    with stack:
+        assert stack.info.model_base_url == f"http://127.0.0.1:{ports.model}/v1"
+        with urllib.request.urlopen(f"{stack.info.model_base_url}/models", timeout=5) as response:
+            assert response.status == 200
+        assert stack.info.services["model"] == stack.services["model"].pid
+        for name in ("tenants.yaml", "policy.yaml", "scenarios.yaml"):
+            assert (state / name).read_bytes() == (DEFAULTS / name).read_bytes()
+
+
+def test_default_table_runs_the_scripted_model_when_no_endpoint_is_set(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    monkeypatch.delenv("CADUCEUS_MODEL_BASE_URL", raising=False)
+    ports = StackPorts.free()
+    table = default_services(StateLayout(tmp_path), ports, ModelSettings())
+    model = table[0]
+    assert model.module == "caduceus_embedded.scripted_model"
+    assert model.ready_url == f"http://127.0.0.1:{ports.model}/v1/models"
+    broker = next(spec for spec in table if spec.name == "broker")
+    assert broker.env["CADUCEUS_MODEL_BASE_URL"] == f"http://127.0.0.1:{ports.model}/v1"
+    assert broker.env["CADUCEUS_MODEL_NAME"] == "scripted"
+
+
+def test_a_configured_model_endpoint_replaces_the_scripted_model(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("CADUCEUS_MODEL_BASE_URL", "https://llm.example.com/v1")
+    monkeypatch.setenv("CADUCEUS_MODEL_NAME", "big-model")
+    table = default_services(StateLayout(tmp_path), StackPorts.free(), ModelSettings())
+    assert "model" not in {spec.name for spec in table}
+    broker = next(spec for spec in table if spec.name == "broker")
+    assert broker.env["CADUCEUS_MODEL_BASE_URL"] == "https://llm.example.com/v1"
+    assert broker.env["CADUCEUS_MODEL_NAME"] == "big-model"
+    assert {spec.name for spec in table} == {"audit", "identity", "policy", "approval", "broker"}
