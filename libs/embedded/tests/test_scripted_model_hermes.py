@@ -28,6 +28,8 @@ def test_hermes_plays_the_demo_and_returns_the_summary(scripted_model, tmp_path:
     ]
     terminal_result = json.loads(outcome["tool_results"][0])
     assert terminal_result["output"] == f"hello from the executor\n{tmp_path / 'workspace'}"
+    # Hermes's own write_file refuses system paths, whatever any policy says.
+    assert "Refusing to write to sensitive system path" in outcome["tool_results"][1]
     assert outcome["final_response"].startswith("I checked the workspace")
     assert "hello from the executor" in outcome["final_response"]
 

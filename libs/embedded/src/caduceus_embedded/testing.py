@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from caduceus_embedded.ports import free_port, wait_for_port
-from caduceus_embedded.servers import ServerProcess, start_nats, start_temporal
+from caduceus_embedded.scripted_model.scenarios import default_scenarios_path
+from caduceus_embedded.servers import ServerProcess, start_nats, start_scripted_model, start_temporal
 
 PG_BIN = Path(os.environ.get("CADUCEUS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -61,9 +62,10 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     base = tmp_path_factory.mktemp("nats")
     port = free_port()
     server = start_nats(port, base / "store", base / "nats.log")
-    yield NatsServer(f"nats://127.0.0.1:{port}", port, base / "store", server)
-    if server.process is not None:
-        server.process.stop()
+    handle = NatsServer(f"nats://127.0.0.1:{port}", port, base / "store", server)
+    yield handle
+    if handle.process is not None:
+        handle.process.stop()
 
 
 @pytest.fixture()
@@ -90,6 +92,21 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tempor
     port, ui_port = free_port(), free_port()
     server = start_temporal(port, ui_port, base / "temporal.db", base / "temporal.log")
     yield TemporalServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", server)
+    server.stop()
+
+
+@dataclass
+class ScriptedModel:
+    base_url: str  # OpenAI base URL, ending in /v1
+    process: ServerProcess
+
+
+@pytest.fixture(scope="session")
+def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedModel]:
+    """The scripted model serving the default demo scenarios (demo, noop, hello)."""
+    base = tmp_path_factory.mktemp("scripted-model")
+    server = start_scripted_model(free_port(), default_scenarios_path(), base / "scripted-model.log")
+    yield ScriptedModel(server.urls["model"], server)
     server.stop()
 
 

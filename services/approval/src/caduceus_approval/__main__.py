@@ -1,0 +1,46 @@
+"""`python -m caduceus_approval`: run approvals until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from caduceus_approval.app import ApprovalService, build
+from caduceus_telemetry import setup_telemetry, shutdown_telemetry
+
+log = logging.getLogger("caduceus_approval")
+
+
+async def serve(service: ApprovalService) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    log.info("approval started; Temporal at %s, task queue %s", service.settings.temporal_address,
+             service.settings.approval_task_queue)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    provider = setup_telemetry("approval")
+    try:
+        service = build()
+    except OSError as exc:
+        print(f"caduceus-approval: cannot use the keys directory: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(service))
+    finally:
+        shutdown_telemetry(provider)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
