@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import chat, demo, up
+from caduceus.commands import chat, demo, identity, up
 
 app = typer.Typer(
     name="caduceus",
@@ -18,6 +18,7 @@ app = typer.Typer(
 up.register(app)
 chat.register(app)
 demo.register(app)
+identity.register(app)
 
 
 if __name__ == "__main__":

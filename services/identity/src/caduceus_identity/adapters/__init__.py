@@ -1,0 +1,1 @@
+"""Adapters: the OIDC verifier, the dev issuer, the tenants file."""

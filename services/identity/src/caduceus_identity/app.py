@@ -1,0 +1,111 @@
+"""Wiring: settings in, a startable identity service out. `python -m caduceus_identity` and the tests both use it.
+
+Every handler is in one table here: chat messages to admission, the health check.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from faststream.nats import NatsBroker, NatsMessage
+
+from caduceus_bus import EventPublisher, ensure_event_stream, make_broker
+from caduceus_contracts import ensure_signer, subjects
+from caduceus_identity.adapters.dev_issuer import (
+    DevIssuer,
+    DevIssuerServer,
+    load_or_create_key,
+)
+from caduceus_identity.adapters.oidc import OidcVerifier
+from caduceus_identity.adapters.tenants_file import load_directory
+from caduceus_identity.handlers import Admission, admit_chat_message
+from caduceus_identity.settings import IdentitySettings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "identity"
+HEALTH_SUBJECT = f"caduceus.health.{SERVICE}"
+
+
+class ConfigurationError(RuntimeError):
+    """Identity cannot start as configured; the message says which setting to change."""
+
+
+@dataclass
+class IdentityService:
+    """The running parts of identity: the bus subscribers, the token verifier and the dev issuer."""
+
+    settings: IdentitySettings
+    broker: NatsBroker
+    admission: Admission
+    verifier: OidcVerifier
+    dev_issuer: DevIssuerServer | None
+
+    @property
+    def dev_issuer_url(self) -> str | None:
+        return self.dev_issuer.issuer.issuer_url if self.dev_issuer else None
+
+    async def start(self) -> None:
+        """Serve the dev issuer first (the verifier fetches its keys), then connect and subscribe."""
+        if self.dev_issuer is not None:
+            await self.dev_issuer.start()
+        try:
+            await self.broker.connect()
+            await ensure_event_stream(self.broker, self.settings)
+            await self.broker.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("identity is ready: trusting tokens from %s for audience %r", self.verifier.issuer,
+                 self.verifier.audience)
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        await self.verifier.close()
+        if self.dev_issuer is not None:
+            await self.dev_issuer.stop()
+
+
+def bootstrap(settings: IdentitySettings) -> IdentityService:
+    """Build identity from its settings: load tenants and keys, build the broker, register the handlers.
+
+    Raises DirectoryError (tenants file), DevIssuerError (its key) or ConfigurationError, each saying what to fix.
+    """
+    directory = load_directory(settings.tenants_file)
+    issuer_url = settings.trusted_issuer_url
+    if issuer_url is None:
+        raise ConfigurationError(
+            "identity trusts no token issuer: set CADUCEUS_OIDC_ISSUER_URL to your OIDC provider, "
+            "or enable the dev issuer with CADUCEUS_DEV_ISSUER_PORT"
+        )
+    dev_issuer = None
+    if settings.dev_issuer_url is not None:
+        issuer = DevIssuer(load_or_create_key(settings.dev_issuer_key_path), settings.dev_issuer_url,
+                           settings.oidc_audience, directory)
+        dev_issuer = DevIssuerServer(issuer, settings.dev_issuer_host, settings.dev_issuer_port)
+    verifier = OidcVerifier(issuer_url, settings.oidc_audience, leeway_s=settings.oidc_leeway_s,
+                            refetch_interval_s=settings.jwks_refetch_interval_s, timeout_s=settings.http_timeout_s)
+    broker = make_broker(settings, SERVICE)
+    admission = Admission(
+        publisher=EventPublisher(broker, settings, SERVICE),
+        verifier=verifier,
+        directory=directory,
+        signer=ensure_signer(settings.keys_dir, SERVICE),
+        grant_ttl=timedelta(seconds=settings.grant_ttl_s),
+    )
+
+    # no_reply: a JetStream publish carries an ack inbox, which must get the stream's ack, not ours.
+    @broker.subscriber(subjects.CHAT_IN_ALL, queue=SERVICE, no_reply=True)
+    async def on_chat_message(msg: NatsMessage) -> None:
+        try:
+            await admit_chat_message(msg.raw_message.subject, msg.body, admission)
+        except Exception:
+            log.exception("identity failed on a message on %s", msg.raw_message.subject)
+
+    @broker.subscriber(HEALTH_SUBJECT)
+    async def on_health(msg: NatsMessage) -> bytes:
+        return b"ok"
+
+    return IdentityService(settings, broker, admission, verifier, dev_issuer)

@@ -1,0 +1,91 @@
+"""Chat message in, turn request (with a signed session grant) or refusal out.
+
+A message identity cannot admit gets a refused chat reply the person sees, and an
+audited error event; neither carries the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from caduceus_bus import EventPublisher
+from caduceus_contracts import (
+    ChatMessageIn,
+    ChatReply,
+    ContractError,
+    SignedGrant,
+    Signer,
+    TurnRequested,
+    parse_event,
+    subjects,
+    utcnow,
+)
+from caduceus_identity.domain import Directory, Refused, VerifiedIdentity
+
+log = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+# Three base64url segments, the first a JSON header ("eyJ"): what a JWT looks like in any text.
+_JWT_RE = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
+
+
+class TokenVerifier(Protocol):
+    async def verify(self, token: str) -> VerifiedIdentity: ...
+
+
+@dataclass
+class Admission:
+    """What the chat handler needs: where to publish, whom to trust, who exists, how to sign grants."""
+
+    publisher: EventPublisher
+    verifier: TokenVerifier
+    directory: Directory
+    signer: Signer
+    grant_ttl: timedelta
+
+
+def without_token(body: bytes) -> bytes:
+    """A message body fit for an error event's excerpt: the token field and anything JWT-shaped removed."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "token" in data:
+        data["token"] = REDACTED
+        body = json.dumps(data).encode()
+    return _JWT_RE.sub(REDACTED.encode(), body)
+
+
+async def admit_chat_message(subject: str, body: bytes, admission: Admission) -> None:
+    """Verify who sent a chat message; publish TurnRequested with a signed grant, or refuse it."""
+    try:
+        message = parse_event(body, expect=ChatMessageIn, subject=subject)
+    except ContractError as exc:
+        await admission.publisher.refuse(subject, without_token(body), str(exc))
+        return
+    assert isinstance(message, ChatMessageIn)
+    try:
+        identity = await admission.verifier.verify(message.token)
+        grant = admission.directory.admit(identity, message, now=utcnow(), ttl=admission.grant_ttl)
+    except Refused as refused:
+        await refuse_message(subject, body, message, refused, admission.publisher)
+        return
+    signed = SignedGrant.issue(admission.signer, grant)
+    turn = TurnRequested(tenant=message.tenant, message_id=message.message_id, grant=signed, text=message.text)
+    await admission.publisher.publish(subjects.turn_requested(message.tenant), turn)
+    log.info("admitted %s of tenant %s to workspace %s (session %s, grant %s)", grant.user, grant.tenant,
+             grant.workspace, grant.session_id, grant.grant_id)
+
+
+async def refuse_message(subject: str, body: bytes, message: ChatMessageIn, refused: Refused,
+                         publisher: EventPublisher) -> None:
+    """Tell the person why (a refused chat reply) and audit it (an error event with the reason only)."""
+    reply = ChatReply(tenant=message.tenant, message_id=message.message_id, session_id=message.session_id,
+                      status="refused", text=refused.reply_text)
+    await publisher.publish(subjects.chat_reply(message.tenant, message.session_id), reply)
+    await publisher.refuse(subject, without_token(body), refused.reason)

@@ -1,0 +1,59 @@
+"""The identity service's settings, read from the environment with the CADUCEUS_ prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from caduceus_bus import BusSettings, with_state_paths
+
+DEV_ISSUER_KEY_FILE = "dev-issuer.pem"
+
+
+class IdentitySettings(BusSettings):
+    """Bus connection, where identity finds tenants and keys, which OIDC issuer it trusts, the dev issuer.
+
+    Paths left unset derive from `state_dir`: `<state_dir>/keys`, `<state_dir>/tenants.yaml`
+    (the embedded stack's layout). With no `oidc_issuer_url`, identity trusts its own dev issuer.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
+
+    state_dir: Path
+    keys_dir: Path
+    tenants_file: Path
+    # The dev OIDC issuer: 0 disables it (production uses the organization's provider).
+    dev_issuer_host: str = "127.0.0.1"
+    dev_issuer_port: int = Field(default=8900, ge=0, le=65535)
+    oidc_issuer_url: str | None = None
+    oidc_audience: str = "caduceus"
+    # Clock skew tolerated on exp/nbf/iat.
+    oidc_leeway_s: float = 30.0
+    # An unknown key id triggers a JWKS refetch at most this often, so forged kids cannot flood the provider.
+    jwks_refetch_interval_s: float = 30.0
+    http_timeout_s: float = 5.0
+    grant_ttl_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_paths(cls, data: Any) -> Any:
+        return with_state_paths(data, keys_dir="keys", tenants_file="tenants.yaml")
+
+    @property
+    def dev_issuer_url(self) -> str | None:
+        """The dev issuer's base URL (also its `iss`), or None when it is disabled."""
+        if self.dev_issuer_port == 0:
+            return None
+        return f"http://{self.dev_issuer_host}:{self.dev_issuer_port}"
+
+    @property
+    def trusted_issuer_url(self) -> str | None:
+        """The issuer whose tokens identity accepts: the configured one, else the dev issuer."""
+        return (self.oidc_issuer_url or self.dev_issuer_url or "").rstrip("/") or None
+
+    @property
+    def dev_issuer_key_path(self) -> Path:
+        return self.keys_dir / DEV_ISSUER_KEY_FILE
