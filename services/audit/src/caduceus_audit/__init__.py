@@ -1,1 +1,11 @@
-"""Audit: every bus event stored in SQL."""
+"""Audit: every bus event stored once, redacted, in per-tenant hash chains in SQL."""
+
+from caduceus_audit.adapters.store import (
+    AppendOutcome,
+    AuditRecord,
+    AuditStore,
+    StoreRefused,
+    StoreUnavailable,
+)
+
+__all__ = ["AppendOutcome", "AuditRecord", "AuditStore", "StoreRefused", "StoreUnavailable"]

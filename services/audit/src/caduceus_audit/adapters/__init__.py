@@ -1,0 +1,1 @@
+"""Adapters of the audit service: the SQL store and the JetStream consumer."""

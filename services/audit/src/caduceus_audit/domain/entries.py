@@ -1,0 +1,158 @@
+"""What one bus message becomes in the audit trail (pure): an `AuditEntry`, redacted and canonical.
+
+A message that parses as a contract event is stored as that event. One that does
+not (malformed, unknown kind, another tenant's subject) is stored too, as a
+rejected entry saying why: the trail keeps what was attempted, not only what
+was accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from caduceus_audit.domain.redaction import redact_event_body, redact_text
+from caduceus_contracts import (
+    CanonicalizationError,
+    ContractError,
+    Event,
+    canonical_json,
+    parse_event,
+    subjects,
+)
+
+MAX_EVENT_ID = 160
+MAX_KIND = 64
+MAX_SUBJECT = 512
+MAX_REASON = 1000
+# A rejected message is kept as an excerpt: enough to investigate, bounded so a flood cannot fill the store.
+MAX_REJECTED_EXCERPT = 16_384
+UNKNOWN_KIND = "unknown"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One message ready to append to its tenant's chain (seq and hashes are the store's to assign)."""
+
+    tenant: str
+    event_id: str
+    kind: str
+    subject: str
+    session_id: str | None
+    call_id: str | None
+    occurred_at: datetime
+    body: str
+    rejected: bool = False
+    reject_reason: str | None = None
+
+    def as_unstorable(self, reason: str) -> "AuditEntry":
+        """This entry with its body withheld, for a message the store refused to hold as it was."""
+        return replace(self, body=body_text({"withheld": reason[:MAX_REASON]}), rejected=True,
+                       reject_reason=clean(f"the store refused this message: {reason}", MAX_REASON),
+                       call_id=None, session_id=None)
+
+
+def clean(text: str, limit: int | None = None) -> str:
+    """Text any SQL engine stores as is: no NUL, no lone surrogates, at most `limit` characters."""
+    text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return text if limit is None else text[:limit]
+
+
+def body_text(value: Any) -> str:
+    """The stored text of a body: RFC 8785 canonical JSON, or sorted compact JSON for what JCS refuses."""
+    try:
+        return canonical_json(value).decode("utf-8")
+    except (CanonicalizationError, UnicodeDecodeError):
+        # JCS refuses integers beyond 2**53 and non-finite numbers; the event still has to be kept.
+        return clean(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
+
+
+def entry_for_message(subject: str, data: bytes, headers: Mapping[str, str] | None, *,
+                      stream_seq: int, received_at: datetime) -> AuditEntry:
+    """The audit entry for one message taken off the stream: the event it carries, or a rejection."""
+    try:
+        event = parse_event(data, subject=subject)
+    except ContractError as exc:
+        return rejected_entry(subject, data, headers, str(exc), stream_seq=stream_seq, received_at=received_at)
+    return event_entry(subject, event)
+
+
+def event_entry(subject: str, event: Event) -> AuditEntry:
+    body = redact_event_body(event.kind, event.model_dump(mode="json"))
+    return AuditEntry(
+        tenant=event.tenant,
+        event_id=clean(event.event_id, MAX_EVENT_ID),
+        kind=event.kind,
+        subject=clean(subject, MAX_SUBJECT),
+        session_id=session_of(event),
+        call_id=_optional(getattr(event, "call_id", None), MAX_EVENT_ID),
+        occurred_at=event.occurred_at,
+        body=body_text(body),
+    )
+
+
+def session_of(event: Event) -> str | None:
+    """The chat session an event belongs to: its own, its grant's, or its decision's."""
+    session = getattr(event, "session_id", None)
+    if session is None and (grant := getattr(event, "grant", None)) is not None:
+        session = grant.grant.session_id
+    if session is None and (decision := getattr(event, "decision", None)) is not None:
+        session = decision.decision.session_id
+    return session
+
+
+def rejected_entry(subject: str, data: bytes, headers: Mapping[str, str] | None, reason: str, *,
+                   stream_seq: int, received_at: datetime) -> AuditEntry:
+    """A message that is no contract event, kept under its subject's tenant (or `_system`) with the reason."""
+    claimed: Any = None
+    try:
+        claimed = json.loads(data)
+    except (ValueError, RecursionError):
+        pass
+    kind = claimed.get("kind") if isinstance(claimed, dict) else None
+    kind = clean(kind, MAX_KIND) if isinstance(kind, str) and kind else UNKNOWN_KIND
+    body = _rejected_body(data, claimed, kind)
+    return AuditEntry(
+        tenant=subjects.tenant_of(subject) or subjects.SYSTEM_TENANT,
+        event_id=rejected_event_id(data, headers, subject, stream_seq),
+        kind=kind,
+        subject=clean(subject, MAX_SUBJECT),
+        session_id=None,
+        call_id=None,
+        occurred_at=received_at,
+        body=body,
+        rejected=True,
+        reject_reason=clean(redact_text(reason), MAX_REASON),
+    )
+
+
+def _rejected_body(data: bytes, claimed: Any, kind: str) -> str:
+    if claimed is not None and len(data) <= MAX_REJECTED_EXCERPT:
+        try:
+            return body_text(redact_event_body(kind, claimed))
+        except RecursionError:
+            pass  # nested too deep to walk: keep it as text instead
+    excerpt = data[:MAX_REJECTED_EXCERPT].decode("utf-8", "replace")
+    return body_text({"excerpt": redact_text(excerpt), "size": len(data)})
+
+
+def rejected_event_id(data: bytes, headers: Mapping[str, str] | None, subject: str, stream_seq: int) -> str:
+    """A stable id for a rejected message, so its redelivery is stored once.
+
+    The publisher's Nats-Msg-Id when there is one; otherwise the stream position and a digest of the
+    content. The `rejected:` prefix keeps a malformed message from claiming a real event's id.
+    """
+    msg_id = (headers or {}).get("Nats-Msg-Id")
+    if msg_id:
+        msg_id = clean(msg_id, 128) if len(msg_id) <= 128 else hashlib.sha256(msg_id.encode()).hexdigest()
+        return f"rejected:{msg_id}"
+    digest = hashlib.sha256(subject.encode() + b"\n" + data).hexdigest()[:32]
+    return f"rejected:js{stream_seq}:{digest}"
+
+
+def _optional(value: Any, limit: int) -> str | None:
+    return clean(value, limit) if isinstance(value, str) else None

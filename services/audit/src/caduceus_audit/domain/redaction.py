@@ -1,0 +1,101 @@
+"""Secret redaction applied to every event body before it is stored (pure, no I/O).
+
+Two rules. The OIDC token a person sends with a chat message is replaced as a
+whole. Anywhere else in a body, in keys and values alike, text that looks like a
+credential is replaced with `[REDACTED:<kind>]`, and the value of a field named
+like a secret (`password`, `api_key`, ...) is replaced whatever it looks like.
+Signatures and digests are not secrets: they are what makes the trail
+verifiable, so well-formed ones are kept as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+TOKEN_PLACEHOLDER = "[REDACTED]"
+
+
+def placeholder(kind: str) -> str:
+    return f"[REDACTED:{kind}]"
+
+
+# Order matters: a PEM block is removed whole before anything inside it could match a shorter pattern.
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("private_key", re.compile(
+        r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----"
+        # A block cut off before its END line is still a key: redact to the end of the text.
+        r"(?:.*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----|.*\Z)",
+        re.DOTALL,
+    )),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")),
+    ("bearer_token", re.compile(r"\bbearer\s+[A-Za-z0-9\-._~+/]{8,}=*", re.IGNORECASE)),
+    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b")),
+    ("api_key", re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}")),
+    ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+)
+
+_SECRET_NAME = (
+    r"password|passwd|pwd|passphrase|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|"
+    r"secret[_-]?access[_-]?key|aws_secret_access_key|access[_-]?token|refresh[_-]?token|id[_-]?token|"
+    r"auth[_-]?token|private[_-]?key"
+)
+# `password=hunter2`, `api_key: "abc"`, `"client_secret": "abc"` (JSON inside a string), `?api_key=abc&x=1`.
+_ASSIGNMENT = re.compile(
+    rf"(?<![A-Za-z0-9])((?:{_SECRET_NAME})[\"']?\s*[=:]\s*)(?!\[REDACTED)(\"[^\"\n]*\"|'[^'\n]*'|[^\s,;&\"'}}\]]+)",
+    re.IGNORECASE,
+)
+_SECRET_FIELD = re.compile(rf"(?:{_SECRET_NAME}|token|authorization|cookie|set-cookie)", re.IGNORECASE)
+
+# Fields that are verifiable material, not secrets, kept when they have their expected shape.
+_KEPT_FIELDS: dict[str, re.Pattern[str]] = {
+    "signature": re.compile(r"[A-Za-z0-9_-]{64,128}"),
+    "digest": re.compile(r"[0-9a-f]{64}"),
+}
+
+
+def redact_text(text: str) -> str:
+    """Replace every credential-looking substring of `text` with `[REDACTED:<kind>]`."""
+    for kind, pattern in _PATTERNS:
+        text = pattern.sub(placeholder(kind), text)
+    return _ASSIGNMENT.sub(lambda m: m.group(1) + placeholder("secret_assignment"), text)
+
+
+def redact_value(value: Any) -> Any:
+    """Redact a decoded JSON value: strings, dict keys and values, list items, recursively."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list):
+        return [redact_value(item) for item in value]
+    if isinstance(value, dict):
+        return _redact_mapping(value)
+    return value
+
+
+def _redact_mapping(mapping: dict[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = redact_text(str(key))
+        # Two keys that redact to the same text must not overwrite each other.
+        while name in out:
+            name += "'"
+        out[name] = _redact_field(str(key), value)
+    return out
+
+
+def _redact_field(key: str, value: Any) -> Any:
+    kept = _KEPT_FIELDS.get(key)
+    if kept is not None and isinstance(value, str) and kept.fullmatch(value):
+        return value
+    if _SECRET_FIELD.fullmatch(key) and value not in (None, "") and not isinstance(value, (dict, list, bool)):
+        return placeholder("secret_field")
+    return redact_value(value)
+
+
+def redact_event_body(kind: str | None, body: Any) -> Any:
+    """The body of one event as it may be stored: the chat token removed, credentials redacted."""
+    if kind == "chat.message.in" and isinstance(body, dict) and "token" in body:
+        redacted = redact_value({k: v for k, v in body.items() if k != "token"})
+        return {**redacted, "token": TOKEN_PLACEHOLDER}
+    return redact_value(body)

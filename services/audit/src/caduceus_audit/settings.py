@@ -1,0 +1,40 @@
+"""The audit service's settings, read from the environment with the CADUCEUS_ prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from caduceus_bus import BusSettings, with_state_paths
+
+
+class AuditSettings(BusSettings):
+    """Bus connection plus where the audit trail is stored and how the stream is consumed.
+
+    `audit_db_url` (CADUCEUS_AUDIT_DB_URL) is any SQLAlchemy URL; left unset it is
+    `sqlite:///<state_dir>/audit.db`. PostgreSQL: `postgresql+psycopg2://user:pass@host/db`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
+
+    state_dir: Path
+    audit_db_url: str
+    # Messages fetched from JetStream and committed in one transaction.
+    audit_batch_size: int = Field(default=128, ge=1, le=1000)
+    # How long one fetch waits for messages before asking again.
+    audit_fetch_timeout_s: float = Field(default=1.0, gt=0)
+    # A message fetched but not acknowledged within this time is delivered again (after a crash).
+    audit_ack_wait_s: float = Field(default=30.0, gt=0)
+    # Longest pause between attempts while the database is unavailable.
+    audit_retry_max_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_db_url(cls, data: Any) -> Any:
+        data = with_state_paths(data)
+        if isinstance(data, dict) and not data.get("audit_db_url"):
+            data["audit_db_url"] = f"sqlite:///{data['state_dir'] / 'audit.db'}"
+        return data

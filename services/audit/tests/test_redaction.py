@@ -1,0 +1,127 @@
+"""Secrets never reach the audit store: redaction tables with hostile strings (pure, no servers)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+
+from caduceus_audit.domain.entries import event_entry
+from caduceus_audit.domain.redaction import redact_event_body, redact_text, redact_value
+from caduceus_contracts import (
+    ChatMessageIn,
+    Decision,
+    SignedDecision,
+    Signer,
+    ToolCallDecided,
+    call_digest,
+    utcnow,
+)
+
+AWS = "AKIAIOSFODNN7EXAMPLE"
+OPENAI = "sk-proj-Abc123def456GHI789jkl012MNO345pqr"
+GITHUB = "ghp_" + "a1B2c3D4e5" * 4
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x\nq9+/abc==\n-----END RSA PRIVATE KEY-----"
+
+HOSTILE = [
+    # (text, secret that must be gone, kind the placeholder must name)
+    (f"my key is {AWS}, please rotate", AWS, "aws_access_key"),
+    (f"export AWS_ACCESS_KEY_ID={AWS}", AWS, "aws_access_key"),
+    (f"OPENAI_API_KEY={OPENAI}", OPENAI, "api_key"),
+    (f"curl -H 'Authorization: Bearer {JWT}' https://x", JWT, "jwt"),
+    ("Authorization: bearer abcdef0123456789._~+/token==", "abcdef0123456789._~+/token==", "bearer_token"),
+    (f"here:\n{PEM}\nthanks", "MIIEowIBAAKCAQEA7x", "private_key"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA (cut off", "b3BlbnNzaC1rZXktdjEAAAAA", "private_key"),
+    ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA\n-----END PRIVATE KEY-----", "MC4CAQAwBQYDK2VwBCIEIA",
+     "private_key"),
+    ("db password=hunter2 and more", "hunter2", "secret_assignment"),
+    ("PASSWORD = 'correct horse battery staple'", "correct horse battery staple", "secret_assignment"),
+    ('{"api_key": "k-123456", "x": 1}', "k-123456", "secret_assignment"),
+    ("https://api.example.com/v1?api_key=abc123xyz&page=2", "abc123xyz", "secret_assignment"),
+    ("client_secret:s3cr3t-v4lue;next", "s3cr3t-v4lue", "secret_assignment"),
+    (f"token {GITHUB} pushed", GITHUB, "github_token"),
+    ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "github_pat_11ABCDEFG0123456789", "github_token"),
+    (f"nested 'quote' {OPENAI}\x00 after NUL", OPENAI, "api_key"),
+]
+
+
+@pytest.mark.parametrize(("text", "secret", "kind"), HOSTILE)
+def test_credentials_in_text_are_replaced_by_their_kind(text: str, secret: str, kind: str) -> None:
+    redacted = redact_text(text)
+    assert secret not in redacted
+    assert f"[REDACTED:{kind}]" in redacted
+
+
+@pytest.mark.parametrize("text", [
+    "task-1234567890abcdefghijklmnop finished",  # `sk-` inside a word is not an API key
+    "the password reset page is at /reset",
+    "AKIA is a prefix, AKIAshort is not a key",
+    "sha256 " + "ab" * 32,
+    "Bearer of bad news",
+    "ordinary text with = signs: a=b, c: d",
+])
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_secrets_are_found_in_nested_values_and_keys() -> None:
+    body = {"args": {"command": f"aws s3 ls --key {AWS}", "env": [{"k": OPENAI}], OPENAI: "value under a secret key",
+                     "password": "plain-looking", "retries": 3}}
+    redacted = redact_value(body)
+    dumped = json.dumps(redacted)
+    assert AWS not in dumped and OPENAI not in dumped and "plain-looking" not in dumped
+    assert redacted["args"]["password"] == "[REDACTED:secret_field]"
+    assert redacted["args"]["retries"] == 3
+    assert redacted["args"]["[REDACTED:api_key]"] == "value under a secret key"
+
+
+def test_two_secret_keys_that_redact_alike_both_survive() -> None:
+    redacted = redact_value({"sk-aaaaaaaaaaaaaaaaaaaaaaaa": 1, "sk-bbbbbbbbbbbbbbbbbbbbbbbb": 2})
+    assert sorted(redacted.values()) == [1, 2]
+
+
+def test_chat_token_is_removed_from_chat_messages() -> None:
+    message = ChatMessageIn(tenant="acme", session_id="s1", token=JWT, text=f"my key {AWS}")
+    entry = event_entry("cad.v1.chat.in.acme", message)
+    stored = json.loads(entry.body)
+    assert stored["token"] == "[REDACTED]"
+    assert AWS not in entry.body and JWT not in entry.body
+    assert stored["text"] == "my key [REDACTED:aws_access_key]"
+
+
+def test_token_field_of_a_malformed_chat_message_is_removed_too() -> None:
+    assert redact_event_body("chat.message.in", {"token": "opaque-but-secret", "kind": "chat.message.in"})["token"] \
+        == "[REDACTED]"
+
+
+def test_signatures_and_digests_are_kept() -> None:
+    signer = Signer.generate("policy")
+    digest = call_digest(tenant="acme", workspace="default", session="s1", tool="terminal", args={"command": "ls"})
+    decision = Decision(tenant="acme", workspace="default", session_id="s1", call_id="c1", tool="terminal",
+                        digest=digest, verdict="allow", reason="ok", expires_at=utcnow() + timedelta(seconds=60))
+    signed = SignedDecision.issue(signer, decision)
+    event = ToolCallDecided(tenant="acme", call_id="c1", workspace="default", decision=signed)
+    stored = json.loads(event_entry("cad.v1.tool.decided.acme", event).body)
+    assert stored["decision"]["signature"] == signed.signature
+    assert stored["decision"]["decision"]["digest"] == digest
+    assert stored["decision"]["key_id"] == signed.key_id
+
+
+def test_a_secret_dressed_as_a_signature_is_still_redacted() -> None:
+    assert redact_value({"signature": f"{AWS} leaked"})["signature"] == "[REDACTED:aws_access_key] leaked"
+
+
+@pytest.mark.parametrize("text", [
+    "-----BEGIN PRIVATE KEY-----" * 20_000,
+    "password=" * 50_000,
+    "Bearer " * 50_000,
+    "sk-" + "a" * 300_000,
+    "eyJ" + "a" * 100_000 + ".eyJ" * 10_000,
+])
+def test_hostile_input_is_redacted_in_linear_time(text: str) -> None:
+    started = time.monotonic()
+    redact_text(text)
+    assert time.monotonic() - started < 2.0
