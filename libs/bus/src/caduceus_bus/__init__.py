@@ -1,13 +1,19 @@
 """NATS/JetStream helpers shared by every Caduceus process: brokers, the event stream, publishing, tracing."""
 
-from caduceus_bus.app import EVENT_SUBSCRIBER, ensure_event_stream, make_broker, raw_body
+from caduceus_bus.app import (
+    EVENT_SUBSCRIBER,
+    ensure_event_stream,
+    make_broker,
+    raw_body,
+)
 from caduceus_bus.connection import EventConnection
 from caduceus_bus.events import EventPublisher, event_headers, excerpt
-from caduceus_bus.settings import BusSettings
+from caduceus_bus.settings import BusSettings, default_state_dir, with_state_paths
 from caduceus_bus.streams import ensure_stream, stream_config
 from caduceus_bus.tracing import extract_context, inject_headers
 
 __all__ = [
-    "EVENT_SUBSCRIBER", "BusSettings", "EventConnection", "raw_body", "EventPublisher", "ensure_event_stream", "ensure_stream", "event_headers",
-    "excerpt", "extract_context", "inject_headers", "make_broker", "stream_config",
+    "EVENT_SUBSCRIBER", "BusSettings", "EventConnection", "EventPublisher", "default_state_dir", "ensure_event_stream",
+    "ensure_stream", "event_headers", "excerpt", "extract_context", "inject_headers", "make_broker", "raw_body",
+    "stream_config", "with_state_paths",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
@@ -21,7 +23,9 @@ def make_broker(settings: BusSettings, service: str) -> NatsBroker:
         name=f"caduceus-{service}",
         middlewares=(NatsTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),),
         max_reconnect_attempts=-1,
-        logger=None,
+        # Handler failures are logged (as errors with a traceback); per-message chatter only at DEBUG.
+        logger=logging.getLogger(f"caduceus.{service}.bus"),
+        log_level=logging.DEBUG,
         **auth,
     )
 

@@ -9,10 +9,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from caduceus_contracts import Event
 from caduceus_bus.events import event_headers
 from caduceus_bus.settings import BusSettings
 from caduceus_bus.streams import ensure_stream
+from caduceus_contracts import Event
 
 RawHandler = Callable[[Msg], Awaitable[None]]
 

@@ -13,9 +13,9 @@ from typing import TypeVar
 
 from faststream.nats import NatsBroker
 
-from caduceus_contracts import ContractError, ErrorEvent, Event, parse_event, subjects
 from caduceus_bus.settings import BusSettings
 from caduceus_bus.tracing import inject_headers
+from caduceus_contracts import ContractError, ErrorEvent, Event, parse_event, subjects
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
@@ -53,11 +53,8 @@ class EventPublisher:
     async def refuse(self, subject: str, body: bytes, reason: str) -> None:
         """Publish the error event for a message this service cannot accept."""
         tenant = subjects.tenant_of(subject) or subjects.SYSTEM_TENANT
-        error = ErrorEvent.model_construct(
-            **ErrorEvent(tenant="x", service=self.service, subject=subject[:512], reason=reason[:1000],
-                         excerpt=excerpt(body)).model_dump(exclude={"tenant"}),
-            tenant=tenant,
-        )
+        error = ErrorEvent(tenant=tenant, service=self.service, subject=subject[:512], reason=reason[:1000],
+                           excerpt=excerpt(body))
         log.warning("%s refused a message on %s: %s", self.service, subject, reason)
         await self.publish(subjects.error(tenant, self.service), error)
 

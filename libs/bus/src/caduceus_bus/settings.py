@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import platformdirs
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    """Where Caduceus keeps its state when nothing says otherwise: the user's data dir."""
+    return Path(platformdirs.user_data_dir("caduceus"))
+
+
+def with_state_paths(data: Any, **relative: str) -> Any:
+    """Settings input with `state_dir` and every unset path setting in `relative` filled in.
+
+    For a `model_validator(mode="before")`: `with_state_paths(data, keys_dir="keys")` makes
+    `keys_dir` default to `<state_dir>/keys`, and `state_dir` to the user's data dir.
+    """
+    if not isinstance(data, dict):
+        return data
+    state_dir = Path(data.get("state_dir") or default_state_dir())
+    return {**data, "state_dir": state_dir,
+            **{name: data.get(name) or state_dir / path for name, path in relative.items()}}
 
 
 class BusSettings(BaseSettings):

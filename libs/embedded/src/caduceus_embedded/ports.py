@@ -21,6 +21,8 @@ def free_port() -> int:
 def ensure_free(port: int, what: str, flag: str) -> None:
     """Raise PortBusy, naming the flag that changes it, when port is taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves bind: connections of a stack that just stopped (TIME_WAIT) are no conflict.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from faststream.nats import NatsBroker, NatsMessage
 
-from caduceus_bus import EVENT_SUBSCRIBER, BusSettings, EventPublisher, ensure_event_stream, make_broker
-from caduceus_contracts import subjects
 from caduceus_broker.handlers import BrokerHandlers
 from caduceus_broker.settings import BrokerSettings, ModelSettings
 from caduceus_broker.workers import WorkerPool
+from caduceus_bus import (
+    EVENT_SUBSCRIBER,
+    BusSettings,
+    EventPublisher,
+    ensure_event_stream,
+    make_broker,
+)
+from caduceus_contracts import subjects
 
 SERVICE = "broker"
 
@@ -32,14 +38,18 @@ class BrokerApp:
             subjects.TOOL_COMPLETED_ALL: "on_tool_completed",
         }
         for subject, name in routes.items():
-            async def subscriber(msg: NatsMessage, name: str = name) -> None:
-                await getattr(self.handlers, name)(msg.raw_message.subject, msg.body)
-
-            self.broker.subscriber(subject, queue=SERVICE, max_workers=16, **EVENT_SUBSCRIBER)(subscriber)
+            self.broker.subscriber(subject, queue=SERVICE, max_workers=16, **EVENT_SUBSCRIBER)(self._route_to(name))
 
         @self.broker.subscriber(f"caduceus.health.{SERVICE}")
         async def health(msg: NatsMessage) -> bytes:
             return b"ok"
+
+    def _route_to(self, name: str):
+        # A closure, not a default argument: FastStream would fill any extra parameter from the message body.
+        async def subscriber(msg: NatsMessage) -> None:
+            await getattr(self.handlers, name)(msg.raw_message.subject, msg.body)
+
+        return subscriber
 
     async def start(self) -> None:
         await self.broker.connect()
