@@ -24,7 +24,12 @@ from caduceus_embedded.ports import PortBusy, StackPorts
 from caduceus_embedded.services import ServiceFailed, ServiceSpec, default_services
 from caduceus_embedded.settings import ModelSettings
 from caduceus_embedded.stack import EmbeddedStack
-from caduceus_embedded.stackinfo import STACK_FILE, StackInfo, read_stack_info, write_stack_info
+from caduceus_embedded.stackinfo import (
+    STACK_FILE,
+    StackInfo,
+    read_stack_info,
+    write_stack_info,
+)
 
 T = TypeVar("T")
 TESTS_DIR = Path(__file__).parent

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from caduceus_broker.settings import BrokerSettings, ModelSettings
+from caduceus_broker.workers import WorkerPool
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
     Decision,
@@ -22,8 +24,6 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_broker.settings import BrokerSettings, ModelSettings
-from caduceus_broker.workers import WorkerPool
 
 TENANT, WORKSPACE, SESSION = "acme", "default", "sess-exec"
 

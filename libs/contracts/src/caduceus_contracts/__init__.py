@@ -4,7 +4,11 @@ Every service imports the bus contract from here; nothing else defines it.
 """
 
 from caduceus_contracts import subjects
-from caduceus_contracts.canonical import CanonicalizationError, call_digest, canonical_json
+from caduceus_contracts.canonical import (
+    CanonicalizationError,
+    call_digest,
+    canonical_json,
+)
 from caduceus_contracts.models import (
     EVENT_KINDS,
     ChatMessageIn,
@@ -29,7 +33,13 @@ from caduceus_contracts.models import (
     parse_event,
     utcnow,
 )
-from caduceus_contracts.signing import Keyring, SignatureError, Signer, ensure_signer, load_keyring
+from caduceus_contracts.signing import (
+    Keyring,
+    SignatureError,
+    Signer,
+    ensure_signer,
+    load_keyring,
+)
 
 __all__ = [
     "EVENT_KINDS", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",

@@ -11,7 +11,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from caduceus_contracts import subjects
 from caduceus_contracts.canonical import call_digest
@@ -247,33 +254,21 @@ class ErrorEvent(Event):
     """A message was refused: malformed, unknown, forged or out of place. Audited like any event."""
 
     kind: Literal["error"] = "error"
+    # A refused message without a valid tenant is reported under the system tenant.
+    tenant: Annotated[str, Field(pattern=rf"^({subjects.SYSTEM_TENANT}|{subjects.TOKEN_RE.pattern[1:-1]})$")]
     service: str
     subject: str
     reason: str
     excerpt: str = ""
 
 
-AnyEvent = Annotated[
-    Union[
-        ChatMessageIn,
-        TurnRequested,
-        TurnAssigned,
-        ToolCallRequested,
-        ToolCallDecided,
-        ToolCallDispatched,
-        ToolCallCompleted,
-        ChatReply,
-        WorkerLifecycle,
-        ErrorEvent,
-    ],
-    Field(discriminator="kind"),
-]
+EVENT_MODELS: tuple[type[Event], ...] = (
+    ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided, ToolCallDispatched,
+    ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent,
+)
+AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
-EVENT_KINDS = {
-    m.model_fields["kind"].default: m
-    for m in (ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided,
-              ToolCallDispatched, ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent)
-}
+EVENT_KINDS = {m.model_fields["kind"].default: m for m in EVENT_MODELS}
 
 
 def parse_event(data: bytes | str, *, expect: type[Event] | None = None, subject: str | None = None) -> Event:

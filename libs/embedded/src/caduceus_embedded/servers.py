@@ -55,7 +55,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a child in its own session (Ctrl-C reaches only the supervisor), appending output to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    log = open(log_path, "ab")
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env={**os.environ, **(env or {})}, start_new_session=True)
 

@@ -29,9 +29,20 @@ from caduceus_embedded.health import wait_ready
 from caduceus_embedded.layout import StateLayout
 from caduceus_embedded.ports import StackPorts
 from caduceus_embedded.servers import ServerProcess, start_nats, start_temporal
-from caduceus_embedded.services import RunningService, ServiceFailed, ServiceSpec, default_services, start_service
+from caduceus_embedded.services import (
+    RunningService,
+    ServiceFailed,
+    ServiceSpec,
+    default_services,
+    start_service,
+)
 from caduceus_embedded.settings import ModelSettings
-from caduceus_embedded.stackinfo import StackInfo, clear_stack_info, read_stack_info, write_stack_info
+from caduceus_embedded.stackinfo import (
+    StackInfo,
+    clear_stack_info,
+    read_stack_info,
+    write_stack_info,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -230,7 +241,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     def run() -> None:
         try:
             outcome["value"] = asyncio.run(coro)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=run, name="caduceus-stack-async", daemon=True)

@@ -19,7 +19,12 @@ import pytest
 
 from caduceus_embedded.ports import free_port, wait_for_port
 from caduceus_embedded.scripted_model.scenarios import default_scenarios_path
-from caduceus_embedded.servers import ServerProcess, start_nats, start_scripted_model, start_temporal
+from caduceus_embedded.servers import (
+    ServerProcess,
+    start_nats,
+    start_scripted_model,
+    start_temporal,
+)
 
 PG_BIN = Path(os.environ.get("CADUCEUS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -138,7 +143,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     data = base / "data"
     _run_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"])
     port = free_port()
-    log = open(base / "pg.log", "ab")  # noqa: SIM115
+    log = open(base / "pg.log", "ab")
     argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(base), "-h", "127.0.0.1",
             "-c", "fsync=off"]
     if os.geteuid() == 0:
@@ -152,10 +157,14 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         import signal as _signal
 
-        # runuser forwards SIGINT to postgres: a fast shutdown.
-        proc.send_signal(_signal.SIGINT)
+        # runuser does not forward SIGINT: signal the whole session so postgres itself gets it (a fast shutdown).
+        try:
+            os.killpg(proc.pid, _signal.SIGINT)
+        except ProcessLookupError:
+            pass
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, _signal.SIGKILL)
+            proc.wait()
         shutil.rmtree(base, ignore_errors=True)

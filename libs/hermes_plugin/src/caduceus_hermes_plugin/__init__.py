@@ -1,6 +1,12 @@
 """The Caduceus plugin for Hermes Agent: every tool call goes to the bus and is decided before it runs."""
 
-from caduceus_hermes_plugin.gateway import GatewayTimeouts, ToolGateway, connect_gateway, current_gateway, install_gateway
+from caduceus_hermes_plugin.gateway import (
+    GatewayTimeouts,
+    ToolGateway,
+    connect_gateway,
+    current_gateway,
+    install_gateway,
+)
 from caduceus_hermes_plugin.outcome import CallOutcome
 from caduceus_hermes_plugin.tools import AGENT_LOOP_TOOLS, runs_in_planner
 

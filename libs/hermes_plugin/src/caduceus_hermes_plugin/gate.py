@@ -21,7 +21,9 @@ _local = threading.local()
 
 def _fingerprint(tool: str, args: dict[str, Any]) -> bytes:
     try:
-        from model_tools import coerce_tool_args  # Hermes coerces before middleware sees the args
+        from model_tools import (
+            coerce_tool_args,  # Hermes coerces before middleware sees the args
+        )
 
         args = coerce_tool_args(tool, copy.deepcopy(args))
     except Exception:

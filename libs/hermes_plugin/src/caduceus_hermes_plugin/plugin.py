@@ -42,7 +42,7 @@ def governed_tool_execution(tool_name: str = "", args: Any = None, next_call: An
             return denied("tool arguments must be a JSON object").for_model(tool_name)
         run_locally = next_call if runs_in_planner(tool_name) else None
         return gateway.request_call(tool_name, args, session_id=session_id, run_locally=run_locally).for_model(tool_name)
-    except BaseException as exc:  # noqa: BLE001 - a raise here would make Hermes run the tool locally
+    except BaseException as exc:
         log.error("governed call of %s failed: %s", tool_name, exc)
         return denied(f"the governed call failed ({type(exc).__name__}); nothing ran").for_model(tool_name)
 
@@ -54,7 +54,7 @@ def executor_gate(tool_name: str = "", args: Any = None, next_call: Any = None, 
             return next_call(args)
         return json.dumps({"error": f"Caduceus refused {tool_name}: no verified decision authorizes this call",
                            "status": "refused"})
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         return json.dumps({"error": f"{tool_name} failed in the executor: {type(exc).__name__}: {exc}"})

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 from temporalio import activity
 
-from caduceus_approval.domain import ApprovalOutcome, ApprovalRequest, decided_event, stable_id
+from caduceus_approval.domain import (
+    ApprovalOutcome,
+    ApprovalRequest,
+    decided_event,
+    stable_id,
+)
 from caduceus_contracts import Event, Signer, subjects, utcnow
 
 PUBLISH_OUTCOME = "publish_outcome"

@@ -8,7 +8,12 @@ from pathlib import Path
 
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from caduceus_approval.domain import ApprovalOutcome, decided_event, request_for, unreachable_reason
+from caduceus_approval.domain import (
+    ApprovalOutcome,
+    decided_event,
+    request_for,
+    unreachable_reason,
+)
 from caduceus_approval.temporal_link import TemporalLink, TemporalUnavailable
 from caduceus_bus import EventPublisher
 from caduceus_contracts import (

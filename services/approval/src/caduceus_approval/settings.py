@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
-from caduceus_bus import BusSettings
+from caduceus_bus import BusSettings, with_state_paths
 
 
 class ApprovalSettings(BusSettings):
@@ -33,7 +32,4 @@ class ApprovalSettings(BusSettings):
     @model_validator(mode="before")
     @classmethod
     def _derive_paths(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        state_dir = Path(data.get("state_dir") or platformdirs.user_data_dir("caduceus"))
-        return {**data, "state_dir": state_dir, "keys_dir": data.get("keys_dir") or state_dir / "keys"}
+        return with_state_paths(data, keys_dir="keys")

@@ -14,7 +14,12 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
-from caduceus_approval.domain import ApprovalAction, ApprovalOutcome, ApprovalRequest, workflow_id
+from caduceus_approval.domain import (
+    ApprovalAction,
+    ApprovalOutcome,
+    ApprovalRequest,
+    workflow_id,
+)
 from caduceus_approval.settings import ApprovalSettings
 from caduceus_approval.workflows import ApprovalWorkflow
 

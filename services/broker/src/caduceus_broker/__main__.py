@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from caduceus_bus import BusSettings
 from caduceus_broker.app import BrokerApp
 from caduceus_broker.runtime import stop_event
 from caduceus_broker.settings import BrokerSettings, ModelSettings
+from caduceus_bus import BusSettings
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("caduceus.broker")

@@ -8,14 +8,18 @@ workspace and no model credentials. Sandboxing wraps this process (its own issue
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 import json
 import logging
+from pathlib import Path
 
 from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from caduceus_broker.domain import DispatchRefused, check_dispatch
+from caduceus_broker.ledger import DecisionLedger
+from caduceus_broker.runtime import answer_health, health_subject, stop_event
+from caduceus_broker.settings import WorkerSettings
 from caduceus_bus import BusSettings, EventConnection, excerpt, extract_context
 from caduceus_contracts import (
     ContractError,
@@ -27,10 +31,6 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_broker.domain import DispatchRefused, check_dispatch
-from caduceus_broker.ledger import DecisionLedger
-from caduceus_broker.runtime import answer_health, health_subject, stop_event
-from caduceus_broker.settings import WorkerSettings
 from caduceus_hermes_plugin import gate
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
@@ -106,7 +106,6 @@ class Executor:
 
 async def serve(settings: WorkerSettings) -> None:
     import model_tools  # noqa: F401 - import Hermes's tools (and load the plugin) before saying ready
-
     from hermes_cli.plugins import discover_plugins, has_middleware
 
     discover_plugins()

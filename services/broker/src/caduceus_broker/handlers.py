@@ -6,6 +6,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from caduceus_broker.domain import Routing, route_decision
+from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
 from caduceus_bus import EventPublisher
 from caduceus_contracts import (
     ChatReply,
@@ -23,8 +25,6 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_broker.domain import Routing, route_decision
-from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
 
 log = logging.getLogger("caduceus.broker")
 PENDING_TTL_S = 900.0

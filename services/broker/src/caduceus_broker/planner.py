@@ -14,6 +14,8 @@ from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from caduceus_broker.runtime import answer_health, health_subject, stop_event
+from caduceus_broker.settings import ModelSettings, WorkerSettings
 from caduceus_bus import BusSettings, EventConnection, extract_context
 from caduceus_contracts import (
     ChatReply,
@@ -25,8 +27,6 @@ from caduceus_contracts import (
     parse_event,
     subjects,
 )
-from caduceus_broker.runtime import answer_health, health_subject, stop_event
-from caduceus_broker.settings import ModelSettings, WorkerSettings
 from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway, install_gateway
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
@@ -103,7 +103,6 @@ class Planner:
 
 async def serve(settings: WorkerSettings) -> None:
     import run_agent  # noqa: F401 - import Hermes (and load the plugin) before saying ready
-
     from hermes_cli.plugins import discover_plugins, has_middleware
 
     discover_plugins()

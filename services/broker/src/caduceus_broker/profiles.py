@@ -15,6 +15,9 @@ HERMES_CONFIG = {
     "plugins": {"enabled": ["caduceus"]},
     "approvals": {"mode": "manual"},
     "security": {"tirith_enabled": False},
+    # Hermes would otherwise append its own verifier notes and "[System: ...]" turns to a reply.
+    "display": {"file_mutation_verifier": False},
+    "agent": {"verify_on_stop": False},
 }
 
 

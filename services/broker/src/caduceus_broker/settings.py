@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from caduceus_bus import BusSettings
+from caduceus_bus import BusSettings, default_state_dir
 
 DEFAULT_TOOLSETS = ["terminal", "file", "todo", "memory"]
 
@@ -25,7 +25,7 @@ class ModelSettings(BaseSettings):
 class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    state_dir: Path = Path(".state")
+    state_dir: Path = Field(default_factory=default_state_dir)
     keys_dir: Path | None = None
     workspaces_dir: Path | None = None
     workers_dir: Path | None = None

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nats.aio.client import Client
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
-from caduceus_bus import BusSettings
-from caduceus_contracts import new_id
 from caduceus_broker.profiles import worker_paths, write_profile
 from caduceus_broker.runtime import health_subject
 from caduceus_broker.settings import BrokerSettings, ModelSettings
+from caduceus_bus import BusSettings
+from caduceus_contracts import new_id
 
 log = logging.getLogger("caduceus.broker.workers")
 ROLES = ("planner", "executor")
@@ -102,7 +103,7 @@ class WorkerPool:
             home = write_profile(paths[f"{role}_home"])
             env = self._environment(worker, role, home, paths["workspace"])
             log_path = paths["logs"] / f"{role}.log"
-            log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+            log_file = open(log_path, "ab")
             cwd = paths["workspace"] if role == "executor" else home
             worker.processes[role] = subprocess.Popen(
                 [sys.executable, "-m", f"caduceus_broker.{role}"], cwd=cwd, env=env, stdout=log_file,

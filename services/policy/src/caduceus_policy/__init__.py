@@ -3,7 +3,14 @@
 Usable without a server: `evaluate(load_rule_file(path), tenant, roles, tool, args, workspace_root)`.
 """
 
-from caduceus_policy.domain import PolicyEngine, Rule, RuleEngine, RuleSet, Verdict, evaluate
+from caduceus_policy.domain import (
+    PolicyEngine,
+    Rule,
+    RuleEngine,
+    RuleSet,
+    Verdict,
+    evaluate,
+)
 from caduceus_policy.facts import RequestFacts, extract_facts
 from caduceus_policy.rulefile import RuleFileError, load_rule_file, parse_rules
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
-from caduceus_bus import BusSettings
+from caduceus_bus import BusSettings, with_state_paths
 
 
 class PolicySettings(BusSettings):
@@ -31,13 +30,4 @@ class PolicySettings(BusSettings):
     @model_validator(mode="before")
     @classmethod
     def _derive_paths(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        state_dir = Path(data.get("state_dir") or platformdirs.user_data_dir("caduceus"))
-        return {
-            **data,
-            "state_dir": state_dir,
-            "keys_dir": data.get("keys_dir") or state_dir / "keys",
-            "policy_file": data.get("policy_file") or state_dir / "policy.yaml",
-            "workspaces_dir": data.get("workspaces_dir") or state_dir / "workspaces",
-        }
+        return with_state_paths(data, keys_dir="keys", policy_file="policy.yaml", workspaces_dir="workspaces")

@@ -10,7 +10,11 @@ from pathlib import Path
 import uvicorn
 
 from caduceus_embedded.ports import PortBusy, ensure_free
-from caduceus_embedded.scripted_model.scenarios import ScenarioError, default_scenarios_path, load_scenarios
+from caduceus_embedded.scripted_model.scenarios import (
+    ScenarioError,
+    default_scenarios_path,
+    load_scenarios,
+)
 from caduceus_embedded.scripted_model.server import create_app
 
 

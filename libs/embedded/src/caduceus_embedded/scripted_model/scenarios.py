@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 UNMATCHED_PREVIEW_CHARS = 60
 EXHAUSTED_CONTENT = "scripted model: scenario {name!r} has no more steps; the turn is over."

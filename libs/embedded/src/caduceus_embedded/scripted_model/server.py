@@ -20,7 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from caduceus_embedded.scripted_model.scenarios import Reply, Scenario, choose_reply, message_text
+from caduceus_embedded.scripted_model.scenarios import (
+    Reply,
+    Scenario,
+    choose_reply,
+    message_text,
+)
 
 MODEL_ID = "scripted"
 # Advertised so agents that size their context from /v1/models accept the model.

@@ -1,0 +1,179 @@
+"""parse_event: every contract event round-trips; anything else is refused with a message saying why."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from caduceus_contracts import (
+    EVENT_KINDS,
+    ChatMessageIn,
+    ChatReply,
+    ContractError,
+    Decision,
+    ErrorEvent,
+    SessionGrant,
+    SignedDecision,
+    SignedGrant,
+    Signer,
+    ToolCallCompleted,
+    ToolCallDecided,
+    ToolCallDispatched,
+    ToolCallRequested,
+    TurnAssigned,
+    TurnRequested,
+    WorkerLifecycle,
+    call_digest,
+    decision_ttl,
+    parse_event,
+    subjects,
+    utcnow,
+)
+from caduceus_contracts.models import MAX_EVENT_BYTES
+
+IDENTITY = Signer.generate("identity")
+POLICY = Signer.generate("policy")
+ARGS = {"command": "ls", "nested": {"n": [1, 2.5, None, "ü"]}}
+DIGEST = call_digest(tenant="acme", workspace="default", session="s-1", tool="terminal", args=ARGS)
+NOW = utcnow()
+GRANT = SignedGrant.issue(IDENTITY, SessionGrant(
+    tenant="acme", workspace="default", user="alice", roles=("member",), channel="cli", session_id="s-1",
+    issued_at=NOW, expires_at=NOW + timedelta(minutes=5)))
+DECISION = SignedDecision.issue(POLICY, Decision(
+    tenant="acme", workspace="default", session_id="s-1", call_id="c-1", tool="terminal", digest=DIGEST,
+    verdict="allow", reason="read-only", policy_ids=("p1",), expires_at=decision_ttl()))
+
+SAMPLES = [
+    ChatMessageIn(tenant="acme", session_id="s-1", token="eyJ...", text="list the files"),
+    TurnRequested(tenant="acme", message_id="m-1", grant=GRANT, text="list the files"),
+    TurnAssigned(tenant="acme", message_id="m-1", grant=GRANT, text="list the files", worker_id="w-1"),
+    ToolCallRequested(tenant="acme", grant=GRANT, workspace="default", session_id="s-1", tool="terminal",
+                      args=ARGS, digest=DIGEST),
+    ToolCallDecided(tenant="acme", call_id="c-1", workspace="default", decision=DECISION),
+    ToolCallDispatched(tenant="acme", call_id="c-1", workspace="default", session_id="s-1", tool="terminal",
+                       args=ARGS, decision=DECISION),
+    ToolCallCompleted(tenant="acme", call_id="c-1", workspace="default", session_id="s-1", tool="terminal",
+                      status="ok", result="a\nb"),
+    ChatReply(tenant="acme", message_id="m-1", session_id="s-1", text="done"),
+    WorkerLifecycle(tenant="acme", workspace="default", worker_id="w-1", role="planner", state="started"),
+    ErrorEvent(tenant="acme", service="policy", subject="cad.v1.tool.requested.acme", reason="bad digest"),
+]
+
+
+def body(event, **changes) -> bytes:
+    data = json.loads(event.model_dump_json())
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+def test_samples_cover_every_event_kind():
+    assert {event.kind for event in SAMPLES} == set(EVENT_KINDS)
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: e.kind)
+def test_every_event_kind_round_trips(event):
+    parsed = parse_event(event.model_dump_json().encode(), expect=type(event))
+    assert parsed == event
+    assert type(parsed) is type(event)
+
+
+def test_signatures_inside_events_still_verify_after_the_round_trip():
+    from caduceus_contracts import Keyring
+
+    ring = Keyring()
+    ring.trust("identity", IDENTITY.private_key.public_key())
+    ring.trust("policy", POLICY.private_key.public_key())
+    dispatched = parse_event(SAMPLES[5].model_dump_json())
+    requested = parse_event(SAMPLES[3].model_dump_json())
+    assert dispatched.decision.verify(ring) == "policy"
+    assert requested.grant.verified(ring).user == "alice"
+    assert requested.computed_digest() == requested.digest
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ContractError, match="'tool.executed'"):
+        parse_event(body(SAMPLES[0], kind="tool.executed"))
+
+
+def test_missing_kind_is_refused():
+    data = json.loads(SAMPLES[0].model_dump_json())
+    del data["kind"]
+    with pytest.raises(ContractError, match="malformed event"):
+        parse_event(json.dumps(data))
+
+
+def test_unknown_schema_version_is_refused():
+    with pytest.raises(ContractError, match=r"schema_version: Input should be 1"):
+        parse_event(body(SAMPLES[7], schema_version=2))
+
+
+def test_extra_fields_are_refused():
+    with pytest.raises(ContractError, match=r"chat\.reply\.approved_by: Extra inputs are not permitted"):
+        parse_event(body(SAMPLES[7], approved_by="carol"))
+
+
+def test_extra_field_inside_a_signed_decision_is_refused():
+    data = json.loads(SAMPLES[4].model_dump_json())
+    data["decision"]["decision"]["verdict_override"] = "allow"
+    with pytest.raises(ContractError, match="verdict_override"):
+        parse_event(json.dumps(data))
+
+
+def test_event_for_another_tenant_than_its_subject_is_refused():
+    with pytest.raises(ContractError, match="tenant 'acme' published on 'cad.v1.chat.in.globex'"):
+        parse_event(SAMPLES[0].model_dump_json(), subject=subjects.chat_in("globex"))
+
+
+def test_event_on_its_own_tenant_subject_is_accepted():
+    assert parse_event(SAMPLES[0].model_dump_json(), subject=subjects.chat_in("acme")) == SAMPLES[0]
+
+
+def test_error_event_on_its_tenant_error_subject_is_accepted():
+    error = SAMPLES[9]
+    assert parse_event(error.model_dump_json(), subject=subjects.error("acme", "policy")) == error
+
+
+def test_error_event_for_an_unattributable_message_is_accepted_under_the_system_tenant():
+    error = ErrorEvent(tenant=subjects.SYSTEM_TENANT, service="policy", subject="cad.v1.chat.in.BAD", reason="x")
+    assert parse_event(error.model_dump_json(), subject=subjects.error("BAD", "policy")) == error
+
+
+def test_only_error_events_may_speak_for_the_system_tenant():
+    with pytest.raises(ContractError, match="tenant"):
+        parse_event(body(SAMPLES[0], tenant=subjects.SYSTEM_TENANT))
+
+
+def test_event_of_another_kind_than_expected_is_refused():
+    with pytest.raises(ContractError, match="expected tool.requested event, got chat.reply"):
+        parse_event(SAMPLES[7].model_dump_json(), expect=ToolCallRequested)
+
+
+def test_oversized_body_is_refused_before_parsing():
+    huge = body(SAMPLES[0], text="x" * MAX_EVENT_BYTES)
+    with pytest.raises(ContractError, match=f"exceeds the {MAX_EVENT_BYTES}-byte limit"):
+        parse_event(huge)
+
+
+@pytest.mark.parametrize("raw", [b'{"kind": "chat.reply", "text": "\xff\xfe"}', b"\xc3\x28", b"\xed\xa0\x80"],
+                         ids=["invalid-byte", "bad-continuation", "encoded-surrogate"])
+def test_invalid_utf8_is_refused(raw):
+    with pytest.raises(ContractError, match="Invalid JSON"):
+        parse_event(raw)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"null", b"[]", b'"chat.reply"', b"{not json}"])
+def test_malformed_json_is_refused(raw):
+    with pytest.raises(ContractError, match="malformed event"):
+        parse_event(raw)
+
+
+def test_invalid_tenant_in_the_body_is_refused():
+    with pytest.raises(ContractError, match="tenant"):
+        parse_event(body(SAMPLES[0], tenant="acme.>"))
+
+
+def test_tool_request_with_a_malformed_digest_is_refused():
+    with pytest.raises(ContractError, match="digest"):
+        parse_event(body(SAMPLES[3], digest="not-a-digest"))
