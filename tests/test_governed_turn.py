@@ -1,0 +1,140 @@
+"""One governed chat turn through real Hermes Agent on the embedded stack, and the ways it must fail closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+from nats.aio.msg import Msg
+
+from caduceus.commands.demo import DEMO_MESSAGE, OUTSIDE_PATH, evaluate
+from caduceus_audit.adapters.store import AuditStore
+from caduceus_bus import BusSettings, EventConnection
+from caduceus_client import ChatClient
+from caduceus_contracts import ErrorEvent, ToolCallDispatched, parse_event
+from caduceus_identity.devtoken import mint_dev_token
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture()
+async def client(stack):
+    chat = await ChatClient.connect(stack.info.nats_url)
+    yield chat
+    await chat.close()
+
+
+def token_for(stack, user: str = "alice", tenant: str = "acme") -> str:
+    return mint_dev_token(stack.info.dev_issuer_url, tenant, user)
+
+
+def wait_for_audit(stack, session_id: str, at_least: int, timeout: float = 15.0) -> int:
+    store = AuditStore(stack.info.audit_db_url)
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = store.count(tenant="acme", session_id=session_id)
+        if count >= at_least:
+            break
+        time.sleep(0.2)
+    return count
+
+
+async def test_demo_turn_runs_the_allowed_call_and_never_the_denied_one(stack, client):
+    existed = OUTSIDE_PATH.exists()
+    transcript = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, watch=True, timeout=180)
+    audited = wait_for_audit(stack, transcript.session_id, len(transcript.event_ids))
+    checks = evaluate(transcript, audited, outside_written=OUTSIDE_PATH.exists() and not existed)
+    assert all(c.ok for c in checks), [(c.what, c.detail) for c in checks if not c.ok]
+    terminal = next(c for c in transcript.calls.values() if c.tool == "terminal")
+    workspace = stack.layout.workspaces / "acme" / "default"
+    assert str(workspace) in json.loads(terminal.outcome.result)["output"]
+    write = next(c for c in transcript.calls.values() if c.tool == "write_file")
+    assert "writes-stay-in-workspace" in write.decision.policy_ids
+    assert "workspace" in transcript.reply.text.lower() or "hello from the executor" in transcript.reply.text
+
+
+async def test_invalid_token_is_refused_with_a_reason(stack, client):
+    transcript = await client.send(tenant="acme", token="not-a-jwt", text="hello", timeout=30)
+    assert transcript.reply.status == "refused"
+    assert "token" in transcript.reply.text.lower()
+    assert "not-a-jwt" not in transcript.reply.text
+
+
+async def test_unknown_tenant_is_refused(stack, client):
+    transcript = await client.send(tenant="globex", token=token_for(stack), text="hello", timeout=30)
+    assert transcript.reply.status == "refused"
+    assert "globex" in transcript.reply.text
+
+
+async def test_malformed_messages_become_error_events_and_services_keep_working(stack, client):
+    conn = await EventConnection.connect(BusSettings(nats_url=stack.info.nats_url), "test-hostile")
+    errors: asyncio.Queue[ErrorEvent] = asyncio.Queue()
+
+    async def on_error(msg: Msg) -> None:
+        await errors.put(parse_event(msg.data, expect=ErrorEvent))
+
+    await conn.subscribe("cad.v1.error.acme.>", on_error)
+    hostile = [("cad.v1.chat.in.acme", b"{not json"), ("cad.v1.tool.requested.acme", b'{"kind": "tool.requested"}'),
+               ("cad.v1.tool.decided.acme", b'{"kind": "mystery", "tenant": "acme"}')]
+    for subject, body in hostile:
+        await conn.js.publish(subject, body)
+    # Each subscriber of a subject refuses on its own (approval also reads decisions): wait for all we expect.
+    expected = {"identity", "policy", "broker"}
+    services = set()
+    deadline = time.monotonic() + 15
+    while not expected <= services and time.monotonic() < deadline:
+        try:
+            services.add((await asyncio.wait_for(errors.get(), 5)).service)
+        except TimeoutError:
+            break
+    await conn.close()
+    assert expected <= services
+    transcript = await client.send(tenant="acme", token=token_for(stack), text="hello", timeout=60)
+    assert transcript.reply.status == "ok"
+
+
+async def test_slow_policy_denies_the_call_and_a_late_decision_never_runs(stack, client):
+    policy = stack.services["policy"].process
+    conn = await EventConnection.connect(BusSettings(nats_url=stack.info.nats_url), "test-dispatch-watch")
+    dispatched: list[str] = []
+
+    async def on_dispatch(msg: Msg) -> None:
+        dispatched.append(parse_event(msg.data, expect=ToolCallDispatched).call_id)
+
+    await conn.subscribe("cad.v1.tool.dispatched.acme.>", on_dispatch)
+    os.kill(policy.pid, signal.SIGSTOP)  # hung, not dead: the stack will not restart it
+    try:
+        transcript = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, watch=True,
+                                       timeout=120)
+    finally:
+        os.kill(policy.pid, signal.SIGCONT)
+    assert transcript.reply.status == "ok"
+    assert transcript.calls, "the agent asked for no tool call"
+    for call in transcript.calls.values():
+        assert call.outcome is not None and call.outcome.status == "denied", call
+        assert "did not decide within" in call.outcome.reason
+        assert not call.outcome.executed_by
+    await asyncio.sleep(3)  # the resumed policy now decides the stale requests
+    await conn.close()
+    assert not set(dispatched) & set(transcript.calls), "a decision that came too late was dispatched"
+
+
+async def test_one_trace_covers_the_turn_its_calls_decisions_and_execution(stack, client, otlp_collector):
+    transcript = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, watch=True, timeout=180)
+    assert transcript.reply.status == "ok"
+    deadline = time.monotonic() + 15
+    wanted = {"caduceus-identity", "caduceus-broker", "caduceus-planner", "caduceus-policy", "caduceus-executor"}
+    while time.monotonic() < deadline:
+        spans = otlp_collector.spans()
+        by_trace: dict[str, set[str]] = {}
+        for service, _, trace_id in spans:
+            by_trace.setdefault(trace_id, set()).add(service)
+        if any(wanted <= services for services in by_trace.values()):
+            break
+        await asyncio.sleep(0.5)
+    assert any(wanted <= services for services in by_trace.values()), by_trace
