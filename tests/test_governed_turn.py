@@ -15,7 +15,7 @@ from caduceus.commands.demo import DEMO_MESSAGE, OUTSIDE_PATH, evaluate
 from caduceus_audit.adapters.store import AuditStore
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_client import ChatClient
-from caduceus_contracts import ErrorEvent, ToolCallDispatched, parse_event
+from caduceus_contracts import ErrorEvent, ToolCallDispatched, ToolCallRequested, parse_event
 from caduceus_identity.devtoken import mint_dev_token
 
 pytestmark = pytest.mark.timeout(240)
@@ -138,3 +138,50 @@ async def test_one_trace_covers_the_turn_its_calls_decisions_and_execution(stack
             break
         await asyncio.sleep(0.5)
     assert any(wanted <= services for services in by_trace.values()), by_trace
+
+
+async def test_policy_killed_mid_turn_denies_the_call_and_the_restarted_policy_decides_again(stack, client):
+    policy = stack.services["policy"].process
+    conn = await EventConnection.connect(BusSettings(nats_url=stack.info.nats_url), "test-policy-kill")
+    dispatched: list[str] = []
+    in_flight: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_dispatch(msg: Msg) -> None:
+        dispatched.append(parse_event(msg.data, expect=ToolCallDispatched).call_id)
+
+    async def on_request(msg: Msg) -> None:
+        request = parse_event(msg.data, expect=ToolCallRequested)
+        if not in_flight.done():
+            os.kill(policy.pid, signal.SIGKILL)  # it holds this request undecided, and dies with it
+            in_flight.set_result(request.call_id)
+
+    await conn.subscribe("cad.v1.tool.dispatched.acme.>", on_dispatch)
+    await conn.subscribe("cad.v1.tool.requested.acme", on_request)
+    os.kill(policy.pid, signal.SIGSTOP)  # so the kill lands after the request reached it, before any decision
+    turn = asyncio.create_task(client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, watch=True,
+                                           timeout=120))
+    try:
+        killed_call = await asyncio.wait_for(in_flight, 60)
+    finally:
+        if policy.poll() is None:
+            os.kill(policy.pid, signal.SIGKILL)
+    transcript = await turn
+    assert transcript.reply.status == "ok"
+    outcome = transcript.calls[killed_call].outcome
+    assert outcome is not None and outcome.status == "denied" and not outcome.executed_by
+    assert "did not decide within" in outcome.reason
+    assert killed_call not in dispatched
+    # Calls after it were decided by the restarted policy, or denied: none ran without an allow.
+    for call in transcript.calls.values():
+        if call.outcome is not None and call.outcome.executed_by:
+            assert call.decision is not None and call.decision.verdict == "allow"
+
+    deadline = time.monotonic() + 60
+    while stack.services["policy"].process is policy or stack.services["policy"].exit_code() is not None:
+        assert time.monotonic() < deadline, "the stack did not restart the killed policy service"
+        await asyncio.sleep(0.2)
+    after = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, watch=True, timeout=120)
+    await conn.close()
+    terminal = next(c for c in after.calls.values() if c.tool == "terminal")
+    assert terminal.decision is not None and terminal.decision.verdict == "allow"
+    assert terminal.outcome is not None and terminal.outcome.status == "ok"

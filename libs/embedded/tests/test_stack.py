@@ -43,9 +43,9 @@ def standin(name: str, mode: str = "ok") -> ServiceSpec:
 
 
 def make_stack(state_dir: Path, *services: ServiceSpec, ports: StackPorts | None = None,
-               problems: list[str] | None = None) -> EmbeddedStack:
+               problems: list[str] | None = None, crash_loop_s: float = 30.0) -> EmbeddedStack:
     return EmbeddedStack(state_dir, ports or StackPorts.free(), services=list(services), model=EXTERNAL_MODEL,
-                         ready_timeout=20, stop_grace=5,
+                         ready_timeout=20, stop_grace=5, crash_loop_s=crash_loop_s,
                          on_problem=problems.append if problems is not None else None)
 
 
@@ -155,7 +155,7 @@ def test_service_that_exits_at_start_fails_the_start_with_its_log_tail(tmp_path:
     assert child_pids() - before == set()
 
 
-async def test_a_crashed_service_is_restarted_once(tmp_path: Path) -> None:
+async def test_a_crashed_service_is_restarted_but_a_crash_loop_is_left_down(tmp_path: Path) -> None:
     problems: list[str] = []
     with make_stack(tmp_path / "state", standin("alpha"), problems=problems) as stack:
         nc = await nats.connect(stack.info.nats_url)
@@ -171,6 +171,22 @@ async def test_a_crashed_service_is_restarted_once(tmp_path: Path) -> None:
             await until(lambda: any("alpha exited again with code 5" in line for line in problems))
             await asyncio.sleep(1)
             assert stack.services["alpha"].exit_code() == 5  # left down the second time
+        finally:
+            await nc.close()
+
+
+async def test_a_service_that_ran_a_while_is_restarted_every_time_it_dies(tmp_path: Path) -> None:
+    with make_stack(tmp_path / "state", standin("alpha"), crash_loop_s=1.0) as stack:
+        nc = await nats.connect(stack.info.nats_url)
+        try:
+            pids = [stack.info.services["alpha"]]
+            for _ in range(2):
+                await asyncio.sleep(1.5)  # up longer than the crash-loop window
+                await nc.publish("standin.crash.alpha", b"")
+                pids.append(await until(lambda: (pid := read_stack_info(tmp_path / "state").services["alpha"])
+                                        not in pids and pid))
+                assert (await nc.request("caduceus.health.alpha", b"", timeout=5)).data == b"ok"
+            assert len(set(pids)) == 3
         finally:
             await nc.close()
 

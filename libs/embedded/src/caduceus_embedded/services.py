@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,12 +55,16 @@ class ServiceFailed(RuntimeError):
 
 @dataclass
 class RunningService:
-    """A started service process and how often the stack has restarted it."""
+    """A started service process, when it started, and how often the stack has restarted it."""
 
     spec: ServiceSpec
     process: subprocess.Popen
     log_path: Path
     restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
 
     @property
     def name(self) -> str:

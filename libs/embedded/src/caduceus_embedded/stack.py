@@ -8,7 +8,8 @@
 Starting checks ports and binaries first, prepares the state dir (keys before any
 service), starts the servers, then the services, and waits until each answers its
 health check; any failure stops everything and raises. A restart on the same state
-dir continues where it stopped. While running, a service that dies is restarted once.
+dir continues where it stopped. While running, a service that dies is restarted, unless it
+died within CRASH_LOOP_S of its last restart: a crash loop is left down, with its log named.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WATCH_INTERVAL_S = 0.5
+# A restarted service that dies again sooner than this is crash-looping: restarting it would not help.
+CRASH_LOOP_S = 30.0
 
 
 class StackAlreadyRunning(RuntimeError):
@@ -64,7 +67,7 @@ class EmbeddedStack:
 
     def __init__(self, state_dir: Path | str, ports: StackPorts | None = None, *,
                  services: Sequence[ServiceSpec] | None = None, model: ModelSettings | None = None,
-                 ready_timeout: float = 60.0, stop_grace: float = 10.0,
+                 ready_timeout: float = 60.0, stop_grace: float = 10.0, crash_loop_s: float = CRASH_LOOP_S,
                  on_progress: Callable[[str], None] | None = None,
                  on_problem: Callable[[str], None] | None = None) -> None:
         self.layout = StateLayout(Path(state_dir).expanduser().resolve())
@@ -75,6 +78,7 @@ class EmbeddedStack:
         self.specs = list(services) if services is not None else default_services(self.layout, self.ports, configured)
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
+        self.crash_loop_s = crash_loop_s
         self.say = on_progress or log.info
         self.warn = on_problem or log.warning
         self.nats: ServerProcess | None = None
@@ -183,7 +187,7 @@ class EmbeddedStack:
         self.stop()
 
     def _watch(self) -> None:
-        """Say when a child dies; restart a service that dies once, leave it down the second time."""
+        """Say when a child dies; restart a service that dies, leave one that crash-loops down."""
         reported: set[str] = set()
         while not self._stopping.wait(WATCH_INTERVAL_S):
             for server in (self.nats, self.temporal):
@@ -195,10 +199,10 @@ class EmbeddedStack:
                 code = service.exit_code()
                 if code is None or service.name in reported or self._stopping.is_set():
                     continue
-                if service.restarts >= 1:
+                if service.restarts >= 1 and service.uptime() < self.crash_loop_s:
                     reported.add(service.name)
-                    self.warn(f"{service.name} exited again with code {code} (log: {service.log_path}); "
-                              f"not restarting it")
+                    self.warn(f"{service.name} exited again with code {code} within {self.crash_loop_s:g} s of its "
+                              f"restart (log: {service.log_path}); not restarting it")
                     continue
                 self.warn(f"{service.name} exited unexpectedly with code {code} (log: {service.log_path}); "
                           f"restarting it")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -120,10 +121,11 @@ class PostgresServer:
     url: str  # SQLAlchemy URL
 
 
-def _run_as_postgres(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    return subprocess.run(argv, check=True, capture_output=True, **kwargs)
+def _as_postgres() -> dict:
+    """Popen options that drop root to the postgres user (initdb and postgres refuse to run as root)."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": "postgres", "group": "postgres", "extra_groups": [], "env": {**os.environ, "HOME": "/tmp"}}
 
 
 @pytest.fixture(scope="session")
@@ -138,33 +140,35 @@ def postgres_server() -> Iterator[PostgresServer]:
     if not (PG_BIN / "initdb").exists():
         pytest.fail(f"PostgreSQL binaries not found in {PG_BIN}: install postgresql-15 or set CADUCEUS_PG_BIN")
     base = Path(tempfile.mkdtemp(prefix="caduceus-pg-"))
+    try:
+        yield from _local_postgres(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _local_postgres(base: Path) -> Iterator[PostgresServer]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
     data = base / "data"
-    _run_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"])
+    initdb = subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
+                            capture_output=True, text=True, cwd=base, **_as_postgres())
+    if initdb.returncode != 0:
+        pytest.fail(f"initdb failed (exit {initdb.returncode}): {initdb.stderr.strip()[-2000:]}")
     port = free_port()
-    log = open(base / "pg.log", "ab")
     argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(base), "-h", "127.0.0.1",
             "-c", "fsync=off"]
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(base / "pg.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
+                                **_as_postgres())
     try:
         if not wait_for_port(port, 30):
             raise RuntimeError(f"PostgreSQL did not start: {(base / 'pg.log').read_text()[-2000:]}")
         time.sleep(0.2)
         yield PostgresServer(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres")
     finally:
-        import signal as _signal
-
-        # runuser does not forward SIGINT: signal the whole session so postgres itself gets it (a fast shutdown).
-        try:
-            os.killpg(proc.pid, _signal.SIGINT)
-        except ProcessLookupError:
-            pass
+        proc.send_signal(signal.SIGINT)  # a fast shutdown
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, _signal.SIGKILL)
+            proc.kill()
             proc.wait()
-        shutil.rmtree(base, ignore_errors=True)
