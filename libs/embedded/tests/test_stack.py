@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -267,3 +268,36 @@ def test_a_configured_model_endpoint_replaces_the_scripted_model(monkeypatch: py
     assert broker.env["CADUCEUS_MODEL_BASE_URL"] == "https://llm.example.com/v1"
     assert broker.env["CADUCEUS_MODEL_NAME"] == "big-model"
     assert {spec.name for spec in table} == {"audit", "identity", "policy", "approval", "broker"}
+
+
+def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    ports = StackPorts.free()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "caduceus.cli", "up", "--state-dir", str(state), "--nats-port", str(ports.nats),
+         "--temporal-port", str(ports.temporal), "--temporal-ui-port", str(ports.temporal_ui),
+         "--issuer-port", str(ports.issuer), "--model-port", str(ports.model)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k != "CADUCEUS_MODEL_BASE_URL"})
+    try:
+        deadline = time.monotonic() + 90
+        while read_stack_info(state) is None:
+            assert up.poll() is None and time.monotonic() < deadline, up.communicate()[0]
+            time.sleep(0.2)
+        info = read_stack_info(state)
+        assert set(info.services) == {"model", "audit", "identity", "policy", "approval", "broker"}
+        pids = set(info.services.values())
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert up.returncode == 0, output
+    for line in ("Caduceus is up", f"nats://127.0.0.1:{ports.nats}", f"http://127.0.0.1:{ports.temporal_ui}",
+                 str(state), "stopped"):
+        assert line in output
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "services outlived caduceus up"
+    for port in (ports.nats, ports.temporal, ports.issuer, ports.model):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+    assert read_stack_info(state) is None

@@ -28,6 +28,8 @@ class IdentitySettings(BusSettings):
     # The dev OIDC issuer: 0 disables it (production uses the organization's provider).
     dev_issuer_host: str = "127.0.0.1"
     dev_issuer_port: int = Field(default=8900, ge=0, le=65535)
+    # The URL the dev issuer names itself by (its `iss`) when it binds elsewhere, e.g. 0.0.0.0 in a container.
+    dev_issuer_public_url: str | None = None
     oidc_issuer_url: str | None = None
     oidc_audience: str = "caduceus"
     # Clock skew tolerated on exp/nbf/iat.
@@ -47,7 +49,7 @@ class IdentitySettings(BusSettings):
         """The dev issuer's base URL (also its `iss`), or None when it is disabled."""
         if self.dev_issuer_port == 0:
             return None
-        return f"http://{self.dev_issuer_host}:{self.dev_issuer_port}"
+        return (self.dev_issuer_public_url or f"http://{self.dev_issuer_host}:{self.dev_issuer_port}").rstrip("/")
 
     @property
     def trusted_issuer_url(self) -> str | None:
