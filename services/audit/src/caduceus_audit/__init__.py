@@ -8,4 +8,4 @@ from caduceus_audit.adapters.store import (
     StoreUnavailable,
 )
 
-__all__ = ["AppendOutcome", "AuditRecord", "AuditStore", "StoreRefused", "StoreUnavailable"]
+__all__ = ["AppendOutcome", "AuditRecord", "AuditStore", "RecordedCall", "StoreRefused", "StoreUnavailable", "recorded_calls"]

@@ -11,10 +11,10 @@ from caduceus_policy.domain import (
     Verdict,
     evaluate,
 )
-from caduceus_policy.facts import RequestFacts, extract_facts
-from caduceus_policy.rulefile import RuleFileError, load_rule_file, parse_rules
+from caduceus_policy.facts import RequestFacts, extract_facts, request_facts
+from caduceus_policy.rulefile import RuleFileError, load_engine, load_rule_file, parse_rules
 
 __all__ = [
     "PolicyEngine", "RequestFacts", "Rule", "RuleEngine", "RuleFileError", "RuleSet", "Verdict", "evaluate",
-    "extract_facts", "load_rule_file", "parse_rules",
+    "extract_facts", "load_engine", "load_rule_file", "parse_rules", "request_facts",
 ]

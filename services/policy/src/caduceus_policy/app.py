@@ -8,10 +8,10 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from caduceus_bus import EVENT_SUBSCRIBER, EventPublisher, make_broker
 from caduceus_contracts import ensure_signer, subjects
-from caduceus_policy.domain import PolicyEngine, RuleEngine
+from caduceus_policy.domain import PolicyEngine
 from caduceus_policy.handlers import Decider, on_tool_requested
 from caduceus_policy.keys import TrustedKeys
-from caduceus_policy.rulefile import load_rule_file
+from caduceus_policy.rulefile import load_engine
 from caduceus_policy.settings import PolicySettings
 
 SERVICE = "policy"
@@ -33,7 +33,7 @@ def build(settings: PolicySettings, engine: PolicyEngine | None = None) -> Polic
 
     Raises RuleFileError when the rule file is missing or malformed.
     """
-    engine = engine or RuleEngine(load_rule_file(settings.policy_file))
+    engine = engine or load_engine(settings.policy_file)
     decider = Decider(
         engine=engine,
         keys=TrustedKeys(settings.keys_dir),

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from caduceus_contracts import subjects
-from caduceus_policy.domain import Rule, RuleSet
+from caduceus_policy.domain import PolicyEngine, Rule, RuleEngine, RuleSet
 from caduceus_policy.facts import KNOWN_FACTS
 
 RULE_KEYS = ("id", "effect", "tools", "roles", "when", "reason")
@@ -35,6 +35,14 @@ def load_rule_file(path: Path) -> RuleSet:
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleFileError(f"policy file {path} cannot be read: {exc}") from None
     return parse_rules(text, source=str(path))
+
+
+def load_engine(path: Path) -> PolicyEngine:
+    """The policy engine a policy file describes; what the service, the CLI and audit replay all decide with.
+
+    Raises RuleFileError (naming the file, where and what to fix) when the file is unusable.
+    """
+    return RuleEngine(load_rule_file(path))
 
 
 def parse_rules(text: str, *, source: str = "<policy>") -> RuleSet:

@@ -1,0 +1,66 @@
+"""Recorded tool calls, read back from the audit trail: who asked for what, and what was decided.
+
+The read model behind "what would another policy have done?" (`caduceus audit replay`,
+`caduceus policy diff`): each `tool.requested` record joined with the `tool.decided`
+records of the same call, in the order they were stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from caduceus_audit.adapters.store import AuditRecord, AuditStore
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One requested tool call as the audit trail holds it (arguments already redacted)."""
+
+    tenant: str
+    workspace: str
+    session_id: str
+    call_id: str
+    user: str
+    roles: tuple[str, ...]
+    tool: str
+    args: dict[str, Any]
+    occurred_at: datetime
+    # The last decision recorded for the call (an approval's outcome follows policy's `approve`), if any.
+    verdict: str | None = None
+    reason: str = ""
+    policy_ids: tuple[str, ...] = ()
+    pack_version: str = ""
+
+
+def recorded_calls(store: AuditStore, *, tenant: str | None = None,
+                   since: datetime | None = None) -> Iterator[RecordedCall]:
+    """Every accepted tool request in the store (of one tenant, from `since` on), with its recorded decision."""
+    requests: dict[str, RecordedCall] = {}
+    for record in store.records(tenant=tenant):
+        if record.rejected or record.call_id is None:
+            continue
+        if record.kind == "tool.requested":
+            call = _requested(record)
+            if since is None or call.occurred_at >= since:
+                requests[call.call_id] = call
+        elif record.kind == "tool.decided" and record.call_id in requests:
+            requests[record.call_id] = _with_decision(requests[record.call_id], record)
+    yield from requests.values()
+
+
+def _requested(record: AuditRecord) -> RecordedCall:
+    body = json.loads(record.body)
+    grant = body["grant"]["grant"]
+    return RecordedCall(tenant=record.tenant, workspace=body["workspace"], session_id=body["session_id"],
+                        call_id=body["call_id"], user=grant["user"], roles=tuple(grant["roles"]), tool=body["tool"],
+                        args=body["args"], occurred_at=record.occurred_at)
+
+
+def _with_decision(call: RecordedCall, record: AuditRecord) -> RecordedCall:
+    decision = json.loads(record.body)["decision"]["decision"]
+    return RecordedCall(**{**call.__dict__, "verdict": decision["verdict"], "reason": decision["reason"],
+                           "policy_ids": tuple(decision["policy_ids"]), "pack_version": decision["pack_version"]})
