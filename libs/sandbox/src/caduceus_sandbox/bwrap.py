@@ -43,8 +43,9 @@ class BwrapBackend:
 
     name = "bwrap"
 
-    def __init__(self, sandbox_user: tuple[int, int] = (65534, 65534), bwrap: str | None = None) -> None:
-        self.privileged = os.geteuid() == 0
+    def __init__(self, sandbox_user: tuple[int, int] = (65534, 65534), bwrap: str | None = None, *,
+                 privileged: bool | None = None) -> None:
+        self.privileged = os.geteuid() == 0 if privileged is None else privileged
         self.sandbox_user = sandbox_user if self.privileged else (os.getuid(), os.getgid())
         self.bwrap = bwrap or shutil.which("bwrap")
 
