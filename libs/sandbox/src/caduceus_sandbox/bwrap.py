@@ -131,6 +131,7 @@ class BwrapBackend:
             "limits": _limits(plan.policy),
             "channels": [c.to_json() for c in plan.channels],
             "pass_fds": list(plan.pass_fds),
+            "life_fd": plan.life_fd,
             # The launcher changes directory once it is the sandbox's user: root without
             # capabilities may not enter a directory private to that user.
             "cwd": str(plan.cwd),

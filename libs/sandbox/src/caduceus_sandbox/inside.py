@@ -51,6 +51,8 @@ def become_sandbox_user(uid: int, gid: int) -> None:
     Path("/proc/sys/user/max_user_namespaces").write_text("0")
     # Our capabilities in the new namespace must not be borrowable by a same-user process (ptrace).
     _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+    # Changing credentials cleared bubblewrap's --die-with-parent (and bubblewrap, without capabilities,
+    # could no longer signal this user anyway): the launcher watches bubblewrap's life pipe instead.
 
 
 def restrict(limits: dict[str, int]) -> None:
@@ -72,6 +74,9 @@ class Launcher:
         servers = [await asyncio.start_server(self._relay_to(c["socket"]), c["inside_host"], c["inside_port"])
                    for c in self.spec.get("channels", [])]
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        life = self.spec.get("life_fd")
+        if life is not None:
+            loop.add_reader(life, self._bubblewrap_gone)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._forward, sig)
         self.child = subprocess.Popen(self.command, pass_fds=tuple(self.spec.get("pass_fds", ())))
@@ -104,6 +109,12 @@ class Launcher:
                 code = os.waitstatus_to_exitcode(status)
                 self.exit_code.set_result(code if code >= 0 else 128 - code)
 
+    def _bubblewrap_gone(self) -> None:
+        """bubblewrap (our parent outside) died: its end of the life pipe closed. Take the sandbox down."""
+        if self.child is not None and not self.exit_code.done():
+            os.kill(self.child.pid, signal.SIGKILL)
+        os._exit(137)  # PID 1 exits: the kernel kills whatever else is left in the namespace
+
     def _forward(self, sig: int) -> None:
         # Not Popen.poll(): that would reap the child behind _reap's back and lose its exit status.
         if self.child is not None and not self.exit_code.done():
@@ -115,6 +126,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m caduceus_sandbox.inside SPEC -- COMMAND...", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text())
+    if spec.get("life_fd") is not None:
+        # Our stdin is the life pipe's write end, which only bubblewrap may hold (see SandboxPlan.life_pipe).
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
     try:
         if spec.get("user") is not None:
             become_sandbox_user(*spec["user"])

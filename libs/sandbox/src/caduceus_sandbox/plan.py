@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,9 +34,11 @@ class SandboxPlan:
     runtime: tuple[Path, ...] = ()
     channels: tuple[Channel, ...] = ()
     pass_fds: tuple[int, ...] = ()
+    # The read end of a pipe whose write end is bubblewrap's stdin (the one descriptor its monitor
+    # process keeps): the launcher inside ends the sandbox when it closes, i.e. when bubblewrap is gone.
+    life_fd: int | None = None
     secret_files: bool = False
     hostname: str = "caduceus-sandbox"
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def cwd(self) -> Path:

@@ -8,6 +8,7 @@ policy allows egress, and its secrets through a pipe. Both get only the public s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -77,8 +78,13 @@ class SandboxedProcess:
                 pass
 
     def kill(self) -> None:
-        """Kill bubblewrap; everything in the sandbox dies with it (--die-with-parent, PID namespace)."""
+        """Kill the sandbox's PID 1 (the whole PID namespace dies with it), then bubblewrap."""
         if self.popen.poll() is None:
+            # While bubblewrap runs it has not reaped the launcher, so this pid is still the launcher's.
+            try:
+                os.kill(self.launcher_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.popen.kill()
         self.popen.wait()
 
@@ -135,13 +141,16 @@ class Sandboxes:
                                channels=tuple(channels), pass_fds=pass_fds,
                                secret_files=any(s["file"] for s in bundle))
             info_read, info_write = os.pipe()
+            life_read, life_write = os.pipe()
+            plan = dataclasses.replace(plan, life_fd=life_read)
             try:
                 argv = self.backend.command(plan, info_fd=info_write)
                 popen = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         pass_fds=(info_write, *pass_fds))
+                                         stdin=life_write, start_new_session=True,
+                                         pass_fds=(info_write, life_read, *pass_fds))
             finally:
-                os.close(info_write)
+                for fd in (info_write, life_read, life_write):
+                    os.close(fd)
             launcher_pid = await asyncio.wait_for(asyncio.to_thread(_read_child_pid, info_read), INFO_TIMEOUT_S)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
