@@ -159,7 +159,7 @@ class Sandboxes:
             if secrets_fd is not None:
                 os.close(secrets_fd)
         if launcher_pid is None:
-            popen.wait()
+            await asyncio.to_thread(popen.wait)
             launcher_pid = popen.pid  # bubblewrap failed before starting the sandbox; its log says why
         return SandboxedProcess(popen, launcher_pid, servers, run_dir)
 

@@ -50,7 +50,7 @@ def docker_run(policy: SandboxPolicy, role: str) -> list[str]:
     for name, value in settings["env"].items():
         argv += ["--env", f"{name}={value}"]
     if role == "executor":
-        for variable, secret in secret_env_names(policy).items():
+        for variable in secret_env_names(policy):
             argv += ["--env", variable]  # taken from the caller's environment; export it from the secret store
         for secret in policy.secrets.inject:
             if secret.file and policy.secrets.store is not None:
