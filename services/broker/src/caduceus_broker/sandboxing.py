@@ -38,6 +38,7 @@ log = logging.getLogger("caduceus.broker.sandbox")
 WORKER_PACKAGES = ("caduceus_broker", "caduceus_bus", "caduceus_contracts", "caduceus_hermes_plugin",
                    "caduceus_telemetry", "caduceus_sandbox")
 INFO_TIMEOUT_S = 30.0
+RUN_PREFIX = "caduceus-broker-"
 
 
 @dataclass
@@ -111,6 +112,12 @@ class Sandboxes:
         self.backend = backend
         self.endpoints = endpoints
         self.keys_dir = keys_dir
+        # Sockets and generated files of this broker's sandboxes; a short path (unix sockets allow ~100 bytes).
+        self.run_root = Path(tempfile.gettempdir()) / f"{RUN_PREFIX}{os.getpid()}"
+        _remove_stale_run_roots()
+
+    def close(self) -> None:
+        shutil.rmtree(self.run_root, ignore_errors=True)
 
     async def start(self, role: str, policy: SandboxPolicy, *, env: dict[str, str], home: Path,
                     workspace: Path | None, log_file) -> SandboxedProcess:
@@ -118,7 +125,8 @@ class Sandboxes:
         SandboxUnavailable, ChannelError or OSError when it cannot.
         """
         owner = self.backend.sandbox_user if self.backend.privileged else None
-        run_dir = Path(tempfile.mkdtemp(prefix=f"caduceus-{role}-"))
+        self.run_root.mkdir(mode=0o700, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=self.run_root))
         secrets_fd: int | None = None
         try:
             channels, env = self._channels(role, policy, env)
@@ -187,6 +195,14 @@ class Sandboxes:
     def _public_keys(self) -> tuple[Path, ...]:
         # Only the public halves: a worker verifies signatures and must never be able to make them.
         return tuple(sorted(self.keys_dir.glob("*.pub")))
+
+
+def _remove_stale_run_roots() -> None:
+    """Run dirs of brokers that died without cleaning up (killed): their sandboxes died with them."""
+    for root in Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}*"):
+        pid = root.name.removeprefix(RUN_PREFIX)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _give(path: Path, owner: tuple[int, int]) -> None:

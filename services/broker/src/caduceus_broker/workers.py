@@ -241,6 +241,7 @@ class WorkerPool:
     async def stop_all(self) -> None:
         for worker in list(self.workers.values()):
             await self._retire(worker, "stopped", "broker shutting down")
+        self.sandboxes.close()
 
 
 def _json_list(values: list[str]) -> str:
