@@ -129,6 +129,13 @@ def ensure_venv() -> None:
     install_workspace()
 
 
+def check_bubblewrap() -> None:
+    """Say at once when agent workers cannot start here (the broker would refuse each one)."""
+    if not shutil.which("bwrap"):
+        say("bubblewrap (bwrap) is not installed: every agent worker runs in a bwrap sandbox, so none will "
+            "start; install it (Debian/Ubuntu: sudo apt-get install bubblewrap)")
+
+
 def run(argv: list[str], cwd: Path | None = None) -> int:
     """Run a child in the foreground; Ctrl-C reaches it directly and its exit code is ours."""
     child = subprocess.Popen(argv, cwd=cwd)
@@ -214,6 +221,8 @@ def main(argv: list[str]) -> int:
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", 2)
     ensure_venv()
+    if command in ("demo", "up", "test"):
+        check_bubblewrap()
     return COMMANDS[command](args)
 
 
