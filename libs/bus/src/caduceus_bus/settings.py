@@ -33,6 +33,10 @@ class BusSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: str | None = None
+    # A `.creds` file (JWT and nkey seed) from the bus authority; the embedded stack gives every process its own.
+    nats_credentials: Path | None = None
+    # The inbox this credential may read (replies, JetStream acks); by default the one its `.creds` file names.
+    nats_inbox_prefix: str | None = None
     stream_name: str = "CADUCEUS"
     # How long a publisher waits for JetStream to confirm an event is stored.
     publish_timeout_s: float = 5.0
