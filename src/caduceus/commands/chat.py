@@ -38,7 +38,8 @@ def chat(
     stack = require_stack(state_dir, err)
     if token is None:
         token = mint_token(stack.dev_issuer_url, tenant, user)
-    transcript = asyncio.run(_send(stack.nats_url, tenant, token, text, session, workspace, timeout, show_calls))
+    transcript = asyncio.run(_send(stack.bus_settings("client"), tenant, token, text, session, workspace, timeout,
+                                   show_calls))
     for index, record in enumerate(transcript.calls.values(), start=1):
         console.print(render_call(index, record))
     reply = transcript.reply
@@ -60,9 +61,9 @@ def mint_token(issuer_url: str, tenant: str, user: str) -> str:
         raise typer.Exit(1) from None
 
 
-async def _send(nats_url, tenant, token, text, session, workspace, timeout, watch):
+async def _send(bus, tenant, token, text, session, workspace, timeout, watch):
     try:
-        client = await ChatClient.connect(nats_url)
+        client = await ChatClient.connect(bus)
     except ConnectionError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

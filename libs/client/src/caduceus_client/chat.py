@@ -72,12 +72,16 @@ class ChatClient:
         self.conn = conn
 
     @classmethod
-    async def connect(cls, nats_url: str, *, name: str = "caduceus-chat-client") -> "ChatClient":
+    async def connect(cls, bus: str | BusSettings, *, name: str = "caduceus-chat-client") -> "ChatClient":
+        """Connect to the bus: a URL (a bus without authorization), or settings with the client's credential."""
+        settings = bus if isinstance(bus, BusSettings) else BusSettings(nats_url=bus)
         try:
-            conn = await EventConnection.connect(BusSettings(nats_url=nats_url), name=name, connect_timeout=3)
+            conn = await EventConnection.connect(settings, name=name, connect_timeout=3)
         except Exception as exc:
-            raise ConnectionError(f"cannot reach NATS at {nats_url} ({exc}); is the stack running? "
-                                  "Start it with `caduceus up`") from None
+            hint = ("the bus refused the credential: use the client credential of the running stack "
+                    "(keys/nats/client.creds in its state dir)" if "authorization" in str(exc).lower()
+                    else "is the stack running? Start it with `caduceus up`")
+            raise ConnectionError(f"cannot reach NATS at {settings.nats_url} ({exc}); {hint}") from None
         return cls(conn)
 
     async def close(self) -> None:

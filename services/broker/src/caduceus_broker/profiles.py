@@ -35,4 +35,5 @@ def worker_paths(workers_dir: Path, workspaces_dir: Path, tenant: str, workspace
         "executor_home": base / "executor-home",
         "workspace": workspaces_dir / tenant / workspace,
         "logs": base / "logs",
+        "credentials": base / "credentials",
     }

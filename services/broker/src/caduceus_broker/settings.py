@@ -34,6 +34,8 @@ class BrokerSettings(BaseSettings):
     decision_timeout_s: float = 5.0
     completion_timeout_s: float = 300.0
     max_iterations: int = 20
+    # The scoped signing keys the broker mints each worker's bus credential with (the embedded stack sets it).
+    nats_worker_signing: Path | None = None
 
     @property
     def keys(self) -> Path:

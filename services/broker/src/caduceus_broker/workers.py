@@ -22,10 +22,11 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from caduceus_broker.bus_access import WorkerBusAccess
 from caduceus_broker.profiles import worker_paths, write_profile
 from caduceus_broker.runtime import health_subject
 from caduceus_broker.settings import BrokerSettings, ModelSettings
-from caduceus_bus import BusSettings
+from caduceus_bus import BusSettings, CredentialError
 from caduceus_contracts import new_id
 
 log = logging.getLogger("caduceus.broker.workers")
@@ -77,6 +78,7 @@ class WorkerPool:
         self.model = model
         self.nc = nc
         self.report = report
+        self.bus_access = WorkerBusAccess(bus, settings.nats_worker_signing)
         self.workers: dict[tuple[str, str], Worker] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -102,6 +104,10 @@ class WorkerPool:
         for role in ROLES:
             home = write_profile(paths[f"{role}_home"])
             env = self._environment(worker, role, home, paths["workspace"])
+            try:
+                env.update(self.bus_access.environment(role, tenant, workspace, worker.worker_id, paths["credentials"]))
+            except CredentialError as exc:
+                raise WorkerStartFailed(f"the {role} for {tenant}/{workspace} has no bus credential: {exc}") from None
             log_path = paths["logs"] / f"{role}.log"
             log_file = open(log_path, "ab")
             cwd = paths["workspace"] if role == "executor" else home
@@ -125,7 +131,6 @@ class WorkerPool:
         env.update({
             "HERMES_HOME": str(home),
             "HOME": str(home),
-            "CADUCEUS_NATS_URL": self.bus.nats_url,
             "CADUCEUS_TENANT": worker.tenant,
             "CADUCEUS_WORKSPACE": worker.workspace,
             "CADUCEUS_WORKER_ID": worker.worker_id,
@@ -136,8 +141,6 @@ class WorkerPool:
             "CADUCEUS_COMPLETION_TIMEOUT_S": str(self.settings.completion_timeout_s),
             "CADUCEUS_MAX_ITERATIONS": str(self.settings.max_iterations),
         })
-        if self.bus.nats_user:
-            env.update(CADUCEUS_NATS_USER=self.bus.nats_user, CADUCEUS_NATS_PASSWORD=self.bus.nats_password or "")
         if role == "planner":
             env.update(CADUCEUS_MODEL_BASE_URL=self.model.base_url, CADUCEUS_MODEL_API_KEY=self.model.api_key,
                        CADUCEUS_MODEL_NAME=self.model.name)
