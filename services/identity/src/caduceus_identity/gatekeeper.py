@@ -14,8 +14,15 @@ from typing import Protocol
 
 from caduceus_contracts import ChatMessageIn
 from caduceus_identity.adapters.store import IdentityStore
-from caduceus_identity.domain import Directory, Refused, TokenRefused, VerifiedIdentity
-from caduceus_identity.linking import PairingRules, ServiceAccount, looks_like_api_key, shown_code
+from caduceus_identity.domain import Directory, Member, Refused, TokenRefused, VerifiedIdentity
+from caduceus_identity.linking import (
+    PairingRefused,
+    PairingRules,
+    PlatformLink,
+    ServiceAccount,
+    looks_like_api_key,
+    shown_code,
+)
 
 KEY_REMEDY = ("ask an administrator of the tenant for a service-account key "
               "(`caduceus identity service-account create`) and configure the integration with it")
@@ -90,3 +97,13 @@ class Gatekeeper:
 
 def _clock(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def approve_pairing(store: IdentityStore, directory: Directory, approver: Member, platform: str, code: str,
+                    user: str, now: datetime, rules: PairingRules = PairingRules()) -> PlatformLink:
+    """A tenant admin links the platform user who got `code` to `user`; PairingRefused or Refused otherwise."""
+    if not approver.is_admin:
+        raise PairingRefused(f"{approver.name!r} is not an owner or admin of tenant {approver.tenant!r} "
+                             f"(roles: {', '.join(approver.roles) or 'none'}); only they may approve pairing codes")
+    directory.user(approver.tenant, user)
+    return store.approve_pairing(approver.tenant, platform, code, user, approver.name, now, rules)
