@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import chat, demo, identity, up
+from caduceus.commands import chat, demo, identity, tenants, up, whoami
 
 app = typer.Typer(
     name="caduceus",
@@ -19,6 +19,8 @@ up.register(app)
 chat.register(app)
 demo.register(app)
 identity.register(app)
+tenants.register(app)
+whoami.register(app)
 
 
 if __name__ == "__main__":

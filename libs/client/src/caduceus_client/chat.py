@@ -89,11 +89,17 @@ class ChatClient:
 
     async def send(self, *, tenant: str, token: str, text: str, session_id: str | None = None,
                    workspace: str = "default", channel: str = "cli", timeout: float = 120.0,
-                   watch: bool = False) -> TurnTranscript:
-        """Send one message and wait for its reply. Raises ChatTimeout when none comes in time."""
+                   watch: bool = False, platform: str | None = None, platform_user: str | None = None,
+                   platform_email: str | None = None) -> TurnTranscript:
+        """Send one message and wait for its reply. Raises ChatTimeout when none comes in time.
+
+        `token` is the person's OIDC token; a chat integration sends its service-account key instead,
+        with the platform user who wrote the message (`platform`, `platform_user`, a verified `platform_email`).
+        """
         session_id = session_id or f"s-{new_id()[:16]}"
         message = ChatMessageIn(tenant=tenant, session_id=session_id, workspace=workspace, channel=channel,
-                                token=token, text=text)
+                                token=token, text=text, platform=platform, platform_user=platform_user,
+                                platform_email=platform_email)
         transcript = TurnTranscript(tenant, session_id, message)
         transcript.event_ids.add(message.event_id)
         done: asyncio.Future[ChatReply] = asyncio.get_running_loop().create_future()
