@@ -157,7 +157,7 @@ async def test_wrong_codes_lock_pairing_even_for_the_right_code_until_the_window
         gate: Gatekeeper, store: IdentityStore, directory: DirectorySource, clock: Clock, slack_key: str) -> None:
     code = code_in((await refused(gate, from_slack(slack_key, "U-TARGET"))).remedy)
     admin = carol(directory)
-    for attempt in range(RULES.max_failures):
+    for _ in range(RULES.max_failures):
         with pytest.raises(PairingRefused) as wrong:
             approve_pairing(store, directory(), admin, "slack", "AAAA-AAAA", "alice", clock.now, RULES)
         clock.now += timedelta(seconds=1)
