@@ -59,7 +59,7 @@ def test_whoami_shows_how_a_token_resolves_or_why_it_is_refused(stack) -> None:
     lines = shown.output.splitlines()
     assert "tenant: acme" in lines and "user: carol" in lines
     assert "roles: owner" not in shown.output and "roles: admin, member, guest, auditor" in lines
-    assert "approval mode: standard" in lines
+    assert "approval mode: set by the policy pack" in lines
 
     header, payload, signature = token_for(stack, "alice").split(".")
     tampered = cli(stack, "whoami", "--token", f"{header}.{payload}.{signature[::-1]}")

@@ -33,11 +33,11 @@ tenants:
     display_name: Globex
     workspaces: [default, research]
     memory: channel
-    approval_mode: strict
+    approval_mode: always-ask
     roles:
       researcher: {description: runs experiments, includes: [member]}
     users:
-      dave: {email: dave@globex.example, roles: [researcher], approval_mode: trusted}
+      dave: {email: dave@globex.example, roles: [researcher], approval_mode: ask-when-risky}
       erin: {email: erin@globex.example, roles: [guest]}
 """
 

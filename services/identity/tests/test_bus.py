@@ -120,7 +120,7 @@ async def test_valid_message_becomes_a_turn_with_a_grant_that_verifies(
     grant = turn.grant.verified(load_keyring(keys_dir))
     assert (grant.tenant, grant.workspace, grant.user, grant.roles, grant.channel, grant.session_id) == (
         "acme", "default", "carol", ("admin", "member", "guest"), "cli", message.session_id)
-    assert (grant.approval_mode, grant.memory_scope) == ("standard", "user:carol")
+    assert (grant.approval_mode, grant.memory_scope) == (None, "user:carol")
     assert (grant.expires_at - grant.issued_at).total_seconds() == 600
     assert turn.text == "list my files"
     assert message.token not in turn.model_dump_json()

@@ -110,9 +110,9 @@ def test_custom_roles_include_what_they_declare(tenants_file: Path) -> None:
 
 
 def test_approval_mode_comes_from_the_user_else_the_tenant(tenants_file: Path) -> None:
-    assert grant_for(tenants_file, identity("dave", "globex")).approval_mode == "trusted"
-    assert grant_for(tenants_file, identity("erin", "globex")).approval_mode == "strict"
-    assert grant_for(tenants_file, identity("alice")).approval_mode == "standard"
+    assert grant_for(tenants_file, identity("dave", "globex")).approval_mode == "ask-when-risky"
+    assert grant_for(tenants_file, identity("erin", "globex")).approval_mode == "always-ask"
+    assert grant_for(tenants_file, identity("alice")).approval_mode is None
 
 
 def test_memory_scope_is_the_tenants_choice(tenants_file: Path) -> None:

@@ -41,7 +41,7 @@ def list_tenants(state_dir: StateDir = None, tenants_file: TenantsFile = None) -
         table.add_column(column)
     for name, tenant in sorted(directory.tenants.items()):
         table.add_row(name, escape(tenant.display_name), ", ".join(tenant.workspaces), str(len(tenant.users)),
-                      tenant.memory, tenant.approval_mode,
+                      tenant.memory, tenant.approval_mode or "(policy pack)",
                       escape(", ".join(i.url for i in tenant.issuers)) or "(the deployment's)")
     out.print(table)
 
@@ -62,13 +62,13 @@ def _show(name: str, tenant: Tenant) -> None:
     out.print(f"[bold]{escape(name)}[/bold]: {escape(tenant.display_name)}")
     out.print(f"  workspaces: {', '.join(tenant.workspaces)}")
     out.print(f"  memory: one per {tenant.memory}" if tenant.memory != "tenant" else "  memory: one for the tenant")
-    out.print(f"  approval mode: {tenant.approval_mode}")
+    out.print(f"  approval mode: {tenant.approval_mode or 'set by the policy pack'}")
     people = Table(show_edge=False, title="people", title_justify="left")
     for column in ("user", "email", "roles (effective)", "approval mode"):
         people.add_column(column)
     for user_name, user in sorted(tenant.users.items()):
         people.add_row(escape(user_name), escape(user.email), ", ".join(tenant.effective_roles(set(user.roles))),
-                       user.approval_mode or f"{tenant.approval_mode} (tenant)")
+                       user.approval_mode or f"{tenant.approval_mode or 'policy pack'} (tenant)")
     out.print(people)
     if tenant.groups:
         out.print("  groups: " + "; ".join(f"{escape(group)} -> {', '.join(roles)}"

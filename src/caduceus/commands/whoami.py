@@ -53,7 +53,7 @@ def whoami(
     out.print(f"tenant: {member.tenant}")
     out.print(f"user: {escape(member.name)}" + ("" if member.listed else " (admitted by group)"))
     out.print(f"roles: {', '.join(member.roles)}")
-    out.print(f"approval mode: {member.approval_mode}")
+    out.print(f"approval mode: {member.approval_mode or 'set by the policy pack'}")
     scope = {"tenant": "the tenant's", "user": f"{member.name}'s own", "channel": "the channel's"}[tenant_entry.memory]
     out.print(f"memory: {escape(scope)}")
     out.print(f"issuer: {escape(identity.issuer)}" + (f", groups {escape(', '.join(identity.groups))}"

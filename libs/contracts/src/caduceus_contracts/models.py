@@ -61,7 +61,8 @@ class Event(Model):
 # --- identity --------------------------------------------------------------
 
 
-ApprovalMode = Literal["standard", "strict", "trusted"]
+# The approval modes of policy packs: ask for every call, ask when a call is risky, never ask.
+ApprovalMode = Literal["always-ask", "ask-when-risky", "never"]
 # Whose memory a turn reads and writes: the tenant's, one user's (`user:<name>`) or one channel's (`channel:<name>`).
 MEMORY_SCOPE_PATTERN = r"^(tenant|user:.{1,256}|channel:.{1,256})$"
 
@@ -70,8 +71,8 @@ class SessionGrant(Model):
     """Who is asking, for one turn: issued and signed by identity, trusted by policy and approval.
 
     `roles` are the person's effective roles in the tenant (tiers included); `approval_mode` is the
-    person's approval mode from tenants.yaml, an input to policy; `memory_scope` names the memory the
-    planner gives this turn.
+    person's approval mode from tenants.yaml (None: the policy pack decides), an input to policy;
+    `memory_scope` names the memory the planner gives this turn.
     """
 
     grant_id: str = Field(default_factory=new_id)
@@ -83,7 +84,7 @@ class SessionGrant(Model):
     session_id: SessionId
     issued_at: datetime
     expires_at: datetime
-    approval_mode: ApprovalMode = "standard"
+    approval_mode: ApprovalMode | None = None
     memory_scope: str = Field(default="tenant", pattern=MEMORY_SCOPE_PATTERN)
 
 

@@ -42,7 +42,7 @@ ADMIN_ROLES = frozenset({"owner", "admin"})
 Name = Annotated[str, Field(pattern=subjects.TOKEN_RE.pattern)]
 RoleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 UserName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\s:]+$")]
-ApprovalMode = Literal["standard", "strict", "trusted"]
+ApprovalMode = Literal["always-ask", "ask-when-risky", "never"]
 MemoryScope = Literal["tenant", "user", "channel"]
 
 
@@ -118,7 +118,8 @@ class Tenant(_Entry):
     roles: dict[RoleName, CustomRole] = {}
     groups: dict[Annotated[str, Field(min_length=1, max_length=256)], tuple[RoleName, ...]] = {}
     issuers: tuple[Issuer, ...] = ()
-    approval_mode: ApprovalMode = "standard"
+    # Unset: the policy pack decides.
+    approval_mode: ApprovalMode | None = None
     memory: MemoryScope = "user"
 
     @model_validator(mode="after")
@@ -180,7 +181,7 @@ class Member:
     tenant: str
     name: str
     roles: tuple[str, ...]
-    approval_mode: ApprovalMode
+    approval_mode: ApprovalMode | None
     listed: bool
 
     @property
