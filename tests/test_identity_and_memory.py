@@ -125,7 +125,7 @@ def test_a_secret_told_in_a_direct_message_reaches_no_other_person_and_no_group_
     alice_again = say(stack, "alice", "What do you remember?", "dm-alice")
     assert bob.reply.text == "I remember: nothing"
     assert group.reply.text == "I remember: nothing"
-    assert SECRET in alice_again.reply.text
+    assert alice_again.reply.text == f"I remember: {SECRET}"
 
     scopes = stack.layout.workers / "acme" / "default" / "planner-home" / "memory-scopes"
     holding = sorted(str(path.relative_to(scopes)) for path in scopes.rglob("*.md") if SECRET in path.read_text())

@@ -195,5 +195,8 @@ def test_remember_quotes_the_users_words_into_the_memory_call_and_recall_reads_t
               f"the vault code is 4417\n§\nprefers tea\n\n{block}\nUSER PROFILE (who the user is)\n{block}\nbob")
     recall = [{"role": "system", "content": system}, {"role": "user", "content": "What do you remember?"}]
     assert choose_reply(scenarios, recall).content == "I remember: the vault code is 4417; prefers tea"
+    last = [{"role": "system", "content": f"{block}\nMEMORY (your personal notes) [1%]\n{block}\nprefers tea\n\n"
+                                          "Conversation started: Thursday"}, recall[1]]
+    assert choose_reply(scenarios, last).content == "I remember: prefers tea"
     empty = [{"role": "system", "content": "You are Hermes."}, {"role": "user", "content": "what do you remember"}]
     assert choose_reply(scenarios, empty).content == "I remember: nothing"

@@ -43,7 +43,7 @@ UNMATCHED_PREVIEW_CHARS = 60
 EXHAUSTED_CONTENT = "scripted model: scenario {name!r} has no more steps; the turn is over."
 _PLACEHOLDER = re.compile(r"\{(last_tool_result|tool_results\[(\d+)\]|match\[(\d+)\]|memory)\}")
 # Hermes's system-prompt block of the agent's notes (tools/memory_tool.py `_render_block`).
-_MEMORY_BLOCK = re.compile(r"MEMORY \(your personal notes\)[^\n]*\n═+\n(.*?)(?:\n═+|\Z)", re.S)
+_MEMORY_BLOCK = re.compile(r"MEMORY \(your personal notes\)[^\n]*\n═+\n(.*?)(?:\n\n|\n═+|\Z)", re.S)
 
 
 class ScenarioError(ValueError):
