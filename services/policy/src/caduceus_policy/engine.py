@@ -61,6 +61,11 @@ class CompiledTenant:
 
     def __post_init__(self) -> None:
         self.by_id = {p.id: p for p in self.policies}
+        self.position = {p.id: index for index, p in enumerate(self.policies)}
+
+    def matched(self, reasons: list[str]) -> list[CompiledPolicy]:
+        """Cedar's reasons (an unordered set) as policies, in pack order: explanations must not vary."""
+        return [self.by_id[i] for i in sorted((i for i in reasons if i in self.by_id), key=self.position.__getitem__)]
 
     def for_tool(self, tool: str) -> _ToolPolicies:
         cached = self._per_tool.get(tool)
@@ -119,7 +124,7 @@ class CedarEngine:
         if result.diagnostics.errors:
             return Verdict("deny", f"policy could not be evaluated ({'; '.join(result.diagnostics.errors)[:300]}); "
                                    "denied", (EVALUATION_POLICY_ID,), facts=facts)
-        matched = [tenant.by_id[i] for i in result.diagnostics.reasons if i in tenant.by_id]
+        matched = tenant.matched(result.diagnostics.reasons)
         if result.allowed:
             return self.allowed(request, tenant, matched, facts, evidence)
         denies = [p for p in matched if p.effect == "deny"]
@@ -132,7 +137,7 @@ class CedarEngine:
         granting = cedarpy.is_authorized(cedar_request, chosen.granting(), ENTITIES)
         if not granting.allowed or granting.diagnostics.errors:
             return self.nothing_permits(request, facts)
-        grants = [tenant.by_id[i] for i in granting.diagnostics.reasons if i in tenant.by_id]
+        grants = tenant.matched(granting.diagnostics.reasons)
         return self.approve(request, tenant, matched, grants, facts, evidence)
 
     def tenant_facts(self, policy: TenantPolicy, request: RequestFacts) -> tuple[dict[str, Any], dict[str, str]]:

@@ -58,7 +58,8 @@ class Classifier:
 
 
 def strings_in(value: object, limit: int = MAX_SCANNED_CHARS) -> Iterator[str]:
-    """Every string in a JSON value (keys and values), until `limit` characters have been produced."""
+    """Every string in a JSON value (keys and values, keys in sorted order so the result does not depend on how
+    the JSON was spelled), until `limit` characters have been produced."""
     stack = [value]
     produced = 0
     while stack and produced < limit:
@@ -68,8 +69,8 @@ def strings_in(value: object, limit: int = MAX_SCANNED_CHARS) -> Iterator[str]:
             produced += len(piece)
             yield piece
         elif isinstance(item, Mapping):
-            for key, inner in item.items():
-                stack.append(inner)
+            for key in sorted(item, key=str, reverse=True):
+                stack.append(item[key])
                 stack.append(key)
         elif isinstance(item, list | tuple):
             stack.extend(reversed(item))

@@ -20,7 +20,8 @@ from caduceus_policy.facts.shell_syntax import Command, Script, Word, ansi_c, pa
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh", "rbash"})
 CODE_INTERPRETERS = {"perl": "-eE", "ruby": "-e", "node": "-e", "nodejs": "-e", "php": "-r", "lua": "-e",
-                     "tclsh": "", "osascript": "-e", "Rscript": "-e", "deno": "", "bun": "-e"}
+                     "tclsh": "", "osascript": "-e", "Rscript": "-e", "deno": "", "bun": "-e", "pwsh": "-c",
+                     "powershell": "-c"}
 FETCHERS = frozenset({"curl", "wget", "nc", "ncat", "netcat", "socat", "aria2c", "http", "https", "xh", "fetch",
                       "lynx", "w3m", "links", "tftp", "ftp"})
 NETWORK = FETCHERS | {"telnet", "ssh", "scp", "sftp", "rsync", "lftp", "dig", "nslookup", "host", "ping", "ping6",
@@ -287,8 +288,6 @@ class _Analyzer:
     def interpreter(self, family: str, args: list[Word], texts: list[str | None], upstream: _Stage, depth: int,
                     shown: str) -> _Stage:
         inline_flags = "-c" if family == "python" else CODE_INTERPRETERS.get(family, "")
-        if family in ("pwsh", "powershell"):
-            inline_flags = "-c"
         for index, text in enumerate(texts):
             if text is None:
                 continue
