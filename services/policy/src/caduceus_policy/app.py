@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from faststream.nats import NatsBroker, NatsMessage
 
@@ -38,6 +39,7 @@ class PolicyService:
     settings: PolicySettings
     pack_store: PackStore | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    subscriptions: list[Any] = field(default_factory=list)
 
 
 def build(settings: PolicySettings, engine: PolicyEngine | None = None) -> PolicyService:
@@ -77,6 +79,11 @@ async def start(service: PolicyService) -> None:
 
 
 async def stop(service: PolicyService) -> None:
+    for subscription in service.subscriptions:
+        try:
+            await subscription.unsubscribe()
+        except Exception:
+            pass  # already gone with the connection
     for task in service.tasks:
         task.cancel()
     for task in service.tasks:
@@ -127,6 +134,7 @@ async def count_usage(service: PolicyService, js) -> None:  # type: ignore[no-un
     assert counters is not None
     subscription = await js.pull_subscribe(subjects.MODEL_USAGE_ALL, durable=service.settings.usage_consumer,
                                            stream=service.settings.stream_name)
+    service.subscriptions.append(subscription)  # unsubscribed on stop, or draining the connection waits on it
     while True:
         try:
             messages = await subscription.fetch(batch=64, timeout=1.0)
