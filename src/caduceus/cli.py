@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import chat, demo, identity, sandbox, up
+from caduceus.commands import chat, demo, identity, policy, sandbox, up
 
 app = typer.Typer(
     name="caduceus",
@@ -20,6 +20,7 @@ chat.register(app)
 demo.register(app)
 identity.register(app)
 sandbox.register(app)
+policy.register(app)
 
 
 if __name__ == "__main__":
