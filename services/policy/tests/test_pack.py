@@ -203,3 +203,13 @@ def test_every_rule_compiles_to_cedar_that_cedar_accepts() -> None:
     text = engine.cedar_text("acme")
     assert '@id("writes-stay-in-workspace")' in text and "forbid" in text and "permit" in text
     assert parse_pack({"p.yaml": 'version: "x"\ntenants: {}\n'}).version == "x"
+
+
+def test_the_readme_example_pack_loads_and_passes_its_test(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    example = readme.split("## Policy", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "policy.yaml").write_text(example)
+    (tmp_path / "acme-extra.cedar").write_text('@id("no-friday-deploys")\nforbid (principal, action, resource) '
+                                               'when { context.binaries.contains("kubectl") };\n')
+    engine = load_engine(tmp_path / "policy.yaml")
+    assert [r.passed for r in run_cases(engine, engine.pack.tests)] == [True]
