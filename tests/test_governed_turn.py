@@ -58,6 +58,20 @@ async def test_demo_turn_runs_the_allowed_call_and_never_the_denied_one(stack, c
     assert "workspace" in transcript.reply.text.lower() or "hello from the executor" in transcript.reply.text
 
 
+async def test_each_turn_reports_its_model_usage_for_budgets(stack, client):
+    transcript = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, timeout=180)
+    store = AuditStore(stack.info.audit_db_url)
+    deadline = time.monotonic() + 15
+    usage = []
+    while not usage and time.monotonic() < deadline:
+        usage = [json.loads(r.body) for r in store.records(tenant="acme", session_id=transcript.session_id)
+                 if r.kind == "model.usage"]
+        time.sleep(0.2)
+    assert len(usage) == 1, "the planner reported no model usage for the turn"
+    assert usage[0]["user"] == "alice" and usage[0]["model"] == "scripted"
+    assert usage[0]["prompt_tokens"] > 0 and usage[0]["completion_tokens"] > 0
+
+
 async def test_invalid_token_is_refused_with_a_reason(stack, client):
     transcript = await client.send(tenant="acme", token="not-a-jwt", text="hello", timeout=30)
     assert transcript.reply.status == "refused"

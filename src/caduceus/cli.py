@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import chat, demo, identity, sandbox, tenants, up, whoami
+from caduceus.commands import chat, demo, identity, policy, sandbox, tenants, up, whoami
 
 app = typer.Typer(
     name="caduceus",
@@ -22,6 +22,7 @@ identity.register(app)
 sandbox.register(app)
 tenants.register(app)
 whoami.register(app)
+policy.register(app)
 
 
 if __name__ == "__main__":

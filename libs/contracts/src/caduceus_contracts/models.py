@@ -130,6 +130,8 @@ class Decision(Model):
     pack_version: str = ""
     approver_group: str | None = None
     quorum: int | None = None
+    # For `approve`: how long the approvers have, as the policy pack says.
+    approval_timeout_s: float | None = None
     issued_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
 
@@ -274,6 +276,35 @@ class WorkerLifecycle(Event):
     detail: str = ""
 
 
+class ModelUsage(Event):
+    """Tokens and cost of one model call in a turn: what policy counts against token and cost budgets."""
+
+    kind: Literal["model.usage"] = "model.usage"
+    workspace: Workspace
+    session_id: SessionId
+    user: str = Field(min_length=1, max_length=256)
+    model: str = Field(default="", max_length=256)
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+
+
+class PolicyShadowDisagreed(Event):
+    """A candidate pack running in shadow decided a call differently from the live pack (which decided it)."""
+
+    kind: Literal["policy.shadow.disagreed"] = "policy.shadow.disagreed"
+    call_id: str
+    workspace: Workspace
+    tool: str
+    live_version: str
+    live_verdict: Verdict
+    live_policy_ids: tuple[str, ...] = ()
+    shadow_version: str
+    shadow_verdict: Verdict
+    shadow_policy_ids: tuple[str, ...] = ()
+    shadow_reason: str = ""
+
+
 class ErrorEvent(Event):
     """A message was refused: malformed, unknown, forged or out of place. Audited like any event."""
 
@@ -288,7 +319,7 @@ class ErrorEvent(Event):
 
 EVENT_MODELS: tuple[type[Event], ...] = (
     ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided, ToolCallDispatched,
-    ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent,
+    ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

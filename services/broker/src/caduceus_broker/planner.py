@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -22,6 +23,7 @@ from caduceus_contracts import (
     ChatReply,
     ContractError,
     GrantExpired,
+    ModelUsage,
     SessionGrant,
     SignatureError,
     TurnAssigned,
@@ -34,6 +36,15 @@ from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("caduceus.planner")
 tracer = trace.get_tracer("caduceus.planner")
+
+
+@dataclass(frozen=True)
+class TurnUsage:
+    """Tokens and estimated cost of every model call in one turn, as Hermes counted them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
 
 
 class Planner:
@@ -68,7 +79,8 @@ class Planner:
             self.gateway.bind_session(session, turn.grant, parent)
             try:
                 with tracer.start_as_current_span("chat turn", context=parent):
-                    text = await asyncio.to_thread(self._run_agent, grant, turn.text)
+                    text, usage = await asyncio.to_thread(self._run_agent, grant, turn.text)
+                await self._report_usage(turn, grant, usage)
                 await self._reply(turn, "ok", text)
             except Exception as exc:
                 log.exception("turn failed")
@@ -76,7 +88,7 @@ class Planner:
             finally:
                 self.gateway.unbind_session(session)
 
-    def _run_agent(self, grant: SessionGrant, text: str) -> str:
+    def _run_agent(self, grant: SessionGrant, text: str) -> tuple[str, TurnUsage]:
         """One turn of Hermes in the grant's memory scope (its own Hermes home, for this thread only)."""
         from hermes_constants import get_process_hermes_home, reset_hermes_home_override, set_hermes_home_override
 
@@ -87,7 +99,7 @@ class Planner:
         finally:
             reset_hermes_home_override(scoped)
 
-    def _converse(self, user: str, session: str, text: str) -> str:
+    def _converse(self, user: str, session: str, text: str) -> tuple[str, TurnUsage]:
         from run_agent import AIAgent
 
         agent = AIAgent(
@@ -107,7 +119,19 @@ class Planner:
         messages = result.get("messages")
         if isinstance(messages, list):
             self.histories[(user, session)] = messages
-        return str(result.get("final_response") or "")
+        usage = TurnUsage(int(agent.session_prompt_tokens or 0), int(agent.session_completion_tokens or 0),
+                          max(0.0, float(agent.session_estimated_cost_usd or 0.0)))
+        return str(result.get("final_response") or ""), usage
+
+    async def _report_usage(self, turn: TurnAssigned, grant: SessionGrant, usage: TurnUsage) -> None:
+        """What the turn's model calls cost, for policy's token and cost budgets (a lost report never fails a turn)."""
+        event = ModelUsage(tenant=turn.tenant, workspace=grant.workspace, session_id=grant.session_id, user=grant.user,
+                           model=self.model.name, prompt_tokens=usage.prompt_tokens,
+                           completion_tokens=usage.completion_tokens, cost_usd=usage.cost_usd)
+        try:
+            await self.conn.publish(subjects.model_usage(turn.tenant), event)
+        except Exception:
+            log.exception("could not report the model usage of a turn in session %s", grant.session_id)
 
     async def _reply(self, turn: TurnAssigned, status: str, text: str) -> None:
         session = turn.grant.grant.session_id
