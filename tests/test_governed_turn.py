@@ -205,3 +205,25 @@ async def test_policy_killed_mid_turn_denies_the_call_and_the_restarted_policy_d
     terminal = next(c for c in after.calls.values() if c.tool == "terminal")
     assert terminal.decision is not None and terminal.decision.verdict == "allow"
     assert terminal.outcome is not None and terminal.outcome.status == "ok"
+
+
+async def test_a_pack_published_by_the_operator_is_live_for_the_next_call(stack, client, tmp_path):
+    from typer.testing import CliRunner
+
+    from caduceus.cli import app
+
+    shipped = (stack.layout.root / "policy.yaml").read_text()
+    candidate = tmp_path / "policy.yaml"
+    candidate.write_text(shipped.replace('version: "2026-11-26.1"', 'version: "hot-reloaded.1"'))
+    published = await asyncio.to_thread(CliRunner().invoke, app, ["policy", "publish", str(candidate),
+                                                                  "--state-dir", str(stack.layout.root)])
+    assert published.exit_code == 0, published.output
+    deadline = time.monotonic() + 30
+    while True:
+        transcript = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, watch=True,
+                                       timeout=120)
+        versions = {c.decision.pack_version for c in transcript.calls.values() if c.decision is not None}
+        if versions == {"hot-reloaded.1"} or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert versions == {"hot-reloaded.1"}, versions
