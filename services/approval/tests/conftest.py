@@ -12,8 +12,10 @@ from nats.aio.msg import Msg
 
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
+    ChatNotice,
     Decision,
     ErrorEvent,
+    Event,
     SignedDecision,
     Signer,
     ToolCallDecided,
@@ -41,12 +43,14 @@ def approve_decision(signer: Signer, *, call_id: str | None = None, args: dict |
 
 
 class BusListener:
-    """Collects ToolCallDecided (allow/deny) and error events for the tenant."""
+    """Collects ToolCallDecided (allow/deny), approval events, chat notices and error events for the tenant."""
 
     def __init__(self, conn: EventConnection) -> None:
         self.conn = conn
         self.decided: dict[str, asyncio.Queue[ToolCallDecided]] = {}
         self.errors: asyncio.Queue[ErrorEvent] = asyncio.Queue()
+        self.approvals: list[Event] = []
+        self.notices: list[ChatNotice] = []
 
     def _queue(self, call_id: str) -> asyncio.Queue[ToolCallDecided]:
         return self.decided.setdefault(call_id, asyncio.Queue())
@@ -62,12 +66,38 @@ class BusListener:
         assert isinstance(event, ErrorEvent)
         await self.errors.put(event)
 
+    async def _on_approval(self, msg: Msg) -> None:
+        self.approvals.append(parse_event(msg.data, subject=msg.subject))
+
+    async def _on_notice(self, msg: Msg) -> None:
+        notice = parse_event(msg.data, expect=ChatNotice, subject=msg.subject)
+        assert isinstance(notice, ChatNotice)
+        self.notices.append(notice)
+
     async def start(self) -> None:
         await self.conn.subscribe(f"cad.v1.tool.decided.{TENANT}", self._on_decided)
         await self.conn.subscribe(f"cad.v1.error.{TENANT}.*", self._on_error)
+        await self.conn.subscribe(f"cad.v1.approval.*.{TENANT}", self._on_approval)
+        await self.conn.subscribe(f"cad.v1.chat.notice.{TENANT}.>", self._on_notice)
 
     async def verdict_on(self, call_id: str, timeout: float = 20.0) -> ToolCallDecided:
         return await asyncio.wait_for(self._queue(call_id).get(), timeout)
+
+    async def approval_event(self, call_id: str, kind: str, timeout: float = 20.0) -> Event:
+        """The first approval event of `kind` for the call, waiting for it to arrive."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [e for e in self.approvals if e.kind == kind and getattr(e, "call_id", None) == call_id]
+                if found:
+                    return found[0]
+                await asyncio.sleep(0.05)
+
+    async def notices_for(self, call_id: str, count: int, timeout: float = 20.0) -> list[ChatNotice]:
+        """The first `count` chat notices about the call, in order."""
+        async with asyncio.timeout(timeout):
+            while len(found := [n for n in self.notices if n.call_id == call_id]) < count:
+                await asyncio.sleep(0.05)
+        return found[:count]
 
 
 @pytest.fixture()

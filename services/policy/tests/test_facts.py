@@ -52,7 +52,7 @@ def test_a_workspace_root_with_dots_is_normalized_first() -> None:
 
 
 def test_a_call_without_a_path_is_not_outside() -> None:
-    assert extract_facts({"command": "ls /"}, ROOT) == {"path_outside_workspace": False}
+    assert extract_facts({"command": "ls /"}, ROOT) == {"path_outside_workspace": False, "destructive_command": False}
 
 
 def test_any_file_of_a_v4a_patch_outside_the_workspace_makes_the_patch_outside() -> None:

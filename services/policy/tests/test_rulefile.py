@@ -45,7 +45,7 @@ def test_broken_yaml_names_the_line() -> None:
 def test_an_unknown_effect_names_the_rule_and_the_allowed_values() -> None:
     message = error_for(rules_text("{id: shell-ok, effect: permit, tools: [terminal]}"))
     assert "tenant 'acme'" in message and "rule 'shell-ok'" in message
-    assert "use `allow` or `deny`" in message
+    assert "use `allow`, `deny` or `approve`" in message
 
 
 def test_an_unknown_fact_lists_the_known_facts() -> None:

@@ -11,6 +11,18 @@ from caduceus_contracts.canonical import (
 )
 from caduceus_contracts.models import (
     EVENT_KINDS,
+    ApprovalAnswered,
+    ApprovalEscalated,
+    ApprovalReminded,
+    ApprovalRefused,
+    ApprovalRequested,
+    ApprovalResolved,
+    ApprovalTerms,
+    ApprovalView,
+    ApprovalVote,
+    ApprovalVoted,
+    ChatNotice,
+    RiskyFact,
     ChatMessageIn,
     ChatReply,
     ContractError,
@@ -42,7 +54,9 @@ from caduceus_contracts.signing import (
 )
 
 __all__ = [
-    "EVENT_KINDS", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",
+    "EVENT_KINDS", "ApprovalAnswered", "ApprovalEscalated", "ApprovalRefused", "ApprovalReminded",
+    "ApprovalRequested", "ApprovalResolved", "ApprovalTerms", "ApprovalView", "ApprovalVote", "ApprovalVoted",
+    "ChatNotice", "RiskyFact", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",
     "ErrorEvent", "Event", "GrantExpired", "Keyring", "SessionGrant", "SignatureError", "SignedDecision",
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",

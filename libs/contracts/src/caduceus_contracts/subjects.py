@@ -70,6 +70,15 @@ def worker_event(tenant: str, workspace: str) -> str:
     return f"{PREFIX}.worker.lifecycle.{token(tenant)}.{token(workspace, 'workspace')}"
 
 
+def approval(event: str, tenant: str) -> str:
+    """`cad.v1.approval.<event>.<tenant>`: requested, voted, escalated, reminded, resolved, answered, refused."""
+    return f"{PREFIX}.approval.{token(event, 'approval event')}.{token(tenant)}"
+
+
+def chat_notice(tenant: str, session: str) -> str:
+    return f"{PREFIX}.chat.notice.{token(tenant)}.{session_token(session)}"
+
+
 def error(tenant: str, service: str) -> str:
     tenant_token = tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.fullmatch(tenant or "")) else SYSTEM_TENANT
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
@@ -102,3 +111,5 @@ TURN_REQUESTED_ALL = f"{PREFIX}.turn.requested.*"
 TOOL_REQUESTED_ALL = f"{PREFIX}.tool.requested.*"
 TOOL_DECIDED_ALL = f"{PREFIX}.tool.decided.*"
 TOOL_COMPLETED_ALL = f"{PREFIX}.tool.completed.*.*"
+APPROVAL_ALL = f"{PREFIX}.approval.*.*"
+APPROVAL_ANSWERED_ALL = f"{PREFIX}.approval.answered.*"

@@ -1,4 +1,5 @@
-"""The walking-skeleton rule engine: per-tenant allow/deny rules, deny overrides allow, default deny.
+"""The walking-skeleton rule engine: per-tenant allow/approve/deny rules; deny overrides approve, approve
+overrides allow; default deny.
 
 Pure logic, no I/O. The service talks to it only through `PolicyEngine.decide`, so a
 Cedar-backed engine can replace `RuleEngine` without touching the handler.
@@ -12,9 +13,10 @@ from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 from typing import Any, Literal, Protocol
 
-from caduceus_policy.facts import RequestFacts, request_facts
+from caduceus_contracts import ApprovalTerms, RiskyFact
+from caduceus_policy.facts import FACT_ARGUMENTS, RequestFacts, request_facts
 
-Effect = Literal["allow", "deny"]
+Effect = Literal["allow", "deny", "approve"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class Verdict:
     verdict: Literal["allow", "deny", "approve"]
     reason: str
     policy_ids: tuple[str, ...] = ()
+    # For `approve`: who must agree, and the facts that made the call risky.
+    approval: ApprovalTerms | None = None
+    facts: tuple[RiskyFact, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class Rule:
     roles: tuple[str, ...] | None = None
     when: Mapping[str, Any] = field(default_factory=dict)
     reason: str = ""
+    approval: ApprovalTerms | None = None  # set exactly when effect is approve
 
     def matches(self, request: RequestFacts) -> bool:
         """True when this rule speaks about the request: tool, role and every `when` fact agree."""
@@ -68,8 +74,17 @@ def _reasons(rules: list[Rule], fallback: str) -> str:
     return "; ".join(texts)
 
 
+def _approval(rules: list[Rule], request: RequestFacts) -> Verdict:
+    """One approve verdict for the matching approve rules: the first rule's terms, every rule's risky facts."""
+    facts = {name: RiskyFact(name=name, value=request.facts[name], argument=FACT_ARGUMENTS.get(name))
+             for rule in rules for name, expected in rule.when.items() if expected}
+    return Verdict("approve", _reasons(rules, "needs approval"), tuple(rule.id for rule in rules),
+                   approval=rules[0].approval, facts=tuple(facts.values()))
+
+
 def decide_with_rules(rules: RuleSet, request: RequestFacts) -> Verdict:
-    """Deny if any deny rule matches, else allow if any allow rule matches, else deny."""
+    """Deny if any deny rule matches, else approve if an approve rule does, else allow if an allow rule does,
+    else deny."""
     tenant_rules = rules.tenants.get(request.tenant)
     if tenant_rules is None:
         return Verdict("deny", f"no policy rules for tenant {request.tenant!r} (policy {rules.version})")
@@ -77,6 +92,9 @@ def decide_with_rules(rules: RuleSet, request: RequestFacts) -> Verdict:
     denies = [rule for rule in matched if rule.effect == "deny"]
     if denies:
         return Verdict("deny", _reasons(denies, "denied"), tuple(rule.id for rule in denies))
+    approvals = [rule for rule in matched if rule.effect == "approve"]
+    if approvals:
+        return _approval(approvals, request)
     allows = [rule for rule in matched if rule.effect == "allow"]
     if allows:
         return Verdict("allow", _reasons(allows, "allowed"), tuple(rule.id for rule in allows))

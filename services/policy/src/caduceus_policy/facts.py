@@ -14,7 +14,13 @@ from pathlib import PurePosixPath
 from typing import Any
 
 # The facts a rule's `when:` may name, with the type of value each one takes.
-KNOWN_FACTS: dict[str, type] = {"path_outside_workspace": bool}
+KNOWN_FACTS: dict[str, type] = {"path_outside_workspace": bool, "destructive_command": bool}
+# The argument each fact is about, so people deciding on a call see which value made it risky.
+FACT_ARGUMENTS: dict[str, str] = {"path_outside_workspace": "path", "destructive_command": "command"}
+
+# A command word that deletes or overwrites data, at the start of the line or after a shell separator
+# (optionally behind sudo). Deliberately broad: it only ever makes policy ask a person.
+_DESTRUCTIVE = re.compile(r"(?:^|[;&|(`\n]|\$\()\s*(?:sudo\s+)?(?:rm|rmdir|shred|truncate|dd|mkfs(?:\.\w+)?)(?=\s|$)")
 
 # File headers of a V4A patch (the `patch` tool's patch mode names its files inside the patch text).
 _V4A_FILE = re.compile(r"^\*\*\* (?:Update File|Add File|Delete File|Move to):\s*(.*?)\s*$", re.MULTILINE)
@@ -61,10 +67,16 @@ def paths_named(args: Mapping[str, Any]) -> list[object]:
     return named
 
 
+def is_destructive_command(command: object) -> bool:
+    """True when a shell command runs a deleting or overwriting program (rm, shred, dd, ...)."""
+    return isinstance(command, str) and bool(_DESTRUCTIVE.search(command))
+
+
 def extract_facts(args: Mapping[str, Any], workspace_root: PurePosixPath) -> dict[str, Any]:
     """The facts of one call's arguments (see KNOWN_FACTS)."""
     return {
         "path_outside_workspace": any(is_outside_workspace(p, workspace_root) for p in paths_named(args)),
+        "destructive_command": is_destructive_command(args.get("command")),
     }
 
 

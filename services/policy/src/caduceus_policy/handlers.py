@@ -90,6 +90,7 @@ class Decider:
             reason=verdict.reason,
             policy_ids=verdict.policy_ids,
             pack_version=self.engine.version,
+            **_approval_fields(verdict),
             issued_at=now,
             expires_at=now + timedelta(seconds=self.decision_ttl_s),
         )
@@ -99,6 +100,16 @@ class Decider:
             workspace=request.workspace,
             decision=SignedDecision.issue(self.signer, decision),
         )
+
+
+def _approval_fields(verdict: Verdict) -> dict:
+    """What an approve decision tells the approval service: the terms, the explanation and the risky facts."""
+    if verdict.verdict != "approve" or verdict.approval is None:
+        return {}
+    terms = verdict.approval
+    group = (terms.groups or terms.roles or (None,))[0]
+    return {"approval": terms, "approver_group": group, "quorum": terms.quorum, "facts": verdict.facts,
+            "explanation": f"{verdict.reason} (rule {', '.join(verdict.policy_ids)})"}
 
 
 async def on_tool_requested(subject: str, body: bytes, publisher: EventPublisher, decider: Decider) -> None:

@@ -12,11 +12,14 @@ from typing import Any
 
 import yaml
 
-from caduceus_contracts import subjects
+from pydantic import ValidationError
+
+from caduceus_contracts import ApprovalTerms, subjects
 from caduceus_policy.domain import PolicyEngine, Rule, RuleEngine, RuleSet
 from caduceus_policy.facts import KNOWN_FACTS
 
-RULE_KEYS = ("id", "effect", "tools", "roles", "when", "reason")
+RULE_KEYS = ("id", "effect", "tools", "roles", "when", "reason", "approval")
+APPROVAL_KEYS = tuple(ApprovalTerms.model_fields)
 
 
 class RuleFileError(ValueError):
@@ -114,8 +117,8 @@ def _rule(raw: Any, fail: Callable[[str], RuleFileError]) -> Rule:
     if not isinstance(rule_id, str) or not rule_id.strip():
         raise fail("give the rule an `id` (a short name; decisions cite it)")
     effect = raw.get("effect")
-    if effect not in ("allow", "deny"):
-        raise fail(f"`effect` is {effect!r}: use `allow` or `deny`")
+    if effect not in ("allow", "deny", "approve"):
+        raise fail(f"`effect` is {effect!r}: use `allow`, `deny` or `approve`")
     tools = _string_list(raw.get("tools"))
     if tools is None:
         raise fail("`tools` must be a non-empty list of tool names or globs, e.g. [read_file, 'mcp_*']")
@@ -135,4 +138,27 @@ def _rule(raw: Any, fail: Callable[[str], RuleFileError]) -> Rule:
     reason = raw.get("reason", "")
     if not isinstance(reason, str):
         raise fail("`reason` must be text (it is shown to the person whose call was decided)")
-    return Rule(id=rule_id.strip(), effect=effect, tools=tools, roles=roles, when=dict(when), reason=reason.strip())
+    return Rule(id=rule_id.strip(), effect=effect, tools=tools, roles=roles, when=dict(when), reason=reason.strip(),
+                approval=_approval_terms(effect, raw.get("approval"), fail))
+
+
+def _approval_terms(effect: str, raw: Any, fail: Callable[[str], RuleFileError]) -> ApprovalTerms | None:
+    """An approve rule's `approval:` terms (who, how many, how long); other effects take none."""
+    if effect != "approve":
+        if raw is not None:
+            raise fail("only `effect: approve` rules take `approval:`")
+        return None
+    if not isinstance(raw, Mapping):
+        raise fail(f"an approve rule needs `approval:` with {list(APPROVAL_KEYS)}, e.g. "
+                   "{groups: [admin], quorum: 1, timeout_s: 900}")
+    try:
+        terms = ApprovalTerms.model_validate(dict(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise fail(f"unknown key `approval.{where}`: approval terms are {list(APPROVAL_KEYS)}") from None
+        raise fail(f"`approval.{where}`: {first['msg']}") from None
+    if not (terms.groups or terms.roles or terms.users):
+        raise fail("`approval` names nobody: give `groups`, `roles` or `users` who may approve")
+    return terms
