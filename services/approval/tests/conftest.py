@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
 
+from caduceus_approval.app import ApprovalService, build
+from caduceus_approval.settings import ApprovalSettings
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
+    ApprovalTerms,
     ChatNotice,
     Decision,
+    RiskyFact,
+    SessionGrant,
+    SignedGrant,
+    ToolCallRequested,
+    TurnRequested,
+    subjects,
     ErrorEvent,
     Event,
     SignedDecision,
@@ -25,8 +36,74 @@ from caduceus_contracts import (
     parse_event,
     utcnow,
 )
+from caduceus_embedded.ports import free_port
+from caduceus_identity.adapters.dev_issuer import DevIssuer, DevIssuerServer, TokenRequest, load_or_create_key
+from caduceus_identity.adapters.tenants_file import load_directory
 
 TENANT = "acme"
+TENANTS_YAML = """\
+tenants:
+  acme:
+    display_name: Acme Corp
+    workspaces: [default]
+    users:
+      alice: {email: alice@acme.example, roles: [member]}
+      bob: {email: bob@acme.example, roles: [member]}
+      carol: {email: carol@acme.example, roles: [admin]}
+      dave: {email: dave@acme.example, roles: [admin]}
+  globex:
+    display_name: Globex
+    workspaces: [default]
+    users:
+      gina: {email: gina@globex.example, roles: [admin]}
+"""
+
+
+@dataclass(frozen=True)
+class AskedCall:
+    """What the bus carries when alice's agent asks for a call that needs approval."""
+
+    turn: TurnRequested
+    requested: ToolCallRequested
+    decided: ToolCallDecided
+
+    @property
+    def call_id(self) -> str:
+        return self.requested.call_id
+
+    @property
+    def digest(self) -> str:
+        return self.requested.digest
+
+    async def publish(self, conn: EventConnection) -> None:
+        await conn.publish(subjects.turn_requested(TENANT), self.turn)
+        await conn.publish(subjects.tool_requested(TENANT), self.requested)
+        await conn.publish(subjects.tool_decided(TENANT), self.decided)
+
+
+def ask(identity: Signer, policy: Signer, *, user: str = "alice", command: str = "rm -rf build",
+        terms: ApprovalTerms = ApprovalTerms(groups=("admin",), timeout_s=600), session: str = "sess-1",
+        text: str = "please clean up the build directory") -> AskedCall:
+    """A turn by `user`, its terminal call, and policy's signed `approve` decision for it."""
+    now = utcnow()
+    grant = SignedGrant.issue(identity, SessionGrant(
+        tenant=TENANT, workspace="default", user=user, roles=("member",), channel="cli", session_id=session,
+        issued_at=now, expires_at=now + timedelta(minutes=10)))
+    turn = TurnRequested(tenant=TENANT, message_id=new_id(), grant=grant, text=text)
+    args = {"command": command}
+    digest = call_digest(tenant=TENANT, workspace="default", session=session, tool="terminal", args=args)
+    requested = ToolCallRequested(tenant=TENANT, grant=grant, workspace="default", session_id=session,
+                                  tool="terminal", args=args, digest=digest)
+    decision = Decision(tenant=TENANT, workspace="default", session_id=session, call_id=requested.call_id,
+                        tool="terminal", digest=digest, verdict="approve",
+                        reason="commands that delete data need an admin's approval",
+                        policy_ids=("destructive-commands-need-an-admin",), approver_group="admin",
+                        quorum=terms.quorum, approval=terms, explanation="rm deletes files",
+                        facts=(RiskyFact(name="destructive_command", value=True, argument="command"),),
+                        expires_at=now + timedelta(seconds=60))
+    decided = ToolCallDecided(tenant=TENANT, call_id=requested.call_id, workspace="default",
+                              decision=SignedDecision.issue(policy, decision))
+    return AskedCall(turn, requested, decided)
 
 
 def approve_decision(signer: Signer, *, call_id: str | None = None, args: dict | None = None) -> ToolCallDecided:
@@ -124,3 +201,68 @@ async def bus(nats_server) -> AsyncIterator[BusListener]:
     await listener.start()
     yield listener
     await conn.close()
+
+
+@dataclass
+class ApprovalStack:
+    """The approval service (bus, Temporal worker, web UI) beside a dev OIDC issuer for its tenants file."""
+
+    service: ApprovalService
+    issuer: DevIssuerServer
+    identity: Signer
+    policy: Signer
+    keys_dir: Path
+
+    @property
+    def ui_url(self) -> str:
+        assert self.service.settings.ui_url is not None
+        return self.service.settings.ui_url
+
+    @property
+    def issuer_url(self) -> str:
+        return self.issuer.issuer.issuer_url
+
+    def ask(self, **kwargs) -> AskedCall:
+        return ask(self.identity, self.policy, **kwargs)
+
+    def token(self, user: str, tenant: str = TENANT) -> str:
+        return self.issuer.issuer.mint(TokenRequest(tenant=tenant, user=user))
+
+
+def approval_settings(base: Path, nats_url: str, temporal_address: str, **overrides) -> ApprovalSettings:
+    values = dict(nats_url=nats_url, state_dir=base, keys_dir=base / "keys", tenants_file=base / "tenants.yaml",
+                  temporal_address=temporal_address, approval_task_queue=f"approvals-{new_id()}",
+                  temporal_retry_s=0.2, temporal_rpc_timeout_s=2.0, ui_port=free_port())
+    return ApprovalSettings(**{**values, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def approval_stack(base: Path, nats_url: str, temporal_address: str, **overrides) -> AsyncIterator[ApprovalStack]:
+    (base / "tenants.yaml").write_text(TENANTS_YAML)
+    issuer_port = free_port()
+    issuer_url = f"http://127.0.0.1:{issuer_port}"
+    issuer = DevIssuerServer(DevIssuer(load_or_create_key(base / "keys" / "dev-issuer.pem"), issuer_url, "caduceus",
+                                       load_directory(base / "tenants.yaml")), "127.0.0.1", issuer_port)
+    await issuer.start()
+    identity, policy = ensure_signer(base / "keys", "identity"), ensure_signer(base / "keys", "policy")
+    service = build(approval_settings(base, nats_url, temporal_address, oidc_issuer_url=issuer_url, **overrides))
+    await service.start()
+    try:
+        async with asyncio.timeout(30):
+            await service.temporal.connected.wait()
+        yield ApprovalStack(service, issuer, identity, policy, base / "keys")
+    finally:
+        await service.stop()
+        await issuer.stop()
+
+
+@pytest.fixture(scope="module")
+async def approval(tmp_path_factory: pytest.TempPathFactory, nats_server, temporal_server) -> AsyncIterator[ApprovalStack]:
+    async with approval_stack(tmp_path_factory.mktemp("approval"), nats_server.url, temporal_server.address) as running:
+        yield running
+
+
+async def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
