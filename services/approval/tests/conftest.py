@@ -237,7 +237,8 @@ def approval_settings(base: Path, nats_url: str, temporal_address: str, **overri
 
 
 @contextlib.asynccontextmanager
-async def approval_stack(base: Path, nats_url: str, temporal_address: str, **overrides) -> AsyncIterator[ApprovalStack]:
+async def approval_stack(base: Path, nats_url: str, temporal_address: str, *, wait_for_temporal: bool = True,
+                         **overrides) -> AsyncIterator[ApprovalStack]:
     (base / "tenants.yaml").write_text(TENANTS_YAML)
     issuer_port = free_port()
     issuer_url = f"http://127.0.0.1:{issuer_port}"
@@ -248,8 +249,9 @@ async def approval_stack(base: Path, nats_url: str, temporal_address: str, **ove
     service = build(approval_settings(base, nats_url, temporal_address, oidc_issuer_url=issuer_url, **overrides))
     await service.start()
     try:
-        async with asyncio.timeout(30):
-            await service.temporal.connected.wait()
+        if wait_for_temporal:
+            async with asyncio.timeout(30):
+                await service.temporal.connected.wait()
         yield ApprovalStack(service, issuer, identity, policy, base / "keys")
     finally:
         await service.stop()

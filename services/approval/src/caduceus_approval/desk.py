@@ -7,14 +7,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import RPCTimeoutOrCancelledError, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from caduceus_approval.domain import (
     Answer,
     ApprovalAction,
     sign_answer,
-    unreachable_reason,
     view_of,
     who_may_not_answer,
 )
@@ -55,10 +54,13 @@ class ApprovalDesk:
                 state = await self.temporal.answer(person.tenant, call_id, verdict, action)
             except WorkflowUpdateFailedError as exc:
                 reason = getattr(exc.cause, "message", None) or str(exc)
-            except TemporalUnavailable:
-                reason = unreachable_reason(self.temporal.address).replace("; denied (fail closed)", "")
+            except (TemporalUnavailable, RPCTimeoutOrCancelledError):
+                reason = f"the approval service cannot reach Temporal at {self.temporal.address}; try again shortly"
             except RPCError as exc:
                 reason = f"the approval for call {call_id} is closed ({exc.message})"
+            except Exception as exc:  # a bug must still answer the person, and be audited
+                log.exception("answer on call %s failed", call_id)
+                reason = f"the answer could not be delivered ({type(exc).__name__}); try again"
             else:
                 decided = view_of(state)
                 self.inbox.apply(decided)

@@ -7,7 +7,6 @@ The service runs (and fails closed) while Temporal is away; it reports healthy o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -96,7 +95,11 @@ class TemporalLink:
         """Send an approve/deny update. Raises WorkflowUpdateFailedError (refused, with the reason), RPCError
         (no open approval) or TemporalUnavailable."""
         try:
-            return await answer(self._client(), tenant, call_id, verdict, action, rpc_timeout=self.rpc_timeout)
+            # The SDK retries an unreachable server on its own; a person waits for a bounded time only.
+            async with asyncio.timeout(2 * self.settings.temporal_rpc_timeout_s):
+                return await answer(self._client(), tenant, call_id, verdict, action, rpc_timeout=self.rpc_timeout)
+        except TimeoutError as exc:
+            raise TemporalUnavailable(self.address) from exc
         except RPCError as exc:
             if exc.status in _UNREACHABLE:
                 raise TemporalUnavailable(self.address) from exc
@@ -108,17 +111,28 @@ class TemporalLink:
         count = 0
         try:
             async for execution in client.list_workflows(query, limit=REBUILD_LIMIT, rpc_timeout=self.rpc_timeout):
-                handle = client.get_workflow_handle_for(ApprovalWorkflow.run, execution.id, run_id=execution.run_id)
-                with contextlib.suppress(Exception):  # one unreadable approval must not hide the others
-                    if execution.status == WorkflowExecutionStatus.RUNNING:
-                        state = await handle.query(ApprovalWorkflow.view, rpc_timeout=self.rpc_timeout)
-                    elif execution.status == WorkflowExecutionStatus.COMPLETED:
-                        state = await handle.result(rpc_timeout=self.rpc_timeout)
-                    else:
-                        continue
+                state = await self._state_of(client, execution)
+                if state is not None:
                     self.on_state(state)
                     count += 1
         except RPCError as exc:
             log.warning("could not list approvals to rebuild the inbox: %s", exc)
             return
         log.info("inbox rebuilt from %d approval(s) in Temporal", count)
+
+    async def _state_of(self, client: Client, execution, attempts: int = 5) -> ApprovalState | None:
+        """An approval's state; None when it ended other than completing, or stays unreadable."""
+        handle = client.get_workflow_handle_for(ApprovalWorkflow.run, execution.id, run_id=execution.run_id)
+        for attempt in range(attempts):
+            try:
+                if execution.status == WorkflowExecutionStatus.RUNNING:
+                    # Answered by this service's own worker, which may still be starting to poll.
+                    return await handle.query(ApprovalWorkflow.view, rpc_timeout=self.rpc_timeout)
+                if execution.status == WorkflowExecutionStatus.COMPLETED:
+                    return await handle.result(rpc_timeout=self.rpc_timeout)
+                return None
+            except Exception as exc:  # one unreadable approval must not hide the others
+                if attempt == attempts - 1:
+                    log.warning("could not read approval %s: %s", execution.id, exc)
+                await asyncio.sleep(0.5)
+        return None
