@@ -34,6 +34,7 @@ from caduceus_embedded.services import (
     RunningService,
     ServiceFailed,
     ServiceSpec,
+    approval_ui_url,
     default_services,
     start_service,
 )
@@ -151,6 +152,7 @@ class EmbeddedStack:
             dev_issuer_url=f"http://127.0.0.1:{self.ports.issuer}", temporal_address=self.temporal_address,
             temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
             audit_db_url=self.layout.audit_db_url, services={name: s.pid for name, s in self.services.items()},
+            approval_ui_url=approval_ui_url(self.ports) if "approval" in self.services else "",
         )
         write_stack_info(self._info)
         self._watcher = threading.Thread(target=self._watch, name="caduceus-stack-watch", daemon=True)

@@ -26,6 +26,7 @@ class StackInfo(BaseModel):
     model_base_url: str
     audit_db_url: str
     services: dict[str, int] = {}  # service name -> pid
+    approval_ui_url: str = ""
 
 
 def default_state_dir() -> Path:
