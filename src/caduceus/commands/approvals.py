@@ -80,7 +80,8 @@ def list_(tenant: Tenant = "acme", user: User = "carol", token: Token = None, ur
         out.print("nothing decided yet" if decided else "nothing waits for you")
         return
     table = Table(show_edge=False)
-    for column in ("call id", "tool", "asked by", "status" if decided else "time left", "reason"):
+    table.add_column("call id", no_wrap=True)  # copied into `approve`/`deny`: never wrapped
+    for column in ("tool", "asked by", "status" if decided else "time left", "reason"):
         table.add_column(column)
     for view in views:
         table.add_row(view.call_id, view.tool, view.requester, view.status if decided else _left(view),
@@ -113,7 +114,7 @@ def show(call_id: Annotated[str, typer.Argument(help="The call id (from `caduceu
     if view.resolution:
         rows.append(("result", view.resolution))
     for label, value in rows:
-        grid.add_row(label, escape(value))
+        grid.add_row(escape(label), escape(value))
     out.print(grid)
 
 

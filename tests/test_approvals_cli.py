@@ -1,0 +1,50 @@
+"""`caduceus approvals` on the embedded stack: an operator lists, inspects and denies a waiting call from the
+terminal with the same authorization as the UI, and the requester's turn ends with the denial."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from typer.testing import CliRunner
+
+from caduceus.cli import app
+from caduceus.commands.demo import APPROVAL_MESSAGE
+from caduceus_client import ApprovalsClient, ChatClient
+from caduceus_contracts import new_id
+from caduceus_identity.devtoken import mint_dev_token
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def cli(stack, *args: str):
+    return CliRunner().invoke(app, ["approvals", *args, "--state-dir", str(stack.layout.root)],
+                              env={"COLUMNS": "200"})
+
+
+async def test_operator_lists_shows_and_denies_a_waiting_call(stack) -> None:
+    session_id = f"s-{new_id()[:16]}"
+    client = await ChatClient.connect(stack.info.nats_url)
+    turn = asyncio.create_task(client.send(tenant="acme", token=mint_dev_token(stack.info.dev_issuer_url, "acme", "alice"),
+                                           text=APPROVAL_MESSAGE, session_id=session_id, timeout=180, watch=True))
+    async with ApprovalsClient(stack.info.approval_ui_url,
+                               mint_dev_token(stack.info.dev_issuer_url, "acme", "carol")) as api:
+        waiting = await api.wait_for(lambda view: view.session_id == session_id, timeout_s=90)
+
+    listed = await asyncio.to_thread(cli, stack, "list", "--user", "carol")
+    assert listed.exit_code == 0 and waiting.call_id in listed.output and "alice" in listed.output
+    shown = await asyncio.to_thread(cli, stack, "show", waiting.call_id, "--user", "carol")
+    assert shown.exit_code == 0 and "rm -f build.log" in shown.output and "[risky]" in shown.output
+    bob = await asyncio.to_thread(cli, stack, "approve", waiting.call_id, "--user", "bob")
+    assert bob.exit_code == 1 and "bob is not one of the approvers" in bob.output
+    alice = await asyncio.to_thread(cli, stack, "approve", waiting.call_id, "--user", "alice")
+    assert alice.exit_code == 1 and "separation of duties" in alice.output
+    denied = await asyncio.to_thread(cli, stack, "deny", waiting.call_id, "--user", "carol", "--comment", "not now")
+    assert denied.exit_code == 0 and "denied: denied by carol: not now" in denied.output
+
+    transcript = await turn
+    await client.close()
+    call = transcript.calls[waiting.call_id]
+    assert call.outcome.status == "denied" and not call.outcome.executed_by
+    assert "denied by carol: not now" in call.outcome.reason
+    assert [n.text for n in transcript.notices][-1] == "terminal call denied: denied by carol: not now"
