@@ -35,9 +35,13 @@ async def test_operator_lists_shows_and_denies_a_waiting_call(stack) -> None:
     assert listed.exit_code == 0 and waiting.call_id in listed.output and "alice" in listed.output
     shown = await asyncio.to_thread(cli, stack, "show", waiting.call_id, "--user", "carol")
     assert shown.exit_code == 0 and "rm -f build.log" in shown.output and "[risky]" in shown.output
-    bob = await asyncio.to_thread(cli, stack, "approve", waiting.call_id, "--user", "bob")
+    # Neither may even see it; with the digest in hand, the desk still refuses them, with the reason.
+    bob_looks = await asyncio.to_thread(cli, stack, "approve", waiting.call_id, "--user", "bob")
+    assert bob_looks.exit_code == 1 and "no approval" in bob_looks.output
+    bob = await asyncio.to_thread(cli, stack, "approve", waiting.call_id, "--user", "bob", "--digest", waiting.digest)
     assert bob.exit_code == 1 and "bob is not one of the approvers" in bob.output
-    alice = await asyncio.to_thread(cli, stack, "approve", waiting.call_id, "--user", "alice")
+    alice = await asyncio.to_thread(cli, stack, "approve", waiting.call_id, "--user", "alice", "--digest",
+                                    waiting.digest)
     assert alice.exit_code == 1 and "separation of duties" in alice.output
     denied = await asyncio.to_thread(cli, stack, "deny", waiting.call_id, "--user", "carol", "--comment", "not now")
     assert denied.exit_code == 0 and "denied: denied by carol: not now" in denied.output

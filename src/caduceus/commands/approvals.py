@@ -118,28 +118,31 @@ def show(call_id: Annotated[str, typer.Argument(help="The call id (from `caduceu
     out.print(grid)
 
 
-def _answer(verdict: str, call_id: str, comment: str, tenant: str, user: str, token: str | None, url: str | None,
-            state_dir: Path | None) -> None:
+def _answer(verdict: str, call_id: str, comment: str, digest: str | None, tenant: str, user: str, token: str | None,
+            url: str | None, state_dir: Path | None) -> None:
     async def send() -> ApprovalView:
         async with _client(tenant, user, token, url, state_dir) as client:
-            view = await client.show(call_id)  # approve exactly what was shown: its digest
-            return await client.answer(call_id, verdict, digest=view.digest, comment=comment)
+            # Answer exactly the call reviewed: the digest given, else the one `show` prints now.
+            return await client.answer(call_id, verdict, digest=digest or (await client.show(call_id)).digest,
+                                       comment=comment)
 
     view = _run(send())
     out.print(f"{view.status}: {escape(view.resolution or f'{len(view.votes)}/{view.quorum} approvals so far')}")
 
 
 Comment = Annotated[str, typer.Option(help="Why (kept with the decision).")]
+Digest = Annotated[str | None, typer.Option(help="The call digest you reviewed (from `show`); an answer for any "
+                                                 "other digest is refused.")]
 CallId = Annotated[str, typer.Argument(help="The call id (from `caduceus approvals list`).")]
 
 
 @app.command(help="Approve a call: it runs once enough approvers agree.")
-def approve(call_id: CallId, comment: Comment = "", tenant: Tenant = "acme", user: User = "carol", token: Token = None,
-            url: Url = None, state_dir: StateDir = None) -> None:
-    _answer("approve", call_id, comment, tenant, user, token, url, state_dir)
+def approve(call_id: CallId, comment: Comment = "", digest: Digest = None, tenant: Tenant = "acme", user: User = "carol",
+            token: Token = None, url: Url = None, state_dir: StateDir = None) -> None:
+    _answer("approve", call_id, comment, digest, tenant, user, token, url, state_dir)
 
 
 @app.command(help="Deny a call: it never runs.")
-def deny(call_id: CallId, comment: Comment = "", tenant: Tenant = "acme", user: User = "carol", token: Token = None,
-         url: Url = None, state_dir: StateDir = None) -> None:
-    _answer("deny", call_id, comment, tenant, user, token, url, state_dir)
+def deny(call_id: CallId, comment: Comment = "", digest: Digest = None, tenant: Tenant = "acme", user: User = "carol",
+         token: Token = None, url: Url = None, state_dir: StateDir = None) -> None:
+    _answer("deny", call_id, comment, digest, tenant, user, token, url, state_dir)
