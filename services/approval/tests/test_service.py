@@ -4,21 +4,15 @@ approval people are told about, and a decision it cannot trust or match opens no
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from caduceus_approval.app import HEALTH_SUBJECT, build
+from caduceus_approval.app import HEALTH_SUBJECT
 from caduceus_bus import EventConnection
-from caduceus_contracts import Signer, load_keyring, new_id, subjects
-from caduceus_embedded.ports import free_port
-from caduceus_embedded.servers import start_temporal
+from caduceus_contracts import Signer, load_keyring, subjects
 
 from .conftest import TENANT, ask
 

@@ -29,7 +29,7 @@ def test_a_bad_rule_file_stops_the_service_with_one_clear_line(tmp_path: Path) -
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert str(bad) in lines[0] and "rule 'ok'" in lines[0] and "use `allow` or `deny`" in lines[0]
+    assert str(bad) in lines[0] and "rule 'ok'" in lines[0] and "use `allow`, `deny` or `approve`" in lines[0]
 
 
 async def test_the_service_answers_health_and_stops_cleanly_on_sigterm(tmp_path: Path, fresh_nats: Any) -> None:

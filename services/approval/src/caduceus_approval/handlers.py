@@ -23,7 +23,7 @@ from caduceus_approval.domain import (
     unreachable_quorum,
     unreachable_reason,
 )
-from caduceus_approval.inbox import Inbox, Person
+from caduceus_approval.inbox import Person
 from caduceus_approval.temporal_link import TemporalLink, TemporalUnavailable
 from caduceus_bus import EventPublisher
 from caduceus_contracts import (

@@ -47,7 +47,8 @@ class ApprovalWorkflow:
     def __init__(self, request: ApprovalRequest) -> None:
         self._state = opened(request, workflow.now())
         self._desk = desk_keyring(request.desk_key)
-        self._announced = 0
+        self._announced = 0  # announcements made (their sequence numbers)
+        self._votes_announced = 0
 
     @workflow.run
     async def run(self, request: ApprovalRequest) -> ApprovalState:
@@ -57,20 +58,19 @@ class ApprovalWorkflow:
         escalate_at = (opened_at + timedelta(seconds=request.escalate_after_s)
                        if request.escalate_after_s and request.panel.escalation else None)
         remind_at = opened_at + timedelta(seconds=request.remind_every_s) if request.remind_every_s else None
-        seen = 0  # votes announced so far
         while self._state.status == "pending":
             due = min(t for t in (expires_at, escalate_at, remind_at) if t is not None)
             try:
                 await workflow.wait_condition(
-                    lambda: self._state.status != "pending" or len(self._state.votes) != seen,
+                    lambda: self._state.status != "pending" or len(self._state.votes) != self._votes_announced,
                     timeout=max((due - workflow.now()).total_seconds(), 0.001), timeout_summary="approval timer")
             except TimeoutError:
                 pass
             now = workflow.now()
             if self._state.status != "pending":
                 break
-            if len(self._state.votes) != seen:
-                seen = len(self._state.votes)
+            if len(self._state.votes) != self._votes_announced:
+                self._votes_announced = len(self._state.votes)
                 await self._announce("voted")
             elif now >= expires_at:
                 self._state = expired(self._state, now)
