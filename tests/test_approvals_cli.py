@@ -4,12 +4,14 @@ terminal with the same authorization as the UI, and the requester's turn ends wi
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from typer.testing import CliRunner
 
 from caduceus.cli import app
 from caduceus.commands.demo import APPROVAL_MESSAGE
+from caduceus_audit.adapters.store import AuditStore
 from caduceus_client import ApprovalsClient, ChatClient
 from caduceus_contracts import new_id
 from caduceus_identity.devtoken import mint_dev_token
@@ -52,3 +54,16 @@ async def test_operator_lists_shows_and_denies_a_waiting_call(stack) -> None:
     assert call.outcome.status == "denied" and not call.outcome.executed_by
     assert "denied by carol: not now" in call.outcome.reason
     assert [n.text for n in transcript.notices][-1] == "terminal call denied: denied by carol: not now"
+
+    # The refused answers and the approval's whole life are in the tenant's audit trail.
+    store = AuditStore(stack.info.audit_db_url)
+    async with asyncio.timeout(15):
+        while True:
+            records = [r for r in store.records(tenant="acme") if r.call_id == waiting.call_id]
+            refused = [json.loads(r.body)["reason"] for r in records if r.kind == "approval.refused"]
+            if len(refused) >= 2 and any(r.kind == "approval.resolved" for r in records):
+                break
+            await asyncio.sleep(0.2)
+    assert any("bob is not one of the approvers" in r for r in refused)
+    assert any("separation of duties" in r for r in refused)
+    assert {"approval.requested", "approval.resolved", "tool.decided"} <= {r.kind for r in records}

@@ -69,6 +69,9 @@ async def test_pending_approval_survives_a_restart_of_the_temporal_server(nats_s
             async with asyncio.timeout(60):  # the client reconnects on its own; answers fail until it has
                 while (answered := await approve_by_api(running.ui_url, running.token("carol"), asked.call_id,
                                                         asked.digest)).status_code != 200:
+                    # An attempt that timed out while Temporal came back may still have been delivered.
+                    if "already been decided (approved)" in answered.json()["error"]:
+                        break
                     assert "cannot reach Temporal" in answered.json()["error"], answered.text
                     await asyncio.sleep(0.5)
         assert (await bus.verdict_on(asked.call_id)).decision.decision.verdict == "allow"

@@ -194,3 +194,14 @@ async def test_a_call_nobody_may_approve_is_denied_at_once(approval, bus) -> Non
     await asked.publish(bus.conn)
     decision = (await bus.verdict_on(asked.call_id)).decision.decision
     assert decision.verdict == "deny" and "only 0 may answer" in decision.reason
+
+
+async def test_secrets_in_the_arguments_are_never_shown(approval, bus) -> None:
+    asked = await opened(approval, bus, command="rm -f old.env && echo password=hunter2 > .env")
+    carol = await sign_in(approval, "acme/carol")
+    page = (await carol.get(f"/approvals/{asked.call_id}")).text
+    async with httpx.AsyncClient(base_url=approval.ui_url) as api:
+        shown = await api.get(f"/api/approvals/{asked.call_id}",
+                              headers={"Authorization": f"Bearer {approval.token('carol')}"})
+    assert "rm -f old.env" in page and "rm -f old.env" in shown.text
+    assert "hunter2" not in page and "hunter2" not in shown.text and "REDACTED" in shown.text

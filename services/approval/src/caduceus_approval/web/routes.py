@@ -71,6 +71,11 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
 
 
+def _public(view: ApprovalView) -> dict[str, Any]:
+    """The view as the API shows it: secrets in the arguments redacted, like everywhere people look."""
+    return view.model_copy(update={"args": redact_value(view.args)}).model_dump(mode="json")
+
+
 def _safe_next(path: str | None) -> str:
     """Only a path on this site: never redirect a person elsewhere after sign-in."""
     if not path or not path.startswith("/") or path.startswith("//") or urlsplit(path).netloc:
@@ -278,7 +283,7 @@ def build_app(ui: UiContext) -> Starlette:
             return person
         which = request.query_params.get("status", "pending")
         views = ui.inbox.history_for(person) if which == "decided" else ui.inbox.pending_for(person)
-        return JSONResponse({"approvals": [v.model_dump(mode="json") for v in views]})
+        return JSONResponse({"approvals": [_public(v) for v in views]})
 
     async def api_show(request: Request) -> Response:
         person = await api_person(request)
@@ -288,7 +293,7 @@ def build_app(ui: UiContext) -> Starlette:
         if view is None or not visible_to(view, person):
             return JSONResponse({"error": f"no approval {request.path_params['call_id']} that you may see in "
                                           f"tenant {person.tenant}"}, status_code=404)
-        return JSONResponse({"approval": view.model_dump(mode="json")})
+        return JSONResponse({"approval": _public(view)})
 
     async def api_answer(request: Request) -> Response:
         if request.path_params["answer"] not in ("approve", "deny"):
@@ -309,7 +314,7 @@ def build_app(ui: UiContext) -> Starlette:
                                         channel=str(body.get("channel", "api"))[:64])
         except AnswerRefused as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
-        return JSONResponse({"approval": view.model_dump(mode="json")})
+        return JSONResponse({"approval": _public(view)})
 
     return Starlette(routes=[
         Route("/healthz", healthz),
