@@ -97,7 +97,8 @@ class ApprovalService:
         broker, publisher, approvals, calls, inbox = self.broker, self.publisher, self.approvals, self.calls, self.inbox
         temporal, desk, verifier, directory = self.temporal, self.desk, self.verifier, self.directory
 
-        @broker.subscriber(subjects.TOOL_DECIDED_ALL, queue=SERVICE, **EVENT_SUBSCRIBER)
+        # Several at once: opening one approval may wait a moment for its request to arrive.
+        @broker.subscriber(subjects.TOOL_DECIDED_ALL, queue=SERVICE, max_workers=16, **EVENT_SUBSCRIBER)
         async def tool_decided(msg: NatsMessage) -> None:
             await on_tool_decided(msg.raw_message.subject, msg.body, publisher, approvals)
 
@@ -120,7 +121,7 @@ class ApprovalService:
             if isinstance(event, _VIEW_EVENTS):
                 inbox.apply(event.approval)
 
-        @broker.subscriber(subjects.APPROVAL_ANSWERED_ALL, queue=SERVICE, **EVENT_SUBSCRIBER)
+        @broker.subscriber(subjects.APPROVAL_ANSWERED_ALL, queue=SERVICE, max_workers=8, **EVENT_SUBSCRIBER)
         async def approval_answered(msg: NatsMessage) -> None:
             if verifier is None:
                 await publisher.refuse(msg.raw_message.subject, msg.body,
