@@ -84,7 +84,7 @@ async def wait_for(predicate, timeout: float = 60.0):
 async def measure(stack, approvals: int) -> dict[str, list[float]]:
     import httpx
 
-    from caduceus_bus import BusSettings, EventConnection
+    from caduceus_bus import EventConnection
     from caduceus_client import ApprovalsClient
     from caduceus_contracts import SessionGrant, SignedGrant, ensure_signer, load_keyring, utcnow
     from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway
@@ -92,7 +92,7 @@ async def measure(stack, approvals: int) -> dict[str, list[float]]:
 
     info = stack.info
     clock = BusClock()
-    conn = await EventConnection.connect(BusSettings(nats_url=info.nats_url), "bench-approvals")
+    conn = await EventConnection.connect(info.bus_settings("client"), "bench-approvals")
     await conn.subscribe("cad.v1.tool.decided.acme", clock.on_decided)
     await conn.subscribe("cad.v1.tool.dispatched.acme.>", clock.on_dispatched)
 
@@ -104,7 +104,8 @@ async def measure(stack, approvals: int) -> dict[str, list[float]]:
         issued_at=utcnow(), expires_at=utcnow() + timedelta(hours=1)))
 
     async def connect() -> ToolGateway:
-        planner = await EventConnection.connect(BusSettings(nats_url=info.nats_url), "bench-planner")
+        planner = await EventConnection.connect(stack.worker_bus_settings("planner", "acme", "default", "bench"),
+                                                "bench-planner")
         gateway = ToolGateway(planner, loop, tenant="acme", workspace="default", keyring=load_keyring(stack.layout.keys),
                               timeouts=GatewayTimeouts(5.0, 30.0, 120.0))
         await gateway.start()

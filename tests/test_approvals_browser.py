@@ -33,7 +33,7 @@ async def test_approver_signs_in_sees_the_request_live_and_approves_it(stack) ->
 
     session_id = f"s-{new_id()[:16]}"
     token = mint_dev_token(stack.info.dev_issuer_url, "acme", "alice")
-    client = await ChatClient.connect(stack.info.nats_url)
+    client = await ChatClient.connect(stack.info.bus_settings("client"))
     with tempfile.TemporaryDirectory(prefix="approvals-browser-") as profile:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch_persistent_context(

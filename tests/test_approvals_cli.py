@@ -26,7 +26,7 @@ def cli(stack, *args: str):
 
 async def test_operator_lists_shows_and_denies_a_waiting_call(stack) -> None:
     session_id = f"s-{new_id()[:16]}"
-    client = await ChatClient.connect(stack.info.nats_url)
+    client = await ChatClient.connect(stack.info.bus_settings("client"))
     turn = asyncio.create_task(client.send(tenant="acme", token=mint_dev_token(stack.info.dev_issuer_url, "acme", "alice"),
                                            text=APPROVAL_MESSAGE, session_id=session_id, timeout=180, watch=True))
     async with ApprovalsClient(stack.info.approval_ui_url,

@@ -10,6 +10,7 @@ ACME = {"alice": ("member",), "bob": ("member",), "carol": ("admin",), "dave": (
 
 def test_groups_roles_and_named_users_resolve_to_the_tenants_people() -> None:
     assert members(ACME, groups=("admin",)) == ("carol", "dave")
+    assert members(ACME, groups=("acme-owners",), group_roles={"acme-owners": ("owner",)}) == ("dave", "olivia")
     assert members(ACME, roles=("owner",), names=("bob", "mallory")) == ("bob", "dave", "olivia")
 
 

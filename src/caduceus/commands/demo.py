@@ -109,7 +109,7 @@ def _start_stack(state_dir: Path, scope: ExitStack) -> StackInfo:
 
 def _play(info: StackInfo, token: str, timeout: float) -> TurnTranscript:
     async def run() -> TurnTranscript:
-        client = await ChatClient.connect(info.nats_url)
+        client = await ChatClient.connect(info.bus_settings("client"))
         try:
             return await client.send(tenant=TENANT, token=token, text=DEMO_MESSAGE, timeout=timeout, watch=True)
         finally:
@@ -135,7 +135,7 @@ def _play_approval(info: StackInfo, token: str, timeout: float) -> tuple[TurnTra
                                     comment="the build log is scratch")
 
     async def run() -> tuple[TurnTranscript, ApprovalView | None]:
-        client = await ChatClient.connect(info.nats_url)
+        client = await ChatClient.connect(info.bus_settings("client"))
         try:
             turn = asyncio.create_task(client.send(tenant=TENANT, token=token, text=APPROVAL_MESSAGE,
                                                    session_id=session_id, timeout=timeout, watch=True))

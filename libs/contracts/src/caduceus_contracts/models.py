@@ -61,8 +61,19 @@ class Event(Model):
 # --- identity --------------------------------------------------------------
 
 
+# The approval modes of policy packs: ask for every call, ask when a call is risky, never ask.
+ApprovalMode = Literal["always-ask", "ask-when-risky", "never"]
+# Whose memory a turn reads and writes: the tenant's, one user's (`user:<name>`) or one channel's (`channel:<name>`).
+MEMORY_SCOPE_PATTERN = r"^(tenant|user:.{1,256}|channel:.{1,256})$"
+
+
 class SessionGrant(Model):
-    """Who is asking, for one turn: issued and signed by identity, trusted by policy and approval."""
+    """Who is asking, for one turn: issued and signed by identity, trusted by policy and approval.
+
+    `roles` are the person's effective roles in the tenant (tiers included); `approval_mode` is the
+    person's approval mode from tenants.yaml (None: the policy pack decides), an input to policy;
+    `memory_scope` names the memory the planner gives this turn.
+    """
 
     grant_id: str = Field(default_factory=new_id)
     tenant: Tenant
@@ -73,6 +84,8 @@ class SessionGrant(Model):
     session_id: SessionId
     issued_at: datetime
     expires_at: datetime
+    approval_mode: ApprovalMode | None = None
+    memory_scope: str = Field(default="tenant", pattern=MEMORY_SCOPE_PATTERN)
 
 
 class SignedGrant(Model):
@@ -176,7 +189,11 @@ def decision_ttl(seconds: float = 60.0) -> datetime:
 
 
 class ChatMessageIn(Event):
-    """A person's message from a chat integration. `token` is an OIDC ID/access token."""
+    """A person's message. `token` is the person's OIDC token, or a chat integration's service-account API key.
+
+    An integration (Slack, Discord) sends its API key and says who wrote the message on its platform:
+    `platform`, `platform_user`, and `platform_email` when the platform verified that address.
+    """
 
     kind: Literal["chat.message.in"] = "chat.message.in"
     message_id: str = Field(default_factory=new_id)
@@ -185,6 +202,9 @@ class ChatMessageIn(Event):
     channel: str = Field(default="cli", min_length=1, max_length=256)
     token: str = Field(max_length=16_384, repr=False)
     text: str = Field(max_length=100_000)
+    platform: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    platform_user: str | None = Field(default=None, min_length=1, max_length=256)
+    platform_email: str | None = Field(default=None, max_length=320)
 
 
 class TurnRequested(Event):
@@ -274,11 +294,15 @@ class ChatReply(Event):
 
 
 class WorkerLifecycle(Event):
+    """A worker process started, stopped, went idle and was stopped, crashed, or was refused
+    (its sandbox policy, or the tenant's cap on workers: `capped`); `detail` says why.
+    """
+
     kind: Literal["worker.lifecycle"] = "worker.lifecycle"
     workspace: Workspace
     worker_id: str
     role: Literal["planner", "executor"]
-    state: Literal["started", "stopped", "crashed", "refused"]
+    state: Literal["started", "stopped", "crashed", "refused", "idle-stopped", "capped"]
     detail: str = ""
 
 

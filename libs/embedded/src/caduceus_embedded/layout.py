@@ -3,10 +3,12 @@
 ```
 <state_dir>/
   stack.json            the running stack advertises itself here (stackinfo)
-  tenants.yaml, policy.yaml, scenarios.yaml   copied from defaults/ once; the operator's to edit
+  tenants.yaml, policy.yaml, scenarios.yaml, sandbox.yaml   copied from defaults/ once; the operator's to edit
+  sandboxes/            per-tenant/workspace sandbox policies (optional; see sandbox.yaml)
   nats/                 JetStream file store
   temporal/temporal.db  Temporal dev server (SQLite)
   keys/                 Ed25519 keys of identity, policy and approval
+  keys/nats/            the bus authority: nats-server's authorization and every process's credential
   logs/<name>.log       one log per process
   workspaces/, workers/ the broker's tenant workspaces and Hermes worker homes
   audit.db              the audit chains (SQLite)
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from caduceus_contracts import ensure_signer
 
-DEFAULT_FILES = ("tenants.yaml", "policy.yaml", "scenarios.yaml")
+DEFAULT_FILES = ("tenants.yaml", "policy.yaml", "scenarios.yaml", "sandbox.yaml")
 SIGNING_ISSUERS = ("identity", "policy", "approval")
 
 
@@ -41,6 +43,14 @@ class StateLayout:
     @property
     def keys(self) -> Path:
         return self.root / "keys"
+
+    @property
+    def bus_keys(self) -> Path:
+        return self.keys / "nats"
+
+    def bus_credentials(self, role: str) -> Path:
+        """The `.creds` file of a service role (`client` for chat clients, `operator` for the stack itself)."""
+        return self.bus_keys / f"{role}.creds"
 
     @property
     def logs(self) -> Path:
@@ -69,6 +79,10 @@ class StateLayout:
     @property
     def policy_file(self) -> Path:
         return self.root / "policy.yaml"
+
+    @property
+    def sandbox_file(self) -> Path:
+        return self.root / "sandbox.yaml"
 
     @property
     def scenarios_file(self) -> Path:

@@ -1,43 +1,40 @@
-"""The tenants file as the approval service reads it: reloaded when it changes, through identity's Directory."""
+"""The tenants file as the approval service reads it, through identity's DirectorySource (re-read on change)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from caduceus_identity.adapters.tenants_file import load_directory
-from caduceus_identity.domain import Directory, DirectoryError
+from caduceus_identity.adapters.tenants_file import DirectorySource
+
+
+@dataclass(frozen=True)
+class TenantPeople:
+    """Who is in a tenant for approvals: each listed user's effective roles, and each IdP group's roles."""
+
+    users: dict[str, tuple[str, ...]]
+    groups: dict[str, tuple[str, ...]]
 
 
 class TenantDirectory:
-    """Who is in which tenant with which roles; re-read whenever the file's modification time changes."""
-
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: float | None = None
-        self._directory: Directory | None = None
+        self._source: DirectorySource | None = None
 
-    def current(self) -> Directory:
-        """The directory; DirectoryError when the file is missing or wrong (and no good version was read)."""
-        try:
-            stamp = self.path.stat().st_mtime
-        except OSError:
-            stamp = None
-        if self._directory is None or stamp != self._stamp:
-            try:
-                self._directory = load_directory(self.path)
-                self._stamp = stamp
-            except DirectoryError:
-                if self._directory is None:
-                    raise
-        return self._directory
+    def _current(self):
+        """The directory; DirectoryError when the file is missing or wrong and no good version was read."""
+        if self._source is None:
+            self._source = DirectorySource(self.path)
+        return self._source()
 
-    def users(self, tenant: str) -> dict[str, tuple[str, ...]] | None:
-        """User name -> roles for a tenant, or None when the tenant is unknown."""
-        known = self.current().tenants.get(tenant)
+    def people(self, tenant: str) -> TenantPeople | None:
+        """The tenant's people (roles include every tier below and what custom roles include), or None."""
+        known = self._current().tenants.get(tenant)
         if known is None:
             return None
-        return {name: user.roles for name, user in known.users.items()}
+        return TenantPeople(users={name: known.effective_roles(user.roles) for name, user in known.users.items()},
+                            groups=dict(known.groups))
 
     def is_member(self, tenant: str, user: str) -> bool:
-        users = self.users(tenant)
-        return users is not None and user in users
+        known = self._current().tenants.get(tenant)
+        return known is not None and user in known.users

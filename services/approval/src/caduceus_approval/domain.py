@@ -167,21 +167,24 @@ def terms_of(decision: Decision) -> ApprovalTerms:
 
 
 def members(users: dict[str, Iterable[str]], *, groups: Iterable[str] = (), roles: Iterable[str] = (),
-            names: Iterable[str] = ()) -> tuple[str, ...]:
-    """Users (name -> roles) who hold one of `groups` or `roles`, or are named; sorted, each once.
+            names: Iterable[str] = (), group_roles: dict[str, Iterable[str]] | None = None) -> tuple[str, ...]:
+    """Users (name -> effective roles) in one of `groups` or holding one of `roles`, or named; sorted, each once.
 
-    The tenants file has roles and no separate groups yet, so a group is the role of the same name.
+    A group is an identity-provider group the tenant maps to roles (`group_roles`, the tenants file's
+    `groups:`); a group the tenant does not map is the role of the same name.
     """
-    wanted = set(groups) | set(roles)
+    mapped = group_roles or {}
+    wanted = set(roles) | {role for group in groups for role in mapped.get(group, (group,))}
     chosen = {name for name, held in users.items() if wanted & set(held)}
     chosen |= {name for name in names if name in users}
     return tuple(sorted(chosen))
 
 
-def panel_for(terms: ApprovalTerms, users: dict[str, Iterable[str]]) -> Panel:
-    """Resolve the terms against the requester's tenant (user name -> roles)."""
-    primary = members(users, groups=terms.groups, roles=terms.roles, names=terms.users)
-    escalation = members(users, groups=terms.escalate_to)
+def panel_for(terms: ApprovalTerms, users: dict[str, Iterable[str]],
+              group_roles: dict[str, Iterable[str]] | None = None) -> Panel:
+    """Resolve the terms against the requester's tenant (user name -> effective roles, group -> roles)."""
+    primary = members(users, groups=terms.groups, roles=terms.roles, names=terms.users, group_roles=group_roles)
+    escalation = members(users, groups=terms.escalate_to, group_roles=group_roles)
     return Panel(approvers=primary, escalation=escalation, quorum=terms.quorum, self_approval=terms.self_approval)
 
 

@@ -142,12 +142,12 @@ async def _approval_for(decided: ToolCallDecided, approvals: Approvals) -> tuple
     if (requested.digest, requested.session_id, requested.tool) != (decision.digest, decision.session_id, decision.tool):
         return None, "the decision does not match the call's request (digest, session or tool); denied"
     try:
-        users = approvals.directory.users(decision.tenant)
+        people = approvals.directory.people(decision.tenant)
     except DirectoryError as exc:
         return None, f"the approval service cannot read the tenants file: {exc}; denied (fail closed)"
-    if users is None:
+    if people is None:
         return None, f"tenant {decision.tenant!r} is not in the tenants file, so it has no approvers; denied"
-    panel = panel_for(terms_of(decision), users)
+    panel = panel_for(terms_of(decision), people.users, people.groups)
     impossible = unreachable_quorum(panel, requested.grant.grant.user)
     if impossible:
         return None, impossible

@@ -14,13 +14,15 @@ from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from caduceus_broker.profiles import scope_home
 from caduceus_broker.runtime import answer_health, health_subject, stop_event
 from caduceus_broker.settings import ModelSettings, WorkerSettings
-from caduceus_bus import BusSettings, EventConnection, extract_context
+from caduceus_bus import BusSettings, EventConnection, extract_context, take_credentials
 from caduceus_contracts import (
     ChatReply,
     ContractError,
     GrantExpired,
+    SessionGrant,
     SignatureError,
     TurnAssigned,
     load_keyring,
@@ -40,7 +42,8 @@ class Planner:
         self.model = model
         self.conn = conn
         self.gateway = gateway
-        self.histories: dict[str, list[dict[str, Any]]] = {}
+        # Per person and session: a session id another person reuses starts a conversation of their own.
+        self.histories: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._session_locks: dict[str, asyncio.Lock] = {}
 
     async def on_turn(self, msg: Msg) -> None:
@@ -65,7 +68,7 @@ class Planner:
             self.gateway.bind_session(session, turn.grant, parent)
             try:
                 with tracer.start_as_current_span("chat turn", context=parent):
-                    text = await asyncio.to_thread(self._run_agent, session, turn.text)
+                    text = await asyncio.to_thread(self._run_agent, grant, turn.text)
                 await self._reply(turn, "ok", text)
             except Exception as exc:
                 log.exception("turn failed")
@@ -73,7 +76,18 @@ class Planner:
             finally:
                 self.gateway.unbind_session(session)
 
-    def _run_agent(self, session: str, text: str) -> str:
+    def _run_agent(self, grant: SessionGrant, text: str) -> str:
+        """One turn of Hermes in the grant's memory scope (its own Hermes home, for this thread only)."""
+        from hermes_constants import get_process_hermes_home, reset_hermes_home_override, set_hermes_home_override
+
+        home = scope_home(get_process_hermes_home(), grant.memory_scope)
+        scoped = set_hermes_home_override(home)
+        try:
+            return self._converse(grant.user, grant.session_id, text)
+        finally:
+            reset_hermes_home_override(scoped)
+
+    def _converse(self, user: str, session: str, text: str) -> str:
         from run_agent import AIAgent
 
         agent = AIAgent(
@@ -89,10 +103,10 @@ class Planner:
             skip_context_files=True,
             platform="caduceus",
         )
-        result = agent.run_conversation(text, conversation_history=self.histories.get(session))
+        result = agent.run_conversation(text, conversation_history=self.histories.get((user, session)))
         messages = result.get("messages")
         if isinstance(messages, list):
-            self.histories[session] = messages
+            self.histories[(user, session)] = messages
         return str(result.get("final_response") or "")
 
     async def _reply(self, turn: TurnAssigned, status: str, text: str) -> None:
@@ -108,7 +122,7 @@ async def serve(settings: WorkerSettings) -> None:
     discover_plugins()
     if not has_middleware("tool_execution"):
         raise SystemExit("the Caduceus plugin did not load in this planner's Hermes profile; refusing to run")
-    bus = BusSettings()
+    bus = take_credentials(BusSettings())
     keyring = load_keyring(settings.keys_dir)
     conn = await EventConnection.connect(bus, name=f"planner-{settings.tenant}-{settings.workspace}")
     gateway = ToolGateway(conn, asyncio.get_running_loop(), tenant=settings.tenant, workspace=settings.workspace,

@@ -65,7 +65,7 @@ class DevLogin:
         if request.method == "GET" or "who" not in params:
             return HTMLResponse(self._page(params))
         tenant, _, user = params["who"].partition("/")
-        if user not in self.issuer.directory.tenants.get(tenant, _NoTenant).users:
+        if user not in self.issuer.directory().tenants.get(tenant, _NoTenant).users:
             return HTMLResponse("<p>Dev sign-in refused: unknown person</p>", status_code=400)
         code = secrets.token_urlsafe(32)
         self._codes[code] = _Grant(tenant, user, params["client_id"], params["redirect_uri"], params.get("nonce", ""),
@@ -89,7 +89,7 @@ class DevLogin:
         hidden = "".join(f'<input type="hidden" name="{k}" value="{html.escape(params[k])}">'
                          for k in ("response_type", *_PARAMS) if k in params)
         people = []
-        for tenant_name, tenant in self.issuer.directory.tenants.items():
+        for tenant_name, tenant in self.issuer.directory().tenants.items():
             for name, user in tenant.users.items():
                 roles = ", ".join(user.roles) or "no role"
                 people.append(f'<button type="submit" name="who" value="{html.escape(tenant_name)}/{html.escape(name)}">'
