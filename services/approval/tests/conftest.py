@@ -38,7 +38,7 @@ from caduceus_contracts import (
 )
 from caduceus_embedded.ports import free_port
 from caduceus_identity.adapters.dev_issuer import DevIssuer, DevIssuerServer, TokenRequest, load_or_create_key
-from caduceus_identity.adapters.tenants_file import load_directory
+from caduceus_identity.adapters.tenants_file import DirectorySource
 
 TENANT = "acme"
 TENANTS_YAML = """\
@@ -243,7 +243,7 @@ async def approval_stack(base: Path, nats_url: str, temporal_address: str, *, wa
     issuer_port = free_port()
     issuer_url = f"http://127.0.0.1:{issuer_port}"
     issuer = DevIssuerServer(DevIssuer(load_or_create_key(base / "keys" / "dev-issuer.pem"), issuer_url, "caduceus",
-                                       load_directory(base / "tenants.yaml")), "127.0.0.1", issuer_port)
+                                       DirectorySource(base / "tenants.yaml")), "127.0.0.1", issuer_port)
     await issuer.start()
     identity, policy = ensure_signer(base / "keys", "identity"), ensure_signer(base / "keys", "policy")
     service = build(approval_settings(base, nats_url, temporal_address, oidc_issuer_url=issuer_url, **overrides))

@@ -13,7 +13,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from caduceus_identity.adapters.dev_issuer import DevIssuer
-from caduceus_identity.adapters.tenants_file import load_directory
+from caduceus_identity.adapters.tenants_file import DirectorySource
 
 ISSUER = "http://127.0.0.1:8900"
 REDIRECT = "http://127.0.0.1:8902/auth/callback"
@@ -24,7 +24,7 @@ AUTHORIZE = {"response_type": "code", "client_id": "caduceus", "redirect_uri": R
 
 
 def issuer(tenants_file: Path) -> DevIssuer:
-    return DevIssuer(ec.generate_private_key(ec.SECP256R1()), ISSUER, "caduceus", load_directory(tenants_file))
+    return DevIssuer(ec.generate_private_key(ec.SECP256R1()), ISSUER, "caduceus", DirectorySource(tenants_file))
 
 
 async def code_for(client: httpx.AsyncClient, who: str, **overrides: str) -> httpx.Response:
