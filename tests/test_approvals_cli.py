@@ -13,10 +13,17 @@ from caduceus.cli import app
 from caduceus.commands.demo import APPROVAL_MESSAGE
 from caduceus_audit.adapters.store import AuditStore
 from caduceus_client import ApprovalsClient, ChatClient
-from caduceus_contracts import new_id
+from caduceus_contracts import new_id, utcnow
 from caduceus_identity.devtoken import mint_dev_token
 
 pytestmark = pytest.mark.timeout(240)
+
+
+def stack_decision_bound_s() -> float:
+    """How long a planner waits for policy (CADUCEUS_DECISION_TIMEOUT_S, as the broker hands it to workers)."""
+    from caduceus_broker.settings import BrokerSettings
+
+    return BrokerSettings.model_fields["decision_timeout_s"].default
 
 
 def cli(stack, *args: str):
@@ -45,6 +52,8 @@ async def test_operator_lists_shows_and_denies_a_waiting_call(stack) -> None:
     alice = await asyncio.to_thread(cli, stack, "approve", waiting.call_id, "--user", "alice", "--digest",
                                     waiting.digest)
     assert alice.exit_code == 1 and "separation of duties" in alice.output
+    # People take longer than policy's decision bound: the planner must still be waiting for them.
+    await asyncio.sleep(max(0.0, stack_decision_bound_s() + 1 - (utcnow() - waiting.opened_at).total_seconds()))
     denied = await asyncio.to_thread(cli, stack, "deny", waiting.call_id, "--user", "carol", "--comment", "not now")
     assert denied.exit_code == 0 and "denied: denied by carol: not now" in denied.output
 
