@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import chat, demo, identity, policy, sandbox, tenants, up, whoami
+from caduceus.commands import approvals, chat, demo, identity, policy, sandbox, tenants, up, whoami
 
 app = typer.Typer(
     name="caduceus",
@@ -19,6 +19,7 @@ up.register(app)
 chat.register(app)
 demo.register(app)
 identity.register(app)
+approvals.register(app)
 sandbox.register(app)
 tenants.register(app)
 whoami.register(app)

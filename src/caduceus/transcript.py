@@ -64,6 +64,8 @@ def render_transcript(console: Console, transcript: TurnTranscript, user: str) -
     for index, record in enumerate(transcript.calls.values(), start=1):
         console.print(render_call(index, record))
         console.print()
+    for notice in transcript.notices:
+        console.print(Text.assemble(("notice ", "bold yellow"), notice.text))
     reply = transcript.reply
     if reply is not None:
         style = "green" if reply.status == "ok" else "red"

@@ -9,13 +9,24 @@ import pytest
 
 from caduceus_contracts import (
     EVENT_KINDS,
+    ApprovalAnswered,
+    ApprovalEscalated,
+    ApprovalRefused,
+    ApprovalReminded,
+    ApprovalRequested,
+    ApprovalResolved,
+    ApprovalView,
+    ApprovalVote,
+    ApprovalVoted,
     ChatMessageIn,
+    ChatNotice,
     ChatReply,
     ContractError,
     Decision,
     ErrorEvent,
     ModelUsage,
     PolicyShadowDisagreed,
+    RiskyFact,
     SessionGrant,
     SignedDecision,
     SignedGrant,
@@ -65,6 +76,22 @@ SAMPLES = [
                completion_tokens=5, cost_usd=0.001),
     PolicyShadowDisagreed(tenant="acme", call_id="c-1", workspace="default", tool="terminal", live_version="v1",
                           live_verdict="allow", shadow_version="v2", shadow_verdict="deny", shadow_policy_ids=("x",)),
+]
+VIEW = ApprovalView(
+    workflow_id="approval-acme-c-1", tenant="acme", call_id="c-1", workspace="default", session_id="s-1",
+    tool="terminal", args=ARGS, digest=DIGEST, requester="alice", reason="deletes need an admin",
+    facts=(RiskyFact(name="destructive_command", value=True, argument="command"),), approvers=("carol",), quorum=1,
+    votes=(ApprovalVote(approver="carol", answer="approve", at=NOW),), opened_at=NOW, expires_at=NOW)
+SAMPLES += [
+    ApprovalRequested(tenant="acme", call_id="c-1", approval=VIEW),
+    ApprovalVoted(tenant="acme", call_id="c-1", approval=VIEW),
+    ApprovalEscalated(tenant="acme", call_id="c-1", approval=VIEW),
+    ApprovalReminded(tenant="acme", call_id="c-1", approval=VIEW, remind=("carol",)),
+    ApprovalResolved(tenant="acme", call_id="c-1", approval=VIEW),
+    ApprovalAnswered(tenant="acme", call_id="c-1", digest=DIGEST, answer="approve", token="eyJ..."),
+    ApprovalRefused(tenant="acme", call_id="c-1", approver="bob", answer="approve", channel="web",
+                    reason="bob is not one of the approvers"),
+    ChatNotice(tenant="acme", session_id="s-1", call_id="c-1", text="waiting for approval from admin"),
 ]
 
 

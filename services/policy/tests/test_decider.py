@@ -83,7 +83,12 @@ def test_an_approve_decision_names_the_approvers_quorum_and_window(tmp_path: Pat
                       signer=ensure_signer(tmp_path, "policy"), workspaces_dir=tmp_path)
     decision = decider.decide(a_request(tmp_path, "rm -rf build")).decision.decision
     assert (decision.verdict, decision.approver_group, decision.quorum) == ("approve", "sre", 2)
-    assert decision.approval_timeout_s == 600
+    assert decision.approval is not None
+    assert (decision.approval.groups, decision.approval.quorum, decision.approval.timeout_s) == (("sre",), 2, 600)
+    assert decision.approval.self_approval is False
+    # What the approver sees highlighted: the destructive part of the command.
+    assert [(f.name, f.argument) for f in decision.facts] == [("destructive", "command")]
+    assert "rm -rf build" in str(decision.facts[0].value)
     assert decision.policy_ids == ("rm-needs-two", "admins-run-commands")
     assert decision.expires_at - decision.issued_at == timedelta(minutes=10)
     assert decision.reason.startswith("needs approval by sre (quorum 2, within 10m)")

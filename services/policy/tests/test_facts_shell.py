@@ -117,3 +117,11 @@ def test_deep_nesting_is_reported_not_a_crash() -> None:
     command = "echo " + "$(" * 200 + "ls" + ")" * 200
     facts = facts_of(command)
     assert facts["command_unreadable"] is True
+
+
+def test_writing_in_a_workspace_that_lives_under_root_raises_no_privilege() -> None:
+    home_root = PurePosixPath("/root/.local/share/caduceus/workspaces/acme/default")
+    inside = request_facts("acme", ("member",), "terminal", {"command": "rm -f build.log > out.txt"}, home_root)
+    assert not inside.facts["privilege_raising"] and not inside.facts["writes_outside_workspace"]
+    outside = request_facts("acme", ("member",), "terminal", {"command": "echo x >> /root/.bashrc"}, home_root)
+    assert outside.facts["privilege_raising"] and outside.facts["writes_outside_workspace"]

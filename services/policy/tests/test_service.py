@@ -151,7 +151,7 @@ async def test_an_allowed_call_gets_a_signed_allow_naming_the_rule(
     assert event.decision.verify(load_keyring(keys_dir)) == "policy"
     assert (decision.digest, decision.call_id, decision.tool) == (request.digest, request.call_id, "terminal")
     assert (decision.tenant, decision.workspace, decision.session_id) == ("acme", "default", "sess-1")
-    assert decision.pack_version == "2026-11-26.1"
+    assert decision.pack_version == "2026-11-26.2"
     assert timedelta(seconds=55) < decision.expires_at - utcnow() <= timedelta(seconds=60)
 
 
@@ -159,7 +159,7 @@ async def test_the_approval_mode_in_the_grant_holds_an_allowed_call_for_approval
                                                                                identity: Signer) -> None:
     grant = make_grant(identity, user="alice", approval_mode="always-ask")
     decision = await client.decide(make_request(grant, "terminal", {"command": "ls -la"}))
-    assert (decision.verdict, decision.approver_group) == ("approve", "admins")
+    assert (decision.verdict, decision.approver_group) == ("approve", "admin")
     assert decision.policy_ids[0] == "approval-mode:alice"
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from caduceus.stackref import require_stack
 from caduceus.transcript import render_call
@@ -71,7 +72,8 @@ async def _send(bus, tenant, token, text, session, workspace, channel, timeout, 
         raise typer.Exit(1) from None
     try:
         return await client.send(tenant=tenant, token=token, text=text, session_id=session, workspace=workspace,
-                                 channel=channel, timeout=timeout, watch=watch)
+                                 channel=channel, timeout=timeout, watch=watch,
+                                 on_notice=lambda notice: console.print(f"[yellow]…[/yellow] {escape(notice.text)}"))
     except ChatTimeout as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

@@ -1,9 +1,12 @@
-"""`caduceus demo`: one governed chat turn through real Hermes Agent, shown as a transcript.
+"""`caduceus demo`: governed chat turns through real Hermes Agent, shown as transcripts.
 
-alice@acme asks the agent to check the workspace and leave a note outside it.
+First, alice@acme asks the agent to check the workspace and leave a note outside it.
 The agent asks for two tool calls: `terminal` is allowed by policy and runs in
 the executor; `write_file` outside the workspace is denied and never runs.
-The demo checks every step and exits non-zero if any did not happen.
+Then alice asks it to clean up the build directory: the `rm` needs an admin's approval,
+alice is told she waits for it, carol approves through the approvals API (the one the
+web UI uses), and the command runs. The demo checks every step and exits non-zero if
+any did not happen.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from rich.console import Console
 
 from caduceus.commands.chat import mint_token
 from caduceus.transcript import render_transcript, tool_output
-from caduceus_client import ChatClient, TurnTranscript
+from caduceus_client import ApprovalsClient, ApprovalsError, ChatClient, TurnTranscript
 from caduceus_client.chat import ChatTimeout
+from caduceus_contracts import ApprovalView, new_id
 from caduceus_embedded.stackinfo import StackInfo, default_state_dir, read_stack_info
 
 console = Console()
 err = Console(stderr=True)
 
-TENANT, USER = "acme", "alice"
+TENANT, USER, APPROVER = "acme", "alice", "carol"
 DEMO_MESSAGE = "Please check the workspace and leave a note in /etc/caduceus-demo.txt"
+APPROVAL_MESSAGE = "Please clean up the build directory"
 OUTSIDE_PATH = Path("/etc/caduceus-demo.txt")
 
 
@@ -40,8 +45,10 @@ class Check:
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Run the embedded stack (if none runs) and play one governed turn: alice@acme's agent runs an "
-                     "allowed terminal call in the executor, and a write outside the workspace is denied.")(demo)
+    app.command(help="Run the embedded stack (if none runs) and play two governed turns: alice@acme's agent runs an "
+                     "allowed terminal call in the executor and a write outside the workspace is denied; then a "
+                     "destructive command waits for carol's approval, which the demo gives through the approvals "
+                     "API.")(demo)
 
 
 def demo(
@@ -64,6 +71,12 @@ def demo(
         console.print(f"audit: [bold]{audited}[/bold] records stored for session {transcript.session_id} "
                       f"({len(transcript.event_ids)} events seen on the bus)")
         checks = evaluate(transcript, audited, outside_written=OUTSIDE_PATH.exists() and not existed_before)
+        console.print()
+        console.print(f"[bold]{APPROVER}@{TENANT} approves from the approvals UI's API[/bold] "
+                      f"({info.approval_ui_url or 'no approvals UI'})")
+        approval_turn, approved = _play_approval(info, token, timeout)
+        render_transcript(console, approval_turn, USER)
+        checks += evaluate_approval(approval_turn, approved)
     console.print()
     for check in checks:
         mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
@@ -107,6 +120,57 @@ def _play(info: StackInfo, token: str, timeout: float) -> TurnTranscript:
     except (ChatTimeout, ConnectionError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+
+
+def _play_approval(info: StackInfo, token: str, timeout: float) -> tuple[TurnTranscript, ApprovalView | None]:
+    """alice's cleanup turn, with carol approving its call through the approvals API as soon as it shows up."""
+    session_id = f"s-{new_id()[:16]}"
+
+    async def approve_when_asked() -> ApprovalView:
+        async with ApprovalsClient(info.approval_ui_url, mint_token(info.dev_issuer_url, TENANT, APPROVER)) as api:
+            pending = await api.wait_for(lambda view: view.session_id == session_id, timeout_s=timeout)
+            console.print(f"  [dim]{APPROVER} sees {pending.tool} {pending.args} from {pending.requester}: "
+                          f"{pending.reason}[/dim]")
+            return await api.answer(pending.call_id, "approve", digest=pending.digest,
+                                    comment="the build directory is scratch")
+
+    async def run() -> tuple[TurnTranscript, ApprovalView | None]:
+        client = await ChatClient.connect(info.bus_settings("client"))
+        try:
+            turn = asyncio.create_task(client.send(tenant=TENANT, token=token, text=APPROVAL_MESSAGE,
+                                                   session_id=session_id, timeout=timeout, watch=True))
+            try:
+                approved = await approve_when_asked()
+            except (ApprovalsError, TimeoutError) as exc:
+                err.print(f"[red]could not approve: {exc}[/red]")
+                approved = None
+            return await turn, approved
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(run())
+    except (ChatTimeout, ConnectionError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+def evaluate_approval(transcript: TurnTranscript, approved: ApprovalView | None) -> list[Check]:
+    """The approval scenario's steps, each checked against what actually happened."""
+    cleanup = next((c for c in transcript.calls.values() if c.tool == "terminal"), None)
+    verdicts = [d.verdict for d in cleanup.decisions] if cleanup is not None else []
+    waiting = [n.text for n in transcript.notices if n.text.startswith("waiting for approval from")]
+    return [
+        Check("the agent asked for `rm -rf build`, policy asked an admin to approve it", verdicts[:1] == ["approve"],
+              " then ".join(verdicts)),
+        Check("alice was told the call waits for approval", bool(waiting), waiting[0] if waiting else ""),
+        Check(f"{APPROVER} approved it through the approvals API", approved is not None
+              and approved.status == "approved", approved.resolution if approved else ""),
+        Check("the approved command ran in the executor and the turn finished with its result",
+              cleanup is not None and cleanup.outcome is not None and cleanup.outcome.status == "ok"
+              and bool(cleanup.outcome.executed_by) and "build directory removed" in tool_output(cleanup)
+              and transcript.reply is not None and transcript.reply.status == "ok"),
+    ]
 
 
 def _wait_for_audit(info: StackInfo, transcript: TurnTranscript, timeout: float = 15.0) -> int:

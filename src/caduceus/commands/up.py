@@ -41,10 +41,12 @@ def up(
     issuer_port: Annotated[int, typer.Option(help="Dev OIDC issuer port.")] = DEFAULTS.issuer,
     model_port: Annotated[int, typer.Option(help="Scripted model port (unused when "
                                                  "CADUCEUS_MODEL_BASE_URL is set).")] = DEFAULTS.model,
+    approval_ui_port: Annotated[int, typer.Option(help="Approvals web UI port (approvers sign in there).")]
+    = DEFAULTS.approval_ui,
 ) -> None:
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
-                       model=model_port)
+                       model=model_port, approval_ui=approval_ui_port)
     stack = EmbeddedStack(state_dir or default_state_dir(), ports,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))
@@ -118,6 +120,7 @@ def _show(stack: EmbeddedStack) -> None:
         ("Temporal", info.temporal_address),
         ("Temporal Web UI", info.temporal_ui_url),
         ("dev issuer", info.dev_issuer_url),
+        ("approvals UI", f"{info.approval_ui_url} (sign in as an approver, e.g. carol@acme)"),
         ("model endpoint", f"{info.model_base_url} ({model_source}, model {stack.model.name})"),
         ("state dir", info.state_dir),
         ("logs", str(stack.layout.logs)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -10,6 +11,7 @@ from nats.aio.msg import Msg
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
     ChatMessageIn,
+    ChatNotice,
     ChatReply,
     ContractError,
     Decision,
@@ -52,6 +54,8 @@ class TurnTranscript:
     calls: dict[str, ToolCallRecord] = field(default_factory=dict)
     errors: list[ErrorEvent] = field(default_factory=list)
     event_ids: set[str] = field(default_factory=set)
+    # What the person was told during the turn, e.g. that a call waits for approval, and its outcome.
+    notices: list[ChatNotice] = field(default_factory=list)
 
     def observe(self, event: Event) -> None:
         self.event_ids.add(event.event_id)
@@ -63,6 +67,8 @@ class TurnTranscript:
             self.calls[event.call_id].outcome = event
         elif isinstance(event, ErrorEvent):
             self.errors.append(event)
+        elif isinstance(event, ChatNotice):
+            self.notices.append(event)
 
 
 class ChatClient:
@@ -90,11 +96,14 @@ class ChatClient:
     async def send(self, *, tenant: str, token: str, text: str, session_id: str | None = None,
                    workspace: str = "default", channel: str = "cli", timeout: float = 120.0,
                    watch: bool = False, platform: str | None = None, platform_user: str | None = None,
-                   platform_email: str | None = None) -> TurnTranscript:
+                   platform_email: str | None = None,
+                   on_notice: Callable[[ChatNotice], None] | None = None) -> TurnTranscript:
         """Send one message and wait for its reply. Raises ChatTimeout when none comes in time.
 
         `token` is the person's OIDC token; a chat integration sends its service-account key instead,
         with the platform user who wrote the message (`platform`, `platform_user`, a verified `platform_email`).
+        Notices for the conversation (waiting for approval, its outcome) are kept in the transcript and,
+        with `on_notice`, handed over as they arrive.
         """
         session_id = session_id or f"s-{new_id()[:16]}"
         message = ChatMessageIn(tenant=tenant, session_id=session_id, workspace=workspace, channel=channel,
@@ -125,7 +134,17 @@ class ChatClient:
                     or isinstance(event, ErrorEvent):
                 transcript.observe(event)
 
-        subscriptions = [await self.conn.subscribe(subjects.chat_reply(tenant, session_id), on_reply)]
+        async def on_chat_notice(msg: Msg) -> None:
+            try:
+                notice = parse_event(msg.data, expect=ChatNotice, subject=msg.subject)
+            except ContractError:
+                return
+            transcript.observe(notice)
+            if on_notice is not None:
+                on_notice(notice)
+
+        subscriptions = [await self.conn.subscribe(subjects.chat_reply(tenant, session_id), on_reply),
+                         await self.conn.subscribe(subjects.chat_notice(tenant, session_id), on_chat_notice)]
         if watch:
             for pattern in (f"{subjects.PREFIX}.tool.*.{tenant}", f"{subjects.PREFIX}.tool.*.{tenant}.>",
                             f"{subjects.PREFIX}.turn.*.{tenant}", f"{subjects.PREFIX}.turn.*.{tenant}.>",

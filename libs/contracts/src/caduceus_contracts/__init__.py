@@ -11,7 +11,18 @@ from caduceus_contracts.canonical import (
 )
 from caduceus_contracts.models import (
     EVENT_KINDS,
+    ApprovalAnswered,
+    ApprovalEscalated,
+    ApprovalRefused,
+    ApprovalReminded,
+    ApprovalRequested,
+    ApprovalResolved,
+    ApprovalTerms,
+    ApprovalView,
+    ApprovalVote,
+    ApprovalVoted,
     ChatMessageIn,
+    ChatNotice,
     ChatReply,
     ContractError,
     Decision,
@@ -20,6 +31,7 @@ from caduceus_contracts.models import (
     GrantExpired,
     ModelUsage,
     PolicyShadowDisagreed,
+    RiskyFact,
     SessionGrant,
     SignedDecision,
     SignedGrant,
@@ -44,9 +56,11 @@ from caduceus_contracts.signing import (
 )
 
 __all__ = [
-    "EVENT_KINDS", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",
-    "ErrorEvent", "Event", "GrantExpired", "Keyring", "ModelUsage", "PolicyShadowDisagreed",
-    "SessionGrant", "SignatureError", "SignedDecision",
+    "EVENT_KINDS", "ApprovalAnswered", "ApprovalEscalated", "ApprovalRefused", "ApprovalReminded",
+    "ApprovalRequested", "ApprovalResolved", "ApprovalTerms", "ApprovalView", "ApprovalVote", "ApprovalVoted",
+    "ChatNotice", "RiskyFact", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",
+    "ErrorEvent", "Event", "GrantExpired", "Keyring", "ModelUsage", "PolicyShadowDisagreed", "SessionGrant",
+    "SignatureError", "SignedDecision",
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",

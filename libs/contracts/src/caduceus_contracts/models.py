@@ -114,6 +114,33 @@ class GrantExpired(Exception):
 Verdict = Literal["allow", "deny", "approve"]
 
 
+class ApprovalTerms(Model):
+    """Who must agree to an `approve` decision, how many of them, and for how long.
+
+    Approvers are the users of the requester's tenant in any of `groups` or `roles`, plus
+    `users` by name. After `escalate_after_s` without a decision, the members of
+    `escalate_to` may answer too. `self_approval` lets requesters approve their own call.
+    """
+
+    groups: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    quorum: int = Field(default=1, ge=1, le=50)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+    escalate_to: tuple[str, ...] = ()
+    escalate_after_s: float | None = Field(default=None, gt=0)
+    remind_every_s: float | None = Field(default=None, gt=0)
+    self_approval: bool = False
+
+
+class RiskyFact(Model):
+    """A fact about the call's arguments that made policy ask for a person; `argument` names the argument."""
+
+    name: str
+    value: str | bool | int | float
+    argument: str | None = None
+
+
 class Decision(Model):
     """A verdict on one exact call (by digest); signed, expiring and single-use."""
 
@@ -130,8 +157,11 @@ class Decision(Model):
     pack_version: str = ""
     approver_group: str | None = None
     quorum: int | None = None
-    # For `approve`: how long the approvers have, as the policy pack says.
-    approval_timeout_s: float | None = None
+    # Added for approvals (defaults keep older decisions valid): the terms of an `approve`,
+    # the policy's explanation for people, and the risky facts behind it.
+    approval: ApprovalTerms | None = None
+    explanation: str = ""
+    facts: tuple[RiskyFact, ...] = ()
     issued_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
 
@@ -317,9 +347,131 @@ class ErrorEvent(Event):
     excerpt: str = ""
 
 
+# --- approvals -------------------------------------------------------------
+
+ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
+Answer = Literal["approve", "deny"]
+
+
+class ApprovalVote(Model):
+    """One approver's counted answer."""
+
+    approver: str
+    answer: Answer
+    comment: str = ""
+    at: datetime
+
+
+class ApprovalView(Model):
+    """Everything an approver sees about one pending or decided approval (the inbox and detail page)."""
+
+    workflow_id: str
+    tenant: Tenant
+    call_id: str
+    workspace: Workspace
+    session_id: SessionId
+    tool: str
+    args: dict[str, Any]
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    requester: str
+    reason: str
+    explanation: str = ""
+    facts: tuple[RiskyFact, ...] = ()
+    conversation: str = ""
+    policy_ids: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    escalate_to: tuple[str, ...] = ()
+    approvers: tuple[str, ...]
+    quorum: int
+    self_approval: bool = False
+    votes: tuple[ApprovalVote, ...] = ()
+    status: ApprovalStatus = "pending"
+    resolution: str = ""
+    escalated: bool = False
+    opened_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None = None
+
+    @property
+    def asked_of(self) -> str:
+        """Whom the request waits for, in words: its groups (and escalation), else its named approvers."""
+        groups = self.groups + (self.escalate_to if self.escalated else ())
+        return ", ".join(groups) or ", ".join(self.approvers) or "nobody"
+
+
+class _ApprovalEvent(Event):
+    call_id: str
+    approval: ApprovalView
+
+
+class ApprovalRequested(_ApprovalEvent):
+    """A call waits for people: its approval workflow started."""
+
+    kind: Literal["approval.requested"] = "approval.requested"
+
+
+class ApprovalVoted(_ApprovalEvent):
+    """An approver's answer counted, and the quorum is not reached yet."""
+
+    kind: Literal["approval.voted"] = "approval.voted"
+
+
+class ApprovalEscalated(_ApprovalEvent):
+    """No decision in time: the escalation group may answer too."""
+
+    kind: Literal["approval.escalated"] = "approval.escalated"
+
+
+class ApprovalReminded(_ApprovalEvent):
+    """The approval is still waiting: a reminder to the approvers who have not answered."""
+
+    kind: Literal["approval.reminded"] = "approval.reminded"
+    remind: tuple[str, ...] = ()
+
+
+class ApprovalResolved(_ApprovalEvent):
+    """The approval is over (approved, denied or expired); its signed decision is on tool.decided."""
+
+    kind: Literal["approval.resolved"] = "approval.resolved"
+
+
+class ApprovalAnswered(Event):
+    """An approver answers from a chat integration (e.g. a Slack button), with their OIDC token."""
+
+    kind: Literal["approval.answered"] = "approval.answered"
+    call_id: str
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    answer: Answer
+    comment: str = Field(default="", max_length=2000)
+    channel: str = Field(default="chat", min_length=1, max_length=256)
+    token: str = Field(max_length=16_384, repr=False)
+
+
+class ApprovalRefused(Event):
+    """An approve or deny that did not count, and why: audited like every event."""
+
+    kind: Literal["approval.refused"] = "approval.refused"
+    call_id: str
+    approver: str
+    answer: str
+    channel: str
+    reason: str
+
+
+class ChatNotice(Event):
+    """A message for the person in a conversation that is not the turn's reply (e.g. waiting for approval)."""
+
+    kind: Literal["chat.notice"] = "chat.notice"
+    session_id: SessionId
+    call_id: str | None = None
+    text: str
+
+
 EVENT_MODELS: tuple[type[Event], ...] = (
     ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided, ToolCallDispatched,
     ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
+    ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved, ApprovalAnswered,
+    ApprovalRefused, ChatNotice,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

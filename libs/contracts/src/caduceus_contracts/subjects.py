@@ -78,6 +78,15 @@ def policy_shadow(tenant: str) -> str:
     return f"{PREFIX}.policy.shadow.{token(tenant)}"
 
 
+def approval(event: str, tenant: str) -> str:
+    """`cad.v1.approval.<event>.<tenant>`: requested, voted, escalated, reminded, resolved, answered, refused."""
+    return f"{PREFIX}.approval.{token(event, 'approval event')}.{token(tenant)}"
+
+
+def chat_notice(tenant: str, session: str) -> str:
+    return f"{PREFIX}.chat.notice.{token(tenant)}.{session_token(session)}"
+
+
 def error(tenant: str, service: str) -> str:
     tenant_token = tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.fullmatch(tenant or "")) else SYSTEM_TENANT
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
@@ -110,5 +119,7 @@ TURN_REQUESTED_ALL = f"{PREFIX}.turn.requested.*"
 TOOL_REQUESTED_ALL = f"{PREFIX}.tool.requested.*"
 TOOL_DECIDED_ALL = f"{PREFIX}.tool.decided.*"
 TOOL_COMPLETED_ALL = f"{PREFIX}.tool.completed.*.*"
+APPROVAL_ALL = f"{PREFIX}.approval.*.*"
+APPROVAL_ANSWERED_ALL = f"{PREFIX}.approval.answered.*"
 CHAT_REPLY_ALL = f"{PREFIX}.chat.reply.*.*"
 MODEL_USAGE_ALL = f"{PREFIX}.model.usage.*"

@@ -52,6 +52,7 @@ class StackPorts:
     temporal_ui: int = 8233
     issuer: int = 8900
     model: int = 8901
+    approval_ui: int = 8902
 
     @classmethod
     def free(cls) -> "StackPorts":
@@ -80,4 +81,5 @@ PORT_USES = {
     "temporal_ui": ("the Temporal Web UI", "--temporal-ui-port"),
     "issuer": ("the dev OIDC issuer", "--issuer-port"),
     "model": ("the scripted model", "--model-port"),
+    "approval_ui": ("the approvals UI", "--approval-ui-port"),
 }

@@ -98,6 +98,11 @@ def start_service(spec: ServiceSpec, common_env: Mapping[str, str], log_path: Pa
     return RunningService(spec, spawn(argv, log_path, env), log_path)
 
 
+def approval_ui_url(ports: StackPorts) -> str:
+    """Where approvers sign in: the approval service's web UI."""
+    return f"http://127.0.0.1:{ports.approval_ui}"
+
+
 def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings) -> list[ServiceSpec]:
     """Caduceus's own services, plus the scripted model when no model endpoint is configured."""
     endpoint = model.for_stack(ports.model)
@@ -120,7 +125,13 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
             "CADUCEUS_POLICY_FILE": str(layout.policy_file),
             "CADUCEUS_WORKSPACES_DIR": str(layout.workspaces),
         }),
-        ServiceSpec("approval", "caduceus_approval", {"CADUCEUS_TEMPORAL_ADDRESS": f"127.0.0.1:{ports.temporal}"}),
+        ServiceSpec("approval", "caduceus_approval", {
+            "CADUCEUS_TEMPORAL_ADDRESS": f"127.0.0.1:{ports.temporal}",
+            "CADUCEUS_TEMPORAL_UI_URL": f"http://127.0.0.1:{ports.temporal_ui}",
+            "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
+            "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
+            "CADUCEUS_UI_PORT": str(ports.approval_ui),
+        }, url=approval_ui_url(ports)),
         ServiceSpec("broker", "caduceus_broker", {
             "CADUCEUS_WORKSPACES_DIR": str(layout.workspaces),
             "CADUCEUS_WORKERS_DIR": str(layout.workers),

@@ -42,6 +42,7 @@ from caduceus_embedded.services import (
     RunningService,
     ServiceFailed,
     ServiceSpec,
+    approval_ui_url,
     default_services,
     start_service,
 )
@@ -194,6 +195,7 @@ class EmbeddedStack:
             dev_issuer_url=f"http://127.0.0.1:{self.ports.issuer}", temporal_address=self.temporal_address,
             temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
             audit_db_url=self.layout.audit_db_url, services={name: s.pid for name, s in self.services.items()},
+            approval_ui_url=approval_ui_url(self.ports) if "approval" in self.services else "",
             client_credentials=_if_exists(self.layout.bus_credentials("client")),
             operator_credentials=str(self.layout.bus_credentials("operator")),
         )

@@ -20,6 +20,7 @@ from opentelemetry import trace
 
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
+    ApprovalRequested,
     CanonicalizationError,
     ContractError,
     Keyring,
@@ -43,14 +44,18 @@ tracer = trace.get_tracer("caduceus.planner")
 @dataclass
 class _PendingCall:
     request: ToolCallRequested
+    # When the planner stops waiting for a decision (loop time): moved on when policy asks for an approval.
+    deadline: float
     decided: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     completed: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    approval: str = ""  # "" (none), "asked" (policy said approve) or "open" (the approval service took it up)
 
 
 @dataclass(frozen=True)
 class GatewayTimeouts:
     decision_s: float = 5.0  # policy must decide within this bound, or the call is denied
     completion_s: float = 300.0  # the executor must finish within this bound
+    approval_s: float = 7 * 86_400.0  # the longest a call waits for people, whatever an approval says
 
 
 class ToolGateway:
@@ -72,6 +77,7 @@ class ToolGateway:
 
     async def start(self) -> None:
         await self.conn.subscribe(subjects.tool_decided(self.tenant), self._on_decided)
+        await self.conn.subscribe(subjects.approval("requested", self.tenant), self._on_approval_requested)
         await self.conn.subscribe(subjects.tool_completed(self.tenant, self.workspace), self._on_completed)
 
     def bind_session(self, session_id: str, grant: SignedGrant, trace_context: otel_context.Context | None = None) -> None:
@@ -91,7 +97,8 @@ class ToolGateway:
         """Ask for one call and block until its outcome. Never raises: any failure is a denial."""
         try:
             future: Future = asyncio.run_coroutine_threadsafe(self._traced(tool, args, session_id), self.loop)
-            outcome, request = future.result(self.timeouts.decision_s + self.timeouts.completion_s + 5)
+            outcome, request = future.result(self.timeouts.decision_s * 2 + self.timeouts.approval_s
+                                             + self.timeouts.completion_s + 5)
         except Exception as exc:  # the plugin must never raise into Hermes
             log.exception("governed call failed")
             return denied(f"the control plane could not be reached ({type(exc).__name__}); nothing ran")
@@ -143,14 +150,13 @@ class ToolGateway:
                                         session_id=session_id, tool=tool, args=args, digest=digest)
         except (CanonicalizationError, ValueError) as exc:
             return denied(f"the call's arguments are not valid JSON for the bus: {exc}"), None
-        pending = _PendingCall(request)
+        pending = _PendingCall(request, deadline=self.loop.time() + self.timeouts.decision_s)
         self._pending[request.call_id] = pending
         try:
             await self.conn.publish(subjects.tool_requested(self.tenant), request)
-            try:
-                decision = await asyncio.wait_for(asyncio.shield(pending.decided), self.timeouts.decision_s)
-            except TimeoutError:
-                outcome = denied(f"policy did not decide within {self.timeouts.decision_s:g} s; denied (fail closed)")
+            decision = await self._decision(pending)
+            if decision is None:
+                outcome = denied(self._no_decision_reason(pending))
                 await self._publish_outcome(request, outcome)
                 return outcome, request
             if decision.verdict == "allow" and runs_in_planner(tool):
@@ -167,6 +173,39 @@ class ToolGateway:
             return CallOutcome(completed.status, completed.result, completed.reason), request
         finally:
             self._pending.pop(request.call_id, None)
+
+    async def _decision(self, pending: _PendingCall):
+        """The call's decision, or None once its deadline (which an approval moves) has passed."""
+        while True:
+            remaining = pending.deadline - self.loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                return await asyncio.wait_for(asyncio.shield(pending.decided), remaining)
+            except TimeoutError:
+                continue  # the deadline may have moved meanwhile
+
+    def _no_decision_reason(self, pending: _PendingCall) -> str:
+        if pending.approval == "asked":
+            return (f"the approval service did not take up the approval within {self.timeouts.decision_s:g} s; "
+                    "denied (fail closed)")
+        if pending.approval == "open":
+            return "no approval decision arrived before the approval expired; denied (fail closed)"
+        return f"policy did not decide within {self.timeouts.decision_s:g} s; denied (fail closed)"
+
+    async def _on_approval_requested(self, msg: Msg) -> None:
+        """The approval service opened the call's approval: wait for its decision until it expires."""
+        try:
+            event = parse_event(msg.data, expect=ApprovalRequested, subject=msg.subject)
+        except ContractError:
+            return
+        pending = self._pending.get(event.call_id)
+        if pending is None or pending.decided.done() or event.approval.digest != pending.request.digest:
+            return
+        # A few seconds past the expiry, for the approval's own deny to arrive; never past approval_s.
+        left = (event.approval.expires_at - utcnow()).total_seconds() + self.timeouts.decision_s
+        pending.approval = "open"
+        pending.deadline = self.loop.time() + max(0.0, min(left, self.timeouts.approval_s))
 
     async def _publish_outcome(self, request: ToolCallRequested, outcome: CallOutcome) -> None:
         event = ToolCallCompleted(tenant=self.tenant, call_id=request.call_id, workspace=self.workspace,
@@ -196,7 +235,11 @@ class ToolGateway:
             log.warning("ignoring decision for %s: %s", event.call_id, exc)
             return
         if decision.verdict == "approve":
-            return  # the approval service answers later with its own decision
+            # The approval service answers later with its own decision; it must take the call up first.
+            if not pending.approval:
+                pending.approval = "asked"
+                pending.deadline = max(pending.deadline, self.loop.time() + self.timeouts.decision_s)
+            return
         pending.decided.set_result(decision)
 
     async def _on_completed(self, msg: Msg) -> None:

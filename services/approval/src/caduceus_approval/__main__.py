@@ -8,6 +8,7 @@ import signal
 import sys
 
 from caduceus_approval.app import ApprovalService, build
+from caduceus_approval.web.server import UiUnavailable
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("caduceus_approval")
@@ -19,8 +20,8 @@ async def serve(service: ApprovalService) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
-    log.info("approval started; Temporal at %s, task queue %s", service.settings.temporal_address,
-             service.settings.approval_task_queue)
+    log.info("approval started; Temporal at %s, task queue %s, UI %s", service.settings.temporal_address,
+             service.settings.approval_task_queue, service.settings.ui_url or "disabled")
     try:
         await stop.wait()
     finally:
@@ -37,6 +38,9 @@ def main() -> int:
         return 2
     try:
         asyncio.run(serve(service))
+    except UiUnavailable as exc:
+        print(f"caduceus-approval: {exc}", file=sys.stderr)
+        return 2
     finally:
         shutdown_telemetry(provider)
     return 0

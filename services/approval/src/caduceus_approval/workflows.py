@@ -1,93 +1,136 @@
-"""ApprovalWorkflow: one call, bound to its digest, waits for a person to approve or deny it until it expires.
+"""ApprovalWorkflow: one call, bound to its digest, waits for its approvers until they decide or it expires.
 
 `approve` and `deny` are updates (the approver learns at once whether their answer counted);
-their validator refuses a wrong digest, an answer after the expiry and a second answer.
-No answer before the expiry timer fires is a deny. The result is published by an activity.
+their validator refuses an answer the desk did not sign, a wrong digest, an approver who is
+not on the panel, the requester (unless self-approval is allowed), a second answer from the
+same person, and any answer after the decision or the expiry. While it waits, the workflow
+escalates to a second group after a delay and reminds approvers who have not answered.
+Everything it tells the world (the request, votes, escalation, reminders, the signed
+outcome) is published by activities.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from caduceus_approval.activities import PUBLISH_OUTCOME, PublishOutcome
+    from caduceus_approval.activities import ANNOUNCE, PUBLISH_OUTCOME, Announcement, PublishOutcome
     from caduceus_approval.domain import (
         ActionRefused,
+        Answer,
         ApprovalAction,
-        ApprovalOutcome,
         ApprovalRequest,
-        Outcome,
-        check_action,
+        ApprovalState,
+        check_answer,
+        desk_keyring,
         expired,
-        outcome_of,
+        opened,
+        reminder_for,
+        with_answer,
     )
+
+_PUBLISH = {
+    "start_to_close_timeout": timedelta(seconds=15),
+    "schedule_to_close_timeout": timedelta(minutes=10),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
+}
 
 
 @workflow.defn
 class ApprovalWorkflow:
     @workflow.init
     def __init__(self, request: ApprovalRequest) -> None:
-        self._request = request
-        self._expires_at = workflow.now() + timedelta(seconds=request.window_s)
-        self._outcome: ApprovalOutcome | None = None
+        self._state = opened(request, workflow.now())
+        self._desk = desk_keyring(request.desk_key)
+        self._announced = 0  # announcements made (their sequence numbers)
+        self._votes_announced = 0
 
     @workflow.run
-    async def run(self, request: ApprovalRequest) -> ApprovalOutcome:
-        try:
-            await workflow.wait_condition(lambda: self._outcome is not None, timeout=request.window_s,
-                                          timeout_summary="approval expiry")
-        except TimeoutError:
-            self._outcome = expired()
-        outcome = self._outcome
-        assert outcome is not None
+    async def run(self, request: ApprovalRequest) -> ApprovalState:
+        await self._announce("requested")
+        opened_at = datetime.fromisoformat(self._state.opened_at)
+        expires_at = datetime.fromisoformat(self._state.expires_at)
+        escalate_at = (opened_at + timedelta(seconds=request.escalate_after_s)
+                       if request.escalate_after_s and request.panel.escalation else None)
+        remind_at = opened_at + timedelta(seconds=request.remind_every_s) if request.remind_every_s else None
+        while self._state.status == "pending":
+            due = min(t for t in (expires_at, escalate_at, remind_at) if t is not None)
+            try:
+                await workflow.wait_condition(
+                    lambda: self._state.status != "pending" or len(self._state.votes) != self._votes_announced,
+                    timeout=max((due - workflow.now()).total_seconds(), 0.001), timeout_summary="approval timer")
+            except TimeoutError:
+                pass
+            now = workflow.now()
+            if self._state.status != "pending":
+                break
+            if len(self._state.votes) != self._votes_announced:
+                self._votes_announced = len(self._state.votes)
+                await self._announce("voted")
+            elif now >= expires_at:
+                self._state = expired(self._state, now)
+            elif escalate_at is not None and now >= escalate_at:
+                self._state = replace(self._state, escalated=True)
+                escalate_at = None
+                await self._announce("escalated")
+            elif remind_at is not None and now >= remind_at:
+                await self._announce("reminded")
+                remind_at = now + timedelta(seconds=request.remind_every_s or 0)
+        info = workflow.info()
+        await workflow.execute_activity(PUBLISH_OUTCOME, PublishOutcome(self._state, info.workflow_id, info.run_id),
+                                        **_PUBLISH)
+        await self._announce("resolved")
+        return self._state
+
+    async def _announce(self, kind: str) -> None:
+        self._announced += 1
+        info = workflow.info()
         await workflow.execute_activity(
-            PUBLISH_OUTCOME, PublishOutcome(request, outcome, workflow.info().workflow_id, workflow.info().run_id),
-            start_to_close_timeout=timedelta(seconds=15), schedule_to_close_timeout=timedelta(minutes=10),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
-        )
-        return outcome
+            ANNOUNCE, Announcement(kind, self._state, info.workflow_id, info.run_id, self._announced,
+                                   reminder_for(self._state) if kind == "reminded" else ()),
+            **_PUBLISH)
 
     @workflow.update
-    def approve(self, action: ApprovalAction) -> ApprovalOutcome:
-        """A person approves the call: it may run (once, within the decision's lifetime)."""
-        return self._decide("allow", action)
+    def approve(self, action: ApprovalAction) -> ApprovalState:
+        """An approver agrees; the call runs once the quorum has agreed (once, within the decision's lifetime)."""
+        return self._answer("approve", action)
 
     @approve.validator
     def _check_approve(self, action: ApprovalAction) -> None:
-        self._check(action)
+        self._check("approve", action)
 
     @workflow.update
-    def deny(self, action: ApprovalAction) -> ApprovalOutcome:
-        """A person denies the call."""
-        return self._decide("deny", action)
+    def deny(self, action: ApprovalAction) -> ApprovalState:
+        """An approver refuses: the call is denied."""
+        return self._answer("deny", action)
 
     @deny.validator
     def _check_deny(self, action: ApprovalAction) -> None:
-        self._check(action)
+        self._check("deny", action)
 
-    def _decide(self, verdict: Outcome, action: ApprovalAction) -> ApprovalOutcome:
+    def _answer(self, answer: Answer, action: ApprovalAction) -> ApprovalState:
         # Re-checked here: the expiry may have fired in the same workflow task, after the validator ran.
-        self._check(action)
-        self._outcome = outcome_of(verdict, action)
-        return self._outcome
+        self._check(answer, action)
+        self._state = with_answer(self._state, answer, action, workflow.now())
+        return self._state
 
-    def _check(self, action: ApprovalAction) -> None:
+    def _check(self, answer: Answer, action: ApprovalAction) -> None:
         try:
-            check_action(self._request, action, now=workflow.now(), expires_at=self._expires_at,
-                         decided=self._outcome is not None)
+            check_answer(self._state, answer, action, now=workflow.now(), desk=self._desk)
         except ActionRefused as exc:
             raise ApplicationError(str(exc), type="ActionRefused", non_retryable=True) from None
 
     @workflow.query
-    def status(self) -> str:
-        """`pending`, `allow` or `deny`."""
-        return self._outcome.verdict if self._outcome else "pending"
+    def view(self) -> ApprovalState:
+        """The approval as it stands: request, panel, votes, status, expiry."""
+        return self._state
 
     @workflow.query
-    def expires_at(self) -> str:
-        """When an unanswered approval turns into a deny (ISO 8601, UTC)."""
-        return self._expires_at.isoformat()
+    def status(self) -> str:
+        """`pending`, `approved`, `denied` or `expired`."""
+        return self._state.status

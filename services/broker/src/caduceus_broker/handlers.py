@@ -28,6 +28,8 @@ from caduceus_contracts import (
 
 log = logging.getLogger("caduceus.broker")
 PENDING_TTL_S = 900.0
+# A call waiting for people is kept as long as the longest approval policy may ask for (ApprovalTerms.timeout_s).
+AWAITING_APPROVAL_TTL_S = 7 * 86_400.0 + 60
 
 
 @dataclass
@@ -40,7 +42,8 @@ class PendingCalls:
 
     def expire(self, now: float) -> None:
         for table in (self.requests, self.early):
-            for key in [k for k, (at, _) in table.items() if now - at > PENDING_TTL_S]:
+            for key in [k for k, (at, _) in table.items()
+                        if now - at > (AWAITING_APPROVAL_TTL_S if k in self.awaiting_approval else PENDING_TTL_S)]:
                 del table[key]
         self.awaiting_approval &= set(self.requests)
 

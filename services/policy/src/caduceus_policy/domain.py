@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from caduceus_policy.facts import RequestFacts
-from caduceus_policy.pack.model import Limit
+from caduceus_policy.pack.model import Approval, Limit
 
 VerdictKind = Literal["allow", "deny", "approve"]
 
@@ -21,17 +21,29 @@ class Verdict:
     """What policy says about one call, why (a sentence for people), and which policies said it.
 
     `limits` are the rate limits and budgets that apply when the call is allowed or approved:
-    the service checks them against the shared counters before it signs.
+    the service checks them against the shared counters before it signs. For `approve`,
+    `approval` says who must agree and `risky` which facts (with their evidence) made policy ask.
     """
 
     verdict: VerdictKind
     reason: str
     policy_ids: tuple[str, ...] = ()
-    approver_group: str | None = None
-    quorum: int | None = None
-    approval_timeout_s: float | None = None
+    approval: Approval | None = None
     limits: tuple[Limit, ...] = ()
     facts: Mapping[str, Any] = field(default_factory=dict)
+    risky: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def approver_group(self) -> str | None:
+        return self.approval.approvers if self.approval else None
+
+    @property
+    def quorum(self) -> int | None:
+        return self.approval.quorum if self.approval else None
+
+    @property
+    def approval_timeout_s(self) -> float | None:
+        return self.approval.timeout_s if self.approval else None
 
 
 class PolicyEngine(Protocol):

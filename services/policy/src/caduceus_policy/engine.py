@@ -7,6 +7,7 @@ few rules for `terminal` cost. A call Cedar cannot evaluate cleanly is denied.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Mapping
@@ -182,13 +183,16 @@ class CedarEngine:
     def approve(self, request: RequestFacts, tenant: CompiledTenant, approvals: list[CompiledPolicy],
                 grants: list[CompiledPolicy], facts: Mapping[str, Any], evidence: Mapping[str, str]) -> Verdict:
         settings = [p.approval for p in approvals if p.approval is not None]
-        group = settings[0].approvers
-        quorum = max(a.quorum for a in settings)
-        timeout = min(a.timeout_s for a in settings)
+        # The first approving policy names who; together they ask the most agreement in the least time.
+        approval = dataclasses.replace(settings[0], quorum=max(a.quorum for a in settings),
+                                       timeout_s=min(a.timeout_s for a in settings),
+                                       self_approval=all(a.self_approval for a in settings))
         because = "; ".join(_because(p, request, evidence) for p in approvals)
-        reason = f"needs approval by {group} (quorum {quorum}, within {format_duration(timeout)}): {because}"
-        return Verdict("approve", reason, tuple(p.id for p in [*approvals, *grants]), approver_group=group,
-                       quorum=quorum, approval_timeout_s=timeout, limits=self.limits(tenant, request), facts=facts)
+        reason = (f"needs approval by {approval.approvers} (quorum {approval.quorum}, within "
+                  f"{format_duration(approval.timeout_s)}): {because}")
+        risky = tuple((fact, evidence.get(fact, "")) for p in approvals for fact in p.when if facts.get(fact))
+        return Verdict("approve", reason, tuple(p.id for p in [*approvals, *grants]), approval=approval,
+                       limits=self.limits(tenant, request), facts=facts, risky=tuple(dict(risky).items()))
 
     @staticmethod
     def asked_by_person(request: RequestFacts, tenant: CompiledTenant,

@@ -14,14 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from caduceus_bus import EventPublisher
 from caduceus_contracts import (
+    ApprovalTerms,
     CanonicalizationError,
     Decision,
     GrantExpired,
     ModelUsage,
     PolicyShadowDisagreed,
+    RiskyFact,
     SessionGrant,
     SignatureError,
     SignedDecision,
@@ -35,6 +38,7 @@ from caduceus_policy.adapters.counters import LimitExceeded, SharedCounters
 from caduceus_policy.domain import PolicyEngine, Verdict
 from caduceus_policy.envelope import CallRef, salvage_request
 from caduceus_policy.facts import HostPaths, LexicalPaths, request_facts
+from caduceus_policy.facts.tools import family_of
 from caduceus_policy.keys import TrustedKeys
 from caduceus_policy.packs import LivePacks
 
@@ -112,8 +116,7 @@ class Decider:
             tenant=request.tenant, workspace=request.workspace, session_id=request.session_id,
             call_id=request.call_id, tool=request.tool, digest=request.digest, verdict=verdict.verdict,
             reason=verdict.reason[:2000], policy_ids=verdict.policy_ids, pack_version=version,
-            approver_group=verdict.approver_group, quorum=verdict.quorum,
-            approval_timeout_s=verdict.approval_timeout_s, issued_at=now,
+            **approval_fields(verdict, request.tool), issued_at=now,
             expires_at=now + timedelta(seconds=verdict.approval_timeout_s if verdict.verdict == "approve" and
                                        verdict.approval_timeout_s else self.decision_ttl_s),
         )
@@ -193,6 +196,26 @@ class DecisionService:
             shadow_version=shadow.version, shadow_verdict=candidate.verdict, shadow_policy_ids=candidate.policy_ids,
             shadow_reason=candidate.reason[:1000])
         await self.publisher.publish(subjects.policy_shadow(request.tenant), event)
+
+
+# Which argument of a tool family the risky facts are about, so approvers see the value highlighted.
+FAMILY_ARGUMENT = {"terminal": "command", "file": "path", "code": "code", "web": "url"}
+
+
+def approval_fields(verdict: Verdict, tool: str) -> dict[str, Any]:
+    """What an approve decision tells the approval service: who must agree, on what terms, and why."""
+    if verdict.verdict != "approve" or verdict.approval is None:
+        return {}
+    terms = verdict.approval
+    argument = FAMILY_ARGUMENT.get(family_of(tool))
+    facts = tuple(RiskyFact(name=name, value=evidence[:500] or True, argument=argument)
+                  for name, evidence in verdict.risky)
+    return {
+        "approver_group": terms.approvers, "quorum": terms.quorum, "explanation": verdict.reason[:2000], "facts": facts,
+        "approval": ApprovalTerms(groups=(terms.approvers,), quorum=terms.quorum, timeout_s=terms.timeout_s,
+                                  escalate_to=terms.escalate_to, escalate_after_s=terms.escalate_after_s,
+                                  remind_every_s=terms.remind_every_s, self_approval=terms.self_approval),
+    }
 
 
 async def on_tool_requested(subject: str, body: bytes, publisher: EventPublisher, service: DecisionService) -> None:

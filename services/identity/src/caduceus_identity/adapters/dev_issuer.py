@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from caduceus_identity.adapters.dev_login import DevLogin
 from caduceus_identity.domain import Directory, Refused
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,12 @@ class DevIssuer:
         return {
             "issuer": self.issuer_url,
             "jwks_uri": f"{self.issuer_url}/jwks.json",
-            "token_endpoint": f"{self.issuer_url}/dev/token",
-            "response_types_supported": ["id_token"],
+            # Development only (adapters/dev_login.py): the sign-in page lists everyone and asks no password.
+            "authorization_endpoint": f"{self.issuer_url}/authorize",
+            "token_endpoint": f"{self.issuer_url}/oauth/token",
+            "response_types_supported": ["code", "id_token"],
+            "grant_types_supported": ["authorization_code"],
+            "code_challenge_methods_supported": ["S256"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [ALGORITHM],
             "claims_supported": ["iss", "aud", "sub", "tenant", "groups", "roles", "email", "email_verified", "iat",
@@ -125,8 +130,9 @@ class DevIssuer:
     def jwks(self) -> dict:
         return {"keys": [self.jwk]}
 
-    def mint(self, request: TokenRequest, *, now: float | None = None) -> str:
-        """A signed token for a known user of a known tenant; Refused (the HTTP 400 text) otherwise."""
+    def mint(self, request: TokenRequest, *, now: float | None = None, extra_claims: dict | None = None) -> str:
+        """A signed token for a known user of a known tenant (plus extra_claims, e.g. a sign-in's nonce);
+        Refused (the HTTP 400 text) otherwise."""
         user = self.directory().user(request.tenant, request.user)
         issued = int(now if now is not None else time.time())
         claims = {
@@ -142,6 +148,7 @@ class DevIssuer:
             "nbf": issued,
             "exp": issued + (request.ttl_s or DEFAULT_TTL_S),
             "jti": uuid.uuid4().hex,
+            **(extra_claims or {}),
         }
         return jwt.encode(claims, self.key, algorithm=ALGORITHM, headers={"kid": self.key_id})
 
@@ -175,6 +182,7 @@ class DevIssuer:
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
             Route("/jwks.json", jwks, methods=["GET"]),
             Route("/dev/token", token, methods=["POST"]),
+            *DevLogin(self).routes(),
         ])
 
 

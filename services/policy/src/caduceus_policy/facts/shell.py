@@ -74,6 +74,13 @@ _SENSITIVE_WRITES = re.compile(r"^/etc/(?:sudoers|passwd|shadow|group|gshadow|cr
                                r"profile|bash\.bashrc)|^/root(?:/|$)|/\.ssh/authorized_keys$|^/usr/(?:local/)?s?bin/")
 
 
+
+def _sensitive_write(verdict: PathVerdict) -> bool:
+    """A write to a system file that grants privileges; the workspace itself never counts, wherever it lives
+    (a state dir under /root included)."""
+    return verdict.outside and bool(_SENSITIVE_WRITES.search(verdict.resolved))
+
+
 @dataclass
 class ShellFacts:
     """What one command line does, as far as reading it can tell."""
@@ -569,7 +576,7 @@ class _Analyzer:
             self.facts.paths.append(verdict)
             if index in written:
                 self.facts.written.append(verdict)
-                if _SENSITIVE_WRITES.search(verdict.resolved):
+                if _sensitive_write(verdict):
                     self.facts.flag("privilege_raising", f"{name} {value}")
 
     def redirect(self, op: str, target: Word, depth: int) -> None:
@@ -589,7 +596,7 @@ class _Analyzer:
         self.facts.paths.append(verdict)
         if op not in ("<", "<&"):
             self.facts.written.append(verdict)
-            if _SENSITIVE_WRITES.search(verdict.resolved):
+            if _sensitive_write(verdict):
                 self.facts.flag("privilege_raising", f"{op} {text}")
             if re.match(r"^/dev/(?:sd|nvme|hd|vd|xvd|mmcblk|mem|kmem|port)", verdict.resolved):
                 self.facts.flag("destructive", f"{op} {text}")

@@ -31,7 +31,8 @@ from caduceus_policy.pack.model import (
 )
 
 ALL_TENANTS = "*"  # a pack of raw Cedar alone applies to every tenant (its policies can test context.tenant)
-RULE_KEYS = ("id", "effect", "tools", "roles", "users", "when", "unless", "reason", "approvers", "quorum", "timeout")
+APPROVAL_KEYS = ("approvers", "quorum", "timeout", "escalate_to", "escalate_after", "remind_every", "self_approval")
+RULE_KEYS = ("id", "effect", "tools", "roles", "users", "when", "unless", "reason", *APPROVAL_KEYS)
 TENANT_KEYS = ("rules", "approvals", "approval_modes", "classifiers", "mcp_servers", "limits", "cedar")
 TOP_KEYS = ("version", "tenants", "tests")
 LIMIT_KEYS = ("id", "tools", "roles", "per", "max_calls", "max_tokens", "max_cost_usd", "window")
@@ -280,6 +281,7 @@ class _Part:
                  defaults: Approval | None = None) -> Approval:
         if not isinstance(raw, _Mapping):
             raise self.fail(line, where, "`approvals` is a mapping: {approvers: <group>, quorum: 1, timeout: 15m}")
+        self.unknown(raw, APPROVAL_KEYS, where, "`approvals`")
         return self.approval_fields(raw, where, defaults, line)
 
     def approval_fields(self, raw: Mapping[str, Any], where: str, defaults: Approval | None, line: int) -> Approval:
@@ -297,7 +299,35 @@ class _Part:
         if timeout is None or timeout > 7 * 86400:
             raise self.fail(lines.get("timeout", line), where, f"`timeout` is how long approvers have, e.g. 15m or "
                                                                f"2h (at most 7d), not {timeout_raw!r}")
-        return Approval(approvers=approvers.strip(), quorum=quorum, timeout_s=timeout)
+        escalate_to = raw.get("escalate_to", defaults.escalate_to if defaults else ())
+        escalate_to = (escalate_to,) if isinstance(escalate_to, str) else escalate_to
+        if not isinstance(escalate_to, (list, tuple)) or not all(isinstance(g, str) and g.strip() for g in escalate_to):
+            raise self.fail(lines.get("escalate_to", line), where, "`escalate_to` names the group (or groups) that may "
+                                                                   "answer once the first ones were slow: [owner]")
+        escalate_after = self.optional_duration(raw, "escalate_after", defaults.escalate_after_s if defaults else None,
+                                                where, lines.get("escalate_after", line))
+        if bool(escalate_to) != (escalate_after is not None):
+            raise self.fail(lines.get("escalate_to", lines.get("escalate_after", line)), where,
+                            "give `escalate_to` and `escalate_after` together, e.g. {escalate_to: [owner], "
+                            "escalate_after: 10m}")
+        remind_every = self.optional_duration(raw, "remind_every", defaults.remind_every_s if defaults else None,
+                                              where, lines.get("remind_every", line))
+        self_approval = raw.get("self_approval", defaults.self_approval if defaults else False)
+        if not isinstance(self_approval, bool):
+            raise self.fail(lines.get("self_approval", line), where, "`self_approval` is true or false (whether "
+                                                                     "requesters may approve their own calls)")
+        return Approval(approvers=approvers.strip(), quorum=quorum, timeout_s=timeout,
+                        escalate_to=tuple(g.strip() for g in escalate_to), escalate_after_s=escalate_after,
+                        remind_every_s=remind_every, self_approval=self_approval)
+
+    def optional_duration(self, raw: Mapping[str, Any], key: str, default: float | None, where: str,
+                          line: int) -> float | None:
+        if key not in raw:
+            return default
+        value = parse_duration(raw[key])
+        if value is None or value > 7 * 86400:
+            raise self.fail(line, where, f"`{key}` is a duration such as 10m or 1h (at most 7d), not {raw[key]!r}")
+        return value
 
     def rule(self, raw: Any, index: int, tenant_where: str, tenant_approval: Approval | None, list_line: int) -> Rule:
         name = f"rule {raw['id']!r} (#{index})" if isinstance(raw, _Mapping) and isinstance(raw.get("id"), str) \
@@ -325,7 +355,7 @@ class _Part:
             raise self.fail(raw.key_lines.get("reason", line), where, "`reason` must be text (it is shown to the "
                                                                        "person whose call was decided)")
         approval = None
-        approval_keys = {"approvers", "quorum", "timeout"} & set(raw)
+        approval_keys = set(APPROVAL_KEYS) & set(raw)
         if effect == "approve":
             approval = self.approval_fields(raw, where, tenant_approval, line)
         elif approval_keys:

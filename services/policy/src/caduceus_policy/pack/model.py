@@ -37,6 +37,12 @@ class Approval:
     approvers: str
     quorum: int = 1
     timeout_s: float = 900.0
+    # After `escalate_after_s` without a decision, members of `escalate_to` may answer too.
+    escalate_to: tuple[str, ...] = ()
+    escalate_after_s: float | None = None
+    remind_every_s: float | None = None
+    # Whether requesters may approve their own calls (separation of duties says no).
+    self_approval: bool = False
 
 
 def tool_matches(patterns: tuple[str, ...] | None, tool: str) -> bool:

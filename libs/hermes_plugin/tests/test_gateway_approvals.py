@@ -1,0 +1,89 @@
+"""The planner's gateway when policy says `approve`: it waits for the approval service, and fails closed when
+none takes the call up, or when the approval it opened never decides."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from nats.aio.msg import Msg
+
+from caduceus_bus import BusSettings, EventConnection
+from caduceus_contracts import (
+    ApprovalRequested,
+    ApprovalView,
+    Decision,
+    Keyring,
+    SessionGrant,
+    SignedDecision,
+    SignedGrant,
+    Signer,
+    ToolCallDecided,
+    ToolCallRequested,
+    parse_event,
+    subjects,
+    utcnow,
+)
+from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway
+
+pytestmark = pytest.mark.timeout(60)
+POLICY, IDENTITY = Signer.generate("policy"), Signer.generate("identity")
+
+
+async def gateway_with_policy(nats_url: str, *, opens_approval_for_s: float | None):
+    """A gateway (decision bound 1 s) and a policy stand-in that answers every call with a signed `approve`;
+    with opens_approval_for_s, an approval service stand-in opens an approval that never decides."""
+    keyring = Keyring()
+    keyring.trust("policy", POLICY.private_key.public_key())
+    conn = await EventConnection.connect(BusSettings(nats_url=nats_url), "test-planner")
+    gateway = ToolGateway(conn, asyncio.get_running_loop(), tenant="acme", workspace="default", keyring=keyring,
+                          timeouts=GatewayTimeouts(decision_s=1.0, completion_s=5.0, approval_s=30.0))
+    await gateway.start()
+    now = utcnow()
+    gateway.bind_session("s-1", SignedGrant.issue(IDENTITY, SessionGrant(
+        tenant="acme", workspace="default", user="alice", roles=("member",), channel="cli", session_id="s-1",
+        issued_at=now, expires_at=now + timedelta(minutes=5))))
+    stand_in = await EventConnection.connect(BusSettings(nats_url=nats_url), "test-policy")
+    await stand_in.ensure_stream()
+
+    async def decide(msg: Msg) -> None:
+        request = parse_event(msg.data, expect=ToolCallRequested)
+        decision = Decision(tenant="acme", workspace="default", session_id="s-1", call_id=request.call_id,
+                            tool=request.tool, digest=request.digest, verdict="approve", reason="needs an admin",
+                            expires_at=utcnow() + timedelta(seconds=60))
+        await stand_in.publish(subjects.tool_decided("acme"), ToolCallDecided(
+            tenant="acme", call_id=request.call_id, workspace="default",
+            decision=SignedDecision.issue(POLICY, decision)))
+        if opens_approval_for_s is not None:
+            opened = utcnow()
+            view = ApprovalView(workflow_id="w", tenant="acme", call_id=request.call_id, workspace="default",
+                                session_id="s-1", tool=request.tool, args=request.args, digest=request.digest,
+                                requester="alice", reason="needs an admin", approvers=("carol",), quorum=1,
+                                opened_at=opened, expires_at=opened + timedelta(seconds=opens_approval_for_s))
+            await stand_in.publish(subjects.approval("requested", "acme"),
+                                   ApprovalRequested(tenant="acme", call_id=request.call_id, approval=view))
+
+    await stand_in.subscribe(subjects.tool_requested("acme"), decide)
+    return gateway, [conn, stand_in]
+
+
+async def test_an_approval_nobody_takes_up_is_denied_after_the_decision_bound(nats_server) -> None:
+    gateway, conns = await gateway_with_policy(nats_server.url, opens_approval_for_s=None)
+    outcome = await asyncio.to_thread(gateway.request_call, "terminal", {"command": "rm -f x"}, session_id="s-1")
+    assert outcome.status == "denied"
+    assert outcome.reason == "the approval service did not take up the approval within 1 s; denied (fail closed)"
+    for conn in conns:
+        await conn.close()
+
+
+async def test_an_open_approval_is_waited_for_past_the_decision_bound_until_it_expires(nats_server) -> None:
+    gateway, conns = await gateway_with_policy(nats_server.url, opens_approval_for_s=2.5)
+    started = asyncio.get_running_loop().time()
+    outcome = await asyncio.to_thread(gateway.request_call, "terminal", {"command": "rm -f x"}, session_id="s-1")
+    waited = asyncio.get_running_loop().time() - started
+    assert outcome.status == "denied"
+    assert outcome.reason == "no approval decision arrived before the approval expired; denied (fail closed)"
+    assert waited > 2.5  # longer than the 1 s decision bound: it waited for people
+    for conn in conns:
+        await conn.close()

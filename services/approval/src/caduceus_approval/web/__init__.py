@@ -1,0 +1,1 @@
+"""The approver web UI and JSON API, served by the approval service."""

@@ -1,0 +1,333 @@
+"""The approver web UI (server-rendered HTML, a little progressive JavaScript) and the JSON API the CLI,
+the demo and scripts use. Both take the same path to an answer: a verified person, then the desk.
+
+Nothing but /healthz answers without a signed-in person; every page and API call sees only the
+person's own tenant, and only approvals they are on the panel of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+
+from caduceus_approval.desk import AnswerRefused, ApprovalDesk
+from caduceus_approval.directory import TenantDirectory
+from caduceus_approval.domain import human_duration, who_may_not_answer
+from caduceus_approval.inbox import Inbox, Person, visible_to
+from caduceus_approval.web.oidc_client import OidcClient, SignInFailed, pkce_pair
+from caduceus_approval.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJar, ForgedCookie, SignedIn
+from caduceus_audit.domain.redaction import redact_value
+from caduceus_bus import EventPublisher
+from caduceus_contracts import ApprovalView, utcnow
+from caduceus_identity.adapters.oidc import OidcVerifier
+from caduceus_identity.domain import TokenRefused
+
+TEMPLATES = Path(__file__).parent / "templates"
+KEEPALIVE_S = 15.0
+
+
+@dataclass
+class UiContext:
+    """What the UI needs: the inbox and desk, who may sign in, how, and where Temporal's Web UI is."""
+
+    inbox: Inbox
+    desk: ApprovalDesk
+    directory: TenantDirectory
+    cookies: CookieJar
+    oidc: OidcClient | None
+    api_verifier: OidcVerifier
+    publisher: EventPublisher
+    secure_cookies: bool = False
+    temporal_ui_url: str | None = None
+    temporal_namespace: str = "default"
+
+
+def _time_left(expires_at: datetime) -> str:
+    left = (expires_at - utcnow()).total_seconds()
+    return "expired" if left <= 0 else f"{human_duration(left)} left"
+
+
+def _shown(value: Any) -> str:
+    value = redact_value(value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
+
+
+def _public(view: ApprovalView) -> dict[str, Any]:
+    """The view as the API shows it: secrets in the arguments redacted, like everywhere people look."""
+    return view.model_copy(update={"args": redact_value(view.args)}).model_dump(mode="json")
+
+
+def _safe_next(path: str | None) -> str:
+    """Only a path on this site: never redirect a person elsewhere after sign-in."""
+    if not path or not path.startswith("/") or path.startswith("//") or urlsplit(path).netloc:
+        return "/"
+    return path
+
+
+def build_app(ui: UiContext) -> Starlette:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters["time_left"] = _time_left
+    env.filters["shown"] = _shown
+    env.filters["when"] = lambda at: at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else ""
+
+    def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(env.get_template(name).render(**context), status_code=status_code)
+
+    async def audit_forgery(request: Request, reason: str) -> None:
+        await ui.publisher.refuse(f"http:{request.method}:{request.url.path}"[:200], b"", reason)
+
+    async def signed_in(request: Request) -> SignedIn | None:
+        """The person of a valid session cookie who is still in the tenants file; a forged cookie is audited."""
+        try:
+            session = ui.cookies.signed_in(request.cookies.get(SESSION_COOKIE))
+        except ForgedCookie as exc:
+            await audit_forgery(request, f"approvals UI refused a forged session cookie: {exc}")
+            return None
+        if session is None or not ui.directory.is_member(session.tenant, session.user):
+            return None
+        return session
+
+    def to_login(request: Request) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        response = RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    # --- sign-in -----------------------------------------------------------------------------------------
+
+    async def login(request: Request) -> Response:
+        if ui.oidc is None:
+            return page("message.html", 503, title="Sign-in is not configured",
+                        text="Set CADUCEUS_OIDC_ISSUER_URL (and the client id and secret) for the approval service.")
+        state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        verifier, challenge = pkce_pair()
+        try:
+            url = await ui.oidc.authorization_url(state, nonce, challenge)
+        except SignInFailed as exc:
+            return page("message.html", 502, title="Sign-in is unavailable", text=str(exc))
+        response = RedirectResponse(url, status_code=303)
+        response.set_cookie(LOGIN_COOKIE, ui.cookies.login(state, nonce, verifier,
+                                                            _safe_next(request.query_params.get("next"))),
+                            max_age=600, httponly=True, samesite="lax", secure=ui.secure_cookies)
+        return response
+
+    async def callback(request: Request) -> Response:
+        pending = ui.cookies.pending_login(request.cookies.get(LOGIN_COOKIE))
+        state = request.query_params.get("state", "")
+        if pending is None or not secrets.compare_digest(pending["state"], state):
+            return page("message.html", 400, title="Sign-in expired",
+                        text="This sign-in was started elsewhere or too long ago.", link=("/login", "Sign in again"))
+        if "error" in request.query_params or "code" not in request.query_params:
+            return page("message.html", 400, title="Sign-in failed",
+                        text=f"The provider said: {request.query_params.get('error', 'no code')}",
+                        link=("/login", "Sign in again"))
+        assert ui.oidc is not None
+        try:
+            identity = await ui.oidc.sign_in(request.query_params["code"], pending["verifier"], pending["nonce"])
+        except SignInFailed as exc:
+            return page("message.html", 401, title="Sign-in failed", text=str(exc), link=("/login", "Sign in again"))
+        if not ui.directory.is_member(identity.tenant, identity.subject):
+            return page("message.html", 403, title="Not an approver here",
+                        text=f"{identity.subject} is not a user of tenant {identity.tenant} in the tenants file.")
+        response = RedirectResponse(pending["next"], status_code=303)
+        response.set_cookie(SESSION_COOKIE, ui.cookies.session(identity.tenant, identity.subject),
+                            max_age=int(ui.cookies.session_ttl_s), httponly=True, samesite="lax",
+                            secure=ui.secure_cookies)
+        response.delete_cookie(LOGIN_COOKIE)
+        return response
+
+    async def logout(request: Request) -> Response:
+        session = await signed_in(request)
+        form = await request.form()
+        if session is not None and not session.csrf_ok(form.get("csrf")):
+            return page("message.html", 403, title="Not signed out", text="The form was not from this site.")
+        response = page("message.html", title="Signed out", text="You are signed out.", link=("/login", "Sign in"))
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    # --- pages -------------------------------------------------------------------------------------------
+
+    def person_of(session: SignedIn) -> Person:
+        return Person(session.tenant, session.user)
+
+    async def inbox_page(request: Request) -> Response:
+        session = await signed_in(request)
+        if session is None:
+            return to_login(request)
+        return page("inbox.html", session=session, approvals=ui.inbox.pending_for(person_of(session)))
+
+    async def inbox_rows(request: Request) -> Response:
+        session = await signed_in(request)
+        if session is None:
+            return PlainTextResponse("sign in first", status_code=401)
+        return page("_rows.html", approvals=ui.inbox.pending_for(person_of(session)))
+
+    async def history_page(request: Request) -> Response:
+        session = await signed_in(request)
+        if session is None:
+            return to_login(request)
+        return page("history.html", session=session, approvals=ui.inbox.history_for(person_of(session)))
+
+    def detail(session: SignedIn, view: ApprovalView, status_code: int = 200, error: str = "") -> Response:
+        blocker = (who_may_not_answer(view.approvers, view.requester, view.self_approval,
+                                      [v.approver for v in view.votes], session.user, view.call_id)
+                   if view.status == "pending" else None)
+        risky = {fact.argument: fact for fact in view.facts if fact.argument}
+        link = (f"{ui.temporal_ui_url.rstrip('/')}/namespaces/{ui.temporal_namespace}/workflows/{view.workflow_id}"
+                if ui.temporal_ui_url else None)
+        return page("detail.html", status_code, session=session, view=view, blocker=blocker, risky=risky,
+                    temporal_link=link, error=error)
+
+    def visible(session: SignedIn, call_id: str) -> ApprovalView | None:
+        view = ui.inbox.get(session.tenant, call_id)
+        return view if view is not None and visible_to(view, person_of(session)) else None
+
+    async def detail_page(request: Request) -> Response:
+        session = await signed_in(request)
+        if session is None:
+            return to_login(request)
+        view = visible(session, request.path_params["call_id"])
+        if view is None:
+            return page("message.html", 404, session=session, title="No such approval",
+                        text="There is no approval with this id that you may see.", link=("/", "Back to the inbox"))
+        return detail(session, view)
+
+    async def answer_form(request: Request) -> Response:
+        session = await signed_in(request)
+        if session is None:
+            return to_login(request)
+        call_id = request.path_params["call_id"]
+        form = await request.form()
+        if not session.csrf_ok(str(form.get("csrf", ""))):
+            await ui.desk.refuse(person_of(session), call_id, str(form.get("answer", "")), "web",
+                                 "the form did not carry this session's CSRF token (cross-site request?)")
+            return page("message.html", 403, session=session, title="Refused",
+                        text="The form was not from this site; open the approval and answer again.")
+        answer = str(form.get("answer", ""))
+        if answer not in ("approve", "deny"):
+            return page("message.html", 400, session=session, title="Refused", text="Choose approve or deny.")
+        try:
+            view = await ui.desk.answer(person_of(session), call_id, answer, digest=str(form.get("digest", "")),
+                                        comment=str(form.get("comment", ""))[:2000], channel="web")
+        except AnswerRefused as exc:
+            shown = visible(session, call_id)
+            if shown is None:
+                return page("message.html", 404, session=session, title="Refused", text=str(exc))
+            return detail(session, shown, 409, error=str(exc))
+        return RedirectResponse(f"/approvals/{quote(view.call_id)}", status_code=303)
+
+    async def events(request: Request) -> Response:
+        session = await signed_in(request)
+        if session is None:
+            return PlainTextResponse("sign in first", status_code=401)
+        person = person_of(session)
+
+        async def stream():
+            with ui.inbox.listen() as changes:
+                yield ": connected\n\n"
+                while True:
+                    try:
+                        view = await asyncio.wait_for(changes.get(), KEEPALIVE_S)
+                    except TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    if visible_to(view, person):
+                        data = json.dumps({"call_id": view.call_id, "status": view.status})
+                        yield f"event: approval\ndata: {data}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # --- JSON API (bearer tokens from the same OIDC provider) ----------------------------------------------
+
+    async def api_person(request: Request) -> Person | JSONResponse:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer "):
+            return JSONResponse({"error": "send `Authorization: Bearer <OIDC token>` (embedded stack: "
+                                          "`caduceus identity token --tenant T --user U`)"}, status_code=401)
+        try:
+            identity = await ui.api_verifier.verify(header[7:].strip())
+        except TokenRefused as exc:
+            await audit_forgery(request, f"approvals API refused a token: {exc.reason}")
+            return JSONResponse({"error": exc.reply_text}, status_code=401)
+        if not ui.directory.is_member(identity.tenant, identity.subject):
+            return JSONResponse({"error": f"{identity.subject} is not a user of tenant {identity.tenant}"},
+                                status_code=403)
+        return Person(identity.tenant, identity.subject)
+
+    async def api_list(request: Request) -> Response:
+        person = await api_person(request)
+        if isinstance(person, JSONResponse):
+            return person
+        which = request.query_params.get("status", "pending")
+        views = ui.inbox.history_for(person) if which == "decided" else ui.inbox.pending_for(person)
+        return JSONResponse({"approvals": [_public(v) for v in views]})
+
+    async def api_show(request: Request) -> Response:
+        person = await api_person(request)
+        if isinstance(person, JSONResponse):
+            return person
+        view = ui.inbox.get(person.tenant, request.path_params["call_id"])
+        if view is None or not visible_to(view, person):
+            return JSONResponse({"error": f"no approval {request.path_params['call_id']} that you may see in "
+                                          f"tenant {person.tenant}"}, status_code=404)
+        return JSONResponse({"approval": _public(view)})
+
+    async def api_answer(request: Request) -> Response:
+        if request.path_params["answer"] not in ("approve", "deny"):
+            return JSONResponse({"error": "POST to /api/approvals/<call id>/approve or .../deny"}, status_code=404)
+        person = await api_person(request)
+        if isinstance(person, JSONResponse):
+            return person
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("digest"), str):
+            return JSONResponse({"error": 'send JSON {"digest": "<the call digest you reviewed>", "comment": "..."}'},
+                                status_code=400)
+        try:
+            view = await ui.desk.answer(person, request.path_params["call_id"], request.path_params["answer"],
+                                        digest=body["digest"], comment=str(body.get("comment", ""))[:2000],
+                                        channel=str(body.get("channel", "api"))[:64])
+        except AnswerRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse({"approval": _public(view)})
+
+    return Starlette(routes=[
+        Route("/healthz", healthz),
+        Route("/login", login),
+        Route("/auth/callback", callback),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/", inbox_page),
+        Route("/inbox", inbox_rows),
+        Route("/history", history_page),
+        Route("/events", events),
+        Route("/approvals/{call_id}", detail_page),
+        Route("/approvals/{call_id}", answer_form, methods=["POST"]),
+        Route("/api/approvals", api_list),
+        Route("/api/approvals/{call_id}", api_show),
+        Route("/api/approvals/{call_id}/{answer:str}", api_answer, methods=["POST"]),
+    ])

@@ -1,0 +1,62 @@
+"""uvicorn serving an ASGI app inside the service's own event loop (the service handles the signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+
+class UiUnavailable(RuntimeError):
+    """The UI cannot listen where it was asked to."""
+
+
+class _LoopServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    def __init__(self, app, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server: _LoopServer | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self, timeout: float = 10.0) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise UiUnavailable(f"cannot listen on {self.host}:{self.port} for the approvals UI ({exc.strerror}): "
+                                "stop what uses the port, or choose another with CADUCEUS_UI_PORT (0 disables "
+                                "the UI)") from None
+        config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=2)
+        self._server = _LoopServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="approvals-ui")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._server.started:
+            if self._task.done() or asyncio.get_running_loop().time() > deadline:
+                await self.stop()
+                raise UiUnavailable(f"the approvals UI did not start on {self.host}:{self.port}")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, SystemExit):
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except TimeoutError:
+                self._task.cancel()
+        self._server = self._task = None
