@@ -9,12 +9,15 @@ import pytest
 
 from caduceus_contracts import (
     EVENT_KINDS,
+    AuditCheckpointed,
+    ChainCheckpoint,
     ChatMessageIn,
     ChatReply,
     ContractError,
     Decision,
     ErrorEvent,
     SessionGrant,
+    SignedCheckpoint,
     SignedDecision,
     SignedGrant,
     Signer,
@@ -35,6 +38,7 @@ from caduceus_contracts.models import MAX_EVENT_BYTES
 
 IDENTITY = Signer.generate("identity")
 POLICY = Signer.generate("policy")
+AUDIT = Signer.generate("audit")
 ARGS = {"command": "ls", "nested": {"n": [1, 2.5, None, "ü"]}}
 DIGEST = call_digest(tenant="acme", workspace="default", session="s-1", tool="terminal", args=ARGS)
 NOW = utcnow()
@@ -59,6 +63,8 @@ SAMPLES = [
     ChatReply(tenant="acme", message_id="m-1", session_id="s-1", text="done"),
     WorkerLifecycle(tenant="acme", workspace="default", worker_id="w-1", role="planner", state="started"),
     ErrorEvent(tenant="acme", service="policy", subject="cad.v1.tool.requested.acme", reason="bad digest"),
+    AuditCheckpointed.of(SignedCheckpoint.issue(AUDIT, ChainCheckpoint(
+        tenant="acme", seq=3, hash="ab" * 32, prev_seq=1, fingerprints="0123abcd" "ffff0000"))),
 ]
 
 
@@ -177,3 +183,25 @@ def test_invalid_tenant_in_the_body_is_refused():
 def test_tool_request_with_a_malformed_digest_is_refused():
     with pytest.raises(ContractError, match="digest"):
         parse_event(body(SAMPLES[3], digest="not-a-digest"))
+
+
+def test_a_checkpoint_verifies_only_with_the_audit_key_and_names_each_record_fingerprint():
+    from caduceus_contracts import Keyring, SignatureError
+
+    event = parse_event(SAMPLES[-1].model_dump_json(), subject=subjects.audit_checkpoint("acme"))
+    ring = Keyring()
+    ring.trust("audit", AUDIT.private_key.public_key())
+    checkpoint = event.checkpoint.verify(ring)
+    assert [checkpoint.fingerprint(seq) for seq in (1, 2, 3, 4)] == [None, "0123abcd", "ffff0000", None]
+    forged = SignedCheckpoint.issue(POLICY, checkpoint.model_copy(update={"hash": "cd" * 32}))
+    ring.trust("policy", POLICY.private_key.public_key())
+    with pytest.raises(SignatureError, match="may not sign"):
+        forged.verify(ring)
+
+
+@pytest.mark.parametrize(("prev_seq", "fingerprints"), [(3, ""), (1, "0123abcd"), (0, "0123abcd" * 4)])
+def test_a_checkpoint_whose_fingerprints_do_not_cover_its_range_is_refused(prev_seq, fingerprints):
+    data = json.loads(SAMPLES[-1].model_dump_json())
+    data["checkpoint"]["checkpoint"].update(prev_seq=prev_seq, fingerprints=fingerprints)
+    with pytest.raises(ContractError, match="malformed event"):
+        parse_event(json.dumps(data))

@@ -11,6 +11,8 @@ from caduceus_contracts.canonical import (
 )
 from caduceus_contracts.models import (
     EVENT_KINDS,
+    AuditCheckpointed,
+    ChainCheckpoint,
     ChatMessageIn,
     ChatReply,
     ContractError,
@@ -19,6 +21,7 @@ from caduceus_contracts.models import (
     Event,
     GrantExpired,
     SessionGrant,
+    SignedCheckpoint,
     SignedDecision,
     SignedGrant,
     ToolCallCompleted,
@@ -47,4 +50,5 @@ __all__ = [
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",
+    "AuditCheckpointed", "ChainCheckpoint", "SignedCheckpoint",
 ]

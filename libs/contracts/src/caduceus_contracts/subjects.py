@@ -70,6 +70,10 @@ def worker_event(tenant: str, workspace: str) -> str:
     return f"{PREFIX}.worker.lifecycle.{token(tenant)}.{token(workspace, 'workspace')}"
 
 
+def audit_checkpoint(tenant: str) -> str:
+    return f"{PREFIX}.audit.checkpoint.{token(tenant)}"
+
+
 def error(tenant: str, service: str) -> str:
     tenant_token = tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.fullmatch(tenant or "")) else SYSTEM_TENANT
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
@@ -102,3 +106,4 @@ TURN_REQUESTED_ALL = f"{PREFIX}.turn.requested.*"
 TOOL_REQUESTED_ALL = f"{PREFIX}.tool.requested.*"
 TOOL_DECIDED_ALL = f"{PREFIX}.tool.decided.*"
 TOOL_COMPLETED_ALL = f"{PREFIX}.tool.completed.*.*"
+AUDIT_CHECKPOINT_ALL = f"{PREFIX}.audit.checkpoint.*"
