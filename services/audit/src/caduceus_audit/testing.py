@@ -1,5 +1,6 @@
-"""Helpers for tests that drive the audit service: a varied flow of events, a publisher, the service running
-in-process, and waiting for a condition. For this repository's tests (like caduceus_embedded.testing)."""
+"""Helpers for tests of the audit plane: a varied flow of events, a governed session told as the bus carries it,
+recording events the way the consumer does, a publisher, the service running in-process, and waiting for a
+condition. For this repository's tests (like caduceus_embedded.testing)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,29 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from caduceus_audit.adapters.store import AuditStore
 from caduceus_audit.app import AuditService
+from caduceus_audit.domain.entries import entry_for_message
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
     ChatMessageIn,
+    ChatReply,
+    Decision,
     Event,
     SessionGrant,
+    SignedDecision,
     SignedGrant,
     Signer,
     ToolCallCompleted,
+    ToolCallDecided,
+    ToolCallDispatched,
+    ToolCallRequested,
     TurnRequested,
     WorkerLifecycle,
+    call_digest,
     subjects,
     utcnow,
 )
@@ -109,3 +119,80 @@ def async_equals(get: Callable[[], Awaitable[int]], expected: int) -> Callable[[
     async def check() -> bool:
         return await get() == expected
     return check
+
+
+# Text that tries to break out of every export format: CEF pipes/equals/backslashes, syslog SD brackets and quotes,
+# log-line injection, HTML.
+HOSTILE = 'a|b=c\\d\nCEF:0|forged|x act=allow ] "quoted" <script>alert(1)</script>'
+POLICY, APPROVAL = Signer.generate("policy"), Signer.generate("approval")
+STORY_START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Published:
+    """An event as it travelled: its subject and headers (message id, trace context)."""
+
+    subject: str
+    event: Event
+    headers: dict[str, str]
+
+
+def governed_session(tenant: str = "acme", session: str = "s1", *, user: str = "alice",
+                     roles: tuple[str, ...] = ("member",), trace_id: str = "4bf92f3577b34da6a3ce929d0e0e4736",
+                     start: datetime = STORY_START) -> list[Published]:
+    """One chat turn with three tool calls: allowed and run, denied by policy, held for approval then approved."""
+    clock = iter(start + timedelta(seconds=n) for n in range(1000))
+    grant = SignedGrant.issue(IDENTITY, SessionGrant(tenant=tenant, workspace="default", user=user, roles=roles,
+                                                     channel="cli", session_id=session, issued_at=start,
+                                                     expires_at=start + timedelta(minutes=5)))
+    story: list[tuple[str, Event]] = [
+        (subjects.chat_in(tenant), ChatMessageIn(tenant=tenant, session_id=session, token="eyJ.secret.token",
+                                                 text=f"tidy up {HOSTILE}", occurred_at=next(clock))),
+        (subjects.turn_requested(tenant), TurnRequested(tenant=tenant, message_id="m1", grant=grant,
+                                                        text=f"tidy up {HOSTILE}", occurred_at=next(clock))),
+    ]
+    calls = [("terminal", {"command": f"echo {HOSTILE}"}, [(POLICY, "allow", "members may use workspace tools",
+                                                             ("members-use-workspace-tools",), None)], "ok"),
+             ("write_file", {"path": "/etc/caduceus-demo.txt", "content": "x"},
+              [(POLICY, "deny", "writes must stay inside the workspace", ("writes-stay-in-workspace",), None)],
+              "denied"),
+             ("patch", {"path": "notes.md", "patch": "+ done"},
+              [(POLICY, "approve", "patches need a lead", ("patches-need-approval",), "leads"),
+               (APPROVAL, "allow", "approved by carol", (), "leads")], "ok")]
+    for n, (tool, args, decisions, outcome) in enumerate(calls, 1):
+        digest = call_digest(tenant=tenant, workspace="default", session=session, tool=tool, args=args)
+        call_id = f"{session}-call{n}"
+        story.append((subjects.tool_requested(tenant), ToolCallRequested(
+            tenant=tenant, call_id=call_id, grant=grant, workspace="default", session_id=session, tool=tool, args=args,
+            digest=digest, occurred_at=next(clock))))
+        last = None
+        for signer, verdict, reason, ids, group in decisions:
+            moment = next(clock)
+            last = SignedDecision.issue(signer, Decision(
+                tenant=tenant, workspace="default", session_id=session, call_id=call_id, tool=tool, digest=digest,
+                verdict=verdict, reason=reason, policy_ids=ids, pack_version="v7" if signer is POLICY else "",
+                approver_group=group, issued_at=moment, expires_at=moment + timedelta(minutes=1)))
+            story.append((subjects.tool_decided(tenant), ToolCallDecided(
+                tenant=tenant, call_id=call_id, workspace="default", decision=last, occurred_at=moment)))
+        if outcome == "ok":
+            assert last is not None
+            story.append((subjects.tool_dispatched(tenant, "default"), ToolCallDispatched(
+                tenant=tenant, call_id=call_id, workspace="default", session_id=session, tool=tool, args=args,
+                decision=last, occurred_at=next(clock))))
+        story.append((subjects.tool_completed(tenant, "default"), ToolCallCompleted(
+            tenant=tenant, call_id=call_id, workspace="default", session_id=session, tool=tool, status=outcome,
+            result=f"ran {tool}" if outcome == "ok" else "",
+            reason="" if outcome == "ok" else "writes must stay inside the workspace", occurred_at=next(clock))))
+    story.append((subjects.chat_reply(tenant, session), ChatReply(tenant=tenant, message_id="m1", session_id=session,
+                                                                  text="done, one write was refused",
+                                                                  occurred_at=next(clock))))
+    return [Published(subject, event, {"Nats-Msg-Id": event.event_id,
+                                       "traceparent": f"00-{trace_id}-{n + 1:016x}-01"})
+            for n, (subject, event) in enumerate(story)]
+
+
+def record_published(store: AuditStore, published: list[Published]) -> None:
+    """Store events exactly as the audit consumer would have (redacted, chained, trace id kept)."""
+    entries = [entry_for_message(p.subject, p.event.model_dump_json().encode(), p.headers, stream_seq=n,
+                                 received_at=p.event.occurred_at) for n, p in enumerate(published, 1)]
+    store.append_batch(entries)

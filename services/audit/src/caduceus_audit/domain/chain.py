@@ -10,8 +10,8 @@ inserting or reordering records breaks the chain at the first record touched;
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Protocol
 
 GENESIS_HASH = "0" * 64
@@ -24,11 +24,13 @@ CHAINED_FIELDS = tuple(sorted((
 
 # JSON text of a string exactly as RFC 8785 writes it: the same escapes as ECMAScript's JSON.stringify
 # (\b \t \n \f \r, \u00xx in lower case for other controls, nothing else), UTF-8 left as is.
-_json_string = json.JSONEncoder(ensure_ascii=False).encode
+_json_string = encode_basestring
 
 
 def as_utc(moment: datetime) -> datetime:
     """A timestamp in UTC; a naive one is taken to be UTC already (as the store reads it back)."""
+    if moment.tzinfo is UTC:
+        return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
