@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import insert, text
@@ -16,29 +16,9 @@ from caduceus_audit.adapters.store import chained_row
 from caduceus_audit.adapters.tables import RECORDS
 from caduceus_audit.domain.chain import link_hash
 from caduceus_audit.domain.checkpoints import checkpoint_for
-from caduceus_audit.domain.entries import AuditEntry
+from caduceus_audit.testing import T0, checkpoint, entry, keyring
 from caduceus_audit.verify import HeldCheckpoint, verify_trail
-from caduceus_contracts import AuditCheckpointed, Keyring, SignedCheckpoint, Signer
-
-AUDIT = Signer.generate("audit")
-T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
-
-
-def entry(tenant: str, n: int) -> AuditEntry:
-    return AuditEntry(tenant=tenant, event_id=f"{tenant}-{n}", kind="tool.requested", subject=f"cad.v1.tool.requested.{tenant}",
-                      session_id="s1", call_id=f"c{n}", occurred_at=T0 + timedelta(seconds=n),
-                      body=f'{{"n":{n},"text":"line\\nwith | pipes = and \\\\ slashes"}}', trace_id="ab" * 16)
-
-
-def keyring() -> Keyring:
-    ring = Keyring()
-    ring.trust("audit", AUDIT.private_key.public_key())
-    return ring
-
-
-def checkpoint(store: AuditStore, tenant: str, prev_seq: int, seq: int) -> AuditCheckpointed:
-    signed = SignedCheckpoint.issue(AUDIT, checkpoint_for(tenant, prev_seq, store.hashes(tenant, prev_seq, seq), T0))
-    return AuditCheckpointed.of(signed)
+from caduceus_contracts import AuditCheckpointed, SignedCheckpoint, Signer
 
 
 @pytest.fixture()

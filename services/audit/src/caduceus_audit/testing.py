@@ -13,14 +13,18 @@ from datetime import UTC, datetime, timedelta
 
 from caduceus_audit.adapters.store import AuditStore
 from caduceus_audit.app import AuditService
-from caduceus_audit.domain.entries import entry_for_message
+from caduceus_audit.domain.checkpoints import checkpoint_for
+from caduceus_audit.domain.entries import AuditEntry, entry_for_message
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
+    AuditCheckpointed,
     ChatMessageIn,
     ChatReply,
     Decision,
     Event,
+    Keyring,
     SessionGrant,
+    SignedCheckpoint,
     SignedDecision,
     SignedGrant,
     Signer,
@@ -196,3 +200,30 @@ def record_published(store: AuditStore, published: list[Published]) -> None:
     entries = [entry_for_message(p.subject, p.event.model_dump_json().encode(), p.headers, stream_seq=n,
                                  received_at=p.event.occurred_at) for n, p in enumerate(published, 1)]
     store.append_batch(entries)
+
+
+# --- a signed trail, for verification and retention tests --------------------------------------------------------
+
+AUDIT = Signer.generate("audit")
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def entry(tenant: str, n: int) -> AuditEntry:
+    """Record n of a tenant: a tool request n seconds after T0, its text full of characters exports must escape."""
+    return AuditEntry(tenant=tenant, event_id=f"{tenant}-{n}", kind="tool.requested",
+                      subject=f"cad.v1.tool.requested.{tenant}", session_id="s1", call_id=f"c{n}",
+                      occurred_at=T0 + timedelta(seconds=n), trace_id="ab" * 16,
+                      body=f'{{"n":{n},"text":"line\\nwith | pipes = and \\\\ slashes"}}')
+
+
+def keyring() -> Keyring:
+    """A keyring trusting AUDIT, the test audit key."""
+    ring = Keyring()
+    ring.trust("audit", AUDIT.private_key.public_key())
+    return ring
+
+
+def checkpoint(store: AuditStore, tenant: str, prev_seq: int, seq: int) -> AuditCheckpointed:
+    """A checkpoint of the tenant's stored records prev_seq+1..seq, signed by AUDIT."""
+    signed = SignedCheckpoint.issue(AUDIT, checkpoint_for(tenant, prev_seq, store.hashes(tenant, prev_seq, seq), T0))
+    return AuditCheckpointed.of(signed)

@@ -62,11 +62,14 @@ class RecordFilter:
     trace_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    kinds: tuple[str, ...] | None = None
 
     def apply(self, query: Any) -> Any:
         for column, value in (("tenant", self.tenant), ("session_id", self.session_id), ("trace_id", self.trace_id)):
             if value is not None:
                 query = query.where(RECORDS.c[column] == value)
+        if self.kinds is not None:
+            query = query.where(RECORDS.c.kind.in_(self.kinds))
         if self.since is not None:
             query = query.where(RECORDS.c.occurred_at >= as_utc(self.since))
         if self.until is not None:
@@ -175,9 +178,11 @@ class AuditStore:
             stored = set(conn.execute(select(RECORDS.c.tenant).distinct()).scalars())
         return sorted(stored | set(self.checkpoints.tenants()) | set(self.archives.tenants()))
 
-    def chain(self, tenant: str) -> Iterator[Row[Any]]:
-        """A tenant's records in seq order, with the chained fields only: what verification reads."""
+    def chain(self, tenant: str, *, through_seq: int | None = None) -> Iterator[Row[Any]]:
+        """A tenant's records in seq order (up to `through_seq`), with the chained fields only: what verification reads."""
         query = select(*(RECORDS.c[name] for name in CHAINED_COLUMNS)).where(RECORDS.c.tenant == tenant)
+        if through_seq is not None:
+            query = query.where(RECORDS.c.seq <= through_seq)
         with self.database.reading() as conn:
             yield from conn.execution_options(yield_per=STREAM_BATCH).execute(query.order_by(RECORDS.c.seq))
 
