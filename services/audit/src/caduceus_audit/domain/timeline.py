@@ -90,8 +90,10 @@ def _moment(view: RecordView) -> Moment:
         record.kind, "event")
     if record.rejected or record.kind == "error":
         kind = "refused"
-    return Moment(record.occurred_at, kind, record.tenant, view.summary, who=view.actor, text=view.text,
-                  seqs=[record.seq], severity=view.severity)
+    # A reply is the agent's: the person it answers is not its author.
+    who = view.actor if kind == "said" else None
+    return Moment(record.occurred_at, kind, record.tenant, view.summary, who=who, text=view.text, seqs=[record.seq],
+                  severity=view.severity)
 
 
 def _add_to_call(timeline: Timeline, calls: dict[tuple[str, str], Moment], view: RecordView) -> None:
