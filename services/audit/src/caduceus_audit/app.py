@@ -67,16 +67,23 @@ class AuditService:
 
     async def step(self) -> int:
         """One fetch (waiting up to the fetch timeout) stored and acknowledged; returns how many messages."""
+        return await self._record(await self._fetch())
+
+    async def _fetch(self) -> list[Msg]:
         assert self.subscription is not None, "start() the service first"
         try:
-            msgs = await self.subscription.fetch(self.settings.audit_batch_size,
+            return await self.subscription.fetch(self.settings.audit_batch_size,
                                                  timeout=self.settings.audit_fetch_timeout_s)
         except TimeoutError:  # nothing to fetch (nats-py raises asyncio's TimeoutError, the builtin since 3.11)
-            return 0
+            return []
         except nats.errors.Error as exc:
             log.warning("fetching from the event stream failed (%s); binding the consumer again", exc)
             await asyncio.sleep(BUS_RETRY_S)
             await self._rebind()
+            return []
+
+    async def _record(self, msgs: list[Msg]) -> int:
+        if not msgs:
             return 0
         outcome = await self.recorder.record(msgs)
         self.checkpointer.appended(outcome.heads)

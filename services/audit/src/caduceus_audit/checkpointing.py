@@ -40,6 +40,8 @@ class Checkpointer:
     _heads: dict[str, int] = field(default_factory=dict)
     _checkpointed: dict[str, int] = field(default_factory=dict)
     _waiting_since: dict[str, float] = field(default_factory=dict)
+    # Whether a stored checkpoint may still wait to be published (so idle ticks do not query for it).
+    _maybe_unpublished: bool = True
 
     def load(self) -> None:
         """Read every chain head and last checkpoint (a restart picks up where the last run stopped)."""
@@ -91,10 +93,13 @@ class Checkpointer:
         if self._heads[tenant] > checkpoint.seq:  # appended meanwhile: the wait for the next one starts now
             self._waiting_since[tenant] = self.clock()
         if stored:
+            self._maybe_unpublished = True
             log.info("checkpoint of %s at record %d (%d records signed)", tenant, checkpoint.seq, checkpoint.seq - prev)
         return event if stored else None
 
     async def _publish_pending(self) -> None:
+        if not self._maybe_unpublished:
+            return
         try:
             pending = await asyncio.to_thread(self.store.checkpoints.unpublished)
         except (StoreUnavailable, StoreRefused):
@@ -106,3 +111,4 @@ class Checkpointer:
             except Exception as exc:  # the bus or the store: the checkpoint is kept and published next tick
                 log.warning("checkpoint %s not published yet (%s); will retry", event.event_id, exc)
                 return
+        self._maybe_unpublished = False

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select
+from sqlalchemy import Row, func, insert, select, type_coerce
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -30,7 +30,7 @@ from caduceus_audit.adapters.database import (
     StoreUnavailable,
     translated_errors,
 )
-from caduceus_audit.adapters.tables import RECORDS, AuditRecord
+from caduceus_audit.adapters.tables import RECORDS, AuditRecord, StoredDateTime
 from caduceus_audit.domain.chain import as_utc, record_hash
 from caduceus_audit.domain.entries import AuditEntry
 from caduceus_audit.domain.verification import ChainVerdict, verify_links
@@ -180,7 +180,7 @@ class AuditStore:
 
     def chain(self, tenant: str, *, through_seq: int | None = None) -> Iterator[Row[Any]]:
         """A tenant's records in seq order (up to `through_seq`), with the chained fields only: what verification reads."""
-        query = select(*(RECORDS.c[name] for name in CHAINED_COLUMNS)).where(RECORDS.c.tenant == tenant)
+        query = select(*(_raw_time(RECORDS.c[name]) for name in CHAINED_COLUMNS)).where(RECORDS.c.tenant == tenant)
         if through_seq is not None:
             query = query.where(RECORDS.c.seq <= through_seq)
         with self.database.reading() as conn:
@@ -204,6 +204,14 @@ class AuditStore:
 
     def close(self) -> None:
         self.database.close()
+
+
+def _raw_time(column: Any) -> Any:
+    # Timestamps as the driver reads them (naive on SQLite, meaning UTC): the hash reads them so, and skipping the
+    # conversion to aware datetimes matters over millions of rows.
+    if column.name in ("occurred_at", "recorded_at"):
+        return type_coerce(column, StoredDateTime()).label(column.name)
+    return column
 
 
 class _ChainMoved(Exception):

@@ -35,7 +35,9 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def timestamp_text(moment: datetime) -> str:
-    """The one text form of a timestamp inside a record's hash: UTC, microseconds, `+00:00`."""
+    """The one text form of a timestamp inside a record's hash: UTC, microseconds, `+00:00` (naive means UTC)."""
+    if moment.tzinfo is None:
+        return moment.isoformat(timespec="microseconds") + "+00:00"
     return as_utc(moment).isoformat(timespec="microseconds")
 
 
@@ -43,15 +45,11 @@ def _optional(text: str | None) -> str:
     return "null" if text is None else _json_string(text)
 
 
-def record_hash(*, tenant: str, seq: int, event_id: str, kind: str, subject: str, session_id: str | None,
-                call_id: str | None, trace_id: str | None, occurred_at: datetime, recorded_at: datetime, body: str,
-                rejected: bool, reject_reason: str | None, prev_hash: str) -> str:
-    """SHA-256 (hex) over the RFC 8785 canonical JSON of one record's chained fields.
-
-    Written out by hand rather than through a general canonicalizer: verification hashes
-    millions of records, and this is several times faster (tests check it byte for byte
-    against `canonical_json`).
-    """
+def _hash(tenant: str, seq: int, event_id: str, kind: str, subject: str, session_id: str | None, call_id: str | None,
+          trace_id: str | None, occurred_at: datetime, recorded_at: datetime, body: str, rejected: bool,
+          reject_reason: str | None, prev_hash: str) -> str:
+    # Written out by hand rather than through a general canonicalizer: verification hashes millions of
+    # records, and this is several times faster (tests check it byte for byte against `canonical_json`).
     text = (
         f'{{"body":{_json_string(body)},"call_id":{_optional(call_id)},"event_id":{_json_string(event_id)},'
         f'"kind":{_json_string(kind)},"occurred_at":"{timestamp_text(occurred_at)}",'
@@ -61,6 +59,14 @@ def record_hash(*, tenant: str, seq: int, event_id: str, kind: str, subject: str
         f'"tenant":{_json_string(tenant)},"trace_id":{_optional(trace_id)}}}'
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def record_hash(*, tenant: str, seq: int, event_id: str, kind: str, subject: str, session_id: str | None,
+                call_id: str | None, trace_id: str | None, occurred_at: datetime, recorded_at: datetime, body: str,
+                rejected: bool, reject_reason: str | None, prev_hash: str) -> str:
+    """SHA-256 (hex) over the RFC 8785 canonical JSON of one record's chained fields."""
+    return _hash(tenant, seq, event_id, kind, subject, session_id, call_id, trace_id, occurred_at, recorded_at, body,
+                 rejected, reject_reason, prev_hash)
 
 
 class ChainLink(Protocol):
@@ -85,8 +91,6 @@ class ChainLink(Protocol):
 
 def link_hash(link: ChainLink, *, seq: int | None = None) -> str:
     """The hash a stored record should carry (at `seq` instead of its own, to test where it came from)."""
-    return record_hash(tenant=link.tenant, seq=link.seq if seq is None else seq, event_id=link.event_id,
-                       kind=link.kind, subject=link.subject, session_id=link.session_id, call_id=link.call_id,
-                       trace_id=link.trace_id, occurred_at=link.occurred_at, recorded_at=link.recorded_at,
-                       body=link.body, rejected=bool(link.rejected), reject_reason=link.reject_reason,
-                       prev_hash=link.prev_hash)
+    return _hash(link.tenant, link.seq if seq is None else seq, link.event_id, link.kind, link.subject,
+                 link.session_id, link.call_id, link.trace_id, link.occurred_at, link.recorded_at, link.body,
+                 link.rejected, link.reject_reason, link.prev_hash)

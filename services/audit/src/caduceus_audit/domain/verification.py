@@ -199,19 +199,22 @@ class _Walk:
         while (self._next_checkpoint < len(self.checkpoints)
                and self.checkpoints[self._next_checkpoint].seq < link.seq):
             self._next_checkpoint += 1
+        if self._next_checkpoint == len(self.checkpoints):
+            return None
         for checkpoint in self.checkpoints[self._next_checkpoint:]:
             expected = checkpoint.fingerprint(link.seq)
             if expected is None:
                 break
-            if not link.hash.startswith(expected) or (checkpoint.seq == link.seq and checkpoint.hash != link.hash):
-                if following is not None and following.hash.startswith(expected):
-                    return self.verdict(False, f"record {link.seq} (event {link.event_id}) was inserted: the record a "
-                                        f"checkpoint signed as {link.seq} now follows it", seq=link.seq,
-                                        problem="inserted", event_id=link.event_id)
-                return self.verdict(False, f"record {link.seq} is not the record the checkpoint of record "
-                                    f"{checkpoint.seq} (signed {checkpoint.issued_at:%Y-%m-%d %H:%M:%S}Z) vouches for: "
-                                    "it was rewritten and the chain after it recomputed", seq=link.seq,
-                                    problem="changed", event_id=link.event_id)
+            if link.hash.startswith(expected) and (checkpoint.seq != link.seq or checkpoint.hash == link.hash):
+                continue
+            if following is not None and following.hash.startswith(expected):
+                return self.verdict(False, f"record {link.seq} (event {link.event_id}) was inserted: the record a "
+                                    f"checkpoint signed as {link.seq} now follows it", seq=link.seq,
+                                    problem="inserted", event_id=link.event_id)
+            return self.verdict(False, f"record {link.seq} is not the record the checkpoint of record "
+                                f"{checkpoint.seq} (signed {checkpoint.issued_at:%Y-%m-%d %H:%M:%S}Z) vouches for: "
+                                "it was rewritten and the chain after it recomputed", seq=link.seq,
+                                problem="changed", event_id=link.event_id)
         return None
 
     def _origin(self, link: ChainLink) -> int | None:

@@ -6,9 +6,11 @@ no I/O; `caduceus_audit.exporting` reads the store and delivers what they make.
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 
+@cache
 def product_version() -> str:
     """The caduceus-audit version, as the exported records name their producer."""
     try:
