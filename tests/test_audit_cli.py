@@ -95,6 +95,10 @@ def test_verify_exits_2_when_it_cannot_do_its_job_and_says_what_to_pass(state: P
     assert not_a_url.exit_code == 2 and "not a database URL" in flat(not_a_url.stderr)
     keyless = caduceus("audit", "verify", "--state-dir", state, "--keys-dir", tmp_path / "empty")
     assert keyless.exit_code == 2 and "audit.pub" in keyless.stderr
+    no_bus = caduceus("audit", "verify", "--state-dir", state, "--bus", "--nats-url", "nats://127.0.0.1:9")
+    assert no_bus.exit_code == 2 and "cannot reach NATS" in flat(no_bus.stderr)
+    no_stack = caduceus("audit", "verify", "--state-dir", state, "--bus")
+    assert no_stack.exit_code == 2 and "--nats-url" in no_stack.stderr
 
 
 def test_checkpoints_kept_outside_catch_a_rewrite_the_database_cannot(state: Path, tmp_path: Path) -> None:

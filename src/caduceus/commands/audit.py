@@ -292,7 +292,10 @@ def _sink(fmt: ExportFormat, to: str | None, otlp_endpoint: str | None, output: 
         except DeliveryError as exc:
             fail(str(exc))
     if output is not None:
-        return LineSink(open(output, "a", encoding="utf-8")), str(output)
+        try:
+            return LineSink(open(output, "a", encoding="utf-8"), owned=True), str(output)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc}")
     return LineSink(sys.stdout), "stdout"
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nats
+import nats.errors
 from nats.js.api import DeliverPolicy
 
-from caduceus_bus import BusSettings, EventConnection
+from caduceus_bus import BusSettings
 from caduceus_contracts import AuditCheckpointed, ContractError, parse_event, subjects
 
-# How long reading the stream waits for the next checkpoint it knows is there.
+# How long reading the stream waits for the next checkpoint it knows is there, and for NATS to answer at all.
 BUS_READ_TIMEOUT_S = 5.0
 
 
@@ -51,33 +53,43 @@ def read_checkpoint_file(path: Path) -> list[AuditCheckpointed]:
 async def read_bus_checkpoints(settings: BusSettings, tenant: str | None = None) -> list[AuditCheckpointed]:
     """Every checkpoint the event stream holds (of one tenant), read with a throwaway ordered consumer."""
     subject = subjects.audit_checkpoint(tenant) if tenant else subjects.AUDIT_CHECKPOINT_ALL
+    credentials = {"user": settings.nats_user, "password": settings.nats_password or ""} if settings.nats_user else {}
     try:
-        conn = await EventConnection.connect(settings, "caduceus-audit-verify")
-    except (OSError, TimeoutError) as exc:
+        # One attempt, not the services' reconnect-forever: a verifier must say it cannot reach the bus.
+        nc = await nats.connect(settings.nats_url, name="caduceus-audit-verify", allow_reconnect=False,
+                                max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=_quiet,
+                                connect_timeout=BUS_READ_TIMEOUT_S, **credentials)
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise CheckpointSourceError(f"cannot reach NATS at {settings.nats_url} to read checkpoints ({exc}): pass "
                                     "--nats-url, or leave out --bus") from None
     try:
-        info = await conn.js.stream_info(settings.stream_name, subjects_filter=subject)
-        count = sum((info.state.subjects or {}).values())
-        if not count:
-            return []
-        sub = await conn.js.subscribe(subject, stream=settings.stream_name, ordered_consumer=True,
-                                      deliver_policy=DeliverPolicy.ALL)
-        found = []
-        try:
-            for _ in range(count):
-                msg = await sub.next_msg(timeout=BUS_READ_TIMEOUT_S)
-                try:
-                    event = parse_event(msg.data, expect=AuditCheckpointed, subject=msg.subject)
-                except ContractError:
-                    continue  # the audit service kept it as a rejected record; it vouches for nothing
-                assert isinstance(event, AuditCheckpointed)
-                found.append(event)
-        finally:
-            await sub.unsubscribe()
-        return found
-    except TimeoutError:
-        raise CheckpointSourceError(f"reading checkpoints from stream {settings.stream_name} timed out") from None
+        return await _read_stream(nc.jetstream(timeout=BUS_READ_TIMEOUT_S), settings.stream_name, subject)
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise CheckpointSourceError(f"reading checkpoints from stream {settings.stream_name} failed ({exc})") from None
     finally:
-        await conn.close()
+        await nc.close()
 
+
+async def _quiet(_error: Exception) -> None:
+    """Connection errors are reported once, as a CheckpointSourceError, not logged with a traceback per attempt."""
+
+
+async def _read_stream(js: nats.js.JetStreamContext, stream: str, subject: str) -> list[AuditCheckpointed]:
+    info = await js.stream_info(stream, subjects_filter=subject)
+    count = sum((info.state.subjects or {}).values())
+    if not count:
+        return []
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    found = []
+    try:
+        for _ in range(count):
+            msg = await sub.next_msg(timeout=BUS_READ_TIMEOUT_S)
+            try:
+                event = parse_event(msg.data, expect=AuditCheckpointed, subject=msg.subject)
+            except ContractError:
+                continue  # the audit service kept it as a rejected record; it vouches for nothing
+            assert isinstance(event, AuditCheckpointed)
+            found.append(event)
+    finally:
+        await sub.unsubscribe()
+    return found

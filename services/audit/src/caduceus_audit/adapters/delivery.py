@@ -25,10 +25,10 @@ class Sink(Protocol):
 
 
 class LineSink:
-    """One line per item on a text stream (stdout or a file)."""
+    """One line per item on a text stream (stdout, or a file it then closes when `owned`)."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO, *, owned: bool = False) -> None:
+        self.stream, self.owned = stream, owned
 
     def send(self, items: Sequence[Any]) -> None:
         for item in items:
@@ -37,6 +37,8 @@ class LineSink:
 
     def close(self) -> None:
         self.stream.flush()
+        if self.owned:
+            self.stream.close()
 
 
 class SyslogSink:
