@@ -99,3 +99,22 @@ async def test_a_restarted_service_checkpoints_what_the_last_run_left_unsigned(f
             await eventually(lambda: len(store.checkpoints.signed()) == 2, what="a checkpoint per tenant")
         assert time.monotonic() - started < 10
     assert {(c.checkpoint.tenant, c.checkpoint.seq) for c in store.checkpoints.signed()} == {("acme", 3), ("globex", 3)}
+
+
+async def test_a_long_unsigned_tail_becomes_checkpoints_of_bounded_size(tmp_path: Path) -> None:
+    from caduceus_audit.checkpointing import Checkpointer
+    from caduceus_audit.testing import entry
+
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    store.append_batch([entry("acme", n) for n in range(1, 26)])  # signed by nobody yet (say, before an upgrade)
+    published: list[AuditCheckpointed] = []
+
+    async def publish(event: AuditCheckpointed) -> None:
+        published.append(event)
+
+    checkpointer = Checkpointer(store, Signer.generate("audit"), publish, every=10, interval_s=3600)
+    checkpointer.load()
+    assert await checkpointer.tick() == 3
+    assert [(e.checkpoint.checkpoint.prev_seq, e.checkpoint.checkpoint.seq) for e in published] == [
+        (0, 10), (10, 20), (20, 25)]
+    assert await checkpointer.tick() == 0 and len(published) == 3

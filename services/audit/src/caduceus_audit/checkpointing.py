@@ -70,7 +70,7 @@ class Checkpointer:
         made = 0
         for tenant in self.due():
             try:
-                event = await asyncio.to_thread(self._make, tenant)
+                made += await asyncio.to_thread(self._catch_up, tenant)
             except (StoreUnavailable, StoreRefused) as exc:
                 log.warning("checkpoint of %s postponed: the store is unavailable (%s)", tenant, exc)
                 break
@@ -79,12 +79,20 @@ class Checkpointer:
                 self._waiting_since.pop(tenant, None)
                 self._checkpointed[tenant] = self._heads[tenant]
                 continue
-            made += event is not None
         await self._publish_pending()
         return made
 
+    def _catch_up(self, tenant: str) -> int:
+        """Sign everything unsigned, at most `every` records per checkpoint (a long unsigned tail, after an
+        upgrade or an outage, becomes several checkpoints of bounded size)."""
+        made = 0
+        while self._checkpointed.get(tenant, 0) < self._heads[tenant]:
+            made += self._make(tenant) is not None
+        return made
+
     def _make(self, tenant: str) -> AuditCheckpointed | None:
-        prev, head = self._checkpointed.get(tenant, 0), self._heads[tenant]
+        prev = self._checkpointed.get(tenant, 0)
+        head = min(self._heads[tenant], prev + self.every)
         checkpoint = checkpoint_for(tenant, prev, self.store.hashes(tenant, prev, head), utcnow())
         event = AuditCheckpointed.of(SignedCheckpoint.issue(self.signer, checkpoint))
         stored = self.store.checkpoints.add(event)

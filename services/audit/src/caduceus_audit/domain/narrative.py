@@ -12,34 +12,17 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
+
+from caduceus_audit.domain.chain import ChainLink
 
 Severity = Literal["info", "warning", "high"]
 VERDICT_WORDS = {"allow": "allowed", "deny": "denied", "approve": "held for approval"}
 # A session's or call's context is forgotten after this many newer ones (bounded memory in follow mode).
 REMEMBERED = 100_000
 SUMMARY_TEXT = 200
-
-
-class StoredRecord(Protocol):
-    """The columns of an audit record (an AuditRecord, or a row streamed from the store)."""
-
-    tenant: str
-    seq: int
-    event_id: str
-    kind: str
-    subject: str
-    session_id: str | None
-    call_id: str | None
-    trace_id: str | None
-    occurred_at: datetime
-    recorded_at: datetime
-    body: str
-    rejected: bool
-    reject_reason: str | None
-    prev_hash: str
-    hash: str
+# The stored columns of a record (an AuditRecord, or a row streamed from the store).
+StoredRecord = ChainLink
 
 
 @dataclass(frozen=True)
