@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -67,6 +68,7 @@ from caduceus_embedded.servers import start_nats
 RESULTS = Path(__file__).parent / "results"
 BATCH = 128  # the audit consumer's default batch (CADUCEUS_AUDIT_BATCH_SIZE)
 MAX_BATCH = 1000  # its largest
+ROUNDS = 3  # cheap measurements are repeated and the best kept: other work on the machine only slows a run down
 CHECKPOINT_EVERY = 1000
 BUILD_BATCH = 20_000
 
@@ -152,11 +154,9 @@ def append_chained(entries: list[AuditEntry], db: Path, batch: int) -> float:
     return len(entries) / elapsed
 
 
-def measure_append(entries: list[AuditEntry], work: Path) -> dict[str, float]:
-    chained = append_chained(entries, work / "chained.db", BATCH)
-    largest = append_chained(entries, work / "chained-large.db", MAX_BATCH)
-
-    plain = AuditStore(f"sqlite:///{work}/plain.db")
+def append_plain(entries: list[AuditEntry], db: Path) -> float:
+    """The same rows inserted into a table of the same shape, same batches, no chaining; returns events/s."""
+    plain = AuditStore(f"sqlite:///{db}")
     plain.ensure_schema()
     table = RECORDS.to_metadata(MetaData(), name="plain_record")
     table.create(plain.engine)
@@ -170,9 +170,28 @@ def measure_append(entries: list[AuditEntry], work: Path) -> dict[str, float]:
                 for n, e in enumerate(entries[start:start + BATCH])]
         with plain.database.writing() as conn:
             conn.execute(insert(table), rows)
-    plain_s = time.perf_counter() - started
+    elapsed = time.perf_counter() - started
     plain.close()
-    return {"chained": chained, "plain": len(entries) / plain_s, "chained_large": largest}
+    return len(entries) / elapsed
+
+
+def measure_append(entries: list[AuditEntry], work: Path) -> dict[str, float]:
+    """Chained and plain appends, alternated ROUNDS times on fresh files; the best of each (the machine is shared)."""
+    rates: dict[str, list[float]] = {"chained": [], "plain": [], "chained_large": []}
+    for round_ in range(ROUNDS):
+        rates["chained"].append(append_chained(entries, work / f"chained-{round_}.db", BATCH))
+        rates["plain"].append(append_plain(entries, work / f"plain-{round_}.db"))
+        rates["chained_large"].append(append_chained(entries, work / f"chained-large-{round_}.db", MAX_BATCH))
+    return {name: max(values) for name, values in rates.items()}
+
+
+def measure_intake(messages: list[tuple[str, bytes, dict[str, str]]]) -> tuple[list[AuditEntry], float]:
+    best, entries = 0.0, []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        entries = entries_of(messages)
+        best = max(best, len(messages) / (time.perf_counter() - started))
+    return entries, best
 
 
 def measure_export(db: Path, count: int) -> dict[str, float]:
@@ -235,15 +254,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="events appended and exported")
     parser.add_argument("--records", type=int, default=1_000_000, help="records in the chain verified")
     options = parser.parse_args()
+    load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     try:
         messages = tool_request_messages(options.events)
-        started = time.perf_counter()
-        entries = entries_of(messages)
-        intake = options.events / (time.perf_counter() - started)
+        entries, intake = measure_intake(messages)
         consumer = measure_consumer(messages, work)
         append = measure_append(entries, work)
-        export = measure_export(work / "chained.db", options.events)
+        export = measure_export(work / "chained-0.db", options.events)
         build_s, verify_s = measure_verify(work, options.records)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -254,8 +272,8 @@ def main() -> None:
         f"- machine: {machine()}",
         f"- command: `python3 dev.py bench` (bench/audit_throughput.py --events {options.events} "
         f"--records {options.records})",
-        "- SQLite in WAL mode on local disk, as the embedded stack runs it; other engineers' test suites were "
-        "sharing the cores",
+        f"- SQLite in WAL mode on local disk, as the embedded stack runs it; load average {load:.1f} when it started "
+        "(the machine is shared: rates move with it)",
         "",
         "| measurement | rate | note |",
         "|---|---|---|",
@@ -275,10 +293,12 @@ def main() -> None:
         *(f"| export {fmt} | {rate:,.0f} records/s | read from the store, formatted, discarded |"
           for fmt, rate in export.items()),
         "",
-        "How to read it: chained and plain appends run in the same process on the same events, so their ratio is "
-        "what the tamper-evidence costs on this machine. The consumer's own work before an append (parsing and "
-        "redacting each message) is shown separately; with a real stream both happen in the service, the first off "
-        "the event loop. Verify includes reading every row back from SQLite.",
+        f"How to read it: chained and plain appends run in the same process on the same events, alternated "
+        f"{ROUNDS} times (best of each shown), so their ratio is what the tamper-evidence costs on this machine. "
+        "The service end to end is what one audit process sustains: a JetStream fetch, then parsing and redacting "
+        "(\"messages to entries\"), then the chained append and its commit, then the acknowledgements, one batch "
+        "after another; the chaining is the smallest of those costs. Verify includes reading every row back from "
+        "SQLite.",
     ]
     report = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
