@@ -253,7 +253,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000, help="events appended and exported")
     parser.add_argument("--records", type=int, default=1_000_000, help="records in the chain verified")
-    options = parser.parse_args()
+    options, _others = parser.parse_known_args()  # `dev.py bench ARGS` hands every benchmark the same arguments
     load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     try:
