@@ -129,6 +129,34 @@ def ensure_venv() -> None:
     install_workspace()
 
 
+# Programs from the system's packages that commands need: (program, Debian package, why).
+SYSTEM_TOOLS = {
+    "demo": [("bwrap", "bubblewrap", "every agent worker runs in a bubblewrap sandbox")],
+    "up": [("bwrap", "bubblewrap", "every agent worker runs in a bubblewrap sandbox")],
+    "test": [("bwrap", "bubblewrap", "every agent worker runs in a bubblewrap sandbox")],
+}
+
+
+def ensure_system_tools(command: str) -> None:
+    """Install what `command` needs from the system's packages (as root with apt-get), or say how to."""
+    missing = [(program, package, why) for program, package, why in SYSTEM_TOOLS.get(command, [])
+               if not shutil.which(program)]
+    if not missing:
+        return
+    packages = sorted({package for _, package, _ in missing})
+    reasons = "; ".join(f"{program}: {why}" for program, _, why in missing)
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        fail(f"missing {', '.join(packages)} ({reasons}); install it (Debian/Ubuntu: "
+             f"sudo apt-get install {' '.join(packages)}) and run this again")
+    say(f"installing {', '.join(packages)} with apt-get ({reasons})")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+    if subprocess.run(install, **quiet).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], **quiet)
+        if subprocess.run(install, **quiet).returncode != 0:
+            fail(f"apt-get could not install {', '.join(packages)}; install it yourself and run this again")
+
+
 def run(argv: list[str], cwd: Path | None = None) -> int:
     """Run a child in the foreground; Ctrl-C reaches it directly and its exit code is ours."""
     child = subprocess.Popen(argv, cwd=cwd)
@@ -214,6 +242,7 @@ def main(argv: list[str]) -> int:
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", 2)
     ensure_venv()
+    ensure_system_tools(command)
     return COMMANDS[command](args)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import audit, chat, demo, identity, up
+from caduceus.commands import audit, chat, demo, identity, sandbox, up
 
 app = typer.Typer(
     name="caduceus",
@@ -19,6 +19,7 @@ up.register(app)
 chat.register(app)
 demo.register(app)
 identity.register(app)
+sandbox.register(app)
 audit.register(app)
 
 

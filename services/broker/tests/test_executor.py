@@ -147,7 +147,6 @@ async def test_decision_signed_by_identity_key_is_refused(worker_env, tmp_path):
 async def test_crashed_worker_is_reported_and_restarted(worker_env):
     conn, policy, completed, workspace_dir, pool, worker, reports = worker_env
     worker.processes["executor"].kill()
-    worker.processes["executor"].wait()
     restarted = await pool.ensure(TENANT, WORKSPACE)
     assert restarted.worker_id != worker.worker_id
     assert ("executor", "crashed") in reports

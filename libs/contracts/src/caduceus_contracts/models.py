@@ -243,11 +243,15 @@ class ChatReply(Event):
 
 
 class WorkerLifecycle(Event):
+    """A worker process started, stopped, went idle and was stopped, crashed, or was refused
+    (its sandbox policy, or the tenant's cap on workers: `capped`); `detail` says why.
+    """
+
     kind: Literal["worker.lifecycle"] = "worker.lifecycle"
     workspace: Workspace
     worker_id: str
     role: Literal["planner", "executor"]
-    state: Literal["started", "stopped", "crashed", "refused"]
+    state: Literal["started", "stopped", "crashed", "refused", "idle-stopped", "capped"]
     detail: str = ""
 
 

@@ -3,7 +3,8 @@
 ```
 <state_dir>/
   stack.json            the running stack advertises itself here (stackinfo)
-  tenants.yaml, policy.yaml, scenarios.yaml   copied from defaults/ once; the operator's to edit
+  tenants.yaml, policy.yaml, scenarios.yaml, sandbox.yaml   copied from defaults/ once; the operator's to edit
+  sandboxes/            per-tenant/workspace sandbox policies (optional; see sandbox.yaml)
   nats/                 JetStream file store
   temporal/temporal.db  Temporal dev server (SQLite)
   keys/                 Ed25519 keys of identity, policy and approval
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from caduceus_contracts import ensure_signer
 
-DEFAULT_FILES = ("tenants.yaml", "policy.yaml", "scenarios.yaml")
+DEFAULT_FILES = ("tenants.yaml", "policy.yaml", "scenarios.yaml", "sandbox.yaml")
 SIGNING_ISSUERS = ("identity", "policy", "approval")
 
 
@@ -69,6 +70,10 @@ class StateLayout:
     @property
     def policy_file(self) -> Path:
         return self.root / "policy.yaml"
+
+    @property
+    def sandbox_file(self) -> Path:
+        return self.root / "sandbox.yaml"
 
     @property
     def scenarios_file(self) -> Path:

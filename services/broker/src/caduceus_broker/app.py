@@ -39,6 +39,9 @@ class BrokerApp:
         }
         for subject, name in routes.items():
             self.broker.subscriber(subject, queue=SERVICE, max_workers=16, **EVENT_SUBSCRIBER)(self._route_to(name))
+        # Replies close the turns a worker has in flight; every broker instance tracks its own workers.
+        self.broker.subscriber(subjects.CHAT_REPLY_ALL, max_workers=16, **EVENT_SUBSCRIBER)(
+            self._route_to("on_chat_reply"))
 
         @self.broker.subscriber(f"caduceus.health.{SERVICE}")
         async def health(msg: NatsMessage) -> bytes:

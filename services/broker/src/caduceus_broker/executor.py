@@ -1,13 +1,14 @@
 """The executor: runs Hermes's own tool implementations on the workspace, only for verified decisions.
 
-`python -m caduceus_broker.executor`, started by the broker in the workspace
-directory with HERMES_HOME set to the executor's own profile. It holds the
-workspace and no model credentials. Sandboxing wraps this process (its own issue).
+`python -m caduceus_broker.executor`, started by the broker in its sandbox, in the
+workspace directory with HERMES_HOME set to the executor's own profile. It holds the
+workspace and no model credentials, and the secrets its sandbox policy injects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 from pathlib import Path
@@ -17,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from caduceus_broker.domain import DispatchRefused, check_dispatch
+from caduceus_broker.executor_secrets import ExecutorSecrets
 from caduceus_broker.ledger import DecisionLedger
 from caduceus_broker.runtime import answer_health, health_subject, stop_event
 from caduceus_broker.settings import WorkerSettings
@@ -40,12 +42,15 @@ SERVICE = "executor"
 
 
 class Executor:
-    def __init__(self, settings: WorkerSettings, conn: EventConnection, ledger: DecisionLedger) -> None:
+    def __init__(self, settings: WorkerSettings, conn: EventConnection, ledger: DecisionLedger,
+                 secrets: ExecutorSecrets | None = None) -> None:
         self.settings = settings
         self.conn = conn
         self.ledger = ledger
+        self.secrets = secrets or ExecutorSecrets([])
         self.keyring = load_keyring(settings.keys_dir)
-        self._slots = asyncio.Semaphore(8)
+        # A call-scoped secret is a file any concurrent call could read: such calls run one at a time.
+        self._slots = asyncio.Semaphore(1 if self.secrets.has_call_secrets else 8)
 
     async def on_dispatched(self, msg: Msg) -> None:
         try:
@@ -83,13 +88,13 @@ class Executor:
         from model_tools import handle_function_call
 
         try:
-            with gate.authorized(event.tool, event.args):
+            with self.secrets.for_call(event.tool), gate.authorized(event.tool, event.args):
                 result = handle_function_call(event.tool, dict(event.args), task_id=event.session_id,
                                               tool_call_id=event.call_id, session_id=event.session_id,
                                               enabled_toolsets=list(self.settings.toolsets))
         except Exception as exc:
-            return "error", json.dumps({"error": f"{type(exc).__name__}: {exc}"})
-        return "ok", result if isinstance(result, str) else json.dumps(result, default=str)
+            return "error", self.secrets.scrub(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return "ok", self.secrets.scrub(result if isinstance(result, str) else json.dumps(result, default=str))
 
     async def _complete(self, event: ToolCallDispatched, status: str, *, result: str = "", reason: str = "") -> None:
         completed = ToolCallCompleted(tenant=self.settings.tenant, call_id=event.call_id,
@@ -105,6 +110,9 @@ class Executor:
 
 
 async def serve(settings: WorkerSettings) -> None:
+    secrets = ExecutorSecrets.receive(settings.secrets_fd)
+    _keep_memory_private()
+    secrets.apply_workspace()
     import model_tools  # noqa: F401 - import Hermes's tools (and load the plugin) before saying ready
     from hermes_cli.plugins import discover_plugins, has_middleware
 
@@ -113,7 +121,7 @@ async def serve(settings: WorkerSettings) -> None:
         raise SystemExit("the Caduceus plugin did not load in this executor's Hermes profile; refusing to run")
     conn = await EventConnection.connect(BusSettings(), name=f"executor-{settings.tenant}-{settings.workspace}")
     ledger = DecisionLedger(_ledger_path())
-    executor = Executor(settings, conn, ledger)
+    executor = Executor(settings, conn, ledger, secrets)
     stop = stop_event()
     await conn.subscribe(subjects.tool_dispatched(settings.tenant, settings.workspace), executor.on_dispatched)
     await answer_health(conn.nc, health_subject(settings.tenant, settings.workspace, "executor"))
@@ -121,6 +129,14 @@ async def serve(settings: WorkerSettings) -> None:
     await stop.wait()
     await conn.close()
     ledger.close()
+
+
+def _keep_memory_private() -> None:
+    """Tools run as the same user as the executor: make its memory (and the secrets in it) theirs to read
+    only through what it hands them, not through /proc or ptrace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+        raise SystemExit("cannot make the executor's memory private (prctl PR_SET_DUMPABLE failed)")
 
 
 def _ledger_path() -> Path:

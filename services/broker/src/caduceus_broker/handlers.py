@@ -83,6 +83,7 @@ class BrokerHandlers:
         except WorkerStartFailed as exc:
             await self._reply(turn, "error", f"the agent could not start: {exc}")
             return
+        worker.turns[turn.message_id] = turn
         assigned = TurnAssigned(tenant=turn.tenant, message_id=turn.message_id, grant=turn.grant, text=turn.text,
                                 worker_id=worker.worker_id)
         await self.publisher.publish(subjects.turn_assigned(grant.tenant, grant.workspace), assigned)
@@ -117,6 +118,17 @@ class BrokerHandlers:
         completed = await self.publisher.receive(subject, body, ToolCallCompleted)
         if completed is not None:
             self.pending.close(completed.call_id)
+            worker = self.pool.find(completed.tenant, completed.workspace)
+            if worker is not None and worker.calls.pop(completed.call_id, None) is not None:
+                worker.touch()
+
+    async def on_chat_reply(self, subject: str, body: bytes) -> None:
+        reply = await self.publisher.receive(subject, body, ChatReply)
+        if reply is None:
+            return
+        for worker in list(self.pool.workers.values()):
+            if worker.tenant == reply.tenant and worker.turns.pop(reply.message_id, None) is not None:
+                worker.touch()
 
     async def _route(self, request: ToolCallRequested, decided: ToolCallDecided) -> None:
         decision = decided.decision.decision
@@ -133,11 +145,13 @@ class BrokerHandlers:
                                         "the call was already denied")
         self.pending.close(request.call_id)
         if routing.route == "dispatch":
-            await self.publisher.publish(
-                subjects.tool_dispatched(request.tenant, request.workspace),
-                ToolCallDispatched(tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,
-                                   session_id=request.session_id, tool=request.tool, args=request.args,
-                                   decision=decided.decision))
+            dispatched = ToolCallDispatched(tenant=request.tenant, call_id=request.call_id,
+                                            workspace=request.workspace, session_id=request.session_id,
+                                            tool=request.tool, args=request.args, decision=decided.decision)
+            worker = self.pool.find(request.tenant, request.workspace)
+            if worker is not None:
+                worker.calls[request.call_id] = dispatched
+            await self.publisher.publish(subjects.tool_dispatched(request.tenant, request.workspace), dispatched)
         elif routing.route in ("deny", "refuse"):
             status = "denied" if routing.route == "deny" else "refused"
             await self.publisher.publish(
@@ -161,5 +175,23 @@ class BrokerHandlers:
             await self.publisher.publish(subjects.worker_event(worker.tenant, worker.workspace), event)
         except Exception:
             log.exception("could not report worker %s %s", worker.worker_id, state)
+        if state == "crashed":
+            await self._fail_in_flight(worker, detail)
+
+    async def _fail_in_flight(self, worker: Worker, detail: str) -> None:
+        """A crashed pair's calls and turns get an outcome now, so nobody waits for one that cannot come."""
+        for call in list(worker.calls.values()):
+            self.pending.close(call.call_id)
+            await self.publisher.publish(
+                subjects.tool_completed(call.tenant, call.workspace),
+                ToolCallCompleted(tenant=call.tenant, call_id=call.call_id, workspace=call.workspace,
+                                  session_id=call.session_id, tool=call.tool, status="error",
+                                  reason=f"the agent's worker stopped while this call ran ({detail}); "
+                                         "it may have run partly"))
+        worker.calls.clear()
+        for turn in list(worker.turns.values()):
+            await self._reply(turn, "error", f"the agent stopped unexpectedly ({detail}) and this message was not "
+                                             "completed; send it again to start a fresh agent")
+        worker.turns.clear()
 
 

@@ -34,6 +34,23 @@ class BrokerSettings(BaseSettings):
     decision_timeout_s: float = 5.0
     completion_timeout_s: float = 300.0
     max_iterations: int = 20
+    # Sandboxes: the default policy file, per-tenant/workspace files (<dir>/<tenant>.yaml,
+    # <dir>/<tenant>/<workspace>.yaml), and the unprivileged user a sandbox runs as when the broker is root.
+    sandbox_policy: Path | None = None
+    sandbox_policies_dir: Path | None = None
+    sandbox_uid: int = 65534
+    sandbox_gid: int = 65534
+    # Worker lifecycle: a pair idle this long is stopped; a tenant runs at most this many pairs.
+    idle_timeout_s: float = Field(default=900.0, gt=0)
+    max_workers_per_tenant: int = Field(default=8, ge=1)
+
+    @property
+    def sandbox_policy_file(self) -> Path:
+        return self.sandbox_policy or self.state_dir / "sandbox.yaml"
+
+    @property
+    def sandbox_policies(self) -> Path:
+        return self.sandbox_policies_dir or self.state_dir / "sandboxes"
 
     @property
     def keys(self) -> Path:
@@ -63,6 +80,8 @@ class WorkerSettings(BaseSettings):
     decision_timeout_s: float = 5.0
     completion_timeout_s: float = 300.0
     max_iterations: int = 20
+    # The executor's secrets arrive on this inherited pipe (never in the environment or on the bus).
+    secrets_fd: int | None = None
 
 
 def bus_settings() -> BusSettings:
