@@ -78,7 +78,7 @@ print(json.dumps({{n: measure(lambda: handle_function_call(TOOL, args), {calls},
 
 
 def run_governed(calls: int) -> tuple[dict[int, dict[str, float]], Path]:
-    from caduceus_bus import BusSettings, EventConnection
+    from caduceus_bus import EventConnection
     from caduceus_contracts import (
         SessionGrant,
         SignedGrant,
@@ -109,7 +109,8 @@ def run_governed(calls: int) -> tuple[dict[int, dict[str, float]], Path]:
             issued_at=utcnow(), expires_at=utcnow() + timedelta(hours=1)))
 
         async def connect() -> ToolGateway:
-            conn = await EventConnection.connect(BusSettings(nats_url=stack.info.nats_url), "bench-planner")
+            conn = await EventConnection.connect(stack.worker_bus_settings("planner", "acme", "default", "bench"),
+                                                 "bench-planner")
             gateway = ToolGateway(conn, loop, tenant="acme", workspace="default", keyring=load_keyring(keys),
                                   timeouts=GatewayTimeouts(5.0, 30.0))
             await gateway.start()
@@ -137,7 +138,7 @@ def run_governed(calls: int) -> tuple[dict[int, dict[str, float]], Path]:
 async def _warm_up(info, token: str) -> None:
     from caduceus_client import ChatClient
 
-    client = await ChatClient.connect(info.nats_url)
+    client = await ChatClient.connect(info.bus_settings("client"))
     try:
         await client.send(tenant="acme", token=token, text="noop warm-up", timeout=120)
     finally:

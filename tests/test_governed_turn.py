@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 
 from caduceus.commands.demo import DEMO_MESSAGE, OUTSIDE_PATH, evaluate
 from caduceus_audit.adapters.store import AuditStore
-from caduceus_bus import BusSettings, EventConnection
+from caduceus_bus import EventConnection
 from caduceus_client import ChatClient
 from caduceus_contracts import ErrorEvent, ToolCallDispatched, ToolCallRequested, parse_event
 from caduceus_identity.devtoken import mint_dev_token
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture()
 async def client(stack):
-    chat = await ChatClient.connect(stack.info.nats_url)
+    chat = await ChatClient.connect(stack.info.bus_settings("client"))
     yield chat
     await chat.close()
 
@@ -58,6 +58,20 @@ async def test_demo_turn_runs_the_allowed_call_and_never_the_denied_one(stack, c
     assert "workspace" in transcript.reply.text.lower() or "hello from the executor" in transcript.reply.text
 
 
+async def test_each_turn_reports_its_model_usage_for_budgets(stack, client):
+    transcript = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, timeout=180)
+    store = AuditStore(stack.info.audit_db_url)
+    deadline = time.monotonic() + 15
+    usage = []
+    while not usage and time.monotonic() < deadline:
+        usage = [json.loads(r.body) for r in store.records(tenant="acme", session_id=transcript.session_id)
+                 if r.kind == "model.usage"]
+        time.sleep(0.2)
+    assert len(usage) == 1, "the planner reported no model usage for the turn"
+    assert usage[0]["user"] == "alice" and usage[0]["model"] == "scripted"
+    assert usage[0]["prompt_tokens"] > 0 and usage[0]["completion_tokens"] > 0
+
+
 async def test_invalid_token_is_refused_with_a_reason(stack, client):
     transcript = await client.send(tenant="acme", token="not-a-jwt", text="hello", timeout=30)
     assert transcript.reply.status == "refused"
@@ -72,17 +86,23 @@ async def test_unknown_tenant_is_refused(stack, client):
 
 
 async def test_malformed_messages_become_error_events_and_services_keep_working(stack, client):
-    conn = await EventConnection.connect(BusSettings(nats_url=stack.info.nats_url), "test-hostile")
+    # Each hostile message comes from a credential allowed to publish there: a chat client, a planner, policy.
+    conn = await EventConnection.connect(stack.info.bus_settings("client"), "test-hostile")
     errors: asyncio.Queue[ErrorEvent] = asyncio.Queue()
 
     async def on_error(msg: Msg) -> None:
         await errors.put(parse_event(msg.data, expect=ErrorEvent))
 
     await conn.subscribe("cad.v1.error.acme.>", on_error)
-    hostile = [("cad.v1.chat.in.acme", b"{not json"), ("cad.v1.tool.requested.acme", b'{"kind": "tool.requested"}'),
-               ("cad.v1.tool.decided.acme", b'{"kind": "mystery", "tenant": "acme"}')]
-    for subject, body in hostile:
-        await conn.js.publish(subject, body)
+    planner = await EventConnection.connect(stack.worker_bus_settings("planner", "acme", "default"), "test-planner")
+    policy = await EventConnection.connect(stack.bus_settings("policy"), "test-policy")
+    hostile = [(conn, "cad.v1.chat.in.acme", b"{not json"),
+               (planner, "cad.v1.tool.requested.acme", b'{"kind": "tool.requested"}'),
+               (policy, "cad.v1.tool.decided.acme", b'{"kind": "mystery", "tenant": "acme"}')]
+    for sender, subject, body in hostile:
+        await sender.js.publish(subject, body)
+    await planner.close()
+    await policy.close()
     # Each subscriber of a subject refuses on its own (approval also reads decisions): wait for all we expect.
     expected = {"identity", "policy", "broker"}
     services = set()
@@ -100,7 +120,7 @@ async def test_malformed_messages_become_error_events_and_services_keep_working(
 
 async def test_slow_policy_denies_the_call_and_a_late_decision_never_runs(stack, client):
     policy = stack.services["policy"].process
-    conn = await EventConnection.connect(BusSettings(nats_url=stack.info.nats_url), "test-dispatch-watch")
+    conn = await EventConnection.connect(stack.info.bus_settings("client"), "test-dispatch-watch")
     dispatched: list[str] = []
 
     async def on_dispatch(msg: Msg) -> None:
@@ -142,7 +162,7 @@ async def test_one_trace_covers_the_turn_its_calls_decisions_and_execution(stack
 
 async def test_policy_killed_mid_turn_denies_the_call_and_the_restarted_policy_decides_again(stack, client):
     policy = stack.services["policy"].process
-    conn = await EventConnection.connect(BusSettings(nats_url=stack.info.nats_url), "test-policy-kill")
+    conn = await EventConnection.connect(stack.info.bus_settings("client"), "test-policy-kill")
     dispatched: list[str] = []
     in_flight: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from caduceus.commands.demo import DEMO_MESSAGE
-from caduceus_bus import BusSettings, EventConnection
+from caduceus_bus import EventConnection
 from caduceus_client import ChatClient
 from caduceus_contracts import ToolCallRequested, WorkerLifecycle, parse_event
 from caduceus_identity.devtoken import mint_dev_token
@@ -41,8 +41,8 @@ def planner_of(broker_pid: int, tenant: str) -> int | None:
 
 
 async def test_planner_killed_mid_turn_fails_the_turn_cleanly_and_the_next_turn_restarts_it(stack) -> None:
-    client = await ChatClient.connect(stack.info.nats_url)
-    conn = await EventConnection.connect(BusSettings(nats_url=stack.info.nats_url), "test-worker-crash")
+    client = await ChatClient.connect(stack.info.bus_settings("client"))
+    conn = await EventConnection.connect(stack.info.bus_settings("client"), "test-worker-crash")
     events: list[WorkerLifecycle] = []
     killed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 

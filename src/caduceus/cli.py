@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import audit, chat, demo, identity, sandbox, up
+from caduceus.commands import audit, chat, demo, identity, policy, sandbox, tenants, up, whoami
 
 app = typer.Typer(
     name="caduceus",
@@ -20,6 +20,9 @@ chat.register(app)
 demo.register(app)
 identity.register(app)
 sandbox.register(app)
+tenants.register(app)
+whoami.register(app)
+policy.register(app)
 audit.register(app)
 
 

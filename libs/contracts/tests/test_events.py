@@ -16,6 +16,8 @@ from caduceus_contracts import (
     ContractError,
     Decision,
     ErrorEvent,
+    ModelUsage,
+    PolicyShadowDisagreed,
     SessionGrant,
     SignedCheckpoint,
     SignedDecision,
@@ -63,6 +65,10 @@ SAMPLES = [
     ChatReply(tenant="acme", message_id="m-1", session_id="s-1", text="done"),
     WorkerLifecycle(tenant="acme", workspace="default", worker_id="w-1", role="planner", state="started"),
     ErrorEvent(tenant="acme", service="policy", subject="cad.v1.tool.requested.acme", reason="bad digest"),
+    ModelUsage(tenant="acme", workspace="default", session_id="s-1", user="alice", model="m", prompt_tokens=10,
+               completion_tokens=5, cost_usd=0.001),
+    PolicyShadowDisagreed(tenant="acme", call_id="c-1", workspace="default", tool="terminal", live_version="v1",
+                          live_verdict="allow", shadow_version="v2", shadow_verdict="deny", shadow_policy_ids=("x",)),
     AuditCheckpointed.of(SignedCheckpoint.issue(AUDIT, ChainCheckpoint(
         tenant="acme", seq=3, hash="ab" * 32, prev_seq=1, fingerprints="0123abcd" "ffff0000"))),
 ]

@@ -1,7 +1,8 @@
 """A stand-in Caduceus service for the stack tests: a real process that connects to NATS and answers its
 health subject, like every service does.
 
-Environment: STANDIN_NAME (its service name), STANDIN_MODE (`ok`, or `exit` to fail at start). It refuses to
+Environment: STANDIN_NAME (its service name), STANDIN_MODE (`ok`, or `exit` to fail at start),
+CADUCEUS_NATS_CREDENTIALS (its bus credential, which the stack issues for its role). It refuses to
 start when the signing keys are not in CADUCEUS_KEYS_DIR yet (the stack must make them first). A request on
 `standin.crash.<name>` makes it die with exit code 5, as a crashing service would.
 """
@@ -27,7 +28,9 @@ async def main() -> int:
     if missing:
         print(f"standin {name}: no public key for {missing} in {keys}", flush=True)
         return 4
-    nc = await nats.connect(os.environ["CADUCEUS_NATS_URL"], name=f"standin-{name}")
+    nc = await nats.connect(os.environ["CADUCEUS_NATS_URL"], name=f"standin-{name}",
+                            user_credentials=os.environ["CADUCEUS_NATS_CREDENTIALS"],
+                            inbox_prefix=f"_INBOX.{name}")
     done = asyncio.Event()
     crashed = False
 

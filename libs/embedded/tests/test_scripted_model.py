@@ -180,3 +180,23 @@ def test_invalid_scenario_file_is_refused_with_a_message(tmp_path: Path) -> None
                              "--scenarios", str(bad)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "bad.yaml" in result.stderr and "scenarios.0.match" in result.stderr
+
+
+def test_remember_quotes_the_users_words_into_the_memory_call_and_recall_reads_the_system_prompt() -> None:
+    from caduceus_embedded.scripted_model.scenarios import choose_reply, default_scenarios_path, load_scenarios
+
+    scenarios = load_scenarios(default_scenarios_path())
+    save = choose_reply(scenarios, [{"role": "user", "content": "Remember that the vault code is 4417"}])
+    assert save.scenario == "remember"
+    assert json.loads(save.tool_calls[0].arguments) == {"action": "add", "target": "memory",
+                                                        "content": "the vault code is 4417"}
+    block = "═" * 46
+    system = (f"You are Hermes.\n\n{block}\nMEMORY (your personal notes) [3% — 40/2,200 chars]\n{block}\n"
+              f"the vault code is 4417\n§\nprefers tea\n\n{block}\nUSER PROFILE (who the user is)\n{block}\nbob")
+    recall = [{"role": "system", "content": system}, {"role": "user", "content": "What do you remember?"}]
+    assert choose_reply(scenarios, recall).content == "I remember: the vault code is 4417; prefers tea"
+    last = [{"role": "system", "content": f"{block}\nMEMORY (your personal notes) [1%]\n{block}\nprefers tea\n\n"
+                                          "Conversation started: Thursday"}, recall[1]]
+    assert choose_reply(scenarios, last).content == "I remember: prefers tea"
+    empty = [{"role": "system", "content": "You are Hermes."}, {"role": "user", "content": "what do you remember"}]
+    assert choose_reply(scenarios, empty).content == "I remember: nothing"

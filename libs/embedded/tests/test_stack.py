@@ -20,6 +20,8 @@ import nats
 import pytest
 
 import caduceus_embedded
+from caduceus_bus import auth_options, load_permissions
+from caduceus_bus.permissions import Role
 from caduceus_embedded.layout import StateLayout
 from caduceus_embedded.ports import PortBusy, StackPorts
 from caduceus_embedded.services import ServiceFailed, ServiceSpec, default_services
@@ -38,6 +40,22 @@ DEFAULTS = Path(caduceus_embedded.__file__).parent / "defaults"
 EXTERNAL_MODEL = ModelSettings(base_url="http://127.0.0.1:9/v1", api_key="k", name="m")
 
 
+SHIPPED = load_permissions()
+STANDINS = ("alpha", "beta", "broken")
+# The shipped operator and client roles, plus one role per stand-in (its health, its crash switch) and
+# a tester that may throw the switches.
+PERMISSIONS = SHIPPED.model_copy(update={"services": {
+    "operator": SHIPPED.services["operator"], "client": SHIPPED.services["client"],
+    **{name: Role(subscribe=(f"caduceus.health.{name}", f"standin.crash.{name}")) for name in STANDINS},
+    "tester": Role(publish=("standin.crash.*", "caduceus.health.*")),
+}})
+
+
+async def connect(stack: EmbeddedStack, role: str = "tester") -> nats.aio.client.Client:
+    settings = stack.bus_settings(role)
+    return await nats.connect(settings.nats_url, **auth_options(settings))
+
+
 def standin(name: str, mode: str = "ok") -> ServiceSpec:
     return ServiceSpec(name, "standin_service",
                        {"STANDIN_NAME": name, "STANDIN_MODE": mode, "PYTHONPATH": str(TESTS_DIR)})
@@ -47,7 +65,7 @@ def make_stack(state_dir: Path, *services: ServiceSpec, ports: StackPorts | None
                problems: list[str] | None = None, crash_loop_s: float = 30.0) -> EmbeddedStack:
     return EmbeddedStack(state_dir, ports or StackPorts.free(), services=list(services), model=EXTERNAL_MODEL,
                          ready_timeout=20, stop_grace=5, crash_loop_s=crash_loop_s,
-                         on_problem=problems.append if problems is not None else None)
+                         on_problem=problems.append if problems is not None else None, bus_permissions=PERMISSIONS)
 
 
 def child_pids() -> set[int]:
@@ -77,8 +95,8 @@ def busy_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-async def stream_messages(nats_url: str) -> int:
-    nc = await nats.connect(nats_url)
+async def stream_messages(stack: EmbeddedStack) -> int:
+    nc = await connect(stack, "operator")
     try:
         return (await nc.jetstream().stream_info("CADUCEUS")).state.messages
     finally:
@@ -99,7 +117,11 @@ async def test_running_stack_advertises_itself_and_stops_without_leftovers(tmp_p
         assert advertised.model_base_url == "http://127.0.0.1:9/v1"
         assert advertised.audit_db_url == f"sqlite:///{state.resolve() / 'audit.db'}"
         assert set(advertised.services) == {"alpha", "beta"}
-        assert await stream_messages(advertised.nats_url) == 0
+        assert await stream_messages(stack) == 0
+        assert Path(advertised.client_credentials) == state.resolve() / "keys" / "nats" / "client.creds"
+        assert Path(advertised.client_credentials).stat().st_mode & 0o777 == 0o600
+        with pytest.raises(Exception, match="(?i)authorization violation"):
+            await nats.connect(advertised.nats_url, allow_reconnect=False, max_reconnect_attempts=0)
         assert port_answers(ports.temporal)
         for sub in ("nats", "temporal", "keys", "logs", "workspaces", "workers"):
             assert (state / sub).is_dir()
@@ -116,12 +138,12 @@ async def test_restarted_stack_continues_where_it_stopped(tmp_path: Path) -> Non
     (state / "policy.yaml").write_text("# the operator's own policy\n")
     ports = StackPorts.free()
     with make_stack(state, standin("alpha"), ports=ports) as stack:
-        nc = await nats.connect(stack.info.nats_url)
+        nc = await connect(stack, "client")
         await nc.jetstream().publish("cad.v1.chat.in.acme", b'{"before": "restart"}')
         await nc.close()
         policy_key = (state / "keys" / "policy.key").read_bytes()
     with make_stack(state, standin("alpha"), ports=ports) as stack:
-        assert await stream_messages(stack.info.nats_url) == 1
+        assert await stream_messages(stack) == 1
         assert (state / "keys" / "policy.key").read_bytes() == policy_key
         assert (state / "policy.yaml").read_text() == "# the operator's own policy\n"
         assert (state / "temporal" / "temporal.db").stat().st_size > 0
@@ -159,7 +181,7 @@ def test_service_that_exits_at_start_fails_the_start_with_its_log_tail(tmp_path:
 async def test_a_crashed_service_is_restarted_but_a_crash_loop_is_left_down(tmp_path: Path) -> None:
     problems: list[str] = []
     with make_stack(tmp_path / "state", standin("alpha"), problems=problems) as stack:
-        nc = await nats.connect(stack.info.nats_url)
+        nc = await connect(stack)
         try:
             first_pid = stack.info.services["alpha"]
             await nc.publish("standin.crash.alpha", b"")
@@ -178,7 +200,7 @@ async def test_a_crashed_service_is_restarted_but_a_crash_loop_is_left_down(tmp_
 
 async def test_a_service_that_ran_a_while_is_restarted_every_time_it_dies(tmp_path: Path) -> None:
     with make_stack(tmp_path / "state", standin("alpha"), crash_loop_s=1.0) as stack:
-        nc = await nats.connect(stack.info.nats_url)
+        nc = await connect(stack)
         try:
             pids = [stack.info.services["alpha"]]
             for _ in range(2):
@@ -235,7 +257,8 @@ def test_without_a_model_endpoint_the_stack_serves_the_scripted_model(monkeypatc
     state = tmp_path / "state"
     ports = StackPorts.free()
     model = default_services(StateLayout(state.resolve()), ports, ModelSettings())[0]
-    stack = EmbeddedStack(state, ports, services=[model, standin("alpha")], ready_timeout=20, stop_grace=5)
+    stack = EmbeddedStack(state, ports, services=[model, standin("alpha")], ready_timeout=20, stop_grace=5,
+                          bus_permissions=PERMISSIONS)
     with stack:
         assert stack.info.model_base_url == f"http://127.0.0.1:{ports.model}/v1"
         with urllib.request.urlopen(f"{stack.info.model_base_url}/models", timeout=5) as response:

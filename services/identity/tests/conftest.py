@@ -26,11 +26,19 @@ tenants:
       alice: {email: alice@acme.example, roles: [member]}
       bob: {email: bob@acme.example, roles: [member]}
       carol: {email: carol@acme.example, roles: [admin]}
+    groups:
+      acme-admins: [admin]
+      acme-staff: [member]
   globex:
     display_name: Globex
     workspaces: [default, research]
+    memory: channel
+    approval_mode: always-ask
+    roles:
+      researcher: {description: runs experiments, includes: [member]}
     users:
-      dave: {email: dave@globex.example, roles: [member, researcher]}
+      dave: {email: dave@globex.example, roles: [researcher], approval_mode: ask-when-risky}
+      erin: {email: erin@globex.example, roles: [guest]}
 """
 
 
@@ -57,7 +65,7 @@ class Forger:
                lifetime_s: int = 600, starts_in_s: int = 0, **extra) -> dict:
         """Claims as the dev issuer writes them, shifted in time as a test needs; extra=None drops a claim."""
         now = int(time.time())
-        claims = {"iss": self.issuer, "aud": audience, "sub": user, "tenant": tenant, "roles": ["member"],
+        claims = {"iss": self.issuer, "aud": audience, "sub": user, "tenant": tenant, "groups": [],
                   "email": f"{user}@{tenant}.example", "iat": now + starts_in_s, "nbf": now + starts_in_s,
                   "exp": now + starts_in_s + lifetime_s}
         claims.update(extra)

@@ -24,6 +24,7 @@ from caduceus_contracts import (
     new_id,
     parse_event,
     subjects,
+    utcnow,
 )
 from caduceus_embedded.ports import free_port
 from caduceus_identity.adapters.dev_issuer import DevIssuer
@@ -118,7 +119,8 @@ async def test_valid_message_becomes_a_turn_with_a_grant_that_verifies(
     assert isinstance(turn, TurnRequested)
     grant = turn.grant.verified(load_keyring(keys_dir))
     assert (grant.tenant, grant.workspace, grant.user, grant.roles, grant.channel, grant.session_id) == (
-        "acme", "default", "carol", ("admin",), "cli", message.session_id)
+        "acme", "default", "carol", ("admin", "member", "guest"), "cli", message.session_id)
+    assert (grant.approval_mode, grant.memory_scope) == (None, "user:carol")
     assert (grant.expires_at - grant.issued_at).total_seconds() == 600
     assert turn.text == "list my files"
     assert message.token not in turn.model_dump_json()
@@ -237,3 +239,21 @@ async def test_module_explains_a_broken_tenants_file(tmp_path: Path) -> None:
                                      capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert f"identity cannot start: {tmp_path / 'tenants.yaml'} has 1 problem(s)" in result.stderr
+
+
+async def test_a_chat_integration_speaks_for_a_linked_platform_user_and_pairs_a_stranger(
+        service: IdentityService, bus: EventConnection) -> None:
+    _, key = service.store.create_service_account("acme", "slack-test", ("slack",), utcnow())
+    service.store.add_link("acme", "slack", "U-CAROL", "carol", "test", utcnow())
+    turns = await listen(bus, subjects.turn_requested("acme"))
+    linked = ChatMessageIn(tenant="acme", session_id=f"s-{new_id()[:12]}", channel="C-ops", token=key, text="hi",
+                           platform="slack", platform_user="U-CAROL")
+    await bus.publish(subjects.chat_in("acme"), linked)
+    turn = await turns.next(lambda e: e.message_id == linked.message_id)
+    assert (turn.grant.grant.user, turn.grant.grant.channel) == ("carol", "C-ops")
+
+    stranger = linked.model_copy(update={"message_id": new_id(), "event_id": new_id(), "platform_user": "U-NEW"})
+    reply, error = await refused(bus, stranger)
+    assert reply.text.startswith("slack user 'U-NEW' is not linked to a person in tenant 'acme'; ask an administrator")
+    code = reply.text.split("pairing code ")[1][:9]
+    assert code not in error.model_dump_json() and key not in error.model_dump_json()

@@ -9,20 +9,25 @@ from pathlib import Path
 import pytest
 
 from caduceus_contracts import ChatMessageIn
-from caduceus_identity.adapters.tenants_file import load_directory
+from caduceus_identity.adapters.tenants_file import DirectorySource, load_directory
 from caduceus_identity.domain import DirectoryError, Refused, VerifiedIdentity
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
-def identity(user: str = "alice", tenant: str = "acme", roles: tuple[str, ...] = ("member",)) -> VerifiedIdentity:
-    return VerifiedIdentity(subject=user, tenant=tenant, roles=roles, email=None, issuer="http://issuer",
-                            expires_at=NOW + timedelta(hours=1))
+def identity(user: str = "alice", tenant: str = "acme", groups: tuple[str, ...] = (), email: str | None = None,
+             email_verified: bool = False) -> VerifiedIdentity:
+    return VerifiedIdentity(subject=user, tenant=tenant, groups=groups, email=email, issuer="http://issuer",
+                            expires_at=NOW + timedelta(hours=1), email_verified=email_verified)
 
 
-def message(tenant: str = "acme", workspace: str = "default") -> ChatMessageIn:
-    return ChatMessageIn(tenant=tenant, session_id="s1", workspace=workspace, channel="cli", token="t",
+def message(tenant: str = "acme", workspace: str = "default", channel: str = "cli") -> ChatMessageIn:
+    return ChatMessageIn(tenant=tenant, session_id="s1", workspace=workspace, channel=channel, token="t",
                          text="hello")
+
+
+def grant_for(tenants_file: Path, who: VerifiedIdentity, to: ChatMessageIn | None = None):
+    return load_directory(tenants_file).admit(who, to or message(who.tenant), now=NOW, ttl=timedelta(minutes=10))
 
 
 def test_shipped_default_has_the_demo_identities() -> None:
@@ -79,12 +84,76 @@ def test_empty_file_shows_the_expected_shape(tmp_path: Path) -> None:
     assert "display_name: Acme Corp" in str(refused.value)
 
 
-def test_admitted_person_gets_directory_roles_not_token_roles(tenants_file: Path) -> None:
-    directory = load_directory(tenants_file)
-    grant = directory.admit(identity("carol", roles=("superuser",)), message(), now=NOW, ttl=timedelta(minutes=10))
-    assert (grant.tenant, grant.workspace, grant.user, grant.roles) == ("acme", "default", "carol", ("admin",))
+def test_admitted_person_gets_directory_roles_with_the_tiers_below(tenants_file: Path) -> None:
+    grant = grant_for(tenants_file, identity("carol", groups=("superuser", "admin")))
+    assert (grant.tenant, grant.workspace, grant.user) == ("acme", "default", "carol")
+    assert grant.roles == ("admin", "member", "guest")
     assert grant.expires_at - grant.issued_at == timedelta(minutes=10)
     assert grant.session_id == "s1"
+
+
+def test_a_group_the_tenant_maps_adds_its_roles(tenants_file: Path) -> None:
+    assert grant_for(tenants_file, identity("alice")).roles == ("member", "guest")
+    assert grant_for(tenants_file, identity("alice", groups=("acme-admins",))).roles == ("admin", "member", "guest")
+
+
+def test_a_person_not_listed_is_admitted_by_a_mapped_group_only(tenants_file: Path) -> None:
+    grant = grant_for(tenants_file, identity("frank@acme.example", groups=("acme-staff", "golfers")))
+    assert (grant.user, grant.roles) == ("frank@acme.example", ("member", "guest"))
+    with pytest.raises(Refused, match="'frank' is not a member of tenant 'acme'"):
+        grant_for(tenants_file, identity("frank", groups=("golfers",)))
+
+
+def test_custom_roles_include_what_they_declare(tenants_file: Path) -> None:
+    grant = grant_for(tenants_file, identity("dave", "globex"))
+    assert grant.roles == ("member", "guest", "researcher")
+
+
+def test_approval_mode_comes_from_the_user_else_the_tenant(tenants_file: Path) -> None:
+    assert grant_for(tenants_file, identity("dave", "globex")).approval_mode == "ask-when-risky"
+    assert grant_for(tenants_file, identity("erin", "globex")).approval_mode == "always-ask"
+    assert grant_for(tenants_file, identity("alice")).approval_mode is None
+
+
+def test_memory_scope_is_the_tenants_choice(tenants_file: Path) -> None:
+    assert grant_for(tenants_file, identity("alice"), message(channel="dm-alice")).memory_scope == "user:alice"
+    globex = grant_for(tenants_file, identity("dave", "globex"), message("globex", channel="general"))
+    assert globex.memory_scope == "channel:general"
+
+
+def test_a_verified_email_names_a_listed_user(tenants_file: Path) -> None:
+    grant = grant_for(tenants_file, identity("00u1a2b3", email="Bob@acme.example", email_verified=True))
+    assert grant.user == "bob"
+    with pytest.raises(Refused, match="not a member"):
+        grant_for(tenants_file, identity("00u1a2b3", email="bob@acme.example", email_verified=False))
+    with pytest.raises(Refused, match="not a member"):
+        grant_for(tenants_file, identity("bob@acme.example", email_verified=False))
+
+
+def test_an_unknown_role_is_refused_naming_the_entry(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text("tenants:\n  acme:\n    display_name: Acme\n    users:\n"
+                    "      alice: {email: a@acme.example, roles: [memebr]}\n")
+    with pytest.raises(DirectoryError, match="user 'alice' has unknown role\\(s\\) \\['memebr'\\]"):
+        load_directory(path)
+
+
+def test_an_unknown_memory_scope_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text("tenants:\n  acme:\n    display_name: Acme\n    memory: everyone\n")
+    with pytest.raises(DirectoryError, match="tenants.acme.memory: 'everyone' is not allowed"):
+        load_directory(path)
+
+
+def test_an_edited_tenants_file_is_read_again_and_a_broken_edit_is_ignored(tenants_file: Path) -> None:
+    source = DirectorySource(tenants_file)
+    assert "zed" not in source().tenant("acme").users
+    text = tenants_file.read_text().replace("      carol:", "      zed: {email: zed@acme.example}\n      carol:")
+    tenants_file.write_text(text)
+    assert "zed" in source().tenant("acme").users
+    tenants_file.write_text("tenants: [broken\n")
+    assert "zed" in source().tenant("acme").users
+    assert source.rejected is not None and "not valid YAML" in source.rejected
 
 
 def test_token_for_another_tenant_is_refused(tenants_file: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from caduceus_identity.adapters.dev_issuer import (
     load_or_create_key,
 )
 from caduceus_identity.adapters.oidc import OidcVerifier
-from caduceus_identity.adapters.tenants_file import load_directory
+from caduceus_identity.adapters.tenants_file import DirectorySource
 from caduceus_identity.devtoken import DevTokenError, mint_dev_token
 from caduceus_identity.domain import TokenRefused
 
@@ -26,7 +27,7 @@ from caduceus_identity.domain import TokenRefused
 async def serve_issuer(keys_dir: Path, directory_file: Path, port: int | None = None) -> DevIssuerServer:
     port = port or free_port()
     issuer = DevIssuer(load_or_create_key(keys_dir / "dev-issuer.pem"), f"http://127.0.0.1:{port}", "caduceus",
-                       load_directory(directory_file))
+                       DirectorySource(directory_file))
     server = DevIssuerServer(issuer, "127.0.0.1", port)
     await server.start()
     return server
@@ -68,14 +69,15 @@ async def refusal(verifier: OidcVerifier, token: str) -> str:
 
 async def test_dev_token_proves_the_person(issuer: DevIssuer, verifier: OidcVerifier) -> None:
     identity = await verifier.verify(await mint(issuer, "acme", "carol"))
-    assert (identity.subject, identity.tenant, identity.roles, identity.email) == (
-        "carol", "acme", ("admin",), "carol@acme.example")
+    assert (identity.subject, identity.tenant, identity.groups, identity.email, identity.email_verified) == (
+        "carol", "acme", (), "carol@acme.example", True)
     assert identity.issuer == issuer.issuer_url
 
 
-async def test_requested_roles_and_lifetime_are_in_the_token(issuer: DevIssuer, verifier: OidcVerifier) -> None:
-    identity = await verifier.verify(await mint(issuer, roles=["auditor", "member"], ttl_s=120))
-    assert identity.roles == ("auditor", "member")
+async def test_requested_roles_are_the_tokens_groups(issuer: DevIssuer, verifier: OidcVerifier) -> None:
+    identity = await verifier.verify(await mint(issuer, roles=["acme-admins", "golfers"], ttl_s=120))
+    assert identity.groups == ("acme-admins", "golfers")
+    assert (identity.expires_at - datetime.now(UTC)).total_seconds() <= 120
 
 
 async def test_discovery_names_the_issuer_and_its_keys(issuer: DevIssuer) -> None:

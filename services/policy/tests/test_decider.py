@@ -14,11 +14,11 @@ from caduceus_contracts import (
     load_keyring,
     utcnow,
 )
-from caduceus_policy.domain import RuleEngine, Verdict
+from caduceus_policy.domain import Verdict
+from caduceus_policy.engine import engine_from_files
 from caduceus_policy.facts import RequestFacts
 from caduceus_policy.handlers import Decider, workspace_root
 from caduceus_policy.keys import TrustedKeys
-from caduceus_policy.rulefile import parse_rules
 
 
 class ExplodingEngine:
@@ -30,12 +30,12 @@ class ExplodingEngine:
         raise KeyError("principal")
 
 
-def a_request(keys_dir: Path) -> ToolCallRequested:
+def a_request(keys_dir: Path, command: str = "ls") -> ToolCallRequested:
     now = utcnow()
     grant = SessionGrant(tenant="acme", workspace="default", user="carol", roles=("admin",), channel="cli",
                          session_id="s1", issued_at=now, expires_at=now + timedelta(minutes=5))
     signed = SignedGrant.issue(ensure_signer(keys_dir, "identity"), grant)
-    args = {"command": "ls"}
+    args = {"command": command}
     digest = call_digest(tenant="acme", workspace="default", session="s1", tool="terminal", args=args)
     return ToolCallRequested(tenant="acme", grant=signed, workspace="default", session_id="s1", tool="terminal",
                              args=args, digest=digest)
@@ -59,12 +59,34 @@ def test_an_engine_failure_is_a_signed_deny_not_a_crash(tmp_path: Path) -> None:
     assert decided.decision.verify(load_keyring(tmp_path)) == "policy"
 
 
+PACK = {"policy.yaml": """
+version: "v"
+tenants:
+  acme:
+    approvals: {approvers: sre, quorum: 2, timeout: 10m}
+    rules:
+      - {id: admins-run-commands, effect: allow, roles: [admin], tools: [terminal]}
+      - {id: rm-needs-two, effect: approve, tools: [terminal], when: {destructive: true}}
+"""}
+
+
 def test_the_decision_ttl_setting_sets_the_expiry(tmp_path: Path) -> None:
-    rules = parse_rules('version: "v"\ntenants:\n  acme:\n    rules: []\n')
-    decider = Decider(engine=RuleEngine(rules), keys=TrustedKeys(tmp_path), signer=ensure_signer(tmp_path, "policy"),
-                      workspaces_dir=tmp_path, decision_ttl_s=5)
+    decider = Decider(engine=engine_from_files(PACK), keys=TrustedKeys(tmp_path),
+                      signer=ensure_signer(tmp_path, "policy"), workspaces_dir=tmp_path, decision_ttl_s=5)
     decision = decider.decide(a_request(tmp_path)).decision.decision
+    assert decision.verdict == "allow"
     assert timedelta(seconds=4) < decision.expires_at - decision.issued_at <= timedelta(seconds=5)
+
+
+def test_an_approve_decision_names_the_approvers_quorum_and_window(tmp_path: Path) -> None:
+    decider = Decider(engine=engine_from_files(PACK), keys=TrustedKeys(tmp_path),
+                      signer=ensure_signer(tmp_path, "policy"), workspaces_dir=tmp_path)
+    decision = decider.decide(a_request(tmp_path, "rm -rf build")).decision.decision
+    assert (decision.verdict, decision.approver_group, decision.quorum) == ("approve", "sre", 2)
+    assert decision.approval_timeout_s == 600
+    assert decision.policy_ids == ("rm-needs-two", "admins-run-commands")
+    assert decision.expires_at - decision.issued_at == timedelta(minutes=10)
+    assert decision.reason.startswith("needs approval by sre (quorum 2, within 10m)")
 
 
 def test_the_workspace_root_is_tenant_then_workspace_under_the_workspaces_dir(tmp_path: Path) -> None:

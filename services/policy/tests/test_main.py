@@ -21,7 +21,7 @@ def env_for(tmp_path: Path, nats_url: str, policy_file: Path) -> dict[str, str]:
             "CADUCEUS_POLICY_FILE": str(policy_file)}
 
 
-def test_a_bad_rule_file_stops_the_service_with_one_clear_line(tmp_path: Path) -> None:
+def test_a_bad_pack_stops_the_service_with_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "policy.yaml"
     bad.write_text('version: "v1"\ntenants:\n  acme:\n    rules:\n      - {id: ok, effect: alow, tools: [x]}\n')
     result = subprocess.run([sys.executable, "-m", "caduceus_policy"], env=env_for(tmp_path, "nats://127.0.0.1:1", bad),
@@ -29,7 +29,7 @@ def test_a_bad_rule_file_stops_the_service_with_one_clear_line(tmp_path: Path) -
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert str(bad) in lines[0] and "rule 'ok'" in lines[0] and "use `allow` or `deny`" in lines[0]
+    assert f"{bad}:5: " in lines[0] and "rule 'ok'" in lines[0] and "use `allow`, `deny` or `approve`" in lines[0]
 
 
 async def test_the_service_answers_health_and_stops_cleanly_on_sigterm(tmp_path: Path, fresh_nats: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
-from caduceus_bus import BusSettings, EventConnection, ensure_event_stream
+from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
     Decision,
     ErrorEvent,
@@ -29,7 +29,7 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_policy.app import HEALTH_SUBJECT, PolicyService, build
+from caduceus_policy.app import HEALTH_SUBJECT, PolicyService, build, start, stop
 from caduceus_policy.settings import PolicySettings
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[3] / "libs/embedded/src/caduceus_embedded/defaults/policy.yaml"
@@ -37,12 +37,12 @@ DEFAULT_POLICY = Path(__file__).resolve().parents[3] / "libs/embedded/src/caduce
 
 def make_grant(signer: Signer, *, tenant: str = "acme", workspace: str = "default", user: str = "alice",
                roles: tuple[str, ...] = ("member",), session_id: str = "sess-1",
-               ttl_s: float = 300.0) -> SignedGrant:
+               ttl_s: float = 300.0, approval_mode: str | None = None) -> SignedGrant:
     """A session grant signed by `signer` (identity's key, or an attacker's)."""
     now = utcnow()
     grant = SessionGrant(tenant=tenant, workspace=workspace, user=user, roles=roles, channel="cli",
                          session_id=session_id, issued_at=now - timedelta(seconds=600),
-                         expires_at=now + timedelta(seconds=ttl_s))
+                         expires_at=now + timedelta(seconds=ttl_s), approval_mode=approval_mode)
     return SignedGrant.issue(signer, grant)
 
 
@@ -108,13 +108,13 @@ async def policy_service(nats_server: Any, keys_dir: Path,
     """The policy service as `python -m caduceus_policy` runs it, with the default rule file."""
     state = tmp_path_factory.mktemp("state")
     shutil.copy(DEFAULT_POLICY, state / "policy.yaml")
-    settings = PolicySettings(nats_url=nats_server.url, state_dir=state, keys_dir=keys_dir)
+    settings = PolicySettings(nats_url=nats_server.url, state_dir=state, keys_dir=keys_dir,
+                              packs_bucket="policy_service_packs", limits_bucket="policy_service_limits",
+                              usage_consumer="policy-service-usage")
     service = build(settings)
-    await service.broker.connect()
-    await ensure_event_stream(service.broker, settings)
-    await service.broker.start()
+    await start(service)
     yield service
-    await service.broker.stop()
+    await stop(service)
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +151,16 @@ async def test_an_allowed_call_gets_a_signed_allow_naming_the_rule(
     assert event.decision.verify(load_keyring(keys_dir)) == "policy"
     assert (decision.digest, decision.call_id, decision.tool) == (request.digest, request.call_id, "terminal")
     assert (decision.tenant, decision.workspace, decision.session_id) == ("acme", "default", "sess-1")
-    assert decision.pack_version == "2026-11-24.1"
+    assert decision.pack_version == "2026-11-26.1"
     assert timedelta(seconds=55) < decision.expires_at - utcnow() <= timedelta(seconds=60)
+
+
+async def test_the_approval_mode_in_the_grant_holds_an_allowed_call_for_approval(client: PolicyClient,
+                                                                               identity: Signer) -> None:
+    grant = make_grant(identity, user="alice", approval_mode="always-ask")
+    decision = await client.decide(make_request(grant, "terminal", {"command": "ls -la"}))
+    assert (decision.verdict, decision.approver_group) == ("approve", "admins")
+    assert decision.policy_ids[0] == "approval-mode:alice"
 
 
 async def test_a_write_outside_the_workspace_is_denied_by_the_deny_rule(client: PolicyClient,
@@ -161,7 +169,7 @@ async def test_a_write_outside_the_workspace_is_denied_by_the_deny_rule(client: 
         request = make_request(make_grant(identity), "write_file", {"path": path, "content": "pwned"})
         decision = await client.decide(request)
         assert (decision.verdict, decision.policy_ids) == ("deny", ("writes-stay-in-workspace",))
-        assert decision.reason == "writes must stay inside the workspace"
+        assert decision.reason == f"writes must stay inside the workspace (writes_outside_workspace: {path})"
 
 
 async def test_a_write_inside_the_workspace_is_allowed(client: PolicyClient, identity: Signer) -> None:

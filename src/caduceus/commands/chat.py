@@ -29,6 +29,8 @@ def chat(
     user: Annotated[str, typer.Option(help="User to speak as (demo: alice, bob, carol).")] = "alice",
     session: Annotated[str | None, typer.Option(help="Continue a conversation by its session id.")] = None,
     workspace: Annotated[str, typer.Option(help="Workspace of the tenant.")] = "default",
+    channel: Annotated[str, typer.Option(help="Channel the message is in (a tenant with `memory: channel` keeps "
+                                              "one memory per channel).")] = "cli",
     token: Annotated[str | None, typer.Option(help="An OIDC token to use instead of minting one from the dev issuer.",
                                               envvar="CADUCEUS_TOKEN")] = None,
     show_calls: Annotated[bool, typer.Option("--calls/--no-calls", help="Also print each tool call and its decision.")] = True,
@@ -38,7 +40,8 @@ def chat(
     stack = require_stack(state_dir, err)
     if token is None:
         token = mint_token(stack.dev_issuer_url, tenant, user)
-    transcript = asyncio.run(_send(stack.nats_url, tenant, token, text, session, workspace, timeout, show_calls))
+    transcript = asyncio.run(_send(stack.bus_settings("client"), tenant, token, text, session, workspace, channel,
+                                   timeout, show_calls))
     for index, record in enumerate(transcript.calls.values(), start=1):
         console.print(render_call(index, record))
     reply = transcript.reply
@@ -60,15 +63,15 @@ def mint_token(issuer_url: str, tenant: str, user: str) -> str:
         raise typer.Exit(1) from None
 
 
-async def _send(nats_url, tenant, token, text, session, workspace, timeout, watch):
+async def _send(bus, tenant, token, text, session, workspace, channel, timeout, watch):
     try:
-        client = await ChatClient.connect(nats_url)
+        client = await ChatClient.connect(bus)
     except ConnectionError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     try:
         return await client.send(tenant=tenant, token=token, text=text, session_id=session, workspace=workspace,
-                                 timeout=timeout, watch=watch)
+                                 channel=channel, timeout=timeout, watch=watch)
     except ChatTimeout as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

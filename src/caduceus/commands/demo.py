@@ -96,7 +96,7 @@ def _start_stack(state_dir: Path, scope: ExitStack) -> StackInfo:
 
 def _play(info: StackInfo, token: str, timeout: float) -> TurnTranscript:
     async def run() -> TurnTranscript:
-        client = await ChatClient.connect(info.nats_url)
+        client = await ChatClient.connect(info.bus_settings("client"))
         try:
             return await client.send(tenant=TENANT, token=token, text=DEMO_MESSAGE, timeout=timeout, watch=True)
         finally:

@@ -114,6 +114,7 @@ def _show(stack: EmbeddedStack) -> None:
     model_source = "scripted model" if stack.model_is_scripted else "CADUCEUS_MODEL_BASE_URL"
     for label, value in [
         ("NATS", info.nats_url),
+        ("bus credentials", f"{stack.layout.bus_keys} (chat clients use client.creds)"),
         ("Temporal", info.temporal_address),
         ("Temporal Web UI", info.temporal_ui_url),
         ("dev issuer", info.dev_issuer_url),

@@ -9,15 +9,13 @@ from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from opentelemetry import trace
 
+from caduceus_bus.connect import auth_options
 from caduceus_bus.settings import BusSettings
 from caduceus_bus.streams import ensure_stream
 
 
 def make_broker(settings: BusSettings, service: str) -> NatsBroker:
     """A FastStream NATS broker for one service, with trace context carried in headers."""
-    auth: dict[str, str] = {}
-    if settings.nats_user:
-        auth = {"user": settings.nats_user, "password": settings.nats_password or ""}
     return NatsBroker(
         settings.nats_url,
         name=f"caduceus-{service}",
@@ -26,7 +24,7 @@ def make_broker(settings: BusSettings, service: str) -> NatsBroker:
         # Handler failures are logged (as errors with a traceback); per-message chatter only at DEBUG.
         logger=logging.getLogger(f"caduceus.{service}.bus"),
         log_level=logging.DEBUG,
-        **auth,
+        **auth_options(settings),
     )
 
 

@@ -9,6 +9,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from caduceus_bus.connect import auth_options
 from caduceus_bus.events import event_headers
 from caduceus_bus.settings import BusSettings
 from caduceus_bus.streams import ensure_stream
@@ -29,8 +30,7 @@ class EventConnection:
     async def connect(cls, settings: BusSettings, name: str, *, connect_timeout: float = 5.0) -> "EventConnection":
         options: dict = {"name": name, "connect_timeout": connect_timeout, "max_reconnect_attempts": -1,
                          "allow_reconnect": True}
-        if settings.nats_user:
-            options.update(user=settings.nats_user, password=settings.nats_password or "")
+        options.update(auth_options(settings))
         nc = await nats.connect(settings.nats_url, **options)
         return cls(nc, settings)
 

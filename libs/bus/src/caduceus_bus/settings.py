@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +34,12 @@ class BusSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: str | None = None
+    # A `.creds` file (JWT and nkey seed) from the bus authority; the embedded stack gives every process its own.
+    nats_credentials: Path | None = None
+    # The credential itself, held in memory by a worker that took it from its file (see `take_credentials`).
+    nats_credentials_text: SecretStr | None = Field(default=None, exclude=True)
+    # The inbox this credential may read (replies, JetStream acks); by default the one its `.creds` file names.
+    nats_inbox_prefix: str | None = None
     stream_name: str = "CADUCEUS"
     # How long a publisher waits for JetStream to confirm an event is stored.
     publish_timeout_s: float = 5.0

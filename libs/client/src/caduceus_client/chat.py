@@ -72,12 +72,16 @@ class ChatClient:
         self.conn = conn
 
     @classmethod
-    async def connect(cls, nats_url: str, *, name: str = "caduceus-chat-client") -> "ChatClient":
+    async def connect(cls, bus: str | BusSettings, *, name: str = "caduceus-chat-client") -> "ChatClient":
+        """Connect to the bus: a URL (a bus without authorization), or settings with the client's credential."""
+        settings = bus if isinstance(bus, BusSettings) else BusSettings(nats_url=bus)
         try:
-            conn = await EventConnection.connect(BusSettings(nats_url=nats_url), name=name, connect_timeout=3)
+            conn = await EventConnection.connect(settings, name=name, connect_timeout=3)
         except Exception as exc:
-            raise ConnectionError(f"cannot reach NATS at {nats_url} ({exc}); is the stack running? "
-                                  "Start it with `caduceus up`") from None
+            hint = ("the bus refused the credential: use the client credential of the running stack "
+                    "(keys/nats/client.creds in its state dir)" if "authorization" in str(exc).lower()
+                    else "is the stack running? Start it with `caduceus up`")
+            raise ConnectionError(f"cannot reach NATS at {settings.nats_url} ({exc}); {hint}") from None
         return cls(conn)
 
     async def close(self) -> None:
@@ -85,11 +89,17 @@ class ChatClient:
 
     async def send(self, *, tenant: str, token: str, text: str, session_id: str | None = None,
                    workspace: str = "default", channel: str = "cli", timeout: float = 120.0,
-                   watch: bool = False) -> TurnTranscript:
-        """Send one message and wait for its reply. Raises ChatTimeout when none comes in time."""
+                   watch: bool = False, platform: str | None = None, platform_user: str | None = None,
+                   platform_email: str | None = None) -> TurnTranscript:
+        """Send one message and wait for its reply. Raises ChatTimeout when none comes in time.
+
+        `token` is the person's OIDC token; a chat integration sends its service-account key instead,
+        with the platform user who wrote the message (`platform`, `platform_user`, a verified `platform_email`).
+        """
         session_id = session_id or f"s-{new_id()[:16]}"
         message = ChatMessageIn(tenant=tenant, session_id=session_id, workspace=workspace, channel=channel,
-                                token=token, text=text)
+                                token=token, text=text, platform=platform, platform_user=platform_user,
+                                platform_email=platform_email)
         transcript = TurnTranscript(tenant, session_id, message)
         transcript.event_ids.add(message.event_id)
         done: asyncio.Future[ChatReply] = asyncio.get_running_loop().create_future()

@@ -20,6 +20,8 @@ from caduceus_contracts.models import (
     ErrorEvent,
     Event,
     GrantExpired,
+    ModelUsage,
+    PolicyShadowDisagreed,
     SessionGrant,
     SignedCheckpoint,
     SignedDecision,
@@ -46,7 +48,8 @@ from caduceus_contracts.signing import (
 
 __all__ = [
     "EVENT_KINDS", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",
-    "ErrorEvent", "Event", "GrantExpired", "Keyring", "SessionGrant", "SignatureError", "SignedDecision",
+    "ErrorEvent", "Event", "GrantExpired", "Keyring", "ModelUsage", "PolicyShadowDisagreed",
+    "SessionGrant", "SignatureError", "SignedDecision",
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",

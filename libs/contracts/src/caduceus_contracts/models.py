@@ -62,8 +62,19 @@ class Event(Model):
 # --- identity --------------------------------------------------------------
 
 
+# The approval modes of policy packs: ask for every call, ask when a call is risky, never ask.
+ApprovalMode = Literal["always-ask", "ask-when-risky", "never"]
+# Whose memory a turn reads and writes: the tenant's, one user's (`user:<name>`) or one channel's (`channel:<name>`).
+MEMORY_SCOPE_PATTERN = r"^(tenant|user:.{1,256}|channel:.{1,256})$"
+
+
 class SessionGrant(Model):
-    """Who is asking, for one turn: issued and signed by identity, trusted by policy and approval."""
+    """Who is asking, for one turn: issued and signed by identity, trusted by policy and approval.
+
+    `roles` are the person's effective roles in the tenant (tiers included); `approval_mode` is the
+    person's approval mode from tenants.yaml (None: the policy pack decides), an input to policy;
+    `memory_scope` names the memory the planner gives this turn.
+    """
 
     grant_id: str = Field(default_factory=new_id)
     tenant: Tenant
@@ -74,6 +85,8 @@ class SessionGrant(Model):
     session_id: SessionId
     issued_at: datetime
     expires_at: datetime
+    approval_mode: ApprovalMode | None = None
+    memory_scope: str = Field(default="tenant", pattern=MEMORY_SCOPE_PATTERN)
 
 
 class SignedGrant(Model):
@@ -118,6 +131,8 @@ class Decision(Model):
     pack_version: str = ""
     approver_group: str | None = None
     quorum: int | None = None
+    # For `approve`: how long the approvers have, as the policy pack says.
+    approval_timeout_s: float | None = None
     issued_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
 
@@ -145,7 +160,11 @@ def decision_ttl(seconds: float = 60.0) -> datetime:
 
 
 class ChatMessageIn(Event):
-    """A person's message from a chat integration. `token` is an OIDC ID/access token."""
+    """A person's message. `token` is the person's OIDC token, or a chat integration's service-account API key.
+
+    An integration (Slack, Discord) sends its API key and says who wrote the message on its platform:
+    `platform`, `platform_user`, and `platform_email` when the platform verified that address.
+    """
 
     kind: Literal["chat.message.in"] = "chat.message.in"
     message_id: str = Field(default_factory=new_id)
@@ -154,6 +173,9 @@ class ChatMessageIn(Event):
     channel: str = Field(default="cli", min_length=1, max_length=256)
     token: str = Field(max_length=16_384, repr=False)
     text: str = Field(max_length=100_000)
+    platform: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    platform_user: str | None = Field(default=None, min_length=1, max_length=256)
+    platform_email: str | None = Field(default=None, max_length=320)
 
 
 class TurnRequested(Event):
@@ -255,6 +277,35 @@ class WorkerLifecycle(Event):
     detail: str = ""
 
 
+class ModelUsage(Event):
+    """Tokens and cost of one model call in a turn: what policy counts against token and cost budgets."""
+
+    kind: Literal["model.usage"] = "model.usage"
+    workspace: Workspace
+    session_id: SessionId
+    user: str = Field(min_length=1, max_length=256)
+    model: str = Field(default="", max_length=256)
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+
+
+class PolicyShadowDisagreed(Event):
+    """A candidate pack running in shadow decided a call differently from the live pack (which decided it)."""
+
+    kind: Literal["policy.shadow.disagreed"] = "policy.shadow.disagreed"
+    call_id: str
+    workspace: Workspace
+    tool: str
+    live_version: str
+    live_verdict: Verdict
+    live_policy_ids: tuple[str, ...] = ()
+    shadow_version: str
+    shadow_verdict: Verdict
+    shadow_policy_ids: tuple[str, ...] = ()
+    shadow_reason: str = ""
+
+
 class ErrorEvent(Event):
     """A message was refused: malformed, unknown, forged or out of place. Audited like any event."""
 
@@ -344,7 +395,8 @@ class AuditCheckpointed(Event):
 
 EVENT_MODELS: tuple[type[Event], ...] = (
     ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided, ToolCallDispatched,
-    ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, AuditCheckpointed,
+    ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
+    AuditCheckpointed,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

@@ -70,6 +70,14 @@ def worker_event(tenant: str, workspace: str) -> str:
     return f"{PREFIX}.worker.lifecycle.{token(tenant)}.{token(workspace, 'workspace')}"
 
 
+def model_usage(tenant: str) -> str:
+    return f"{PREFIX}.model.usage.{token(tenant)}"
+
+
+def policy_shadow(tenant: str) -> str:
+    return f"{PREFIX}.policy.shadow.{token(tenant)}"
+
+
 def audit_checkpoint(tenant: str) -> str:
     return f"{PREFIX}.audit.checkpoint.{token(tenant)}"
 
@@ -107,4 +115,5 @@ TOOL_REQUESTED_ALL = f"{PREFIX}.tool.requested.*"
 TOOL_DECIDED_ALL = f"{PREFIX}.tool.decided.*"
 TOOL_COMPLETED_ALL = f"{PREFIX}.tool.completed.*.*"
 CHAT_REPLY_ALL = f"{PREFIX}.chat.reply.*.*"
+MODEL_USAGE_ALL = f"{PREFIX}.model.usage.*"
 AUDIT_CHECKPOINT_ALL = f"{PREFIX}.audit.checkpoint.*"

@@ -13,20 +13,22 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from caduceus_bus import BusSettings, auth_options
 from caduceus_embedded.services import RunningService, ServiceFailed
 
 # One probe must be short: a service that is still importing simply does not answer yet.
 PROBE_TIMEOUT_S = 0.5
 
 
-async def wait_ready(nats_url: str, services: Sequence[RunningService], timeout: float, *,
+async def wait_ready(bus: BusSettings, services: Sequence[RunningService], timeout: float, *,
                      on_ready: Callable[[RunningService], None] = lambda _: None,
                      cancelled: Callable[[], bool] = lambda: False) -> bool:
     """Poll every service until each is ready; raise ServiceFailed for the first one that exits or times out.
 
     Returns False when cancelled (the stack is stopping), True when all are ready.
     """
-    nc = await nats.connect(nats_url, name="caduceus-up-health", connect_timeout=5, max_reconnect_attempts=-1)
+    nc = await nats.connect(bus.nats_url, name="caduceus-up-health", connect_timeout=5, max_reconnect_attempts=-1,
+                            **auth_options(bus))
     try:
         pending = list(services)
         deadline = time.monotonic() + timeout

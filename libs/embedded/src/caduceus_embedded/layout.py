@@ -8,6 +8,7 @@
   nats/                 JetStream file store
   temporal/temporal.db  Temporal dev server (SQLite)
   keys/                 Ed25519 keys of identity, policy and approval
+  keys/nats/            the bus authority: nats-server's authorization and every process's credential
   logs/<name>.log       one log per process
   workspaces/, workers/ the broker's tenant workspaces and Hermes worker homes
   audit.db              the audit chains (SQLite)
@@ -42,6 +43,14 @@ class StateLayout:
     @property
     def keys(self) -> Path:
         return self.root / "keys"
+
+    @property
+    def bus_keys(self) -> Path:
+        return self.keys / "nats"
+
+    def bus_credentials(self, role: str) -> Path:
+        """The `.creds` file of a service role (`client` for chat clients, `operator` for the stack itself)."""
+        return self.bus_keys / f"{role}.creds"
 
     @property
     def logs(self) -> Path:

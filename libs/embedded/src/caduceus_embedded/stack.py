@@ -24,7 +24,15 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from caduceus_bus import BusSettings, EventConnection
+from caduceus_bus import (
+    BusAuthority,
+    BusSettings,
+    EventConnection,
+    PermissionFile,
+    WorkerCredentialIssuer,
+    load_permissions,
+)
+from caduceus_bus.authority import WORKER_SIGNING_FILE
 from caduceus_embedded.binaries import find_binary
 from caduceus_embedded.health import wait_ready
 from caduceus_embedded.layout import StateLayout
@@ -69,7 +77,8 @@ class EmbeddedStack:
                  services: Sequence[ServiceSpec] | None = None, model: ModelSettings | None = None,
                  ready_timeout: float = 60.0, stop_grace: float = 10.0, crash_loop_s: float = CRASH_LOOP_S,
                  on_progress: Callable[[str], None] | None = None,
-                 on_problem: Callable[[str], None] | None = None) -> None:
+                 on_problem: Callable[[str], None] | None = None,
+                 bus_permissions: PermissionFile | None = None) -> None:
         self.layout = StateLayout(Path(state_dir).expanduser().resolve())
         self.ports = ports or StackPorts()
         configured = model or ModelSettings()
@@ -79,6 +88,8 @@ class EmbeddedStack:
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
         self.crash_loop_s = crash_loop_s
+        # Who may publish and subscribe to what: infra/nats/permissions.yaml unless a test brings its own.
+        self.bus_permissions = bus_permissions or load_permissions()
         self.say = on_progress or log.info
         self.warn = on_problem or log.warning
         self.nats: ServerProcess | None = None
@@ -108,6 +119,36 @@ class EmbeddedStack:
         return {"CADUCEUS_NATS_URL": self.nats_url, "CADUCEUS_STATE_DIR": str(self.layout.root),
                 "CADUCEUS_KEYS_DIR": str(self.layout.keys)}
 
+    def service_env(self, spec: ServiceSpec) -> dict[str, str]:
+        """The common environment plus the service's own bus credential (a service with no role gets none)."""
+        env = self.common_env()
+        if spec.name in self.bus_permissions.services:
+            env["CADUCEUS_NATS_CREDENTIALS"] = str(self.layout.bus_credentials(spec.name))
+        if spec.name == "broker":
+            env["CADUCEUS_NATS_WORKER_SIGNING"] = str(self.layout.bus_keys / WORKER_SIGNING_FILE)
+        return env
+
+    def bus_settings(self, role: str = "operator") -> BusSettings:
+        """How this process connects to the stack's bus with one of the service roles' credentials."""
+        return BusSettings(nats_url=self.nats_url, nats_credentials=self.layout.bus_credentials(role))
+
+    def worker_bus_settings(self, role: str, tenant: str, workspace: str, worker_id: str = "outside") -> BusSettings:
+        """A worker's credential, minted as the broker would, for a test or benchmark that plays a worker."""
+        issuer = WorkerCredentialIssuer.load(self.layout.bus_keys / WORKER_SIGNING_FILE)
+        credential = issuer.issue(role, tenant, workspace, worker_id)
+        path = self.layout.bus_keys / f"{role}-{tenant}-{workspace}-{worker_id}.creds"
+        path.write_text(credential.text)
+        path.chmod(0o600)
+        return BusSettings(nats_url=self.nats_url, nats_credentials=path)
+
+    def _prepare_bus(self) -> Path:
+        """Write nats-server's authorization and every service role's credential; returns the server config."""
+        authority = BusAuthority(self.layout.bus_keys, self.bus_permissions)
+        for role in self.bus_permissions.services:
+            authority.service_credentials(role)
+        authority.worker_signing()
+        return authority.server_config()
+
     def start(self) -> StackInfo:
         """Start everything and wait until it is ready; on any failure stop what started and raise.
 
@@ -129,10 +170,12 @@ class EmbeddedStack:
     def _start(self, nats_binary: Path, temporal_binary: Path) -> None:
         self.say(f"state dir {self.layout.root}")
         self.layout.prepare()
-        self.nats = start_nats(self.ports.nats, self.layout.nats_store, self.layout.log("nats"))
-        self.say(f"nats-server {nats_binary} listening on {self.nats_url} (JetStream store {self.layout.nats_store})")
+        self.nats = start_nats(self.ports.nats, self.layout.nats_store, self.layout.log("nats"),
+                               config_file=self._prepare_bus())
+        self.say(f"nats-server {nats_binary} listening on {self.nats_url} (JetStream store {self.layout.nats_store}; "
+                 f"authorization on, credentials in {self.layout.bus_keys})")
         stream = BusSettings(nats_url=self.nats_url).stream_name
-        _run(_ensure_stream(self.nats_url))
+        _run(_ensure_stream(self.bus_settings("operator")))
         self.say(f"JetStream stream {stream} ready")
         self.temporal = start_temporal(self.ports.temporal, self.ports.temporal_ui, self.layout.temporal_db,
                                        self.layout.log("temporal"))
@@ -141,9 +184,9 @@ class EmbeddedStack:
         if not self.model_is_scripted:
             self.say(f"model endpoint {self.model.base_url} (from CADUCEUS_MODEL_BASE_URL), model {self.model.name}")
         for spec in self.specs:
-            self.services[spec.name] = start_service(spec, self.common_env(), self.layout.log(spec.name))
+            self.services[spec.name] = start_service(spec, self.service_env(spec), self.layout.log(spec.name))
         self.say(f"starting {', '.join(self.services)}")
-        _run(wait_ready(self.nats_url, list(self.services.values()), self.ready_timeout,
+        _run(wait_ready(self.bus_settings("operator"), list(self.services.values()), self.ready_timeout,
                         on_ready=lambda s: self.say(f"{s.name} ready (pid {s.pid})"),
                         cancelled=self._stopping.is_set))
         self._info = StackInfo(
@@ -151,6 +194,8 @@ class EmbeddedStack:
             dev_issuer_url=f"http://127.0.0.1:{self.ports.issuer}", temporal_address=self.temporal_address,
             temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
             audit_db_url=self.layout.audit_db_url, services={name: s.pid for name, s in self.services.items()},
+            client_credentials=_if_exists(self.layout.bus_credentials("client")),
+            operator_credentials=str(self.layout.bus_credentials("operator")),
         )
         write_stack_info(self._info)
         self._watcher = threading.Thread(target=self._watch, name="caduceus-stack-watch", daemon=True)
@@ -211,11 +256,12 @@ class EmbeddedStack:
 
     def _restart(self, old: RunningService) -> bool:
         """Start the service again and wait for it; False when it did not come back."""
-        fresh = start_service(old.spec, self.common_env(), old.log_path)
+        fresh = start_service(old.spec, self.service_env(old.spec), old.log_path)
         fresh.restarts = old.restarts + 1
         self.services[old.name] = fresh
         try:
-            ready = _run(wait_ready(self.nats_url, [fresh], self.ready_timeout, cancelled=self._stopping.is_set))
+            ready = _run(wait_ready(self.bus_settings("operator"), [fresh], self.ready_timeout,
+                                    cancelled=self._stopping.is_set))
         except (ServiceFailed, OSError) as exc:
             self.warn(f"{str(exc).splitlines()[0]}; not restarting it again")
             return False
@@ -227,8 +273,12 @@ class EmbeddedStack:
         return True
 
 
-async def _ensure_stream(nats_url: str) -> None:
-    connection = await EventConnection.connect(BusSettings(nats_url=nats_url), "caduceus-up")
+def _if_exists(path: Path) -> str:
+    return str(path) if path.exists() else ""
+
+
+async def _ensure_stream(settings: BusSettings) -> None:
+    connection = await EventConnection.connect(settings, "caduceus-up")
     try:
         await connection.ensure_stream()
     finally:

@@ -13,6 +13,8 @@ from pathlib import Path
 import platformdirs
 from pydantic import BaseModel
 
+from caduceus_bus import BusSettings
+
 STACK_FILE = "stack.json"
 
 
@@ -26,6 +28,14 @@ class StackInfo(BaseModel):
     model_base_url: str
     audit_db_url: str
     services: dict[str, int] = {}  # service name -> pid
+    # The bus credentials a chat client and the operator connect with (empty: the bus needs none).
+    client_credentials: str = ""
+    operator_credentials: str = ""
+
+    def bus_settings(self, role: str = "client") -> BusSettings:
+        """How a process on this machine connects to the stack's bus as `client` or `operator`."""
+        credentials = {"client": self.client_credentials, "operator": self.operator_credentials}[role]
+        return BusSettings(nats_url=self.nats_url, nats_credentials=Path(credentials) if credentials else None)
 
 
 def default_state_dir() -> Path:

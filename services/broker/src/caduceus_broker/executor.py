@@ -22,7 +22,7 @@ from caduceus_broker.executor_secrets import ExecutorSecrets
 from caduceus_broker.ledger import DecisionLedger
 from caduceus_broker.runtime import answer_health, health_subject, stop_event
 from caduceus_broker.settings import WorkerSettings
-from caduceus_bus import BusSettings, EventConnection, excerpt, extract_context
+from caduceus_bus import BusSettings, EventConnection, excerpt, extract_context, take_credentials
 from caduceus_contracts import (
     ContractError,
     ErrorEvent,
@@ -110,6 +110,7 @@ class Executor:
 
 
 async def serve(settings: WorkerSettings) -> None:
+    bus = take_credentials(BusSettings())
     secrets = ExecutorSecrets.receive(settings.secrets_fd)
     _keep_memory_private()
     secrets.apply_workspace()
@@ -119,7 +120,7 @@ async def serve(settings: WorkerSettings) -> None:
     discover_plugins()
     if not has_middleware("tool_execution"):
         raise SystemExit("the Caduceus plugin did not load in this executor's Hermes profile; refusing to run")
-    conn = await EventConnection.connect(BusSettings(), name=f"executor-{settings.tenant}-{settings.workspace}")
+    conn = await EventConnection.connect(bus, name=f"executor-{settings.tenant}-{settings.workspace}")
     ledger = DecisionLedger(_ledger_path())
     executor = Executor(settings, conn, ledger, secrets)
     stop = stop_event()

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from caduceus_broker.profiles import scope_home
 from caduceus_broker.runtime import answer_health, health_subject, stop_event
 from caduceus_broker.settings import ModelSettings, WorkerSettings
-from caduceus_bus import BusSettings, EventConnection, extract_context
+from caduceus_bus import BusSettings, EventConnection, extract_context, take_credentials
 from caduceus_contracts import (
     ChatReply,
     ContractError,
     GrantExpired,
+    ModelUsage,
+    SessionGrant,
     SignatureError,
     TurnAssigned,
     load_keyring,
@@ -34,13 +38,23 @@ log = logging.getLogger("caduceus.planner")
 tracer = trace.get_tracer("caduceus.planner")
 
 
+@dataclass(frozen=True)
+class TurnUsage:
+    """Tokens and estimated cost of every model call in one turn, as Hermes counted them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
 class Planner:
     def __init__(self, settings: WorkerSettings, model: ModelSettings, conn: EventConnection, gateway: ToolGateway):
         self.settings = settings
         self.model = model
         self.conn = conn
         self.gateway = gateway
-        self.histories: dict[str, list[dict[str, Any]]] = {}
+        # Per person and session: a session id another person reuses starts a conversation of their own.
+        self.histories: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._session_locks: dict[str, asyncio.Lock] = {}
 
     async def on_turn(self, msg: Msg) -> None:
@@ -65,7 +79,8 @@ class Planner:
             self.gateway.bind_session(session, turn.grant, parent)
             try:
                 with tracer.start_as_current_span("chat turn", context=parent):
-                    text = await asyncio.to_thread(self._run_agent, session, turn.text)
+                    text, usage = await asyncio.to_thread(self._run_agent, grant, turn.text)
+                await self._report_usage(turn, grant, usage)
                 await self._reply(turn, "ok", text)
             except Exception as exc:
                 log.exception("turn failed")
@@ -73,7 +88,18 @@ class Planner:
             finally:
                 self.gateway.unbind_session(session)
 
-    def _run_agent(self, session: str, text: str) -> str:
+    def _run_agent(self, grant: SessionGrant, text: str) -> tuple[str, TurnUsage]:
+        """One turn of Hermes in the grant's memory scope (its own Hermes home, for this thread only)."""
+        from hermes_constants import get_process_hermes_home, reset_hermes_home_override, set_hermes_home_override
+
+        home = scope_home(get_process_hermes_home(), grant.memory_scope)
+        scoped = set_hermes_home_override(home)
+        try:
+            return self._converse(grant.user, grant.session_id, text)
+        finally:
+            reset_hermes_home_override(scoped)
+
+    def _converse(self, user: str, session: str, text: str) -> tuple[str, TurnUsage]:
         from run_agent import AIAgent
 
         agent = AIAgent(
@@ -89,11 +115,23 @@ class Planner:
             skip_context_files=True,
             platform="caduceus",
         )
-        result = agent.run_conversation(text, conversation_history=self.histories.get(session))
+        result = agent.run_conversation(text, conversation_history=self.histories.get((user, session)))
         messages = result.get("messages")
         if isinstance(messages, list):
-            self.histories[session] = messages
-        return str(result.get("final_response") or "")
+            self.histories[(user, session)] = messages
+        usage = TurnUsage(int(agent.session_prompt_tokens or 0), int(agent.session_completion_tokens or 0),
+                          max(0.0, float(agent.session_estimated_cost_usd or 0.0)))
+        return str(result.get("final_response") or ""), usage
+
+    async def _report_usage(self, turn: TurnAssigned, grant: SessionGrant, usage: TurnUsage) -> None:
+        """What the turn's model calls cost, for policy's token and cost budgets (a lost report never fails a turn)."""
+        event = ModelUsage(tenant=turn.tenant, workspace=grant.workspace, session_id=grant.session_id, user=grant.user,
+                           model=self.model.name, prompt_tokens=usage.prompt_tokens,
+                           completion_tokens=usage.completion_tokens, cost_usd=usage.cost_usd)
+        try:
+            await self.conn.publish(subjects.model_usage(turn.tenant), event)
+        except Exception:
+            log.exception("could not report the model usage of a turn in session %s", grant.session_id)
 
     async def _reply(self, turn: TurnAssigned, status: str, text: str) -> None:
         session = turn.grant.grant.session_id
@@ -108,7 +146,7 @@ async def serve(settings: WorkerSettings) -> None:
     discover_plugins()
     if not has_middleware("tool_execution"):
         raise SystemExit("the Caduceus plugin did not load in this planner's Hermes profile; refusing to run")
-    bus = BusSettings()
+    bus = take_credentials(BusSettings())
     keyring = load_keyring(settings.keys_dir)
     conn = await EventConnection.connect(bus, name=f"planner-{settings.tenant}-{settings.workspace}")
     gateway = ToolGateway(conn, asyncio.get_running_loop(), tenant=settings.tenant, workspace=settings.workspace,

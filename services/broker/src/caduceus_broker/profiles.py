@@ -1,12 +1,17 @@
-"""Hermes profiles (HERMES_HOME directories) the broker writes for each worker.
+"""Hermes profiles (HERMES_HOME directories) the broker writes for each worker, and memory scopes within them.
 
 Each tenant/workspace gets its own planner and executor home, so memory and
-sessions never mix across tenants. Caduceus makes the decisions: Hermes's own
-approval prompts and Tirith scanning are off, and the Caduceus plugin is on.
+sessions never mix across tenants. Within a planner home, each memory scope a
+grant names (the tenant, a user, a channel) gets its own Hermes home under
+`memory-scopes/`: its own `memories/` (MEMORY.md, USER.md) and sessions, the
+planner's config. Caduceus makes the decisions: Hermes's own approval prompts
+and Tirith scanning are off, and the Caduceus plugin is on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import yaml
@@ -18,7 +23,12 @@ HERMES_CONFIG = {
     # Hermes would otherwise append its own verifier notes and "[System: ...]" turns to a reply.
     "display": {"file_mutation_verifier": False},
     "agent": {"verify_on_stop": False},
+    # Memory on, in the turn's scope; no background review turns (nudge_interval 0) the person did not ask for.
+    "memory": {"memory_enabled": True, "user_profile_enabled": True, "nudge_interval": 0},
 }
+MEMORY_SCOPES_DIR = "memory-scopes"
+# A scope name used as a directory as it is; anything else (slashes, dots, odd characters) by its hash.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_@+=,-]{0,127}$")
 
 
 def write_profile(home: Path) -> Path:
@@ -36,3 +46,25 @@ def worker_paths(workers_dir: Path, workspaces_dir: Path, tenant: str, workspace
         "workspace": workspaces_dir / tenant / workspace,
         "logs": base / "logs",
     }
+
+
+def scope_home(planner_home: Path, memory_scope: str) -> Path:
+    """The Hermes home a turn with this memory scope runs in (made on first use), e.g. `memory-scopes/user/alice`.
+
+    `memory_scope` is a grant's: `tenant`, `user:<name>` or `channel:<name>`.
+    """
+    kind, _, name = memory_scope.partition(":")
+    if kind == "tenant" and not name:
+        home = planner_home / MEMORY_SCOPES_DIR / "tenant"
+    elif kind in ("user", "channel") and name:
+        plain = _PLAIN_NAME.fullmatch(name)
+        home = planner_home / MEMORY_SCOPES_DIR / kind / (name if plain else "~" + hashlib.sha256(
+            name.encode()).hexdigest()[:32])
+    else:
+        raise ValueError(f"not a memory scope: {memory_scope!r}")
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "config.yaml"
+    if not config.is_symlink():
+        config.unlink(missing_ok=True)
+        config.symlink_to(planner_home / "config.yaml")
+    return home

@@ -51,6 +51,8 @@ class BrokerSettings(BaseSettings):
     @property
     def sandbox_policies(self) -> Path:
         return self.sandbox_policies_dir or self.state_dir / "sandboxes"
+    # The scoped signing keys the broker mints each worker's bus credential with (the embedded stack sets it).
+    nats_worker_signing: Path | None = None
 
     @property
     def keys(self) -> Path:

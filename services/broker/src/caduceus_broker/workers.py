@@ -22,11 +22,12 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from caduceus_broker.bus_access import WorkerBusAccess
 from caduceus_broker.profiles import worker_paths, write_profile
 from caduceus_broker.runtime import health_subject
 from caduceus_broker.sandboxing import SandboxedProcess, Sandboxes, WorkerEndpoints
 from caduceus_broker.settings import BrokerSettings, ModelSettings
-from caduceus_bus import BusSettings
+from caduceus_bus import BusSettings, CredentialError
 from caduceus_contracts import ToolCallDispatched, TurnRequested, new_id
 from caduceus_sandbox import BwrapBackend, ChannelError, PolicyError, PolicyFiles, SandboxUnavailable
 from caduceus_telemetry import TelemetrySettings
@@ -99,6 +100,7 @@ class WorkerPool:
         self.backend = backend or BwrapBackend((settings.sandbox_uid, settings.sandbox_gid))
         self.sandboxes = Sandboxes(self.backend, WorkerEndpoints(
             bus.nats_url, model.base_url, TelemetrySettings().otel_exporter_otlp_endpoint), settings.keys)
+        self.bus_access = WorkerBusAccess(bus, settings.nats_worker_signing)
         self.workers: dict[tuple[str, str], Worker] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -148,10 +150,12 @@ class WorkerPool:
         try:
             for role in ROLES:
                 home = write_profile(paths[f"{role}_home"])
+                env = {**self._environment(worker, role, home, paths["workspace"]),
+                       **self._bus_environment(worker, role, home)}
                 log_path = paths["logs"] / f"{role}.log"
                 with open(log_path, "ab") as log_file:
                     worker.processes[role] = await self.sandboxes.start(
-                        role, policy, env=self._environment(worker, role, home, paths["workspace"]), home=home,
+                        role, policy, env=env, home=home,
                         workspace=paths["workspace"] if role == "executor" else None, log_file=log_file)
                 worker.logs[role] = log_path
             for role in ROLES:
@@ -171,7 +175,6 @@ class WorkerPool:
             "HERMES_HOME": str(home),
             "HOME": str(home),
             "PYTHONUNBUFFERED": "1",
-            "CADUCEUS_NATS_URL": self.bus.nats_url,
             "CADUCEUS_TENANT": worker.tenant,
             "CADUCEUS_WORKSPACE": worker.workspace,
             "CADUCEUS_WORKER_ID": worker.worker_id,
@@ -182,14 +185,24 @@ class WorkerPool:
             "CADUCEUS_COMPLETION_TIMEOUT_S": str(self.settings.completion_timeout_s),
             "CADUCEUS_MAX_ITERATIONS": str(self.settings.max_iterations),
         })
-        if self.bus.nats_user:
-            env.update(CADUCEUS_NATS_USER=self.bus.nats_user, CADUCEUS_NATS_PASSWORD=self.bus.nats_password or "")
         if role == "planner":
             env.update(CADUCEUS_MODEL_BASE_URL=self.model.base_url, CADUCEUS_MODEL_API_KEY=self.model.api_key,
                        CADUCEUS_MODEL_NAME=self.model.name)
         else:
             env.update(CADUCEUS_WORKSPACE_DIR=str(workspace_dir), TERMINAL_CWD=str(workspace_dir))
         return env
+
+    def _bus_environment(self, worker: Worker, role: str, home: Path) -> dict[str, str]:
+        """The worker's own bus credential, written into its home: the one host directory its sandbox mounts.
+
+        The worker reads it and removes it as it starts, so tools it runs later cannot take it.
+        """
+        try:
+            return self.bus_access.environment(role, worker.tenant, worker.workspace, worker.worker_id,
+                                               home / ".caduceus-bus")
+        except CredentialError as exc:
+            raise WorkerStartFailed(f"the {role} for {worker.tenant}/{worker.workspace} has no bus credential: "
+                                    f"{exc}") from None
 
     async def _wait_ready(self, worker: Worker, role: str) -> None:
         subject = health_subject(worker.tenant, worker.workspace, role)

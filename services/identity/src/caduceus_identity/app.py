@@ -1,6 +1,7 @@
 """Wiring: settings in, a startable identity service out. `python -m caduceus_identity` and the tests both use it.
 
-Every handler is in one table here: chat messages to admission, the health check.
+Every handler is in one table here: chat messages to admission, the health check. The tenants file
+is read again whenever it changes (`caduceus tenants apply`), so no restart is needed.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from datetime import timedelta
 from faststream.nats import NatsBroker, NatsMessage
 
 from caduceus_bus import EventPublisher, ensure_event_stream, make_broker
-from caduceus_contracts import ensure_signer, subjects
+from caduceus_contracts import ensure_signer, subjects, utcnow
 from caduceus_identity.adapters.dev_issuer import (
     DevIssuer,
     DevIssuerServer,
     load_or_create_key,
 )
-from caduceus_identity.adapters.oidc import OidcVerifier
-from caduceus_identity.adapters.tenants_file import load_directory
+from caduceus_identity.adapters.issuers import IssuerRegistry
+from caduceus_identity.adapters.store import IdentityStore
+from caduceus_identity.adapters.tenants_file import DirectorySource
+from caduceus_identity.gatekeeper import Gatekeeper
 from caduceus_identity.handlers import Admission, admit_chat_message
 from caduceus_identity.settings import IdentitySettings
 
@@ -35,12 +38,13 @@ class ConfigurationError(RuntimeError):
 
 @dataclass
 class IdentityService:
-    """The running parts of identity: the bus subscribers, the token verifier and the dev issuer."""
+    """The running parts of identity: the bus subscribers, the issuers it trusts, its store and the dev issuer."""
 
     settings: IdentitySettings
     broker: NatsBroker
     admission: Admission
-    verifier: OidcVerifier
+    issuers: IssuerRegistry
+    store: IdentityStore
     dev_issuer: DevIssuerServer | None
 
     @property
@@ -58,12 +62,12 @@ class IdentityService:
         except BaseException:
             await self.stop()
             raise
-        log.info("identity is ready: trusting tokens from %s for audience %r", self.verifier.issuer,
-                 self.verifier.audience)
+        log.info("identity is ready: trusting tokens from %s", ", ".join(self.issuers.trusted) or "no issuer")
 
     async def stop(self) -> None:
         await self.broker.stop()
-        await self.verifier.close()
+        await self.issuers.close()
+        self.store.close()
         if self.dev_issuer is not None:
             await self.dev_issuer.stop()
 
@@ -73,24 +77,24 @@ def bootstrap(settings: IdentitySettings) -> IdentityService:
 
     Raises DirectoryError (tenants file), DevIssuerError (its key) or ConfigurationError, each saying what to fix.
     """
-    directory = load_directory(settings.tenants_file)
-    issuer_url = settings.trusted_issuer_url
-    if issuer_url is None:
+    directory = DirectorySource(settings.tenants_file)
+    issuers = IssuerRegistry(directory, settings.deployment_issuer(), settings.verifier_timing())
+    if not issuers.trusted:
         raise ConfigurationError(
             "identity trusts no token issuer: set CADUCEUS_OIDC_ISSUER_URL to your OIDC provider, "
-            "or enable the dev issuer with CADUCEUS_DEV_ISSUER_PORT"
+            "list tenants' providers under `issuers:` in tenants.yaml, or enable the dev issuer with "
+            "CADUCEUS_DEV_ISSUER_PORT"
         )
     dev_issuer = None
     if settings.dev_issuer_url is not None:
         issuer = DevIssuer(load_or_create_key(settings.dev_issuer_key_path), settings.dev_issuer_url,
                            settings.oidc_audience, directory)
         dev_issuer = DevIssuerServer(issuer, settings.dev_issuer_host, settings.dev_issuer_port)
-    verifier = OidcVerifier(issuer_url, settings.oidc_audience, leeway_s=settings.oidc_leeway_s,
-                            refetch_interval_s=settings.jwks_refetch_interval_s, timeout_s=settings.http_timeout_s)
+    store = IdentityStore(settings.identity_db)
     broker = make_broker(settings, SERVICE)
     admission = Admission(
         publisher=EventPublisher(broker, settings, SERVICE),
-        verifier=verifier,
+        gatekeeper=Gatekeeper(issuers, store, directory, utcnow),
         directory=directory,
         signer=ensure_signer(settings.keys_dir, SERVICE),
         grant_ttl=timedelta(seconds=settings.grant_ttl_s),
@@ -108,4 +112,4 @@ def bootstrap(settings: IdentitySettings) -> IdentityService:
     async def on_health(msg: NatsMessage) -> bytes:
         return b"ok"
 
-    return IdentityService(settings, broker, admission, verifier, dev_issuer)
+    return IdentityService(settings, broker, admission, issuers, store, dev_issuer)

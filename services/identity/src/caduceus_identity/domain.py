@@ -1,18 +1,23 @@
 """Who may speak to Caduceus, and on what terms: the tenant directory and admission of a chat message.
 
-Pure logic, no I/O: a verified identity (from an OIDC
-token) plus the message it came with either becomes a `SessionGrant` or a `Refused`
-saying what was wrong and what the person can do about it.
+Pure logic, no I/O: a verified identity (from an OIDC token, or a chat-platform user a
+service account vouches for) plus the message it came with either becomes a `SessionGrant`
+or a `Refused` saying what was wrong and what the person can do about it.
+
+The directory is tenants.yaml. Per tenant: workspaces; users with roles and an approval mode;
+OIDC groups mapped to roles; custom roles on top of the tiers owner > admin > member > guest
+(a tier includes the ones below it); the OIDC issuers the tenant trusts; and the memory scope
+(one memory for the tenant, one per user, or one per channel).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from caduceus_contracts import ChatMessageIn, SessionGrant, subjects
 
@@ -25,11 +30,20 @@ tenants:
   acme:
     display_name: Acme Corp
     workspaces: [default]
+    memory: user                 # tenant | user | channel
+    groups: {acme-admins: [admin]}
     users:
       alice: {email: alice@acme.example, roles: [member]}"""
 
+# Highest first; each tier includes every tier below it.
+TIERS = ("owner", "admin", "member", "guest")
+ADMIN_ROLES = frozenset({"owner", "admin"})
+
 Name = Annotated[str, Field(pattern=subjects.TOKEN_RE.pattern)]
-Role = Annotated[str, Field(min_length=1, max_length=128)]
+RoleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+UserName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\s:]+$")]
+ApprovalMode = Literal["always-ask", "ask-when-risky", "never"]
+MemoryScope = Literal["tenant", "user", "channel"]
 
 
 class Refused(Exception):
@@ -59,14 +73,15 @@ class DirectoryError(ValueError):
 
 @dataclass(frozen=True)
 class VerifiedIdentity:
-    """The claims identity trusts after a token passed every check."""
+    """Who a credential proved someone is: the name they go by, the tenant, and what their provider says."""
 
     subject: str
     tenant: str
-    roles: tuple[str, ...]
+    groups: tuple[str, ...]
     email: str | None
     issuer: str
-    expires_at: datetime
+    expires_at: datetime | None
+    email_verified: bool = False
 
 
 class _Entry(BaseModel):
@@ -75,17 +90,107 @@ class _Entry(BaseModel):
 
 class User(_Entry):
     email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
-    roles: tuple[Role, ...] = ()
+    roles: tuple[RoleName, ...] = ()
+    # Unset: the tenant's approval mode.
+    approval_mode: ApprovalMode | None = None
+
+
+class CustomRole(_Entry):
+    description: str = ""
+    # Roles (tiers or other custom roles) a holder of this role also has.
+    includes: tuple[RoleName, ...] = ()
+
+
+class Issuer(_Entry):
+    """An OIDC provider whose tokens name people of this tenant."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    audience: str = Field(default="caduceus", min_length=1)
+    # The claim that names the person (matched against user names, then emails).
+    username_claim: str = "sub"
+    groups_claim: str = "groups"
 
 
 class Tenant(_Entry):
     display_name: str = Field(min_length=1, max_length=256)
     workspaces: tuple[Name, ...] = Field(default=("default",), min_length=1)
-    users: dict[Annotated[str, Field(min_length=1, max_length=256)], User] = {}
+    users: dict[UserName, User] = {}
+    roles: dict[RoleName, CustomRole] = {}
+    groups: dict[Annotated[str, Field(min_length=1, max_length=256)], tuple[RoleName, ...]] = {}
+    issuers: tuple[Issuer, ...] = ()
+    # Unset: the policy pack decides.
+    approval_mode: ApprovalMode | None = None
+    memory: MemoryScope = "user"
+
+    @model_validator(mode="after")
+    def _known_roles(self) -> "Tenant":
+        known = set(TIERS) | set(self.roles)
+        for name, role in self.roles.items():
+            if name in TIERS:
+                raise ValueError(f"custom role {name!r} has the name of a tier; tiers are {', '.join(TIERS)}")
+            _require_known(role.includes, known, f"role {name!r} includes")
+        for name, user in self.users.items():
+            _require_known(user.roles, known, f"user {name!r} has")
+        for group, roles in self.groups.items():
+            _require_known(roles, known, f"group {group!r} maps to")
+        return self
+
+    def effective_roles(self, roles: tuple[str, ...] | set[str]) -> tuple[str, ...]:
+        """Roles with everything they include: tiers below a tier, and what custom roles include."""
+        found: set[str] = set()
+        pending = list(roles)
+        while pending:
+            role = pending.pop()
+            if role in found:
+                continue
+            found.add(role)
+            if role in TIERS:
+                pending.extend(TIERS[TIERS.index(role) + 1:])
+            elif role in self.roles:
+                pending.extend(self.roles[role].includes)
+        return tuple(t for t in TIERS if t in found) + tuple(sorted(found - set(TIERS)))
+
+    def find_user(self, name: str, *, email_verified: bool = True) -> tuple[str, User] | None:
+        """A user by name, or by email when `name` is an address the provider verified."""
+        user = self.users.get(name)
+        if user is not None:
+            return name, user
+        if "@" in name and email_verified:
+            lowered = name.lower()
+            for user_name, candidate in self.users.items():
+                if candidate.email.lower() == lowered:
+                    return user_name, candidate
+        return None
+
+    def user_by_email(self, email: str) -> str | None:
+        found = self.find_user(email)
+        return found[0] if found else None
+
+
+def _require_known(roles: tuple[str, ...], known: set[str], where: str) -> None:
+    unknown = sorted(set(roles) - known)
+    if unknown:
+        raise ValueError(f"{where} unknown role(s) {unknown}: use a tier ({', '.join(TIERS)}) or declare it "
+                         "under the tenant's `roles:`")
+
+
+@dataclass(frozen=True)
+class Member:
+    """What the directory says about a person in a tenant: their name, effective roles and approval mode."""
+
+    tenant: str
+    name: str
+    roles: tuple[str, ...]
+    approval_mode: ApprovalMode | None
+    listed: bool
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(ADMIN_ROLES & set(self.roles))
 
 
 class Directory(_Entry):
-    """Tenants, their workspaces and their users with roles: the contents of tenants.yaml."""
+    """Tenants, their workspaces and their people: the contents of tenants.yaml."""
 
     tenants: dict[Name, Tenant]
 
@@ -100,28 +205,42 @@ class Directory(_Entry):
         return tenant
 
     def user(self, tenant_name: str, user_name: str) -> User:
-        """A user of a tenant, or Refused when the tenant or the user is unknown."""
-        user = self.tenant(tenant_name).users.get(user_name)
-        if user is None:
-            raise Refused(
-                f"user {user_name!r} is not a member of tenant {tenant_name!r}",
-                f"ask an administrator of {tenant_name!r} to add you to tenants.yaml",
-            )
-        return user
+        """A listed user of a tenant, or Refused when the tenant or the user is unknown."""
+        found = self.tenant(tenant_name).find_user(user_name, email_verified=False)
+        if found is None:
+            raise _not_a_member(tenant_name, user_name)
+        return found[1]
+
+    def member(self, identity: VerifiedIdentity) -> Member:
+        """The person an identity names, with roles from the directory (their entry, and their groups).
+
+        Roles never come from the token itself: only the groups the provider asserts, mapped by this
+        tenant's `groups:`. A person not listed under `users:` is admitted when a group maps to a role.
+        """
+        tenant = self.tenant(identity.tenant)
+        found = tenant.find_user(identity.subject, email_verified=identity.email_verified)
+        if found is None and identity.email and identity.email_verified:
+            found = tenant.find_user(identity.email)
+        granted = {role for group in identity.groups for role in tenant.groups.get(group, ())}
+        if found is None:
+            if not granted:
+                raise _not_a_member(identity.tenant, identity.subject)
+            return Member(identity.tenant, identity.subject, tenant.effective_roles(granted), tenant.approval_mode,
+                          listed=False)
+        name, user = found
+        return Member(identity.tenant, name, tenant.effective_roles({*user.roles, *granted}),
+                      user.approval_mode or tenant.approval_mode, listed=True)
 
     def admit(self, identity: VerifiedIdentity, message: ChatMessageIn, *, now: datetime,
               ttl: timedelta) -> SessionGrant:
-        """The session grant for one chat message from a verified person, or Refused saying why not.
-
-        Roles come from the directory, not the token: the directory is what the operator controls.
-        """
+        """The session grant for one chat message from a verified person, or Refused saying why not."""
         if identity.tenant != message.tenant:
             raise Refused(
                 f"token is for tenant {identity.tenant!r}, but the message was sent to tenant {message.tenant!r}",
                 f"send it to tenant {identity.tenant!r}, or get a token for {message.tenant!r}",
             )
         tenant = self.tenant(message.tenant)
-        user = self.user(message.tenant, identity.subject)
+        member = self.member(identity)
         if message.workspace not in tenant.workspaces:
             raise Refused(
                 f"workspace {message.workspace!r} is not one of tenant {message.tenant!r}'s workspaces "
@@ -131,13 +250,27 @@ class Directory(_Entry):
         return SessionGrant(
             tenant=message.tenant,
             workspace=message.workspace,
-            user=identity.subject,
-            roles=user.roles,
+            user=member.name,
+            roles=member.roles,
             channel=message.channel,
             session_id=message.session_id,
             issued_at=now,
             expires_at=now + ttl,
+            approval_mode=member.approval_mode,
+            memory_scope=memory_scope(tenant.memory, member.name, message.channel),
         )
+
+
+def memory_scope(kind: MemoryScope, user: str, channel: str) -> str:
+    """The grant's memory scope: the whole tenant, this user, or this channel."""
+    if kind == "tenant":
+        return "tenant"
+    return f"user:{user}" if kind == "user" else f"channel:{channel}"
+
+
+def _not_a_member(tenant: str, user: str) -> Refused:
+    return Refused(f"user {user!r} is not a member of tenant {tenant!r}",
+                   f"ask an administrator of {tenant!r} to add you to tenants.yaml (or to a group it maps to roles)")
 
 
 def parse_directory(text: str, source: str) -> Directory:
@@ -172,11 +305,13 @@ def parse_directory(text: str, source: str) -> Directory:
 def _explain(error: dict) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key (check its spelling: tenants have display_name, workspaces, users; users have email, roles)"
+        return ("unknown key (check its spelling: tenants have display_name, workspaces, users, roles, groups, "
+                "issuers, approval_mode, memory; users have email, roles, approval_mode)")
     if kind == "string_pattern_mismatch":
         return (f"{error.get('input')!r} is not a valid name: use lowercase letters, digits, '-' or '_' "
                 "(or, for email, an address like alice@acme.example)")
     if kind == "missing":
         return "required, but missing"
-    return str(error["msg"])
-
+    if kind == "literal_error":
+        return f"{error.get('input')!r} is not allowed: {error['msg'].removeprefix('Input should be ')}"
+    return str(error["msg"]).removeprefix("Value error, ")

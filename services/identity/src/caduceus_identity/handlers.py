@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 from caduceus_bus import EventPublisher
 from caduceus_contracts import (
@@ -25,7 +25,8 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_identity.domain import Directory, Refused, VerifiedIdentity
+from caduceus_identity.domain import Directory, Refused
+from caduceus_identity.gatekeeper import Gatekeeper
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,13 @@ REDACTED = "[redacted]"
 _JWT_RE = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
 
 
-class TokenVerifier(Protocol):
-    async def verify(self, token: str) -> VerifiedIdentity: ...
-
-
 @dataclass
 class Admission:
-    """What the chat handler needs: where to publish, whom to trust, who exists, how to sign grants."""
+    """What the chat handler needs: where to publish, who vouches for whom, who exists, how to sign grants."""
 
     publisher: EventPublisher
-    verifier: TokenVerifier
-    directory: Directory
+    gatekeeper: Gatekeeper
+    directory: Callable[[], Directory]
     signer: Signer
     grant_ttl: timedelta
 
@@ -70,8 +67,8 @@ async def admit_chat_message(subject: str, body: bytes, admission: Admission) ->
         return
     assert isinstance(message, ChatMessageIn)
     try:
-        identity = await admission.verifier.verify(message.token)
-        grant = admission.directory.admit(identity, message, now=utcnow(), ttl=admission.grant_ttl)
+        identity = await admission.gatekeeper.identify(message)
+        grant = admission.directory().admit(identity, message, now=utcnow(), ttl=admission.grant_ttl)
     except Refused as refused:
         await refuse_message(subject, body, message, refused, admission.publisher)
         return

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from caduceus_bus import BusSettings, with_state_paths
+from caduceus_identity.adapters.issuers import DeploymentIssuer, VerifierTiming
 
 DEV_ISSUER_KEY_FILE = "dev-issuer.pem"
 
@@ -25,13 +26,20 @@ class IdentitySettings(BusSettings):
     state_dir: Path
     keys_dir: Path
     tenants_file: Path
+    # Service accounts, platform links and pairing codes.
+    identity_db: Path
     # The dev OIDC issuer: 0 disables it (production uses the organization's provider).
     dev_issuer_host: str = "127.0.0.1"
     dev_issuer_port: int = Field(default=8900, ge=0, le=65535)
     # The URL the dev issuer names itself by (its `iss`) when it binds elsewhere, e.g. 0.0.0.0 in a container.
     dev_issuer_public_url: str | None = None
+    # The deployment-wide issuer (every tenant trusts it; its tokens name their tenant in `oidc_tenant_claim`).
+    # Tenants add their own providers in tenants.yaml (`issuers:`).
     oidc_issuer_url: str | None = None
     oidc_audience: str = "caduceus"
+    oidc_tenant_claim: str = "tenant"
+    oidc_username_claim: str = "sub"
+    oidc_groups_claim: str = "groups"
     # Clock skew tolerated on exp/nbf/iat.
     oidc_leeway_s: float = 30.0
     # An unknown key id triggers a JWKS refetch at most this often, so forged kids cannot flood the provider.
@@ -42,7 +50,7 @@ class IdentitySettings(BusSettings):
     @model_validator(mode="before")
     @classmethod
     def _derive_paths(cls, data: Any) -> Any:
-        return with_state_paths(data, keys_dir="keys", tenants_file="tenants.yaml")
+        return with_state_paths(data, keys_dir="keys", tenants_file="tenants.yaml", identity_db="identity.db")
 
     @property
     def dev_issuer_url(self) -> str | None:
@@ -53,8 +61,18 @@ class IdentitySettings(BusSettings):
 
     @property
     def trusted_issuer_url(self) -> str | None:
-        """The issuer whose tokens identity accepts: the configured one, else the dev issuer."""
+        """The deployment-wide issuer: the configured one, else the dev issuer (None: only tenants' own issuers)."""
         return (self.oidc_issuer_url or self.dev_issuer_url or "").rstrip("/") or None
+
+    def deployment_issuer(self) -> DeploymentIssuer | None:
+        url = self.trusted_issuer_url
+        if url is None:
+            return None
+        return DeploymentIssuer(url, self.oidc_audience, self.oidc_tenant_claim, self.oidc_username_claim,
+                                self.oidc_groups_claim)
+
+    def verifier_timing(self) -> VerifierTiming:
+        return VerifierTiming(self.oidc_leeway_s, self.jwks_refetch_interval_s, self.http_timeout_s)
 
     @property
     def dev_issuer_key_path(self) -> Path:

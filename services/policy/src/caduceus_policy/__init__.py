@@ -1,20 +1,20 @@
 """Policy Decision Point: decides every tool call and signs the decision.
 
-Usable without a server: `evaluate(load_rule_file(path), tenant, roles, tool, args, workspace_root)`.
+Usable without a server, the way the service, `caduceus policy eval` and audit replay do:
+
+    engine = load_engine(Path("policy.yaml"))
+    verdict = engine.decide(request_facts(tenant, roles, tool, args, workspace_root, user="alice"))
 """
 
-from caduceus_policy.domain import (
-    PolicyEngine,
-    Rule,
-    RuleEngine,
-    RuleSet,
-    Verdict,
-    evaluate,
-)
-from caduceus_policy.facts import RequestFacts, extract_facts, request_facts
-from caduceus_policy.rulefile import RuleFileError, load_engine, load_rule_file, parse_rules
+from caduceus_policy.domain import PolicyEngine, Verdict
+from caduceus_policy.engine import CedarEngine, engine_from_files, load_engine
+from caduceus_policy.facts import KNOWN_FACTS, RequestFacts, extract_facts, request_facts
+from caduceus_policy.pack import Pack, PackError, load_pack
+
+# The skeleton's name for a pack that cannot be used; kept so callers written against it still catch it.
+RuleFileError = PackError
 
 __all__ = [
-    "PolicyEngine", "RequestFacts", "Rule", "RuleEngine", "RuleFileError", "RuleSet", "Verdict", "evaluate",
-    "extract_facts", "load_engine", "load_rule_file", "parse_rules", "request_facts",
+    "KNOWN_FACTS", "CedarEngine", "Pack", "PackError", "PolicyEngine", "RequestFacts", "RuleFileError", "Verdict",
+    "engine_from_files", "extract_facts", "load_engine", "load_pack", "request_facts",
 ]

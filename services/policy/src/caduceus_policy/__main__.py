@@ -7,9 +7,8 @@ import logging
 import signal
 import sys
 
-from caduceus_bus import ensure_event_stream
-from caduceus_policy.app import PolicyService, build
-from caduceus_policy.rulefile import RuleFileError
+from caduceus_policy.app import PolicyService, build, start, stop
+from caduceus_policy.pack import PackError
 from caduceus_policy.settings import PolicySettings
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
@@ -17,19 +16,17 @@ log = logging.getLogger("caduceus_policy")
 
 
 async def serve(service: PolicyService) -> None:
-    """Connect, make sure the event stream exists, start the subscribers, stop cleanly on a signal."""
-    stop = asyncio.Event()
+    """Connect, start deciding, stop cleanly on a signal."""
+    stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await service.broker.connect()
-    await ensure_event_stream(service.broker, service.settings)
-    await service.broker.start()
-    log.info("policy ready: rules %s from %s", service.decider.engine.version, service.settings.policy_file)
+        loop.add_signal_handler(sig, stop_requested.set)
+    await start(service)
+    log.info("policy ready: pack %s (from %s)", service.decider.engine.version, service.settings.policy_file)
     try:
-        await stop.wait()
+        await stop_requested.wait()
     finally:
-        await service.broker.stop()
+        await stop(service)
 
 
 def main() -> int:
@@ -37,7 +34,7 @@ def main() -> int:
     provider = setup_telemetry("policy")
     try:
         service = build(PolicySettings())
-    except RuleFileError as exc:
+    except PackError as exc:
         print(f"caduceus-policy: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

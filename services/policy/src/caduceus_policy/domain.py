@@ -1,111 +1,43 @@
-"""The walking-skeleton rule engine: per-tenant allow/deny rules, deny overrides allow, default deny.
+"""What a decision is, and what the service needs from whatever makes it.
 
-Pure logic, no I/O. The service talks to it only through `PolicyEngine.decide`, so a
-Cedar-backed engine can replace `RuleEngine` without touching the handler.
+Pure: no I/O. The service, `caduceus policy eval` and audit replay all talk to an engine
+through `PolicyEngine.decide(RequestFacts) -> Verdict`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
-from pathlib import PurePosixPath
 from typing import Any, Literal, Protocol
 
-from caduceus_policy.facts import RequestFacts, request_facts
+from caduceus_policy.facts import RequestFacts
+from caduceus_policy.pack.model import Limit
 
-Effect = Literal["allow", "deny"]
+VerdictKind = Literal["allow", "deny", "approve"]
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What policy says about one call, why, and which rules said it."""
+    """What policy says about one call, why (a sentence for people), and which policies said it.
 
-    verdict: Literal["allow", "deny", "approve"]
+    `limits` are the rate limits and budgets that apply when the call is allowed or approved:
+    the service checks them against the shared counters before it signs.
+    """
+
+    verdict: VerdictKind
     reason: str
     policy_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One rule: `effect` applies to `tools` (fnmatch globs) for `roles` (None = any role) when facts match."""
-
-    id: str
-    effect: Effect
-    tools: tuple[str, ...]
-    roles: tuple[str, ...] | None = None
-    when: Mapping[str, Any] = field(default_factory=dict)
-    reason: str = ""
-
-    def matches(self, request: RequestFacts) -> bool:
-        """True when this rule speaks about the request: tool, role and every `when` fact agree."""
-        if not any(fnmatchcase(request.tool, pattern) for pattern in self.tools):
-            return False
-        if self.roles is not None and not set(self.roles) & set(request.roles):
-            return False
-        return all(request.facts.get(name) == expected for name, expected in self.when.items())
-
-
-@dataclass(frozen=True)
-class RuleSet:
-    """A versioned rule file: each tenant's rules, in file order."""
-
-    version: str
-    tenants: Mapping[str, tuple[Rule, ...]]
+    approver_group: str | None = None
+    quorum: int | None = None
+    approval_timeout_s: float | None = None
+    limits: tuple[Limit, ...] = ()
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 class PolicyEngine(Protocol):
-    """What the policy service needs from a rule engine: a version to sign, and a verdict per request."""
+    """What the policy service needs from an engine: a version to sign, and a verdict per request."""
 
     @property
     def version(self) -> str: ...
 
     def decide(self, request: RequestFacts) -> Verdict: ...
-
-
-def _reasons(rules: list[Rule], fallback: str) -> str:
-    texts = dict.fromkeys(rule.reason or f"{fallback} by rule {rule.id}" for rule in rules)
-    return "; ".join(texts)
-
-
-def decide_with_rules(rules: RuleSet, request: RequestFacts) -> Verdict:
-    """Deny if any deny rule matches, else allow if any allow rule matches, else deny."""
-    tenant_rules = rules.tenants.get(request.tenant)
-    if tenant_rules is None:
-        return Verdict("deny", f"no policy rules for tenant {request.tenant!r} (policy {rules.version})")
-    matched = [rule for rule in tenant_rules if rule.matches(request)]
-    denies = [rule for rule in matched if rule.effect == "deny"]
-    if denies:
-        return Verdict("deny", _reasons(denies, "denied"), tuple(rule.id for rule in denies))
-    allows = [rule for rule in matched if rule.effect == "allow"]
-    if allows:
-        return Verdict("allow", _reasons(allows, "allowed"), tuple(rule.id for rule in allows))
-    roles = ", ".join(request.roles)
-    return Verdict("deny", f"no rule allows {request.tool} for roles [{roles}]")
-
-
-def evaluate(
-    rules: RuleSet,
-    tenant: str,
-    roles: tuple[str, ...] | list[str],
-    tool: str,
-    args: Mapping[str, Any],
-    workspace_root: PurePosixPath | str,
-) -> Verdict:
-    """Decide one call without any server: extract its facts, then apply the tenant's rules."""
-    request = request_facts(tenant, tuple(roles), tool, args, PurePosixPath(workspace_root))
-    return decide_with_rules(rules, request)
-
-
-@dataclass(frozen=True)
-class RuleEngine:
-    """The YAML rule engine behind the `PolicyEngine` interface."""
-
-    rules: RuleSet
-
-    @property
-    def version(self) -> str:
-        return self.rules.version
-
-    def decide(self, request: RequestFacts) -> Verdict:
-        return decide_with_rules(self.rules, request)

@@ -1,13 +1,16 @@
-"""Deciding tool calls: a ToolCallRequested in, a signed ToolCallDecided out.
+"""Deciding tool calls: a ToolCallRequested in, a signed ToolCallDecided out; model usage in, budgets counted.
 
-The grant is checked before anything else and is the only source of roles; the call's
-digest must be the digest of its own arguments; any failure, including a bug, is a
-signed deny with the reason, never a crash and never an allow.
+The grant is checked before anything else and is the only source of who is asking; the
+call's digest must be the digest of its own arguments; the engine must answer within the
+bound; rate limits and budgets are charged in the shared counters. Any failure, including a
+bug, is a signed deny with the reason, never a crash and never an allow.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -17,6 +20,9 @@ from caduceus_contracts import (
     CanonicalizationError,
     Decision,
     GrantExpired,
+    ModelUsage,
+    PolicyShadowDisagreed,
+    SessionGrant,
     SignatureError,
     SignedDecision,
     Signer,
@@ -25,11 +31,16 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
+from caduceus_policy.adapters.counters import LimitExceeded, SharedCounters
 from caduceus_policy.domain import PolicyEngine, Verdict
-from caduceus_policy.facts import request_facts
+from caduceus_policy.envelope import CallRef, salvage_request
+from caduceus_policy.facts import HostPaths, LexicalPaths, request_facts
 from caduceus_policy.keys import TrustedKeys
+from caduceus_policy.packs import LivePacks
 
 log = logging.getLogger(__name__)
+DEADLINE_POLICY_ID = "caduceus:deadline"
+LIMIT_POLICY_PREFIX = "limit:"
 
 
 def workspace_root(workspaces_dir: Path, tenant: str, workspace: str) -> PurePosixPath:
@@ -37,18 +48,25 @@ def workspace_root(workspaces_dir: Path, tenant: str, workspace: str) -> PurePos
     return PurePosixPath(workspaces_dir.absolute()) / tenant / workspace
 
 
-@dataclass(frozen=True)
 class Decider:
-    """Everything a decision needs: the rule engine, trusted keys, the policy signing key, the layout."""
+    """Everything a decision needs: the engine(s), trusted keys, the policy signing key, the layout."""
 
-    engine: PolicyEngine
-    keys: TrustedKeys
-    signer: Signer
-    workspaces_dir: Path
-    decision_ttl_s: float = 60.0
+    def __init__(self, engine: PolicyEngine, keys: TrustedKeys, signer: Signer, workspaces_dir: Path,
+                 decision_ttl_s: float = 60.0, *, follow_symlinks: bool = True) -> None:
+        self.packs = engine if isinstance(engine, LivePacks) else LivePacks(engine)
+        self.keys = keys
+        self.signer = signer
+        self.workspaces_dir = workspaces_dir
+        self.decision_ttl_s = decision_ttl_s
+        self.resolver = HostPaths() if follow_symlinks else LexicalPaths()
 
-    def verdict_for(self, request: ToolCallRequested) -> Verdict:
-        """Check the grant and the digest, then ask the engine; every failure is a deny saying why."""
+    @property
+    def engine(self) -> PolicyEngine:
+        """The live engine (replaced on hot reload)."""
+        return self.packs.live
+
+    def check(self, request: ToolCallRequested) -> SessionGrant | Verdict:
+        """The verified grant, or a deny saying why the request cannot be decided on its merits."""
         try:
             grant = self.keys.verify_grant(request.grant)
         except SignatureError as exc:
@@ -68,44 +86,145 @@ class Decider:
             return Verdict("deny", f"the call's arguments cannot be digested: {exc}")
         if computed != request.digest:
             return Verdict("deny", "digest does not match the call's arguments")
-        root = workspace_root(self.workspaces_dir, request.tenant, request.workspace)
-        return self.engine.decide(request_facts(request.tenant, grant.roles, request.tool, request.args, root))
+        return grant
 
-    def decide(self, request: ToolCallRequested) -> ToolCallDecided:
-        """The signed decision event for one request (fail closed: an exception becomes a deny)."""
+    def evaluate(self, engine: PolicyEngine, request: ToolCallRequested, grant: SessionGrant) -> Verdict:
+        """The engine's verdict on a checked request (an engine failure is a deny saying so)."""
         try:
-            verdict = self.verdict_for(request)
+            root = workspace_root(self.workspaces_dir, request.tenant, request.workspace)
+            facts = request_facts(request.tenant, grant.roles, request.tool, request.args, root, user=grant.user,
+                                  workspace=request.workspace, resolver=self.resolver,
+                                  approval_mode=grant.approval_mode)
+            return engine.decide(facts)
         except Exception as exc:
             log.exception("policy evaluation failed for call %s", request.call_id)
-            verdict = Verdict("deny", f"policy evaluation failed: {type(exc).__name__}: {exc}")
+            return Verdict("deny", f"policy evaluation failed: {type(exc).__name__}: {exc}")
+
+    def verdict_for(self, request: ToolCallRequested, engine: PolicyEngine | None = None) -> Verdict:
+        checked = self.check(request)
+        if isinstance(checked, Verdict):
+            return checked
+        return self.evaluate(engine or self.engine, request, checked)
+
+    def sign(self, request: ToolCallRequested | CallRef, verdict: Verdict, version: str) -> ToolCallDecided:
         now = utcnow()
         decision = Decision(
-            tenant=request.tenant,
-            workspace=request.workspace,
-            session_id=request.session_id,
-            call_id=request.call_id,
-            tool=request.tool,
-            digest=request.digest,
-            verdict=verdict.verdict,
-            reason=verdict.reason,
-            policy_ids=verdict.policy_ids,
-            pack_version=self.engine.version,
-            issued_at=now,
-            expires_at=now + timedelta(seconds=self.decision_ttl_s),
+            tenant=request.tenant, workspace=request.workspace, session_id=request.session_id,
+            call_id=request.call_id, tool=request.tool, digest=request.digest, verdict=verdict.verdict,
+            reason=verdict.reason[:2000], policy_ids=verdict.policy_ids, pack_version=version,
+            approver_group=verdict.approver_group, quorum=verdict.quorum,
+            approval_timeout_s=verdict.approval_timeout_s, issued_at=now,
+            expires_at=now + timedelta(seconds=verdict.approval_timeout_s if verdict.verdict == "approve" and
+                                       verdict.approval_timeout_s else self.decision_ttl_s),
         )
-        return ToolCallDecided(
-            tenant=request.tenant,
-            call_id=request.call_id,
-            workspace=request.workspace,
-            decision=SignedDecision.issue(self.signer, decision),
-        )
+        return ToolCallDecided(tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,
+                               decision=SignedDecision.issue(self.signer, decision))
+
+    def decide(self, request: ToolCallRequested) -> ToolCallDecided:
+        """The signed decision for one request, without limits or a deadline (tests, tools)."""
+        engine = self.engine
+        return self.sign(request, self.verdict_for(request, engine), engine.version)
 
 
-async def on_tool_requested(subject: str, body: bytes, publisher: EventPublisher, decider: Decider) -> None:
-    """Parse one request (refusing bad input with an error event), decide it, publish the decision."""
+@dataclass
+class DecisionService:
+    """The asynchronous side of deciding: the deadline, shared limits, shadow comparison, publishing."""
+
+    decider: Decider
+    publisher: EventPublisher
+    counters: SharedCounters | None = None
+    deadline_s: float = 0.5
+    pool: ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        self.pool = self.pool or ThreadPoolExecutor(max_workers=4, thread_name_prefix="policy-decide")
+
+    async def decide(self, request: ToolCallRequested) -> ToolCallDecided:
+        live, shadow = self.decider.packs.live, self.decider.packs.shadow
+        loop = asyncio.get_running_loop()
+        checked = self.decider.check(request)
+        if isinstance(checked, Verdict):
+            return self.decider.sign(request, checked, live.version)
+        grant = checked
+        try:
+            verdict = await asyncio.wait_for(
+                loop.run_in_executor(self.pool, self.decider.evaluate, live, request, grant), self.deadline_s)
+        except TimeoutError:
+            verdict = Verdict("deny", f"policy could not decide within {self.deadline_s * 1000:.0f} ms; denied "
+                                      "(fail closed)", (DEADLINE_POLICY_ID,))
+        if verdict.verdict != "deny" and verdict.limits:
+            verdict = await self.charge(verdict, request, grant)
+        decided = self.decider.sign(request, verdict, live.version)
+        if shadow is not None:
+            await self.compare(shadow, request, grant, decided)
+        return decided
+
+    async def charge(self, verdict: Verdict, request: ToolCallRequested, grant: SessionGrant) -> Verdict:
+        if self.counters is None:
+            return verdict
+        try:
+            await self.counters.enforce(verdict.limits, tenant=request.tenant, user=grant.user, tool=request.tool,
+                                        workspace=request.workspace)
+        except LimitExceeded as exc:
+            return Verdict("deny", f"over the limit {exc.limit.id} ({exc.limit.describe()}); try again later",
+                           (f"{LIMIT_POLICY_PREFIX}{exc.limit.id}",), facts=verdict.facts)
+        except Exception as exc:
+            log.exception("rate-limit counters unavailable for call %s", request.call_id)
+            return Verdict("deny", f"rate limits cannot be checked ({type(exc).__name__}); denied (fail closed)",
+                           ("caduceus:limits-unavailable",), facts=verdict.facts)
+        return verdict
+
+    async def compare(self, shadow: PolicyEngine, request: ToolCallRequested, grant: SessionGrant,
+                      decided: ToolCallDecided) -> None:
+        """Decide again with the shadow pack (never used for the call) and record a disagreement."""
+        live = decided.decision.decision
+        loop = asyncio.get_running_loop()
+        try:
+            candidate = await asyncio.wait_for(
+                loop.run_in_executor(self.pool, self.decider.evaluate, shadow, request, grant), self.deadline_s)
+        except TimeoutError:
+            candidate = Verdict("deny", "shadow pack did not decide in time", (DEADLINE_POLICY_ID,))
+        if candidate.verdict == live.verdict:
+            return
+        self.decider.packs.disagreements += 1
+        event = PolicyShadowDisagreed(
+            tenant=request.tenant, call_id=request.call_id, workspace=request.workspace, tool=request.tool,
+            live_version=live.pack_version, live_verdict=live.verdict, live_policy_ids=live.policy_ids,
+            shadow_version=shadow.version, shadow_verdict=candidate.verdict, shadow_policy_ids=candidate.policy_ids,
+            shadow_reason=candidate.reason[:1000])
+        await self.publisher.publish(subjects.policy_shadow(request.tenant), event)
+
+
+async def on_tool_requested(subject: str, body: bytes, publisher: EventPublisher, service: DecisionService) -> None:
+    """Parse one request (refusing bad input with an error event), decide it, publish the decision.
+
+    A request too broken to parse (invalid UTF-8, nested past the parser's limit, oversized) is still
+    answered with a signed deny when its envelope names the call, so the planner learns why at once.
+    """
     request = await publisher.receive(subject, body, ToolCallRequested)
     if request is None:
+        salvaged = salvage_request(subject, body)
+        if salvaged is not None:
+            call, why = salvaged
+            decided = service.decider.sign(call, Verdict("deny", f"the request could not be read: {why}",
+                                                         ("caduceus:unreadable-request",)),
+                                           service.decider.engine.version)
+            await publisher.publish(subjects.tool_decided(call.tenant), decided)
         return
-    decided = decider.decide(request)
-    log.info("call %s (%s) in %s: %s", request.call_id, request.tool, request.tenant, decided.decision.decision.verdict)
+    decided = await service.decide(request)
+    decision = decided.decision.decision
+    log.info("call %s (%s) in %s: %s %s", request.call_id, request.tool, request.tenant, decision.verdict,
+             ",".join(decision.policy_ids))
     await publisher.publish(subjects.tool_decided(request.tenant), decided)
+
+
+async def on_model_usage(usage: ModelUsage, decider: Decider, counters: SharedCounters) -> None:
+    """Count one model call against the token and cost budgets of its tenant's live pack."""
+    engine = decider.engine
+    tenants = getattr(engine, "pack", None)
+    policy = tenants.tenants.get(usage.tenant) if tenants is not None else None
+    if policy is None:
+        return
+    budgets = [limit for limit in policy.limits if limit.kind != "calls"]
+    await counters.record_usage(budgets, tenant=usage.tenant, user=usage.user, workspace=usage.workspace,
+                                tokens=usage.prompt_tokens + usage.completion_tokens, cost_usd=usage.cost_usd)

@@ -15,7 +15,9 @@ and the step is the number of `assistant` messages already in the turn. So a fre
 carrying step 0's tool results plays step 1, and so on; a second user message in the same chat starts its own
 scenario from step 0. A follow-up user message Hermes injects itself (e.g. its "[System: ...]" nudges) matches
 no scenario and ends the turn with the unmatched reply. Content may quote the turn's tool results:
-`{last_tool_result}` and `{tool_results[N]}`.
+`{last_tool_result}` and `{tool_results[N]}`; content and tool-call arguments may quote the groups of the
+`match` regex in the user message: `{match[N]}`; content may quote what the agent remembers: `{memory}`, the
+entries of the memory block Hermes puts in the system prompt (or "nothing").
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from pydantic import (
 
 UNMATCHED_PREVIEW_CHARS = 60
 EXHAUSTED_CONTENT = "scripted model: scenario {name!r} has no more steps; the turn is over."
-_PLACEHOLDER = re.compile(r"\{(last_tool_result|tool_results\[(\d+)\])\}")
+_PLACEHOLDER = re.compile(r"\{(last_tool_result|tool_results\[(\d+)\]|match\[(\d+)\]|memory)\}")
+# Hermes's system-prompt block of the agent's notes (tools/memory_tool.py `_render_block`).
+_MEMORY_BLOCK = re.compile(r"MEMORY \(your personal notes\)[^\n]*\n═+\n(.*?)(?:\n\n|\n═+|\Z)", re.S)
 
 
 class ScenarioError(ValueError):
@@ -159,14 +163,50 @@ def _current_turn(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict
     return None, []
 
 
-def _render(template: str, tool_results: list[str]) -> str:
+@dataclass(frozen=True)
+class _Context:
+    """What placeholders may quote: the turn's tool results, the match's groups, the remembered notes."""
+
+    tool_results: list[str]
+    groups: tuple[str | None, ...]
+    memory: str
+
+
+def _render(template: str, context: _Context) -> str:
     def substitute(found: re.Match[str]) -> str:
+        if found.group(1) == "memory":
+            return context.memory
+        if found.group(3) is not None:
+            index = int(found.group(3))
+            group = context.groups[index - 1] if 0 < index <= len(context.groups) else None
+            return group if group is not None else f"(no match group #{index})"
+        results = context.tool_results
         if found.group(2) is None:
-            return tool_results[-1] if tool_results else "(no tool result)"
+            return results[-1] if results else "(no tool result)"
         index = int(found.group(2))
-        return tool_results[index] if index < len(tool_results) else f"(no tool result #{index})"
+        return results[index] if index < len(results) else f"(no tool result #{index})"
 
     return _PLACEHOLDER.sub(substitute, template)
+
+
+def _render_arguments(value: Any, context: _Context) -> Any:
+    if isinstance(value, str):
+        return _render(value, context)
+    if isinstance(value, dict):
+        return {key: _render_arguments(item, context) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_render_arguments(item, context) for item in value]
+    return value
+
+
+def remembered(messages: list[dict[str, Any]]) -> str:
+    """The agent's notes Hermes put in the system prompt, entries joined by "; ", or "nothing"."""
+    system = "\n".join(message_text(m) for m in messages if m.get("role") == "system")
+    found = _MEMORY_BLOCK.search(system)
+    if found is None:
+        return "nothing"
+    entries = [entry.strip() for entry in found.group(1).split("\n§\n") if entry.strip()]
+    return "; ".join(entries) or "nothing"
 
 
 def choose_reply(scenarios: tuple[Scenario, ...], messages: list[dict[str, Any]]) -> Reply:
@@ -182,10 +222,13 @@ def choose_reply(scenarios: tuple[Scenario, ...], messages: list[dict[str, Any]]
     if step_index >= len(scenario.steps):
         return Reply(content=EXHAUSTED_CONTENT.format(name=scenario.name), scenario=scenario.name, step=step_index)
     step = scenario.steps[step_index]
-    tool_results = [message_text(m) for m in turn if m.get("role") == "tool"]
+    match = re.search(scenario.match, user_text)
+    context = _Context([message_text(m) for m in turn if m.get("role") == "tool"],
+                       match.groups() if match else (), remembered(messages))
     calls = tuple(
-        ToolCallOut(id=f"call_{uuid.uuid4().hex[:24]}", name=call.name, arguments=json.dumps(call.arguments))
+        ToolCallOut(id=f"call_{uuid.uuid4().hex[:24]}", name=call.name,
+                    arguments=json.dumps(_render_arguments(call.arguments, context)))
         for call in step.tool_calls
     )
-    content = _render(step.content, tool_results) if step.content is not None else None
+    content = _render(step.content, context) if step.content is not None else None
     return Reply(content=content, tool_calls=calls, scenario=scenario.name, step=step_index)

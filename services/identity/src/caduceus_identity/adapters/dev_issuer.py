@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -91,10 +91,14 @@ def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
 
 
 class DevIssuer:
-    """Mints tokens for the people in the directory and publishes its discovery document and JWKS."""
+    """Mints tokens for the people in the directory and publishes its discovery document and JWKS.
+
+    Requested roles become the token's `groups` (and `roles`), as a provider's group claims would:
+    identity maps groups to roles only where the tenant's `groups:` says so.
+    """
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, issuer_url: str, audience: str,
-                 directory: Directory) -> None:
+                 directory: Callable[[], Directory]) -> None:
         self.key = key
         self.issuer_url = issuer_url.rstrip("/")
         self.audience = audience
@@ -114,7 +118,8 @@ class DevIssuer:
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [ALGORITHM],
-            "claims_supported": ["iss", "aud", "sub", "tenant", "roles", "email", "iat", "nbf", "exp"],
+            "claims_supported": ["iss", "aud", "sub", "tenant", "groups", "roles", "email", "email_verified", "iat",
+                                 "nbf", "exp"],
         }
 
     def jwks(self) -> dict:
@@ -122,15 +127,17 @@ class DevIssuer:
 
     def mint(self, request: TokenRequest, *, now: float | None = None) -> str:
         """A signed token for a known user of a known tenant; Refused (the HTTP 400 text) otherwise."""
-        user = self.directory.user(request.tenant, request.user)
+        user = self.directory().user(request.tenant, request.user)
         issued = int(now if now is not None else time.time())
         claims = {
             "iss": self.issuer_url,
             "aud": self.audience,
             "sub": request.user,
             "tenant": request.tenant,
+            "groups": list(request.roles or ()),
             "roles": list(request.roles) if request.roles is not None else list(user.roles),
             "email": user.email,
+            "email_verified": True,
             "iat": issued,
             "nbf": issued,
             "exp": issued + (request.ttl_s or DEFAULT_TTL_S),

@@ -1,6 +1,8 @@
 """Verifying OIDC tokens against one trusted issuer: discovery, JWKS (cached, refetched on rotation), PyJWT.
 
-Every failure is a `TokenRefused` whose reason names the failed check in words a
+Works with any standards-compliant provider (Keycloak, Okta, Entra ID, the dev issuer): keys come
+from the discovery document's `jwks_uri`; a token without a `kid` is checked against the keys of
+its algorithm. Every failure is a `TokenRefused` whose reason names the failed check in words a
 person can act on. The token itself is never logged, stored or put in a reason.
 """
 
@@ -24,7 +26,11 @@ log = logging.getLogger(__name__)
 
 # Asymmetric only: `none` and HS* (which a public key could "sign") are never accepted.
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "EdDSA")
-REQUIRED_CLAIMS = ("sub", "tenant", "exp", "iat")
+REQUIRED_CLAIMS = ("sub", "exp", "iat")
+# The contracts cap a chat message's token at this size; nothing longer is parsed.
+MAX_TOKEN_BYTES = 16_384
+# A token without a kid is tried against at most this many keys of its algorithm.
+MAX_KEYS_WITHOUT_KID = 8
 # Keys the provider stopped publishing stop being trusted within this long.
 MAX_JWKS_AGE_S = 3600.0
 # After a failed fetch, wait this long before asking the provider again.
@@ -46,13 +52,23 @@ def _when(timestamp: Any) -> str:
 
 
 class OidcVerifier:
-    """Checks tokens from one issuer for one audience; answers a VerifiedIdentity or raises TokenRefused."""
+    """Checks tokens from one issuer for one audience; answers a VerifiedIdentity or raises TokenRefused.
+
+    The person is named by `username_claim`, their groups by `groups_claim`. The tenant is `tenant`
+    when the issuer belongs to one tenant, else the token's `tenant_claim` (a deployment-wide issuer).
+    """
 
     def __init__(self, issuer_url: str, audience: str, *, leeway_s: float = 30.0,
                  refetch_interval_s: float = 30.0, timeout_s: float = 5.0,
-                 client: httpx.AsyncClient | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 client: httpx.AsyncClient | None = None, clock: Callable[[], float] = time.monotonic,
+                 tenant: str | None = None, tenant_claim: str = "tenant", username_claim: str = "sub",
+                 groups_claim: str = "groups") -> None:
         self.issuer = issuer_url.rstrip("/")
         self.audience = audience
+        self.tenant = tenant
+        self.tenant_claim = tenant_claim
+        self.username_claim = username_claim
+        self.groups_claim = groups_claim
         self.leeway_s = leeway_s
         self.refetch_interval_s = refetch_interval_s
         self._client = client or httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
@@ -71,15 +87,7 @@ class OidcVerifier:
 
     async def verify(self, token: str) -> VerifiedIdentity:
         """The identity a token proves, after checking signature, algorithm, issuer, audience, times and claims."""
-        if not isinstance(token, str) or not token.strip():
-            raise TokenRefused("no token was sent with the message")
-        malformed = TokenRefused("token is not a well-formed JWT (expected header.payload.signature)")
-        if not _COMPACT_JWS.match(token):
-            raise malformed
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise malformed from None
+        header = unverified_header(token)
         alg = header.get("alg")
         if alg in (None, "none", "None", "NONE"):
             raise TokenRefused("token is unsigned (algorithm 'none'), which is never accepted")
@@ -89,8 +97,10 @@ class OidcVerifier:
                 f"(accepted: {', '.join(ALLOWED_ALGORITHMS)})"
             )
         kid = header.get("kid")
+        if kid is None:
+            return self._identity(await self._decode_without_kid(token, alg))
         if not isinstance(kid, str) or not kid:
-            raise TokenRefused("token header names no signing key (kid)")
+            raise TokenRefused("token header names no usable signing key (kid)")
         key = await self._signing_key(kid)
         if key.algorithm_name != alg:
             raise TokenRefused(
@@ -99,11 +109,30 @@ class OidcVerifier:
         claims = self._decode(token, key, alg, kid)
         return self._identity(claims)
 
+    async def _decode_without_kid(self, token: str, alg: str) -> dict[str, Any]:
+        """A token naming no key (allowed by RFC 7515): the first key of its algorithm its signature matches."""
+        for attempt in range(2):
+            candidates = [(kid, key) for kid, key in self._keys.items() if key.algorithm_name == alg]
+            for kid, key in candidates[:MAX_KEYS_WITHOUT_KID]:
+                try:
+                    return self._decode(token, key, alg, kid)
+                except TokenRefused as refused:
+                    if not refused.reason.startswith("token signature does not match"):
+                        raise
+            if attempt == 0:
+                async with self._lock:
+                    if not self._keys or self._may_fetch():
+                        await self._refresh()
+        if not self._keys and self._failure:
+            raise TokenRefused(f"cannot check the token: {self._failure}", UNREACHABLE_REMEDY)
+        raise TokenRefused(f"token names no key and matches none of {self.issuer}'s {alg} keys")
+
     def _decode(self, token: str, key: PyJWK, alg: str, kid: str) -> dict[str, Any]:
+        required = [*REQUIRED_CLAIMS, *([] if self.tenant else [self.tenant_claim])]
         try:
             return jwt.decode(
                 token, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                leeway=self.leeway_s, options={"require": list(REQUIRED_CLAIMS)},
+                leeway=self.leeway_s, options={"require": required},
             )
         except jwt.ExpiredSignatureError:
             raise TokenRefused(f"token expired at {_when(self._signed_claims(token, key, alg).get('exp'))}") from None
@@ -141,20 +170,26 @@ class OidcVerifier:
             return {}
 
     def _identity(self, claims: dict[str, Any]) -> VerifiedIdentity:
-        tenant = claims["tenant"]
+        tenant = self.tenant or claims[self.tenant_claim]
         if not isinstance(tenant, str) or not tenant:
-            raise TokenRefused("token's 'tenant' claim is not a tenant name")
-        roles = claims.get("roles", [])
-        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-            raise TokenRefused("token's 'roles' claim is not a list of role names")
+            raise TokenRefused(f"token's {self.tenant_claim!r} claim is not a tenant name")
+        name = claims.get(self.username_claim)
+        if not isinstance(name, str) or not name.strip():
+            raise TokenRefused(f"token has no {self.username_claim!r} claim naming the person")
+        groups = claims.get(self.groups_claim, [])
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(groups, list) or not all(isinstance(group, str) for group in groups):
+            raise TokenRefused(f"token's {self.groups_claim!r} claim is not a list of group names")
         email = claims.get("email")
         return VerifiedIdentity(
-            subject=str(claims["sub"]),
+            subject=name.strip(),
             tenant=tenant,
-            roles=tuple(roles),
+            groups=tuple(groups),
             email=email if isinstance(email, str) else None,
             issuer=self.issuer,
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            email_verified=claims.get("email_verified") is True,
         )
 
     async def _signing_key(self, kid: str) -> PyJWK:
@@ -247,6 +282,35 @@ class OidcVerifier:
         if not keys:
             raise ProviderUnavailable(f"the JWKS at {url} has no usable signing key")
         return keys
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    """The header of something that looks like a JWT; TokenRefused when it is missing, oversized or malformed."""
+    if not isinstance(token, str) or not token.strip():
+        raise TokenRefused("no token was sent with the message")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenRefused(f"token is {len(token)} characters long, more than the {MAX_TOKEN_BYTES} accepted")
+    malformed = TokenRefused("token is not a well-formed JWT (expected header.payload.signature)")
+    if not _COMPACT_JWS.match(token):
+        raise malformed
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise malformed from None
+    return header
+
+
+def unverified_issuer(token: str) -> str:
+    """The `iss` a token names (not yet trusted: it only chooses which issuer's keys check it)."""
+    unverified_header(token)
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise TokenRefused("token is not a well-formed JWT (its payload cannot be decoded)") from None
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or not issuer:
+        raise TokenRefused("token names no issuer ('iss' claim)")
+    return issuer.rstrip("/")
 
 
 def _later_than_now(timestamp: Any, leeway_s: float) -> bool:

@@ -1,10 +1,13 @@
-"""Reading the tenants file (CADUCEUS_TENANTS_FILE, default `<state_dir>/tenants.yaml`)."""
+"""Reading the tenants file (CADUCEUS_TENANTS_FILE, default `<state_dir>/tenants.yaml`), and noticing edits."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from caduceus_identity.domain import Directory, DirectoryError, parse_directory
+
+log = logging.getLogger(__name__)
 
 
 def load_directory(path: Path) -> Directory:
@@ -19,3 +22,37 @@ def load_directory(path: Path) -> Directory:
     except OSError as exc:
         raise DirectoryError(f"cannot read tenants file {path}: {exc.strerror}; check its permissions") from None
     return parse_directory(text, str(path))
+
+
+class DirectorySource:
+    """The current directory: the tenants file as last read, read again whenever the file changes.
+
+    A change that does not parse is logged and ignored (the previous directory stays in force);
+    `caduceus tenants apply` checks a file before it replaces this one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._directory = load_directory(path)
+        self._seen = self._signature()
+        self.rejected: str | None = None
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def __call__(self) -> Directory:
+        signature = self._signature()
+        if signature != self._seen:
+            self._seen = signature
+            try:
+                self._directory = load_directory(self.path)
+                self.rejected = None
+                log.info("tenants file %s changed: now %d tenant(s)", self.path, len(self._directory.tenants))
+            except DirectoryError as exc:
+                self.rejected = str(exc)
+                log.error("ignoring the changed tenants file (still using the previous one): %s", exc)
+        return self._directory

@@ -1,0 +1,287 @@
+"""The locked-down bus, attacked with real credentials on a real nats-server configured from permissions.yaml.
+
+Every forbidden publish is checked twice: the server reports a permissions violation to the
+offender, and a spy allowed to read everything never receives the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import NoStreamResponseError
+
+from caduceus_bus import (
+    BusAuthority,
+    BusSettings,
+    EventConnection,
+    PermissionsError,
+    WorkerCredentialIssuer,
+    auth_options,
+    load_permissions,
+)
+from caduceus_bus.permissions import PermissionFile, Role, covers
+from caduceus_contracts import subjects
+from caduceus_embedded.ports import free_port
+from caduceus_embedded.servers import ServerProcess, start_nats
+
+PERMISSIONS = load_permissions()
+# The shipped file plus a test-only role that may read every event, to see what got through.
+WITH_SPY = PERMISSIONS.model_copy(update={"services": {**PERMISSIONS.services,
+                                                       "spy": Role(subscribe=("cad.v1.>", "caduceus.>"))}})
+
+
+@dataclass
+class SecuredBus:
+    url: str
+    authority: BusAuthority
+    issuer: WorkerCredentialIssuer
+    directory: Path
+    server: ServerProcess
+
+
+@pytest.fixture(scope="module")
+def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBus]:
+    base = tmp_path_factory.mktemp("secured-nats")
+    authority = BusAuthority(base / "keys", WITH_SPY)
+    config = authority.server_config()
+    port = free_port()
+    server = start_nats(port, base / "store", base / "nats.log", config_file=config)
+    issuer = WorkerCredentialIssuer.load(authority.worker_signing())
+    yield SecuredBus(f"nats://127.0.0.1:{port}", authority, issuer, base, server)
+    server.stop()
+
+
+@dataclass
+class Connected:
+    """A connection and the errors the server sent it."""
+
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    async def violations(self) -> list[str]:
+        await self.nc.flush()
+        await asyncio.sleep(0.2)  # the server reports a violation asynchronously
+        return [e for e in self.errors if "permissions violation" in e.lower()]
+
+
+async def _connect(url: str, settings: BusSettings) -> Connected:
+    holder: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        holder.append(str(exc))
+
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3, error_cb=on_error,
+                            **auth_options(settings))
+    return Connected(nc, holder)
+
+
+@pytest.fixture()
+async def connect(bus: SecuredBus) -> AsyncIterator:
+    opened: list[Connected] = []
+
+    async def as_role(role: str, tenant: str = "acme", workspace: str = "default") -> Connected:
+        if role in WITH_SPY.workers:
+            credential = bus.issuer.issue(role, tenant, workspace, "w1")
+            path = bus.directory / f"{role}-{tenant}-{workspace}.creds"
+            path.write_text(credential.text)
+        else:
+            path = bus.authority.service_credentials(role)
+        client = await _connect(bus.url, BusSettings(nats_url=bus.url, nats_credentials=path))
+        opened.append(client)
+        return client
+
+    yield as_role
+    for client in opened:
+        await client.nc.close()
+
+
+class Spy:
+    """Everything the spy sees on cad.v1."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+
+    async def on(self, msg) -> None:
+        self.seen.append((msg.subject, msg.data))
+
+    def got(self, subject: str) -> bool:
+        return any(s == subject for s, _ in self.seen)
+
+
+@pytest.fixture()
+async def spy(connect) -> Spy:
+    client = await connect("spy")
+    watcher = Spy()
+    await client.nc.subscribe("cad.v1.>", cb=watcher.on)
+    await client.nc.flush()
+    return watcher
+
+
+async def refused_connection(bus: SecuredBus, **options) -> str:
+    with pytest.raises(Exception) as refused:
+        await nats.connect(bus.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3, **options)
+    return str(refused.value)
+
+
+async def test_a_client_without_a_credential_cannot_connect(bus: SecuredBus) -> None:
+    assert "authorization violation" in (await refused_connection(bus)).lower()
+
+
+async def test_a_credential_from_another_authority_cannot_connect(bus: SecuredBus, tmp_path: Path) -> None:
+    stranger = BusAuthority(tmp_path / "other", PERMISSIONS)
+    forged = stranger.service_credentials("policy")
+    reason = await refused_connection(bus, user_credentials=str(forged))
+    assert "authorization violation" in reason.lower()
+
+
+async def test_a_worker_cannot_publish_a_decision(connect, spy: Spy) -> None:
+    planner = await connect("planner")
+    executor = await connect("executor")
+    for worker in (planner, executor):
+        await worker.nc.publish(subjects.tool_decided("acme"), b'{"verdict": "allow"}')
+    assert await planner.violations() and await executor.violations()
+    assert not spy.got(subjects.tool_decided("acme"))
+
+
+async def test_identity_cannot_publish_a_decision_but_policy_and_approval_can(connect, spy: Spy) -> None:
+    identity = await connect("identity")
+    await identity.nc.publish(subjects.tool_decided("acme"), b"forged")
+    assert "cad.v1.tool.decided.acme" in " ".join(await identity.violations())
+    for role in ("policy", "approval"):
+        decider = await connect(role)
+        await decider.nc.publish(subjects.tool_decided("acme"), role.encode())
+        assert await decider.violations() == []
+    await asyncio.sleep(0.2)
+    assert sorted(data for s, data in spy.seen if s == subjects.tool_decided("acme")) == [b"approval", b"policy"]
+
+
+def test_only_policy_and_approval_may_publish_decisions_in_the_shipped_file() -> None:
+    assert sorted(PERMISSIONS.roles_publishing(subjects.tool_decided("acme"))) == ["approval", "policy"]
+    assert PERMISSIONS.roles_publishing(subjects.tool_dispatched("acme", "default")) == ["broker"]
+    assert PERMISSIONS.roles_publishing(subjects.turn_requested("acme")) == ["identity"]
+
+
+async def test_a_worker_cannot_publish_on_another_tenants_subjects(connect, spy: Spy) -> None:
+    planner = await connect("planner", "acme")
+    await planner.nc.publish(subjects.tool_requested("globex"), b"{}")
+    await planner.nc.publish(subjects.chat_reply("globex", "s1"), b"{}")
+    executor = await connect("executor", "acme")
+    await executor.nc.publish(subjects.tool_completed("globex", "default"), b"{}")
+    await executor.nc.publish(subjects.tool_completed("acme", "research"), b"{}")
+    assert len(await planner.violations()) == 2 and len(await executor.violations()) == 2
+    assert not [s for s, _ in spy.seen if "globex" in s or "research" in s]
+
+
+async def test_a_worker_cannot_subscribe_to_another_tenant_or_workspace(connect) -> None:
+    planner = await connect("planner", "acme", "default")
+    broker = await connect("broker")
+    received: list[str] = []
+
+    async def on(msg) -> None:
+        received.append(msg.subject)
+
+    for subject in (subjects.turn_assigned("globex", "default"), subjects.turn_assigned("acme", "research"),
+                    subjects.tool_decided("globex"), "cad.v1.>", "_INBOX.>", "_INBOX.policy.>"):
+        await planner.nc.subscribe(subject, cb=on)
+    assert len(await planner.violations()) == 6
+    await broker.nc.publish(subjects.turn_assigned("globex", "default"), b"{}")
+    await broker.nc.publish(subjects.turn_assigned("acme", "research"), b"{}")
+    await broker.nc.flush()
+    await asyncio.sleep(0.3)
+    assert received == []
+
+
+async def test_a_worker_does_its_own_job(bus: SecuredBus, connect) -> None:
+    planner = await connect("planner", "acme", "default")
+    broker = await connect("broker")
+    turns: asyncio.Queue = asyncio.Queue()
+
+    async def on_turn(msg) -> None:
+        await turns.put(msg.data)
+
+    await planner.nc.subscribe(subjects.turn_assigned("acme", "default"), cb=on_turn)
+    await planner.nc.flush()
+    await broker.nc.publish(subjects.turn_assigned("acme", "default"), b"turn")
+    assert await asyncio.wait_for(turns.get(), 3) == b"turn"
+    planner_bus = EventConnection(planner.nc, BusSettings(nats_url=bus.url))
+    admin = await connect("operator")
+    await EventConnection(admin.nc, BusSettings(nats_url=bus.url)).ensure_stream()
+    ack = await planner_bus.js.publish(subjects.tool_requested("acme"), b"request")  # stored, acknowledged
+    assert ack.stream == "CADUCEUS"
+    assert await planner.violations() == []
+
+
+async def test_an_executor_cannot_read_the_planners_turns(connect) -> None:
+    executor = await connect("executor", "acme", "default")
+    await executor.nc.subscribe(subjects.turn_assigned("acme", "default"))
+    await executor.nc.publish(subjects.tool_requested("acme"), b"{}")
+    assert len(await executor.violations()) == 2
+
+
+async def test_only_the_operator_may_change_the_event_stream(bus: SecuredBus, connect) -> None:
+    admin = await connect("operator")
+    await EventConnection(admin.nc, BusSettings(nats_url=bus.url)).ensure_stream()
+    for role in ("planner", "broker", "identity"):
+        client = await connect(role)
+        js = client.nc.jetstream(timeout=1)
+        with pytest.raises((TimeoutError, NoStreamResponseError, nats.errors.Error)):
+            await js.delete_stream("CADUCEUS")
+        assert await client.violations(), role
+    info = await admin.nc.jetstream().stream_info("CADUCEUS")
+    assert info.config.name == "CADUCEUS"
+
+
+async def test_the_audit_credential_reads_the_stream_through_its_consumer_only(bus: SecuredBus, connect) -> None:
+    admin = await connect("operator")
+    await EventConnection(admin.nc, BusSettings(nats_url=bus.url)).ensure_stream()
+    audit = await connect("audit")
+    js = audit.nc.jetstream(timeout=2)
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    await js.add_consumer("CADUCEUS", ConsumerConfig(name="audit", durable_name="audit", filter_subject="cad.v1.>",
+                                                     ack_policy=AckPolicy.EXPLICIT))
+    assert await audit.violations() == []
+    with pytest.raises((TimeoutError, nats.errors.Error)):
+        await js.add_consumer("CADUCEUS", ConsumerConfig(name="thief", durable_name="thief"))
+    await audit.nc.publish(subjects.tool_decided("acme"), b"forged")
+    assert len(await audit.violations()) == 2
+
+
+def test_a_worker_subject_outside_its_tenant_is_refused_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "permissions.yaml"
+    path.write_text("stream: CADUCEUS\nservices: {}\nworkers:\n  planner:\n    publish: [cad.v1.tool.requested.*]\n")
+    with pytest.raises(PermissionsError) as refused:
+        load_permissions(path)
+    assert "must name {tenant} in its tenant position" in str(refused.value)
+
+
+def test_the_shipped_file_confines_every_worker_subject_to_its_tenant() -> None:
+    for role in PERMISSIONS.workers:
+        grant = PERMISSIONS.worker_grant(role, "acme", "default")
+        for subject in [*grant.publish, *grant.subscribe]:
+            if subject.startswith("cad.v1."):
+                assert subjects.tenant_of(subject.replace("*", "s1")) == "acme", (role, subject)
+        assert not any(covers(subject, subjects.tool_decided("acme")) for subject in grant.publish), role
+
+
+@pytest.mark.parametrize(("pattern", "subject", "expected"), [
+    ("cad.v1.tool.decided.*", "cad.v1.tool.decided.acme", True),
+    ("cad.v1.tool.decided.*", "cad.v1.tool.decided.acme.x", False),
+    ("cad.v1.>", "cad.v1.tool.decided.acme", True),
+    ("cad.v1.tool.*", "cad.v1.>", False),
+    ("cad.v1.tool.>", "cad.v1.tool.*.acme", True),
+])
+def test_subject_patterns_cover_what_nats_would_match(pattern: str, subject: str, expected: bool) -> None:
+    assert covers(pattern, subject) is expected
+
+
+def test_a_permission_file_cannot_give_a_service_a_placeholder() -> None:
+    with pytest.raises(ValueError, match="only workers have them"):
+        PermissionFile.model_validate({"stream": "CADUCEUS",
+                                       "services": {"policy": {"publish": ["cad.v1.tool.decided.{tenant}"]}}})

@@ -1,0 +1,120 @@
+"""Rate-limit and budget counters in JetStream KV, shared by every policy replica.
+
+Each counter is one key holding a sliding window; a charge is a compare-and-set on the
+key's revision, retried when another replica charged first, so replicas never lose or
+double an increment and all of them see the same totals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from caduceus_policy.limits import SlidingWindow, counter_key
+from caduceus_policy.pack.model import Limit
+
+log = logging.getLogger(__name__)
+BUCKET = "caduceus_policy_limits"
+CAS_ATTEMPTS = 50
+MAX_WINDOW_S = 31 * 86400
+
+
+async def open_bucket(js: JetStreamContext, bucket: str, *, max_age_s: float = 0, history: int = 1) -> KeyValue:
+    """The KV bucket, created on first use (every replica may race to create it: that is fine)."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        config = KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, ttl=max_age_s or None)
+        try:
+            return await js.create_key_value(config)
+        except Exception:
+            return await js.key_value(bucket)  # another replica created it first
+
+
+class LimitExceeded(Exception):
+    def __init__(self, limit: Limit, total: float) -> None:
+        super().__init__(f"{limit.id}: {total:g} of {limit.describe()} used")
+        self.limit = limit
+        self.total = total
+
+
+class SharedCounters:
+    """Sliding-window counters in one KV bucket."""
+
+    def __init__(self, kv: KeyValue, clock: Callable[[], float] = time.time) -> None:
+        self.kv = kv
+        self.clock = clock
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, bucket: str = BUCKET) -> SharedCounters:
+        return cls(await open_bucket(js, bucket, max_age_s=MAX_WINDOW_S))
+
+    async def _read(self, key: str, window_s: float) -> tuple[SlidingWindow, int]:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return SlidingWindow(window_s), 0
+        return SlidingWindow.from_json(entry.value, window_s), entry.revision or 0
+
+    async def total(self, key: str, window_s: float) -> float:
+        window, _ = await self._read(key, window_s)
+        return window.total(self.clock())
+
+    async def add(self, key: str, window_s: float, amount: float, maximum: float | None = None) -> float:
+        """Add `amount`; with `maximum`, refuse (LimitExceeded's total, via ValueError) when it would pass it.
+
+        Returns the new total. Retries when another replica updated the counter in between.
+        """
+        for _ in range(CAS_ATTEMPTS):
+            window, revision = await self._read(key, window_s)
+            now = self.clock()
+            total = window.total(now)
+            if maximum is not None and total + amount > maximum:
+                raise _Full(total)
+            updated = window.add(now, amount)
+            try:
+                if revision:
+                    await self.kv.update(key, updated.to_json(), last=revision)
+                else:
+                    await self.kv.create(key, updated.to_json())
+                return total + amount
+            except KeyWrongLastSequenceError:
+                continue
+        raise RuntimeError(f"counter {key} kept changing under {CAS_ATTEMPTS} attempts")
+
+    async def enforce(self, limits: Iterable[Limit], *, tenant: str, user: str, tool: str, workspace: str) -> None:
+        """Check budgets, then charge one call to each call limit; raise LimitExceeded on the first one full."""
+        keyed = [(limit, counter_key(tenant, limit.id, limit.scope(tenant=tenant, user=user, tool=tool,
+                                                                     workspace=workspace))) for limit in limits]
+        for limit, key in keyed:
+            if limit.kind != "calls":
+                total = await self.total(key, limit.window_s)
+                if total >= limit.maximum:
+                    raise LimitExceeded(limit, total)
+        for limit, key in keyed:
+            if limit.kind == "calls":
+                try:
+                    await self.add(key, limit.window_s, 1.0, limit.maximum)
+                except _Full as full:
+                    raise LimitExceeded(limit, full.total) from None
+
+    async def record_usage(self, limits: Iterable[Limit], *, tenant: str, user: str, workspace: str, tokens: int,
+                           cost_usd: float) -> None:
+        """Count one model call's tokens and cost against every budget of the tenant it falls under."""
+        for limit in limits:
+            amount = {"tokens": float(tokens), "cost_usd": cost_usd}.get(limit.kind, 0.0)
+            if amount <= 0:
+                continue
+            key = counter_key(tenant, limit.id, limit.scope(tenant=tenant, user=user, tool="", workspace=workspace))
+            await self.add(key, limit.window_s, amount)
+
+
+class _Full(Exception):
+    def __init__(self, total: float) -> None:
+        self.total = total

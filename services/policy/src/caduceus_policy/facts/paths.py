@@ -1,0 +1,122 @@
+"""Where a file path lands: normalized against the workspace, with `..`, symlink and absolute-path escapes.
+
+Lexical resolution is pure. When the workspace exists on this host (the embedded stack,
+or a policy replica that mounts the workspaces), `HostPaths` also follows symlinks the
+way the kernel will, component by component, so `link/../../x` or a symlink planted in
+the workspace that points at /etc cannot pass for a path inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Protocol
+
+# Secret files by where they live, matched against the normalized path (case-insensitive).
+_SECRET_PATH = re.compile(
+    r"""(?ix)
+    (?:^|/)\.ssh(?:/|$)                                   # ssh keys, agent sockets, authorized_keys
+    | (?:^|/)id_(?:rsa|dsa|ecdsa|ed25519)(?:_sk)?$        # private keys wherever they were copied
+    | (?:^|/)\.aws/(?:credentials|config)$
+    | (?:^|/)\.config/gcloud(?:/|$) | (?:^|/)application_default_credentials\.json$
+    | (?:^|/)\.azure(?:/|$) | (?:^|/)\.kube/config$ | (?:^|/)\.docker/config\.json$
+    | (?:^|/)(?:\.netrc|_netrc|\.pgpass|\.git-credentials|\.npmrc|\.pypirc|\.vault-token)$
+    | (?:^|/)\.config/gh/hosts\.ya?ml$ | (?:^|/)\.terraform\.d/credentials\.tfrc\.json$
+    | (?:^|/)\.env(?:\.(?!example$|sample$|template$|dist$)[^/]+)?$   # .env, .env.production; not .env.example
+    | \.(?:pem|key|p12|pfx|jks|keystore)$
+    | ^/etc/(?:shadow|gshadow|sudoers(?:\.d)?)(?:/|$|-)
+    | ^/proc/(?:\d+|self)/(?:environ|mem)$
+    | ^/(?:var/)?run/secrets(?:/|$)
+    """
+)
+
+
+def looks_secret(path: str) -> bool:
+    """True when the path names a credential store: ssh keys, cloud credentials, .env files, /etc/shadow ..."""
+    return bool(_SECRET_PATH.search(path))
+
+
+class PathResolver(Protocol):
+    """Turns a path as the executor would see it into the real path it names (following symlinks)."""
+
+    def real(self, path: PurePosixPath) -> PurePosixPath | None: ...
+
+
+@dataclass(frozen=True)
+class LexicalPaths:
+    """No disk access: symlinks are not followed (audit replay, `caduceus policy eval`, other hosts)."""
+
+    def real(self, path: PurePosixPath) -> PurePosixPath | None:
+        return None
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Follows symlinks on this host, for a workspace root that exists here."""
+
+    def real(self, path: PurePosixPath) -> PurePosixPath | None:
+        return PurePosixPath(os.path.realpath(str(path)))
+
+
+@dataclass(frozen=True)
+class PathVerdict:
+    """One path, resolved: where it lands and whether it leaves the workspace, and why."""
+
+    raw: str
+    resolved: str
+    outside: bool
+    via_symlink: bool
+    secret: bool
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The directory a call runs in, how to resolve paths in it, and the current directory of a command."""
+
+    root: PurePosixPath
+    resolver: PathResolver = LexicalPaths()
+
+    @classmethod
+    def at(cls, root: PurePosixPath | str, resolver: PathResolver | None = None) -> "Workspace":
+        return cls(PurePosixPath(posixpath.normpath(str(root))), resolver or LexicalPaths())
+
+    def contains(self, path: PurePosixPath) -> bool:
+        return path == self.root or self.root in path.parents
+
+    def check(self, raw: object, cwd: PurePosixPath | None = None) -> PathVerdict:
+        """Resolve `raw` (relative to `cwd`, default the root). Anything not a clean string counts as outside."""
+        if not isinstance(raw, str) or "\x00" in raw:
+            shown = raw if isinstance(raw, str) else repr(raw)
+            return PathVerdict(shown, shown, outside=True, via_symlink=False, secret=False)
+        text = raw.strip()
+        if text.startswith("~"):
+            # The executor's home is not the workspace; ~user is someone else's home.
+            return PathVerdict(raw, text, outside=True, via_symlink=False, secret=looks_secret(text))
+        base = cwd if cwd is not None else self.root
+        joined = posixpath.join(str(base), text)
+        lexical = PurePosixPath(posixpath.normpath(joined))
+        outside = not self.contains(lexical)
+        via_symlink = False
+        if not outside:
+            # The kernel follows a symlink before applying the `..` after it: resolve the joined path as written.
+            real = self._real(PurePosixPath(joined))
+            if real is not None and not self.contains(real):
+                outside = via_symlink = True
+                lexical = real
+        resolved = str(lexical)
+        return PathVerdict(raw, resolved, outside, via_symlink, looks_secret(resolved) or looks_secret(text))
+
+    def _real(self, path: PurePosixPath) -> PurePosixPath | None:
+        real_root = self.resolver.real(self.root)
+        if real_root is None:
+            return None
+        real = self.resolver.real(path)
+        if real is None:
+            return None
+        # Express the real path relative to the root as the executor sees it.
+        if real == real_root or real_root in real.parents:
+            return self.root / real.relative_to(real_root)
+        return real

@@ -1,0 +1,186 @@
+"""URLs in tool arguments: scheme, host and port, with the host classified in every spelling it can take.
+
+An IPv4 address can be written as one decimal number (2130706433), in hex (0x7f000001),
+in octal (017700000001), in short forms (127.1, 0x7f.1) or inside IPv6 (::ffff:169.254.169.254);
+resolvers and HTTP clients accept all of them, so all of them are parsed the way
+`inet_aton` does before the address is classified. Names are not resolved (no I/O; a name can
+change its answer anyway): names that are loopback or metadata by definition, and names that
+embed an address (169.254.169.254.nip.io), are classified by what they say.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+# Any scheme://... run inside free text (commands, code, JSON strings).
+URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s'\"<>`|;,)}]+")
+
+METADATA_V4 = frozenset({"169.254.169.254", "169.254.170.2", "100.100.100.200", "192.0.0.192"})
+METADATA_V6 = frozenset({ipaddress.IPv6Address("fd00:ec2::254")})
+METADATA_NAMES = frozenset({"metadata.google.internal", "metadata.goog", "metadata", "instance-data",
+                            "instance-data.ec2.internal", "metadata.azure.internal"})
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+# Wildcard DNS services answer with the address written in the name.
+_EMBEDDED_V4 = re.compile(r"(?:^|[.-])((?:\d{1,3}[.-]){3}\d{1,3})(?:[.-]|$)")
+
+HostClass = str  # "loopback" | "private" | "link_local" | "metadata" | "unspecified" | "reserved" | "public" | "name"
+
+
+@dataclass(frozen=True)
+class UrlTarget:
+    """Where one URL points: scheme, host as written and normalized, port, and the host's classes."""
+
+    scheme: str
+    host: str
+    port: int | None
+    classes: frozenset[HostClass]
+
+
+def parse_ipv4(text: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address in any spelling `inet_aton` accepts (1-4 parts, each decimal, 0x-hex or 0-octal)."""
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4 or any(part == "" for part in parts):
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        try:
+            if part.lower().startswith("0x"):
+                numbers.append(int(part[2:] or "0", 16))
+            elif len(part) > 1 and part.startswith("0"):
+                numbers.append(int(part, 8))
+            else:
+                numbers.append(int(part, 10))
+        except ValueError:
+            return None
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (4 - len(leading)):
+        return None
+    value = 0
+    for n in leading:
+        value = value * 256 + n
+    value = value * 256 ** (4 - len(leading)) + last
+    return ipaddress.IPv4Address(value)
+
+
+def _embedded_v4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries: mapped, compatible, NAT64 or 6to4."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    packed = int(address)
+    if packed >> 32 == 0 and packed > 1:  # ::a.b.c.d (deprecated IPv4-compatible)
+        return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    if address in ipaddress.IPv6Network("64:ff9b::/96") or address in ipaddress.IPv6Network("64:ff9b:1::/48"):
+        return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    return None
+
+
+def classify_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> frozenset[HostClass]:
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in METADATA_V6:
+            return frozenset({"metadata", "private"})
+        embedded = _embedded_v4(address)
+        if embedded is not None:
+            return classify_ip(embedded)
+    if isinstance(address, ipaddress.IPv4Address) and str(address) in METADATA_V4:
+        return frozenset({"metadata", "link_local" if address.is_link_local else "private"})
+    if address.is_unspecified:
+        return frozenset({"unspecified"})  # 0.0.0.0 and :: reach this host
+    if address.is_loopback:
+        return frozenset({"loopback"})
+    if address.is_link_local:
+        return frozenset({"link_local"})
+    if isinstance(address, ipaddress.IPv4Address) and address in ipaddress.IPv4Network("100.64.0.0/10"):
+        return frozenset({"private"})  # carrier-grade NAT: not public, and some clouds put metadata there
+    if address.is_private:
+        return frozenset({"private"})
+    if address.is_multicast or address.is_reserved or not address.is_global:
+        return frozenset({"reserved"})
+    return frozenset({"public"})
+
+
+def normalize_host(host: str) -> str:
+    """Lowercase, percent-decoded, without brackets, zone id or trailing dot."""
+    text = unquote(host).strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return text.split("%", 1)[0].rstrip(".")
+
+
+def classify_host(host: str) -> tuple[str, frozenset[HostClass]]:
+    """The host as an address or name, and its classes."""
+    name = normalize_host(host)
+    if not name:
+        return name, frozenset({"unspecified"})
+    if ":" in name:
+        try:
+            v6 = ipaddress.IPv6Address(name)
+        except ValueError:
+            return name, frozenset({"reserved"})
+        return str(v6), classify_ip(v6)
+    v4 = parse_ipv4(name)
+    if v4 is not None:
+        return str(v4), classify_ip(v4)
+    if name in METADATA_NAMES:
+        return name, frozenset({"metadata", "private"})
+    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
+        return name, frozenset({"loopback"})
+    if name.endswith((".internal", ".local", ".lan", ".intranet", ".corp", ".home.arpa")):
+        return name, frozenset({"private"})
+    embedded = _EMBEDDED_V4.search(name)
+    if embedded is not None:
+        address = parse_ipv4(embedded.group(1).replace("-", "."))
+        if address is not None and "public" not in (classes := classify_ip(address)):
+            return name, classes | {"name"}
+    return name, frozenset({"name"})
+
+
+def _hosts_of(url: str) -> list[tuple[str, str, int | None]]:
+    """(scheme, host, port) under each reading a client may take: RFC 3986, and WHATWG's backslash-as-slash."""
+    readings = []
+    for text in dict.fromkeys((url, url.replace("\\", "/"))):
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname or ""
+            if not host and parts.netloc:
+                host = parts.netloc.rsplit("@", 1)[-1]
+            try:
+                port = parts.port
+            except ValueError:
+                port = None
+        except ValueError:
+            # An unparsable authority (e.g. a bad IPv6 literal): take what sits between // and the next /.
+            authority = text.split("//", 1)[-1].split("/", 1)[0]
+            host, port = authority.rsplit("@", 1)[-1], None
+            parts = None
+        scheme = (parts.scheme if parts is not None else text.split(":", 1)[0]).lower()
+        readings.append((scheme, host, port))
+    return readings
+
+
+def url_targets(url: str, *, default_scheme: str = "") -> list[UrlTarget]:
+    """Every place `url` may point to. A bare `host[:port][/path]` gets `default_scheme` (curl and wget do that)."""
+    text = url.strip()
+    if "://" not in text:
+        if not default_scheme:
+            return []
+        text = f"{default_scheme}://{text}"
+    targets = []
+    for scheme, host, port in _hosts_of(text):
+        normalized, classes = classify_host(host)
+        targets.append(UrlTarget(scheme=scheme, host=normalized, port=port, classes=classes))
+    return targets
+
+
+def urls_in_text(text: str, limit: int = 256) -> list[str]:
+    """The scheme://... runs in a text, at most `limit` of them."""
+    found = []
+    for match in URL_IN_TEXT.finditer(text):
+        found.append(match.group(0))
+        if len(found) >= limit:
+            break
+    return found

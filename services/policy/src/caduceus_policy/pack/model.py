@@ -1,0 +1,151 @@
+"""A policy pack as data: per tenant, rules, approval settings, classifiers, MCP annotations, limits, raw Cedar.
+
+Plain frozen dataclasses, no I/O. The loader builds them from YAML (checking every field);
+the compiler turns rules into Cedar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from caduceus_policy.facts.content import Classifier
+
+Effect = Literal["allow", "deny", "approve"]
+LimitKind = Literal["calls", "tokens", "cost_usd"]
+ApprovalMode = Literal["always-ask", "ask-when-risky", "never"]
+Dimension = Literal["user", "tenant", "tool", "workspace"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where something was written: file and line (1-based), for error messages and explanations."""
+
+    file: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Who approves, how many of them, and how long they have."""
+
+    approvers: str
+    quorum: int = 1
+    timeout_s: float = 900.0
+
+
+def tool_matches(patterns: tuple[str, ...] | None, tool: str) -> bool:
+    """None matches every tool; otherwise any `*` glob in `patterns`."""
+    return patterns is None or any(fnmatchcase(tool, pattern) for pattern in patterns)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One YAML rule: `effect` for `tools` (globs) and `roles`/`users` (None = anyone) when facts hold."""
+
+    id: str
+    effect: Effect
+    tools: tuple[str, ...]
+    source: Source
+    roles: tuple[str, ...] | None = None
+    users: tuple[str, ...] | None = None
+    when: Mapping[str, Any] = field(default_factory=dict)
+    unless: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    approval: Approval | None = None
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `maximum` calls (or tokens, or dollars) per `per` scope over a sliding `window_s`."""
+
+    id: str
+    kind: LimitKind
+    maximum: float
+    window_s: float
+    per: tuple[Dimension, ...]
+    source: Source
+    tools: tuple[str, ...] | None = None
+    roles: tuple[str, ...] | None = None
+
+    def applies(self, tool: str, roles: tuple[str, ...]) -> bool:
+        if self.roles is not None and not set(self.roles) & set(roles):
+            return False
+        return self.kind != "calls" or tool_matches(self.tools, tool)
+
+    def scope(self, *, tenant: str, user: str, tool: str, workspace: str) -> tuple[str, ...]:
+        values = {"tenant": tenant, "user": user, "tool": tool, "workspace": workspace}
+        return (tenant, *(f"{dimension}={values[dimension]}" for dimension in self.per))
+
+    def describe(self) -> str:
+        unit = {"calls": "calls", "tokens": "tokens", "cost_usd": "USD"}[self.kind]
+        amount = f"{self.maximum:g}"
+        return f"{amount} {unit} per {'+'.join(self.per)} per {format_duration(self.window_s)}"
+
+
+@dataclass(frozen=True)
+class McpAnnotations:
+    read_only: bool = False
+    destructive: bool = True  # MCP's default when a tool does not say
+
+
+@dataclass(frozen=True)
+class RawCedar:
+    """Cedar policies written by hand, beside the YAML."""
+
+    text: str
+    source: Source
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    name: str
+    rules: tuple[Rule, ...] = ()
+    approval: Approval | None = None
+    approval_modes: Mapping[str, ApprovalMode] = field(default_factory=dict)
+    classifiers: tuple[Classifier, ...] = ()
+    mcp: Mapping[str, Mapping[str, McpAnnotations]] = field(default_factory=dict)
+    limits: tuple[Limit, ...] = ()
+    cedar: tuple[RawCedar, ...] = ()
+
+    def mcp_annotations(self, server: str, tool: str) -> McpAnnotations:
+        tools = self.mcp.get(server, {})
+        return tools.get(tool) or tools.get("*") or McpAnnotations()
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """A policy test: one call, and the decision the pack must make for it."""
+
+    name: str
+    tenant: str
+    tool: str
+    args: Mapping[str, Any]
+    expect: Effect
+    source: Source
+    user: str = "test-user"
+    roles: tuple[str, ...] = ()
+    workspace: str = "default"
+    expect_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A whole pack: its version, each tenant's policy, and the test cases it carries."""
+
+    version: str
+    tenants: Mapping[str, TenantPolicy]
+    tests: tuple[TestCase, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)  # name -> text, as published to the bus
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
