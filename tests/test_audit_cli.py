@@ -158,7 +158,7 @@ def recorded_under_the_default_pack(state: Path) -> list[str]:
         request = ToolCallRequested(tenant="acme", grant=grant, workspace="default", session_id="s9", tool=tool,
                                     args=args, digest=digest, occurred_at=at)
         root = PurePosixPath((state / "workspaces").absolute()) / "acme" / "default"
-        verdict = engine.decide(request_facts("acme", roles, tool, args, root))
+        verdict = engine.decide(request_facts("acme", roles, tool, args, root, user=user, workspace="default"))
         decision = SignedDecision.issue(POLICY, Decision(
             tenant="acme", workspace="default", session_id="s9", call_id=request.call_id, tool=tool, digest=digest,
             verdict=verdict.verdict, reason=verdict.reason, policy_ids=verdict.policy_ids,
@@ -176,7 +176,7 @@ def recorded_under_the_default_pack(state: Path) -> list[str]:
 
 @pytest.mark.parametrize(("old", "new", "affected", "now"), [
     ("tools: [terminal, read_file,", "tools: [read_file,", [0, 3], "deny"),
-    ("tools: [write_file, patch]", "tools: [patch]", [2], "allow"),
+    ("tools: [write_file, patch, skill_manage]", "tools: [patch, skill_manage]", [2], "allow"),
 ], ids=["members-lose-terminal", "writes-rule-no-longer-covers-write_file"])
 def test_replay_reports_exactly_the_calls_a_changed_rule_affects(tmp_path: Path, old: str, new: str,
                                                                   affected: list[int], now: str) -> None:

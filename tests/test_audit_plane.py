@@ -35,7 +35,7 @@ async def eventually(check, what: str, timeout: float = 20.0):
 
 
 async def test_the_stacks_trail_verifies_tells_the_turn_and_joins_its_trace(stack, otlp_collector, tmp_path: Path):
-    client = await ChatClient.connect(stack.info.nats_url)
+    client = await ChatClient.connect(stack.info.bus_settings("client"))
     try:
         token = mint_dev_token(stack.info.dev_issuer_url, "acme", "alice")
         transcript = await client.send(tenant="acme", token=token, text=DEMO_MESSAGE, watch=True, timeout=180)
@@ -59,7 +59,7 @@ async def test_the_stacks_trail_verifies_tells_the_turn_and_joins_its_trace(stac
                                    "--state-dir", state)
     assert told.exit_code == 0, told.output
     html = page.read_text()
-    assert "writes-stay-in-workspace" in html and "terminal" in html and "alice (member)" in html
+    assert "writes-stay-in-workspace" in html and "asked for <b>terminal</b>" in html and "alice (member" in html
 
     exported = await asyncio.to_thread(caduceus, "audit", "export", "--format", "otel", "--session", session,
                                        "--otlp-endpoint", otlp_collector.url, "--state-dir", state)

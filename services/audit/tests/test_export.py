@@ -24,7 +24,8 @@ from caduceus_audit.adapters.store import RecordFilter
 from caduceus_audit.domain.narrative import Narrator
 from caduceus_audit.export.otel import SpanBuilder
 from caduceus_audit.exporting import Export, Formatter
-from caduceus_audit.testing import HOSTILE, STORY_START, governed_session, record_published
+from caduceus_audit.testing import HOSTILE, STORY_START, Published, governed_session, record_published
+from caduceus_contracts import ModelUsage, PolicyShadowDisagreed, subjects
 
 OCSF = json.loads((Path(__file__).parent / "data" / "ocsf-1.8.0-api-activity.json").read_text())
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -32,9 +33,19 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Iterator[AuditStore]:
-    """alice's governed session in acme (s1) and bob's in globex (s2), an hour later."""
+    """alice's governed session in acme (s1) with its model usage and a shadow pack's disagreement, and bob's
+    in globex (s2), an hour later."""
     store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
-    record_published(store, governed_session("acme", "s1"))
+    session = governed_session("acme", "s1")
+    at = session[-1].event.occurred_at
+    extra = [ModelUsage(tenant="acme", workspace="default", session_id="s1", user="alice", model="m-large",
+                        prompt_tokens=120, completion_tokens=30, cost_usd=0.0015, occurred_at=at),
+             PolicyShadowDisagreed(tenant="acme", call_id="s1-call1", workspace="default", tool="terminal",
+                                   live_version="v7", live_verdict="allow", shadow_version="v8", shadow_verdict="deny",
+                                   occurred_at=at)]
+    record_published(store, session + [Published(subject, event, {"Nats-Msg-Id": event.event_id})
+                                       for subject, event in zip((subjects.model_usage("acme"),
+                                                                  subjects.policy_shadow("acme")), extra)])
     record_published(store, governed_session("globex", "s2", user="bob", trace_id="ab" * 16,
                                              start=STORY_START + timedelta(hours=1)))
     yield store
@@ -97,7 +108,7 @@ def ocsf_value_problems(value: Any, attr: dict[str, Any], where: str, profiles: 
 
 def test_every_record_is_a_valid_ocsf_api_activity_with_the_ai_operation_profile(store: AuditStore) -> None:
     events = [json.loads(line) for line in export_lines(store, "ocsf")]
-    assert len(events) == 30
+    assert len(events) == 32
     for event in events:
         profiles = set(event["metadata"].get("profiles", []))
         assert {"ai_operation", "security_control"} <= profiles
@@ -126,6 +137,10 @@ def test_ocsf_maps_actor_tenant_decision_policy_and_approval(store: AuditStore) 
     assert [(e["action"], e["disposition"]) for e in approved] == [("Held for approval", "Delayed"),
                                                                    ("Allowed", "Approved")]
     assert approved[1]["policy"]["group"] == {"name": "leads"} and "carol" in approved[1]["status_detail"]
+    usage = next(e for e in events if e["activity_name"] == "model.usage")
+    assert usage["message_context"]["total_tokens"] == 150 and usage["actor"]["user"]["name"] == "alice"
+    shadow = next(e for e in events if e["activity_name"] == "policy.shadow.disagreed")
+    assert "shadow pack v8 would have denied terminal" in shadow["message"]
 
 
 # --- CEF --------------------------------------------------------------------------------------------------------
@@ -245,9 +260,9 @@ def test_syslog_reaches_a_real_listener_with_fields_intact(store: AuditStore, co
     port = (collector.udp if transport == "udp" else collector.tcp).server_address[1]
     run = Export(store, RecordFilter(tenant="acme"), Formatter("syslog", hostname="audit-host"),
                  SyslogSink(f"{transport}://127.0.0.1:{port}"))
-    assert run.catch_up() == 15
+    assert run.catch_up() == 17
     run.finish()
-    received = [parse_syslog(m) for m in collector.wait_for(15)]
+    received = [parse_syslog(m) for m in collector.wait_for(17)]
     assert {(m["app"], m["host"]) for m in received} == {("caduceus-audit", "audit-host")}
     by_kind = {}
     for message in received:
@@ -293,7 +308,7 @@ def test_an_unreachable_syslog_collector_is_an_error_naming_it(store: AuditStore
 def test_jsonl_carries_every_chained_field_and_filters_by_tenant_session_and_time(store: AuditStore) -> None:
     everything = [json.loads(line) for line in export_lines(store, "jsonl")]
     stored = {(r.tenant, r.seq): r for r in store.records()}
-    assert len(everything) == len(stored) == 30
+    assert len(everything) == len(stored) == 32
     for line in everything:
         record = stored[(line["tenant"], line["seq"])]
         assert (line["hash"], line["prev_hash"], line["event_id"]) == (record.hash, record.prev_hash, record.event_id)

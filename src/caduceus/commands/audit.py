@@ -153,6 +153,9 @@ def verify(
                               "repeatable.")] = None,
     bus: Annotated[bool, typer.Option("--bus", help="Also read every checkpoint from the JetStream event stream.")] = False,
     nats_url: Annotated[str | None, typer.Option(help="NATS for --bus (default: the running stack's).")] = None,
+    nats_credentials: Annotated[Path | None, typer.Option(
+        help="A .creds file allowed to read the event stream, for --bus with --nats-url (the running stack's "
+             "operator credential otherwise).")] = None,
     archive: Annotated[list[Path] | None, typer.Option(
         "--archive", help="Also verify an archive file written by `caduceus audit archive`; repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -167,7 +170,8 @@ def verify(
             fail(str(exc))
         sources.append(str(path))
     if bus:
-        held += [HeldCheckpoint("the bus", event) for event in _bus_checkpoints(nats_url, state_dir, tenant)]
+        held += [HeldCheckpoint("the bus", event)
+                 for event in _bus_checkpoints(nats_url, nats_credentials, state_dir, tenant)]
         sources.append("the bus")
     try:
         verdicts = guarded(lambda: verify_trail(store, keyring, tenant=tenant, outside=held))
@@ -200,14 +204,17 @@ def _archive_verdict(path: Path, keyring: Keyring):
         fail(str(exc))
 
 
-def _bus_checkpoints(nats_url: str | None, state_dir: Path | None, tenant: str | None) -> list[Any]:
+def _bus_checkpoints(nats_url: str | None, credentials: Path | None, state_dir: Path | None,
+                     tenant: str | None) -> list[Any]:
     if nats_url is None:
         info = read_stack_info(layout(state_dir).root)
         if info is None:
             fail(f"--bus needs NATS: no stack runs in {layout(state_dir).root}; pass --nats-url nats://host:4222")
-        nats_url = info.nats_url
+        settings = info.bus_settings("operator")
+    else:
+        settings = BusSettings(nats_url=nats_url, nats_credentials=credentials)
     try:
-        return asyncio.run(read_bus_checkpoints(BusSettings(nats_url=nats_url), tenant))
+        return asyncio.run(read_bus_checkpoints(settings, tenant))
     except CheckpointSourceError as exc:
         fail(str(exc))
 
@@ -327,9 +334,11 @@ def replay_calls(
     workspaces = workspaces_dir or layout(state_dir).workspaces
 
     def decide(call: RecordedCall) -> Any:
-        # The workspace root exactly as the policy service computes it: <workspaces dir>/<tenant>/<workspace>.
+        # The request exactly as the policy service builds it: the workspace root <workspaces dir>/<tenant>/<workspace>,
+        # and who asked, with the approval mode their grant carried.
         root = PurePosixPath(workspaces.absolute()) / call.tenant / call.workspace
-        return engine.decide(request_facts(call.tenant, call.roles, call.tool, call.args, root))
+        return engine.decide(request_facts(call.tenant, call.roles, call.tool, call.args, root, user=call.user,
+                                           workspace=call.workspace, approval_mode=call.approval_mode))
 
     store = open_store(db, state_dir)
     start = parse_time(since, "--since") if since else None

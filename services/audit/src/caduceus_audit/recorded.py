@@ -39,6 +39,8 @@ class RecordedCall:
     # What policy itself decided, before any approval: what another policy pack is compared with.
     policy_verdict: str | None = None
     policy_reason: str = ""
+    # The approval mode identity granted the person (always-ask, ask-when-risky, never), if any.
+    approval_mode: str | None = None
 
 
 def recorded_calls(store: AuditStore, *, tenant: str | None = None,
@@ -62,7 +64,7 @@ def _requested(record: StoredRecord) -> RecordedCall:
     grant = body["grant"]["grant"]
     return RecordedCall(tenant=record.tenant, workspace=body["workspace"], session_id=body["session_id"],
                         call_id=body["call_id"], user=grant["user"], roles=tuple(grant["roles"]), tool=body["tool"],
-                        args=body["args"], occurred_at=record.occurred_at)
+                        args=body["args"], occurred_at=record.occurred_at, approval_mode=grant.get("approval_mode"))
 
 
 def _with_decision(call: RecordedCall, record: StoredRecord) -> RecordedCall:

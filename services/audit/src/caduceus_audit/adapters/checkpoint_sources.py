@@ -14,7 +14,7 @@ import nats
 import nats.errors
 from nats.js.api import DeliverPolicy
 
-from caduceus_bus import BusSettings
+from caduceus_bus import BusSettings, CredentialsUnreadable, auth_options
 from caduceus_contracts import AuditCheckpointed, ContractError, parse_event, subjects
 
 # How long reading the stream waits for the next checkpoint it knows is there, and for NATS to answer at all.
@@ -51,9 +51,16 @@ def read_checkpoint_file(path: Path) -> list[AuditCheckpointed]:
 
 
 async def read_bus_checkpoints(settings: BusSettings, tenant: str | None = None) -> list[AuditCheckpointed]:
-    """Every checkpoint the event stream holds (of one tenant), read with a throwaway ordered consumer."""
+    """Every checkpoint the event stream holds (of one tenant), read with a throwaway ordered consumer.
+
+    Reading the stream takes a credential allowed to create a consumer on it (the embedded stack's
+    `operator` one); a chat client's can only watch checkpoints as they are published.
+    """
     subject = subjects.audit_checkpoint(tenant) if tenant else subjects.AUDIT_CHECKPOINT_ALL
-    credentials = {"user": settings.nats_user, "password": settings.nats_password or ""} if settings.nats_user else {}
+    try:
+        credentials = auth_options(settings)
+    except CredentialsUnreadable as exc:
+        raise CheckpointSourceError(str(exc)) from None
     try:
         # One attempt, not the services' reconnect-forever: a verifier must say it cannot reach the bus.
         nc = await nats.connect(settings.nats_url, name="caduceus-audit-verify", allow_reconnect=False,

@@ -184,6 +184,20 @@ class Narrator:
         return RecordView(record, body, f"{body.get('role', 'worker')} {body.get('worker_id', '?')} {state}{detail}",
                           severity, workspace=body.get("workspace"))
 
+    def _model_usage(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor = self._actor_of(record) or Actor(str(body.get("user", "?")), ())
+        tokens = f"{body.get('prompt_tokens', 0)} prompt + {body.get('completion_tokens', 0)} completion tokens"
+        return RecordView(record, body, f"{actor.user} used model {body.get('model') or '?'}: {tokens}, "
+                          f"${float(body.get('cost_usd') or 0):.4f}", "info", actor=actor,
+                          workspace=body.get("workspace"))
+
+    def _policy_shadow_disagreed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        shadow, live = VERDICT_WORDS.get(body.get("shadow_verdict", ""), "?"), VERDICT_WORDS.get(
+            body.get("live_verdict", ""), "?")
+        return RecordView(record, body, f"shadow pack {body.get('shadow_version', '?')} would have {shadow} "
+                          f"{body.get('tool', '?')} (live pack {body.get('live_version', '?')}: {live})", "info",
+                          actor=self._actor_of(record), workspace=body.get("workspace"))
+
     def _error(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
         return RecordView(record, body, f"{body.get('service', '?')} refused a message on {body.get('subject', '?')}: "
                           f"{body.get('reason', '')}", "high")

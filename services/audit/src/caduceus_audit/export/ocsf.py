@@ -21,7 +21,8 @@ PUBLISHER = {"chat.message.in": "chat", "turn.requested": "identity", "turn.assi
              "tool.requested": "planner", "tool.decided": "policy", "tool.dispatched": "broker",
              "tool.completed": "planner", "chat.reply": "planner", "worker.lifecycle": "broker", "error": "caduceus"}
 # OCSF message_context.ai_role_id: who speaks in the conversation.
-AI_ROLE = {"chat.message.in": (1, "User"), "turn.requested": (1, "User"), "chat.reply": (2, "Assistant")}
+AI_ROLE = {"chat.message.in": (1, "User"), "turn.requested": (1, "User"), "chat.reply": (2, "Assistant"),
+           "model.usage": (2, "Assistant")}
 TOOL_ROLE = (3, "Tool")
 # security_control action_id and disposition_id per verdict (an approval's allow is "Approved").
 ACTION = {"allow": (1, "Allowed"), "deny": (2, "Denied"), "approve": (OTHER, "Held for approval")}
@@ -62,9 +63,16 @@ def to_ocsf(view: RecordView) -> dict[str, Any]:
     if record.session_id:
         role_id, role = AI_ROLE.get(record.kind, TOOL_ROLE if record.kind.startswith("tool.") else (OTHER, "Other"))
         event["message_context"] = {"uid": record.session_id, "name": "caduceus session", "ai_role_id": role_id,
-                                    "ai_role": role}
+                                    "ai_role": role, **_token_counts(view)}
     event.update(_outcome(view))
     return event
+
+
+def _token_counts(view: RecordView) -> dict[str, int]:
+    if view.kind != "model.usage" or not view.body:
+        return {}
+    prompt, completion = int(view.body.get("prompt_tokens") or 0), int(view.body.get("completion_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _metadata(view: RecordView) -> dict[str, Any]:
