@@ -21,14 +21,14 @@ class OtlpCollector:
     url: str
     exports: list[bytes] = field(default_factory=list)
 
-    def spans(self) -> list[tuple[str, str, str]]:
-        """(service.name, span name, trace id hex) of every span received."""
+    def spans(self, since: int = 0) -> list[tuple[str, str, str]]:
+        """(service.name, span name, trace id hex) of every span received (in exports from number `since` on)."""
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
             ExportTraceServiceRequest,
         )
 
         found = []
-        for body in list(self.exports):
+        for body in list(self.exports)[since:]:
             request = ExportTraceServiceRequest.FromString(body)
             for resource_spans in request.resource_spans:
                 service = next((a.value.string_value for a in resource_spans.resource.attributes
@@ -67,9 +67,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, otlp_collector: OtlpCollecto
     """The embedded stack on free ports in a throwaway state dir, exporting traces to the test collector."""
     state_dir = tmp_path_factory.mktemp("stack")
     saved = {k: os.environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_BSP_SCHEDULE_DELAY",
-                                            "CADUCEUS_MODEL_BASE_URL")}
+                                            "CADUCEUS_MODEL_BASE_URL", "CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S")}
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_collector.url
     os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # export spans quickly
+    os.environ["CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S"] = "1"  # sign chain heads within a second
     os.environ.pop("CADUCEUS_MODEL_BASE_URL", None)  # always the scripted model here
     embedded = EmbeddedStack(state_dir, StackPorts.free())
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import approvals, chat, demo, identity, policy, sandbox, tenants, up, whoami
+from caduceus.commands import approvals, audit, chat, demo, identity, policy, sandbox, tenants, up, whoami
 
 app = typer.Typer(
     name="caduceus",
@@ -24,6 +24,7 @@ sandbox.register(app)
 tenants.register(app)
 whoami.register(app)
 policy.register(app)
+audit.register(app)
 
 
 if __name__ == "__main__":

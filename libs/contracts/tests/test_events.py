@@ -18,6 +18,8 @@ from caduceus_contracts import (
     ApprovalView,
     ApprovalVote,
     ApprovalVoted,
+    AuditCheckpointed,
+    ChainCheckpoint,
     ChatMessageIn,
     ChatNotice,
     ChatReply,
@@ -28,6 +30,7 @@ from caduceus_contracts import (
     PolicyShadowDisagreed,
     RiskyFact,
     SessionGrant,
+    SignedCheckpoint,
     SignedDecision,
     SignedGrant,
     Signer,
@@ -48,6 +51,7 @@ from caduceus_contracts.models import MAX_EVENT_BYTES
 
 IDENTITY = Signer.generate("identity")
 POLICY = Signer.generate("policy")
+AUDIT = Signer.generate("audit")
 ARGS = {"command": "ls", "nested": {"n": [1, 2.5, None, "ü"]}}
 DIGEST = call_digest(tenant="acme", workspace="default", session="s-1", tool="terminal", args=ARGS)
 NOW = utcnow()
@@ -76,11 +80,13 @@ SAMPLES = [
                completion_tokens=5, cost_usd=0.001),
     PolicyShadowDisagreed(tenant="acme", call_id="c-1", workspace="default", tool="terminal", live_version="v1",
                           live_verdict="allow", shadow_version="v2", shadow_verdict="deny", shadow_policy_ids=("x",)),
+    CHECKPOINTED := AuditCheckpointed.of(SignedCheckpoint.issue(AUDIT, ChainCheckpoint(
+        tenant="acme", seq=3, hash="ab" * 32, prev_seq=1, fingerprints="0123abcd" "ffff0000"))),
 ]
 VIEW = ApprovalView(
     workflow_id="approval-acme-c-1", tenant="acme", call_id="c-1", workspace="default", session_id="s-1",
     tool="terminal", args=ARGS, digest=DIGEST, requester="alice", reason="deletes need an admin",
-    facts=(RiskyFact(name="destructive_command", value=True, argument="command"),), approvers=("carol",), quorum=1,
+    facts=(RiskyFact(name="destructive", value="rm -rf build", argument="command"),), approvers=("carol",), quorum=1,
     votes=(ApprovalVote(approver="carol", answer="approve", at=NOW),), opened_at=NOW, expires_at=NOW)
 SAMPLES += [
     ApprovalRequested(tenant="acme", call_id="c-1", approval=VIEW),
@@ -210,3 +216,25 @@ def test_invalid_tenant_in_the_body_is_refused():
 def test_tool_request_with_a_malformed_digest_is_refused():
     with pytest.raises(ContractError, match="digest"):
         parse_event(body(SAMPLES[3], digest="not-a-digest"))
+
+
+def test_a_checkpoint_verifies_only_with_the_audit_key_and_names_each_record_fingerprint():
+    from caduceus_contracts import Keyring, SignatureError
+
+    event = parse_event(CHECKPOINTED.model_dump_json(), subject=subjects.audit_checkpoint("acme"))
+    ring = Keyring()
+    ring.trust("audit", AUDIT.private_key.public_key())
+    checkpoint = event.checkpoint.verify(ring)
+    assert [checkpoint.fingerprint(seq) for seq in (1, 2, 3, 4)] == [None, "0123abcd", "ffff0000", None]
+    forged = SignedCheckpoint.issue(POLICY, checkpoint.model_copy(update={"hash": "cd" * 32}))
+    ring.trust("policy", POLICY.private_key.public_key())
+    with pytest.raises(SignatureError, match="may not sign"):
+        forged.verify(ring)
+
+
+@pytest.mark.parametrize(("prev_seq", "fingerprints"), [(3, ""), (1, "0123abcd"), (0, "0123abcd" * 4)])
+def test_a_checkpoint_whose_fingerprints_do_not_cover_its_range_is_refused(prev_seq, fingerprints):
+    data = json.loads(CHECKPOINTED.model_dump_json())
+    data["checkpoint"]["checkpoint"].update(prev_seq=prev_seq, fingerprints=fingerprints)
+    with pytest.raises(ContractError, match="malformed event"):
+        parse_event(json.dumps(data))

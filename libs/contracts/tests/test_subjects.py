@@ -13,7 +13,7 @@ TENANT_BUILDERS = [
     subjects.chat_in, subjects.turn_requested, subjects.tool_requested, subjects.tool_decided,
     lambda t: subjects.chat_reply(t, "s-1"), lambda t: subjects.turn_assigned(t, "default"),
     lambda t: subjects.tool_dispatched(t, "default"), lambda t: subjects.tool_completed(t, "default"),
-    lambda t: subjects.worker_event(t, "default"),
+    lambda t: subjects.worker_event(t, "default"), subjects.audit_checkpoint,
 ]
 BAD_TOKENS = ["*", ">", "acme.*", "acme.>", "a.b", "acme ", " acme", "ac me", "Acme", "ACME", "", "-acme", "_acme",
               "acme\n", "a" * 64, "acme\t", "é"]

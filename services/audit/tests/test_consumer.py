@@ -11,9 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
-from datetime import timedelta
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -22,108 +20,28 @@ from sqlalchemy.engine import make_url
 
 from caduceus_audit import AuditStore
 from caduceus_audit.adapters.stream import CONSUMER_NAME, StreamMessage
-from caduceus_audit.app import HEALTH_SUBJECT, AuditService, build
+from caduceus_audit.app import HEALTH_SUBJECT, build
 from caduceus_audit.handlers import entry_for
 from caduceus_audit.settings import AuditSettings
-from caduceus_bus import BusSettings, EventConnection
-from caduceus_contracts import (
-    ChatMessageIn,
-    Event,
-    SessionGrant,
-    SignedGrant,
-    Signer,
-    ToolCallCompleted,
-    TurnRequested,
-    WorkerLifecycle,
-    subjects,
-    utcnow,
+from caduceus_audit.testing import (
+    AWS,
+    TENANTS,
+    async_equals,
+    eventually,
+    flow,
+    publisher,
+    running,
+    stored_count,
 )
+from caduceus_bus import EventConnection
+from caduceus_contracts import ChatMessageIn, Event, TurnRequested, subjects
 
 pytestmark = pytest.mark.timeout(90)
-
-AWS = "AKIAIOSFODNN7EXAMPLE"
-IDENTITY = Signer.generate("identity")
-TENANTS = ("acme", "globex", "initech")
-
-
-def grant_for(tenant: str, session: str) -> SignedGrant:
-    now = utcnow()
-    grant = SessionGrant(tenant=tenant, workspace="default", user="alice", roles=("member",), channel="cli",
-                         session_id=session, issued_at=now, expires_at=now + timedelta(minutes=5))
-    return SignedGrant.issue(IDENTITY, grant)
-
-
-def flow(n: int, tenants: tuple[str, ...] = TENANTS[:2]) -> list[tuple[str, Event]]:
-    """n events of several kinds, round-robin over tenants, each with the subject it travels on."""
-    events: list[tuple[str, Event]] = []
-    for i in range(n):
-        tenant, session = tenants[i % len(tenants)], f"s{i % 3}"
-        match (i // len(tenants)) % 4:
-            case 0:
-                event: Event = ChatMessageIn(tenant=tenant, session_id=session, token=f"oidc-token-{i}",
-                                             text=f"message {i} with key {AWS}")
-                subject = subjects.chat_in(tenant)
-            case 1:
-                event = TurnRequested(tenant=tenant, message_id=f"m{i}", grant=grant_for(tenant, session), text="hi")
-                subject = subjects.turn_requested(tenant)
-            case 2:
-                event = ToolCallCompleted(tenant=tenant, call_id=f"c{i}", workspace="default", session_id=session,
-                                          tool="terminal", status="ok", result=f"password=hunter{i}")
-                subject = subjects.tool_completed(tenant, "default")
-            case _:
-                event = WorkerLifecycle(tenant=tenant, workspace="default", worker_id="w1", role="planner",
-                                        state="started")
-                subject = subjects.worker_event(tenant, "default")
-        events.append((subject, event))
-    return events
 
 
 def audit_settings(nats_url: str, db_url: str, state_dir: Path) -> AuditSettings:
     return AuditSettings(nats_url=nats_url, state_dir=state_dir, audit_db_url=db_url, audit_batch_size=25,
                          audit_fetch_timeout_s=0.2, audit_ack_wait_s=2.0, audit_retry_max_s=0.5)
-
-
-@asynccontextmanager
-async def publisher(nats_url: str) -> AsyncIterator[EventConnection]:
-    conn = await EventConnection.connect(BusSettings(nats_url=nats_url), "audit-test-publisher")
-    await conn.ensure_stream()
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def running(service: AuditService) -> AsyncIterator[AuditService]:
-    """The service as `python -m caduceus_audit` runs it, in this process."""
-    await service.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.consume(stop))
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await service.close()
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
-
-
-def stored_count(store: AuditStore) -> Callable[[], Awaitable[int]]:
-    async def count() -> int:
-        return await asyncio.to_thread(store.count)
-    return count
 
 
 def assert_chains_hold(store: AuditStore, published: list[tuple[str, Event]]) -> None:
@@ -136,7 +54,7 @@ def assert_chains_hold(store: AuditStore, published: list[tuple[str, Event]]) ->
         chain = store.records(tenant=tenant)
         assert [r.event_id for r in chain] == expected
         assert [r.seq for r in chain] == list(range(1, len(expected) + 1))
-        assert store.verify_chain(tenant)[0] is True, store.verify_chain(tenant)
+        assert store.verify_chain(tenant).ok, store.verify_chain(tenant)
 
 
 async def test_every_event_is_stored_once_in_order_with_an_intact_chain(db_url: str, fresh_nats, tmp_path: Path):
@@ -163,12 +81,6 @@ async def test_every_event_is_stored_once_in_order_with_an_intact_chain(db_url: 
     assert completed.call_id and completed.session_id
     assert store.count(session_id="s0") == len([e for _, e in published if getattr(e, "session_id", None) == "s0"
                                                 or (isinstance(e, TurnRequested) and e.grant.grant.session_id == "s0")])
-
-
-def async_equals(get: Callable[[], Awaitable[int]], expected: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return await get() == expected
-    return check
 
 
 async def test_duplicate_publish_and_redelivery_are_stored_once(db_url: str, fresh_nats, tmp_path: Path):
@@ -203,7 +115,7 @@ async def test_duplicate_publish_and_redelivery_are_stored_once(db_url: str, fre
             await service.close()
     store = AuditStore(db_url)
     assert [r.event_id for r in store.records()] == [event.event_id, other.event_id]
-    assert store.verify_chain(event.tenant)[0] is True
+    assert store.verify_chain(event.tenant).ok
 
 
 async def test_malformed_messages_are_stored_as_rejected_records(db_url: str, fresh_nats, tmp_path: Path):
@@ -236,7 +148,7 @@ async def test_malformed_messages_are_stored_as_rejected_records(db_url: str, fr
     junk = by_subject[("cad.v1.junk", "unknown")]
     assert junk.tenant == subjects.SYSTEM_TENANT
     for tenant in store.tenants():
-        assert store.verify_chain(tenant)[0] is True
+        assert store.verify_chain(tenant).ok
 
 
 def spawn_audit(env: dict[str, str], log_path: Path) -> subprocess.Popen:

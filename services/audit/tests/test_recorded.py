@@ -81,3 +81,13 @@ def test_secrets_in_recorded_arguments_stay_redacted(tmp_path: Path) -> None:
     store = store_events(tmp_path, request("terminal", {"command": f"export AWS_ACCESS_KEY_ID={secret}"}))
     (call,) = recorded_calls(store)
     assert secret not in json.dumps(call.args)
+
+
+def test_an_approved_call_keeps_what_policy_decided_beside_the_approval(tmp_path: Path) -> None:
+    from caduceus_audit.testing import governed_session, record_published
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'story.db'}")
+    record_published(store, governed_session())
+    patch = next(call for call in recorded_calls(store) if call.tool == "patch")
+    assert (patch.verdict, patch.reason) == ("allow", "approved by carol")
+    assert (patch.policy_verdict, patch.policy_ids, patch.pack_version) == ("approve", ("patches-need-approval",), "v7")

@@ -7,6 +7,8 @@ import time
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caduceus_audit.domain.entries import event_entry
 from caduceus_audit.domain.redaction import redact_event_body, redact_text, redact_value
@@ -125,3 +127,34 @@ def test_hostile_input_is_redacted_in_linear_time(text: str) -> None:
     started = time.monotonic()
     redact_text(text)
     assert time.monotonic() - started < 2.0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values)
+def test_stored_bodies_are_rfc8785_canonical_json(value) -> None:
+    from caduceus_audit.domain.entries import body_text
+    from caduceus_contracts import CanonicalizationError, canonical_json
+
+    try:
+        expected = canonical_json(value).decode("utf-8")
+    except (CanonicalizationError, UnicodeDecodeError):
+        return  # refused by JCS itself: kept by the fallback, compared by the test below
+    assert body_text(value) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.sampled_from([sample for sample, _, _ in HOSTILE]) | st.text(), max_size=4).map("".join))
+def test_the_one_scan_shortcut_redacts_exactly_what_every_rule_would(text: str) -> None:
+    from caduceus_audit.domain.redaction import _ASSIGNMENT, _PATTERNS, placeholder
+
+    expected = text
+    for kind, pattern in _PATTERNS:
+        expected = pattern.sub(placeholder(kind), expected)
+    expected = _ASSIGNMENT.sub(lambda m: m.group(1) + placeholder("secret_assignment"), expected)
+    assert redact_text(text) == expected

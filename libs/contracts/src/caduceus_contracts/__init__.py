@@ -21,6 +21,8 @@ from caduceus_contracts.models import (
     ApprovalView,
     ApprovalVote,
     ApprovalVoted,
+    AuditCheckpointed,
+    ChainCheckpoint,
     ChatMessageIn,
     ChatNotice,
     ChatReply,
@@ -33,6 +35,7 @@ from caduceus_contracts.models import (
     PolicyShadowDisagreed,
     RiskyFact,
     SessionGrant,
+    SignedCheckpoint,
     SignedDecision,
     SignedGrant,
     ToolCallCompleted,
@@ -64,4 +67,5 @@ __all__ = [
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",
+    "AuditCheckpointed", "ChainCheckpoint", "SignedCheckpoint",
 ]

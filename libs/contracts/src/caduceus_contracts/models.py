@@ -18,6 +18,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from caduceus_contracts import subjects
@@ -467,11 +468,87 @@ class ChatNotice(Event):
     text: str
 
 
+# --- audit -----------------------------------------------------------------
+
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+FINGERPRINT_HEX = 8  # hex digits of each record's hash a checkpoint keeps
+
+
+class ChainCheckpoint(Model):
+    """The head of one tenant's audit chain as the audit service stored it.
+
+    Signed by audit, so a party outside the database can keep it and later prove that the stored
+    history is still the one checkpointed: `hash` is record `seq`'s hash, and `fingerprints` holds the
+    first 8 hex digits of the hash of every record after `prev_seq` up to `seq`, so a rewritten
+    record is located even when the whole chain after it was recomputed.
+    """
+
+    tenant: Tenant
+    seq: int = Field(ge=1)
+    hash: str = Field(pattern=HASH_PATTERN)
+    prev_seq: int = Field(ge=0)
+    fingerprints: str = Field(pattern=rf"^(?:[0-9a-f]{{{FINGERPRINT_HEX}}})*$")
+    issued_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _covers_its_range(self) -> "ChainCheckpoint":
+        if self.prev_seq >= self.seq:
+            raise ValueError(f"prev_seq {self.prev_seq} must be below seq {self.seq}")
+        if len(self.fingerprints) != FINGERPRINT_HEX * (self.seq - self.prev_seq):
+            raise ValueError(f"fingerprints must cover records {self.prev_seq + 1}..{self.seq}")
+        return self
+
+    def fingerprint(self, seq: int) -> str | None:
+        """The fingerprint this checkpoint holds for record `seq`, or None outside its range."""
+        if not self.prev_seq < seq <= self.seq:
+            return None
+        start = (seq - self.prev_seq - 1) * FINGERPRINT_HEX
+        return self.fingerprints[start:start + FINGERPRINT_HEX]
+
+
+class SignedCheckpoint(Model):
+    checkpoint: ChainCheckpoint
+    key_id: str
+    signature: str
+
+    @classmethod
+    def issue(cls, signer: Signer, checkpoint: ChainCheckpoint) -> "SignedCheckpoint":
+        return cls(checkpoint=checkpoint, key_id=signer.key_id,
+                   signature=signer.sign(checkpoint.model_dump(mode="json")))
+
+    def verify(self, keyring: Keyring) -> ChainCheckpoint:
+        """The checkpoint, if the audit service signed it. Raises SignatureError otherwise."""
+        keyring.verify(self.checkpoint.model_dump(mode="json"), key_id=self.key_id, signature=self.signature,
+                       issuers={"audit"})
+        return self.checkpoint
+
+
+class AuditCheckpointed(Event):
+    """Audit signed the head of a tenant's chain (published on `cad.v1.audit.checkpoint.<tenant>`)."""
+
+    kind: Literal["audit.checkpoint"] = "audit.checkpoint"
+    checkpoint: SignedCheckpoint
+
+    @model_validator(mode="after")
+    def _same_tenant(self) -> "AuditCheckpointed":
+        if self.checkpoint.checkpoint.tenant != self.tenant:
+            raise ValueError("the checkpoint names another tenant than the event")
+        return self
+
+    @classmethod
+    def of(cls, signed: SignedCheckpoint) -> "AuditCheckpointed":
+        """The event for a checkpoint, with an id derived from it so a re-publish is stored once."""
+        checkpoint = signed.checkpoint
+        return cls(tenant=checkpoint.tenant, event_id=f"audit-checkpoint-{checkpoint.tenant}-{checkpoint.seq}",
+                   occurred_at=checkpoint.issued_at, checkpoint=signed)
+
+
 EVENT_MODELS: tuple[type[Event], ...] = (
     ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided, ToolCallDispatched,
     ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
     ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved, ApprovalAnswered,
     ApprovalRefused, ChatNotice,
+    AuditCheckpointed,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

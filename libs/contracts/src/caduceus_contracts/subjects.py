@@ -87,6 +87,10 @@ def chat_notice(tenant: str, session: str) -> str:
     return f"{PREFIX}.chat.notice.{token(tenant)}.{session_token(session)}"
 
 
+def audit_checkpoint(tenant: str) -> str:
+    return f"{PREFIX}.audit.checkpoint.{token(tenant)}"
+
+
 def error(tenant: str, service: str) -> str:
     tenant_token = tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.fullmatch(tenant or "")) else SYSTEM_TENANT
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
@@ -123,3 +127,4 @@ APPROVAL_ALL = f"{PREFIX}.approval.*.*"
 APPROVAL_ANSWERED_ALL = f"{PREFIX}.approval.answered.*"
 CHAT_REPLY_ALL = f"{PREFIX}.chat.reply.*.*"
 MODEL_USAGE_ALL = f"{PREFIX}.model.usage.*"
+AUDIT_CHECKPOINT_ALL = f"{PREFIX}.audit.checkpoint.*"

@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from caduceus_audit.app import AuditService, build
 from caduceus_audit.settings import AuditSettings
+from caduceus_contracts import SignatureError
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("caduceus_audit")
@@ -47,6 +48,10 @@ def main() -> int:
     except (ValidationError, ArgumentError) as exc:
         print(f"caduceus-audit: invalid settings: {exc}\nCheck CADUCEUS_AUDIT_DB_URL and the other CADUCEUS_AUDIT_* "
               "variables.", file=sys.stderr)
+        return 2
+    except (OSError, SignatureError) as exc:
+        print(f"caduceus-audit: cannot load or create the audit signing key (audit.key in CADUCEUS_KEYS_DIR): {exc}",
+              file=sys.stderr)
         return 2
     provider = setup_telemetry("audit")
     try:

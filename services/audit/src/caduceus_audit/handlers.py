@@ -5,6 +5,12 @@ the batch is held (and JetStream told it is still being worked on), retried with
 backoff, and consumption pauses; a crash at any point leaves the messages
 unacknowledged, so they are read back at the next start (and delivered again
 later), and stored once.
+
+Checkpoint events (`cad.v1.audit.checkpoint.<tenant>`) are the audit service's own
+output: a valid one is kept in the checkpoint table, never appended to a chain,
+because a chained checkpoint would be a new record calling for another checkpoint,
+forever. One that is not signed by the audit key is an attempt to vouch for a
+history, and is kept as a rejected record like any other bad message.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 
@@ -25,6 +31,14 @@ from caduceus_audit.adapters.store import (
 )
 from caduceus_audit.adapters.stream import StreamMessage
 from caduceus_audit.domain.entries import AuditEntry, entry_for_message, rejected_entry
+from caduceus_contracts import (
+    AuditCheckpointed,
+    ContractError,
+    Keyring,
+    SignatureError,
+    parse_event,
+    subjects,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +58,40 @@ def entry_for(message: StreamMessage) -> AuditEntry:
                               stream_seq=message.stream_seq, received_at=message.published_at)
 
 
-def entries_for(messages: Sequence[StreamMessage]) -> list[AuditEntry]:
-    return [entry_for(message) for message in messages]
+CHECKPOINT_PREFIX = subjects.AUDIT_CHECKPOINT_ALL.removesuffix("*")
+
+
+def is_checkpoint(subject: str) -> bool:
+    return subject.startswith(CHECKPOINT_PREFIX)
+
+
+def checkpoint_or_entry(message: StreamMessage, keyring: Keyring) -> AuditCheckpointed | AuditEntry:
+    """A checkpoint signed by the audit key, or the rejected entry recording a checkpoint that is not."""
+    try:
+        event = parse_event(message.data, expect=AuditCheckpointed, subject=message.subject)
+        assert isinstance(event, AuditCheckpointed)
+        event.checkpoint.verify(keyring)
+        return event
+    except (ContractError, SignatureError) as exc:
+        return rejected_entry(message.subject, message.data, message.headers,
+                              f"not a checkpoint signed by the audit service: {exc}",
+                              stream_seq=message.stream_seq, received_at=message.published_at)
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What a batch of stream messages becomes: chain entries, and checkpoints to keep beside the chains."""
+
+    entries: list[AuditEntry] = field(default_factory=list)
+    checkpoints: list[AuditCheckpointed] = field(default_factory=list)
+
+
+def intake_for(messages: Sequence[StreamMessage], keyring: Keyring) -> Intake:
+    intake = Intake()
+    for message in messages:
+        item = checkpoint_or_entry(message, keyring) if is_checkpoint(message.subject) else entry_for(message)
+        (intake.checkpoints if isinstance(item, AuditCheckpointed) else intake.entries).append(item)
+    return intake
 
 
 @dataclass
@@ -53,13 +99,15 @@ class AuditRecorder:
     """Stores fetched messages in the audit store, then acknowledges them."""
 
     store: AuditStore
+    keyring: Keyring = field(default_factory=Keyring)
     retry_max_s: float = 10.0
 
     async def record(self, msgs: Sequence[Msg]) -> AppendOutcome:
         """Store a batch (waiting out an unavailable store), then acknowledge every message of it."""
         # Redaction and canonical JSON take real CPU time: keep them off the event loop.
-        entries = await asyncio.to_thread(entries_for, [StreamMessage.delivered(msg) for msg in msgs])
-        outcome = await self._store(msgs, entries)
+        intake = await asyncio.to_thread(intake_for, [StreamMessage.delivered(msg) for msg in msgs], self.keyring)
+        await self._keep_checkpoints(msgs, intake.checkpoints)
+        outcome = await self._store(msgs, intake.entries)
         for msg in msgs:
             with contextlib.suppress(Exception):
                 # A lost ack only means a redelivery, which the store recognises by event id.
@@ -69,13 +117,37 @@ class AuditRecorder:
     async def recover(self, messages: Sequence[StreamMessage], batch_size: int) -> AppendOutcome:
         """Store messages read back from the stream (nothing to acknowledge: JetStream redelivers them later)."""
         stored = duplicates = 0
+        heads: dict[str, int] = {}
         for start in range(0, len(messages), batch_size):
-            entries = await asyncio.to_thread(entries_for, messages[start:start + batch_size])
-            outcome = await self._store((), entries)
+            intake = await asyncio.to_thread(intake_for, messages[start:start + batch_size], self.keyring)
+            await self._keep_checkpoints((), intake.checkpoints)
+            outcome = await self._store((), intake.entries)
             stored, duplicates = stored + outcome.stored, duplicates + outcome.duplicates
-        return AppendOutcome(stored=stored, duplicates=duplicates)
+            heads.update(outcome.heads)
+        return AppendOutcome(stored=stored, duplicates=duplicates, heads=heads)
+
+    async def _keep_checkpoints(self, msgs: Sequence[Msg], checkpoints: list[AuditCheckpointed]) -> None:
+        delay = FIRST_RETRY_S
+        for checkpoint in checkpoints:
+            while True:
+                try:
+                    # Already there when it is our own: it was stored before it was published.
+                    await asyncio.to_thread(self.store.checkpoints.add, checkpoint, published=True)
+                    break
+                except StoreRefused as exc:
+                    # The stream keeps it: `caduceus audit verify --bus` still reads it from there.
+                    log.error("audit store refused checkpoint %s (%s); it stays on the stream only",
+                              checkpoint.event_id, exc)
+                    break
+                except StoreUnavailable as exc:
+                    log.warning("audit store unavailable (%s): holding a checkpoint unacknowledged", exc)
+                    await _still_working(msgs)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
 
     async def _store(self, msgs: Sequence[Msg], entries: list[AuditEntry]) -> AppendOutcome:
+        if not entries:
+            return AppendOutcome(stored=0, duplicates=0)
         delay, withheld = FIRST_RETRY_S, False
         while True:
             try:
@@ -99,10 +171,12 @@ class AuditRecorder:
     async def _store_one_by_one(self, msgs: Sequence[Msg], entries: list[AuditEntry]) -> AppendOutcome:
         # The store refused the batch: find the one entry it will not take, keep everything else as it is.
         stored = duplicates = 0
+        heads: dict[str, int] = {}
         for entry in entries:
             outcome = await self._store(msgs, [entry])
             stored, duplicates = stored + outcome.stored, duplicates + outcome.duplicates
-        return AppendOutcome(stored=stored, duplicates=duplicates)
+            heads.update(outcome.heads)
+        return AppendOutcome(stored=stored, duplicates=duplicates, heads=heads)
 
 
 async def _still_working(msgs: Sequence[Msg]) -> None:

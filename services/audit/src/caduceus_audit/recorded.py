@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from caduceus_audit.adapters.store import AuditRecord, AuditStore
+from caduceus_audit.adapters.store import AuditStore, RecordFilter
+from caduceus_audit.domain.narrative import StoredRecord
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,21 @@ class RecordedCall:
     # The last decision recorded for the call (an approval's outcome follows policy's `approve`), if any.
     verdict: str | None = None
     reason: str = ""
+    # The rules and pack version of policy's decision (an approval's decision names none).
     policy_ids: tuple[str, ...] = ()
     pack_version: str = ""
+    # What policy itself decided, before any approval: what another policy pack is compared with.
+    policy_verdict: str | None = None
+    policy_reason: str = ""
+    # The approval mode identity granted the person (always-ask, ask-when-risky, never), if any.
+    approval_mode: str | None = None
 
 
 def recorded_calls(store: AuditStore, *, tenant: str | None = None,
                    since: datetime | None = None) -> Iterator[RecordedCall]:
     """Every accepted tool request in the store (of one tenant, from `since` on), with its recorded decision."""
     requests: dict[str, RecordedCall] = {}
-    for record in store.records(tenant=tenant):
+    for record in store.stream(RecordFilter(tenant=tenant, kinds=("tool.requested", "tool.decided"))):
         if record.rejected or record.call_id is None:
             continue
         if record.kind == "tool.requested":
@@ -52,15 +59,19 @@ def recorded_calls(store: AuditStore, *, tenant: str | None = None,
     yield from requests.values()
 
 
-def _requested(record: AuditRecord) -> RecordedCall:
+def _requested(record: StoredRecord) -> RecordedCall:
     body = json.loads(record.body)
     grant = body["grant"]["grant"]
     return RecordedCall(tenant=record.tenant, workspace=body["workspace"], session_id=body["session_id"],
                         call_id=body["call_id"], user=grant["user"], roles=tuple(grant["roles"]), tool=body["tool"],
-                        args=body["args"], occurred_at=record.occurred_at)
+                        args=body["args"], occurred_at=record.occurred_at, approval_mode=grant.get("approval_mode"))
 
 
-def _with_decision(call: RecordedCall, record: AuditRecord) -> RecordedCall:
-    decision = json.loads(record.body)["decision"]["decision"]
-    return RecordedCall(**{**call.__dict__, "verdict": decision["verdict"], "reason": decision["reason"],
-                           "policy_ids": tuple(decision["policy_ids"]), "pack_version": decision["pack_version"]})
+def _with_decision(call: RecordedCall, record: StoredRecord) -> RecordedCall:
+    signed = json.loads(record.body)["decision"]
+    decision = signed["decision"]
+    outcome = {"verdict": decision["verdict"], "reason": decision["reason"]}
+    if signed["key_id"].split(":", 1)[0] == "policy":
+        outcome.update(policy_ids=tuple(decision["policy_ids"]), pack_version=decision["pack_version"],
+                       policy_verdict=decision["verdict"], policy_reason=decision["reason"])
+    return replace(call, **outcome)

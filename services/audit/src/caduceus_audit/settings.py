@@ -12,15 +12,17 @@ from caduceus_bus import BusSettings, with_state_paths
 
 
 class AuditSettings(BusSettings):
-    """Bus connection plus where the audit trail is stored and how the stream is consumed.
+    """Bus connection plus where the audit trail is stored, how the stream is consumed, how chains are signed.
 
     `audit_db_url` (CADUCEUS_AUDIT_DB_URL) is any SQLAlchemy URL; left unset it is
     `sqlite:///<state_dir>/audit.db`. PostgreSQL: `postgresql+psycopg2://user:pass@host/db`.
+    Checkpoints are signed with `<keys_dir>/audit.key` (made on first start, `audit.pub` beside it).
     """
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
     state_dir: Path
+    keys_dir: Path
     audit_db_url: str
     # Messages fetched from JetStream and committed in one transaction.
     audit_batch_size: int = Field(default=128, ge=1, le=1000)
@@ -30,11 +32,15 @@ class AuditSettings(BusSettings):
     audit_ack_wait_s: float = Field(default=30.0, gt=0)
     # Longest pause between attempts while the database is unavailable.
     audit_retry_max_s: float = Field(default=10.0, gt=0)
+    # A tenant's chain is checkpointed after this many new records ...
+    audit_checkpoint_every: int = Field(default=1000, ge=1, le=10_000)
+    # ... or this long after its first record since the last checkpoint, whichever comes first.
+    audit_checkpoint_interval_s: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
     def _derive_db_url(cls, data: Any) -> Any:
-        data = with_state_paths(data)
+        data = with_state_paths(data, keys_dir="keys")
         if isinstance(data, dict) and not data.get("audit_db_url"):
             data["audit_db_url"] = f"sqlite:///{data['state_dir'] / 'audit.db'}"
         return data

@@ -1,1 +1,1 @@
-"""Adapters of the audit service: the SQL store and the JetStream consumer."""
+"""Adapters of the audit service: the SQL store, the JetStream consumer, the bus and file checkpoint sources."""

@@ -4,124 +4,93 @@ Appends are batched, one transaction per batch. Each tenant's next seq and
 previous hash are read inside the transaction; the unique (tenant, seq) and
 event_id constraints make a concurrent writer's append fail instead of forking
 a chain, and the batch is then retried on the new head.
+
+`AuditStore(url)` is the one entry point: records here, signed checkpoints in
+`store.checkpoints`, archived ranges in `store.archives`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    DateTime,
-    Engine,
-    Text,
-    UniqueConstraint,
-    event,
-    func,
-    insert,
-    select,
-)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.types import TypeDecorator
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlalchemy import Row, func, insert, select, type_coerce
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
-from caduceus_audit.domain.chain import GENESIS_HASH, record_hash, verify_links
+from caduceus_audit.adapters.archive_ledger import ArchiveLedger
+from caduceus_audit.adapters.checkpoint_ledger import CheckpointLedger
+from caduceus_audit.adapters.database import (
+    Database,
+    StoreRefused,
+    StoreUnavailable,
+    translated_errors,
+)
+from caduceus_audit.adapters.tables import RECORDS, AuditRecord, StoredDateTime
+from caduceus_audit.domain.chain import as_utc, record_hash
 from caduceus_audit.domain.entries import AuditEntry
+from caduceus_audit.domain.verification import ChainVerdict, verify_links
+
+__all__ = ["AppendOutcome", "AuditRecord", "AuditStore", "RecordFilter", "StoreRefused", "StoreUnavailable"]
 
 # How often a batch is retried when another writer appended to the same chain first.
 CONFLICT_RETRIES = 8
-SQLITE_BUSY_TIMEOUT_S = 10.0
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A timestamp stored in UTC and read back timezone-aware, on SQLite as on PostgreSQL."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class AuditRecord(SQLModel, table=True):
-    """One stored bus message: a link in its tenant's hash chain."""
-
-    __tablename__ = "audit_record"
-    __table_args__ = (UniqueConstraint("tenant", "seq", name="uq_audit_record_tenant_seq"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    tenant: str = Field(max_length=64)
-    seq: int
-    event_id: str = Field(max_length=160, unique=True)
-    kind: str = Field(max_length=64, index=True)
-    subject: str = Field(max_length=512)
-    session_id: str | None = Field(default=None, max_length=128, index=True)
-    call_id: str | None = Field(default=None, max_length=160, index=True)
-    occurred_at: datetime = Field(sa_type=UtcDateTime)
-    recorded_at: datetime = Field(sa_type=UtcDateTime)
-    body: str = Field(sa_type=Text)
-    prev_hash: str = Field(max_length=64)
-    hash: str = Field(max_length=64)
-    rejected: bool = False
-    reject_reason: str | None = Field(default=None, sa_type=Text)
-
-
-_table = AuditRecord.__table__  # type: ignore[attr-defined]
-
-
-class StoreUnavailable(Exception):
-    """The database cannot be reached or is busy; the same append may succeed later."""
-
-
-class StoreRefused(Exception):
-    """The database refused the data itself; retrying the same append will not help."""
+# Rows fetched per round trip when streaming a chain or an export.
+STREAM_BATCH = 5000
+CHAINED_COLUMNS = ("tenant", "seq", "event_id", "kind", "subject", "session_id", "call_id", "trace_id", "occurred_at",
+                   "recorded_at", "body", "rejected", "reject_reason", "prev_hash", "hash")
 
 
 @dataclass(frozen=True)
 class AppendOutcome:
     stored: int
     duplicates: int
+    # Each tenant appended to, with the seq of its chain's head afterwards.
+    heads: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Which records to read: all by default; each field set narrows it (times are occurred_at, `until` exclusive)."""
+
+    tenant: str | None = None
+    session_id: str | None = None
+    trace_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    kinds: tuple[str, ...] | None = None
+
+    def apply(self, query: Any) -> Any:
+        for column, value in (("tenant", self.tenant), ("session_id", self.session_id), ("trace_id", self.trace_id)):
+            if value is not None:
+                query = query.where(RECORDS.c[column] == value)
+        if self.kinds is not None:
+            query = query.where(RECORDS.c.kind.in_(self.kinds))
+        if self.since is not None:
+            query = query.where(RECORDS.c.occurred_at >= as_utc(self.since))
+        if self.until is not None:
+            query = query.where(RECORDS.c.occurred_at < as_utc(self.until))
+        return query
 
 
 class AuditStore:
     """The audit trail in SQL. Thread-safe; the service appends from one writer at a time."""
 
-    def __init__(self, url: str) -> None:
-        self.url = make_url(url)
-        self.engine = _make_engine(url)
+    def __init__(self, url: str | URL) -> None:
+        self.database = Database(url)
+        self.url = self.database.url
+        self.engine = self.database.engine
+        self.checkpoints = CheckpointLedger(self.database)
+        self.archives = ArchiveLedger(self.database)
         self._lock = threading.Lock()
-        self._schema_ready = False
 
     def ensure_schema(self) -> None:
-        """Create the table if it does not exist. Raises StoreUnavailable when the database cannot be reached."""
-        if self._schema_ready:
-            return
-        with _translated_errors(), self._writing() as conn:
-            SQLModel.metadata.create_all(conn, tables=[_table])
-        self._schema_ready = True
-
-    @contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A connection in a write transaction (on SQLite it holds the write lock from the start)."""
-        with self.engine.connect() as conn:
-            conn.execution_options(audit_write=True)
-            with conn.begin():
-                yield conn
+        """Create the tables if they do not exist. Raises StoreUnavailable when the database cannot be reached."""
+        self.database.ensure_schema()
 
     def append_batch(self, entries: Sequence[AuditEntry], *, recorded_at: datetime | None = None) -> AppendOutcome:
         """Append entries in order to their tenants' chains, in one transaction.
@@ -134,7 +103,7 @@ class AuditStore:
             self.ensure_schema()
             for _ in range(CONFLICT_RETRIES):
                 try:
-                    with _translated_errors():
+                    with translated_errors():
                         return self._append_once(entries, recorded_at or datetime.now(UTC))
                 except _ChainMoved:
                     continue
@@ -142,68 +111,120 @@ class AuditStore:
 
     def _append_once(self, entries: Sequence[AuditEntry], recorded_at: datetime) -> AppendOutcome:
         unique = _first_of_each_event(entries)
-        with self._writing() as conn:
+        with self.database.writing() as conn:
             ids = [entry.event_id for entry in unique]
-            stored = set(conn.execute(select(_table.c.event_id).where(_table.c.event_id.in_(ids))).scalars())
+            stored = set(conn.execute(select(RECORDS.c.event_id).where(RECORDS.c.event_id.in_(ids))).scalars())
             fresh = [entry for entry in unique if entry.event_id not in stored]
-            heads = {tenant: self._head(conn, tenant) for tenant in dict.fromkeys(e.tenant for e in fresh)}
+            heads = {tenant: _head(conn, tenant) for tenant in dict.fromkeys(e.tenant for e in fresh)}
             rows = []
             for entry in fresh:
                 seq, prev_hash = heads[entry.tenant]
-                row = _row(entry, seq + 1, prev_hash, recorded_at)
+                row = chained_row(entry, seq + 1, prev_hash, recorded_at)
                 heads[entry.tenant] = (row["seq"], row["hash"])
                 rows.append(row)
             if rows:
                 try:
-                    conn.execute(insert(_table), rows)
+                    conn.execute(insert(RECORDS), rows)
                 except IntegrityError as exc:
                     raise _ChainMoved() from exc
-        return AppendOutcome(stored=len(rows), duplicates=len(entries) - len(rows))
+        return AppendOutcome(stored=len(rows), duplicates=len(entries) - len(rows),
+                             heads={tenant: seq for tenant, (seq, _hash) in heads.items()})
 
-    @staticmethod
-    def _head(conn: Any, tenant: str) -> tuple[int, str]:
-        row = conn.execute(
-            select(_table.c.seq, _table.c.hash).where(_table.c.tenant == tenant).order_by(_table.c.seq.desc()).limit(1)
-        ).first()
-        return (row.seq, row.hash) if row else (0, GENESIS_HASH)
+    def heads(self) -> dict[str, tuple[int, str]]:
+        """Each tenant's chain head: (seq, hash) of its last record."""
+        latest = select(RECORDS.c.tenant, func.max(RECORDS.c.seq).label("seq")).group_by(RECORDS.c.tenant).subquery()
+        query = select(RECORDS.c.tenant, RECORDS.c.seq, RECORDS.c.hash).join(
+            latest, (RECORDS.c.tenant == latest.c.tenant) & (RECORDS.c.seq == latest.c.seq))
+        with self.database.reading() as conn:
+            return {row.tenant: (row.seq, row.hash) for row in conn.execute(query)}
+
+    def hashes(self, tenant: str, after_seq: int, through_seq: int) -> list[tuple[int, str]]:
+        """(seq, hash) of a tenant's records after `after_seq` up to `through_seq`, in order."""
+        query = (select(RECORDS.c.seq, RECORDS.c.hash)
+                 .where(RECORDS.c.tenant == tenant, RECORDS.c.seq > after_seq, RECORDS.c.seq <= through_seq)
+                 .order_by(RECORDS.c.seq))
+        with self.database.reading() as conn:
+            return [(row.seq, row.hash) for row in conn.execute(query)]
 
     def count(self, tenant: str | None = None, session_id: str | None = None) -> int:
         """How many records are stored, for one tenant and/or one session if given."""
-        self.ensure_schema()
-        query = _filtered(select(func.count()).select_from(_table), tenant, session_id)
-        with _translated_errors(), self.engine.connect() as conn:
+        query = RecordFilter(tenant=tenant, session_id=session_id).apply(select(func.count()).select_from(RECORDS))
+        with self.database.reading() as conn:
             return int(conn.execute(query).scalar_one())
 
     def records(self, tenant: str | None = None, session_id: str | None = None) -> list[AuditRecord]:
         """Stored records in append order (for one tenant, that is seq order)."""
         self.ensure_schema()
         order = (AuditRecord.seq,) if tenant is not None else (AuditRecord.id,)
-        query = _filtered(select(AuditRecord), tenant, session_id).order_by(*order)
-        with _translated_errors(), Session(self.engine) as session:
+        query = RecordFilter(tenant=tenant, session_id=session_id).apply(select(AuditRecord)).order_by(*order)
+        with translated_errors(), Session(self.engine) as session:
             return list(session.scalars(query).all())
 
-    def tenants(self) -> list[str]:
-        """Every tenant with a chain, sorted."""
-        self.ensure_schema()
-        with _translated_errors(), self.engine.connect() as conn:
-            return list(conn.execute(select(_table.c.tenant).distinct().order_by(_table.c.tenant)).scalars())
+    def stream(self, where: RecordFilter = RecordFilter(), *, after_id: int = 0,
+               limit: int | None = None) -> Iterator[Row[Any]]:
+        """Records matching `where` with an id above `after_id`, in append order, fetched in batches.
 
-    def verify_chain(self, tenant: str) -> tuple[bool, int | None, str]:
-        """Recompute a tenant's chain: (ok, the first seq that breaks it or None, why)."""
-        self.ensure_schema()
-        columns = [_table.c[name] for name in
-                   ("tenant", "seq", "event_id", "kind", "subject", "body", "prev_hash", "hash")]
-        query = select(*columns).where(_table.c.tenant == tenant).order_by(_table.c.seq)
-        with _translated_errors(), self.engine.connect() as conn:
-            rows = conn.execution_options(yield_per=1000).execute(query)
-            return verify_links(tenant, rows).as_tuple()
+        Rows carry every AuditRecord column (and `id`), for exports and timelines over any number of records.
+        """
+        query = where.apply(select(RECORDS).where(RECORDS.c.id > after_id)).order_by(RECORDS.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.database.reading() as conn:
+            yield from conn.execution_options(yield_per=STREAM_BATCH).execute(query)
+
+    def tenants(self) -> list[str]:
+        """Every tenant with a chain (or checkpoints, or an archive), sorted."""
+        with self.database.reading() as conn:
+            stored = set(conn.execute(select(RECORDS.c.tenant).distinct()).scalars())
+        return sorted(stored | set(self.checkpoints.tenants()) | set(self.archives.tenants()))
+
+    def chain(self, tenant: str, *, through_seq: int | None = None) -> Iterator[Row[Any]]:
+        """A tenant's records in seq order (up to `through_seq`), with the chained fields only: what verification reads."""
+        query = select(*(_raw_time(RECORDS.c[name]) for name in CHAINED_COLUMNS)).where(RECORDS.c.tenant == tenant)
+        if through_seq is not None:
+            query = query.where(RECORDS.c.seq <= through_seq)
+        with self.database.reading() as conn:
+            yield from conn.execution_options(yield_per=STREAM_BATCH).execute(query.order_by(RECORDS.c.seq))
+
+    def locate(self, tenant: str, record_hash_hex: str) -> int | None:
+        """The seq of the tenant's record holding this hash, if any (to explain a broken link)."""
+        query = select(RECORDS.c.seq).where(RECORDS.c.tenant == tenant, RECORDS.c.hash == record_hash_hex).limit(1)
+        with self.database.reading() as conn:
+            return conn.execute(query).scalar()
+
+    def verify_chain(self, tenant: str) -> ChainVerdict:
+        """Recompute a tenant's chain against its own links and the checkpoints stored beside it.
+
+        The checkpoints' signatures are not checked here (that needs the audit key: see
+        `caduceus_audit.verify`); this is the database's own view of its integrity.
+        """
+        checkpoints = [signed.checkpoint for signed in self.checkpoints.signed(tenant)]
+        return verify_links(tenant, self.chain(tenant), checkpoints=checkpoints, anchor=self.archives.anchor(tenant),
+                            locate=lambda wanted: self.locate(tenant, wanted))
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.database.close()
+
+
+def _raw_time(column: Any) -> Any:
+    # Timestamps as the driver reads them (naive on SQLite, meaning UTC): the hash reads them so, and skipping the
+    # conversion to aware datetimes matters over millions of rows.
+    if column.name in ("occurred_at", "recorded_at"):
+        return type_coerce(column, StoredDateTime()).label(column.name)
+    return column
 
 
 class _ChainMoved(Exception):
     """Another writer appended to a chain (or stored an event) between our read and our insert."""
+
+
+def _head(conn: Any, tenant: str) -> tuple[int, str]:
+    row = conn.execute(
+        select(RECORDS.c.seq, RECORDS.c.hash).where(RECORDS.c.tenant == tenant).order_by(RECORDS.c.seq.desc()).limit(1)
+    ).first()
+    if row is not None:
+        return row.seq, row.hash
+    return ArchiveLedger.anchor_in(conn, tenant)
 
 
 def _first_of_each_event(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
@@ -216,65 +237,14 @@ def _first_of_each_event(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
     return unique
 
 
-def _row(entry: AuditEntry, seq: int, prev_hash: str, recorded_at: datetime) -> dict[str, Any]:
-    digest = record_hash(tenant=entry.tenant, seq=seq, event_id=entry.event_id, kind=entry.kind,
-                         subject=entry.subject, body=entry.body, prev_hash=prev_hash)
-    return {
+def chained_row(entry: AuditEntry, seq: int, prev_hash: str, recorded_at: datetime) -> dict[str, Any]:
+    """The stored row of an entry appended at `seq` after `prev_hash`, its hash computed."""
+    row = {
         "tenant": entry.tenant, "seq": seq, "event_id": entry.event_id, "kind": entry.kind,
         "subject": entry.subject, "session_id": entry.session_id, "call_id": entry.call_id,
-        "occurred_at": entry.occurred_at, "recorded_at": recorded_at, "body": entry.body,
-        "prev_hash": prev_hash, "hash": digest, "rejected": entry.rejected, "reject_reason": entry.reject_reason,
+        "trace_id": entry.trace_id, "occurred_at": as_utc(entry.occurred_at), "recorded_at": as_utc(recorded_at),
+        "body": entry.body, "rejected": entry.rejected, "reject_reason": entry.reject_reason, "prev_hash": prev_hash,
     }
+    row["hash"] = record_hash(**row)
+    return row
 
-
-def _filtered(query: Any, tenant: str | None, session_id: str | None) -> Any:
-    if tenant is not None:
-        query = query.where(_table.c.tenant == tenant)
-    if session_id is not None:
-        query = query.where(_table.c.session_id == session_id)
-    return query
-
-
-@contextmanager
-def _translated_errors() -> Iterator[None]:
-    """Turn driver errors into StoreUnavailable (try again later) or StoreRefused (this data will not go in)."""
-    try:
-        yield
-    except (OperationalError, PoolTimeout) as exc:
-        raise StoreUnavailable(_describe(exc)) from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise StoreUnavailable(_describe(exc)) from exc
-        raise StoreRefused(_describe(exc)) from exc
-    except SQLAlchemyError as exc:
-        raise StoreRefused(_describe(exc)) from exc
-
-
-def _describe(exc: BaseException) -> str:
-    # The driver's own message, without SQLAlchemy's rendering of the statement and its (secret-bearing) parameters.
-    original = getattr(exc, "orig", None) or exc
-    first_line = str(original).strip().splitlines()[0] if str(original).strip() else ""
-    return f"{type(original).__name__}: {first_line}"[:300]
-
-
-def _make_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Take transactions in hand (pysqlite would otherwise begin them lazily) and let readers run beside the writer.
-        dbapi_conn.isolation_level = None
-        dbapi_conn.execute("PRAGMA journal_mode=WAL")
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # A writer takes the write lock up front, so two appends never both read the same head.
-        immediate = conn.get_execution_options().get("audit_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine

@@ -1,15 +1,11 @@
 """The audit domain: what a message becomes when stored, how secrets are removed, how chains are checked."""
 
-from caduceus_audit.domain.chain import (
-    GENESIS_HASH,
-    ChainVerdict,
-    record_hash,
-    verify_links,
-)
+from caduceus_audit.domain.chain import GENESIS_HASH, link_hash, record_hash
 from caduceus_audit.domain.entries import AuditEntry, entry_for_message
 from caduceus_audit.domain.redaction import redact_event_body, redact_text, redact_value
+from caduceus_audit.domain.verification import Anchor, ChainVerdict, verify_links
 
 __all__ = [
-    "GENESIS_HASH", "AuditEntry", "ChainVerdict", "entry_for_message", "record_hash", "redact_event_body",
-    "redact_text", "redact_value", "verify_links",
+    "GENESIS_HASH", "Anchor", "AuditEntry", "ChainVerdict", "entry_for_message", "link_hash", "record_hash",
+    "redact_event_body", "redact_text", "redact_value", "verify_links",
 ]

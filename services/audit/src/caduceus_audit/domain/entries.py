@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,6 +33,8 @@ MAX_REASON = 1000
 # A rejected message is kept as an excerpt: enough to investigate, bounded so a flood cannot fill the store.
 MAX_REJECTED_EXCERPT = 16_384
 UNKNOWN_KIND = "unknown"
+# W3C trace context: version-traceid-parentid-flags; an all-zero trace id is invalid.
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class AuditEntry:
     body: str
     rejected: bool = False
     reject_reason: str | None = None
+    trace_id: str | None = None
 
     def as_unstorable(self, reason: str) -> "AuditEntry":
         """This entry with its body withheld, for a message the store refused to hold as it was."""
@@ -62,8 +66,34 @@ def clean(text: str, limit: int | None = None) -> str:
     return text if limit is None else text[:limit]
 
 
+# Integers RFC 8785 (I-JSON) can carry exactly.
+_JCS_MAX_INT = 2**53 - 1
+
+
+def _written_alike(value: Any) -> bool:
+    """True for JSON that Python's own encoder writes exactly as RFC 8785 does: no floats (number formats
+    differ), integers within 2**53, ASCII keys (sorted the same by code point and by UTF-16 unit)."""
+    if value is None or isinstance(value, (str, bool)):
+        return True
+    if isinstance(value, int):
+        return -_JCS_MAX_INT <= value <= _JCS_MAX_INT
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and key.isascii() and _written_alike(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_written_alike(item) for item in value)
+    return False
+
+
 def body_text(value: Any) -> str:
     """The stored text of a body: RFC 8785 canonical JSON, or sorted compact JSON for what JCS refuses."""
+    if _written_alike(value):
+        # The C encoder instead of the general canonicalizer: the same bytes, many times faster (tests compare).
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the general path below decides what is kept
     try:
         return canonical_json(value).decode("utf-8")
     except (CanonicalizationError, UnicodeDecodeError):
@@ -78,7 +108,13 @@ def entry_for_message(subject: str, data: bytes, headers: Mapping[str, str] | No
         event = parse_event(data, subject=subject)
     except ContractError as exc:
         return rejected_entry(subject, data, headers, str(exc), stream_seq=stream_seq, received_at=received_at)
-    return event_entry(subject, event)
+    return replace(event_entry(subject, event), trace_id=trace_of(headers))
+
+
+def trace_of(headers: Mapping[str, str] | None) -> str | None:
+    """The OpenTelemetry trace id a message carried in its `traceparent` header, if a valid one."""
+    match = _TRACEPARENT.match((headers or {}).get("traceparent", "").strip())
+    return match.group(1) if match else None
 
 
 def event_entry(subject: str, event: Event) -> AuditEntry:
@@ -127,6 +163,7 @@ def rejected_entry(subject: str, data: bytes, headers: Mapping[str, str] | None,
         body=body,
         rejected=True,
         reject_reason=clean(redact_text(reason), MAX_REASON),
+        trace_id=trace_of(headers),
     )
 
 

@@ -11,6 +11,7 @@ verifiable, so well-formed ones are kept as they are.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 TOKEN_PLACEHOLDER = "[REDACTED]"
@@ -55,8 +56,33 @@ _KEPT_FIELDS: dict[str, re.Pattern[str]] = {
 }
 
 
+def _scoped(pattern: re.Pattern[str]) -> str:
+    flags = ("s" if pattern.flags & re.DOTALL else "") + ("i" if pattern.flags & re.IGNORECASE else "")
+    return f"(?{flags}:{pattern.pattern})"
+
+
+# Whether any rule could apply, in one scan: most text (ids, names, ordinary prose) has nothing to redact and is
+# returned after this single pass instead of one pass per rule.
+_ANY_RULE = re.compile("|".join(_scoped(pattern) for pattern in [p for _, p in _PATTERNS] + [_ASSIGNMENT]))
+# Short strings (keys, names, ids) repeat in every event: their redaction is remembered.
+_REMEMBERED_LENGTH = 128
+
+
 def redact_text(text: str) -> str:
     """Replace every credential-looking substring of `text` with `[REDACTED:<kind>]`."""
+    if len(text) <= _REMEMBERED_LENGTH:
+        return _redact_short(text)
+    return _redact(text)
+
+
+@lru_cache(maxsize=16_384)
+def _redact_short(text: str) -> str:
+    return _redact(text)
+
+
+def _redact(text: str) -> str:
+    if _ANY_RULE.search(text) is None:
+        return text
     for kind, pattern in _PATTERNS:
         text = pattern.sub(placeholder(kind), text)
     return _ASSIGNMENT.sub(lambda m: m.group(1) + placeholder("secret_assignment"), text)

@@ -1,0 +1,226 @@
+"""What a stored record says, in the terms of the problem (pure): who asked for which tool, what was decided
+and by whom, what came of it. Every export format and the incident timeline read records through this.
+
+A decision or a result does not name the person behind the call; the `Narrator`
+remembers, per session and per call, who asked (from the grant identity signed),
+so later records of the same call are told with their actor. Records are read in
+append order, so a call's request comes before its decision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from caduceus_audit.domain.chain import ChainLink
+
+Severity = Literal["info", "warning", "high"]
+VERDICT_WORDS = {"allow": "allowed", "deny": "denied", "approve": "held for approval"}
+# A session's or call's context is forgotten after this many newer ones (bounded memory in follow mode).
+REMEMBERED = 100_000
+SUMMARY_TEXT = 200
+# The stored columns of a record (an AuditRecord, or a row streamed from the store).
+StoredRecord = ChainLink
+
+
+@dataclass(frozen=True)
+class Actor:
+    user: str
+    roles: tuple[str, ...]
+    workspace: str | None = None
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """The call a record is about: tool, redacted arguments and digest, as requested."""
+
+    tool: str
+    args: dict[str, Any]
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class DecisionFacts:
+    verdict: str
+    reason: str
+    decided_by: str  # the signing issuer: policy or approval
+    policy_ids: tuple[str, ...] = ()
+    pack_version: str = ""
+    approver_group: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """One record, read: its stored columns plus who, what call, what decision, what outcome, and a sentence."""
+
+    record: StoredRecord
+    body: dict[str, Any] | None
+    summary: str
+    severity: Severity
+    actor: Actor | None = None
+    call: CallFacts | None = None
+    decision: DecisionFacts | None = None
+    status: str | None = None  # a tool call's outcome (ok, error, denied, refused) or a reply's status
+    text: str | None = None  # what a person or the agent said
+    workspace: str | None = None
+
+    @property
+    def tenant(self) -> str:
+        return self.record.tenant
+
+    @property
+    def kind(self) -> str:
+        return self.record.kind
+
+
+@dataclass
+class Narrator:
+    """Reads records in append order, remembering who is behind each session and call."""
+
+    _sessions: OrderedDict[tuple[str, str], Actor] = field(default_factory=OrderedDict)
+    _calls: OrderedDict[tuple[str, str], tuple[Actor | None, CallFacts]] = field(default_factory=OrderedDict)
+
+    def view(self, record: StoredRecord) -> RecordView:
+        body = _parsed(record.body)
+        if record.rejected or body is None:
+            why = record.reject_reason or "unreadable body"
+            return RecordView(record, body, f"rejected message on {record.subject}: {why}", "high")
+        reader = getattr(self, "_" + record.kind.replace(".", "_"), None)
+        if reader is None:
+            return RecordView(record, body, f"{record.kind} event", "info")
+        view: RecordView = reader(record, body)
+        return view
+
+    def _remember(self, store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        if len(store) > REMEMBERED:
+            store.popitem(last=False)
+
+    def _actor_of(self, record: StoredRecord) -> Actor | None:
+        return self._sessions.get((record.tenant, record.session_id or ""))
+
+    def _granted(self, record: StoredRecord, body: dict[str, Any]) -> Actor | None:
+        grant = (body.get("grant") or {}).get("grant") or {}
+        if not grant.get("user"):
+            return self._actor_of(record)
+        actor = Actor(str(grant["user"]), tuple(grant.get("roles") or ()), grant.get("workspace"), grant.get("channel"))
+        if record.session_id:
+            self._remember(self._sessions, (record.tenant, record.session_id), actor)
+        return actor
+
+    def _chat_message_in(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        text = str(body.get("text", ""))
+        return RecordView(record, body, f"message on {body.get('channel', 'chat')}: {_short(text)}", "info",
+                          actor=self._actor_of(record), text=text, workspace=body.get("workspace"))
+
+    def _turn_requested(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor = self._granted(record, body)
+        text = str(body.get("text", ""))
+        who = _who(actor)
+        return RecordView(record, body, f"{who} started a turn: {_short(text)}", "info", actor=actor, text=text,
+                          workspace=actor.workspace if actor else None)
+
+    def _turn_assigned(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor = self._granted(record, body)
+        return RecordView(record, body, f"turn handed to planner {body.get('worker_id', '?')}", "info", actor=actor,
+                          workspace=actor.workspace if actor else None)
+
+    def _tool_requested(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor = self._granted(record, body)
+        call = CallFacts(str(body.get("tool", "?")), dict(body.get("args") or {}), body.get("digest"))
+        if record.call_id:
+            self._remember(self._calls, (record.tenant, record.call_id), (actor, call))
+        return RecordView(record, body, f"{_who(actor)} asked for {call.tool} {_short(_args_text(call.args))}",
+                          "info", actor=actor, call=call, workspace=body.get("workspace"))
+
+    def _call_context(self, record: StoredRecord, body: dict[str, Any]) -> tuple[Actor | None, CallFacts]:
+        actor, call = self._calls.get((record.tenant, record.call_id or ""), (None, None))
+        if call is None:
+            call = CallFacts(str(body.get("tool") or (body.get("decision") or {}).get("decision", {}).get("tool", "?")),
+                             dict(body.get("args") or {}))
+        return actor or self._actor_of(record), call
+
+    def _tool_decided(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor, call = self._call_context(record, body)
+        signed = body.get("decision") or {}
+        inner = signed.get("decision") or {}
+        decision = DecisionFacts(
+            verdict=str(inner.get("verdict", "?")), reason=str(inner.get("reason", "")),
+            decided_by=str(signed.get("key_id", "?")).split(":", 1)[0], policy_ids=tuple(inner.get("policy_ids") or ()),
+            pack_version=str(inner.get("pack_version") or ""), approver_group=inner.get("approver_group"))
+        rules = f" ({', '.join(decision.policy_ids)})" if decision.policy_ids else ""
+        words = VERDICT_WORDS.get(decision.verdict, decision.verdict)
+        severity: Severity = "warning" if decision.verdict == "deny" else "info"
+        return RecordView(record, body, f"{call.tool} {words} by {decision.decided_by}{rules}: {decision.reason}",
+                          severity, actor=actor, call=call, decision=decision, workspace=body.get("workspace"))
+
+    def _tool_dispatched(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor, call = self._call_context(record, body)
+        return RecordView(record, body, f"{call.tool} dispatched to the executor", "info", actor=actor, call=call,
+                          workspace=body.get("workspace"))
+
+    def _tool_completed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor, call = self._call_context(record, body)
+        status = str(body.get("status", "?"))
+        detail = body.get("reason") or body.get("result") or ""
+        severity: Severity = "info" if status == "ok" else "warning"
+        return RecordView(record, body, f"{call.tool} {status}: {_short(str(detail))}", severity, actor=actor,
+                          call=call, status=status, text=str(body.get("result", "")), workspace=body.get("workspace"))
+
+    def _chat_reply(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        status, text = str(body.get("status", "ok")), str(body.get("text", ""))
+        return RecordView(record, body, f"agent replied ({status}): {_short(text)}",
+                          "info" if status == "ok" else "warning", actor=self._actor_of(record), status=status,
+                          text=text)
+
+    def _worker_lifecycle(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        state = str(body.get("state", "?"))
+        severity: Severity = "warning" if state in ("crashed", "refused") else "info"
+        detail = f": {body['detail']}" if body.get("detail") else ""
+        return RecordView(record, body, f"{body.get('role', 'worker')} {body.get('worker_id', '?')} {state}{detail}",
+                          severity, workspace=body.get("workspace"))
+
+    def _model_usage(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor = self._actor_of(record) or Actor(str(body.get("user", "?")), ())
+        tokens = f"{body.get('prompt_tokens', 0)} prompt + {body.get('completion_tokens', 0)} completion tokens"
+        return RecordView(record, body, f"{actor.user} used model {body.get('model') or '?'}: {tokens}, "
+                          f"${float(body.get('cost_usd') or 0):.4f}", "info", actor=actor,
+                          workspace=body.get("workspace"))
+
+    def _policy_shadow_disagreed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        shadow, live = VERDICT_WORDS.get(body.get("shadow_verdict", ""), "?"), VERDICT_WORDS.get(
+            body.get("live_verdict", ""), "?")
+        return RecordView(record, body, f"shadow pack {body.get('shadow_version', '?')} would have {shadow} "
+                          f"{body.get('tool', '?')} (live pack {body.get('live_version', '?')}: {live})", "info",
+                          actor=self._actor_of(record), workspace=body.get("workspace"))
+
+    def _error(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        return RecordView(record, body, f"{body.get('service', '?')} refused a message on {body.get('subject', '?')}: "
+                          f"{body.get('reason', '')}", "high")
+
+
+def _parsed(body: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _who(actor: Actor | None) -> str:
+    if actor is None:
+        return "someone"
+    return f"{actor.user} ({', '.join(actor.roles)})" if actor.roles else actor.user
+
+
+def _args_text(args: dict[str, Any]) -> str:
+    return json.dumps(args, ensure_ascii=False, sort_keys=True)
+
+
+def _short(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= SUMMARY_TEXT else flat[:SUMMARY_TEXT - 1] + "…"
