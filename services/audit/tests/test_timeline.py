@@ -47,3 +47,32 @@ def test_the_html_page_is_standalone_and_shows_hostile_text_as_text(tmp_path: Pa
     for expected in ("alice (member)", "writes-stay-in-workspace", "approved by carol", "approvers leads",
                      "result <b>denied</b>", "dispatched to the executor"):
         assert expected in page
+
+
+def test_approvals_and_what_the_person_was_told_are_part_of_the_sessions_story(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from caduceus_audit.testing import Published
+    from caduceus_contracts import ApprovalRequested, ApprovalResolved, ApprovalView, ApprovalVote, ChatNotice, subjects
+
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    story = governed_session("acme", "s1")
+    patch = next(p.event for p in story if p.event.kind == "tool.requested" and p.event.tool == "patch")
+    at = patch.occurred_at + timedelta(milliseconds=500)
+    view = ApprovalView(workflow_id="approval-acme-x", tenant="acme", call_id=patch.call_id, workspace="default",
+                        session_id="s1", tool="patch", args=patch.args, digest=patch.digest, requester="alice",
+                        reason="patches need a lead", groups=("leads",), approvers=("carol",), quorum=1,
+                        opened_at=at, expires_at=at + timedelta(minutes=15))
+    done = view.model_copy(update={"status": "approved", "resolution": "approved by carol",
+                                   "votes": (ApprovalVote(approver="carol", answer="approve", comment="fine", at=at),)})
+    extra = [ApprovalRequested(tenant="acme", call_id=patch.call_id, approval=view, occurred_at=at),
+             ChatNotice(tenant="acme", session_id="s1", call_id=patch.call_id, occurred_at=at,
+                        text="waiting for approval from leads for patch, expires in 15 min"),
+             ApprovalResolved(tenant="acme", call_id=patch.call_id, approval=done, occurred_at=at)]
+    story += [Published(subjects.approval(e.kind.split(".")[1], "acme") if e.kind.startswith("approval")
+                        else subjects.chat_notice("acme", "s1"), e, {"Nats-Msg-Id": e.event_id}) for e in extra]
+    record_published(store, story)
+    summaries = [m.summary for m in timeline_of(store, RecordFilter(session_id="s1")).moments]
+    assert "approval of patch opened (asked of leads, quorum 1)" in summaries
+    assert "alice was told: waiting for approval from leads for patch, expires in 15 min" in summaries
+    assert "approval of patch approved: approved by carol (asked of leads, quorum 1): carol approved (fine)" in summaries

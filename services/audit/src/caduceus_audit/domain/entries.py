@@ -18,6 +18,7 @@ from typing import Any
 
 from caduceus_audit.domain.redaction import redact_event_body, redact_text
 from caduceus_contracts import (
+    ApprovalView,
     CanonicalizationError,
     ContractError,
     Event,
@@ -132,8 +133,10 @@ def event_entry(subject: str, event: Event) -> AuditEntry:
 
 
 def session_of(event: Event) -> str | None:
-    """The chat session an event belongs to: its own, its grant's, or its decision's."""
+    """The chat session an event belongs to: its own, its grant's, its decision's, or its approval's."""
     session = getattr(event, "session_id", None)
+    if session is None and isinstance(approval := getattr(event, "approval", None), ApprovalView):
+        session = approval.session_id
     if session is None and (grant := getattr(event, "grant", None)) is not None:
         session = grant.grant.session_id
     if session is None and (decision := getattr(event, "decision", None)) is not None:

@@ -191,6 +191,44 @@ class Narrator:
                           f"${float(body.get('cost_usd') or 0):.4f}", "info", actor=actor,
                           workspace=body.get("workspace"))
 
+    def _chat_notice(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        text = str(body.get("text", ""))
+        actor = self._actor_of(record)
+        return RecordView(record, body, f"{actor.user if actor else 'the person'} was told: {_short(text)}", "info",
+                          actor=actor, text=text)
+
+    def _approval(self, record: StoredRecord, body: dict[str, Any], what: str) -> RecordView:
+        view = body.get("approval") or {}
+        actor, call = self._call_context(record, {"tool": view.get("tool"), "args": view.get("args")})
+        votes = ", ".join(f"{v.get('approver')} {v.get('answer')}d" + (f" ({v['comment']})" if v.get("comment") else "")
+                          for v in view.get("votes") or ())
+        asked = ", ".join(view.get("groups") or view.get("approvers") or ()) or "nobody"
+        return RecordView(record, body, f"approval of {call.tool} {what} (asked of {asked}, quorum "
+                          f"{view.get('quorum', '?')}){': ' + votes if votes else ''}", "info", actor=actor,
+                          workspace=view.get("workspace"))  # its own line in the story, beside the call
+
+    def _approval_requested(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        return self._approval(record, body, "opened")
+
+    def _approval_voted(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        return self._approval(record, body, "counted an answer")
+
+    def _approval_escalated(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        return self._approval(record, body, "escalated to " + ", ".join((body.get("approval") or {}).get(
+            "escalate_to") or ()))
+
+    def _approval_reminded(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        return self._approval(record, body, "reminded " + (", ".join(body.get("remind") or ()) or "its approvers"))
+
+    def _approval_resolved(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        view = body.get("approval") or {}
+        return self._approval(record, body, f"{view.get('status', 'decided')}: {view.get('resolution', '')}".rstrip(": "))
+
+    def _approval_refused(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        return RecordView(record, body, f"{body.get('approver', '?')}'s {body.get('answer', '?')} on "
+                          f"{body.get('channel', '?')} did not count: {body.get('reason', '')}", "warning",
+                          actor=self._actor_of(record))
+
     def _policy_shadow_disagreed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
         shadow, live = VERDICT_WORDS.get(body.get("shadow_verdict", ""), "?"), VERDICT_WORDS.get(
             body.get("live_verdict", ""), "?")
