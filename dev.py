@@ -133,7 +133,8 @@ def ensure_venv() -> None:
 SYSTEM_TOOLS = {
     "demo": [("bwrap", "bubblewrap", "every agent worker runs in a bubblewrap sandbox")],
     "up": [("bwrap", "bubblewrap", "every agent worker runs in a bubblewrap sandbox")],
-    "test": [("bwrap", "bubblewrap", "every agent worker runs in a bubblewrap sandbox")],
+    "test": [("bwrap", "bubblewrap", "every agent worker runs in a bubblewrap sandbox"),
+             ("chromium", "chromium", "the approvals UI is tested in Debian's headless chromium")],
 }
 
 

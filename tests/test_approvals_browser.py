@@ -24,7 +24,7 @@ def chromium_path() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
         pytest.fail("Debian's chromium is not installed, so the approvals UI cannot be tested in a browser: "
-                    "`apt-get install -y chromium` (.ci/run does this when it can)")
+                    "`apt-get install -y chromium` (`python3 dev.py test` does this as root)")
     return found
 
 
