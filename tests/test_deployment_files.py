@@ -6,15 +6,28 @@ must be a setting some service reads; a typo in either would only show up on an 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import nats
+import pytest
 import yaml
 from pydantic_settings import BaseSettings
+from typer.testing import CliRunner
 
+from caduceus.cli import app
 from caduceus_approval.settings import ApprovalSettings
 from caduceus_audit.settings import AuditSettings
 from caduceus_broker.settings import BrokerSettings, ModelSettings, WorkerSettings
+from caduceus_bus import BusSettings, auth_options, load_permissions
+from caduceus_embedded.ports import free_port
+from caduceus_embedded.servers import start_nats
 from caduceus_identity.settings import IdentitySettings
 from caduceus_policy.settings import PolicySettings
 
@@ -61,3 +74,79 @@ def test_services_reach_the_engines_by_their_compose_names() -> None:
     assert "@postgres:5432/" in anchor["CADUCEUS_AUDIT_DB_URL"]
     assert anchor["CADUCEUS_TEMPORAL_ADDRESS"] == "temporal:7233"
     assert anchor["CADUCEUS_MODEL_BASE_URL"].endswith("model:8901/v1}")
+
+
+def nats_services() -> dict[str, dict]:
+    """The Caduceus services that connect to the bus (every one but the scripted model)."""
+    return {name: spec for name, spec in caduceus_services().items() if name != "model"}
+
+
+def test_each_service_mounts_only_its_own_bus_credential_where_its_settings_look() -> None:
+    roles = load_permissions().services
+    for name, spec in nats_services().items():
+        path = spec["environment"]["CADUCEUS_NATS_CREDENTIALS"]
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in spec["volumes"]}
+        assert mounts.get(path) == f"./.bus/{name}.creds", f"{name} does not mount its own credential at {path}"
+        assert name in roles, f"{name} has no role in infra/nats/permissions.yaml"
+        assert not [v for v in spec["volumes"] if v.startswith("./.bus/") and name not in v
+                    and "worker-signing" not in v], f"{name} mounts another service's credential"
+    broker = nats_services()["broker"]
+    assert f"./.bus/worker-signing.json:{broker['environment']['CADUCEUS_NATS_WORKER_SIGNING']}:ro" in broker["volumes"]
+    nats_mounts = COMPOSE["services"]["nats"]["volumes"]
+    assert "./.bus/server.conf:/etc/nats/auth/server.conf:ro" in nats_mounts
+    assert "include ./auth/server.conf" in (ROOT / "infra/nats/nats.conf").read_text()
+
+
+async def test_the_deployment_bus_from_caduceus_bus_authority_admits_each_service_to_its_own_subjects_only(
+        tmp_path: Path) -> None:
+    written = CliRunner().invoke(app, ["bus", "authority", "--out", str(tmp_path / "auth")])
+    assert written.exit_code == 0, written.output
+    # infra/nats/nats.conf as docker-compose runs it, with this machine's paths and ports.
+    # (start_nats gives the store dir and port on its command line)
+    config = (ROOT / "infra/nats/nats.conf").read_text().replace("store_dir: /data/jetstream", "")
+    config = config.replace("http_port: 8222", f"http_port: {free_port()}")
+    (tmp_path / "nats.conf").write_text(config)
+    port = free_port()
+    server = start_nats(port, tmp_path / "js", tmp_path / "nats.log", config_file=tmp_path / "nats.conf")
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        with pytest.raises(Exception, match="(?i)authorization"):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        policy = await _connect_as(url, tmp_path / "auth" / "policy.creds")
+        identity = await _connect_as(url, tmp_path / "auth" / "identity.creds")
+        await policy.nc.publish("cad.v1.tool.decided.acme", b"{}")
+        await identity.nc.publish("cad.v1.tool.decided.acme", b"{}")
+        assert await policy.violations() == []
+        assert await identity.violations(), "identity could publish a decision on the deployment's bus"
+        for client in (policy, identity):
+            await client.nc.close()
+        healthy = subprocess.run([sys.executable, str(ROOT / "infra/docker/healthcheck.py"), "policy"],
+                                 env={**os.environ, "CADUCEUS_NATS_URL": url,
+                                      "CADUCEUS_NATS_CREDENTIALS": str(tmp_path / "auth" / "policy.creds")},
+                                 capture_output=True, text=True, timeout=30)
+        # Nobody answers policy's health here: the check fails as "not answering", not as a permission error.
+        assert healthy.returncode == 1 and "not answering" in healthy.stderr and "ermission" not in healthy.stderr
+    finally:
+        server.stop()
+
+
+@dataclass
+class _Client:
+    nc: Any
+    errors: list[str]
+
+    async def violations(self) -> list[str]:
+        await self.nc.flush()
+        await asyncio.sleep(0.2)  # the server reports a violation asynchronously
+        return [e for e in self.errors if "permissions violation" in e.lower()]
+
+
+async def _connect_as(url: str, credentials: Path) -> _Client:
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3, error_cb=on_error,
+                            **auth_options(BusSettings(nats_url=url, nats_credentials=credentials)))
+    return _Client(nc, errors)

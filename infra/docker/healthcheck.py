@@ -10,12 +10,13 @@ import sys
 
 import nats
 
-from caduceus_bus import BusSettings
+from caduceus_bus import BusSettings, auth_options
 
 
 async def answers(service: str, timeout: float = 3.0) -> bool:
-    nc = await nats.connect(BusSettings().nats_url, connect_timeout=timeout, max_reconnect_attempts=0,
-                            allow_reconnect=False)
+    settings = BusSettings()  # the service's own credential: it may ask its own health subject
+    nc = await nats.connect(settings.nats_url, connect_timeout=timeout, max_reconnect_attempts=0,
+                            allow_reconnect=False, **auth_options(settings))
     try:
         reply = await nc.request(f"caduceus.health.{service}", b"", timeout=timeout)
         return reply.data == b"ok"

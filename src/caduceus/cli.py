@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import approvals, audit, chat, demo, identity, policy, sandbox, tenants, up, whoami
+from caduceus.commands import approvals, audit, bus, chat, demo, identity, policy, sandbox, tenants, up, whoami
 
 app = typer.Typer(
     name="caduceus",
@@ -25,6 +25,7 @@ tenants.register(app)
 whoami.register(app)
 policy.register(app)
 audit.register(app)
+bus.register(app)
 
 
 if __name__ == "__main__":

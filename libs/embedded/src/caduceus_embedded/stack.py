@@ -144,11 +144,7 @@ class EmbeddedStack:
 
     def _prepare_bus(self) -> Path:
         """Write nats-server's authorization and every service role's credential; returns the server config."""
-        authority = BusAuthority(self.layout.bus_keys, self.bus_permissions)
-        for role in self.bus_permissions.services:
-            authority.service_credentials(role)
-        authority.worker_signing()
-        return authority.server_config()
+        return BusAuthority(self.layout.bus_keys, self.bus_permissions).write_all()
 
     def start(self) -> StackInfo:
         """Start everything and wait until it is ready; on any failure stop what started and raise.
