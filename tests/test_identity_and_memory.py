@@ -5,6 +5,8 @@ another person or a group channel)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
 
 import nats
@@ -13,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from caduceus.cli import app
+from caduceus_audit import AuditStore
 from caduceus_bus import auth_options
 from caduceus_client import ChatClient, TurnTranscript
 from caduceus_contracts import subjects
@@ -110,6 +113,22 @@ def test_a_chat_integration_pairs_a_stranger_once_an_admin_approves(stack) -> No
     assert revoked.exit_code == 0
     after = say(stack, "", "hello", "C-general", token=key, platform="slack", platform_user="U-E2E")
     assert after.reply.text.startswith("the service-account key is unknown or revoked")
+    # Each change is in the audit trail, with who made it, and never the key or the code.
+    store = AuditStore(stack.info.audit_db_url)
+    wanted = [("service-account.created", "slack-e2e"), ("pairing.approved", "slack:U-E2E"),
+              ("service-account.revoked", "slack-e2e")]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        changes = [json.loads(r.body) for r in store.records(tenant="acme") if r.kind == "identity.changed"]
+        seen = [(c["action"], c["subject"]) for c in changes if "e2e" in c["subject"].lower()]
+        if all(w in seen for w in wanted):
+            break
+        time.sleep(0.2)
+    assert all(w in seen for w in wanted), seen
+    approved_by = next(c["actor"] for c in changes if c["action"] == "pairing.approved")
+    assert approved_by == "carol"
+    leaks = [(r.kind, r.subject) for r in store.records(tenant="acme") if key in r.body or code in r.body]
+    assert not leaks, f"the key or the pairing code is stored in: {leaks}"
 
 
 def test_a_secret_told_in_a_direct_message_reaches_no_other_person_and_no_group_channel(stack, tmp_path: Path):

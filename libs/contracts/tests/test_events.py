@@ -26,6 +26,7 @@ from caduceus_contracts import (
     ContractError,
     Decision,
     ErrorEvent,
+    IdentityChanged,
     ModelUsage,
     PolicyShadowDisagreed,
     RiskyFact,
@@ -98,6 +99,8 @@ SAMPLES += [
     ApprovalRefused(tenant="acme", call_id="c-1", approver="bob", answer="approve", channel="web",
                     reason="bob is not one of the approvers"),
     ChatNotice(tenant="acme", session_id="s-1", call_id="c-1", text="waiting for approval from admin"),
+    IdentityChanged(tenant="acme", action="service-account.created", actor="carol", subject="slack-bot",
+                    detail="for slack"),
 ]
 
 

@@ -47,6 +47,10 @@ HOSTILE = [
     (f"token {GITHUB} pushed", GITHUB, "github_token"),
     ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "github_pat_11ABCDEFG0123456789", "github_token"),
     (f"nested 'quote' {OPENAI}\x00 after NUL", OPENAI, "api_key"),
+    ("the bot's key cad_sa_0123456789abcdef_Zx9-_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789ab leaked",
+     "Zx9-_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789ab", "service_account_key"),
+    ("ask an administrator of 'acme' to approve pairing code K7QM-2XWP (it expires at 10:00 UTC)", "K7QM-2XWP",
+     "pairing_code"),
 ]
 
 

@@ -243,7 +243,7 @@ async def test_module_explains_a_broken_tenants_file(tmp_path: Path) -> None:
 
 async def test_a_chat_integration_speaks_for_a_linked_platform_user_and_pairs_a_stranger(
         service: IdentityService, bus: EventConnection) -> None:
-    _, key = service.store.create_service_account("acme", "slack-test", ("slack",), utcnow())
+    _, key = service.store.create_service_account("acme", "slack-test", ("slack",), utcnow(), "test")
     service.store.add_link("acme", "slack", "U-CAROL", "carol", "test", utcnow())
     turns = await listen(bus, subjects.turn_requested("acme"))
     linked = ChatMessageIn(tenant="acme", session_id=f"s-{new_id()[:12]}", channel="C-ops", token=key, text="hi",

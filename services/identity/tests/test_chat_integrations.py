@@ -15,7 +15,7 @@ from caduceus_identity.adapters.store import IdentityStore
 from caduceus_identity.adapters.tenants_file import DirectorySource
 from caduceus_identity.domain import Refused, TokenRefused, VerifiedIdentity
 from caduceus_identity.gatekeeper import Gatekeeper, approve_pairing
-from caduceus_identity.linking import PairingRefused, PairingRules
+from caduceus_identity.linking import PairingRefused, PairingRules, parse_api_key
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 RULES = PairingRules(code_ttl_s=600, max_failures=3, lockout_s=900)
@@ -58,7 +58,7 @@ def gate(store: IdentityStore, directory: DirectorySource, clock: Clock) -> Gate
 
 @pytest.fixture()
 def slack_key(store: IdentityStore) -> str:
-    return store.create_service_account("acme", "slack-bot", ("slack",), START)[1]
+    return store.create_service_account("acme", "slack-bot", ("slack",), START, "carol")[1]
 
 
 def from_slack(key: str, who: str = "U123", email: str | None = None, tenant: str = "acme",
@@ -84,9 +84,10 @@ def code_in(text: str) -> str:
 
 
 def test_the_api_key_is_shown_once_and_only_its_hash_is_kept(store: IdentityStore, tmp_path: Path) -> None:
-    account, key = store.create_service_account("acme", "discord-bot", ("discord",), START)
+    account, key = store.create_service_account("acme", "discord-bot", ("discord",), START, "carol")
     assert key.startswith("cad_sa_") and account.name == "discord-bot"
-    secret = key.rsplit("_", 1)[1]
+    secret = parse_api_key(key)[1]  # the secret itself may contain "_"
+    assert len(secret) >= 40
     dump = "\n".join(sqlite3.connect(tmp_path / "identity.db").iterdump())
     assert secret not in dump and key not in dump
     assert store.authenticate(key).account_id == account.account_id
@@ -94,7 +95,7 @@ def test_the_api_key_is_shown_once_and_only_its_hash_is_kept(store: IdentityStor
 
 
 async def test_a_revoked_key_is_refused(gate: Gatekeeper, store: IdentityStore, slack_key: str) -> None:
-    assert store.revoke_service_account("acme", "slack-bot", START)
+    assert store.revoke_service_account("acme", "slack-bot", START, "carol")
     refusal = await refused(gate, from_slack(slack_key))
     assert refusal.reason == "the service-account key is unknown or revoked"
 
@@ -178,3 +179,35 @@ async def test_a_flood_of_strangers_cannot_grow_the_pending_codes(store: Identit
     for who in ("U1", "U2"):
         code_in((await refused(gate, from_slack(slack_key, who))).remedy)
     assert "too many pairing requests are waiting" in (await refused(gate, from_slack(slack_key, "U3"))).remedy
+
+
+def test_every_change_to_who_may_speak_goes_to_the_outbox_once_and_never_with_a_key_or_code(
+        gate: Gatekeeper, store: IdentityStore, directory: DirectorySource) -> None:
+    _, key = store.create_service_account("acme", "teams-bot", ("teams",), START, "ops (local CLI)")
+    assert store.revoke_service_account("acme", "teams-bot", START, "ops (local CLI)")
+    assert not store.revoke_service_account("acme", "teams-bot", START, "ops (local CLI)")  # nothing changed
+    store.add_link("acme", "slack", "U1", "alice", "email verified by slack", START)
+    assert store.remove_link("acme", "slack", "U1", START, "carol")
+    request = store.request_pairing("acme", "slack", "U2", START, RULES)
+    with pytest.raises(PairingRefused):
+        approve_pairing(store, directory(), carol(directory), "slack", "ZZZZ-ZZZZ", "bob", START)
+    approve_pairing(store, directory(), carol(directory), "slack", request.code, "bob", START)
+    changes = store.unpublished_changes()
+    assert [(c.action, c.actor, c.subject) for c in changes] == [
+        ("service-account.created", "ops (local CLI)", "teams-bot"),
+        ("service-account.revoked", "ops (local CLI)", "teams-bot"),
+        ("link.added", "identity", "slack:U1"),
+        ("link.removed", "carol", "slack:U1"),
+        ("pairing.refused", "carol", "slack:?"),
+        ("pairing.approved", "carol", "slack:U2")]
+    written = " ".join(c.model_dump_json() for c in changes)
+    assert parse_api_key(key)[1] not in written and request.code not in written and "ZZZZ" not in written
+    store.mark_published([c.event_id for c in changes[:2]])
+    assert [c.event_id for c in store.unpublished_changes()] == [c.event_id for c in changes[2:]]
+
+
+def test_a_change_that_fails_leaves_no_trace_in_the_outbox(store: IdentityStore) -> None:
+    store.create_service_account("acme", "slack-bot", ("slack",), START, "carol")
+    with pytest.raises(ValueError, match="already has a service account named 'slack-bot'"):
+        store.create_service_account("acme", "slack-bot", ("slack",), START, "carol")
+    assert [c.action for c in store.unpublished_changes()] == ["service-account.created"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated
 
@@ -72,6 +73,11 @@ def token(
     typer.echo(minted)
 
 
+def local_operator() -> str:
+    """Who changes identity.db from this machine's CLI, as the audit trail records it."""
+    return f"{getpass.getuser()} (local CLI)"
+
+
 @accounts_app.command("create")
 def create_account(
     tenant: Tenant,
@@ -87,7 +93,7 @@ def create_account(
         raise typer.Exit(1)
     store = where.store()
     try:
-        account, key = store.create_service_account(tenant, name, tuple(platform), utcnow())
+        account, key = store.create_service_account(tenant, name, tuple(platform), utcnow(), local_operator())
     except ValueError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
@@ -118,7 +124,7 @@ def revoke_account(tenant: Tenant, name: Annotated[str, typer.Option(help="The s
                    state_dir: StateDir = None) -> None:
     """Revoke a service account: its key is refused from the next message on."""
     store = access(state_dir).store()
-    revoked = store.revoke_service_account(tenant, name, utcnow())
+    revoked = store.revoke_service_account(tenant, name, utcnow(), local_operator())
     store.close()
     if not revoked:
         err.print(f"[red]tenant {tenant!r} has no live service account named {name!r}[/red]")
@@ -174,9 +180,9 @@ def unlink(tenant: Tenant, platform: Annotated[str, typer.Option(help="slack, di
            issuer_url: Annotated[str | None, typer.Option(help=ISSUER_HELP)] = None) -> None:
     """Remove a platform user's link: their next message gets a new pairing code."""
     where = access(state_dir, issuer_url=issuer_url)
-    resolve_admin(where, token, tenant)
+    admin = resolve_admin(where, token, tenant)
     store = where.store()
-    removed = store.remove_link(tenant, platform, platform_user)
+    removed = store.remove_link(tenant, platform, platform_user, utcnow(), admin.name)
     store.close()
     if not removed:
         err.print(f"[red]{platform} user {platform_user!r} is not linked in {tenant!r}[/red]")

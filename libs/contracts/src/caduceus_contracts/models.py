@@ -348,6 +348,27 @@ class ErrorEvent(Event):
     excerpt: str = ""
 
 
+# --- identity administration -------------------------------------------------
+
+IdentityAction = Literal["service-account.created", "service-account.revoked", "link.added", "link.removed",
+                         "pairing.approved", "pairing.refused"]
+
+
+class IdentityChanged(Event):
+    """Who may speak for a tenant changed: a service account, a chat-platform link or a pairing (audited).
+
+    `actor` is who made the change (an admin, the local operator, or identity itself for a link by verified
+    email); `subject` what it concerns (an account's name, or `<platform>:<platform user>`). No key or code is
+    ever part of it.
+    """
+
+    kind: Literal["identity.changed"] = "identity.changed"
+    action: IdentityAction
+    actor: str = Field(min_length=1, max_length=256)
+    subject: str = Field(min_length=1, max_length=512)
+    detail: str = Field(default="", max_length=1000)
+
+
 # --- approvals -------------------------------------------------------------
 
 ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
@@ -547,7 +568,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided, ToolCallDispatched,
     ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
     ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved, ApprovalAnswered,
-    ApprovalRefused, ChatNotice,
+    ApprovalRefused, ChatNotice, IdentityChanged,
     AuditCheckpointed,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple

@@ -87,6 +87,10 @@ def chat_notice(tenant: str, session: str) -> str:
     return f"{PREFIX}.chat.notice.{token(tenant)}.{session_token(session)}"
 
 
+def identity_changed(tenant: str) -> str:
+    return f"{PREFIX}.identity.changed.{token(tenant)}"
+
+
 def audit_checkpoint(tenant: str) -> str:
     return f"{PREFIX}.audit.checkpoint.{token(tenant)}"
 

@@ -6,6 +6,8 @@ is read again whenever it changes (`caduceus tenants apply`), so no restart is n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,6 +48,7 @@ class IdentityService:
     issuers: IssuerRegistry
     store: IdentityStore
     dev_issuer: DevIssuerServer | None
+    _relay: asyncio.Task | None = None
 
     @property
     def dev_issuer_url(self) -> str | None:
@@ -62,9 +65,32 @@ class IdentityService:
         except BaseException:
             await self.stop()
             raise
+        self._relay = asyncio.create_task(self.relay_changes(), name="identity-changes-relay")
         log.info("identity is ready: trusting tokens from %s", ", ".join(self.issuers.trusted) or "no issuer")
 
+    async def relay_changes(self, interval_s: float = 1.0) -> None:
+        """Publish the outbox of identity.db (changes made by the admin CLI or by identity) as audited events."""
+        publisher = self.admission.publisher
+        while True:
+            try:
+                changes = await asyncio.to_thread(self.store.unpublished_changes)
+                for change in changes:
+                    await publisher.publish(subjects.identity_changed(change.tenant), change)
+                if changes:
+                    await asyncio.to_thread(self.store.mark_published, [c.event_id for c in changes])
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Unpublished changes stay in the outbox; the stream stores a retried one once (same event id).
+                log.exception("could not publish identity changes; retrying")
+            await asyncio.sleep(interval_s)
+
     async def stop(self) -> None:
+        if self._relay is not None:
+            self._relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay
         await self.broker.stop()
         await self.issuers.close()
         self.store.close()

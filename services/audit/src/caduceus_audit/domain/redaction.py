@@ -35,6 +35,9 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b")),
     ("api_key", re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}")),
     ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+    # Caduceus's own: a service account's API key, and the one-time code identity sends a platform user to pair.
+    ("service_account_key", re.compile(r"\bcad_sa_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}")),
+    ("pairing_code", re.compile(r"(?<=pairing code )[A-Z2-9]{4}-[A-Z2-9]{4}\b", re.IGNORECASE)),
 )
 
 _SECRET_NAME = (

@@ -1,7 +1,10 @@
 """Identity's own records in SQLite (CADUCEUS_IDENTITY_DB, default `<state_dir>/identity.db`):
 service accounts (key hashes only), platform links, pairing codes (salted hashes) and lockouts.
 
-The identity service reads it on every integration message; the admin CLI writes it.
+The identity service reads it on every integration message; the admin CLI writes it. Every change to who
+may speak for a tenant is also written, in the same transaction, to an outbox (`identity_changes`) that the
+identity service publishes as `identity.changed` events: the audit trail gets each change exactly once, even
+one made while the service was down.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from caduceus_contracts import IdentityChanged, new_id
 from caduceus_identity.linking import (
     PairingRefused,
     PairingRequest,
@@ -41,6 +47,10 @@ CREATE TABLE IF NOT EXISTS pairing_codes (
     PRIMARY KEY (tenant, platform, platform_user));
 CREATE TABLE IF NOT EXISTS pairing_failures (
     tenant TEXT NOT NULL, platform TEXT NOT NULL, failed_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS identity_changes (
+    event_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
+    subject TEXT NOT NULL, detail TEXT NOT NULL, occurred_at TEXT NOT NULL, published INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS identity_changes_unpublished ON identity_changes (published, occurred_at);
 """
 
 
@@ -68,20 +78,51 @@ class IdentityStore:
     def close(self) -> None:
         self._db.close()
 
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One write transaction: the change and its outbox row are stored together or not at all."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _record(self, tenant: str, action: str, actor: str, subject: str, now: datetime, detail: str = "") -> None:
+        self._db.execute("INSERT INTO identity_changes (event_id, tenant, action, actor, subject, detail, occurred_at)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id(), tenant, action, actor, subject, detail, _iso(now)))
+
+    # --- the outbox ---
+
+    def unpublished_changes(self, limit: int = 100) -> list[IdentityChanged]:
+        """Changes not yet on the bus, oldest first (each keeps its event id, so a re-publish is stored once)."""
+        rows = self._db.execute("SELECT event_id, tenant, action, actor, subject, detail, occurred_at FROM "
+                                "identity_changes WHERE published = 0 ORDER BY occurred_at LIMIT ?", (limit,)).fetchall()
+        return [IdentityChanged(event_id=row[0], tenant=row[1], action=row[2], actor=row[3], subject=row[4],
+                                detail=row[5], occurred_at=_at(row[6])) for row in rows]
+
+    def mark_published(self, event_ids: list[str]) -> None:
+        with self._lock:
+            self._db.executemany("UPDATE identity_changes SET published = 1 WHERE event_id = ?",
+                                 [(event_id,) for event_id in event_ids])
+
     # --- service accounts ---
 
     def create_service_account(self, tenant: str, name: str, platforms: tuple[str, ...],
-                               now: datetime) -> tuple[ServiceAccount, str]:
+                               now: datetime, actor: str) -> tuple[ServiceAccount, str]:
         """A new account and its API key, which is never stored and so is shown only now."""
         account_id, secret, key = new_api_key()
-        with self._lock:
-            try:
+        try:
+            with self._changing():
                 self._db.execute("INSERT INTO service_accounts VALUES (?, ?, ?, ?, ?, ?, NULL)",
                                  (account_id, tenant, name, json.dumps(list(platforms)), hash_secret(secret),
                                   _iso(now)))
-            except sqlite3.IntegrityError:
-                raise ValueError(f"tenant {tenant!r} already has a service account named {name!r}; revoke it "
-                                 "first or choose another name") from None
+                self._record(tenant, "service-account.created", actor, name, now, f"for {', '.join(platforms)}")
+        except sqlite3.IntegrityError:
+            raise ValueError(f"tenant {tenant!r} already has a service account named {name!r}; revoke it "
+                             "first or choose another name") from None
         return ServiceAccount(account_id, tenant, name, platforms, now), key
 
     def service_accounts(self, tenant: str | None = None) -> list[ServiceAccount]:
@@ -90,10 +131,12 @@ class IdentityStore:
                                 (tenant,) if tenant else ()).fetchall()
         return [_account(row) for row in rows]
 
-    def revoke_service_account(self, tenant: str, name: str, now: datetime) -> bool:
-        with self._lock:
+    def revoke_service_account(self, tenant: str, name: str, now: datetime, actor: str) -> bool:
+        with self._changing():
             cursor = self._db.execute("UPDATE service_accounts SET revoked_at = ? WHERE tenant = ? AND name = ? "
                                       "AND revoked_at IS NULL", (_iso(now), tenant, name))
+            if cursor.rowcount:
+                self._record(tenant, "service-account.revoked", actor, name, now)
         return cursor.rowcount > 0
 
     def authenticate(self, key: str) -> ServiceAccount | None:
@@ -122,17 +165,20 @@ class IdentityStore:
 
     def add_link(self, tenant: str, platform: str, platform_user: str, user: str, linked_by: str,
                  now: datetime) -> PlatformLink:
-        with self._lock:
+        with self._changing():
             self._db.execute("INSERT OR REPLACE INTO platform_links VALUES (?, ?, ?, ?, ?, ?)",
                              (tenant, platform, platform_user, user, linked_by, _iso(now)))
             self._db.execute("DELETE FROM pairing_codes WHERE tenant = ? AND platform = ? AND platform_user = ?",
                              (tenant, platform, platform_user))
+            self._record(tenant, "link.added", "identity", f"{platform}:{platform_user}", now, f"{user}, {linked_by}")
         return PlatformLink(tenant, platform, platform_user, user, linked_by, now)
 
-    def remove_link(self, tenant: str, platform: str, platform_user: str) -> bool:
-        with self._lock:
+    def remove_link(self, tenant: str, platform: str, platform_user: str, now: datetime, actor: str) -> bool:
+        with self._changing():
             cursor = self._db.execute("DELETE FROM platform_links WHERE tenant = ? AND platform = ? AND "
                                       "platform_user = ?", (tenant, platform, platform_user))
+            if cursor.rowcount:
+                self._record(tenant, "link.removed", actor, f"{platform}:{platform_user}", now)
         return cursor.rowcount > 0
 
     # --- pairing ---
@@ -171,27 +217,35 @@ class IdentityStore:
                         rules: PairingRules) -> PlatformLink:
         """Link the platform user who got `code` to `user`; PairingRefused when locked out or the code is wrong."""
         typed = normalized_code(code)
-        with self._lock:
+        refused: PairingRefused | None = None
+        with self._changing():
             self._expire(now)
             locked = self._locked_until(tenant, platform, now, rules)
-            if locked is not None:
-                raise PairingRefused(f"pairing for {platform} in tenant {tenant!r} is locked until "
-                                     f"{locked.isoformat(timespec='seconds')} after {rules.max_failures} wrong codes; "
-                                     "wait, then ask the person for the code again")
             rows = self._db.execute("SELECT platform_user, code_hash, salt FROM pairing_codes WHERE tenant = ? "
                                     "AND platform = ?", (tenant, platform)).fetchall()
             match = next((row[0] for row in rows if same_hash(row[1], hash_secret(typed, row[2]))), None)
-            if match is None:
+            if locked is not None:
+                refused = PairingRefused(f"pairing for {platform} in tenant {tenant!r} is locked until "
+                                         f"{locked.isoformat(timespec='seconds')} after {rules.max_failures} wrong "
+                                         "codes; wait, then ask the person for the code again")
+            elif match is None:
                 self._db.execute("INSERT INTO pairing_failures VALUES (?, ?, ?)", (tenant, platform, _iso(now)))
                 left = rules.max_failures - self._recent_failures(tenant, platform, now, rules)
-                raise PairingRefused(
+                refused = PairingRefused(
                     f"no pending {platform} pairing in tenant {tenant!r} has that code (it may have expired); "
                     + (f"{left} more wrong code(s) lock pairing for {rules.lockout_s / 60:g} minutes"
                        if left > 0 else f"pairing is now locked for {rules.lockout_s / 60:g} minutes"))
-            self._db.execute("DELETE FROM pairing_codes WHERE tenant = ? AND platform = ? AND platform_user = ?",
-                             (tenant, platform, match))
-            self._db.execute("INSERT OR REPLACE INTO platform_links VALUES (?, ?, ?, ?, ?, ?)",
-                             (tenant, platform, match, user, f"pairing approved by {approver}", _iso(now)))
+            if refused is not None:
+                # The refusal is audited (never the code typed); a lockout stays in force whatever happens next.
+                self._record(tenant, "pairing.refused", approver, f"{platform}:?", now, str(refused))
+            else:
+                self._db.execute("DELETE FROM pairing_codes WHERE tenant = ? AND platform = ? AND platform_user = ?",
+                                 (tenant, platform, match))
+                self._db.execute("INSERT OR REPLACE INTO platform_links VALUES (?, ?, ?, ?, ?, ?)",
+                                 (tenant, platform, match, user, f"pairing approved by {approver}", _iso(now)))
+                self._record(tenant, "pairing.approved", approver, f"{platform}:{match}", now, f"linked to {user}")
+        if refused is not None:
+            raise refused
         return PlatformLink(tenant, platform, match, user, f"pairing approved by {approver}", now)
 
     def _expire(self, now: datetime) -> None:
