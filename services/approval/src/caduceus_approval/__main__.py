@@ -8,8 +8,8 @@ import signal
 import sys
 
 from caduceus_approval.app import ApprovalService, build
-from caduceus_approval.web.server import UiUnavailable
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
+from caduceus_web import HttpUnavailable
 
 log = logging.getLogger("caduceus_approval")
 
@@ -38,7 +38,7 @@ def main() -> int:
         return 2
     try:
         asyncio.run(serve(service))
-    except UiUnavailable as exc:
+    except HttpUnavailable as exc:
         print(f"caduceus-approval: {exc}", file=sys.stderr)
         return 2
     finally:

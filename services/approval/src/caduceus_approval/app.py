@@ -28,7 +28,6 @@ from caduceus_approval.settings import ApprovalSettings
 from caduceus_approval.temporal_link import TemporalLink
 from caduceus_approval.web.oidc_client import OidcClient
 from caduceus_approval.web.routes import UiContext, build_app
-from caduceus_approval.web.server import HttpServer
 from caduceus_approval.web.sessions import CookieJar, load_or_create_secret
 from caduceus_bus import EVENT_SUBSCRIBER, EventPublisher, ensure_event_stream, make_broker
 from caduceus_contracts import (
@@ -43,6 +42,7 @@ from caduceus_contracts import (
     subjects,
 )
 from caduceus_identity.adapters.oidc import OidcVerifier
+from caduceus_web import HttpServer
 
 SERVICE = "approval"
 HEALTH_SUBJECT = f"caduceus.health.{SERVICE}"
@@ -91,7 +91,8 @@ class ApprovalService:
                             api_verifier=self.verifier, publisher=self.publisher,
                             secure_cookies=settings.ui_url.startswith("https://"),
                             temporal_ui_url=settings.temporal_ui_url, temporal_namespace=settings.temporal_namespace)
-        return HttpServer(build_app(context), settings.ui_host, settings.ui_port)
+        return HttpServer(build_app(context), settings.ui_host, settings.ui_port, what="the approvals UI",
+                          port_setting="CADUCEUS_UI_PORT")
 
     def _subscribe(self) -> None:
         broker, publisher, approvals, calls, inbox = self.broker, self.publisher, self.approvals, self.calls, self.inbox

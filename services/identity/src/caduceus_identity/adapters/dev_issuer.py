@@ -8,21 +8,17 @@ it (CADUCEUS_DEV_ISSUER_PORT=0) in favour of the organization's provider.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
-import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +29,7 @@ from starlette.routing import Route
 
 from caduceus_identity.adapters.dev_login import DevLogin
 from caduceus_identity.domain import Directory, Refused
+from caduceus_web import HttpServer, HttpUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +183,6 @@ class DevIssuer:
         ])
 
 
-class _LoopServer(uvicorn.Server):
-    """uvicorn inside a loop it does not own: the identity process handles SIGINT/SIGTERM itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class DevIssuerServer:
     """Serves a DevIssuer over HTTP on host:port in the running asyncio loop."""
 
@@ -201,43 +190,17 @@ class DevIssuerServer:
         self.issuer = issuer
         self.host = host
         self.port = port
-        self._server: _LoopServer | None = None
-        self._task: asyncio.Task | None = None
+        self.http = HttpServer(issuer.asgi_app(), host, port, what="the dev OIDC issuer",
+                               port_setting="CADUCEUS_DEV_ISSUER_PORT")
 
     async def start(self, timeout: float = 10.0) -> None:
-        """Bind the port (DevIssuerError when taken) and serve until stop()."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        """Bind the port and serve until stop(); DevIssuerError when the port is taken."""
         try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            raise DevIssuerError(
-                f"cannot listen on {self.host}:{self.port} for the dev OIDC issuer ({exc.strerror}): stop what "
-                f"uses the port, or choose another with CADUCEUS_DEV_ISSUER_PORT (0 disables the dev issuer)"
-            ) from None
-        sock.set_inheritable(True)
-        config = uvicorn.Config(self.issuer.asgi_app(), log_config=None, log_level="warning", access_log=False,
-                                lifespan="off")
-        self._server = _LoopServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="dev-issuer")
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not self._server.started:
-            if self._task.done() or asyncio.get_running_loop().time() > deadline:
-                await self.stop()
-                raise DevIssuerError(f"the dev OIDC issuer did not start on {self.host}:{self.port}")
-            await asyncio.sleep(0.01)
+            await self.http.start(timeout)
+        except HttpUnavailable as exc:
+            raise DevIssuerError(str(exc)) from None
         log.warning("dev OIDC issuer at %s: anyone who can reach it can mint tokens (development only)",
                     self.issuer.issuer_url)
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError, SystemExit):
-            try:
-                await asyncio.wait_for(self._task, 5)
-            except TimeoutError:
-                self._task.cancel()
-        self._server = self._task = None
+        await self.http.stop()

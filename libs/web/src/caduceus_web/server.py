@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import uvicorn
 
 
-class UiUnavailable(RuntimeError):
-    """The UI cannot listen where it was asked to."""
+class HttpUnavailable(RuntimeError):
+    """The server cannot listen where it was asked to, or did not start; the message says what to change."""
 
 
 class _LoopServer(uvicorn.Server):
@@ -21,14 +21,19 @@ class _LoopServer(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app, host: str, port: int) -> None:
+    """Serves `app` on host:port until `stop()`. `what` names it and `port_setting` is how to move it, in errors."""
+
+    def __init__(self, app, host: str, port: int, *, what: str, port_setting: str) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.what = what
+        self.port_setting = port_setting
         self._server: _LoopServer | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self, timeout: float = 10.0) -> None:
+        """Bind the port first (HttpUnavailable when it is taken), then serve; returns once it accepts."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -36,18 +41,18 @@ class HttpServer:
             sock.bind((self.host, self.port))
         except OSError as exc:
             sock.close()
-            raise UiUnavailable(f"cannot listen on {self.host}:{self.port} for the approvals UI ({exc.strerror}): "
-                                "stop what uses the port, or choose another with CADUCEUS_UI_PORT (0 disables "
-                                "the UI)") from None
+            raise HttpUnavailable(f"cannot listen on {self.host}:{self.port} for {self.what} ({exc.strerror}): "
+                                  f"stop what uses the port, or choose another with {self.port_setting} (0 "
+                                  "disables it)") from None
         config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2)
         self._server = _LoopServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="approvals-ui")
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.what)
         deadline = asyncio.get_running_loop().time() + timeout
         while not self._server.started:
             if self._task.done() or asyncio.get_running_loop().time() > deadline:
                 await self.stop()
-                raise UiUnavailable(f"the approvals UI did not start on {self.host}:{self.port}")
+                raise HttpUnavailable(f"{self.what} did not start on {self.host}:{self.port}")
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:

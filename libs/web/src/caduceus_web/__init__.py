@@ -1,0 +1,5 @@
+"""Serving an ASGI app inside a service's own event loop: the service, not uvicorn, handles the signals."""
+
+from caduceus_web.server import HttpServer, HttpUnavailable
+
+__all__ = ["HttpServer", "HttpUnavailable"]
