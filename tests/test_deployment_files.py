@@ -6,14 +6,11 @@ must be a setting some service reads; a typo in either would only show up on an 
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
@@ -25,9 +22,10 @@ from caduceus.cli import app
 from caduceus_approval.settings import ApprovalSettings
 from caduceus_audit.settings import AuditSettings
 from caduceus_broker.settings import BrokerSettings, ModelSettings, WorkerSettings
-from caduceus_bus import BusSettings, auth_options, load_permissions
+from caduceus_bus import BusSettings, load_permissions
 from caduceus_embedded.ports import free_port
 from caduceus_embedded.servers import start_nats
+from caduceus_embedded.testing import connect_recording_errors
 from caduceus_identity.settings import IdentitySettings
 from caduceus_policy.settings import PolicySettings
 
@@ -112,8 +110,8 @@ async def test_the_deployment_bus_from_caduceus_bus_authority_admits_each_servic
     try:
         with pytest.raises(Exception, match="(?i)authorization"):
             await nats.connect(url, allow_reconnect=False, connect_timeout=2)
-        policy = await _connect_as(url, tmp_path / "auth" / "policy.creds")
-        identity = await _connect_as(url, tmp_path / "auth" / "identity.creds")
+        policy, identity = [await connect_recording_errors(url, BusSettings(nats_url=url, nats_credentials=path))
+                            for path in (tmp_path / "auth" / "policy.creds", tmp_path / "auth" / "identity.creds")]
         await policy.nc.publish("cad.v1.tool.decided.acme", b"{}")
         await identity.nc.publish("cad.v1.tool.decided.acme", b"{}")
         assert await policy.violations() == []
@@ -128,25 +126,3 @@ async def test_the_deployment_bus_from_caduceus_bus_authority_admits_each_servic
         assert healthy.returncode == 1 and "not answering" in healthy.stderr and "ermission" not in healthy.stderr
     finally:
         server.stop()
-
-
-@dataclass
-class _Client:
-    nc: Any
-    errors: list[str]
-
-    async def violations(self) -> list[str]:
-        await self.nc.flush()
-        await asyncio.sleep(0.2)  # the server reports a violation asynchronously
-        return [e for e in self.errors if "permissions violation" in e.lower()]
-
-
-async def _connect_as(url: str, credentials: Path) -> _Client:
-    errors: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(str(exc))
-
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3, error_cb=on_error,
-                            **auth_options(BusSettings(nats_url=url, nats_credentials=credentials)))
-    return _Client(nc, errors)

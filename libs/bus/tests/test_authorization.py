@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.client import Client
 from nats.js.errors import NoStreamResponseError
 
 from caduceus_bus import (
@@ -22,13 +21,13 @@ from caduceus_bus import (
     EventConnection,
     PermissionsError,
     WorkerCredentialIssuer,
-    auth_options,
     load_permissions,
 )
 from caduceus_bus.permissions import PermissionFile, Role, covers
 from caduceus_contracts import subjects
 from caduceus_embedded.ports import free_port
 from caduceus_embedded.servers import ServerProcess, start_nats
+from caduceus_embedded.testing import RecordingClient, connect_recording_errors
 
 PERMISSIONS = load_permissions()
 # The shipped file plus a test-only role that may read every event, to see what got through.
@@ -57,42 +56,18 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBus]:
     server.stop()
 
 
-@dataclass
-class Connected:
-    """A connection and the errors the server sent it."""
-
-    nc: Client
-    errors: list[str] = field(default_factory=list)
-
-    async def violations(self) -> list[str]:
-        await self.nc.flush()
-        await asyncio.sleep(0.2)  # the server reports a violation asynchronously
-        return [e for e in self.errors if "permissions violation" in e.lower()]
-
-
-async def _connect(url: str, settings: BusSettings) -> Connected:
-    holder: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        holder.append(str(exc))
-
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3, error_cb=on_error,
-                            **auth_options(settings))
-    return Connected(nc, holder)
-
-
 @pytest.fixture()
 async def connect(bus: SecuredBus) -> AsyncIterator:
-    opened: list[Connected] = []
+    opened: list[RecordingClient] = []
 
-    async def as_role(role: str, tenant: str = "acme", workspace: str = "default") -> Connected:
+    async def as_role(role: str, tenant: str = "acme", workspace: str = "default") -> RecordingClient:
         if role in WITH_SPY.workers:
             credential = bus.issuer.issue(role, tenant, workspace, "w1")
             path = bus.directory / f"{role}-{tenant}-{workspace}.creds"
             path.write_text(credential.text)
         else:
             path = bus.authority.service_credentials(role)
-        client = await _connect(bus.url, BusSettings(nats_url=bus.url, nats_credentials=path))
+        client = await connect_recording_errors(bus.url, BusSettings(nats_url=bus.url, nats_credentials=path))
         opened.append(client)
         return client
 

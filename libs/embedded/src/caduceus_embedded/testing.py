@@ -6,6 +6,7 @@ Load with `pytest_plugins = ["caduceus_embedded.testing"]` in a conftest.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +174,31 @@ def _local_postgres(base: Path) -> Iterator[PostgresServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass
+class RecordingClient:
+    """A NATS connection and the errors the server sent it (permission violations arrive asynchronously)."""
+
+    nc: Any
+    errors: list[str]
+
+    async def violations(self) -> list[str]:
+        await self.nc.flush()
+        await asyncio.sleep(0.2)  # the server reports a violation asynchronously
+        return [e for e in self.errors if "permissions violation" in e.lower()]
+
+
+async def connect_recording_errors(url: str, settings: Any) -> RecordingClient:
+    """Connect with `settings`' credential (a BusSettings), keeping every error the server reports."""
+    import nats
+
+    from caduceus_bus import auth_options
+
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3, error_cb=on_error, **auth_options(settings))
+    return RecordingClient(nc, errors)
