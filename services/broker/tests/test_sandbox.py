@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import caduceus_hermes_plugin
 from caduceus_audit.app import build as build_audit
 from caduceus_audit.settings import AuditSettings
 from caduceus_broker.settings import BrokerSettings, ModelSettings
@@ -228,6 +229,24 @@ async def test_writing_outside_the_workspace_fails(sandboxed) -> None:
     assert "Read-only file system" in output and "wrote-workspace" in output
     assert not (state / "evil").exists() and not (planner_home / "evil").exists() and not Path("/usr/evil").exists()
     assert (sandboxed["settings"].workspaces / TENANT / WORKSPACE / "in-workspace.txt").exists()
+
+
+async def test_the_agent_cannot_change_its_own_config_plugins_or_policy(sandboxed) -> None:
+    home = sandboxed["settings"].workers / TENANT / WORKSPACE / "executor-home"
+    config = (home / "config.yaml").read_text()
+    plugin_package = Path(caduceus_hermes_plugin.__file__).parent
+    output = await terminal(sandboxed, (
+        f"echo 'plugins: {{enabled: []}}' > {home}/config.yaml; "
+        f"mkdir -p {home}/plugins/caduceus && echo 'name: caduceus' > {home}/plugins/caduceus/plugin.yaml; "
+        f"echo 'import os' >> {plugin_package}/plugin.py; "
+        f"echo 'tenants: {{}}' > {sandboxed['state']}/policy.yaml; "
+        "echo done"))
+    refusals = output.count("Read-only file system") + output.count("Permission denied")
+    assert refusals == 4 and "done" in output, output  # every attempt failed, and the shell went on
+    assert (home / "config.yaml").read_text() == config
+    assert not (home / "plugins" / "caduceus").exists()
+    assert "import os" not in (plugin_package / "plugin.py").read_text()
+    assert not (sandboxed["state"] / "policy.yaml").exists()
 
 
 async def test_loopback_services_of_the_host_are_unreachable(sandboxed) -> None:

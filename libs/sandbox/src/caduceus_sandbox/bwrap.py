@@ -98,6 +98,9 @@ class BwrapBackend:
         for inside, host in generated.items():
             mounts.bind(host, Path(inside), writable=False)
         mounts.bind(plan.home, plan.home, writable=True)
+        for name in plan.home_read_only:
+            if (plan.home / name).exists():
+                mounts.bind(plan.home / name, plan.home / name, writable=False)
         if plan.workspace is not None:
             mounts.bind(plan.workspace, plan.workspace, writable=True)
         if plan.secret_files:

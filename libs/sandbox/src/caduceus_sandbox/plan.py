@@ -19,7 +19,8 @@ Role = Literal["planner", "executor"]
 class SandboxPlan:
     """One worker process: its command and environment, what it may read and write, and its channels.
 
-    `home` (its Hermes profile) is always writable; `workspace` is writable and given to executors only.
+    `home` (its Hermes profile) is writable but for its `home_read_only` entries (the agent's own configuration
+    and plugins: a worker must not change what it is); `workspace` is writable and given to executors only.
     `runtime` is read-only: the interpreter and the packages the worker imports, and the public keys.
     `run_dir` is the broker's private directory for this sandbox (sockets, generated files).
     """
@@ -30,6 +31,7 @@ class SandboxPlan:
     env: dict[str, str]
     home: Path
     run_dir: Path
+    home_read_only: tuple[str, ...] = ()
     workspace: Path | None = None
     runtime: tuple[Path, ...] = ()
     channels: tuple[Channel, ...] = ()

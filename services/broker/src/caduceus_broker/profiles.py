@@ -31,10 +31,16 @@ MEMORY_SCOPES_DIR = "memory-scopes"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_@+=,-]{0,127}$")
 
 
+# What of a Hermes home its sandboxed worker may not change: its configuration, and the plugins directory (a
+# `plugins/caduceus` written there would shadow the real plugin at the next start).
+PROTECTED_IN_HOME = ("config.yaml", "plugins")
+
+
 def write_profile(home: Path) -> Path:
     """Create (or refresh) a Hermes home with the Caduceus configuration; returns the home."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.yaml").write_text(yaml.safe_dump(HERMES_CONFIG, sort_keys=False))
+    (home / "plugins").mkdir(exist_ok=True)
     return home
 
 

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caduceus_broker.profiles import PROTECTED_IN_HOME
 from caduceus_sandbox import (
     BwrapBackend,
     Channel,
@@ -145,6 +146,7 @@ class Sandboxes:
                     _give(path, owner)
             plan = SandboxPlan(role=role, policy=policy, command=(sys.executable, "-m", f"caduceus_broker.{role}"),
                                env=env, home=home, run_dir=run_dir, workspace=workspace,
+                               home_read_only=PROTECTED_IN_HOME,
                                runtime=python_runtime(WORKER_PACKAGES) + self._public_keys(),
                                channels=tuple(channels), pass_fds=pass_fds,
                                secret_files=any(s["file"] for s in bundle))
