@@ -137,3 +137,31 @@ def test_nan_and_infinity_are_refused(bad):
 def test_values_json_cannot_express_are_refused(bad):
     with pytest.raises(CanonicalizationError):
         canonical_json(bad)
+
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-SAFE_INT, max_value=SAFE_INT) | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.tuples(children, children)
+    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=25,
+)
+
+
+@given(json_values | plain_values)
+def test_the_fast_path_writes_exactly_what_the_reference_implementation_writes(value):
+    # canonical_json writes float-free values with the standard library; rfc8785 is the reference.
+    import rfc8785
+
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(CanonicalizationError):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected
+
+
+@pytest.mark.parametrize("bad", [{"text": "\ud800"}, {"\udc00": 1}, ["ok", "\udfff"], {"n": True, "k": {2: 1}}])
+def test_unpaired_surrogates_and_non_text_keys_are_refused_on_the_fast_path_too(bad):
+    with pytest.raises(CanonicalizationError):
+        canonical_json(bad)

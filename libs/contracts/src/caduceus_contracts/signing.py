@@ -8,6 +8,7 @@ allowed to use it, so a grant key cannot sign a decision.
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,8 @@ class Signer:
     issuer: str
     private_key: Ed25519PrivateKey
 
-    @property
-    def key_id(self) -> str:
+    @functools.cached_property
+    def key_id(self) -> str:  # derived from the key: computed once, not on every signature
         return key_id_for(self.private_key.public_key(), self.issuer)
 
     def sign(self, payload: Any) -> str:
@@ -94,6 +95,10 @@ class Keyring:
 
     def verify(self, payload: Any, *, key_id: str, signature: str, issuers: set[str]) -> str:
         """Check the signature; return the issuer. Raises SignatureError otherwise."""
+        return self.verify_bytes(canonical_json(payload), key_id=key_id, signature=signature, issuers=issuers)
+
+    def verify_bytes(self, signed: bytes, *, key_id: str, signature: str, issuers: set[str]) -> str:
+        """`verify` for a payload already in canonical JSON (for a verifier that also keys a cache on it)."""
         entry = self.keys.get(key_id)
         if entry is None:
             raise SignatureError(f"unknown signing key {key_id!r}")
@@ -101,7 +106,7 @@ class Keyring:
         if issuer not in issuers:
             raise SignatureError(f"key {key_id!r} belongs to {issuer!r}, which may not sign this")
         try:
-            public_key.verify(_unb64(signature), canonical_json(payload))
+            public_key.verify(_unb64(signature), signed)
         except (InvalidSignature, ValueError) as exc:
             raise SignatureError("signature does not match the signed content") from exc
         return issuer
