@@ -34,6 +34,7 @@ from caduceus_policy.app import PolicyService, build, start, stop
 from caduceus_policy.domain import Verdict
 from caduceus_policy.facts import RequestFacts
 from caduceus_policy.handlers import DecisionService
+from caduceus_policy.limits import counter_key
 from caduceus_policy.settings import PolicySettings
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,6 +127,22 @@ async def test_concurrent_calls_on_both_replicas_never_pass_the_limit(replicas: 
     requests = [call(identity, "terminal", {"command": f"echo {i}"}, user="tess") for i in range(16)]
     decided = await asyncio.gather(*(replicas[i % 2].decisions.decide(r) for i, r in enumerate(requests)))
     assert sum(d.decision.decision.verdict == "allow" for d in decided) == 5
+
+
+async def test_a_replica_reads_the_shared_counter_again_before_refusing_a_call(replicas: list[PolicyService],
+                                                                            identity: Signer,
+                                                                            bus: EventConnection) -> None:
+    # Replicas charge the counter as they last saw it; what they remember must never refuse a call by itself.
+    def decide(index: int):  # type: ignore[no-untyped-def]
+        return replicas[index % 2].decisions.decide(call(identity, "terminal", {"command": "ls"}, user="wendy"))
+
+    verdicts = [(await decide(0)).decision.decision.verdict for _ in range(6)]
+    assert verdicts == ["allow"] * 5 + ["deny"]
+    limit = next(limit for limit in replicas[0].decider.engine.pack.tenants["acme"].limits if limit.kind == "calls")
+    key = counter_key("acme", limit.id, limit.scope(tenant="acme", user="wendy", tool="terminal", workspace="default"))
+    store = await bus.js.key_value("replica_limits")
+    await store.purge(key)  # an operator resets wendy's counter on the bus
+    assert [(await decide(i)).decision.decision.verdict for i in range(6)] == ["allow"] * 5 + ["deny"]
 
 
 async def test_token_budgets_count_usage_events_from_the_bus(replicas: list[PolicyService], identity: Signer,

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from faststream.message import StreamMessage
 from faststream.nats import NatsBroker, NatsMessage
 
 from caduceus_bus import EVENT_SUBSCRIBER, EventPublisher, ensure_event_stream, make_broker
@@ -54,9 +55,11 @@ def build(settings: PolicySettings, engine: PolicyEngine | None = None) -> Polic
     publisher = EventPublisher(broker, settings, SERVICE)
     decisions = DecisionService(decider, publisher, deadline_s=settings.decide_timeout_ms / 1000)
 
-    @broker.subscriber(subjects.TOOL_REQUESTED_ALL, queue=SERVICE, **EVENT_SUBSCRIBER)
-    async def tool_requested(msg: NatsMessage) -> None:
-        await on_tool_requested(msg.raw_message.subject, msg.body, publisher, decisions)
+    # The decision path takes the message as its decoded body rather than as an injected `NatsMessage`:
+    # FastStream resolves injected context in a worker thread, a hand-off per call the path does not need.
+    @broker.subscriber(subjects.TOOL_REQUESTED_ALL, queue=SERVICE, **{**EVENT_SUBSCRIBER, "decoder": whole_message})
+    async def tool_requested(message: StreamMessage[Any]) -> None:
+        await on_tool_requested(message.raw_message.subject, message.body, publisher, decisions)
 
     # Registered last: once it answers, the subscriptions before it are in place.
     @broker.subscriber(HEALTH_SUBJECT)
@@ -64,6 +67,11 @@ def build(settings: PolicySettings, engine: PolicyEngine | None = None) -> Polic
         return b"ok"
 
     return PolicyService(broker=broker, publisher=publisher, decider=decider, decisions=decisions, settings=settings)
+
+
+async def whole_message(message: StreamMessage[Any]) -> StreamMessage[Any]:
+    """A decoder handing the subscriber the message itself (its subject and undecoded body)."""
+    return message
 
 
 async def start(service: PolicyService) -> None:

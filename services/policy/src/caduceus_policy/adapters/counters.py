@@ -3,12 +3,18 @@
 Each counter is one key holding a sliding window; a charge is a compare-and-set on the
 key's revision, retried when another replica charged first, so replicas never lose or
 double an increment and all of them see the same totals.
+
+A replica remembers each counter as it last read or wrote it, and charges that revision
+directly: the compare-and-set succeeds only when nobody changed the counter since, so the
+total it checked is the shared total, and otherwise the replica reads the counter and tries
+again. A charge that the remembered counter would refuse is refused only after reading it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from nats.js import JetStreamContext
@@ -22,6 +28,7 @@ from caduceus_policy.pack.model import Limit
 log = logging.getLogger(__name__)
 BUCKET = "caduceus_policy_limits"
 CAS_ATTEMPTS = 50
+MAX_REMEMBERED_COUNTERS = 10_000
 MAX_WINDOW_S = 31 * 86400
 
 
@@ -47,9 +54,13 @@ class LimitExceeded(Exception):
 class SharedCounters:
     """Sliding-window counters in one KV bucket."""
 
-    def __init__(self, kv: KeyValue, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, kv: KeyValue, clock: Callable[[], float] = time.time,
+                 max_remembered: int = MAX_REMEMBERED_COUNTERS) -> None:
         self.kv = kv
         self.clock = clock
+        self.max_remembered = max_remembered
+        # key -> the counter and its revision as this replica last read or wrote it
+        self._known: OrderedDict[str, tuple[SlidingWindow, int]] = OrderedDict()
 
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str = BUCKET) -> SharedCounters:
@@ -71,22 +82,34 @@ class SharedCounters:
 
         Returns the new total. Retries when another replica updated the counter in between.
         """
+        known = self._known.pop(key, None)
         for _ in range(CAS_ATTEMPTS):
-            window, revision = await self._read(key, window_s)
+            fresh = known is None or known[0].window_s != window_s
+            window, revision = await self._read(key, window_s) if fresh else known  # type: ignore[misc]
+            known = None
             now = self.clock()
             total = window.total(now)
             if maximum is not None and total + amount > maximum:
+                if not fresh:
+                    continue  # refuse on the shared counter, not on memory of it
+                self._remember(key, window, revision)
                 raise _Full(total)
             updated = window.add(now, amount)
             try:
                 if revision:
-                    await self.kv.update(key, updated.to_json(), last=revision)
+                    revision = await self.kv.update(key, updated.to_json(), last=revision)
                 else:
-                    await self.kv.create(key, updated.to_json())
-                return total + amount
+                    revision = await self.kv.create(key, updated.to_json())
             except KeyWrongLastSequenceError:
-                continue
+                continue  # another replica charged first: read the counter again
+            self._remember(key, updated, revision)
+            return total + amount
         raise RuntimeError(f"counter {key} kept changing under {CAS_ATTEMPTS} attempts")
+
+    def _remember(self, key: str, window: SlidingWindow, revision: int) -> None:
+        self._known[key] = (window, revision)
+        while len(self._known) > self.max_remembered:
+            self._known.popitem(last=False)
 
     async def enforce(self, limits: Iterable[Limit], *, tenant: str, user: str, tool: str, workspace: str) -> None:
         """Check budgets, then charge one call to each call limit; raise LimitExceeded on the first one full."""
