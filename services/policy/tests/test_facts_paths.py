@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path, PurePosixPath
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caduceus_policy.facts import HostPaths, Workspace, request_facts
 from caduceus_policy.facts.paths import looks_secret
@@ -100,3 +103,36 @@ def test_a_v4a_move_out_of_the_workspace_is_outside() -> None:
     patch = "*** Begin Patch\n*** Update File: a.txt\n*** Move to: /tmp/a.txt\n@@\n-a\n+b\n*** End Patch\n"
     assert request_facts("acme", (), "patch", {"mode": "patch", "patch": patch}, ROOT).facts[
         "path_outside_workspace"] is True
+
+
+path_texts = st.lists(st.sampled_from(["", ".", "..", "a", "b", "ws", "default", "srv", "~", " x"]), max_size=6).map(
+    "/".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["/", "//", "/srv", "/srv/ws", "//srv/ws", "ws", ".", "a/../ws", str(ROOT)]),
+       st.sampled_from(["", "/", "//", "///"]), path_texts)
+def test_the_text_containment_check_agrees_with_path_arithmetic(root: str, lead: str, path: str) -> None:
+    # Workspace.check decides containment on normalized text; the PurePosixPath parents test is the reference.
+    workspace = Workspace.at(root)
+    normalized = posixpath.normpath(posixpath.join(str(workspace.root), lead + path))
+    assert str(PurePosixPath(normalized)) == normalized
+    assert workspace._contains(normalized) is workspace.contains(PurePosixPath(normalized))
+
+
+secret_path_parts = st.sampled_from([
+    "/", "//", ".", "..", "~", "\n", "-", "ssh", ".ssh", ".SSH", "id_rsa", "ID_ED25519", "_sk", ".aws", "credentials",
+    "config", ".config", "gcloud", "gh", "hosts.yml", "application_default_credentials.json", ".azure", ".kube",
+    ".docker", "config.json", ".netrc", "_netrc", ".pgpass", ".git-credentials", ".npmrc", ".pypirc", ".vault-token",
+    ".terraform.d", "credentials.tfrc.json", ".env", ".env.example", ".production", "x.pem", ".KEY", ".p12", ".pfx",
+    ".jks", ".keystore", "etc", "shadow", "gshadow", "sudoers.d", "proc", "self", "12", "environ", "mem", "var",
+    "run", "secrets", "src", "app.py", "notes", "\u212a", "\u017f", "\u0131",
+])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(secret_path_parts, max_size=8).map("".join))
+def test_the_secret_path_prefilter_never_hides_a_match(path: str) -> None:
+    from caduceus_policy.facts.paths import _SECRET_PATH
+
+    assert looks_secret(path) is bool(_SECRET_PATH.search(path))

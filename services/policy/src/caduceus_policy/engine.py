@@ -22,7 +22,6 @@ from caduceus_policy.facts import RequestFacts, is_risky
 from caduceus_policy.facts.content import classify, strings_in
 from caduceus_policy.pack.compiler import (
     ACTION,
-    BASE_ATTRIBUTES,
     NAMESPACE,
     CompiledPolicy,
     approval_mode_policy,
@@ -50,7 +49,7 @@ class _ToolPolicies:
     """The policies of one tenant that can speak about one tool, ready for Cedar."""
 
     policies: list[CompiledPolicy]
-    attributes: frozenset[str]
+    attributes: tuple[str, ...]
     cedar: cedarpy.PolicySet | None
     has_approvals: bool
     _granting: cedarpy.PolicySet | None = None
@@ -82,7 +81,8 @@ class CompiledTenant:
         if cached is not None:
             return cached
         chosen = [p for p in self.policies if tool_matches(p.tools, tool)]
-        attributes = frozenset(BASE_ATTRIBUTES).union(*(p.attributes for p in chosen))
+        # Only what the policies read: each context attribute costs Cedar time to build, read or not.
+        attributes = tuple(sorted(frozenset().union(*(p.attributes for p in chosen))))
         entry = _ToolPolicies(policies=chosen, attributes=attributes, cedar=policy_set(chosen) if chosen else None,
                               has_approvals=any(p.effect == "approve" for p in chosen))
         if len(self._per_tool) >= MAX_CACHED_TOOLS:

@@ -74,8 +74,11 @@ class RequestFacts:
     approval_mode: str | None = None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_surrogate(text: str) -> bool:
-    return any("\ud800" <= char <= "\udfff" for char in text)
+    return _SURROGATE.search(text) is not None
 
 
 def argument_problem(args: object, limits: ArgumentLimits = DEFAULT_LIMITS) -> str | None:
@@ -132,7 +135,9 @@ class _Collector:
     """Accumulates facts and their evidence while the extractors run."""
 
     def __init__(self) -> None:
-        self.facts: dict[str, Any] = {name: _empty(kind) for name, kind in KNOWN_FACTS.items()}
+        self.facts: dict[str, Any] = {**_EMPTY_FACTS}
+        for name in _SET_FACTS:
+            self.facts[name] = set()
         self.evidence: dict[str, str] = {}
 
     def flag(self, name: str, evidence: str) -> None:
@@ -171,6 +176,11 @@ class _Collector:
 
 def _empty(kind: str) -> Any:
     return {"Bool": False, "String": "", "Set<String>": set(), "Long": 0}[kind]
+
+
+# Every fact before extraction; sets are made anew per call (extraction adds to them).
+_EMPTY_FACTS: dict[str, Any] = {name: _empty(kind) for name, kind in KNOWN_FACTS.items()}
+_SET_FACTS = tuple(name for name, kind in KNOWN_FACTS.items() if kind == "Set<String>")
 
 
 def extract_facts(tool: str, args: Mapping[str, Any], workspace: Workspace) -> tuple[dict[str, Any], dict[str, str]]:

@@ -8,6 +8,7 @@ data, source code) in their policy pack; each classifier that matches names a da
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -51,10 +52,14 @@ class Classifier:
             if found:
                 return found.group(0)
         lowered = text.lower()
-        for word in self.words:
-            if re.search(rf"(?<!\w){re.escape(word.lower())}(?!\w)", lowered):
+        for word, pattern in self._word_patterns:
+            if pattern.search(lowered):
                 return word
         return None
+
+    @functools.cached_property
+    def _word_patterns(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
+        return tuple((word, re.compile(rf"(?<!\w){re.escape(word.lower())}(?!\w)")) for word in self.words)
 
 
 def strings_in(value: object, limit: int = MAX_SCANNED_CHARS) -> Iterator[str]:

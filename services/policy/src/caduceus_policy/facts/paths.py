@@ -8,6 +8,7 @@ the workspace that points at /etc cannot pass for a path inside it.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -34,8 +35,20 @@ _SECRET_PATH = re.compile(
 )
 
 
+# Every alternative of _SECRET_PATH holds one of these (in lower case), or starts with one of the prefixes:
+# an ASCII path with none of them cannot match, which most paths show without running the regex.
+_SECRET_TOKENS = (".ssh", "id_", ".aws/", ".config/", "credentials.json", ".azure", ".kube/", ".docker/", "netrc",
+                  ".pgpass", ".git-credentials", ".npmrc", ".pypirc", ".vault-token", ".terraform.d/", ".env", ".pem",
+                  ".key", ".p12", ".pfx", ".jks")
+_SECRET_PREFIXES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/proc/", "/run/secrets", "/var/run/secrets")
+
+
 def looks_secret(path: str) -> bool:
     """True when the path names a credential store: ssh keys, cloud credentials, .env files, /etc/shadow ..."""
+    if path.isascii():  # non-ASCII letters may case-fold to ASCII ones (the Kelvin sign is a k): regex only
+        lowered = path.lower()
+        if not lowered.startswith(_SECRET_PREFIXES) and not any(token in lowered for token in _SECRET_TOKENS):
+            return False
     return bool(_SECRET_PATH.search(path))
 
 
@@ -72,6 +85,12 @@ class PathVerdict:
     secret: bool
 
 
+@functools.lru_cache(maxsize=1024)
+def _normalized_root(root: str) -> PurePosixPath:
+    """A workspace root without `.`, `..` or doubled slashes (few roots, one per tenant workspace: remembered)."""
+    return PurePosixPath(posixpath.normpath(root))
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The directory a call runs in, how to resolve paths in it, and the current directory of a command."""
@@ -81,10 +100,24 @@ class Workspace:
 
     @classmethod
     def at(cls, root: PurePosixPath | str, resolver: PathResolver | None = None) -> "Workspace":
-        return cls(PurePosixPath(posixpath.normpath(str(root))), resolver or LexicalPaths())
+        return cls(_normalized_root(str(root)), resolver or LexicalPaths())
 
     def contains(self, path: PurePosixPath) -> bool:
         return path == self.root or self.root in path.parents
+
+    @functools.cached_property
+    def _prefix(self) -> str | None:
+        """`<root>/`, when a normalized path is inside the root exactly when it starts with it (absolute roots but
+        `/` and `//`); None sends `_contains` to the path arithmetic of `contains`."""
+        root = str(self.root)
+        return None if not root.startswith("/") or root.startswith("//") or root == "/" else root + "/"
+
+    def _contains(self, normalized: str) -> bool:
+        """`contains` for a path already normalized (posixpath.normpath), on its text: no objects per check."""
+        prefix = self._prefix
+        if prefix is None or normalized.startswith("//"):
+            return self.contains(PurePosixPath(normalized))
+        return normalized.startswith(prefix) or normalized == prefix[:-1]
 
     def check(self, raw: object, cwd: PurePosixPath | None = None) -> PathVerdict:
         """Resolve `raw` (relative to `cwd`, default the root). Anything not a clean string counts as outside."""
@@ -97,20 +130,24 @@ class Workspace:
             return PathVerdict(raw, text, outside=True, via_symlink=False, secret=looks_secret(text))
         base = cwd if cwd is not None else self.root
         joined = posixpath.join(str(base), text)
-        lexical = PurePosixPath(posixpath.normpath(joined))
-        outside = not self.contains(lexical)
+        resolved = posixpath.normpath(joined)
+        outside = not self._contains(resolved)
         via_symlink = False
-        if not outside:
+        if not outside and self._real_root is not None:
             # The kernel follows a symlink before applying the `..` after it: resolve the joined path as written.
             real = self._real(PurePosixPath(joined))
             if real is not None and not self.contains(real):
                 outside = via_symlink = True
-                lexical = real
-        resolved = str(lexical)
+                resolved = str(real)
         return PathVerdict(raw, resolved, outside, via_symlink, looks_secret(resolved) or looks_secret(text))
 
+    @functools.cached_property
+    def _real_root(self) -> PurePosixPath | None:
+        """Where the root really is, resolved once per call (every path of the call is resolved against it)."""
+        return self.resolver.real(self.root)
+
     def _real(self, path: PurePosixPath) -> PurePosixPath | None:
-        real_root = self.resolver.real(self.root)
+        real_root = self._real_root
         if real_root is None:
             return None
         real = self.resolver.real(path)

@@ -67,6 +67,9 @@ _DEV_NET = re.compile(r"/dev/(tcp|udp)/([^/\s]+)/(\d+)")
 _HOST_LIKE = re.compile(r"^(?:[\w.+-]+@)?(?:\[[0-9A-Fa-f:.%]+\]|[\w.%-]+)(?::[\w/.~-]*)?(?:/\S*)?$")
 _ESCAPED = re.compile(r"\\(?:x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|u[0-9A-Fa-f]{4})")
 _SQL_DESTRUCTION = re.compile(r"(?i)\b(?:drop\s+(?:table|database|schema)|truncate\s+table|delete\s+from\s+\w+\s*;?\s*$)")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\+?=")  # `NAME=value` or `NAME+=value` before a command
+_ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_WORD_ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
 _WRITE_ALL = frozenset({"rm", "rmdir", "touch", "mkdir", "truncate", "shred", "chmod", "chown", "chgrp", "tee",
                         "unlink", "srm"})
 _WRITE_LAST = frozenset({"cp", "mv", "install", "ln", "rsync", "scp"})
@@ -167,7 +170,7 @@ class _Analyzer:
             if word.text in _RESERVED and not word.quoted:
                 index += 1
                 continue
-            if re.match(r"^[A-Za-z_][A-Za-z0-9_]*\+?=", word.text) and not word.quoted:
+            if _ASSIGNMENT.match(word.text) and not word.quoted:
                 if word.text.split("=", 1)[0] in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"):
                     self.facts.flag("privilege_raising", word.text)
                 index += 1
@@ -247,7 +250,7 @@ class _Analyzer:
                         else text.partition("=")[2]
                     self.execute_text(script, args[index + 1:index + 2], _Stage(), depth, "env -S")
                     return []
-                elif text.startswith("-") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", text):
+                elif text.startswith("-") or _ENV_ASSIGNMENT.match(text):
                     if text.split("=", 1)[0] in ("LD_PRELOAD", "LD_AUDIT"):
                         self.facts.flag("privilege_raising", text)
                     index += 1
@@ -367,7 +370,7 @@ class _Analyzer:
     def pipeline_kind(self, script: Script) -> _Stage:
         stage = _Stage()
         for command in script.commands():
-            words = [w for w in command.words if not re.match(r"^[A-Za-z_]\w*=", w.text)]
+            words = [w for w in command.words if not _WORD_ASSIGNMENT.match(w.text)]
             name = posixpath.basename(words[0].text) if words else ""
             texts = [w.text for w in words[1:]]
             stage.fetched |= name in FETCHERS
@@ -455,7 +458,7 @@ class _Analyzer:
         elif name == "rm":
             recursive = "r" in flags or "R" in flags or "--recursive" in long_flags
             wide = any(o in ("/", "*", ".", "..", "~") or o.endswith("/*") for o in operands)
-            leaves = any(self.check(o).outside or self.check(o).resolved == str(self.workspace.root) for o in operands)
+            leaves = any(_leaves_or_is_root(self.check(o), self.workspace) for o in operands)
             if recursive or wide or leaves or "--no-preserve-root" in long_flags or None in texts:
                 reason = shown
         elif name == "dd" and any(t.startswith("of=") for t in args):
@@ -605,6 +608,10 @@ class _Analyzer:
         if self.cwd is None and not path.startswith(("/", "~")):
             return PathVerdict(path, f"?/{path}", outside=True, via_symlink=False, secret=looks_secret(path))
         return self.workspace.check(path, self.cwd)
+
+
+def _leaves_or_is_root(verdict: PathVerdict, workspace: Workspace) -> bool:
+    return verdict.outside or verdict.resolved == str(workspace.root)
 
 
 def _shown(words: list[Word]) -> str:

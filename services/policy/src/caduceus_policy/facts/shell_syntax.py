@@ -9,11 +9,16 @@ globs) is marked dynamic. What cannot be read (an unclosed quote) is reported, n
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 MAX_DEPTH = 16  # nesting of substitutions and `sh -c` scripts; deeper is reported as unreadable
 _OPERATORS = ("&&", "||", ";;", "|&", "|", "&", ";", "\n")
 _REDIRECTS = ("&>>", "&>", "<<<", "<<-", "<<", ">>", ">&", "<&", ">|", "<>", ">", "<")
+# Runs of characters with no meaning to the reader, consumed at once (the readers below stop at every other one).
+_PLAIN_RUN = re.compile(r"[^ \t\r\n;&|()<>\\'\"$`*?\[]+")
+_QUOTED_RUN = re.compile(r'[^"\\$`]+')
+_BLANKS = re.compile(r"(?:[ \t\r]|\\\n)+")
 _ANSI_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f",
                  "v": "\v", "\\": "\\", "'": "'", '"': '"', "?": "?"}
 
@@ -148,7 +153,8 @@ class _Reader:
                 while not self.at_end() and self.peek() != "\n":
                     self.i += 1
                 continue
-            operator = next((op for op in _OPERATORS if self.text.startswith(op, self.i)), None)
+            operator = next((op for op in _OPERATORS if self.text.startswith(op, self.i)), None) \
+                if char in "&|;\n" else None
             if operator is not None:
                 self.i += len(operator)
                 if operator == "\n":
@@ -214,15 +220,13 @@ class _Reader:
         self.pending_heredocs = []
 
     def skip_blanks(self) -> None:
-        while not self.at_end():
-            if self.peek() in " \t\r":
-                self.i += 1
-            elif self.text.startswith("\\\n", self.i):
-                self.i += 2
-            else:
-                break
+        blanks = _BLANKS.match(self.text, self.i)
+        if blanks is not None:
+            self.i = blanks.end()
 
     def redirect(self) -> Redirect | None:
+        if self.text[self.i:self.i + 1] not in "0123456789<>&":  # every redirection starts so; "" is at the end
+            return None
         start = self.i
         fd = ""
         while not self.at_end() and self.peek().isdigit():
@@ -247,6 +251,11 @@ class _Reader:
         word = Word()
         parts: list[str] = []
         while not self.at_end():
+            plain = _PLAIN_RUN.match(self.text, self.i)
+            if plain is not None:
+                parts.append(plain.group())
+                self.i = plain.end()
+                continue
             char = self.peek()
             if char in " \t\r\n;&|)" or (char in "<>" and not self.text.startswith(("<(", ">("), self.i)):
                 break
@@ -296,6 +305,11 @@ class _Reader:
         while True:
             if self.at_end():
                 raise _Unreadable("unclosed double quote")
+            run = _QUOTED_RUN.match(self.text, self.i)
+            if run is not None:
+                parts.append(run.group())
+                self.i = run.end()
+                continue
             char = self.peek()
             if char == '"':
                 self.i += 1

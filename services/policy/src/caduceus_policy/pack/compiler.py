@@ -54,7 +54,7 @@ class CompiledPolicy:
     est: Mapping[str, Any]
     source: str
     tools: tuple[str, ...] | None  # None: raw Cedar, which may speak about any tool
-    attributes: frozenset[str]  # context attributes it reads (every one, for raw Cedar)
+    attributes: frozenset[str]  # context attributes it reads (see context_attributes)
     reason: str = ""
     approval: Approval | None = None
     when: Mapping[str, Any] = field(default_factory=dict)
@@ -165,10 +165,33 @@ def _parse_one(text: str, where: str, policy_id: str) -> Mapping[str, Any]:
     return policies[0]
 
 
+def context_attributes(est: Mapping[str, Any]) -> frozenset[str]:
+    """The context attributes a policy reads (`context.x`, `context has x`): the only ones its answer depends on.
+
+    A policy that uses the context as a whole value (`context == {...}`) reads every attribute.
+    """
+    read: set[str] = set()
+    stack: list[Any] = [est]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            for operator, operand in node.items():
+                if operator in (".", "has") and isinstance(operand, Mapping) and \
+                        operand.get("left") == {"Var": "context"} and isinstance(operand.get("attr"), str):
+                    read.add(operand["attr"])
+                elif operator == "Var" and operand == "context":
+                    return frozenset(CONTEXT_TYPES)
+                else:
+                    stack.append(operand)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(read)
+
+
 def compile_rule(rule: Rule) -> CompiledPolicy:
     text = rule_cedar(rule)
     est = _parse_one(text, f"{rule.source}: rule {rule.id!r}", rule.id)
-    attributes = frozenset({"tool", "roles", "user"} | set(rule.when) | set(rule.unless))
+    attributes = context_attributes(est)
     return CompiledPolicy(id=rule.id, effect=rule.effect, cedar=text, est=est, source=str(rule.source),
                           tools=rule.tools, attributes=attributes, reason=rule.reason, approval=rule.approval,
                           when={**rule.when})
@@ -227,7 +250,7 @@ def compile_raw(raw: RawCedar, taken: set[str]) -> list[CompiledPolicy]:
                 raise PackError(f"{where}: @quorum is a whole number and @timeout a number of seconds") from None
             effect = "approve"
         compiled.append(CompiledPolicy(id=policy_id, effect=effect, cedar=text, est=est, source=where, tools=None,
-                                       attributes=frozenset(CONTEXT_TYPES), reason=annotations.get("reason", ""),
+                                       attributes=context_attributes(est), reason=annotations.get("reason", ""),
                                        approval=approval))
     return compiled
 
