@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,6 +36,7 @@ from caduceus_contracts import (
     utcnow,
 )
 from caduceus_policy.adapters.counters import LimitExceeded, SharedCounters
+from caduceus_policy.bound import DecisionOverdue, InlineBound
 from caduceus_policy.domain import PolicyEngine, Verdict
 from caduceus_policy.envelope import CallRef, salvage_request
 from caduceus_policy.facts import HostPaths, LexicalPaths, request_facts
@@ -138,21 +140,37 @@ class DecisionService:
     counters: SharedCounters | None = None
     deadline_s: float = 0.5
     pool: ThreadPoolExecutor | None = None
+    bound: InlineBound = field(default_factory=InlineBound)
 
     def __post_init__(self) -> None:
         self.pool = self.pool or ThreadPoolExecutor(max_workers=4, thread_name_prefix="policy-decide")
 
+    async def evaluate_within_bound(self, engine: PolicyEngine, request: ToolCallRequested,
+                                    grant: SessionGrant) -> Verdict | None:
+        """The engine's verdict, or None when it was not reached within the deadline.
+
+        In place under a timer when the loop runs on the main thread (see bound.py), else in the worker pool.
+        """
+        if self.bound.available():
+            try:
+                return self.bound.run(partial(self.decider.evaluate, engine, request, grant), self.deadline_s)
+            except DecisionOverdue:
+                return None
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.pool, self.decider.evaluate, engine, request, grant), self.deadline_s)
+        except TimeoutError:
+            return None
+
     async def decide(self, request: ToolCallRequested) -> ToolCallDecided:
         live, shadow = self.decider.packs.live, self.decider.packs.shadow
-        loop = asyncio.get_running_loop()
         checked = self.decider.check(request)
         if isinstance(checked, Verdict):
             return self.decider.sign(request, checked, live.version)
         grant = checked
-        try:
-            verdict = await asyncio.wait_for(
-                loop.run_in_executor(self.pool, self.decider.evaluate, live, request, grant), self.deadline_s)
-        except TimeoutError:
+        verdict = await self.evaluate_within_bound(live, request, grant)
+        if verdict is None:
             verdict = Verdict("deny", f"policy could not decide within {self.deadline_s * 1000:.0f} ms; denied "
                                       "(fail closed)", (DEADLINE_POLICY_ID,))
         if verdict.verdict != "deny" and verdict.limits:
@@ -181,11 +199,8 @@ class DecisionService:
                       decided: ToolCallDecided) -> None:
         """Decide again with the shadow pack (never used for the call) and record a disagreement."""
         live = decided.decision.decision
-        loop = asyncio.get_running_loop()
-        try:
-            candidate = await asyncio.wait_for(
-                loop.run_in_executor(self.pool, self.decider.evaluate, shadow, request, grant), self.deadline_s)
-        except TimeoutError:
+        candidate = await self.evaluate_within_bound(shadow, request, grant)
+        if candidate is None:
             candidate = Verdict("deny", "shadow pack did not decide in time", (DEADLINE_POLICY_ID,))
         if candidate.verdict == live.verdict:
             return
