@@ -57,7 +57,8 @@ def build(settings: PolicySettings, engine: PolicyEngine | None = None) -> Polic
 
     # The decision path takes the message as its decoded body rather than as an injected `NatsMessage`:
     # FastStream resolves injected context in a worker thread, a hand-off per call the path does not need.
-    @broker.subscriber(subjects.TOOL_REQUESTED_ALL, queue=SERVICE, **{**EVENT_SUBSCRIBER, "decoder": whole_message})
+    @broker.subscriber(subjects.TOOL_REQUESTED_ALL, queue=SERVICE, max_workers=settings.decide_concurrency,
+                       **{**EVENT_SUBSCRIBER, "decoder": whole_message})
     async def tool_requested(message: StreamMessage[Any]) -> None:
         await on_tool_requested(message.raw_message.subject, message.body, publisher, decisions)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from caduceus_bus import BusSettings, with_state_paths
@@ -29,6 +29,9 @@ class PolicySettings(BusSettings):
     decision_ttl_s: float = 60.0
     # A call the engine has not decided within this bound is denied.
     decide_timeout_ms: float = 500.0
+    # Requests one replica decides at once (while one waits on the bus for its counters or its decision's ack,
+    # the next is evaluated).
+    decide_concurrency: int = Field(default=16, ge=1, le=256)
     # Follow symlinks in the workspaces on this host (they must be mounted here for that).
     follow_symlinks: bool = True
     # Take packs published to JetStream KV (`caduceus policy publish`) and hot-reload them.
