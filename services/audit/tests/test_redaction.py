@@ -162,3 +162,57 @@ def test_the_one_scan_shortcut_redacts_exactly_what_every_rule_would(text: str) 
         expected = pattern.sub(placeholder(kind), expected)
     expected = _ASSIGNMENT.sub(lambda m: m.group(1) + placeholder("secret_assignment"), expected)
     assert redact_text(text) == expected
+
+
+# One of each prefix a rule knows that HOSTILE does not show.
+MORE_SECRETS = ["ASIAIOSFODNN7EXAMPLE", *(f"gh{c}_" + "a1B2c3D4e5" * 4 for c in "pousr"), "xoxb-1234567890-abcdef",
+                "xoxp-1234567890-abcdef", "passwd: x", "pwd=x", "passphrase=x", "access-key=x", "privatekey=x",
+                "refresh_token=x"]
+
+
+def test_every_rule_has_clues_and_they_find_its_samples() -> None:
+    from caduceus_audit.domain.redaction import _CLUES, _PATTERNS, nothing_to_redact
+
+    assert {kind for kind, _ in _PATTERNS} <= set(_CLUES)
+    for text in [sample for sample, _, _ in HOSTILE] + MORE_SECRETS:
+        assert not nothing_to_redact(json.dumps({"text": text}, ensure_ascii=False)), text
+    for field in ("password", "Client-Secret", "API_KEY", "x-auth-token", "Authorization", "Set-Cookie", "PassPhrase"):
+        assert not nothing_to_redact(json.dumps({field: "opaque"})), field
+
+
+@pytest.mark.parametrize("value", [
+    {"command": "ls -la", "timeout": 30, "nested": [{"a": None, "b": True}]},  # nothing to redact: the shortcut
+    {"command": "ſecret=hunter2"},  # non-ASCII case folding: `ſ` matches `s` when the rules ignore case
+    {"paſſword": "plain"},
+    {"text": "api_\u212aey: abc123"},  # KELVIN SIGN folds to k
+    {"text": "apİ_key=abc123"},
+    {"text": "line one\neyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"},  # escaped as \n in the JSON text
+    {"text": 'quoted "password"="x"', "tab": "Bearer\tabcdefgh12345678"},
+    {"TOKEN": "t", "cookie": "c", "list": [AWS.lower(), AWS]},
+    {"token": "chat token", "text": "hello"},
+    {"big": 2**60, "float": 1.5, "text": "password=hunter2"},
+    {"\ud800": "lone surrogate", "k": "\udfff"},
+])
+@pytest.mark.parametrize("kind", ["tool.requested", "chat.message.in", None])
+def test_stored_body_is_what_the_full_redaction_walk_stores(value, kind) -> None:
+    from caduceus_audit.domain.entries import body_text, stored_body
+
+    assert stored_body(kind, value) == body_text(redact_event_body(kind, value))
+
+
+clue_laden = st.sampled_from([sample for sample, _, _ in HOSTILE] + MORE_SECRETS + [
+    "password", "PASSWORD=x", "Bearer abcdefgh12345678", "api-key: 1", "ſecret=1", "İ", "\u212a", "sk-" + "a" * 24,
+    "token", "Authorization", "\neyJabcdef.eyJabcdef.x", "pairing code AB2C-DE3F", "x\ty", '"', "\\"])
+body_strings = st.lists(clue_laden | st.text(max_size=12), max_size=3).map("".join)
+clue_bodies = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | body_strings,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(body_strings, inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=clue_bodies, kind=st.sampled_from(["tool.completed", "chat.message.in"]))
+def test_the_whole_text_shortcut_stores_exactly_what_the_walk_would(value, kind) -> None:
+    from caduceus_audit.domain.entries import body_text, stored_body
+
+    assert stored_body(kind, value) == body_text(redact_event_body(kind, value))

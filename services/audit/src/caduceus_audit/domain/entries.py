@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from caduceus_audit.domain.redaction import redact_event_body, redact_text
+from caduceus_audit.domain.redaction import nothing_to_redact, redact_event_body, redact_text
 from caduceus_contracts import (
     ApprovalView,
     CanonicalizationError,
@@ -85,11 +85,15 @@ def _written_alike(value: Any) -> bool:
     return False
 
 
+def _c_encoded(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def body_text(value: Any) -> str:
     """The stored text of a body: RFC 8785 canonical JSON, or sorted compact JSON for what JCS refuses."""
     if _written_alike(value):
         # The C encoder instead of the general canonicalizer: the same bytes, many times faster (tests compare).
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = _c_encoded(value)
         try:
             text.encode("utf-8")
             return text
@@ -102,6 +106,16 @@ def body_text(value: Any) -> str:
         return clean(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
+def stored_body(kind: str | None, body: Any) -> str:
+    """The text an event body is stored as: redacted (see `redaction`), then canonical JSON."""
+    if _written_alike(body):
+        text = _c_encoded(body)
+        # Most bodies hold nothing that looks like a secret: one look at their whole text instead of a walk.
+        if nothing_to_redact(text):
+            return text
+    return body_text(redact_event_body(kind, body))
+
+
 def entry_for_message(subject: str, data: bytes, headers: Mapping[str, str] | None, *,
                       stream_seq: int, received_at: datetime) -> AuditEntry:
     """The audit entry for one message taken off the stream: the event it carries, or a rejection."""
@@ -109,7 +123,7 @@ def entry_for_message(subject: str, data: bytes, headers: Mapping[str, str] | No
         event = parse_event(data, subject=subject)
     except ContractError as exc:
         return rejected_entry(subject, data, headers, str(exc), stream_seq=stream_seq, received_at=received_at)
-    return replace(event_entry(subject, event), trace_id=trace_of(headers))
+    return event_entry(subject, event, trace_id=trace_of(headers))
 
 
 def trace_of(headers: Mapping[str, str] | None) -> str | None:
@@ -118,8 +132,7 @@ def trace_of(headers: Mapping[str, str] | None) -> str | None:
     return match.group(1) if match else None
 
 
-def event_entry(subject: str, event: Event) -> AuditEntry:
-    body = redact_event_body(event.kind, event.model_dump(mode="json"))
+def event_entry(subject: str, event: Event, *, trace_id: str | None = None) -> AuditEntry:
     return AuditEntry(
         tenant=event.tenant,
         event_id=clean(event.event_id, MAX_EVENT_ID),
@@ -128,7 +141,8 @@ def event_entry(subject: str, event: Event) -> AuditEntry:
         session_id=session_of(event),
         call_id=_optional(getattr(event, "call_id", None), MAX_EVENT_ID),
         occurred_at=event.occurred_at,
-        body=body_text(body),
+        body=stored_body(event.kind, event.model_dump(mode="json")),
+        trace_id=trace_id,
     )
 
 
@@ -173,7 +187,7 @@ def rejected_entry(subject: str, data: bytes, headers: Mapping[str, str] | None,
 def _rejected_body(data: bytes, claimed: Any, kind: str) -> str:
     if claimed is not None and len(data) <= MAX_REJECTED_EXCERPT:
         try:
-            return body_text(redact_event_body(kind, claimed))
+            return stored_body(kind, claimed)
         except RecursionError:
             pass  # nested too deep to walk: keep it as text instead
     excerpt = data[:MAX_REJECTED_EXCERPT].decode("utf-8", "replace")
