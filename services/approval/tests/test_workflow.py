@@ -178,6 +178,16 @@ async def test_answers_that_must_not_count_are_refused_with_a_reason(env, worker
     forged = await refused(env, request, "approve", "carol", signer=Signer.generate(DESK_ISSUER))
     assert "not signed by the approval desk" in forged
     assert await handle.query(ApprovalWorkflow.status) == "pending"
+    # Sent to Temporal around the desk, it is still on the audit trail: who it named and why it did not count.
+    reported = await bus.approval_event(request.call_id, "approval.refused")
+    assert (reported.approver, reported.answer) == ("carol", "approve")
+    assert "not signed by the approval desk" in reported.reason and reported.channel.startswith("temporal")
+    assert (await handle.query(ApprovalWorkflow.view)).votes == ()
+    with pytest.raises(WorkflowUpdateFailedError) as unsigned:  # no signature at all: the same
+        await answer(env.client, TENANT, request.call_id, "deny", ApprovalAction(DIGEST, "dave", "bye"))
+    assert "not signed by the approval desk" in unsigned.value.cause.message
+    assert await handle.query(ApprovalWorkflow.status) == "pending"
+    assert len([e for e in bus.approvals if e.kind == "approval.refused"]) >= 1
 
     await say(env, request, "deny", "carol", comment="not today")
     assert "already been decided" in await refused(env, request, "approve", "carol")

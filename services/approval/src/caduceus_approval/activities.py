@@ -1,4 +1,5 @@
-"""The approval workflow's only I/O: tell the bus about the approval, and publish its signed outcome.
+"""The approval workflow's only I/O: tell the bus about the approval, publish its signed outcome, and report
+answers sent to Temporal around the approval desk.
 
 Event ids are derived from the workflow run and step, so a retried activity stores each event once.
 """
@@ -21,6 +22,7 @@ from caduceus_approval.domain import (
 )
 from caduceus_contracts import (
     ApprovalEscalated,
+    ApprovalRefused,
     ApprovalReminded,
     ApprovalRequested,
     ApprovalResolved,
@@ -34,6 +36,7 @@ from caduceus_contracts import (
 
 PUBLISH_OUTCOME = "publish_outcome"
 ANNOUNCE = "announce"
+REPORT_REFUSAL = "report_refusal"
 
 # EventPublisher.publish (FastStream) and EventConnection.publish (nats-py) both fit.
 Publish = Callable[[str, Event], Awaitable[None]]
@@ -77,6 +80,19 @@ def notice_text(kind: str, state: ApprovalState) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """An answer the workflow refused because the approval desk did not sign it: published for audit."""
+
+    tenant: str
+    call_id: str
+    approver: str
+    answer: str
+    channel: str
+    reason: str
+    event_id: str
+
+
 class ApprovalActivities:
     """Activities bound to the service's publisher and its `approval` signing key."""
 
@@ -108,3 +124,12 @@ class ApprovalActivities:
             notice = ChatNotice(tenant=request.tenant, session_id=request.session_id, call_id=request.call_id,
                                 text=text, event_id=stable_id(event_id, "notice"))
             await self._publish(subjects.chat_notice(request.tenant, request.session_id), notice)
+
+    @activity.defn(name=REPORT_REFUSAL)
+    async def report_refusal(self, job: Refusal) -> None:
+        """Publish ApprovalRefused for an answer that reached the workflow without the desk's signature."""
+        event = ApprovalRefused(tenant=job.tenant, call_id=job.call_id, approver=job.approver, answer=job.answer,
+                                channel=job.channel, reason=job.reason, event_id=job.event_id)
+        await self._publish(subjects.approval("refused", job.tenant), event)
+        log.warning("answer %s on call %s naming %s@%s sent around the approval desk, refused: %s", job.answer,
+                    job.call_id, job.approver, job.tenant, job.reason)

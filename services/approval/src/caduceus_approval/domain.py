@@ -257,17 +257,29 @@ def check_answer(state: ApprovalState, answer: Answer, action: ApprovalAction, *
             f"digest {action.digest[:12]}... is not the digest of call {request.call_id} "
             f"({request.digest[:12]}...): approve exactly the call you reviewed"
         )
-    ring, key_id = desk
-    try:
-        ring.verify(answer_payload(request.tenant, request.call_id, answer, action), key_id=key_id,
-                    signature=action.signature, issuers={DESK_ISSUER})
-    except (SignatureError, ValueError) as exc:
-        raise ActionRefused(f"the answer for {action.approver!r} is not signed by the approval desk ({exc}): "
-                            "answer through the approvals UI, CLI or a chat integration") from None
+    unsigned = not_from_desk(state, answer, action, desk)
+    if unsigned:
+        raise ActionRefused(unsigned)
     refusal = who_may_not_answer(state.approvers, request.requester, request.panel.self_approval,
                                  [v.approver for v in state.votes], action.approver, request.call_id)
     if refusal:
         raise ActionRefused(refusal)
+
+
+def not_from_desk(state: ApprovalState, answer: Answer, action: ApprovalAction, desk: tuple[Keyring, str]) -> str | None:
+    """Why the answer cannot have come from the approval desk (no valid desk signature), or None when it did.
+
+    Only the desk, after verifying the approver, signs answers: one without its signature was sent to Temporal
+    around it, naming whoever the sender liked.
+    """
+    ring, key_id = desk
+    try:
+        ring.verify(answer_payload(state.request.tenant, state.request.call_id, answer, action), key_id=key_id,
+                    signature=action.signature, issuers={DESK_ISSUER})
+    except (SignatureError, ValueError) as exc:
+        return (f"the answer for {action.approver!r} is not signed by the approval desk ({exc}): "
+                "answer through the approvals UI, CLI or a chat integration")
+    return None
 
 
 def who_may_not_answer(approvers: Iterable[str], requester: str, self_approval: bool, voted: Iterable[str],

@@ -18,4 +18,4 @@ _RUNNER = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_
 def build_worker(client: Client, activities: ApprovalActivities, task_queue: str = TASK_QUEUE) -> Worker:
     """A worker for ApprovalWorkflow on task_queue; run it with `await worker.run()` or `async with worker`."""
     return Worker(client, task_queue=task_queue, workflows=[ApprovalWorkflow], workflow_runner=_RUNNER,
-                  activities=[activities.publish_outcome, activities.announce])
+                  activities=[activities.publish_outcome, activities.announce, activities.report_refusal])

@@ -3,7 +3,10 @@
 `approve` and `deny` are updates (the approver learns at once whether their answer counted);
 their validator refuses an answer the desk did not sign, a wrong digest, an approver who is
 not on the panel, the requester (unless self-approval is allowed), a second answer from the
-same person, and any answer after the decision or the expiry. While it waits, the workflow
+same person, and any answer after the decision or the expiry. An answer without the desk's
+signature was sent to Temporal around the desk (by someone who can reach Temporal, naming whom
+they like): the validator lets it in only so that the handler can report it (ApprovalRefused, so
+audit keeps it) before refusing it; it never counts. While it waits, the workflow
 escalates to a second group after a delay and reminds approvers who have not answered.
 Everything it tells the world (the request, votes, escalation, reminders, the signed
 outcome) is published by activities.
@@ -19,7 +22,14 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from caduceus_approval.activities import ANNOUNCE, PUBLISH_OUTCOME, Announcement, PublishOutcome
+    from caduceus_approval.activities import (
+        ANNOUNCE,
+        PUBLISH_OUTCOME,
+        REPORT_REFUSAL,
+        Announcement,
+        PublishOutcome,
+        Refusal,
+    )
     from caduceus_approval.domain import (
         ActionRefused,
         Answer,
@@ -29,8 +39,10 @@ with workflow.unsafe.imports_passed_through():
         check_answer,
         desk_keyring,
         expired,
+        not_from_desk,
         opened,
         reminder_for,
+        stable_id,
         with_answer,
     )
 
@@ -85,6 +97,7 @@ class ApprovalWorkflow:
         await workflow.execute_activity(PUBLISH_OUTCOME, PublishOutcome(self._state, info.workflow_id, info.run_id),
                                         **_PUBLISH)
         await self._announce("resolved")
+        await workflow.wait_condition(workflow.all_handlers_finished)  # a refusal being reported is reported
         return self._state
 
     async def _announce(self, kind: str) -> None:
@@ -96,34 +109,51 @@ class ApprovalWorkflow:
             **_PUBLISH)
 
     @workflow.update
-    def approve(self, action: ApprovalAction) -> ApprovalState:
+    async def approve(self, action: ApprovalAction) -> ApprovalState:
         """An approver agrees; the call runs once the quorum has agreed (once, within the decision's lifetime)."""
-        return self._answer("approve", action)
+        return await self._answer("approve", action)
 
     @approve.validator
     def _check_approve(self, action: ApprovalAction) -> None:
-        self._check("approve", action)
+        self._validate("approve", action)
 
     @workflow.update
-    def deny(self, action: ApprovalAction) -> ApprovalState:
+    async def deny(self, action: ApprovalAction) -> ApprovalState:
         """An approver refuses: the call is denied."""
-        return self._answer("deny", action)
+        return await self._answer("deny", action)
 
     @deny.validator
     def _check_deny(self, action: ApprovalAction) -> None:
-        self._check("deny", action)
+        self._validate("deny", action)
 
-    def _answer(self, answer: Answer, action: ApprovalAction) -> ApprovalState:
+    async def _answer(self, answer: Answer, action: ApprovalAction) -> ApprovalState:
+        unsigned = not_from_desk(self._state, answer, action, self._desk)
+        if unsigned:
+            await self._report_unsigned(answer, action, unsigned)
+            raise ApplicationError(unsigned, type="ActionRefused", non_retryable=True)
         # Re-checked here: the expiry may have fired in the same workflow task, after the validator ran.
         self._check(answer, action)
         self._state = with_answer(self._state, answer, action, workflow.now())
         return self._state
+
+    def _validate(self, answer: Answer, action: ApprovalAction) -> None:
+        if not_from_desk(self._state, answer, action, self._desk):
+            return  # into the handler, which reports it and refuses it
+        self._check(answer, action)
 
     def _check(self, answer: Answer, action: ApprovalAction) -> None:
         try:
             check_answer(self._state, answer, action, now=workflow.now(), desk=self._desk)
         except ActionRefused as exc:
             raise ApplicationError(str(exc), type="ActionRefused", non_retryable=True) from None
+
+    async def _report_unsigned(self, answer: Answer, action: ApprovalAction, reason: str) -> None:
+        request, info, update = self._state.request, workflow.info(), workflow.current_update_info()
+        update_id = update.id if update is not None else str(workflow.uuid4())
+        refusal = Refusal(tenant=request.tenant, call_id=request.call_id, approver=action.approver[:200],
+                          answer=answer, channel=f"temporal (not the approval desk; said {action.channel[:40]!r})",
+                          reason=reason, event_id=stable_id(info.workflow_id, info.run_id, "refused", update_id))
+        await workflow.execute_activity(REPORT_REFUSAL, refusal, **_PUBLISH)
 
     @workflow.query
     def view(self) -> ApprovalState:
