@@ -139,6 +139,9 @@ async def test_only_a_tenant_admin_may_approve(gate: Gatekeeper, store: Identity
     bob = directory().member(VerifiedIdentity("bob", "acme", (), None, "test", None))
     with pytest.raises(PairingRefused, match="'bob' is not an owner or admin of tenant 'acme'"):
         approve_pairing(store, directory(), bob, "slack", code, "bob", START, RULES)
+    attempt = store.unpublished_changes()[-1]  # audited, without the code bob typed
+    assert (attempt.action, attempt.actor, attempt.subject) == ("pairing.refused", "bob", "slack:?")
+    assert "not an owner or admin" in attempt.detail and code not in attempt.detail
     with pytest.raises(Refused, match="'mallory' is not a member"):
         approve_pairing(store, directory(), carol(directory), "slack", code, "mallory", START, RULES)
     assert store.link("acme", "slack", "U-EVE") is None

@@ -103,7 +103,9 @@ def approve_pairing(store: IdentityStore, directory: Directory, approver: Member
                     user: str, now: datetime, rules: PairingRules = PairingRules()) -> PlatformLink:
     """A tenant admin links the platform user who got `code` to `user`; PairingRefused or Refused otherwise."""
     if not approver.is_admin:
-        raise PairingRefused(f"{approver.name!r} is not an owner or admin of tenant {approver.tenant!r} "
-                             f"(roles: {', '.join(approver.roles) or 'none'}); only they may approve pairing codes")
+        refused = PairingRefused(f"{approver.name!r} is not an owner or admin of tenant {approver.tenant!r} "
+                                 f"(roles: {', '.join(approver.roles) or 'none'}); only they may approve pairing codes")
+        store.record_refusal(approver.tenant, "pairing.refused", approver.name, f"{platform}:?", now, str(refused))
+        raise refused
     directory.user(approver.tenant, user)
     return store.approve_pairing(approver.tenant, platform, code, user, approver.name, now, rules)

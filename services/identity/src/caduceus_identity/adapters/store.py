@@ -90,6 +90,11 @@ class IdentityStore:
                 raise
             self._db.execute("COMMIT")
 
+    def record_refusal(self, tenant: str, action: str, actor: str, subject: str, now: datetime, detail: str) -> None:
+        """Keep an administrative attempt that was refused before it changed anything (for audit, like a change)."""
+        with self._changing():
+            self._record(tenant, action, actor, subject, now, detail)
+
     def _record(self, tenant: str, action: str, actor: str, subject: str, now: datetime, detail: str = "") -> None:
         self._db.execute("INSERT INTO identity_changes (event_id, tenant, action, actor, subject, detail, occurred_at)"
                          " VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id(), tenant, action, actor, subject, detail, _iso(now)))
