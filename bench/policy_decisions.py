@@ -147,6 +147,28 @@ def in_process(decisions: int) -> list[dict[str, float]]:
     return rows
 
 
+# The baseline over the bus: a process that answers each request the way policy does (a queue subscription
+# on the requests, a JetStream publish of the answer on the decisions subject) without deciding anything.
+ECHO = """
+import asyncio, json, sys
+import nats
+
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    js = nc.jetstream()
+    async def on_request(msg):
+        call_id = json.loads(msg.data)["call_id"]
+        await js.publish("cad.v1.tool.decided.acme", json.dumps({"call_id": call_id}).encode())
+    async def on_health(msg):
+        await msg.respond(b"ok")
+    await nc.subscribe("cad.v1.tool.requested.*", queue="policy", cb=on_request)
+    await nc.subscribe("caduceus.health.echo", cb=on_health)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
 async def over_the_bus(calls: int) -> dict[str, dict[str, float]]:
     """Latency and decisions/s per way of sending calls: `turns` (one grant per turn), `fresh` (one per call)."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-policy-"))
@@ -160,19 +182,28 @@ async def over_the_bus(calls: int) -> dict[str, dict[str, float]]:
     service = subprocess.Popen([sys.executable, "-m", "caduceus_policy"], env=env, stdout=subprocess.DEVNULL,
                                stderr=open(workdir / "policy.log", "wb"))
     conn = await EventConnection.connect(BusSettings(nats_url=url), "bench-policy")
-    try:
-        await conn.ensure_stream()
+    echo: subprocess.Popen[bytes] | None = None
+
+    async def ready(subject: str) -> None:
         for _ in range(200):
             try:
-                await conn.nc.request("caduceus.health.policy", b"", timeout=0.2)
-                break
+                await conn.nc.request(subject, b"", timeout=0.2)
+                return
             except Exception:
                 await asyncio.sleep(0.1)
+        raise RuntimeError(f"nothing answered {subject} within a minute (see the logs in {workdir})")
+
+    try:
+        await conn.ensure_stream()
+        await ready("caduceus.health.policy")
         waiting: dict[str, asyncio.Future[float]] = {}
 
         async def on_decided(msg) -> None:  # type: ignore[no-untyped-def]
-            event = parse_event(msg.data, expect=ToolCallDecided)
-            future = waiting.pop(event.call_id, None)
+            if echo is not None:  # the baseline answers with the call id alone
+                call_id = json.loads(msg.data)["call_id"]
+            else:
+                call_id = parse_event(msg.data, expect=ToolCallDecided).call_id
+            future = waiting.pop(call_id, None)
             if future is not None and not future.done():
                 future.set_result(time.perf_counter())
 
@@ -219,11 +250,28 @@ async def over_the_bus(calls: int) -> dict[str, dict[str, float]]:
             wall = time.perf_counter() - started
             p50, p99 = percentiles(sequential)
             results[mode] = {"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "decisions_per_s": calls / wall}
+
+        # The baseline: the same requests, published the same way, answered by the echo instead of policy.
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=15)
+        echo = subprocess.Popen([sys.executable, "-c", ECHO, url], stdout=subprocess.DEVNULL,
+                                stderr=open(workdir / "echo.log", "wb"))
+        await ready("caduceus.health.echo")
+        for index in range(52):
+            await one(3_000_000 + index, False)
+        sequential = [await one(300_000 + index, False) for index in range(calls)]
+        started = time.perf_counter()
+        await asyncio.gather(*(bounded(350_000 + index, False) for index in range(calls)))
+        wall = time.perf_counter() - started
+        p50, p99 = percentiles(sequential)
+        results["echo"] = {"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "decisions_per_s": calls / wall}
         return results
     finally:
         await conn.nc.close()
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=15)
+        for process in (service, echo):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=15)
         nats.stop()
 
 
@@ -271,6 +319,13 @@ def main() -> None:
         f"| {bus['turns']['p50_ms']:.2f} | {bus['turns']['p99_ms']:.2f} | {bus['turns']['decisions_per_s']:.0f} |",
         f"| a new session grant and user for every call | {bus['fresh']['p50_ms']:.2f} "
         f"| {bus['fresh']['p99_ms']:.2f} | {bus['fresh']['decisions_per_s']:.0f} |",
+        f"| baseline: the same requests answered by an echo process (no decision), same bus path "
+        f"| {bus['echo']['p50_ms']:.2f} | {bus['echo']['p99_ms']:.2f} | {bus['echo']['decisions_per_s']:.0f} |",
+        "",
+        f"Policy over the echo baseline, p50: {bus['turns']['p50_ms'] / bus['echo']['p50_ms']:.1f}x "
+        f"(+{bus['turns']['p50_ms'] - bus['echo']['p50_ms']:.2f} ms) as a planner sends calls, "
+        f"{bus['fresh']['p50_ms'] / bus['echo']['p50_ms']:.1f}x "
+        f"(+{bus['fresh']['p50_ms'] - bus['echo']['p50_ms']:.2f} ms) with a fresh grant per call.",
         "",
         "How to read it: *engine* is `CedarEngine.decide` on a call whose facts are already extracted (what a rule "
         "count changes); *with fact extraction* adds parsing the command, resolving paths and URLs and scanning for "
@@ -281,7 +336,9 @@ def main() -> None:
         "the call digest, charges the terminal rate limit in JetStream KV (a compare-and-set round trip; one more "
         "read when the replica has not seen the user's counter yet) and signs the decision, on the same two cores "
         "as NATS and the client; the latency is from the client's publish to the decision reaching it, one call "
-        "at a time.",
+        "at a time. The baseline is a bare nats-py process that takes each request from the same queue "
+        "subscription and publishes an answer to JetStream on the decisions subject, with nothing decided: the "
+        "floor this machine's bus and processes set.",
     ]
     report = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
