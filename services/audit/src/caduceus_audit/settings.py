@@ -25,7 +25,7 @@ class AuditSettings(BusSettings):
     keys_dir: Path
     audit_db_url: str
     # Messages fetched from JetStream and committed in one transaction.
-    audit_batch_size: int = Field(default=128, ge=1, le=1000)
+    audit_batch_size: int = Field(default=500, ge=1, le=1000)
     # How long one fetch waits for messages before asking again.
     audit_fetch_timeout_s: float = Field(default=1.0, gt=0)
     # A message fetched but not acknowledged within this time is delivered again (after a crash).
