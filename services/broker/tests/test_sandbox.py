@@ -231,6 +231,14 @@ async def test_writing_outside_the_workspace_fails(sandboxed) -> None:
     assert (sandboxed["settings"].workspaces / TENANT / WORKSPACE / "in-workspace.txt").exists()
 
 
+async def test_a_command_cannot_become_root_in_a_namespace_of_its_own(sandboxed) -> None:
+    # Root in a new user namespace could remount its view of the filesystem; the sandbox allows none.
+    output = await terminal(sandboxed, "id -u; unshare --user --map-root-user id -u && echo became-root; "
+                                       "unshare --net true && echo new-netns; echo done")
+    assert output.splitlines()[0] == "65534" and "done" in output
+    assert "became-root" not in output and "new-netns" not in output, output
+
+
 async def test_the_agent_cannot_change_its_own_config_plugins_or_policy(sandboxed) -> None:
     home = sandboxed["settings"].workers / TENANT / WORKSPACE / "executor-home"
     config = (home / "config.yaml").read_text()

@@ -38,6 +38,20 @@ class Findings:
     warnings: tuple[str, ...] = ()
 
 
+def namespace_args(privileged: bool) -> list[str]:
+    """The namespaces every sandbox gets, and what may happen inside them.
+
+    Started by root, bubblewrap keeps the host's user namespace (the launcher inside switches to the sandbox
+    user, then drops the two capabilities it kept for that). Started by anyone else, it needs a user
+    namespace of its own, and the sandbox may not make another (`--disable-userns` wants `--unshare-user`
+    spelled out: `--unshare-all` only tries it).
+    """
+    if privileged:
+        return ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+                "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    return ["--unshare-all", "--unshare-user", "--disable-userns"]
+
+
 class BwrapBackend:
     """Checks policies against what bubblewrap can enforce here, and builds the command for a plan."""
 
@@ -80,11 +94,7 @@ class BwrapBackend:
         generated = self._generate(plan)
         mounts = _Mounts()
         args = [self.bwrap, "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", plan.hostname]
-        if self.privileged:
-            args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-                     "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        else:
-            args += ["--unshare-all", "--disable-userns"]
+        args += namespace_args(self.privileged)
         if info_fd is not None:
             args += ["--info-fd", str(info_fd)]
         tmp_bytes = plan.policy.filesystem.tmp_size_mb * 1024 * 1024
