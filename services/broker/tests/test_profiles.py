@@ -36,3 +36,22 @@ def test_a_scope_name_never_leaves_the_scopes_directory(tmp_path: Path, name: st
 def test_a_malformed_scope_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a memory scope"):
         scope_home(write_profile(tmp_path / "planner-home"), "everyone")
+
+
+@pytest.mark.parametrize("planted", ["file", "link", "directory"])
+def test_a_config_planted_in_a_scope_is_replaced_by_the_planners_before_the_next_turn(tmp_path: Path,
+                                                                                      planted: str) -> None:
+    planner = write_profile(tmp_path / "planner-home")
+    alice = scope_home(planner, "user:alice")
+    evil = alice / "evil.yaml"
+    evil.write_text(yaml.safe_dump({"plugins": {"enabled": []}}))
+    (alice / "config.yaml").unlink()
+    if planted == "file":
+        (alice / "config.yaml").write_text(evil.read_text())
+    elif planted == "link":
+        (alice / "config.yaml").symlink_to(evil)
+    else:
+        (alice / "config.yaml").mkdir()
+    scope_home(planner, "user:alice")
+    assert (alice / "config.yaml").resolve() == (planner / "config.yaml").resolve()
+    assert yaml.safe_load((alice / "config.yaml").read_text())["plugins"]["enabled"] == ["caduceus"]

@@ -11,7 +11,9 @@ and Tirith scanning are off, and the Caduceus plugin is on.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 from pathlib import Path
 
 import yaml
@@ -69,8 +71,12 @@ def scope_home(planner_home: Path, memory_scope: str) -> Path:
     else:
         raise ValueError(f"not a memory scope: {memory_scope!r}")
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "config.yaml"
-    if not config.is_symlink():
+    # The scope's config is the planner's (read-only in the sandbox), through a link made again whenever it is
+    # anything else: a file or another link written into the scope cannot configure the next turn.
+    config, target = home / "config.yaml", planner_home / "config.yaml"
+    if not config.is_symlink() or Path(os.readlink(config)) != target:
+        if config.is_dir() and not config.is_symlink():
+            shutil.rmtree(config)
         config.unlink(missing_ok=True)
-        config.symlink_to(planner_home / "config.yaml")
+        config.symlink_to(target)
     return home
