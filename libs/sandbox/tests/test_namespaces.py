@@ -4,12 +4,17 @@ run here) and as an unprivileged user (how the compose services run, as uid 1000
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
+from caduceus_sandbox import SandboxPolicy
 from caduceus_sandbox.bwrap import namespace_args
 
 BWRAP = shutil.which("bwrap")
@@ -49,3 +54,69 @@ def test_a_root_broker_gets_network_and_pid_namespaces() -> None:
     # Still root here: the launcher inside switches to the sandbox user and closes user namespaces behind it
     # (inside.become_sandbox_user; the executor attack tests run through it).
     assert seen["uid"] == "0"
+
+
+# Run by the unprivileged user: a whole sandbox as the broker builds it (launcher, limits, mounts), around a probe.
+WORKER = """
+import json, subprocess, sys
+from pathlib import Path
+from caduceus_sandbox import BwrapBackend, SandboxPlan, SandboxPolicy, python_runtime
+
+base = Path(sys.argv[1])
+home, workspace, run = base / "home", base / "workspace", base / "run"
+for directory in (home, workspace, run, run / "channels"):
+    directory.mkdir()
+probe = '''
+import json, os, resource
+seen = {"uid": os.getuid(), "pid": os.getpid(), "nproc": resource.getrlimit(resource.RLIMIT_NPROC)[0]}
+open(os.path.join(os.getcwd(), "note.txt"), "w").write("inside")
+for path in ("/usr/evil", "/tmp/../etc/evil"):
+    try:
+        open(path, "w")
+        seen[path] = "written"
+    except OSError as error:
+        seen[path] = error.strerror
+print(json.dumps(seen))
+'''
+backend = BwrapBackend()
+plan = SandboxPlan(role="executor", policy=SandboxPolicy(), command=(sys.executable, "-c", probe), env={},
+                   home=home, run_dir=run, workspace=workspace, runtime=python_runtime(("caduceus_sandbox",)))
+ran = subprocess.run(backend.command(plan), capture_output=True, text=True, timeout=60)
+print(json.dumps({"privileged": backend.privileged, "returncode": ran.returncode, "stdout": ran.stdout,
+                  "stderr": ran.stderr[-2000:]}))
+"""
+
+
+def _unprivileged_python_works(user: int) -> bool:
+    """Whether `user` can run this interpreter where it really is and import the sandbox package (not when it
+    lives under /root, as pyenv puts it)."""
+    as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+    reachable = subprocess.run([*as_user, "test", "-x", os.path.realpath(sys.executable)], cwd="/", timeout=30)
+    imports = subprocess.run([*as_user, sys.executable, "-c", "import caduceus_sandbox"], capture_output=True,
+                             cwd="/", timeout=30)
+    return reachable.returncode == 0 and imports.returncode == 0
+
+
+def test_an_unprivileged_broker_runs_a_worker_in_a_whole_sandbox() -> None:
+    user = 65534
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become the unprivileged user")
+    if not _unprivileged_python_works(user):
+        pytest.skip(f"{sys.executable} cannot be run by uid {user} here (an interpreter under /root, say)")
+    base = Path(tempfile.mkdtemp(prefix="caduceus-unprivileged-"))
+    try:
+        os.chown(base, user, user)
+        ran = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", sys.executable, "-c",
+                              WORKER, str(base)], capture_output=True, text=True, cwd="/", timeout=120,
+                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base)})
+        assert ran.returncode == 0, ran.stderr
+        outcome = json.loads(ran.stdout.strip().splitlines()[-1])
+        assert outcome["privileged"] is False
+        assert outcome["returncode"] == 0, outcome["stderr"]
+        seen = json.loads(outcome["stdout"].strip().splitlines()[-1])
+        assert seen["uid"] == user and seen["pid"] < 10
+        assert seen["nproc"] == SandboxPolicy().process.max_processes
+        assert seen["/usr/evil"] == "Read-only file system" and seen["/tmp/../etc/evil"] != "written"
+        assert (base / "workspace" / "note.txt").read_text() == "inside"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
