@@ -117,6 +117,9 @@ class BwrapBackend:
             mounts.directory(Path("/run/secrets").parent)
             mounts.args += ["--perms", "1777", "--tmpfs", "/run/secrets"]
         args += mounts.args
+        # The root bubblewrap builds is a tmpfs, owned by the sandbox's user when the broker is not root: once
+        # everything is mounted, only the writable mounts above (workspace, home, /tmp) stay writable.
+        args += ["--remount-ro", "/"]
         args += ["--", *_python(plan), "-m", "caduceus_sandbox.inside", LAUNCH_SPEC, "--",
                  *plan.command]
         return args
