@@ -4,6 +4,7 @@ none takes the call up, or when the approval it opened never decides."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
@@ -68,22 +69,30 @@ async def gateway_with_policy(nats_url: str, *, opens_approval_for_s: float | No
     return gateway, [conn, stand_in]
 
 
+@asynccontextmanager
+async def gateway_with_policy_running(nats_url: str, *, opens_approval_for_s: float | None):
+    """gateway_with_policy, its connections closed however the test ends: a policy stand-in left running would
+    answer every later test's calls on the same server."""
+    gateway, conns = await gateway_with_policy(nats_url, opens_approval_for_s=opens_approval_for_s)
+    try:
+        yield gateway
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 async def test_an_approval_nobody_takes_up_is_denied_after_the_decision_bound(nats_server) -> None:
-    gateway, conns = await gateway_with_policy(nats_server.url, opens_approval_for_s=None)
-    outcome = await asyncio.to_thread(gateway.request_call, "terminal", {"command": "rm -f x"}, session_id="s-1")
+    async with gateway_with_policy_running(nats_server.url, opens_approval_for_s=None) as gateway:
+        outcome = await asyncio.to_thread(gateway.request_call, "terminal", {"command": "rm -f x"}, session_id="s-1")
     assert outcome.status == "denied"
     assert outcome.reason == "the approval service did not take up the approval within 1 s; denied (fail closed)"
-    for conn in conns:
-        await conn.close()
 
 
 async def test_an_open_approval_is_waited_for_past_the_decision_bound_until_it_expires(nats_server) -> None:
-    gateway, conns = await gateway_with_policy(nats_server.url, opens_approval_for_s=2.5)
-    started = asyncio.get_running_loop().time()
-    outcome = await asyncio.to_thread(gateway.request_call, "terminal", {"command": "rm -f x"}, session_id="s-1")
-    waited = asyncio.get_running_loop().time() - started
+    async with gateway_with_policy_running(nats_server.url, opens_approval_for_s=2.5) as gateway:
+        started = asyncio.get_running_loop().time()
+        outcome = await asyncio.to_thread(gateway.request_call, "terminal", {"command": "rm -f x"}, session_id="s-1")
+        waited = asyncio.get_running_loop().time() - started
     assert outcome.status == "denied"
     assert outcome.reason == "no approval decision arrived before the approval expired; denied (fail closed)"
     assert waited > 2.5  # longer than the 1 s decision bound: it waited for people
-    for conn in conns:
-        await conn.close()
