@@ -12,12 +12,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from faststream.nats import NatsBroker
+from opentelemetry import trace
 
 from caduceus_bus.settings import BusSettings
 from caduceus_bus.tracing import inject_headers
 from caduceus_contracts import ContractError, ErrorEvent, Event, parse_event, subjects
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("caduceus.bus")
 E = TypeVar("E", bound=Event)
 
 
@@ -42,13 +44,18 @@ class EventPublisher:
         self.service = service
 
     async def publish(self, subject: str, event: Event) -> None:
-        await self.broker.publish(
-            event.model_dump_json().encode(),
-            subject,
-            headers=event_headers(event),
-            stream=self.settings.stream_name,
-            timeout=self.settings.publish_timeout_s,
-        )
+        """Publish to JetStream and wait for the stream to store it, in a producer span of the current trace.
+
+        On the broker's JetStream context itself: FastStream's publish path (middleware) cost a tenth of a
+        millisecond on every decision, for a span this makes anyway.
+        """
+        js = self.broker.config.connection_state.stream  # type: ignore[attr-defined]
+        with tracer.start_as_current_span(f"{subject} publish", kind=trace.SpanKind.PRODUCER,
+                                          attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                                                      "messaging.operation.type": "publish",
+                                                      "messaging.message.id": event.event_id}):
+            await js.publish(subject, event.model_dump_json().encode(), headers=event_headers(event),
+                             stream=self.settings.stream_name, timeout=self.settings.publish_timeout_s)
 
     async def refuse(self, subject: str, body: bytes, reason: str) -> None:
         """Publish the error event for a message this service cannot accept."""
