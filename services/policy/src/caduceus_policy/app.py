@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from faststream.message import StreamMessage
 from faststream.nats import NatsBroker, NatsMessage
+from nats.aio.msg import Msg
+from opentelemetry import trace
 
-from caduceus_bus import EVENT_SUBSCRIBER, EventPublisher, ensure_event_stream, make_broker
+from caduceus_bus import EventPublisher, ensure_event_stream, extract_context, make_broker
 from caduceus_contracts import ErrorEvent, ModelUsage, ensure_signer, parse_event, subjects
 from caduceus_contracts.models import ContractError
 from caduceus_policy.adapters.counters import SharedCounters
@@ -27,6 +28,7 @@ from caduceus_policy.settings import PolicySettings
 SERVICE = "policy"
 HEALTH_SUBJECT = f"caduceus.health.{SERVICE}"
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("caduceus.policy")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class PolicyService:
     pack_store: PackStore | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     subscriptions: list[Any] = field(default_factory=list)
+    deciding: set[asyncio.Task[None]] = field(default_factory=set)  # requests being decided now
 
 
 def build(settings: PolicySettings, engine: PolicyEngine | None = None) -> PolicyService:
@@ -55,24 +58,12 @@ def build(settings: PolicySettings, engine: PolicyEngine | None = None) -> Polic
     publisher = EventPublisher(broker, settings, SERVICE)
     decisions = DecisionService(decider, publisher, deadline_s=settings.decide_timeout_ms / 1000)
 
-    # The decision path takes the message as its decoded body rather than as an injected `NatsMessage`:
-    # FastStream resolves injected context in a worker thread, a hand-off per call the path does not need.
-    @broker.subscriber(subjects.TOOL_REQUESTED_ALL, queue=SERVICE, max_workers=settings.decide_concurrency,
-                       **{**EVENT_SUBSCRIBER, "decoder": whole_message})
-    async def tool_requested(message: StreamMessage[Any]) -> None:
-        await on_tool_requested(message.raw_message.subject, message.body, publisher, decisions)
-
     # Registered last: once it answers, the subscriptions before it are in place.
     @broker.subscriber(HEALTH_SUBJECT)
     async def health(msg: NatsMessage) -> bytes:
         return b"ok"
 
     return PolicyService(broker=broker, publisher=publisher, decider=decider, decisions=decisions, settings=settings)
-
-
-async def whole_message(message: StreamMessage[Any]) -> StreamMessage[Any]:
-    """A decoder handing the subscriber the message itself (its subject and undecoded body)."""
-    return message
 
 
 async def start(service: PolicyService) -> None:
@@ -84,7 +75,41 @@ async def start(service: PolicyService) -> None:
     if service.settings.packs_from_bus:
         await sync_packs(service, await PackStore.open(js, service.settings.packs_bucket))
     service.tasks.append(asyncio.create_task(count_usage(service, js), name="policy-usage"))
-    await service.broker.start()
+    await subscribe_requests(service)
+    await service.broker.start()  # health answers from here on: every subscription is in place
+
+
+async def subscribe_requests(service: PolicyService) -> None:
+    """Decide every tool call request, up to `decide_concurrency` at once, each in a span of the caller's trace.
+
+    On the broker's NATS connection itself, like the workers' subscriptions, rather than as a FastStream
+    subscriber: its consume path (middleware, context resolution) cost a quarter of a millisecond of every
+    decision's latency (bench/policy_decisions.py). A queue group: each request goes to one replica.
+    """
+    nc = service.broker.config.connection_state.connection  # type: ignore[attr-defined]
+    slots = asyncio.Semaphore(service.settings.decide_concurrency)
+
+    async def decide(msg: Msg) -> None:
+        try:
+            with tracer.start_as_current_span(f"{msg.subject} process", context=extract_context(msg.headers),
+                                              kind=trace.SpanKind.CONSUMER,
+                                              attributes={"messaging.system": "nats",
+                                                          "messaging.destination.name": msg.subject,
+                                                          "messaging.operation.type": "process"}):
+                await on_tool_requested(msg.subject, msg.data, service.publisher, service.decisions)
+        except Exception:  # the planner's bound denies the call; this replica goes on deciding
+            log.exception("no decision for a request on %s", msg.subject)
+        finally:
+            slots.release()
+
+    async def on_request(msg: Msg) -> None:
+        await slots.acquire()  # at the bound, the next request waits in the subscription's queue
+        task = asyncio.create_task(decide(msg))
+        service.deciding.add(task)
+        task.add_done_callback(service.deciding.discard)
+
+    service.subscriptions.append(await nc.subscribe(subjects.TOOL_REQUESTED_ALL, queue=SERVICE, cb=on_request))
+    await nc.flush()
 
 
 async def stop(service: PolicyService) -> None:
@@ -93,6 +118,8 @@ async def stop(service: PolicyService) -> None:
             await subscription.unsubscribe()
         except Exception:
             pass  # already gone with the connection
+    if service.deciding:  # requests taken are decided and answered before the connection closes
+        await asyncio.wait(set(service.deciding), timeout=service.settings.decide_timeout_ms / 1000 + 5)
     for task in service.tasks:
         task.cancel()
     for task in service.tasks:
