@@ -132,7 +132,7 @@ async def measure(stack, approvals: int) -> dict[str, list[float]]:
         for index in range(approvals):
             known = set(seen)
             call = asyncio.to_thread(gateway.request_call, "terminal",
-                                     {"command": f"rm -f bench-{index}.log && echo ok"}, session_id=SESSION)
+                                     {"command": f"rm -rf build-{index} && echo ok"}, session_id=SESSION)
             running = asyncio.ensure_future(call)
             call_id = await wait_for(lambda known=known: next((c for c in seen if c not in known), None))
             decided_at = await wait_for(lambda call_id=call_id: clock.at(call_id, "approve"))
