@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 from caduceus_approval.app import ApprovalService, build
+from caduceus_bus import stop_event
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 from caduceus_web import HttpUnavailable
 
@@ -15,10 +15,7 @@ log = logging.getLogger("caduceus_approval")
 
 
 async def serve(service: ApprovalService) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await service.start()
     log.info("approval started; Temporal at %s, task queue %s, UI %s", service.settings.temporal_address,
              service.settings.approval_task_queue, service.settings.ui_url or "disabled")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 
 from pydantic import ValidationError
@@ -13,6 +12,7 @@ from sqlalchemy.exc import ArgumentError
 
 from caduceus_audit.app import AuditService, build
 from caduceus_audit.settings import AuditSettings
+from caduceus_bus import stop_event
 from caduceus_contracts import SignatureError
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
@@ -24,10 +24,7 @@ STOP_GRACE_S = 5.0
 
 async def serve(service: AuditService) -> None:
     """Start, consume until a signal, then stop: the batch in hand is finished or left for redelivery."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     try:
         await service.start(stop)
         if stop.is_set():

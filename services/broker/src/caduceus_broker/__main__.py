@@ -6,9 +6,8 @@ import asyncio
 import logging
 
 from caduceus_broker.app import BrokerApp
-from caduceus_broker.runtime import stop_event
 from caduceus_broker.settings import BrokerSettings, ModelSettings
-from caduceus_bus import BusSettings
+from caduceus_bus import BusSettings, stop_event
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("caduceus.broker")

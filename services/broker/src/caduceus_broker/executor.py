@@ -20,9 +20,9 @@ from opentelemetry import trace
 from caduceus_broker.domain import DispatchRefused, check_dispatch
 from caduceus_broker.executor_secrets import ExecutorSecrets
 from caduceus_broker.ledger import DecisionLedger
-from caduceus_broker.runtime import answer_health, health_subject, stop_event
+from caduceus_broker.runtime import answer_health, health_subject
 from caduceus_broker.settings import WorkerSettings
-from caduceus_bus import BusSettings, EventConnection, excerpt, extract_context, take_credentials
+from caduceus_bus import BusSettings, EventConnection, excerpt, extract_context, stop_event, take_credentials
 from caduceus_contracts import (
     ContractError,
     ErrorEvent,

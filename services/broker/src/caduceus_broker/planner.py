@@ -16,9 +16,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from caduceus_broker.profiles import scope_home
-from caduceus_broker.runtime import answer_health, health_subject, stop_event
+from caduceus_broker.runtime import answer_health, health_subject
 from caduceus_broker.settings import ModelSettings, WorkerSettings
-from caduceus_bus import BusSettings, EventConnection, extract_context, take_credentials
+from caduceus_bus import BusSettings, EventConnection, extract_context, stop_event, take_credentials
 from caduceus_contracts import (
     ChatReply,
     ContractError,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 from pydantic import ValidationError
 
+from caduceus_bus import stop_event
 from caduceus_identity.adapters.dev_issuer import DevIssuerError
 from caduceus_identity.app import ConfigurationError, bootstrap
 from caduceus_identity.domain import DirectoryError
@@ -21,10 +21,7 @@ log = logging.getLogger("caduceus_identity")
 async def serve(settings: IdentitySettings) -> None:
     """Run identity until the process is asked to stop."""
     service = bootstrap(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await service.start()
     try:
         await stop.wait()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
+from caduceus_bus import stop_event
 from caduceus_policy.app import PolicyService, build, start, stop
 from caduceus_policy.pack import PackError
 from caduceus_policy.settings import PolicySettings
@@ -17,10 +17,7 @@ log = logging.getLogger("caduceus_policy")
 
 async def serve(service: PolicyService) -> None:
     """Connect, start deciding, stop cleanly on a signal."""
-    stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop_requested.set)
+    stop_requested = stop_event()
     await start(service)
     log.info("policy ready: pack %s (from %s)", service.decider.engine.version, service.settings.policy_file)
     try:
