@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +31,7 @@ from caduceus_embedded.stackinfo import StackInfo, default_state_dir, read_stack
 
 console = Console()
 err = Console(stderr=True)
+T = TypeVar("T")
 
 TENANT, USER, APPROVER = "acme", "alice", "carol"
 DEMO_MESSAGE = "Please check the workspace and leave a note in /etc/caduceus-demo.txt"
@@ -107,11 +109,12 @@ def _start_stack(state_dir: Path, scope: ExitStack) -> StackInfo:
     return stack.info
 
 
-def _play(info: StackInfo, token: str, timeout: float) -> TurnTranscript:
-    async def run() -> TurnTranscript:
+def _with_client(info: StackInfo, play: Callable[[ChatClient], Awaitable[T]]) -> T:
+    """Run `play` with a chat client on the stack's bus; a turn that times out or a bus that is gone exits 1."""
+    async def run() -> T:
         client = await ChatClient.connect(info.bus_settings("client"))
         try:
-            return await client.send(tenant=TENANT, token=token, text=DEMO_MESSAGE, timeout=timeout, watch=True)
+            return await play(client)
         finally:
             await client.close()
 
@@ -120,6 +123,11 @@ def _play(info: StackInfo, token: str, timeout: float) -> TurnTranscript:
     except (ChatTimeout, ConnectionError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+
+
+def _play(info: StackInfo, token: str, timeout: float) -> TurnTranscript:
+    return _with_client(info, lambda client: client.send(tenant=TENANT, token=token, text=DEMO_MESSAGE,
+                                                         timeout=timeout, watch=True))
 
 
 def _play_approval(info: StackInfo, token: str, timeout: float) -> tuple[TurnTranscript, ApprovalView | None]:
@@ -134,25 +142,17 @@ def _play_approval(info: StackInfo, token: str, timeout: float) -> tuple[TurnTra
             return await api.answer(pending.call_id, "approve", digest=pending.digest,
                                     comment="the build directory is scratch")
 
-    async def run() -> tuple[TurnTranscript, ApprovalView | None]:
-        client = await ChatClient.connect(info.bus_settings("client"))
+    async def play(client: ChatClient) -> tuple[TurnTranscript, ApprovalView | None]:
+        turn = asyncio.create_task(client.send(tenant=TENANT, token=token, text=APPROVAL_MESSAGE,
+                                               session_id=session_id, timeout=timeout, watch=True))
         try:
-            turn = asyncio.create_task(client.send(tenant=TENANT, token=token, text=APPROVAL_MESSAGE,
-                                                   session_id=session_id, timeout=timeout, watch=True))
-            try:
-                approved = await approve_when_asked()
-            except (ApprovalsError, TimeoutError) as exc:
-                err.print(f"[red]could not approve: {exc}[/red]")
-                approved = None
-            return await turn, approved
-        finally:
-            await client.close()
+            approved = await approve_when_asked()
+        except (ApprovalsError, TimeoutError) as exc:
+            err.print(f"[red]could not approve: {exc}[/red]")
+            approved = None
+        return await turn, approved
 
-    try:
-        return asyncio.run(run())
-    except (ChatTimeout, ConnectionError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    return _with_client(info, play)
 
 
 def evaluate_approval(transcript: TurnTranscript, approved: ApprovalView | None) -> list[Check]:

@@ -1,0 +1,26 @@
+"""`caduceus demo`, the README's first command, played against a running embedded stack: both scenarios, every
+step checked by the demo itself, and exit 0 only when all of them happened."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from typer.testing import CliRunner
+
+from caduceus.cli import app
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def test_the_demo_plays_both_governed_turns_on_a_running_stack(stack) -> None:
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["demo", "--state-dir", str(stack.layout.root),
+                                                               "--timeout", "120"], env={"COLUMNS": "200"})
+    output = result.output
+    assert result.exit_code == 0, output
+    assert "demo passed: every step happened as governed" in output
+    assert "✗" not in output
+    for step in ("the terminal call ran in the executor process", "the denied write never ran",
+                 "carol approved it through the approvals API",
+                 "the approved command ran in the executor and the turn finished with its result"):
+        assert f"✓ {step}" in output, output
