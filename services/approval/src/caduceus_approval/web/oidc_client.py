@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import httpx
 import jwt
 
-from caduceus_identity.adapters.oidc import OidcVerifier
+from caduceus_identity.adapters.oidc import OidcVerifier, ProviderUnavailable
 from caduceus_identity.domain import TokenRefused, VerifiedIdentity
 
 
@@ -40,21 +40,19 @@ class OidcClient:
         self.scopes = scopes
         self.verifier = verifier
         self.http = http
-        self._metadata: dict | None = None
 
     async def metadata(self) -> dict:
-        if self._metadata is None:
-            url = f"{self.issuer_url}/.well-known/openid-configuration"
-            try:
-                response = await self.http.get(url)
-                document = response.json() if response.status_code == 200 else None
-            except (httpx.HTTPError, ValueError):
-                document = None
-            if not isinstance(document, dict) or not {"authorization_endpoint", "token_endpoint"} <= set(document):
-                raise SignInFailed(f"the sign-in provider at {self.issuer_url} did not answer with a usable discovery "
-                                   "document; try again shortly, or check CADUCEUS_OIDC_ISSUER_URL")
-            self._metadata = document
-        return self._metadata
+        """The provider's discovery document, as the verifier of its ID tokens fetched and checked it."""
+        try:
+            document = await self.verifier.discovery()
+        except ProviderUnavailable as exc:
+            document, why = None, f" ({exc})"
+        else:
+            why = ""
+        if document is None or not {"authorization_endpoint", "token_endpoint"} <= set(document):
+            raise SignInFailed(f"the sign-in provider at {self.issuer_url} did not answer with a usable discovery "
+                               f"document{why}; try again shortly, or check CADUCEUS_OIDC_ISSUER_URL")
+        return document
 
     async def authorization_url(self, state: str, nonce: str, challenge: str) -> str:
         endpoint = (await self.metadata())["authorization_endpoint"]

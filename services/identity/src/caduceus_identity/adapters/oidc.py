@@ -75,6 +75,7 @@ class OidcVerifier:
         self._owns_client = client is None
         self._clock = clock
         self._jwks_uri: str | None = None
+        self._discovery: dict[str, Any] | None = None
         self._keys: dict[str, PyJWK] = {}
         self._fetched_at: float | None = None
         self._failed_at: float | None = None
@@ -245,7 +246,10 @@ class OidcVerifier:
         except ValueError:
             raise ProviderUnavailable(f"{what} at {url} is not JSON") from None
 
-    async def _discover(self) -> str:
+    async def discovery(self) -> dict[str, Any]:
+        """The issuer's discovery document (fetched once), naming this issuer; ProviderUnavailable otherwise."""
+        if self._discovery is not None:
+            return self._discovery
         url = f"{self.issuer}/.well-known/openid-configuration"
         document = await self._get_json(url, "the OIDC discovery document")
         if not isinstance(document, dict):
@@ -255,6 +259,12 @@ class OidcVerifier:
             raise ProviderUnavailable(
                 f"the provider at {url} names itself {named!r}; set CADUCEUS_OIDC_ISSUER_URL to exactly its issuer"
             )
+        self._discovery = document
+        return document
+
+    async def _discover(self) -> str:
+        document = await self.discovery()
+        url = f"{self.issuer}/.well-known/openid-configuration"
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
             raise ProviderUnavailable(f"the OIDC discovery document at {url} has no usable jwks_uri")
