@@ -91,7 +91,7 @@ def tool_request_messages(n: int) -> list[tuple[str, bytes, dict[str, str]]]:
                                                      expires_at=now + timedelta(hours=1)))
     messages = []
     for i in range(n):
-        args = {"command": f"grep -rn 'TODO {i}' src/ | head -50", "timeout": 30}
+        args = {"command": f"grep -rn 'needle {i}' src/ | head -50", "timeout": 30}
         session = f"s{i % 50}"
         event = ToolCallRequested(tenant="acme", grant=grant, workspace="default", session_id=session, tool="terminal",
                                   args=args, digest=call_digest(tenant="acme", workspace="default", session=session,
