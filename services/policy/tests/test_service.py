@@ -266,3 +266,29 @@ async def test_a_request_on_another_tenants_subject_is_refused(client: PolicyCli
     assert error.tenant == "acme"
     assert "globex" in error.reason
     assert request.call_id not in client.decided
+
+
+async def test_a_request_being_decided_when_the_service_stops_is_still_answered(fresh_nats: Any,
+                                                                                tmp_path: Path) -> None:
+    from .test_bound import SlowEngine  # half a second per decision: still deciding when the stop comes
+
+    keys = tmp_path / "keys"
+    settings = PolicySettings(nats_url=fresh_nats.url, state_dir=tmp_path, keys_dir=keys, decide_timeout_ms=5000,
+                              packs_from_bus=False)
+    service = build(settings, engine=SlowEngine())
+    await start(service)
+    conn = await EventConnection.connect(BusSettings(nats_url=fresh_nats.url), "policy-stop-test")
+    client = PolicyClient(conn)
+    await conn.subscribe(subjects.TOOL_DECIDED_ALL, client.on_decided)
+    try:
+        request = make_request(make_grant(ensure_signer(keys, "identity")), "terminal", {"command": "ls"})
+        decided = asyncio.ensure_future(client.decided_event(request, timeout=10))
+        async with asyncio.timeout(5):
+            while not service.deciding:
+                await asyncio.sleep(0.01)
+        await stop(service)
+        assert not service.deciding
+        decision = (await decided).decision.decision
+        assert (decision.verdict, decision.reason) == ("allow", "too late")
+    finally:
+        await conn.close()
