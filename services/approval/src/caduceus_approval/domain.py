@@ -244,9 +244,9 @@ def desk_keyring(desk_key_pem: str) -> tuple[Keyring, str]:
     return ring, key_id
 
 
-def check_answer(state: ApprovalState, answer: Answer, action: ApprovalAction, *, now: datetime,
-                 desk: tuple[Keyring, str]) -> None:
-    """Raise ActionRefused when this approve/deny cannot count for this approval."""
+def check_answer(state: ApprovalState, action: ApprovalAction, *, now: datetime) -> None:
+    """Raise ActionRefused when this approve/deny, signed by the desk (see `not_from_desk`), cannot count for this
+    approval."""
     request = state.request
     if state.status != "pending":
         raise ActionRefused(f"call {request.call_id} has already been decided ({state.status})")
@@ -257,9 +257,6 @@ def check_answer(state: ApprovalState, answer: Answer, action: ApprovalAction, *
             f"digest {action.digest[:12]}... is not the digest of call {request.call_id} "
             f"({request.digest[:12]}...): approve exactly the call you reviewed"
         )
-    unsigned = not_from_desk(state, answer, action, desk)
-    if unsigned:
-        raise ActionRefused(unsigned)
     refusal = who_may_not_answer(state.approvers, request.requester, request.panel.self_approval,
                                  [v.approver for v in state.votes], action.approver, request.call_id)
     if refusal:

@@ -132,18 +132,18 @@ class ApprovalWorkflow:
             await self._report_unsigned(answer, action, unsigned)
             raise ApplicationError(unsigned, type="ActionRefused", non_retryable=True)
         # Re-checked here: the expiry may have fired in the same workflow task, after the validator ran.
-        self._check(answer, action)
+        self._check(action)
         self._state = with_answer(self._state, answer, action, workflow.now())
         return self._state
 
     def _validate(self, answer: Answer, action: ApprovalAction) -> None:
         if not_from_desk(self._state, answer, action, self._desk):
             return  # into the handler, which reports it and refuses it
-        self._check(answer, action)
+        self._check(action)
 
-    def _check(self, answer: Answer, action: ApprovalAction) -> None:
+    def _check(self, action: ApprovalAction) -> None:
         try:
-            check_answer(self._state, answer, action, now=workflow.now(), desk=self._desk)
+            check_answer(self._state, action, now=workflow.now())
         except ActionRefused as exc:
             raise ApplicationError(str(exc), type="ActionRefused", non_retryable=True) from None
 
