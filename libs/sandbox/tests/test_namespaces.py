@@ -9,11 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
 import pytest
 
+import caduceus_sandbox
 from caduceus_sandbox import SandboxPolicy
 from caduceus_sandbox.bwrap import namespace_args
 
@@ -58,7 +60,7 @@ def test_a_root_broker_gets_network_and_pid_namespaces() -> None:
 
 # Run by the unprivileged user: a whole sandbox as the broker builds it (launcher, limits, mounts), around a probe.
 WORKER = """
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 from caduceus_sandbox import BwrapBackend, SandboxPlan, SandboxPolicy, python_runtime
 
@@ -79,36 +81,50 @@ for path in ("/usr/evil", "/tmp/../etc/evil", "/evil"):
 print(json.dumps(seen))
 '''
 backend = BwrapBackend()
-plan = SandboxPlan(role="executor", policy=SandboxPolicy(), command=(sys.executable, "-c", probe), env={},
-                   home=home, run_dir=run, workspace=workspace, runtime=python_runtime(("caduceus_sandbox",)))
+# Packages found through PYTHONPATH (see _interpreter_for) are mounted and found the same way inside.
+extra = [Path(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+plan = SandboxPlan(role="executor", policy=SandboxPolicy(), command=(sys.executable, "-c", probe),
+                   env={"PYTHONPATH": os.pathsep.join(map(str, extra))} if extra else {}, home=home, run_dir=run,
+                   workspace=workspace, runtime=python_runtime(("caduceus_sandbox",)) + tuple(extra))
 ran = subprocess.run(backend.command(plan), capture_output=True, text=True, timeout=60)
 print(json.dumps({"privileged": backend.privileged, "returncode": ran.returncode, "stdout": ran.stdout,
                   "stderr": ran.stderr[-2000:]}))
 """
 
 
-def _unprivileged_python_works(user: int) -> bool:
-    """Whether `user` can run this interpreter where it really is and import the sandbox package (not when it
-    lives under /root, as pyenv puts it)."""
+def _interpreter_for(user: int) -> tuple[str, str] | None:
+    """(interpreter, PYTHONPATH) that `user` can run with this environment's packages, or None.
+
+    This interpreter when the user can reach it; else (pyenv's lives under /root, closed to other users) the
+    system's python3 of the same version, with this environment's packages on PYTHONPATH.
+    """
     as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
-    reachable = subprocess.run([*as_user, "test", "-x", os.path.realpath(sys.executable)], cwd="/", timeout=30)
-    imports = subprocess.run([*as_user, sys.executable, "-c", "import caduceus_sandbox"], capture_output=True,
-                             cwd="/", timeout=30)
-    return reachable.returncode == 0 and imports.returncode == 0
+    packages = os.pathsep.join([sysconfig.get_paths()["purelib"], str(Path(caduceus_sandbox.__file__).parents[1])])
+    same_version = f"import sys, caduceus_sandbox; assert sys.version_info[:2] == {tuple(sys.version_info[:2])}"
+    for python, path in ((sys.executable, ""), ("/usr/bin/python3", packages)):
+        reachable = subprocess.run([*as_user, "test", "-x", os.path.realpath(python)], cwd="/", timeout=30)
+        runs = subprocess.run([*as_user, python, "-c", same_version], capture_output=True, cwd="/", timeout=30,
+                              env={"PYTHONPATH": path} if path else {})
+        if reachable.returncode == 0 and runs.returncode == 0:
+            return python, path
+    return None
 
 
 def test_an_unprivileged_broker_runs_a_worker_in_a_whole_sandbox() -> None:
     user = 65534
     if os.geteuid() != 0:
         pytest.skip("needs root to become the unprivileged user")
-    if not _unprivileged_python_works(user):
-        pytest.skip(f"{sys.executable} cannot be run by uid {user} here (an interpreter under /root, say)")
+    interpreter = _interpreter_for(user)
+    if interpreter is None:
+        pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {user} can run here")
+    python, path = interpreter
     base = Path(tempfile.mkdtemp(prefix="caduceus-unprivileged-"))
     try:
         os.chown(base, user, user)
-        ran = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", sys.executable, "-c",
-                              WORKER, str(base)], capture_output=True, text=True, cwd="/", timeout=120,
-                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base)})
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), **({"PYTHONPATH": path} if path
+                                                                                     else {})}
+        ran = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", python, "-c", WORKER,
+                              str(base)], capture_output=True, text=True, cwd="/", timeout=120, env=env)
         assert ran.returncode == 0, ran.stderr
         outcome = json.loads(ran.stdout.strip().splitlines()[-1])
         assert outcome["privileged"] is False
