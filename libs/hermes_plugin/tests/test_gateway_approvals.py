@@ -26,6 +26,7 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
+from caduceus_embedded.testing import until_routed
 from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,6 +67,7 @@ async def gateway_with_policy(nats_url: str, *, opens_approval_for_s: float | No
                                    ApprovalRequested(tenant="acme", call_id=request.call_id, approval=view))
 
     await stand_in.subscribe(subjects.tool_requested("acme"), decide)
+    await until_routed(stand_in.nc, conn.nc)  # the gateway's first request must not come before the stand-in
     return gateway, [conn, stand_in]
 
 

@@ -42,10 +42,7 @@ class EventConnection:
                               timeout=self.settings.publish_timeout_s)
 
     async def subscribe(self, subject: str, handler: RawHandler, queue: str = "") -> Subscription:
-        """Subscribe, and return once the server has the subscription: what is published after this reaches it."""
-        subscription = await self.nc.subscribe(subject, queue=queue, cb=handler)
-        await self.nc.flush()
-        return subscription
+        return await self.nc.subscribe(subject, queue=queue, cb=handler)
 
     async def close(self) -> None:
         if not self.nc.is_closed:
