@@ -72,8 +72,8 @@ def up(
     except KeyboardInterrupt:
         err.print("interrupted while starting; stopped")
         raise typer.Exit(130) from None
-    _show(stack)
     try:
+        _show(stack)  # a Ctrl-C from here on, even while this prints, stops the stack
         threading.Event().wait()
     except KeyboardInterrupt:
         pass

@@ -202,7 +202,8 @@ class EmbeddedStack:
     def stop(self) -> None:
         """Stop services (SIGTERM, then SIGKILL after the grace period), then Temporal and nats (SIGINT)."""
         self._stopping.set()
-        if self._watcher is not None and self._watcher is not threading.current_thread():
+        # Not started yet when an interrupt came while starting it: nothing to join.
+        if self._watcher is not None and self._watcher.is_alive() and self._watcher is not threading.current_thread():
             self._watcher.join()
         self._watcher = None
         clear_stack_info(self.layout.root)
