@@ -132,8 +132,11 @@ async def test_identity_cannot_publish_a_decision_but_policy_and_approval_can(co
         decider = await connect(role)
         await decider.nc.publish(subjects.tool_decided("acme"), role.encode())
         assert await decider.violations() == []
-    await asyncio.sleep(0.2)
-    assert sorted(data for s, data in spy.seen if s == subjects.tool_decided("acme")) == [b"approval", b"policy"]
+    decided = lambda: sorted(data for s, data in spy.seen if s == subjects.tool_decided("acme"))  # noqa: E731
+    async with asyncio.timeout(5):
+        while len(decided()) < 2:
+            await asyncio.sleep(0.01)
+    assert decided() == [b"approval", b"policy"]  # identity's forgery was refused before these were sent
 
 
 def test_only_policy_and_approval_may_publish_decisions_in_the_shipped_file() -> None:
@@ -165,10 +168,23 @@ async def test_a_worker_cannot_subscribe_to_another_tenant_or_workspace(connect)
                     subjects.tool_decided("globex"), "cad.v1.>", "_INBOX.>", "_INBOX.policy.>"):
         await planner.nc.subscribe(subject, cb=on)
     assert len(await planner.violations()) == 6
+    own: asyncio.Queue = asyncio.Queue()
+
+    async def on_own(msg) -> None:
+        await own.put(msg.data)
+
+    await planner.nc.subscribe(subjects.turn_assigned("acme", "default"), cb=on_own)
+    async with asyncio.timeout(5):  # the planner's own subscription is routed once one of these arrives
+        while own.empty():
+            await broker.nc.publish(subjects.turn_assigned("acme", "default"), b"ready")
+            await asyncio.sleep(0.01)
     await broker.nc.publish(subjects.turn_assigned("globex", "default"), b"{}")
     await broker.nc.publish(subjects.turn_assigned("acme", "research"), b"{}")
-    await broker.nc.flush()
-    await asyncio.sleep(0.3)
+    # Sent last on the same connection: once it arrives, anything the planner could get of the two has arrived.
+    await broker.nc.publish(subjects.turn_assigned("acme", "default"), b"last")
+    async with asyncio.timeout(5):
+        while await own.get() != b"last":
+            pass
     assert received == []
 
 

@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from faststream.nats import NatsMessage
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from caduceus_bus import (
-    EventPublisher,
-    ensure_event_stream,
-    extract_context,
-    make_broker,
-)
+from caduceus_bus import BusService, EventConnection, Route, RouteTable, extract_context
 from caduceus_contracts import ChatMessageIn, ChatReply, subjects
+from caduceus_embedded.testing import until_routed
 
 WAIT_S = 5.0
 
@@ -53,19 +48,18 @@ async def test_traceparent_reaches_a_plain_subscriber(connection, tenant, tracer
     assert restored.trace_id == span.get_span_context().trace_id
 
 
-async def test_trace_continues_through_a_faststream_service(settings, connection, tenant, tracer):
-    broker = make_broker(settings, "echo")
-    publisher = EventPublisher(broker, settings, "echo")
-    seen_headers: asyncio.Queue = asyncio.Queue()
+async def echo(connection: EventConnection, event: ChatMessageIn) -> None:
+    await connection.publish(subjects.chat_reply(event.tenant, event.session_id),
+                             ChatReply(tenant=event.tenant, message_id=event.message_id, session_id=event.session_id,
+                                       text="hello back"))
 
-    @broker.subscriber(subjects.chat_in(tenant), queue="echo")
-    async def answer(msg: NatsMessage) -> None:
-        await seen_headers.put(dict(msg.headers))
-        event = await publisher.receive(msg.raw_message.subject, msg.body, ChatMessageIn)
-        if event is not None:
-            await publisher.publish(subjects.chat_reply(tenant, event.session_id),
-                                    ChatReply(tenant=tenant, message_id=event.message_id, session_id=event.session_id,
-                                              text="hello back"))
+
+async def test_trace_continues_through_a_routed_service(settings, connection, tenant, tracer):
+    class Echo(BusService):
+        table = RouteTable("echo", (Route(subjects.chat_in(tenant), ChatMessageIn, echo, queue="echo"),))
+
+        async def prepare(self, conn: EventConnection) -> EventConnection:
+            return conn
 
     replies: asyncio.Queue = asyncio.Queue()
 
@@ -73,16 +67,16 @@ async def test_trace_continues_through_a_faststream_service(settings, connection
         await replies.put(msg)
 
     await connection.subscribe(subjects.chat_reply(tenant, "s-1"), on_reply)
-    await broker.start()
+    service = Echo(settings)
+    await service.start()
     try:
-        await ensure_event_stream(broker, settings)
+        assert service.connection is not None
+        await until_routed(service.connection.nc, connection.nc)
         with tracer.start_as_current_span("chat turn") as span:
             await connection.publish(subjects.chat_in(tenant), ChatMessageIn(tenant=tenant, session_id="s-1",
                                                                               token="tok", text="hi"))
         expected = format(span.get_span_context().trace_id, "032x")
-        headers = await asyncio.wait_for(seen_headers.get(), WAIT_S)
-        assert trace_id_of(headers["traceparent"]) == expected
         reply = await asyncio.wait_for(replies.get(), WAIT_S)
         assert trace_id_of(reply.headers["traceparent"]) == expected
     finally:
-        await broker.stop()
+        await service.stop()

@@ -30,7 +30,7 @@ from caduceus_contracts import (
     utcnow,
 )
 from caduceus_policy.adapters.packs import LIVE, SHADOW, PackStore
-from caduceus_policy.app import PolicyService, build, start, stop
+from caduceus_policy.app import PolicyService, build
 from caduceus_policy.domain import Verdict
 from caduceus_policy.facts import RequestFacts
 from caduceus_policy.handlers import DecisionService
@@ -84,11 +84,11 @@ async def replicas(nats_server: Any, state: Path) -> AsyncIterator[list[PolicySe
         settings = PolicySettings(nats_url=nats_server.url, state_dir=state, packs_bucket="replica_packs",
                                   limits_bucket="replica_limits", usage_consumer="replica-usage")
         service = build(settings)
-        await start(service)
+        await service.start()
         services.append(service)
     yield services
     for service in services:
-        await stop(service)
+        await service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_policy.app import HEALTH_SUBJECT, PolicyService, build, start, stop
+from caduceus_policy.app import HEALTH_SUBJECT, PolicyService, build
 from caduceus_policy.settings import PolicySettings
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[3] / "libs/embedded/src/caduceus_embedded/defaults/policy.yaml"
@@ -112,9 +112,9 @@ async def policy_service(nats_server: Any, keys_dir: Path,
                               packs_bucket="policy_service_packs", limits_bucket="policy_service_limits",
                               usage_consumer="policy-service-usage")
     service = build(settings)
-    await start(service)
+    await service.start()
     yield service
-    await stop(service)
+    await service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +276,7 @@ async def test_a_request_being_decided_when_the_service_stops_is_still_answered(
     settings = PolicySettings(nats_url=fresh_nats.url, state_dir=tmp_path, keys_dir=keys, decide_timeout_ms=5000,
                               packs_from_bus=False)
     service = build(settings, engine=SlowEngine())
-    await start(service)
+    await service.start()
     conn = await EventConnection.connect(BusSettings(nats_url=fresh_nats.url), "policy-stop-test")
     client = PolicyClient(conn)
     await conn.subscribe(subjects.TOOL_DECIDED_ALL, client.on_decided)
@@ -286,7 +286,7 @@ async def test_a_request_being_decided_when_the_service_stops_is_still_answered(
         async with asyncio.timeout(5):
             while not service.deciding:
                 await asyncio.sleep(0.01)
-        await stop(service)
+        await service.stop()
         assert not service.deciding
         decision = (await decided).decision.decision
         assert (decision.verdict, decision.reason) == ("allow", "too late")

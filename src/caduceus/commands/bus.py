@@ -1,4 +1,7 @@
-"""`caduceus bus authority --out DIR`: the locked-down bus for a deployment, from the one permission file.
+"""`caduceus bus permissions` and `caduceus bus authority --out DIR`: the locked-down bus, from the code.
+
+`permissions` renders what every service and worker may publish and subscribe to, derived from their route
+tables (infra/nats/permissions.yaml is its committed output). `authority` turns it into credentials.
 
 The embedded stack writes the same files into its state dir at every start; a deployment (docker-compose,
 Kubernetes) runs this once, mounts the directory, and points nats-server and each service at it.
@@ -13,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from caduceus_bus import BusAuthority, CredentialError, PermissionsError, load_permissions
+from caduceus.bus_roles import permission_file
+from caduceus_bus import BusAuthority, CredentialError, PermissionsError, load_permissions, render_permissions
 from caduceus_bus.authority import WORKER_SIGNING_FILE
 
 out = Console(soft_wrap=True, highlight=False)
@@ -26,8 +30,8 @@ bus_app = typer.Typer(help="The bus's authorization: who may publish and subscri
 def authority(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the keys and credentials (made mode 0700; "
                                                         "existing keys are kept, so credentials stay valid).")],
-    permissions: Annotated[Path | None, typer.Option(help="The permission file (default: the shipped "
-                                                          "infra/nats/permissions.yaml).")] = None,
+    permissions: Annotated[Path | None, typer.Option(help="A permission file to use instead of the one the code "
+                                                          "implies (`caduceus bus permissions`).")] = None,
 ) -> None:
     """Write nats-server's authorization and one credential per service from the permission file.
 
@@ -37,7 +41,7 @@ def authority(
     editing the permission file, then reload nats-server and restart the services.
     """
     try:
-        rules = load_permissions(permissions)
+        rules = load_permissions(permissions) if permissions else permission_file()
         bus = BusAuthority(out_dir, rules)
         config = bus.write_all()
     except (PermissionsError, CredentialError) as exc:
@@ -51,6 +55,43 @@ def authority(
         out.print(f"  {role:<9} {escape(str(out_dir / f'{role}.creds'))}")
     out.print(f"  broker's worker signing keys: {escape(str(out_dir / WORKER_SIGNING_FILE))}")
     out.print("Keep the directory private: each .creds file is a service's identity on the bus.")
+
+
+@bus_app.command("permissions")
+def permissions_command(
+    write: Annotated[list[Path] | None, typer.Option("--write", help="Write the file here (repeatable), e.g. "
+                                                     "infra/nats/permissions.yaml.")] = None,
+    check: Annotated[list[Path] | None, typer.Option("--check", help="Exit 1 if this file (repeatable) differs "
+                                                     "from what the code implies.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the roles as JSON instead of YAML.")] = False,
+) -> None:
+    """Print who may publish and subscribe to what, as the route tables of every service and worker imply.
+
+    Every subscription, pull consumer and published subject of a service is declared in its route table
+    (`ROUTES` in its handlers module); this renders them as the bus's permission file. With --check it
+    compares instead (for CI: exit 1 and the differing roles when a file is stale); with --write it updates.
+    """
+    rules = permission_file()
+    text = render_permissions(rules)
+    if check:
+        stale = [path for path in check if not path.exists() or path.read_text(encoding="utf-8") != text]
+        for path in stale:
+            err.print(f"{escape(str(path))} differs from the code: run `caduceus bus permissions --write "
+                      f"{escape(str(path))}`")
+        raise typer.Exit(1 if stale else 0)
+    for path in write or []:
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            err.print(f"[red]error:[/red] cannot write {escape(str(path))}: {escape(exc.strerror or str(exc))}")
+            raise typer.Exit(2) from None
+        err.print(f"wrote {escape(str(path))}")
+    if write:
+        return
+    if as_json:
+        print(rules.model_dump_json(indent=2))
+    else:
+        print(text, end="")
 
 
 def register(app: typer.Typer) -> None:

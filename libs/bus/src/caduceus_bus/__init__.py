@@ -1,11 +1,6 @@
-"""NATS/JetStream helpers shared by every Caduceus process: brokers, the event stream, publishing, tracing."""
+"""What every Caduceus process shares on the bus: route tables and their runner, publishing, streams, tracing,
+and the bus's authorization."""
 
-from caduceus_bus.app import (
-    EVENT_SUBSCRIBER,
-    ensure_event_stream,
-    make_broker,
-    raw_body,
-)
 from caduceus_bus.authority import (
     BusAuthority,
     CredentialError,
@@ -13,18 +8,40 @@ from caduceus_bus.authority import (
     WorkerCredentialIssuer,
 )
 from caduceus_bus.connect import CredentialsUnreadable, auth_options, take_credentials
-from caduceus_bus.connection import EventConnection
-from caduceus_bus.events import EventPublisher, event_headers, excerpt
+from caduceus_bus.connection import EventConnection, Publisher, event_headers, excerpt
 from caduceus_bus.lifecycle import stop_event
-from caduceus_bus.permissions import PermissionFile, PermissionsError, load_permissions
+from caduceus_bus.permissions import (
+    Grant,
+    PermissionFile,
+    PermissionsError,
+    Role,
+    load_permissions,
+    permissions_from_tables,
+    render_permissions,
+)
+from caduceus_bus.router import Delivery, Router
+from caduceus_bus.routes import (
+    CORE,
+    Core,
+    Pull,
+    Route,
+    RouteTable,
+    kv_bucket_subjects,
+    pull_consumer_subjects,
+    worker_health_subject,
+)
+from caduceus_bus.runner import ConfigurationError, main_of, serve
+from caduceus_bus.service import BusService
 from caduceus_bus.settings import BusSettings, default_state_dir, with_state_paths
 from caduceus_bus.streams import ensure_stream, stream_config
 from caduceus_bus.tracing import extract_context, inject_headers
 
 __all__ = [
-    "EVENT_SUBSCRIBER", "BusAuthority", "BusSettings", "CredentialError", "CredentialsUnreadable", "EventConnection",
-    "EventPublisher", "PermissionFile", "PermissionsError", "WorkerCredential", "WorkerCredentialIssuer",
-    "auth_options", "default_state_dir", "ensure_event_stream", "ensure_stream", "event_headers", "excerpt",
-    "extract_context", "inject_headers", "load_permissions", "make_broker", "raw_body", "stop_event", "stream_config",
-    "take_credentials", "with_state_paths",
+    "BusAuthority", "BusService", "BusSettings", "CORE", "ConfigurationError", "Core", "CredentialError",
+    "CredentialsUnreadable", "Delivery", "EventConnection", "Grant", "PermissionFile", "PermissionsError",
+    "Publisher", "Pull", "Role", "Route", "RouteTable", "Router", "WorkerCredential", "WorkerCredentialIssuer",
+    "auth_options", "default_state_dir", "ensure_stream", "event_headers", "excerpt", "extract_context",
+    "inject_headers", "kv_bucket_subjects", "load_permissions", "main_of", "permissions_from_tables",
+    "pull_consumer_subjects", "render_permissions", "serve", "stop_event", "stream_config", "take_credentials",
+    "with_state_paths", "worker_health_subject",
 ]

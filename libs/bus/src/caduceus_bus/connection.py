@@ -1,48 +1,99 @@
-"""A plain nats-py connection for processes that are not FastStream apps: workers, clients, tests."""
+"""The one way every Caduceus process talks to the bus: a NATS connection that publishes contract events.
+
+Publishing goes through JetStream with `Nats-Msg-Id` set to the event id, so a retried publish is stored
+once, in a producer span of the current trace. A message a process cannot accept becomes an audited error
+event (`refuse`), never a silent drop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import trace
 
 from caduceus_bus.connect import auth_options
-from caduceus_bus.events import event_headers
 from caduceus_bus.settings import BusSettings
 from caduceus_bus.streams import ensure_stream
-from caduceus_contracts import Event
+from caduceus_bus.tracing import inject_headers
+from caduceus_contracts import ErrorEvent, Event, subjects
 
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("caduceus.bus")
 RawHandler = Callable[[Msg], Awaitable[None]]
 
 
-class EventConnection:
-    """Publishes contract events through JetStream and subscribes to subjects."""
+def event_headers(event: Event, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    headers = {"Nats-Msg-Id": event.event_id, "Cad-Kind": event.kind}
+    if extra:
+        headers.update(extra)
+    return inject_headers(headers)
 
-    def __init__(self, nc: Client, settings: BusSettings) -> None:
+
+def excerpt(body: bytes, limit: int = 256) -> str:
+    """A short, printable excerpt of a refused body (never the whole thing: it may hold secrets)."""
+    return body[:limit].decode("utf-8", "replace")
+
+
+class Publisher(Protocol):
+    """What handlers publish with: an EventConnection, or a BusService (which publishes on its connection)."""
+
+    async def publish(self, subject: str, event: Event) -> None: ...
+
+    async def refuse(self, subject: str, body: bytes, reason: str) -> None: ...
+
+
+class EventConnection:
+    """A process's connection: publishes contract events through JetStream, refuses bad input, subscribes.
+
+    `role` names the process in the error events it publishes (`cad.v1.error.<tenant>.<role>`).
+    """
+
+    def __init__(self, nc: Client, settings: BusSettings, role: str = "client") -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=settings.publish_timeout_s)
         self.settings = settings
+        self.role = role
 
     @classmethod
-    async def connect(cls, settings: BusSettings, name: str, *, connect_timeout: float = 5.0) -> "EventConnection":
+    async def connect(cls, settings: BusSettings, name: str, *, role: str = "client",
+                      connect_timeout: float = 5.0) -> "EventConnection":
         options: dict = {"name": name, "connect_timeout": connect_timeout, "max_reconnect_attempts": -1,
                          "allow_reconnect": True}
         options.update(auth_options(settings))
         nc = await nats.connect(settings.nats_url, **options)
-        return cls(nc, settings)
+        return cls(nc, settings, role)
 
     async def ensure_stream(self) -> None:
         await ensure_stream(self.js, self.settings.stream_name)
 
     async def publish(self, subject: str, event: Event) -> None:
-        await self.js.publish(subject, event.model_dump_json().encode(), headers=event_headers(event),
-                              timeout=self.settings.publish_timeout_s)
+        """Publish to JetStream and wait for the stream to store it, in a producer span of the current trace."""
+        with tracer.start_as_current_span(f"{subject} publish", kind=trace.SpanKind.PRODUCER,
+                                          attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                                                      "messaging.operation.type": "publish",
+                                                      "messaging.message.id": event.event_id}):
+            await self.js.publish(subject, event.model_dump_json().encode(), headers=event_headers(event),
+                                  stream=self.settings.stream_name, timeout=self.settings.publish_timeout_s)
+
+    async def refuse(self, subject: str, body: bytes, reason: str) -> None:
+        """Publish the error event for a message this process cannot accept (audited like any event)."""
+        tenant = subjects.tenant_of(subject) or subjects.SYSTEM_TENANT
+        error = ErrorEvent(tenant=tenant, service=self.role, subject=subject[:512], reason=reason[:1000],
+                           excerpt=excerpt(body))
+        log.warning("%s refused a message on %s: %s", self.role, subject, reason)
+        await self.publish(subjects.error(tenant, self.role), error)
 
     async def subscribe(self, subject: str, handler: RawHandler, queue: str = "") -> Subscription:
-        return await self.nc.subscribe(subject, queue=queue, cb=handler)
+        """A raw subscription, in place on the server when this returns (for clients and tests)."""
+        subscription = await self.nc.subscribe(subject, queue=queue, cb=handler)
+        await self.nc.flush()
+        return subscription
 
     async def close(self) -> None:
         if not self.nc.is_closed:

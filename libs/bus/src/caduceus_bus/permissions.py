@@ -8,12 +8,14 @@ reach only its own tenant's subjects.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from caduceus_bus.routes import RouteTable
 from caduceus_contracts import subjects
 
 WORKER_PARAMETERS = ("tenant", "workspace")
@@ -154,6 +156,70 @@ def covers(pattern: str, subject: str) -> bool:
         if token == "*" and given[index] == ">":
             return False
     return len(given) == len(wanted)
+
+
+GENERATED_HEADER = """\
+# Who may publish and subscribe to what on the Caduceus bus. GENERATED from the code: do not edit.
+#
+# Each service and worker role is derived from its route table (the `ROUTES` of its handlers module: what it
+# subscribes to, the pull consumers it reads, what it publishes); the CLI's roles and the shared grants are
+# declared in src/caduceus/bus_roles.py. Regenerate with `caduceus bus permissions --write`; a test fails
+# when this file and the code disagree.
+#
+# The embedded stack (`caduceus up`) and `caduceus bus authority` turn it into nats-server's decentralized
+# authorization (an operator, a CADUCEUS account and a signed credential per role). A connection without a
+# credential is refused.
+#
+# services:  one credential per service (and for the CLI: `client`, `operator`), issued at start.
+# workers:   one credential per worker process, minted by the broker when it starts the worker. Its
+#            subjects are templates: {tenant} and {workspace} are filled from the worker's credential,
+#            so a worker can only ever reach its own tenant's (and workspace's) subjects.
+# uses:      named sets from `grants` a role also gets.
+#
+# Every role may also subscribe to its own inbox, `_INBOX.<role>.>` (a worker's is
+# `_INBOX.<role>.<tenant>.<workspace>.>`), and answer a request it received (one reply).
+"""
+
+
+def permissions_from_tables(tables: Iterable[RouteTable], *, stream: str, grants: Mapping[str, Grant],
+                            clients: Mapping[str, Role]) -> PermissionFile:
+    """The permission file the route tables imply (tables of one role, e.g. the planner and its gateway, merge),
+    plus roles that have no route table (the CLI's) and the shared grants they use."""
+    publish: dict[tuple[str, bool], list[str]] = {}
+    subscribe: dict[tuple[str, bool], list[str]] = {}
+    uses: dict[tuple[str, bool], list[str]] = {}
+    for table in tables:
+        key = (table.role, table.worker)
+        pub, sub = table.permission_grant(stream)
+        publish.setdefault(key, []).extend(pub)
+        subscribe.setdefault(key, []).extend(sub)
+        uses.setdefault(key, []).extend(table.grants)
+    roles = {key: Role(publish=tuple(dict.fromkeys(publish[key])), subscribe=tuple(dict.fromkeys(subscribe[key])),
+                       uses=tuple(dict.fromkeys(uses[key]))) for key in publish}
+    services = {role: grant for (role, worker), grant in roles.items() if not worker}
+    workers = {role: grant for (role, worker), grant in roles.items() if worker}
+    return PermissionFile(stream=stream, grants=dict(grants), services={**services, **clients}, workers=workers)
+
+
+def render_permissions(permissions: PermissionFile) -> str:
+    """The permission file as YAML, in a stable order, with the header saying where it comes from."""
+    def role(grant: Grant | Role) -> dict:
+        body: dict = {}
+        if isinstance(grant, Role) and grant.uses:
+            body["uses"] = list(grant.uses)
+        if grant.publish:
+            body["publish"] = list(grant.publish)
+        if grant.subscribe:
+            body["subscribe"] = list(grant.subscribe)
+        return body
+
+    document = {
+        "stream": permissions.stream,
+        "grants": {name: role(grant) for name, grant in permissions.grants.items()},
+        "services": {name: role(grant) for name, grant in permissions.services.items()},
+        "workers": {name: role(grant) for name, grant in permissions.workers.items()},
+    }
+    return GENERATED_HEADER + yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=120)
 
 
 def shipped_permissions_path() -> Path:

@@ -1,6 +1,7 @@
 """The Caduceus plugin for Hermes Agent: every tool call goes to the bus and is decided before it runs."""
 
 from caduceus_hermes_plugin.gateway import (
+    GATEWAY_ROUTES,
     GatewayTimeouts,
     ToolGateway,
     connect_gateway,
@@ -11,6 +12,6 @@ from caduceus_hermes_plugin.outcome import CallOutcome
 from caduceus_hermes_plugin.tools import AGENT_LOOP_TOOLS, runs_in_planner
 
 __all__ = [
-    "AGENT_LOOP_TOOLS", "CallOutcome", "GatewayTimeouts", "ToolGateway", "connect_gateway", "current_gateway",
+    "AGENT_LOOP_TOOLS", "GATEWAY_ROUTES", "CallOutcome", "GatewayTimeouts", "ToolGateway", "connect_gateway", "current_gateway",
     "install_gateway", "runs_in_planner",
 ]

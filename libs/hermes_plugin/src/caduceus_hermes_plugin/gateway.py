@@ -14,15 +14,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from caduceus_bus import BusSettings, EventConnection
+from caduceus_bus import BusSettings, EventConnection, Route, Router, RouteTable
 from caduceus_contracts import (
     ApprovalRequested,
     CanonicalizationError,
-    ContractError,
     Keyring,
     SignatureError,
     SignedGrant,
@@ -30,7 +28,6 @@ from caduceus_contracts import (
     ToolCallDecided,
     ToolCallRequested,
     call_digest,
-    parse_event,
     subjects,
     utcnow,
 )
@@ -72,13 +69,19 @@ class ToolGateway:
         self._grants: dict[str, SignedGrant] = {}
         self._traces: dict[str, otel_context.Context] = {}
         self._pending: dict[str, _PendingCall] = {}
+        self._router: Router | None = None
 
     # --- lifecycle (on the gateway's loop) ---
 
     async def start(self) -> None:
-        await self.conn.subscribe(subjects.tool_decided(self.tenant), self._on_decided)
-        await self.conn.subscribe(subjects.approval("requested", self.tenant), self._on_approval_requested)
-        await self.conn.subscribe(subjects.tool_completed(self.tenant, self.workspace), self._on_completed)
+        """Follow this tenant/workspace's decisions, approvals and outcomes (GATEWAY_ROUTES)."""
+        self._router = Router(GATEWAY_ROUTES.bound(tenant=self.tenant, workspace=self.workspace), self, self.conn)
+        await self._router.start()
+
+    async def stop(self) -> None:
+        if self._router is not None:
+            await self._router.stop()
+            self._router = None
 
     def bind_session(self, session_id: str, grant: SignedGrant, trace_context: otel_context.Context | None = None) -> None:
         """The grant every call of this session carries (Hermes's hooks know no user), and the turn's trace."""
@@ -193,12 +196,8 @@ class ToolGateway:
             return "no approval decision arrived before the approval expired; denied (fail closed)"
         return f"policy did not decide within {self.timeouts.decision_s:g} s; denied (fail closed)"
 
-    async def _on_approval_requested(self, msg: Msg) -> None:
+    async def on_approval_requested(self, event: ApprovalRequested) -> None:
         """The approval service opened the call's approval: wait for its decision until it expires."""
-        try:
-            event = parse_event(msg.data, expect=ApprovalRequested, subject=msg.subject)
-        except ContractError:
-            return
         pending = self._pending.get(event.call_id)
         if pending is None or pending.decided.done() or event.approval.digest != pending.request.digest:
             return
@@ -216,11 +215,7 @@ class ToolGateway:
         except Exception:
             log.exception("could not publish the outcome of %s", request.call_id)
 
-    async def _on_decided(self, msg: Msg) -> None:
-        try:
-            event = parse_event(msg.data, expect=ToolCallDecided, subject=msg.subject)
-        except ContractError:
-            return  # the deciding services and audit report malformed events; the planner only listens
+    async def on_decided(self, event: ToolCallDecided) -> None:
         pending = self._pending.get(event.call_id)
         if pending is None or pending.decided.done():
             return
@@ -242,11 +237,7 @@ class ToolGateway:
             return
         pending.decided.set_result(decision)
 
-    async def _on_completed(self, msg: Msg) -> None:
-        try:
-            event = parse_event(msg.data, expect=ToolCallCompleted, subject=msg.subject)
-        except ContractError:
-            return
+    async def on_completed(self, event: ToolCallCompleted) -> None:
         pending = self._pending.get(event.call_id)
         if pending is not None and not pending.completed.done():
             pending.completed.set_result(event)
@@ -259,6 +250,23 @@ class ToolGateway:
 class _Refusal:
     reason: str
     verdict: str = "deny"
+
+
+# What the planner's gateway follows. Malformed events are reported by the services that own them (and kept
+# by the audit trail); the planner only listens. Part of the planner role's bus permissions.
+GATEWAY_ROUTES = RouteTable(
+    role="planner",
+    worker=True,
+    routes=(
+        Route("cad.v1.tool.decided.{tenant}", ToolCallDecided, ToolGateway.on_decided, malformed="ignore"),
+        # the approval service took up a call policy sent for approval: wait until it expires
+        Route("cad.v1.approval.requested.{tenant}", ApprovalRequested, ToolGateway.on_approval_requested,
+              malformed="ignore"),
+        Route("cad.v1.tool.completed.{tenant}.{workspace}", ToolCallCompleted, ToolGateway.on_completed,
+              malformed="ignore"),
+    ),
+    publishes=("cad.v1.tool.requested.{tenant}", "cad.v1.tool.completed.{tenant}.{workspace}"),
+)
 
 
 _gateway: ToolGateway | None = None

@@ -38,7 +38,7 @@ PUBLISH_OUTCOME = "publish_outcome"
 ANNOUNCE = "announce"
 REPORT_REFUSAL = "report_refusal"
 
-# EventPublisher.publish (FastStream) and EventConnection.publish (nats-py) both fit.
+# EventConnection.publish, or a BusService's publish (the same, once it is connected).
 Publish = Callable[[str, Event], Awaitable[None]]
 
 log = logging.getLogger(__name__)

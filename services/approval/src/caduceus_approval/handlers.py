@@ -23,12 +23,17 @@ from caduceus_approval.domain import (
     unreachable_quorum,
     unreachable_reason,
 )
-from caduceus_approval.inbox import Person
+from caduceus_approval.inbox import Inbox, Person
 from caduceus_approval.temporal_link import TemporalLink, TemporalUnavailable
-from caduceus_bus import EventPublisher
+from caduceus_bus import Delivery, Publisher, Route, RouteTable
 from caduceus_contracts import (
     ApprovalAnswered,
-    ContractError,
+    ApprovalEscalated,
+    ApprovalReminded,
+    ApprovalRequested,
+    ApprovalResolved,
+    ApprovalVoted,
+    Event,
     Keyring,
     SignatureError,
     SignedDecision,
@@ -37,7 +42,6 @@ from caduceus_contracts import (
     ToolCallRequested,
     TurnRequested,
     load_keyring,
-    parse_event,
     subjects,
     utcnow,
 )
@@ -76,37 +80,47 @@ class Approvals:
     request_wait_s: float
 
 
-async def on_tool_requested(subject: str, body: bytes, calls: RecentCalls) -> None:
+@dataclass(frozen=True)
+class ApprovalDeps:
+    """What the approval service's routes need."""
+
+    publisher: Publisher
+    approvals: Approvals
+    calls: RecentCalls
+    inbox: Inbox
+    desk: ApprovalDesk
+    directory: TenantDirectory
+    verifier: OidcVerifier | None
+
+
+async def remember_request(deps: ApprovalDeps, request: ToolCallRequested) -> None:
     """Remember a call request (only one whose grant verifies); policy and audit report bad ones."""
-    try:
-        request = parse_event(body, expect=ToolCallRequested, subject=subject)
-    except ContractError:
-        return
-    await calls.remember_request(request)
+    await deps.calls.remember_request(request)
 
 
-async def on_turn_requested(subject: str, body: bytes, calls: RecentCalls) -> None:
-    try:
-        turn = parse_event(body, expect=TurnRequested, subject=subject)
-    except ContractError:
-        return
-    calls.remember_turn(turn)
+async def remember_turn(deps: ApprovalDeps, turn: TurnRequested) -> None:
+    deps.calls.remember_turn(turn)
 
 
-async def on_tool_decided(subject: str, body: bytes, publisher: EventPublisher, approvals: Approvals) -> None:
+async def follow_approval(deps: ApprovalDeps, event: Event) -> None:
+    """Keep this replica's inbox current, whichever replica's worker runs the approval."""
+    if isinstance(event, _VIEW_EVENTS):
+        deps.inbox.apply(event.approval)
+
+
+async def open_approval(deps: ApprovalDeps, decided: ToolCallDecided, delivery: Delivery) -> None:
     """Open an approval for a verified `approve`; allow and deny decisions (ours included) pass by."""
-    decided = await publisher.receive(subject, body, ToolCallDecided)
-    if decided is None or decided.decision.decision.verdict != "approve":
+    if decided.decision.decision.verdict != "approve":
         return
+    approvals, publisher = deps.approvals, deps.publisher
     decision = decided.decision.decision
     try:
         approvals.keys.verify(decided.decision)
     except SignatureError as exc:
-        await publisher.refuse(subject, body, f"approve decision for call {decided.call_id} is not from policy: {exc}")
+        await delivery.refuse(f"approve decision for call {decided.call_id} is not from policy: {exc}")
         return
     if (decision.tenant, decision.workspace, decision.call_id) != (decided.tenant, decided.workspace, decided.call_id):
-        await publisher.refuse(subject, body, "the signed decision names another tenant, workspace or call "
-                                              "than the event carrying it")
+        await delivery.refuse("the signed decision names another tenant, workspace or call than the event carrying it")
         return
     request, denial = await _approval_for(decided, approvals)
     if request is not None:
@@ -156,11 +170,11 @@ async def _approval_for(decided: ToolCallDecided, approvals: Approvals) -> tuple
                        desk_key=approvals.desk_key), ""
 
 
-async def on_approval_answered(subject: str, body: bytes, publisher: EventPublisher, verifier: OidcVerifier,
-                               directory: TenantDirectory, desk: ApprovalDesk) -> None:
+async def answer_from_chat(deps: ApprovalDeps, answered: ApprovalAnswered, delivery: Delivery) -> None:
     """An answer from a chat integration: verify the person's token, then count it like any other."""
-    answered = await publisher.receive(subject, body, ApprovalAnswered)
-    if answered is None:
+    verifier, directory, desk = deps.verifier, deps.directory, deps.desk
+    if verifier is None:
+        await delivery.refuse("approval answers from chat need CADUCEUS_OIDC_ISSUER_URL to verify people")
         return
     try:
         identity = await verifier.verify(answered.token)
@@ -178,3 +192,25 @@ async def on_approval_answered(subject: str, body: bytes, publisher: EventPublis
                           comment=answered.comment, channel=answered.channel)
     except AnswerRefused:
         pass  # already audited as ApprovalRefused
+
+
+_VIEW_EVENTS = (ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved)
+
+# Every message the approval service handles. Every replica remembers every request and turn (the decision
+# may reach any of them) and follows every approval (whichever replica's worker runs it); each decision and
+# each answer goes to one replica.
+ROUTES = RouteTable(
+    role="approval",
+    routes=(
+        # several at once: opening one approval may wait a moment for its request to arrive
+        Route(subjects.TOOL_DECIDED_ALL, ToolCallDecided, open_approval, queue="approval", concurrency=16,
+              malformed="ignore"),  # the broker reports a malformed decision
+        # who asked, with which arguments, in which conversation: shown to approvers
+        Route(subjects.TOOL_REQUESTED_ALL, ToolCallRequested, remember_request, malformed="ignore"),
+        Route(subjects.TURN_REQUESTED_ALL, TurnRequested, remember_turn, malformed="ignore"),
+        Route(subjects.APPROVAL_ALL, None, follow_approval, malformed="ignore"),  # the audit trail keeps bad ones
+        Route(subjects.APPROVAL_ANSWERED_ALL, ApprovalAnswered, answer_from_chat, queue="approval", concurrency=8),
+    ),
+    publishes=(subjects.TOOL_DECIDED_ALL, subjects.APPROVAL_EVENTS, subjects.CHAT_NOTICE_ALL),
+    grants=("stream-setup",),
+)

@@ -7,7 +7,8 @@ from caduceus_audit.adapters.store import (
     StoreRefused,
     StoreUnavailable,
 )
+from caduceus_audit.handlers import ROUTES
 from caduceus_audit.recorded import RecordedCall, recorded_calls
 
-__all__ = ["AppendOutcome", "AuditRecord", "AuditStore", "RecordedCall", "StoreRefused", "StoreUnavailable",
+__all__ = ["ROUTES", "AppendOutcome", "AuditRecord", "AuditStore", "RecordedCall", "StoreRefused", "StoreUnavailable",
            "recorded_calls"]

@@ -29,8 +29,10 @@ from caduceus_audit.adapters.store import (
     StoreRefused,
     StoreUnavailable,
 )
-from caduceus_audit.adapters.stream import StreamMessage
+from caduceus_audit.adapters.stream import CONSUMER_NAME, StreamMessage
+from caduceus_audit.checkpointing import Checkpointer
 from caduceus_audit.domain.entries import AuditEntry, entry_for_message, rejected_entry
+from caduceus_bus import Delivery, Pull, Route, RouteTable
 from caduceus_contracts import (
     AuditCheckpointed,
     ContractError,
@@ -184,3 +186,42 @@ async def _still_working(msgs: Sequence[Msg]) -> None:
     for msg in msgs:
         with contextlib.suppress(Exception):
             await msg.in_progress()
+
+
+@dataclass
+class AuditIntake:
+    """What audit's route needs: the recorder, the checkpointer, and one lock so a checkpoint never signs a head
+    while a batch is being appended behind it."""
+
+    recorder: AuditRecorder
+    checkpointer: Checkpointer
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def checkpoint_due(self) -> None:
+        async with self.lock:
+            await self.checkpointer.tick()
+
+
+async def store_batch(intake: AuditIntake, batch: list[Delivery]) -> None:
+    """Store a batch of stream messages (malformed ones as rejected records), acknowledge it, checkpoint."""
+    async with intake.lock:
+        outcome = await intake.recorder.record([delivery.msg for delivery in batch if delivery.msg is not None])
+        intake.checkpointer.appended(outcome.heads)
+        if outcome.duplicates:
+            log.info("stored %d events, %d already stored (redelivered or re-published)", outcome.stored,
+                     outcome.duplicates)
+        await intake.checkpointer.tick()
+
+
+# Every `cad.v1` event, from the durable consumer `audit`, in stream order: stored, then acknowledged. A message
+# that does not parse is delivered too, and kept as a rejected record; stored messages are read back by
+# position when a previous run left some unacknowledged.
+ROUTES = RouteTable(
+    role="audit",
+    routes=(
+        Route(subjects.ALL, None, store_batch, delivery=Pull(CONSUMER_NAME, batch=500, reads_back=True),
+              malformed="deliver"),
+    ),
+    publishes=(subjects.AUDIT_EVENTS,),
+    grants=("stream-setup",),
+)

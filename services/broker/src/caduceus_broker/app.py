@@ -1,73 +1,41 @@
-"""Wiring: the broker's subscribers, in one table."""
+"""Wiring: the worker pool and the broker's handlers around the route table in handlers.py."""
 
 from __future__ import annotations
 
-from faststream.nats import NatsBroker, NatsMessage
-
-from caduceus_broker.handlers import BrokerHandlers
+from caduceus_broker.handlers import ROUTES, BrokerHandlers
 from caduceus_broker.settings import BrokerSettings, ModelSettings
-from caduceus_broker.workers import WorkerPool
-from caduceus_bus import (
-    EVENT_SUBSCRIBER,
-    BusSettings,
-    EventPublisher,
-    ensure_event_stream,
-    make_broker,
-)
-from caduceus_contracts import subjects
+from caduceus_broker.workers import Worker, WorkerPool
+from caduceus_bus import BusService, BusSettings, EventConnection
 
-SERVICE = "broker"
+SERVICE = ROUTES.role
 
 
-class BrokerApp:
-    """The broker service: `await start()`, then it serves until `await stop()`."""
+class BrokerApp(BusService):
+    """The broker service: starts workers for turns, dispatches decided calls, stops idle workers."""
+
+    table = ROUTES
 
     def __init__(self, settings: BrokerSettings, bus: BusSettings, model: ModelSettings) -> None:
+        super().__init__(bus)
         self.settings = settings
-        self.bus = bus
         self.model = model
-        self.broker: NatsBroker = make_broker(bus, SERVICE)
         self.handlers: BrokerHandlers | None = None
-        self._subscribe()
 
-    def _subscribe(self) -> None:
-        routes = {
-            subjects.TURN_REQUESTED_ALL: "on_turn_requested",
-            subjects.TOOL_REQUESTED_ALL: "on_tool_requested",
-            subjects.TOOL_DECIDED_ALL: "on_tool_decided",
-            subjects.TOOL_COMPLETED_ALL: "on_tool_completed",
-        }
-        for subject, name in routes.items():
-            self.broker.subscriber(subject, queue=SERVICE, max_workers=16, **EVENT_SUBSCRIBER)(self._route_to(name))
-        # Replies close the turns a worker has in flight; every broker instance tracks its own workers.
-        self.broker.subscriber(subjects.CHAT_REPLY_ALL, max_workers=16, **EVENT_SUBSCRIBER)(
-            self._route_to("on_chat_reply"))
+    async def prepare(self, connection: EventConnection) -> BrokerHandlers:
+        pool = WorkerPool(self.settings, self.bus, self.model, connection.nc, self._report_worker)
+        self.handlers = BrokerHandlers(connection, pool, self.settings.keys, self.settings.decision_timeout_s)
+        self.background(pool.watch(), "broker-worker-watch")
+        return self.handlers
 
-        @self.broker.subscriber(f"caduceus.health.{SERVICE}")
-        async def health(msg: NatsMessage) -> bytes:
-            return b"ok"
-
-    def _route_to(self, name: str):
-        # A closure, not a default argument: FastStream would fill any extra parameter from the message body.
-        async def subscriber(msg: NatsMessage) -> None:
-            await getattr(self.handlers, name)(msg.raw_message.subject, msg.body)
-
-        return subscriber
-
-    async def start(self) -> None:
-        await self.broker.connect()
-        await ensure_event_stream(self.broker, self.bus)
-        publisher = EventPublisher(self.broker, self.bus, SERVICE)
-        pool = WorkerPool(self.settings, self.bus, self.model, self.broker.config.connection_state.connection,
-                          self._report_worker)
-        self.handlers = BrokerHandlers(publisher, pool, self.settings.keys, self.settings.decision_timeout_s)
-        await self.broker.start()
-
-    async def _report_worker(self, *args) -> None:
+    async def _report_worker(self, worker: Worker, role: str, state: str, detail: str) -> None:
         assert self.handlers is not None
-        await self.handlers.report_worker(*args)
+        await self.handlers.report_worker(worker, role, state, detail)
 
-    async def stop(self) -> None:
+    async def cleanup(self) -> None:
         if self.handlers is not None:
             await self.handlers.pool.stop_all()
-        await self.broker.stop()
+
+
+def build() -> BrokerApp:
+    """The broker from the environment's settings."""
+    return BrokerApp(BrokerSettings(), BusSettings(), ModelSettings())

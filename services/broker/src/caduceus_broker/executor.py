@@ -13,28 +13,30 @@ import json
 import logging
 from pathlib import Path
 
-from nats.aio.msg import Msg
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from caduceus_broker.domain import DispatchRefused, check_dispatch
 from caduceus_broker.executor_secrets import ExecutorSecrets
 from caduceus_broker.ledger import DecisionLedger
-from caduceus_broker.runtime import answer_health, health_subject
 from caduceus_broker.settings import WorkerSettings
-from caduceus_bus import BusSettings, EventConnection, excerpt, extract_context, stop_event, take_credentials
+from caduceus_broker.worker_process import WorkerProcess, require_plugin
+from caduceus_bus import (
+    BusSettings,
+    CredentialsUnreadable,
+    EventConnection,
+    Route,
+    RouteTable,
+    main_of,
+    take_credentials,
+)
 from caduceus_contracts import (
-    ContractError,
-    ErrorEvent,
     ToolCallCompleted,
     ToolCallDispatched,
     load_keyring,
-    parse_event,
     subjects,
     utcnow,
 )
 from caduceus_hermes_plugin import gate
-from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("caduceus.executor")
 tracer = trace.get_tracer("caduceus.executor")
@@ -52,16 +54,9 @@ class Executor:
         # A call-scoped secret is a file any concurrent call could read: such calls run one at a time.
         self._slots = asyncio.Semaphore(1 if self.secrets.has_call_secrets else 8)
 
-    async def on_dispatched(self, msg: Msg) -> None:
-        try:
-            event = parse_event(msg.data, expect=ToolCallDispatched, subject=msg.subject)
-        except ContractError as exc:
-            await self._error(msg.subject, msg.data, str(exc))
-            return
-        asyncio.create_task(self._handle(event, extract_context(msg.headers)))
-
-    async def _handle(self, event: ToolCallDispatched, parent: otel_context.Context) -> None:
-        with tracer.start_as_current_span(f"execute_tool {event.tool}", context=parent,
+    async def on_dispatched(self, event: ToolCallDispatched) -> None:
+        """Verify the call's decision (and use it up), run the tool, report the outcome."""
+        with tracer.start_as_current_span(f"execute_tool {event.tool}",
                                           attributes={"gen_ai.tool.name": event.tool,
                                                       "gen_ai.tool.call.id": event.call_id}):
             try:
@@ -69,8 +64,8 @@ class Executor:
             except DispatchRefused as exc:
                 log.warning("refused %s (%s): %s", event.call_id, event.tool, exc)
                 await self._complete(event, "refused", reason=str(exc))
-                await self._error(subjects.tool_dispatched(event.tenant, event.workspace), b"", f"refused call "
-                                  f"{event.call_id}: {exc}")
+                await self.conn.refuse(subjects.tool_dispatched(event.tenant, event.workspace),
+                                       b"", f"refused call {event.call_id}: {exc}")
                 return
             async with self._slots:
                 status, result = await asyncio.to_thread(self._run, event)
@@ -103,33 +98,50 @@ class Executor:
                                       executed_by=self.settings.worker_id if status in ("ok", "error") else None)
         await self.conn.publish(subjects.tool_completed(self.settings.tenant, self.settings.workspace), completed)
 
-    async def _error(self, subject: str, body: bytes, reason: str) -> None:
-        error = ErrorEvent(tenant=self.settings.tenant, service=SERVICE, subject=subject[:512], reason=reason[:1000],
-                           excerpt=excerpt(body))
-        await self.conn.publish(subjects.error(self.settings.tenant, SERVICE), error)
+
+# Every message the executor handles: the decided calls of its own tenant and workspace.
+ROUTES = RouteTable(
+    role="executor",
+    worker=True,
+    routes=(
+        Route("cad.v1.tool.dispatched.{tenant}.{workspace}", ToolCallDispatched, Executor.on_dispatched,
+              concurrency=8),
+    ),
+    publishes=("cad.v1.tool.completed.{tenant}.{workspace}",),
+)
 
 
-async def serve(settings: WorkerSettings) -> None:
+class ExecutorProcess(WorkerProcess):
+    """An executor on the bus: runs decided calls, answers health, finishes the calls in hand on stop."""
+
+    table = ROUTES
+
+    def __init__(self, settings: WorkerSettings, bus: BusSettings, secrets: ExecutorSecrets) -> None:
+        super().__init__(settings, bus)
+        self.secrets = secrets
+        self.ledger: DecisionLedger | None = None
+
+    async def prepare(self, connection: EventConnection) -> Executor:
+        self.ledger = DecisionLedger(_ledger_path())
+        log.info("executor %s ready for %s/%s", self.settings.worker_id, self.settings.tenant, self.settings.workspace)
+        return Executor(self.settings, connection, self.ledger, self.secrets)
+
+    async def cleanup(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+def build() -> ExecutorProcess:
+    """Take the credential and secrets, make memory private, load Hermes's tools; refuse to run without the plugin."""
+    settings = WorkerSettings()
     bus = take_credentials(BusSettings())
     secrets = ExecutorSecrets.receive(settings.secrets_fd)
     _keep_memory_private()
     secrets.apply_workspace()
     import model_tools  # noqa: F401 - import Hermes's tools (and load the plugin) before saying ready
-    from hermes_cli.plugins import discover_plugins, has_middleware
 
-    discover_plugins()
-    if not has_middleware("tool_execution"):
-        raise SystemExit("the Caduceus plugin did not load in this executor's Hermes profile; refusing to run")
-    conn = await EventConnection.connect(bus, name=f"executor-{settings.tenant}-{settings.workspace}")
-    ledger = DecisionLedger(_ledger_path())
-    executor = Executor(settings, conn, ledger, secrets)
-    stop = stop_event()
-    await conn.subscribe(subjects.tool_dispatched(settings.tenant, settings.workspace), executor.on_dispatched)
-    await answer_health(conn.nc, health_subject(settings.tenant, settings.workspace, "executor"))
-    log.info("executor %s ready for %s/%s", settings.worker_id, settings.tenant, settings.workspace)
-    await stop.wait()
-    await conn.close()
-    ledger.close()
+    require_plugin("executor")
+    return ExecutorProcess(settings, bus, secrets)
 
 
 def _keep_memory_private() -> None:
@@ -146,13 +158,7 @@ def _ledger_path() -> Path:
     return get_hermes_home() / "caduceus-used-decisions.sqlite3"
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    provider = setup_telemetry("executor")
-    try:
-        asyncio.run(serve(WorkerSettings()))
-    finally:
-        shutdown_telemetry(provider)
+main = main_of("executor", build, (CredentialsUnreadable,))
 
 
 if __name__ == "__main__":

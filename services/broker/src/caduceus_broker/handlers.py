@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from caduceus_broker.domain import Routing, route_decision
 from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
-from caduceus_bus import EventPublisher
+from caduceus_bus import Delivery, EventConnection, Route, RouteTable
 from caduceus_contracts import (
     ChatReply,
     GrantExpired,
@@ -55,7 +55,7 @@ class PendingCalls:
 
 
 class BrokerHandlers:
-    def __init__(self, publisher: EventPublisher, pool: WorkerPool, keys_dir, decision_timeout_s: float) -> None:
+    def __init__(self, publisher: EventConnection, pool: WorkerPool, keys_dir, decision_timeout_s: float) -> None:
         self.publisher = publisher
         self.pool = pool
         self.keys_dir = keys_dir
@@ -71,14 +71,11 @@ class BrokerHandlers:
             self.keyring = load_keyring(self.keys_dir)  # a service may have started with a new key
             return verify(self.keyring)
 
-    async def on_turn_requested(self, subject: str, body: bytes) -> None:
-        turn = await self.publisher.receive(subject, body, TurnRequested)
-        if turn is None:
-            return
+    async def on_turn_requested(self, turn: TurnRequested, delivery: Delivery) -> None:
         try:
             grant = self._verify_with_reload(turn.grant.verified)
         except (SignatureError, GrantExpired) as exc:
-            await self.publisher.refuse(subject, body, f"turn refused: {exc}")
+            await delivery.refuse(f"turn refused: {exc}")
             await self._reply(turn, "refused", f"this turn was refused: {exc}")
             return
         try:
@@ -91,10 +88,7 @@ class BrokerHandlers:
                                 worker_id=worker.worker_id)
         await self.publisher.publish(subjects.turn_assigned(grant.tenant, grant.workspace), assigned)
 
-    async def on_tool_requested(self, subject: str, body: bytes) -> None:
-        request = await self.publisher.receive(subject, body, ToolCallRequested)
-        if request is None:
-            return
+    async def on_tool_requested(self, request: ToolCallRequested) -> None:
         now = time.monotonic()
         self.pending.expire(now)
         early = self.pending.early.pop(request.call_id, None)
@@ -102,14 +96,11 @@ class BrokerHandlers:
         if early is not None:
             await self._route(request, early[1])
 
-    async def on_tool_decided(self, subject: str, body: bytes) -> None:
-        decided = await self.publisher.receive(subject, body, ToolCallDecided)
-        if decided is None:
-            return
+    async def on_tool_decided(self, decided: ToolCallDecided, delivery: Delivery) -> None:
         try:
             self._verify_with_reload(decided.decision.verify)
         except SignatureError as exc:
-            await self.publisher.refuse(subject, body, f"decision for call {decided.call_id} rejected: {exc}")
+            await delivery.refuse(f"decision for call {decided.call_id} rejected: {exc}")
             return
         entry = self.pending.requests.get(decided.call_id)
         if entry is None:
@@ -117,18 +108,13 @@ class BrokerHandlers:
             return
         await self._route(entry[1], decided)
 
-    async def on_tool_completed(self, subject: str, body: bytes) -> None:
-        completed = await self.publisher.receive(subject, body, ToolCallCompleted)
-        if completed is not None:
-            self.pending.close(completed.call_id)
-            worker = self.pool.find(completed.tenant, completed.workspace)
-            if worker is not None and worker.calls.pop(completed.call_id, None) is not None:
-                worker.touch()
+    async def on_tool_completed(self, completed: ToolCallCompleted) -> None:
+        self.pending.close(completed.call_id)
+        worker = self.pool.find(completed.tenant, completed.workspace)
+        if worker is not None and worker.calls.pop(completed.call_id, None) is not None:
+            worker.touch()
 
-    async def on_chat_reply(self, subject: str, body: bytes) -> None:
-        reply = await self.publisher.receive(subject, body, ChatReply)
-        if reply is None:
-            return
+    async def on_chat_reply(self, reply: ChatReply) -> None:
         for worker in list(self.pool.workers.values()):
             if worker.tenant == reply.tenant and worker.turns.pop(reply.message_id, None) is not None:
                 worker.touch()
@@ -198,3 +184,28 @@ class BrokerHandlers:
         worker.turns.clear()
 
 
+# Every message the broker handles. Each turn, request, decision and outcome goes to one broker replica (a queue
+# group); every replica sees every chat reply, because each tracks the turns its own workers have in flight.
+ROUTES = RouteTable(
+    role="broker",
+    routes=(
+        Route(subjects.TURN_REQUESTED_ALL, TurnRequested, BrokerHandlers.on_turn_requested, queue="broker",
+              concurrency=16, malformed="ignore"),  # identity's own output: the audit trail keeps a bad one
+        Route(subjects.TOOL_REQUESTED_ALL, ToolCallRequested, BrokerHandlers.on_tool_requested, queue="broker",
+              concurrency=16, malformed="ignore"),  # policy refuses (and answers) a malformed request
+        Route(subjects.TOOL_DECIDED_ALL, ToolCallDecided, BrokerHandlers.on_tool_decided, queue="broker",
+              concurrency=16),
+        Route(subjects.TOOL_COMPLETED_ALL, ToolCallCompleted, BrokerHandlers.on_tool_completed, queue="broker",
+              concurrency=16),
+        Route(subjects.CHAT_REPLY_ALL, ChatReply, BrokerHandlers.on_chat_reply, concurrency=16, malformed="ignore"),
+    ),
+    publishes=(
+        subjects.TURN_ASSIGNED_ALL,
+        subjects.TOOL_DISPATCHED_ALL,
+        subjects.TOOL_COMPLETED_ALL,
+        subjects.CHAT_REPLY_ALL,
+        subjects.WORKER_LIFECYCLE_ALL,
+        "caduceus.health.worker.>",  # asks its workers whether they are ready
+    ),
+    grants=("stream-setup",),
+)

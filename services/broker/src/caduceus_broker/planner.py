@@ -11,28 +11,32 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.msg import Msg
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from caduceus_broker.profiles import scope_home
-from caduceus_broker.runtime import answer_health, health_subject
 from caduceus_broker.settings import ModelSettings, WorkerSettings
-from caduceus_bus import BusSettings, EventConnection, extract_context, stop_event, take_credentials
+from caduceus_broker.worker_process import WorkerProcess, require_plugin
+from caduceus_bus import (
+    BusSettings,
+    CredentialsUnreadable,
+    EventConnection,
+    Route,
+    RouteTable,
+    main_of,
+    take_credentials,
+)
 from caduceus_contracts import (
     ChatReply,
-    ContractError,
     GrantExpired,
     ModelUsage,
     SessionGrant,
     SignatureError,
     TurnAssigned,
     load_keyring,
-    parse_event,
     subjects,
 )
 from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway, install_gateway
-from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("caduceus.planner")
 tracer = trace.get_tracer("caduceus.planner")
@@ -57,15 +61,9 @@ class Planner:
         self.histories: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._session_locks: dict[str, asyncio.Lock] = {}
 
-    async def on_turn(self, msg: Msg) -> None:
-        try:
-            turn = parse_event(msg.data, expect=TurnAssigned, subject=msg.subject)
-        except ContractError as exc:
-            log.warning("refusing a turn: %s", exc)
-            return
-        asyncio.create_task(self._serve(turn, extract_context(msg.headers)))
-
-    async def _serve(self, turn: TurnAssigned, parent: otel_context.Context) -> None:
+    async def on_turn(self, turn: TurnAssigned) -> None:
+        """Run one turn to its reply (turns of one conversation one at a time)."""
+        parent = otel_context.get_current()  # the consumer span of the turn's message, in the chat's trace
         session = turn.grant.grant.session_id
         try:
             grant = turn.grant.verified(self.gateway.keyring)
@@ -139,37 +137,53 @@ class Planner:
         await self.conn.publish(subjects.chat_reply(turn.tenant, session), reply)
 
 
-async def serve(settings: WorkerSettings) -> None:
+# Every message the planner handles itself; its gateway follows decisions and outcomes (GATEWAY_ROUTES).
+ROUTES = RouteTable(
+    role="planner",
+    worker=True,
+    routes=(
+        # several conversations at once; one conversation's turns wait for each other (Planner's session locks)
+        Route("cad.v1.turn.assigned.{tenant}.{workspace}", TurnAssigned, Planner.on_turn, concurrency=8),
+    ),
+    publishes=("cad.v1.model.usage.{tenant}", "cad.v1.chat.reply.{tenant}.*"),
+)
+
+
+class PlannerProcess(WorkerProcess):
+    """A planner on the bus: its turns, its gateway, its health."""
+
+    table = ROUTES
+
+    def __init__(self, settings: WorkerSettings, bus: BusSettings, model: ModelSettings) -> None:
+        super().__init__(settings, bus)
+        self.model = model
+        self.gateway: ToolGateway | None = None
+
+    async def prepare(self, connection: EventConnection) -> Planner:
+        settings = self.settings
+        self.gateway = ToolGateway(connection, asyncio.get_running_loop(), tenant=settings.tenant,
+                                   workspace=settings.workspace, keyring=load_keyring(settings.keys_dir),
+                                   timeouts=GatewayTimeouts(settings.decision_timeout_s, settings.completion_timeout_s))
+        await self.gateway.start()
+        install_gateway(self.gateway)
+        log.info("planner %s ready for %s/%s", settings.worker_id, settings.tenant, settings.workspace)
+        return Planner(settings, self.model, connection, self.gateway)
+
+    async def cleanup(self) -> None:
+        install_gateway(None)
+        if self.gateway is not None:
+            await self.gateway.stop()
+
+
+def build() -> PlannerProcess:
+    """Load Hermes (and with it the Caduceus plugin) before joining the bus; refuse to run without the plugin."""
     import run_agent  # noqa: F401 - import Hermes (and load the plugin) before saying ready
-    from hermes_cli.plugins import discover_plugins, has_middleware
 
-    discover_plugins()
-    if not has_middleware("tool_execution"):
-        raise SystemExit("the Caduceus plugin did not load in this planner's Hermes profile; refusing to run")
-    bus = take_credentials(BusSettings())
-    keyring = load_keyring(settings.keys_dir)
-    conn = await EventConnection.connect(bus, name=f"planner-{settings.tenant}-{settings.workspace}")
-    gateway = ToolGateway(conn, asyncio.get_running_loop(), tenant=settings.tenant, workspace=settings.workspace,
-                          keyring=keyring, timeouts=GatewayTimeouts(settings.decision_timeout_s,
-                                                                    settings.completion_timeout_s))
-    await gateway.start()
-    install_gateway(gateway)
-    planner = Planner(settings, ModelSettings(), conn, gateway)
-    stop = stop_event()
-    await conn.subscribe(subjects.turn_assigned(settings.tenant, settings.workspace), planner.on_turn)
-    await answer_health(conn.nc, health_subject(settings.tenant, settings.workspace, "planner"))
-    log.info("planner %s ready for %s/%s", settings.worker_id, settings.tenant, settings.workspace)
-    await stop.wait()
-    await conn.close()
+    require_plugin("planner")
+    return PlannerProcess(WorkerSettings(), take_credentials(BusSettings()), ModelSettings())
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    provider = setup_telemetry("planner")
-    try:
-        asyncio.run(serve(WorkerSettings()))
-    finally:
-        shutdown_telemetry(provider)
+main = main_of("planner", build, (CredentialsUnreadable,))
 
 
 if __name__ == "__main__":

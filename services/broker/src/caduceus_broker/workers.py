@@ -24,10 +24,9 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from caduceus_broker.bus_access import WorkerBusAccess
 from caduceus_broker.profiles import worker_paths, write_profile
-from caduceus_broker.runtime import health_subject
 from caduceus_broker.sandboxing import SandboxedProcess, Sandboxes, WorkerEndpoints
 from caduceus_broker.settings import BrokerSettings, ModelSettings
-from caduceus_bus import BusSettings, CredentialError
+from caduceus_bus import BusSettings, CredentialError, worker_health_subject
 from caduceus_contracts import ToolCallDispatched, TurnRequested, new_id
 from caduceus_sandbox import BwrapBackend, ChannelError, PolicyError, PolicyFiles, SandboxUnavailable
 from caduceus_telemetry import TelemetrySettings
@@ -205,7 +204,7 @@ class WorkerPool:
                                     f"{exc}") from None
 
     async def _wait_ready(self, worker: Worker, role: str) -> None:
-        subject = health_subject(worker.tenant, worker.workspace, role)
+        subject = worker_health_subject(role, worker.tenant, worker.workspace)
         deadline = asyncio.get_running_loop().time() + self.settings.worker_start_timeout_s
         proc = worker.processes[role]
         while asyncio.get_running_loop().time() < deadline:

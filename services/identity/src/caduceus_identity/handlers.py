@@ -13,15 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from caduceus_bus import EventPublisher
+from caduceus_bus import Delivery, EventConnection, Route, RouteTable
 from caduceus_contracts import (
     ChatMessageIn,
     ChatReply,
-    ContractError,
     SignedGrant,
     Signer,
     TurnRequested,
-    parse_event,
     subjects,
     utcnow,
 )
@@ -39,7 +37,7 @@ _JWT_RE = re.compile(rb"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
 class Admission:
     """What the chat handler needs: where to publish, who vouches for whom, who exists, how to sign grants."""
 
-    publisher: EventPublisher
+    publisher: EventConnection
     gatekeeper: Gatekeeper
     directory: Callable[[], Directory]
     signer: Signer
@@ -58,19 +56,13 @@ def without_token(body: bytes) -> bytes:
     return _JWT_RE.sub(REDACTED.encode(), body)
 
 
-async def admit_chat_message(subject: str, body: bytes, admission: Admission) -> None:
+async def admit_chat_message(admission: Admission, message: ChatMessageIn, delivery: Delivery) -> None:
     """Verify who sent a chat message; publish TurnRequested with a signed grant, or refuse it."""
-    try:
-        message = parse_event(body, expect=ChatMessageIn, subject=subject)
-    except ContractError as exc:
-        await admission.publisher.refuse(subject, without_token(body), str(exc))
-        return
-    assert isinstance(message, ChatMessageIn)
     try:
         identity = await admission.gatekeeper.identify(message)
         grant = admission.directory().admit(identity, message, now=utcnow(), ttl=admission.grant_ttl)
     except Refused as refused:
-        await refuse_message(subject, body, message, refused, admission.publisher)
+        await refuse_message(message, refused, admission.publisher, delivery)
         return
     signed = SignedGrant.issue(admission.signer, grant)
     turn = TurnRequested(tenant=message.tenant, message_id=message.message_id, grant=signed, text=message.text)
@@ -79,10 +71,22 @@ async def admit_chat_message(subject: str, body: bytes, admission: Admission) ->
              grant.workspace, grant.session_id, grant.grant_id)
 
 
-async def refuse_message(subject: str, body: bytes, message: ChatMessageIn, refused: Refused,
-                         publisher: EventPublisher) -> None:
+async def refuse_message(message: ChatMessageIn, refused: Refused, publisher: EventConnection,
+                         delivery: Delivery) -> None:
     """Tell the person why (a refused chat reply) and audit it (an error event with the reason only)."""
     reply = ChatReply(tenant=message.tenant, message_id=message.message_id, session_id=message.session_id,
                       status="refused", text=refused.reply_text)
     await publisher.publish(subjects.chat_reply(message.tenant, message.session_id), reply)
-    await publisher.refuse(subject, without_token(body), refused.reason)
+    await delivery.refuse(refused.reason)
+
+
+# Every message identity handles: each chat message goes to one replica, which admits or refuses it.
+ROUTES = RouteTable(
+    role="identity",
+    routes=(
+        Route(subjects.CHAT_IN_ALL, ChatMessageIn, admit_chat_message, queue="identity",
+              scrub=without_token),
+    ),
+    publishes=(subjects.TURN_REQUESTED_ALL, subjects.CHAT_REPLY_ALL, subjects.IDENTITY_CHANGED_ALL),
+    grants=("stream-setup",),
+)

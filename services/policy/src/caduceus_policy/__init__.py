@@ -9,12 +9,14 @@ Usable without a server, the way the service, `caduceus policy eval` and audit r
 from caduceus_policy.domain import PolicyEngine, Verdict
 from caduceus_policy.engine import CedarEngine, engine_from_files, load_engine
 from caduceus_policy.facts import KNOWN_FACTS, RequestFacts, extract_facts, request_facts
+from caduceus_policy.handlers import PACKS_BUCKET, ROUTES
 from caduceus_policy.pack import Pack, PackError, load_pack
 
 # The skeleton's name for a pack that cannot be used; kept so callers written against it still catch it.
 RuleFileError = PackError
 
 __all__ = [
+    "PACKS_BUCKET", "ROUTES",
     "KNOWN_FACTS", "CedarEngine", "Pack", "PackError", "PolicyEngine", "RequestFacts", "RuleFileError", "Verdict",
     "engine_from_files", "extract_facts", "load_engine", "load_pack", "request_facts",
 ]

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from caduceus_bus import EventPublisher
+from caduceus_bus import Delivery, EventConnection, Pull, Route, RouteTable, kv_bucket_subjects
 from caduceus_contracts import (
     ApprovalTerms,
     CanonicalizationError,
@@ -136,7 +136,7 @@ class DecisionService:
     """The asynchronous side of deciding: the deadline, shared limits, shadow comparison, publishing."""
 
     decider: Decider
-    publisher: EventPublisher
+    publisher: EventConnection
     counters: SharedCounters | None = None
     deadline_s: float = 0.5
     pool: ThreadPoolExecutor | None = None
@@ -233,27 +233,38 @@ def approval_fields(verdict: Verdict, tool: str) -> dict[str, Any]:
     }
 
 
-async def on_tool_requested(subject: str, body: bytes, publisher: EventPublisher, service: DecisionService) -> None:
-    """Parse one request (refusing bad input with an error event), decide it, publish the decision.
-
-    A request too broken to parse (invalid UTF-8, nested past the parser's limit, oversized) is still
-    answered with a signed deny when its envelope names the call, so the planner learns why at once.
-    """
-    request = await publisher.receive(subject, body, ToolCallRequested)
-    if request is None:
-        salvaged = salvage_request(subject, body)
-        if salvaged is not None:
-            call, why = salvaged
-            decided = service.decider.sign(call, Verdict("deny", f"the request could not be read: {why}",
-                                                         ("caduceus:unreadable-request",)),
-                                           service.decider.engine.version)
-            await publisher.publish(subjects.tool_decided(call.tenant), decided)
-        return
+async def decide_request(service: DecisionService, request: ToolCallRequested) -> None:
+    """Decide one request and publish the signed decision."""
     decided = await service.decide(request)
     decision = decided.decision.decision
     log.info("call %s (%s) in %s: %s %s", request.call_id, request.tool, request.tenant, decision.verdict,
              ",".join(decision.policy_ids))
-    await publisher.publish(subjects.tool_decided(request.tenant), decided)
+    await service.publisher.publish(subjects.tool_decided(request.tenant), decided)
+
+
+async def deny_unreadable(service: DecisionService, delivery: Delivery) -> None:
+    """A request too broken to parse (invalid UTF-8, nested past the parser's limit, oversized) is still
+    answered with a signed deny when its envelope names the call, so the planner learns why at once."""
+    salvaged = salvage_request(delivery.subject, delivery.data)
+    if salvaged is None:
+        return
+    call, why = salvaged
+    decided = service.decider.sign(call, Verdict("deny", f"the request could not be read: {why}",
+                                                 ("caduceus:unreadable-request",)), service.decider.engine.version)
+    await service.publisher.publish(subjects.tool_decided(call.tenant), decided)
+
+
+async def count_model_usage(service: DecisionService, batch: list[Delivery]) -> None:
+    """Model usage events counted against budgets; one that cannot be counted now is delivered again."""
+    assert service.counters is not None
+    for delivery in batch:
+        usage = delivery.event
+        assert isinstance(usage, ModelUsage)
+        try:
+            await on_model_usage(usage, service.decider, service.counters)
+        except Exception:
+            log.exception("could not count usage event %s", usage.event_id)
+            await delivery.nak(1.0)
 
 
 async def on_model_usage(usage: ModelUsage, decider: Decider, counters: SharedCounters) -> None:
@@ -266,3 +277,26 @@ async def on_model_usage(usage: ModelUsage, decider: Decider, counters: SharedCo
     budgets = [limit for limit in policy.limits if limit.kind != "calls"]
     await counters.record_usage(budgets, tenant=usage.tenant, user=usage.user, workspace=usage.workspace,
                                 tokens=usage.prompt_tokens + usage.completion_tokens, cost_usd=usage.cost_usd)
+
+
+LIMITS_BUCKET = "caduceus_policy_limits"
+PACKS_BUCKET = "caduceus_policy_packs"
+USAGE_CONSUMER = "policy-usage"
+
+# Every message policy handles. Requests go to one replica each (a queue group); model usage comes from a
+# durable consumer all replicas share. Decisions are published only by policy and approval (a test checks it).
+ROUTES = RouteTable(
+    role="policy",
+    routes=(
+        Route(subjects.TOOL_REQUESTED_ALL, ToolCallRequested, decide_request, queue="policy", concurrency=16,
+              salvage=deny_unreadable),
+        Route(subjects.MODEL_USAGE_ALL, ModelUsage, count_model_usage, delivery=Pull(USAGE_CONSUMER, batch=64)),
+    ),
+    publishes=(
+        subjects.TOOL_DECIDED_ALL,
+        subjects.POLICY_EVENTS,
+        # rate limits and budgets shared by every replica
+        *kv_bucket_subjects(LIMITS_BUCKET),
+    ),
+    grants=("stream-setup", "policy-packs"),
+)

@@ -36,7 +36,7 @@ from caduceus_approval.inbox import Inbox, Person, visible_to
 from caduceus_approval.web.oidc_client import OidcClient, SignInFailed, pkce_pair
 from caduceus_approval.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJar, ForgedCookie, SignedIn
 from caduceus_audit.domain.redaction import redact_value
-from caduceus_bus import EventPublisher
+from caduceus_bus import Publisher
 from caduceus_contracts import ApprovalView, utcnow
 from caduceus_identity.adapters.oidc import OidcVerifier
 from caduceus_identity.domain import TokenRefused
@@ -55,7 +55,7 @@ class UiContext:
     cookies: CookieJar
     oidc: OidcClient | None
     api_verifier: OidcVerifier
-    publisher: EventPublisher
+    publisher: Publisher
     secure_cookies: bool = False
     temporal_ui_url: str | None = None
     temporal_namespace: str = "default"

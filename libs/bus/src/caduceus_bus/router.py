@@ -1,0 +1,248 @@
+"""The runtime of a route table: subscribe, parse into the contract, trace, bound concurrency, ack, drain.
+
+On nats-py directly rather than a FastStream subscriber: FastStream's consume path cost a quarter of a
+millisecond of every policy decision (bench/policy_decisions.py); this layer's own cost is measured
+against raw nats-py in bench/routing_overhead.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+
+from caduceus_bus.connection import EventConnection
+from caduceus_bus.routes import Pull, Route, RouteTable
+from caduceus_bus.tracing import extract_context
+from caduceus_contracts import ContractError, Event, parse_event
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("caduceus.bus")
+# Pause after a bus error (server restarting, consumer gone) before fetching again.
+BUS_RETRY_S = 1.0
+
+
+@dataclass
+class Delivery:
+    """One message as it arrived: for handlers that need more than the parsed event."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str] | None
+    connection: EventConnection
+    route: Route
+    msg: Msg | None = None
+    event: Event | None = None
+    problem: str = ""  # why the message does not parse (Pull routes deliver such messages too)
+    stream_seq: int | None = None
+    published_at: datetime | None = None
+
+    async def refuse(self, reason: str) -> None:
+        """Publish the audited error event for this message, its excerpt scrubbed as the route says."""
+        body = self.route.scrub(self.data) if self.route.scrub else self.data
+        await self.connection.refuse(self.subject, body, reason)
+
+    async def ack(self) -> None:
+        if self.msg is not None and not self.msg._ackd:
+            with contextlib.suppress(Exception):  # a lost ack only means a redelivery
+                await self.msg.ack()
+
+    async def nak(self, delay_s: float | None = None) -> None:
+        """Ask JetStream to deliver the message again (after `delay_s`)."""
+        if self.msg is not None and not self.msg._ackd:
+            with contextlib.suppress(Exception):
+                await self.msg.nak(delay=delay_s)
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the message is still being worked on, so it is not redelivered yet."""
+        if self.msg is not None:
+            with contextlib.suppress(Exception):
+                await self.msg.in_progress()
+
+
+@dataclass
+class Router:
+    """Runs one route table on one connection, calling handlers with `deps`."""
+
+    table: RouteTable
+    deps: Any
+    connection: EventConnection
+    subscriptions: list[Subscription] = field(default_factory=list)
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    pullers: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        """Subscribe every route; when this returns, every subscription is in place on the server."""
+        nc = self.connection.nc
+        for route in self.table.routes:
+            if isinstance(route.delivery, Pull):
+                self.pullers.append(asyncio.create_task(self._pull(route), name=f"pull {route.delivery.durable}"))
+            else:
+                self.subscriptions.append(await nc.subscribe(route.subject, queue=route.queue or "",
+                                                             cb=self._core_callback(route)))
+        await nc.flush()
+
+    def _core_callback(self, route: Route):
+        if route.concurrency == 1:
+            async def in_order(msg: Msg) -> None:
+                await self._handle(route, msg)
+
+            return in_order
+        slots = asyncio.Semaphore(route.concurrency)
+
+        async def bounded(msg: Msg) -> None:
+            await slots.acquire()  # at the bound, the next message waits in the subscription's queue
+            task = asyncio.create_task(self._handle(route, msg))
+            self.in_flight.add(task)
+            task.add_done_callback(lambda done: (self.in_flight.discard(done), slots.release()))
+
+        return bounded
+
+    async def _handle(self, route: Route, msg: Msg) -> None:
+        with tracer.start_as_current_span(f"{msg.subject} process", context=extract_context(msg.headers),
+                                          kind=trace.SpanKind.CONSUMER,
+                                          attributes={"messaging.system": "nats",
+                                                      "messaging.destination.name": msg.subject,
+                                                      "messaging.operation.type": "process"}):
+            try:
+                event = parse_event(msg.data, expect=route.receives, subject=msg.subject)
+            except ContractError as exc:
+                if route.malformed == "refuse":
+                    await self._refuse(route, msg, str(exc))
+                if route.salvage is not None:
+                    await self._salvage(route, msg, str(exc))
+                return
+            try:
+                if route.wants_delivery:
+                    await route.handler(self.deps, event, Delivery(msg.subject, msg.data, msg.headers,
+                                                                   self.connection, route, msg=msg, event=event))
+                else:
+                    await route.handler(self.deps, event)
+            except Exception:  # one message's failure never stops the route
+                log.exception("%s failed to handle a message on %s", self.table.role, msg.subject)
+
+    async def _salvage(self, route: Route, msg: Msg, problem: str) -> None:
+        assert route.salvage is not None
+        try:
+            await route.salvage(self.deps, Delivery(msg.subject, msg.data, msg.headers, self.connection, route,
+                                                    problem=problem))
+        except Exception:
+            log.exception("%s failed to answer a malformed message on %s", self.table.role, msg.subject)
+
+    async def _refuse(self, route: Route, msg: Msg, reason: str) -> None:
+        try:
+            await Delivery(msg.subject, msg.data, msg.headers, self.connection, route).refuse(reason)
+        except Exception:
+            log.exception("%s could not publish the error event for a message on %s", self.table.role, msg.subject)
+
+    # --- JetStream pull consumers ---
+
+    async def _pull(self, route: Route) -> None:
+        pull = route.delivery
+        assert isinstance(pull, Pull)
+        subscription = None
+        while not self._stopping.is_set():
+            try:
+                if subscription is None:
+                    subscription = await self._bind(route)
+                msgs = await subscription.fetch(pull.batch, timeout=pull.fetch_timeout_s)
+            except TimeoutError:  # nothing to fetch (nats-py raises the builtin TimeoutError since 3.11)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("%s: fetching from consumer %r failed (%s); binding it again", self.table.role,
+                            pull.durable, exc)
+                subscription = await _drop(subscription)
+                await asyncio.sleep(BUS_RETRY_S)
+                continue
+            batch = await self._accepted(route, [self._delivery(route, msg) for msg in msgs])
+            try:
+                await route.handler(self.deps, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # left unacknowledged: JetStream delivers the batch again
+                log.exception("%s failed to handle a batch of %d from %r", self.table.role, len(batch), pull.durable)
+                continue
+            for delivery in batch:
+                await delivery.ack()
+        await _drop(subscription)
+
+    async def _accepted(self, route: Route, batch: list[Delivery]) -> list[Delivery]:
+        """The batch for the handler: malformed messages refused (and acknowledged) unless the route wants them."""
+        if route.malformed == "deliver":
+            return batch
+        accepted = []
+        for delivery in batch:
+            if not delivery.problem:
+                accepted.append(delivery)
+                continue
+            if route.malformed == "refuse":
+                try:
+                    await delivery.refuse(delivery.problem)
+                except Exception:
+                    log.exception("%s could not publish the error event for a message on %s", self.table.role,
+                                  delivery.subject)
+                    continue  # unacknowledged: delivered again, and refused then
+            await delivery.ack()
+        return accepted
+
+    async def _bind(self, route: Route) -> JetStreamContext.PullSubscription:
+        pull = route.delivery
+        assert isinstance(pull, Pull)
+        js, stream = self.connection.js, self.connection.settings.stream_name
+        await js.add_consumer(stream, consumer_config(route.subject, pull))
+        return await js.pull_subscribe_bind(durable=pull.durable, stream=stream)
+
+    def _delivery(self, route: Route, msg: Msg) -> Delivery:
+        meta = msg.metadata
+        delivery = Delivery(msg.subject, msg.data, msg.headers, self.connection, route, msg=msg,
+                            stream_seq=meta.sequence.stream, published_at=meta.timestamp or datetime.now(UTC))
+        try:
+            delivery.event = parse_event(msg.data, expect=route.receives, subject=msg.subject)
+        except ContractError as exc:
+            delivery.problem = str(exc)
+        return delivery
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking messages, let those in hand finish (up to `grace_s`), then stop the pull consumers."""
+        self._stopping.set()
+        for subscription in self.subscriptions:
+            with contextlib.suppress(Exception):  # already gone with the connection
+                await subscription.unsubscribe()
+        self.subscriptions.clear()
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight), timeout=grace_s)
+        if self.pullers:
+            _, late = await asyncio.wait(self.pullers, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self.pullers, return_exceptions=True)
+            self.pullers.clear()
+
+
+def consumer_config(subject: str, pull: Pull) -> ConsumerConfig:
+    """Every event on `subject` from the start of the stream, each acknowledged explicitly once handled."""
+    return ConsumerConfig(name=pull.durable, durable_name=pull.durable, filter_subject=subject,
+                          deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+                          ack_wait=pull.ack_wait_s, max_deliver=-1)
+
+
+async def _drop(subscription: JetStreamContext.PullSubscription | None) -> None:
+    # A pull subscription never drains (nats-py keeps fetch status messages queued): unsubscribe it.
+    if subscription is not None:
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()
+    return None
