@@ -33,7 +33,8 @@ from caduceus_audit.testing import (
     running,
     stored_count,
 )
-from caduceus_bus import EventConnection
+from caduceus_bus import EventConnection, Pull
+from caduceus_bus.router import consumer_config
 from caduceus_contracts import ChatMessageIn, Event, TurnRequested, subjects
 
 pytestmark = pytest.mark.timeout(90)
@@ -94,25 +95,22 @@ async def test_duplicate_publish_and_redelivery_are_stored_once(db_url: str, fre
         await conn.publish(other_subject, other)
         assert (await conn.js.stream_info("CADUCEUS")).state.messages == 3
 
-        await service.start()
-        try:
-            # Audit commits the batch, then loses its acks (a crash between commit and ack): redelivery follows.
-            msgs = await service.subscription.fetch(10, timeout=2)
-            assert len(msgs) == 3
-            await asyncio.to_thread(service.store.append_batch, [entry_for(StreamMessage.delivered(m)) for m in msgs])
-            for msg in msgs:
-                await msg.nak()
-            stop = asyncio.Event()
-            task = asyncio.create_task(service.consume(stop))
+        # A previous run committed the batch, then lost its acks (a crash between commit and ack).
+        stream = conn.settings.stream_name
+        await conn.js.add_consumer(stream, consumer_config(subjects.ALL, Pull(CONSUMER_NAME, ack_wait_s=2.0)))
+        previous = await conn.js.pull_subscribe_bind(durable=CONSUMER_NAME, stream=stream)
+        msgs = await previous.fetch(10, timeout=2)
+        assert len(msgs) == 3
+        await asyncio.to_thread(service.store.append_batch, [entry_for(StreamMessage.delivered(m)) for m in msgs])
+        for msg in msgs:
+            await msg.nak()
+        await previous.unsubscribe()
 
+        async with running(service):
             async def all_acknowledged() -> bool:
                 info = await conn.js.consumer_info("CADUCEUS", CONSUMER_NAME)
                 return info.num_ack_pending == 0 and info.num_pending == 0 and info.num_redelivered == 0
             await eventually(all_acknowledged, what="redelivered messages acknowledged")
-            stop.set()
-            await task
-        finally:
-            await service.close()
     store = AuditStore(db_url)
     assert [r.event_id for r in store.records()] == [event.event_id, other.event_id]
     assert store.verify_chain(event.tenant).ok

@@ -90,14 +90,10 @@ async def publisher(nats_url: str) -> AsyncIterator[EventConnection]:
 async def running(service: AuditService) -> AsyncIterator[AuditService]:
     """The service as `python -m caduceus_audit` runs it, in this process."""
     await service.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.consume(stop))
     try:
         yield service
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await service.close()
+        await service.stop()
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0, what: str = "") -> None:
