@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import nats.errors
@@ -20,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from caduceus_bus.connection import EventConnection
@@ -96,10 +98,7 @@ class Router:
 
     def _core_callback(self, route: Route):
         if route.concurrency == 1:
-            async def in_order(msg: Msg) -> None:
-                await self._handle(route, msg)
-
-            return in_order
+            return partial(self._handle, route)
         slots = asyncio.Semaphore(route.concurrency)
 
         async def bounded(msg: Msg) -> None:
@@ -111,27 +110,39 @@ class Router:
         return bounded
 
     async def _handle(self, route: Route, msg: Msg) -> None:
-        with tracer.start_as_current_span(f"{msg.subject} process", context=extract_context(msg.headers),
-                                          kind=trace.SpanKind.CONSUMER,
+        """Handle one message in the sender's trace: in a consumer span when traces are exported, else in its
+        context alone (what the handler publishes still carries the trace; a no-op span would only cost time)."""
+        parent = extract_context(msg.headers)
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            token = otel_context.attach(parent)
+            try:
+                await self._dispatch(route, msg)
+            finally:
+                otel_context.detach(token)
+            return
+        with tracer.start_as_current_span(f"{msg.subject} process", context=parent, kind=trace.SpanKind.CONSUMER,
                                           attributes={"messaging.system": "nats",
                                                       "messaging.destination.name": msg.subject,
                                                       "messaging.operation.type": "process"}):
-            try:
-                event = parse_event(msg.data, expect=route.receives, subject=msg.subject)
-            except ContractError as exc:
-                if route.malformed == "refuse":
-                    await self._refuse(route, msg, str(exc))
-                if route.salvage is not None:
-                    await self._salvage(route, msg, str(exc))
-                return
-            try:
-                if route.wants_delivery:
-                    await route.handler(self.deps, event, Delivery(msg.subject, msg.data, msg.headers,
-                                                                   self.connection, route, msg=msg, event=event))
-                else:
-                    await route.handler(self.deps, event)
-            except Exception:  # one message's failure never stops the route
-                log.exception("%s failed to handle a message on %s", self.table.role, msg.subject)
+            await self._dispatch(route, msg)
+
+    async def _dispatch(self, route: Route, msg: Msg) -> None:
+        try:
+            event = parse_event(msg.data, expect=route.receives, subject=msg.subject)
+        except ContractError as exc:
+            if route.malformed == "refuse":
+                await self._refuse(route, msg, str(exc))
+            if route.salvage is not None:
+                await self._salvage(route, msg, str(exc))
+            return
+        try:
+            if route.wants_delivery:
+                await route.handler(self.deps, event, Delivery(msg.subject, msg.data, msg.headers, self.connection,
+                                                               route, msg=msg, event=event))
+            else:
+                await route.handler(self.deps, event)
+        except Exception:  # one message's failure never stops the route
+            log.exception("%s failed to handle a message on %s", self.table.role, msg.subject)
 
     async def _salvage(self, route: Route, msg: Msg, problem: str) -> None:
         assert route.salvage is not None
