@@ -323,3 +323,48 @@ def test_a_handler_of_the_wrong_shape_is_refused_when_the_table_is_built():
 
     with pytest.raises(TypeError, match="must take"):
         Route(subjects.CHAT_IN_ALL, ChatMessageIn, no_event)
+
+
+async def test_readyz_says_what_a_service_waits_for_and_metrics_count_its_messages(settings, connection, tenant):
+    import httpx
+
+    from caduceus_embedded.ports import free_port
+
+    class Waiting(ProbeService):
+        waiting_for = "waiting for Temporal at 127.0.0.1:1"
+
+        def health(self) -> str:
+            return self.waiting_for
+
+    port = free_port()
+    service = Waiting(settings.model_copy(update={"http_port": port}))
+    await service.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"ready": False, "checks": {"bus": "ok", "service": service.waiting_for}}
+            service.waiting_for = "ok"
+            assert (await http.get("/readyz")).status_code == 200
+            assert service.connection is not None
+            await until_routed_from(service, connection)
+            await connection.nc.publish(subjects.chat_in(tenant), b"not json")
+            await connection.publish(subjects.chat_in(tenant), ChatMessageIn(tenant=tenant, session_id="s", token="t",
+                                                                              text="hi"))
+            await asyncio.wait_for(service.accepted.get(), WAIT_S)
+            metrics = (await http.get("/metrics")).text
+            assert f'caduceus_messages_total{{outcome="handled",service="{SERVICE}",subject="cad.v1.chat.in.*"}}' in metrics
+            assert f'caduceus_messages_total{{outcome="malformed",service="{SERVICE}",subject="cad.v1.chat.in.*"}}' in metrics
+    finally:
+        await service.stop()
+    with pytest.raises(httpx.ConnectError):  # the endpoint goes with the service
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+async def until_routed_from(service: BusService, connection: EventConnection) -> None:
+    from caduceus_embedded.testing import until_routed
+
+    assert service.connection is not None
+    await until_routed(service.connection.nc, connection.nc)

@@ -43,10 +43,13 @@ def up(
                                                  "CADUCEUS_MODEL_BASE_URL is set).")] = DEFAULTS.model,
     approval_ui_port: Annotated[int, typer.Option(help="Approvals web UI port (approvers sign in there).")]
     = DEFAULTS.approval_ui,
+    http_port: Annotated[int, typer.Option(help="The first of five ports (audit, identity, policy, approval, "
+                                                "broker) where each service serves /healthz, /readyz and "
+                                                "Prometheus /metrics.")] = DEFAULTS.http,
 ) -> None:
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
-                       model=model_port, approval_ui=approval_ui_port)
+                       model=model_port, approval_ui=approval_ui_port, http=http_port)
     stack = EmbeddedStack(state_dir or default_state_dir(), ports,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))
@@ -109,8 +112,10 @@ def _show(stack: EmbeddedStack) -> None:
     services.add_column("service")
     services.add_column("pid", justify="right")
     services.add_column("url")
+    services.add_column("health and metrics")
     for name, running in stack.services.items():
-        services.add_row(name, str(running.pid), running.spec.url or "")
+        metrics = running.spec.metrics_url
+        services.add_row(name, str(running.pid), running.spec.url or "", f"{metrics}/readyz, /metrics" if metrics else "")
     out.print(services)
     where = Table.grid(padding=(0, 2))
     model_source = "scripted model" if stack.model_is_scripted else "CADUCEUS_MODEL_BASE_URL"

@@ -61,10 +61,12 @@ class EventConnection:
         self.role = role
 
     @classmethod
-    async def connect(cls, settings: BusSettings, name: str, *, role: str = "client",
-                      connect_timeout: float = 5.0) -> "EventConnection":
+    async def connect(cls, settings: BusSettings, name: str, *, role: str = "client", connect_timeout: float = 5.0,
+                      on_reconnect: Callable[[], Awaitable[None]] | None = None) -> "EventConnection":
         options: dict = {"name": name, "connect_timeout": connect_timeout, "max_reconnect_attempts": -1,
                          "allow_reconnect": True}
+        if on_reconnect is not None:
+            options["reconnected_cb"] = on_reconnect
         options.update(auth_options(settings))
         nc = await nats.connect(settings.nats_url, **options)
         return cls(nc, settings, role)

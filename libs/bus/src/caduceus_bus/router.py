@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from caduceus_bus.connection import EventConnection
+from caduceus_bus.observability import MESSAGE_SECONDS, MESSAGES
 from caduceus_bus.routes import Pull, Route, RouteTable
 from caduceus_bus.tracing import extract_context
 from caduceus_contracts import ContractError, Event, parse_event
@@ -127,9 +129,11 @@ class Router:
             await self._dispatch(route, msg)
 
     async def _dispatch(self, route: Route, msg: Msg) -> None:
+        started = time.perf_counter()
         try:
             event = parse_event(msg.data, expect=route.receives, subject=msg.subject)
         except ContractError as exc:
+            self._count(route, "malformed")
             if route.malformed == "refuse":
                 await self._refuse(route, msg, str(exc))
             if route.salvage is not None:
@@ -142,7 +146,15 @@ class Router:
             else:
                 await route.handler(self.deps, event)
         except Exception:  # one message's failure never stops the route
+            self._count(route, "failed")
             log.exception("%s failed to handle a message on %s", self.table.role, msg.subject)
+            return
+        self._count(route, "handled", time.perf_counter() - started)
+
+    def _count(self, route: Route, outcome: str, seconds: float | None = None, messages: int = 1) -> None:
+        MESSAGES.labels(self.table.role, route.subject, outcome).inc(messages)
+        if seconds is not None:
+            MESSAGE_SECONDS.labels(self.table.role, route.subject).observe(seconds)
 
     async def _salvage(self, route: Route, msg: Msg, problem: str) -> None:
         assert route.salvage is not None
@@ -179,14 +191,17 @@ class Router:
                 subscription = await _drop(subscription)
                 await asyncio.sleep(BUS_RETRY_S)
                 continue
+            started = time.perf_counter()
             batch = await self._accepted(route, [self._delivery(route, msg) for msg in msgs])
             try:
                 await route.handler(self.deps, batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # left unacknowledged: JetStream delivers the batch again
+                self._count(route, "failed", messages=len(batch))
                 log.exception("%s failed to handle a batch of %d from %r", self.table.role, len(batch), pull.durable)
                 continue
+            self._count(route, "handled", time.perf_counter() - started, messages=len(batch))
             for delivery in batch:
                 await delivery.ack()
         await _drop(subscription)
@@ -200,6 +215,7 @@ class Router:
             if not delivery.problem:
                 accepted.append(delivery)
                 continue
+            self._count(route, "malformed")
             if route.malformed == "refuse":
                 try:
                     await delivery.refuse(delivery.problem)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from caduceus_bus.lifecycle import stop_event
 from caduceus_bus.service import BusService
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
+from caduceus_web import HttpUnavailable
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 EXIT_OK, EXIT_FAILED, EXIT_CONFIGURATION = 0, 1, 2
@@ -39,7 +40,7 @@ def serve(name: str, build: Callable[[], BusService],
     `configuration_errors` are the exceptions `build` or `start` raise for a setup the operator must fix.
     """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    configuration = (ConfigurationError, ValidationError, *configuration_errors)
+    configuration = (ConfigurationError, ValidationError, HttpUnavailable, *configuration_errors)
     provider = setup_telemetry(name)
     try:
         try:

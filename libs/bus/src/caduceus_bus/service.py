@@ -16,10 +16,12 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from caduceus_bus.connection import EventConnection
+from caduceus_bus.observability import BUS_CONNECTED, BUS_RECONNECTS, http_app
 from caduceus_bus.router import Router
 from caduceus_bus.routes import RouteTable
 from caduceus_bus.settings import BusSettings
 from caduceus_contracts import Event
+from caduceus_web import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class BusService:
         self.connection: EventConnection | None = None
         self.router: Router | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.http: HttpServer | None = None
 
     # --- what a service fills in ---
 
@@ -53,12 +56,25 @@ class BusService:
         """"ok", or what the service is waiting for."""
         return "ok"
 
+    def readiness(self) -> dict[str, str | None]:
+        """Checks for /readyz: name -> None when fine, else what is wrong. Services add their own."""
+        connected = self.connection is not None and self.connection.nc.is_connected and self.router is not None
+        health = self.health()
+        return {"bus": None if connected else "not connected to NATS", "service": None if health == "ok" else health}
+
     # --- the shared lifecycle ---
 
     async def start(self) -> None:
-        """Connect, make sure the stream exists, prepare, subscribe every route, then answer health."""
-        self.connection = await EventConnection.connect(self.bus, self.connection_name, role=self.table.role)
+        """Serve HTTP probes (when configured), connect, make sure the stream exists, prepare, subscribe every
+        route, then answer health."""
+        if self.bus.http_port is not None:
+            self.http = HttpServer(http_app(self.readiness), self.bus.http_host, self.bus.http_port,
+                                   what=f"{self.table.role}'s health and metrics", port_setting="CADUCEUS_HTTP_PORT")
+            await self.http.start()
         try:
+            self.connection = await EventConnection.connect(self.bus, self.connection_name, role=self.table.role,
+                                                            on_reconnect=self._reconnected)
+            BUS_CONNECTED.labels(self.table.role).set(1)
             if "stream-setup" in self.table.grants:  # services make sure the stream exists; workers may not
                 await self.connection.ensure_stream()
             deps = await self.prepare(self.connection)
@@ -108,6 +124,13 @@ class BusService:
             if self.connection is not None:
                 await self.connection.close()
                 self.connection = None
+                BUS_CONNECTED.labels(self.table.role).set(0)
+            if self.http is not None:
+                await self.http.stop()
+                self.http = None
+
+    async def _reconnected(self) -> None:
+        BUS_RECONNECTS.labels(self.table.role).inc()
 
     async def _answer_health(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):

@@ -43,3 +43,7 @@ class BusSettings(BaseSettings):
     stream_name: str = "CADUCEUS"
     # How long a publisher waits for JetStream to confirm an event is stored.
     publish_timeout_s: float = 5.0
+    # Where a service answers /healthz, /readyz and /metrics over HTTP; unset, it serves none (its health is
+    # still asked on the bus, `caduceus.health.<service>`). Set the host to 0.0.0.0 in a container.
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    http_host: str = "127.0.0.1"

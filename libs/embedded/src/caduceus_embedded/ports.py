@@ -18,6 +18,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_block(count: int, avoid: set[int] = frozenset(), attempts: int = 200) -> int:
+    """The first of `count` consecutive loopback ports nothing uses right now (for tests)."""
+    for _ in range(attempts):
+        first = free_port()
+        ports = range(first, first + count)
+        if first + count <= 65535 and not avoid.intersection(ports) and all(_is_free(p) for p in ports[1:]):
+            return first
+    raise PortBusy(f"found no {count} consecutive free ports")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def ensure_free(port: int, what: str, flag: str) -> None:
     """Raise PortBusy, naming the flag that changes it, when port is taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -53,11 +72,18 @@ class StackPorts:
     issuer: int = 8900
     model: int = 8901
     approval_ui: int = 8902
+    # The first of one port per Caduceus service for /healthz, /readyz and /metrics (in SERVICE_HTTP_ORDER).
+    http: int = 8910
 
     @classmethod
     def free(cls) -> "StackPorts":
         """Ports nothing uses right now, so tests can run beside a real stack."""
-        return cls(*(free_port() for _ in fields(cls)))
+        ports = {f.name: free_port() for f in fields(cls) if f.name != "http"}
+        return cls(**ports, http=free_block(len(SERVICE_HTTP_ORDER), avoid=set(ports.values())))
+
+    def http_port(self, service: str) -> int:
+        """Where `service` serves its health and metrics."""
+        return self.http + SERVICE_HTTP_ORDER.index(service)
 
     def check(self, *, model: bool = True) -> None:
         """Fail before anything starts when a port is busy or asked for twice.
@@ -66,6 +92,8 @@ class StackPorts:
         """
         wanted = [(getattr(self, name), what, flag) for name, (what, flag) in PORT_USES.items()
                   if model or name != "model"]
+        wanted += [(self.http_port(service), f"{service}'s health and metrics", "--http-port")
+                   for service in SERVICE_HTTP_ORDER]
         seen: dict[int, str] = {}
         for port, _, flag in wanted:
             if port in seen:
@@ -74,6 +102,9 @@ class StackPorts:
         for port, what, flag in wanted:
             ensure_free(port, what, flag)
 
+
+# The services that serve health and metrics over HTTP, in the order of their ports from StackPorts.http.
+SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker")
 
 PORT_USES = {
     "nats": ("NATS", "--nats-port"),

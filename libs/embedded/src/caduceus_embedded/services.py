@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from caduceus_embedded.layout import StateLayout
@@ -36,6 +36,7 @@ class ServiceSpec:
     args: tuple[str, ...] = ()
     ready_url: str | None = None
     url: str | None = None
+    metrics_url: str | None = None
 
     @property
     def health_subject(self) -> str:
@@ -114,7 +115,7 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
             args=("--port", str(ports.model), "--scenarios", str(layout.scenarios_file)),
             ready_url=f"{endpoint.base_url}/models", url=endpoint.base_url,
         ))
-    table += [
+    services = [
         ServiceSpec("audit", "caduceus_audit", {"CADUCEUS_AUDIT_DB_URL": layout.audit_db_url}),
         ServiceSpec("identity", "caduceus_identity", {
             "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
@@ -138,4 +139,7 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
             **endpoint.env(),
         }),
     ]
+    # Each serves /healthz, /readyz and /metrics on a port of its own.
+    table += [replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": str(ports.http_port(spec.name))},
+                      metrics_url=f"http://127.0.0.1:{ports.http_port(spec.name)}") for spec in services]
     return table

@@ -192,6 +192,7 @@ class EmbeddedStack:
             temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
             audit_db_url=self.layout.audit_db_url, services={name: s.pid for name, s in self.services.items()},
             approval_ui_url=approval_ui_url(self.ports) if "approval" in self.services else "",
+            metrics_urls={name: s.spec.metrics_url for name, s in self.services.items() if s.spec.metrics_url},
             client_credentials=_if_exists(self.layout.bus_credentials("client")),
             operator_credentials=str(self.layout.bus_credentials("operator")),
         )

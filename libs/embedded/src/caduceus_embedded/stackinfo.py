@@ -29,6 +29,8 @@ class StackInfo(BaseModel):
     audit_db_url: str
     services: dict[str, int] = {}  # service name -> pid
     approval_ui_url: str = ""
+    # service name -> where it serves /healthz, /readyz and /metrics
+    metrics_urls: dict[str, str] = {}
     # The bus credentials a chat client and the operator connect with (empty: the bus needs none).
     client_credentials: str = ""
     operator_credentials: str = ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import httpx
+from prometheus_client import Gauge
 
 from caduceus_approval.activities import ApprovalActivities
 from caduceus_approval.calls import RecentCalls
@@ -26,6 +27,7 @@ from caduceus_web import HttpServer
 
 SERVICE = ROUTES.role
 HEALTH_SUBJECT = ROUTES.health_subject
+APPROVALS_OPEN = Gauge("caduceus_approvals_open", "Approvals waiting for people (this replica's inbox)")
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class ApprovalService(BusService):
         signer = ensure_signer(settings.keys_dir, SERVICE)
         desk_signer = ensure_signer(settings.keys_dir, DESK_ISSUER)
         self.inbox = Inbox()
+        APPROVALS_OPEN.set_function(self.inbox.open_count)
         self.calls = RecentCalls(settings.keys_dir)
         self.directory = TenantDirectory(settings.tenants_file)
         self.temporal = TemporalLink(settings, ApprovalActivities(self.publish, signer, settings.decision_ttl_s),

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import Counter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from caduceus_approval.calls import RecentCalls
@@ -102,10 +103,16 @@ async def remember_turn(deps: ApprovalDeps, turn: TurnRequested) -> None:
     deps.calls.remember_turn(turn)
 
 
+RESOLVED = Counter("caduceus_approvals_resolved_total", "Approvals closed, by outcome (approved, denied, expired)",
+                   ["status"])
+
+
 async def follow_approval(deps: ApprovalDeps, event: Event) -> None:
     """Keep this replica's inbox current, whichever replica's worker runs the approval."""
     if isinstance(event, _VIEW_EVENTS):
         deps.inbox.apply(event.approval)
+    if isinstance(event, ApprovalResolved):
+        RESOLVED.labels(event.approval.status).inc()
 
 
 async def open_approval(deps: ApprovalDeps, decided: ToolCallDecided, delivery: Delivery) -> None:

@@ -49,6 +49,10 @@ class Inbox:
             with contextlib.suppress(asyncio.QueueFull):  # a stalled page refetches on the next change anyway
                 queue.put_nowait(view)
 
+    def open_count(self) -> int:
+        """How many approvals are waiting for people."""
+        return sum(1 for view in self._views.values() if view.status == "pending")
+
     def get(self, tenant: str, call_id: str) -> ApprovalView | None:
         return self._views.get((tenant, call_id))
 

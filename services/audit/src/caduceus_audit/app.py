@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from nats.js.errors import NotFoundError
+from prometheus_client import Gauge
 
 from caduceus_audit.adapters.store import AuditStore, StoreUnavailable
 from caduceus_audit.adapters.stream import CONSUMER_NAME, in_doubt
@@ -23,6 +24,7 @@ from caduceus_contracts import AuditCheckpointed, Keyring, ensure_signer, subjec
 log = logging.getLogger("caduceus_audit")
 
 HEALTH_SUBJECT = ROUTES.health_subject
+LAG = Gauge("caduceus_audit_lag_events", "Events in the stream the audit trail has not stored yet")
 
 
 class AuditService(BusService):
@@ -38,6 +40,7 @@ class AuditService(BusService):
         self.recorder = recorder
         self.checkpointer = checkpointer
         self.intake = AuditIntake(recorder, checkpointer)
+        self._database_problem: str | None = None
         self.routes = self.routes.tuned(subjects.ALL, delivery=Pull(
             CONSUMER_NAME, batch=settings.audit_batch_size, ack_wait_s=settings.audit_ack_wait_s,
             fetch_timeout_s=settings.audit_fetch_timeout_s, reads_back=True))
@@ -48,6 +51,7 @@ class AuditService(BusService):
         await asyncio.to_thread(self.checkpointer.load)
         await self._recover(connection)
         self.background(self._checkpoint_when_due(), "audit-checkpoints")
+        self.background(self._measure_lag(connection), "audit-lag")
         log.info("audit ready: consumer %r on stream %s, store %s", CONSUMER_NAME, self.settings.stream_name,
                  self.store.database.display_url)
         return self.intake
@@ -65,6 +69,24 @@ class AuditService(BusService):
         while True:
             await asyncio.sleep(self.settings.audit_fetch_timeout_s)
             await self.intake.checkpoint_due()
+
+    async def _measure_lag(self, connection: EventConnection, every_s: float = 5.0) -> None:
+        """How many events the stream holds that are not stored yet, and whether the database answers."""
+        while True:
+            try:
+                info = await connection.js.consumer_info(self.settings.stream_name, CONSUMER_NAME)
+                LAG.set(info.num_pending + info.num_ack_pending)
+            except Exception as exc:  # the consumer is made by the route: not there in the first moments
+                log.debug("audit lag unknown: %s", exc)
+            try:
+                await asyncio.to_thread(self.store.database.ping)
+                self._database_problem = None
+            except StoreUnavailable as exc:
+                self._database_problem = f"the audit database is unavailable: {exc}"
+            await asyncio.sleep(every_s)
+
+    def readiness(self) -> dict[str, str | None]:
+        return {**super().readiness(), "database": self._database_problem}
 
     async def _recover(self, connection: EventConnection) -> None:
         try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from prometheus_client import Gauge
+
 from caduceus_broker.handlers import ROUTES, BrokerHandlers
 from caduceus_broker.settings import BrokerSettings, ModelSettings
 from caduceus_broker.workers import Worker, WorkerPool
 from caduceus_bus import BusService, BusSettings, EventConnection
 
 SERVICE = ROUTES.role
+WORKERS_RUNNING = Gauge("caduceus_broker_workers_running", "Planner/executor pairs this broker runs")
 
 
 class BrokerApp(BusService):
@@ -24,6 +27,7 @@ class BrokerApp(BusService):
     async def prepare(self, connection: EventConnection) -> BrokerHandlers:
         pool = WorkerPool(self.settings, self.bus, self.model, connection.nc, self._report_worker)
         self.handlers = BrokerHandlers(connection, pool, self.settings.keys, self.settings.decision_timeout_s)
+        WORKERS_RUNNING.set_function(lambda: len(pool.workers))
         self.background(pool.watch(), "broker-worker-watch")
         return self.handlers
 

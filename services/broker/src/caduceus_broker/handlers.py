@@ -6,6 +6,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from caduceus_broker.domain import Routing, route_decision
 from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
 from caduceus_bus import Delivery, EventConnection, Route, RouteTable
@@ -27,6 +29,9 @@ from caduceus_contracts import (
 )
 
 log = logging.getLogger("caduceus.broker")
+DISPATCHED = Counter("caduceus_broker_calls_dispatched_total", "Decided calls dispatched to an executor")
+CALL_OUTCOMES = Counter("caduceus_broker_call_outcomes_total", "Outcomes of governed calls (ok, error, denied, "
+                        "refused)", ["status"])
 PENDING_TTL_S = 900.0
 # A call waiting for people is kept as long as the longest approval policy may ask for (ApprovalTerms.timeout_s).
 AWAITING_APPROVAL_TTL_S = 7 * 86_400.0 + 60
@@ -109,6 +114,7 @@ class BrokerHandlers:
         await self._route(entry[1], decided)
 
     async def on_tool_completed(self, completed: ToolCallCompleted) -> None:
+        CALL_OUTCOMES.labels(completed.status).inc()
         self.pending.close(completed.call_id)
         worker = self.pool.find(completed.tenant, completed.workspace)
         if worker is not None and worker.calls.pop(completed.call_id, None) is not None:
@@ -141,6 +147,7 @@ class BrokerHandlers:
             if worker is not None:
                 worker.calls[request.call_id] = dispatched
             await self.publisher.publish(subjects.tool_dispatched(request.tenant, request.workspace), dispatched)
+            DISPATCHED.inc()
         elif routing.route in ("deny", "refuse"):
             status = "denied" if routing.route == "deny" else "refused"
             await self.publisher.publish(

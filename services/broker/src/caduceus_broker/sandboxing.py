@@ -37,7 +37,7 @@ from caduceus_sandbox.secrets import read_secrets, secrets_pipe
 log = logging.getLogger("caduceus.broker.sandbox")
 # What a worker imports from this repository; the rest comes from the virtualenv.
 WORKER_PACKAGES = ("caduceus_broker", "caduceus_bus", "caduceus_contracts", "caduceus_hermes_plugin",
-                   "caduceus_telemetry", "caduceus_sandbox")
+                   "caduceus_telemetry", "caduceus_sandbox", "caduceus_web")
 INFO_TIMEOUT_S = 30.0
 RUN_PREFIX = "caduceus-broker-"
 

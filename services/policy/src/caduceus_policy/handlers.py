@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from prometheus_client import Counter, Histogram
 
 from caduceus_bus import Delivery, EventConnection, Pull, Route, RouteTable, kv_bucket_subjects
 from caduceus_contracts import (
@@ -233,10 +236,21 @@ def approval_fields(verdict: Verdict, tool: str) -> dict[str, Any]:
     }
 
 
+DECISIONS = Counter("caduceus_policy_decisions_total", "Decisions made, by verdict and by each rule that made them",
+                    ["verdict", "rule"])
+DECISION_SECONDS = Histogram("caduceus_policy_decision_seconds", "Time to decide one call (grant, digest, facts, "
+                             "rules, limits, signature)", ["verdict"],
+                             buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1))
+
+
 async def decide_request(service: DecisionService, request: ToolCallRequested) -> None:
     """Decide one request and publish the signed decision."""
+    started = time.perf_counter()
     decided = await service.decide(request)
     decision = decided.decision.decision
+    DECISION_SECONDS.labels(decision.verdict).observe(time.perf_counter() - started)
+    for rule in decision.policy_ids or ("(none)",):
+        DECISIONS.labels(decision.verdict, rule).inc()
     log.info("call %s (%s) in %s: %s %s", request.call_id, request.tool, request.tenant, decision.verdict,
              ",".join(decision.policy_ids))
     await service.publisher.publish(subjects.tool_decided(request.tenant), decided)

@@ -60,6 +60,11 @@ class Database:
                 _add_missing_columns(conn)
             self._schema_ready = True
 
+    def ping(self) -> None:
+        """A round trip to the database. Raises StoreUnavailable when it does not answer."""
+        with translated_errors(), self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     @contextmanager
     def writing(self) -> Iterator[Connection]:
         """A connection in a write transaction (on SQLite it holds the write lock from the start)."""
