@@ -13,7 +13,8 @@ import pytest
 from caduceus_contracts import ChatMessageIn
 from caduceus_identity.adapters.store import IdentityStore
 from caduceus_identity.adapters.tenants_file import DirectorySource
-from caduceus_identity.domain import Refused, TokenRefused, VerifiedIdentity
+from caduceus_identity.domain import Refused
+from caduceus_oidc import TokenRefused, VerifiedIdentity
 from caduceus_identity.gatekeeper import Gatekeeper, approve_pairing
 from caduceus_identity.linking import PairingRefused, PairingRules, parse_api_key
 

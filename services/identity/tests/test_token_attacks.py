@@ -18,10 +18,9 @@ from caduceus_identity.adapters.dev_issuer import (
     DevIssuerServer,
     load_or_create_key,
 )
-from caduceus_identity.adapters.oidc import OidcVerifier
 from caduceus_identity.adapters.tenants_file import DirectorySource
 from caduceus_identity.devtoken import DevTokenError, mint_dev_token
-from caduceus_identity.domain import TokenRefused
+from caduceus_oidc import OidcVerifier, TokenRefused
 
 
 async def serve_issuer(keys_dir: Path, directory_file: Path, port: int | None = None) -> DevIssuerServer:

@@ -41,7 +41,7 @@ from caduceus_contracts import (
     parse_event,
     subjects,
 )
-from caduceus_identity.adapters.oidc import OidcVerifier
+from caduceus_oidc import OidcVerifier
 from caduceus_web import HttpServer
 
 SERVICE = "approval"

@@ -41,8 +41,8 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_identity.adapters.oidc import OidcVerifier
-from caduceus_identity.domain import DirectoryError, TokenRefused
+from caduceus_identity.domain import DirectoryError
+from caduceus_oidc import OidcVerifier, TokenRefused
 
 log = logging.getLogger(__name__)
 

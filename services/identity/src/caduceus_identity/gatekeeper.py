@@ -14,7 +14,8 @@ from typing import Protocol
 
 from caduceus_contracts import ChatMessageIn
 from caduceus_identity.adapters.store import IdentityStore
-from caduceus_identity.domain import Directory, Member, Refused, TokenRefused, VerifiedIdentity
+from caduceus_identity.domain import Directory, Member, Refused
+from caduceus_oidc import TokenRefused, VerifiedIdentity
 from caduceus_identity.linking import (
     PairingRefused,
     PairingRules,

@@ -38,8 +38,7 @@ from caduceus_approval.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJ
 from caduceus_audit.domain.redaction import redact_value
 from caduceus_bus import EventPublisher
 from caduceus_contracts import ApprovalView, utcnow
-from caduceus_identity.adapters.oidc import OidcVerifier
-from caduceus_identity.domain import TokenRefused
+from caduceus_oidc import OidcVerifier, TokenRefused
 
 TEMPLATES = Path(__file__).parent / "templates"
 KEEPALIVE_S = 15.0
