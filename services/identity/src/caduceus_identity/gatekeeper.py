@@ -15,7 +15,6 @@ from typing import Protocol
 from caduceus_contracts import ChatMessageIn
 from caduceus_identity.adapters.store import IdentityStore
 from caduceus_identity.domain import Directory, Member, Refused
-from caduceus_oidc import TokenRefused, VerifiedIdentity
 from caduceus_identity.linking import (
     PairingRefused,
     PairingRules,
@@ -24,6 +23,7 @@ from caduceus_identity.linking import (
     looks_like_api_key,
     shown_code,
 )
+from caduceus_oidc import TokenRefused, VerifiedIdentity
 
 KEY_REMEDY = ("ask an administrator of the tenant for a service-account key "
               "(`caduceus identity service-account create`) and configure the integration with it")
