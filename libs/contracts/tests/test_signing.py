@@ -12,6 +12,7 @@ from caduceus_contracts import (
     Decision,
     GrantExpired,
     Keyring,
+    ReloadingKeyring,
     SessionGrant,
     SignatureError,
     SignedDecision,
@@ -142,5 +143,21 @@ def test_keys_written_by_ensure_signer_are_trusted_by_load_keyring(tmp_path: Pat
 
 def test_keyring_from_an_empty_directory_trusts_nothing(tmp_path: Path):
     ring = load_keyring(tmp_path / "missing")
+    with pytest.raises(SignatureError, match="unknown signing key"):
+        SignedDecision.issue(POLICY, a_decision()).verify(ring)
+
+
+def test_a_reloading_keyring_trusts_a_key_written_after_it_was_made(tmp_path: Path):
+    ring = ReloadingKeyring(tmp_path)
+    signer = ensure_signer(tmp_path, "policy")  # policy started after the verifier
+    assert SignedDecision.issue(signer, a_decision()).verify(ring) == "policy"
+    assert ring.key(signer.key_id) == ring.keys[signer.key_id]
+
+
+def test_a_reloading_keyring_still_binds_each_key_to_its_issuer(tmp_path: Path):
+    ring = ReloadingKeyring(tmp_path)
+    grant_signer = ensure_signer(tmp_path, "identity")
+    with pytest.raises(SignatureError, match="may not sign"):
+        SignedDecision.issue(grant_signer, a_decision()).verify(ring)
     with pytest.raises(SignatureError, match="unknown signing key"):
         SignedDecision.issue(POLICY, a_decision()).verify(ring)

@@ -53,6 +53,7 @@ from caduceus_contracts.models import (
 )
 from caduceus_contracts.signing import (
     Keyring,
+    ReloadingKeyring,
     SignatureError,
     Signer,
     ensure_signer,
@@ -64,6 +65,7 @@ __all__ = [
     "ApprovalRequested", "ApprovalResolved", "ApprovalTerms", "ApprovalView", "ApprovalVote", "ApprovalVoted",
     "ChatNotice", "RiskyFact", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",
     "ErrorEvent", "Event", "GrantExpired", "IdentityChanged", "Keyring", "ModelUsage", "PolicyShadowDisagreed", "SessionGrant",
+    "ReloadingKeyring",
     "SignatureError", "SignedDecision",
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",

@@ -17,7 +17,6 @@ from caduceus_approval.directory import TenantDirectory
 from caduceus_approval.domain import DESK_ISSUER, view_of
 from caduceus_approval.handlers import (
     Approvals,
-    PolicyKeys,
     on_approval_answered,
     on_tool_decided,
     on_tool_requested,
@@ -41,6 +40,7 @@ from caduceus_contracts import (
     parse_event,
     subjects,
 )
+from caduceus_contracts import ReloadingKeyring as PolicyKeys  # the keys policy signs `approve` decisions with
 from caduceus_oidc import OidcVerifier
 from caduceus_web import HttpServer
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -29,14 +28,12 @@ from caduceus_bus import EventPublisher
 from caduceus_contracts import (
     ApprovalAnswered,
     ContractError,
-    Keyring,
+    ReloadingKeyring,
     SignatureError,
-    SignedDecision,
     Signer,
     ToolCallDecided,
     ToolCallRequested,
     TurnRequested,
-    load_keyring,
     parse_event,
     subjects,
     utcnow,
@@ -47,25 +44,11 @@ from caduceus_oidc import OidcVerifier, TokenRefused
 log = logging.getLogger(__name__)
 
 
-class PolicyKeys:
-    """The keys that may sign `approve` decisions, reloaded from keys_dir when a decision names an unknown key."""
-
-    def __init__(self, keys_dir: Path) -> None:
-        self.keys_dir = keys_dir
-        self.keyring: Keyring = load_keyring(keys_dir)
-
-    def verify(self, signed: SignedDecision) -> None:
-        """Raise SignatureError unless policy signed this decision."""
-        if signed.key_id not in self.keyring.keys:
-            self.keyring = load_keyring(self.keys_dir)
-        signed.verify(self.keyring, frozenset({"policy"}))
-
-
 @dataclass(frozen=True)
 class Approvals:
     """What opening an approval needs: trusted policy keys, the signer, Temporal, the directory and the timings."""
 
-    keys: PolicyKeys
+    keys: ReloadingKeyring  # policy's key signs the `approve` decisions
     signer: Signer
     temporal: TemporalLink
     calls: RecentCalls
@@ -100,7 +83,7 @@ async def on_tool_decided(subject: str, body: bytes, publisher: EventPublisher, 
         return
     decision = decided.decision.decision
     try:
-        approvals.keys.verify(decided.decision)
+        decided.decision.verify(approvals.keys, frozenset({"policy"}))
     except SignatureError as exc:
         await publisher.refuse(subject, body, f"approve decision for call {decided.call_id} is not from policy: {exc}")
         return

@@ -26,9 +26,9 @@ from caduceus_bus import BusSettings, EventConnection, excerpt, extract_context,
 from caduceus_contracts import (
     ContractError,
     ErrorEvent,
+    ReloadingKeyring,
     ToolCallCompleted,
     ToolCallDispatched,
-    load_keyring,
     parse_event,
     subjects,
     utcnow,
@@ -48,7 +48,7 @@ class Executor:
         self.conn = conn
         self.ledger = ledger
         self.secrets = secrets or ExecutorSecrets([])
-        self.keyring = load_keyring(settings.keys_dir)
+        self.keyring = ReloadingKeyring(settings.keys_dir)
         # A call-scoped secret is a file any concurrent call could read: such calls run one at a time.
         self._slots = asyncio.Semaphore(1 if self.secrets.has_call_secrets else 8)
 

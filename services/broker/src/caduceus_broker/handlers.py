@@ -12,7 +12,7 @@ from caduceus_bus import EventPublisher
 from caduceus_contracts import (
     ChatReply,
     GrantExpired,
-    Keyring,
+    ReloadingKeyring,
     SignatureError,
     ToolCallCompleted,
     ToolCallDecided,
@@ -21,7 +21,6 @@ from caduceus_contracts import (
     TurnAssigned,
     TurnRequested,
     WorkerLifecycle,
-    load_keyring,
     subjects,
     utcnow,
 )
@@ -61,22 +60,15 @@ class BrokerHandlers:
         self.keys_dir = keys_dir
         # The planner denies a call policy did not decide within this bound; a later decision must not run it.
         self.decision_timeout_s = decision_timeout_s
-        self.keyring: Keyring = load_keyring(keys_dir)
+        self.keyring = ReloadingKeyring(keys_dir)
         self.pending = PendingCalls()
-
-    def _verify_with_reload(self, verify):
-        try:
-            return verify(self.keyring)
-        except SignatureError:
-            self.keyring = load_keyring(self.keys_dir)  # a service may have started with a new key
-            return verify(self.keyring)
 
     async def on_turn_requested(self, subject: str, body: bytes) -> None:
         turn = await self.publisher.receive(subject, body, TurnRequested)
         if turn is None:
             return
         try:
-            grant = self._verify_with_reload(turn.grant.verified)
+            grant = turn.grant.verified(self.keyring)
         except (SignatureError, GrantExpired) as exc:
             await self.publisher.refuse(subject, body, f"turn refused: {exc}")
             await self._reply(turn, "refused", f"this turn was refused: {exc}")
@@ -107,7 +99,7 @@ class BrokerHandlers:
         if decided is None:
             return
         try:
-            self._verify_with_reload(decided.decision.verify)
+            decided.decision.verify(self.keyring)
         except SignatureError as exc:
             await self.publisher.refuse(subject, body, f"decision for call {decided.call_id} rejected: {exc}")
             return

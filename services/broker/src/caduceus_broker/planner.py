@@ -24,10 +24,10 @@ from caduceus_contracts import (
     ContractError,
     GrantExpired,
     ModelUsage,
+    ReloadingKeyring,
     SessionGrant,
     SignatureError,
     TurnAssigned,
-    load_keyring,
     parse_event,
     subjects,
 )
@@ -147,7 +147,7 @@ async def serve(settings: WorkerSettings) -> None:
     if not has_middleware("tool_execution"):
         raise SystemExit("the Caduceus plugin did not load in this planner's Hermes profile; refusing to run")
     bus = take_credentials(BusSettings())
-    keyring = load_keyring(settings.keys_dir)
+    keyring = ReloadingKeyring(settings.keys_dir)
     conn = await EventConnection.connect(bus, name=f"planner-{settings.tenant}-{settings.workspace}")
     gateway = ToolGateway(conn, asyncio.get_running_loop(), tenant=settings.tenant, workspace=settings.workspace,
                           keyring=keyring, timeouts=GatewayTimeouts(settings.decision_timeout_s,
