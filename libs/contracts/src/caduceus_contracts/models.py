@@ -285,6 +285,13 @@ class ToolCallCompleted(Event):
     def _bounded(cls, value: str) -> str:
         return value if len(value) <= 200_000 else value[:200_000] + "\n[truncated]"
 
+    @classmethod
+    def of(cls, call: ToolCallRequested | ToolCallDispatched, status: ToolStatus, *, result: str = "",
+           reason: str = "", executed_by: str | None = None) -> "ToolCallCompleted":
+        """The outcome of a requested or dispatched call, naming the call as it did (tenant, workspace, session, tool)."""
+        return cls(tenant=call.tenant, call_id=call.call_id, workspace=call.workspace, session_id=call.session_id,
+                   tool=call.tool, status=status, result=result, reason=reason, executed_by=executed_by)
+
 
 class ChatReply(Event):
     kind: Literal["chat.reply"] = "chat.reply"

@@ -97,10 +97,10 @@ class Executor:
         return "ok", self.secrets.scrub(result if isinstance(result, str) else json.dumps(result, default=str))
 
     async def _complete(self, event: ToolCallDispatched, status: str, *, result: str = "", reason: str = "") -> None:
-        completed = ToolCallCompleted(tenant=self.settings.tenant, call_id=event.call_id,
-                                      workspace=self.settings.workspace, session_id=event.session_id,
-                                      tool=event.tool, status=status, result=result, reason=reason,
-                                      executed_by=self.settings.worker_id if status in ("ok", "error") else None)
+        completed = ToolCallCompleted.of(event, status, result=result, reason=reason,
+                                         executed_by=self.settings.worker_id if status in ("ok", "error") else None)
+        # A refused call may name another tenant or workspace; its outcome stays on this executor's own.
+        completed = completed.model_copy(update={"tenant": self.settings.tenant, "workspace": self.settings.workspace})
         await self.conn.publish(subjects.tool_completed(self.settings.tenant, self.settings.workspace), completed)
 
     async def _error(self, subject: str, body: bytes, reason: str) -> None:

@@ -151,9 +151,7 @@ class BrokerHandlers:
             status = "denied" if routing.route == "deny" else "refused"
             await self.publisher.publish(
                 subjects.tool_completed(request.tenant, request.workspace),
-                ToolCallCompleted(tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,
-                                  session_id=request.session_id, tool=request.tool, status=status,
-                                  reason=routing.reason))
+                ToolCallCompleted.of(request, status, reason=routing.reason))
         # "in-planner": the planner runs agent-loop tools itself and reports their outcome.
 
     async def _reply(self, turn: TurnRequested, status: str, text: str) -> None:
@@ -179,10 +177,8 @@ class BrokerHandlers:
             self.pending.close(call.call_id)
             await self.publisher.publish(
                 subjects.tool_completed(call.tenant, call.workspace),
-                ToolCallCompleted(tenant=call.tenant, call_id=call.call_id, workspace=call.workspace,
-                                  session_id=call.session_id, tool=call.tool, status="error",
-                                  reason=f"the agent's worker stopped while this call ran ({detail}); "
-                                         "it may have run partly"))
+                ToolCallCompleted.of(call, "error", reason=f"the agent's worker stopped while this call ran ({detail}); "
+                                                           "it may have run partly"))
         worker.calls.clear()
         for turn in list(worker.turns.values()):
             await self._reply(turn, "error", f"the agent stopped unexpectedly ({detail}) and this message was not "
