@@ -12,13 +12,13 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from caduceus_directory import DirectorySource
 from caduceus_embedded.ports import free_port
 from caduceus_identity.adapters.dev_issuer import (
     DevIssuer,
     DevIssuerServer,
     load_or_create_key,
 )
-from caduceus_identity.adapters.tenants_file import DirectorySource
 from caduceus_identity.devtoken import DevTokenError, mint_dev_token
 from caduceus_oidc import OidcVerifier, TokenRefused
 

@@ -124,8 +124,8 @@ def _is_tests_file(path: Path) -> bool:
 
 
 def _roles(tenants_file: Path, tenant: str, user: str) -> tuple[str, ...]:
-    from caduceus_identity.adapters.tenants_file import load_directory
-    from caduceus_identity.domain import DirectoryError, Refused
+    from caduceus_directory import DirectoryError, load_directory
+    from caduceus_oidc import Refused
 
     try:
         return tuple(load_directory(tenants_file).user(tenant, user).roles)

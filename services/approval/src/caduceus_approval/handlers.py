@@ -38,7 +38,7 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_identity.domain import DirectoryError
+from caduceus_directory import DirectoryError
 from caduceus_oidc import OidcVerifier, TokenRefused
 
 log = logging.getLogger(__name__)

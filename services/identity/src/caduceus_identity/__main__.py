@@ -9,9 +9,9 @@ import sys
 from pydantic import ValidationError
 
 from caduceus_bus import stop_event
+from caduceus_directory import DirectoryError
 from caduceus_identity.adapters.dev_issuer import DevIssuerError
 from caduceus_identity.app import ConfigurationError, bootstrap
-from caduceus_identity.domain import DirectoryError
 from caduceus_identity.settings import IdentitySettings
 from caduceus_telemetry import setup_telemetry, shutdown_telemetry
 

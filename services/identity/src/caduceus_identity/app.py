@@ -16,6 +16,7 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from caduceus_bus import EventPublisher, ensure_event_stream, make_broker
 from caduceus_contracts import ensure_signer, subjects, utcnow
+from caduceus_directory import DirectorySource
 from caduceus_identity.adapters.dev_issuer import (
     DevIssuer,
     DevIssuerServer,
@@ -23,7 +24,6 @@ from caduceus_identity.adapters.dev_issuer import (
 )
 from caduceus_identity.adapters.issuers import IssuerRegistry
 from caduceus_identity.adapters.store import IdentityStore
-from caduceus_identity.adapters.tenants_file import DirectorySource
 from caduceus_identity.gatekeeper import Gatekeeper
 from caduceus_identity.handlers import Admission, admit_chat_message
 from caduceus_identity.settings import IdentitySettings

@@ -27,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from caduceus_directory import Directory
 from caduceus_identity.adapters.dev_login import DevLogin
-from caduceus_identity.domain import Directory, Refused
+from caduceus_oidc import Refused
 from caduceus_web import HttpServer, HttpUnavailable
 
 log = logging.getLogger(__name__)

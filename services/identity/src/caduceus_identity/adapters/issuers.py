@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from caduceus_identity.domain import Directory, Issuer
+from caduceus_directory import Directory, Issuer
 from caduceus_oidc import OidcVerifier, TokenRefused, VerifiedIdentity, unverified_issuer
 
 UNTRUSTED_REMEDY = ("sign in with your organization's identity provider, or ask an administrator to add this "
