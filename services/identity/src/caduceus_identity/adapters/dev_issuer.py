@@ -150,6 +150,11 @@ class DevIssuer:
         }
         return jwt.encode(claims, self.key, algorithm=ALGORITHM, headers={"kid": self.key_id})
 
+    def id_token(self, tenant: str, user: str, nonce: str = "") -> tuple[str, int]:
+        """The ID token a dev sign-in ends with, bound to the app's nonce, and its lifetime in seconds."""
+        token = self.mint(TokenRequest(tenant=tenant, user=user), extra_claims={"nonce": nonce} if nonce else None)
+        return token, DEFAULT_TTL_S
+
     def asgi_app(self) -> Starlette:
         async def discovery(_: Request) -> JSONResponse:
             return JSONResponse(self.discovery())
