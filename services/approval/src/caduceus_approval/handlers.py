@@ -83,7 +83,7 @@ async def on_tool_decided(subject: str, body: bytes, publisher: EventPublisher, 
         return
     decision = decided.decision.decision
     try:
-        decided.decision.verify(approvals.keys, frozenset({"policy"}))
+        decided.decision.verify(approvals.keys, issuers={"policy"})
     except SignatureError as exc:
         await publisher.refuse(subject, body, f"approve decision for call {decided.call_id} is not from policy: {exc}")
         return

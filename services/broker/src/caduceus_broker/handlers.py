@@ -68,7 +68,7 @@ class BrokerHandlers:
         if turn is None:
             return
         try:
-            grant = turn.grant.verified(self.keyring)
+            grant = turn.grant.verify(self.keyring)
         except (SignatureError, GrantExpired) as exc:
             await self.publisher.refuse(subject, body, f"turn refused: {exc}")
             await self._reply(turn, "refused", f"this turn was refused: {exc}")

@@ -68,7 +68,7 @@ class Planner:
     async def _serve(self, turn: TurnAssigned, parent: otel_context.Context) -> None:
         session = turn.grant.grant.session_id
         try:
-            grant = turn.grant.verified(self.gateway.keyring)
+            grant = turn.grant.verify(self.gateway.keyring)
             if (grant.tenant, grant.workspace) != (self.settings.tenant, self.settings.workspace):
                 raise SignatureError("the grant is for another tenant or workspace")
         except (SignatureError, GrantExpired) as exc:

@@ -7,7 +7,6 @@ from datetime import datetime
 from pathlib import Path
 
 from caduceus_contracts import (
-    GrantExpired,
     ReloadingKeyring,
     SessionGrant,
     SignedGrant,
@@ -45,10 +44,8 @@ class TrustedKeys:
             self._remember(remembered, self.keyring.keys[signed.key_id][1])
         else:
             self._verified.move_to_end(remembered)
-        grant = signed.grant
-        if (now or utcnow()) >= grant.expires_at:
-            raise GrantExpired(f"session grant {grant.grant_id} expired at {grant.expires_at.isoformat()}")
-        return grant
+        signed.check_current(now or utcnow())
+        return signed.grant
 
     def _remember(self, key: tuple[str, str, bytes], public_key: object) -> None:
         self._verified[key] = public_key
