@@ -11,9 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from caduceus_audit.domain.timeline import CallStory, Moment, Timeline
-from caduceus_audit.domain.verification import ChainVerdict
-from caduceus_audit.replay import ReplayReport
+from caduceus_audit import CallStory, ChainVerdict, Moment, ReplayReport, Timeline
 
 VERDICT_STYLE = {"allow": "green", "deny": "red", "approve": "yellow"}
 MAX_SHOWN = 600

@@ -11,13 +11,17 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from caduceus_embedded.stackinfo import default_state_dir, read_stack_info
-from caduceus_identity.adapters.issuers import DeploymentIssuer, IssuerRegistry
-from caduceus_identity.adapters.store import IdentityStore
-from caduceus_identity.adapters.tenants_file import DirectorySource
-from caduceus_identity.domain import DirectoryError, Member, Refused, VerifiedIdentity
-from caduceus_identity.linking import ServiceAccount, looks_like_api_key
-from caduceus_identity.settings import IdentitySettings
+from caduceus_directory import DirectoryError, DirectorySource, Member
+from caduceus_embedded import default_state_dir, read_stack_info
+from caduceus_identity import (
+    DeploymentIssuer,
+    IdentitySettings,
+    IdentityStore,
+    IssuerRegistry,
+    ServiceAccount,
+    looks_like_api_key,
+)
+from caduceus_oidc import Refused, VerifiedIdentity
 
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from caduceus_embedded.stackinfo import StackInfo, default_state_dir, read_stack_info
+from caduceus_embedded import StackInfo, default_state_dir, read_stack_info
 
 
 def require_stack(state_dir: Path | None, err: Console) -> StackInfo:

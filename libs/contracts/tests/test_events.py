@@ -129,8 +129,8 @@ def test_signatures_inside_events_still_verify_after_the_round_trip():
     ring.trust("policy", POLICY.private_key.public_key())
     dispatched = parse_event(SAMPLES[5].model_dump_json())
     requested = parse_event(SAMPLES[3].model_dump_json())
-    assert dispatched.decision.verify(ring) == "policy"
-    assert requested.grant.verified(ring).user == "alice"
+    assert dispatched.decision.verify(ring, issuers={"policy"}) == dispatched.decision.decision
+    assert requested.grant.verify(ring).user == "alice"
     assert requested.computed_digest() == requested.digest
 
 
@@ -241,3 +241,12 @@ def test_a_checkpoint_whose_fingerprints_do_not_cover_its_range_is_refused(prev_
     data["checkpoint"]["checkpoint"].update(prev_seq=prev_seq, fingerprints=fingerprints)
     with pytest.raises(ContractError, match="malformed event"):
         parse_event(json.dumps(data))
+
+
+@pytest.mark.parametrize("call", [sample for sample in SAMPLES if isinstance(sample, ToolCallRequested | ToolCallDispatched)])
+def test_a_completion_names_the_call_it_completes(call) -> None:
+    completed = ToolCallCompleted.of(call, "ok", result="a\nb", executed_by="w-1")
+    assert (completed.tenant, completed.call_id, completed.workspace, completed.session_id, completed.tool) == (
+        call.tenant, call.call_id, call.workspace, call.session_id, call.tool)
+    assert (completed.status, completed.result, completed.reason, completed.executed_by) == ("ok", "a\nb", "", "w-1")
+    assert ToolCallCompleted.of(call, "denied", reason="no").executed_by is None

@@ -36,9 +36,9 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
+from caduceus_directory import DirectorySource
 from caduceus_embedded.ports import free_port
 from caduceus_identity.adapters.dev_issuer import DevIssuer, DevIssuerServer, TokenRequest, load_or_create_key
-from caduceus_identity.adapters.tenants_file import DirectorySource
 
 TENANT = "acme"
 TENANTS_YAML = """\

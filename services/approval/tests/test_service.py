@@ -52,7 +52,7 @@ async def test_approve_decision_opens_an_approval_and_notifies_the_requester(app
     answered = await approve_by_api(approval.ui_url, approval.token("carol"), asked.call_id, asked.digest)
     assert answered.status_code == 200
     published = await bus.verdict_on(asked.call_id)
-    assert published.decision.verify(load_keyring(approval.keys_dir)) == "approval"
+    assert published.decision.verify(load_keyring(approval.keys_dir), issuers={"approval"}) == published.decision.decision
     assert (await bus.notices_for(asked.call_id, 2))[1].text == "terminal call approved: approved by carol"
 
 

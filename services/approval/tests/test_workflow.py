@@ -91,7 +91,7 @@ async def test_approval_allows_the_call_with_a_decision_signed_by_approval(env, 
     decision = published.decision.decision
     assert (decision.verdict, decision.reason) == ("allow", "approved by carol (carol: looks fine)")
     assert (decision.digest, decision.session_id, decision.tool) == (DIGEST, "sess-1", "terminal")
-    assert published.decision.verify(load_keyring(approval_keys)) == "approval"
+    assert published.decision.verify(load_keyring(approval_keys), issuers={"approval"}) == published.decision.decision
     assert [n.text for n in await bus.notices_for(request.call_id, 2)] == [
         "waiting for approval from admin for terminal, expires in 15 min",
         "terminal call approved: approved by carol (carol: looks fine)"]

@@ -117,7 +117,7 @@ async def test_valid_message_becomes_a_turn_with_a_grant_that_verifies(
     await bus.publish(subjects.chat_in("acme"), message)
     turn = await turns.next(lambda e: e.message_id == message.message_id)
     assert isinstance(turn, TurnRequested)
-    grant = turn.grant.verified(load_keyring(keys_dir))
+    grant = turn.grant.verify(load_keyring(keys_dir))
     assert (grant.tenant, grant.workspace, grant.user, grant.roles, grant.channel, grant.session_id) == (
         "acme", "default", "carol", ("admin", "member", "guest"), "cli", message.session_id)
     assert (grant.approval_mode, grant.memory_scope) == (None, "user:carol")

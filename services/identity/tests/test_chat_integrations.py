@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from caduceus_contracts import ChatMessageIn
+from caduceus_directory import DirectorySource
 from caduceus_identity.adapters.store import IdentityStore
-from caduceus_identity.adapters.tenants_file import DirectorySource
-from caduceus_identity.domain import Refused, TokenRefused, VerifiedIdentity
 from caduceus_identity.gatekeeper import Gatekeeper, approve_pairing
 from caduceus_identity.linking import PairingRefused, PairingRules, parse_api_key
+from caduceus_oidc import Refused, TokenRefused, VerifiedIdentity
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 RULES = PairingRules(code_ttl_s=600, max_failures=3, lockout_s=900)

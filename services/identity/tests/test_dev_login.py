@@ -12,8 +12,8 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from caduceus_directory import DirectorySource
 from caduceus_identity.adapters.dev_issuer import DevIssuer
-from caduceus_identity.adapters.tenants_file import DirectorySource
 
 ISSUER = "http://127.0.0.1:8900"
 REDIRECT = "http://127.0.0.1:8902/auth/callback"

@@ -22,10 +22,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from caduceus_directory import DirectorySource
 from caduceus_embedded.ports import free_port
 from caduceus_identity.adapters.issuers import DeploymentIssuer, IssuerRegistry, VerifierTiming
-from caduceus_identity.adapters.tenants_file import DirectorySource
-from caduceus_identity.domain import Refused, TokenRefused
+from caduceus_oidc import Refused, TokenRefused
 
 CLIENT_ID = "caduceus"
 # The provider's own dependencies (authlib) warn about their deprecations; not ours to fix.

@@ -12,16 +12,15 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from caduceus_directory import DirectorySource
 from caduceus_embedded.ports import free_port
 from caduceus_identity.adapters.dev_issuer import (
     DevIssuer,
     DevIssuerServer,
     load_or_create_key,
 )
-from caduceus_identity.adapters.oidc import OidcVerifier
-from caduceus_identity.adapters.tenants_file import DirectorySource
 from caduceus_identity.devtoken import DevTokenError, mint_dev_token
-from caduceus_identity.domain import TokenRefused
+from caduceus_oidc import OidcVerifier, TokenRefused
 
 
 async def serve_issuer(keys_dir: Path, directory_file: Path, port: int | None = None) -> DevIssuerServer:

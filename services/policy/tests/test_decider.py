@@ -56,7 +56,7 @@ def test_an_engine_failure_is_a_signed_deny_not_a_crash(tmp_path: Path) -> None:
     assert decision.verdict == "deny"
     assert decision.reason.startswith("policy evaluation failed: KeyError")
     assert decision.pack_version == "broken.1"
-    assert decided.decision.verify(load_keyring(tmp_path)) == "policy"
+    assert decided.decision.verify(load_keyring(tmp_path), issuers={"policy"}) == decided.decision.decision
 
 
 PACK = {"policy.yaml": """

@@ -148,7 +148,7 @@ async def test_an_allowed_call_gets_a_signed_allow_naming_the_rule(
     event = await client.decided_event(request)
     decision = event.decision.decision
     assert (decision.verdict, decision.policy_ids) == ("allow", ("members-use-workspace-tools",))
-    assert event.decision.verify(load_keyring(keys_dir)) == "policy"
+    assert event.decision.verify(load_keyring(keys_dir), issuers={"policy"}) == event.decision.decision
     assert (decision.digest, decision.call_id, decision.tool) == (request.digest, request.call_id, "terminal")
     assert (decision.tenant, decision.workspace, decision.session_id) == ("acme", "default", "sess-1")
     assert decision.pack_version == "2026-11-26.2"

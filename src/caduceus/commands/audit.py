@@ -28,28 +28,39 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from caduceus.audit_views import render_replay, render_timeline, render_verdicts
-from caduceus_audit import AuditStore, StoreRefused, StoreUnavailable
-from caduceus_audit.adapters.checkpoint_sources import (
+from caduceus_audit import (
+    AuditStore,
     CheckpointSourceError,
+    DeliveryError,
+    Export,
+    Formatter,
+    HeldCheckpoint,
+    LineSink,
+    MissingAuditKey,
+    Narrator,
+    OtlpSink,
+    RecordedCall,
+    RecordFilter,
+    RetentionError,
+    Sink,
+    StoreRefused,
+    StoreUnavailable,
+    SyslogSink,
+    archive_before,
+    build_timeline,
     read_bus_checkpoints,
     read_checkpoint_file,
+    recorded_calls,
+    render_html,
+    replay,
+    sqlite_path,
+    verify_archive,
+    verify_trail,
     write_checkpoint_file,
 )
-from caduceus_audit.adapters.database import sqlite_path
-from caduceus_audit.adapters.delivery import DeliveryError, LineSink, OtlpSink, Sink, SyslogSink
-from caduceus_audit.adapters.store import RecordFilter
-from caduceus_audit.domain.narrative import Narrator
-from caduceus_audit.domain.timeline import build_timeline
-from caduceus_audit.exporting import Export, Formatter
-from caduceus_audit.recorded import RecordedCall, recorded_calls
-from caduceus_audit.replay import replay
-from caduceus_audit.retention import RetentionError, archive_before, verify_archive
-from caduceus_audit.timeline_html import render_html
-from caduceus_audit.verify import HeldCheckpoint, MissingAuditKey, verify_trail
 from caduceus_bus import BusSettings
 from caduceus_contracts import Keyring, SignatureError, load_keyring
-from caduceus_embedded.layout import StateLayout
-from caduceus_embedded.stackinfo import default_state_dir, read_stack_info
+from caduceus_embedded import StateLayout, default_state_dir, read_stack_info
 
 console = Console()
 err = Console(stderr=True)

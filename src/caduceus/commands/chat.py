@@ -12,8 +12,7 @@ from rich.markup import escape
 
 from caduceus.stackref import require_stack
 from caduceus.transcript import render_call
-from caduceus_client import ChatClient
-from caduceus_client.chat import ChatTimeout
+from caduceus_client import ChatClient, ChatTimeout
 
 console = Console()
 err = Console(stderr=True)
@@ -55,7 +54,7 @@ def chat(
 
 
 def mint_token(issuer_url: str, tenant: str, user: str) -> str:
-    from caduceus_identity.devtoken import mint_dev_token
+    from caduceus_identity import mint_dev_token
 
     try:
         return mint_dev_token(issuer_url, tenant, user)

@@ -24,10 +24,9 @@ from rich.console import Console
 
 from caduceus.commands.chat import mint_token
 from caduceus.transcript import render_transcript, tool_output
-from caduceus_client import ApprovalsClient, ApprovalsError, ChatClient, TurnTranscript
-from caduceus_client.chat import ChatTimeout
+from caduceus_client import ApprovalsClient, ApprovalsError, ChatClient, ChatTimeout, TurnTranscript
 from caduceus_contracts import ApprovalView, new_id
-from caduceus_embedded.stackinfo import StackInfo, default_state_dir, read_stack_info
+from caduceus_embedded import StackInfo, default_state_dir, read_stack_info
 
 console = Console()
 err = Console(stderr=True)
@@ -91,11 +90,7 @@ def demo(
 
 
 def _start_stack(state_dir: Path, scope: ExitStack) -> StackInfo:
-    from caduceus_embedded.binaries import MissingBinary
-    from caduceus_embedded.ports import PortBusy
-    from caduceus_embedded.servers import ServerFailed
-    from caduceus_embedded.services import ServiceFailed
-    from caduceus_embedded.stack import EmbeddedStack, StackAlreadyRunning
+    from caduceus_embedded import EmbeddedStack, MissingBinary, PortBusy, ServerFailed, ServiceFailed, StackAlreadyRunning
 
     console.print(f"starting the embedded stack in {state_dir}")
     stack = EmbeddedStack(state_dir, on_progress=lambda line: console.print(f"  {line}", style="dim", markup=False),
@@ -175,7 +170,7 @@ def evaluate_approval(transcript: TurnTranscript, approved: ApprovalView | None)
 
 def _wait_for_audit(info: StackInfo, transcript: TurnTranscript, timeout: float = 15.0) -> int:
     """Records the audit service stored for the session, once it has caught up with what we saw."""
-    from caduceus_audit.adapters.store import AuditStore
+    from caduceus_audit import AuditStore
 
     store = AuditStore(info.audit_db_url)
     deadline = time.monotonic() + timeout

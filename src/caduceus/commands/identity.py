@@ -13,11 +13,9 @@ from rich.table import Table
 
 from caduceus.identity_access import ISSUER_HELP, STATE_DIR_HELP, access, resolve_admin
 from caduceus_contracts import utcnow
-from caduceus_embedded.stackinfo import default_state_dir, read_stack_info
-from caduceus_identity.devtoken import DevTokenError, mint_dev_token
-from caduceus_identity.domain import Refused
-from caduceus_identity.gatekeeper import approve_pairing
-from caduceus_identity.linking import PairingRefused, shown_code
+from caduceus_embedded import default_state_dir, read_stack_info
+from caduceus_identity import DevTokenError, PairingRefused, approve_pairing, mint_dev_token, shown_code
+from caduceus_oidc import Refused
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -19,12 +19,18 @@ from rich.markup import escape
 
 from caduceus.stackref import require_stack
 from caduceus_bus import BusSettings
-from caduceus_embedded.layout import StateLayout
-from caduceus_embedded.stackinfo import default_state_dir
-from caduceus_policy import CedarEngine, PackError, Verdict, load_engine, request_facts
-from caduceus_policy.facts import HostPaths
-from caduceus_policy.pack.cases import run_cases
-from caduceus_policy.pack.loader import parse_duration, parse_test_file
+from caduceus_embedded import StateLayout, default_state_dir
+from caduceus_policy import (
+    CedarEngine,
+    HostPaths,
+    PackError,
+    Verdict,
+    load_engine,
+    parse_duration,
+    parse_test_file,
+    request_facts,
+    run_cases,
+)
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -124,8 +130,8 @@ def _is_tests_file(path: Path) -> bool:
 
 
 def _roles(tenants_file: Path, tenant: str, user: str) -> tuple[str, ...]:
-    from caduceus_identity.adapters.tenants_file import load_directory
-    from caduceus_identity.domain import DirectoryError, Refused
+    from caduceus_directory import DirectoryError, load_directory
+    from caduceus_oidc import Refused
 
     try:
         return tuple(load_directory(tenants_file).user(tenant, user).roles)
@@ -291,7 +297,7 @@ def diff(
 
 async def _publish(bus: BusSettings, key: str, version: str | None, files: dict[str, str] | None) -> None:
     from caduceus_bus import EventConnection
-    from caduceus_policy.adapters.packs import PackStore
+    from caduceus_policy import PackStore
 
     conn = await EventConnection.connect(bus, "caduceus-policy-cli")
     try:

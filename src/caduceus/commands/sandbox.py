@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 
-from caduceus_broker.sandboxing import WORKER_PACKAGES
-from caduceus_sandbox import BwrapBackend, PolicyError, SandboxUnavailable, load_policy, python_runtime
-from caduceus_sandbox.render import TARGETS, render
+from caduceus_broker import WORKER_PACKAGES
+from caduceus_sandbox import TARGETS, BwrapBackend, PolicyError, SandboxUnavailable, load_policy, python_runtime, render
 
 sandbox_app = typer.Typer(
     help="Sandbox policies: what a tenant/workspace's planner and executor may read, write, reach and run.\n\n"

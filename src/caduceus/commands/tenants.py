@@ -12,8 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from caduceus.identity_access import STATE_DIR_HELP, TENANTS_FILE_HELP, access
-from caduceus_identity.adapters.tenants_file import load_directory
-from caduceus_identity.domain import TIERS, Directory, DirectoryError, Tenant
+from caduceus_directory import TIERS, Directory, DirectoryError, Tenant, load_directory
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -13,12 +13,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from caduceus_embedded.binaries import MissingBinary
-from caduceus_embedded.ports import PortBusy, StackPorts
-from caduceus_embedded.servers import ServerFailed
-from caduceus_embedded.services import ServiceFailed
-from caduceus_embedded.stack import EmbeddedStack, StackAlreadyRunning
-from caduceus_embedded.stackinfo import default_state_dir
+from caduceus_embedded import (
+    EmbeddedStack,
+    MissingBinary,
+    PortBusy,
+    ServerFailed,
+    ServiceFailed,
+    StackAlreadyRunning,
+    StackPorts,
+    default_state_dir,
+)
 
 HINT = 'caduceus chat --tenant acme --user alice "hello"'
 DEFAULTS = StackPorts()

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from caduceus.identity_access import ISSUER_HELP, STATE_DIR_HELP, TENANTS_FILE_HELP, access
-from caduceus_identity.domain import Refused
-from caduceus_identity.linking import looks_like_api_key
+from caduceus_identity import looks_like_api_key
+from caduceus_oidc import Refused
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -7,6 +7,6 @@ turn did (each tool call, its decision and its outcome) for a transcript.
 """
 
 from caduceus_client.approvals import ApprovalsClient, ApprovalsError
-from caduceus_client.chat import ChatClient, ToolCallRecord, TurnTranscript
+from caduceus_client.chat import ChatClient, ChatTimeout, ToolCallRecord, TurnTranscript
 
-__all__ = ["ApprovalsClient", "ApprovalsError", "ChatClient", "ToolCallRecord", "TurnTranscript"]
+__all__ = ["ApprovalsClient", "ApprovalsError", "ChatClient", "ChatTimeout", "ToolCallRecord", "TurnTranscript"]

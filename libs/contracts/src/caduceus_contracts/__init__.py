@@ -36,6 +36,7 @@ from caduceus_contracts.models import (
     PolicyShadowDisagreed,
     RiskyFact,
     SessionGrant,
+    Signed,
     SignedCheckpoint,
     SignedDecision,
     SignedGrant,
@@ -53,6 +54,7 @@ from caduceus_contracts.models import (
 )
 from caduceus_contracts.signing import (
     Keyring,
+    ReloadingKeyring,
     SignatureError,
     Signer,
     ensure_signer,
@@ -64,7 +66,8 @@ __all__ = [
     "ApprovalRequested", "ApprovalResolved", "ApprovalTerms", "ApprovalView", "ApprovalVote", "ApprovalVoted",
     "ChatNotice", "RiskyFact", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",
     "ErrorEvent", "Event", "GrantExpired", "IdentityChanged", "Keyring", "ModelUsage", "PolicyShadowDisagreed", "SessionGrant",
-    "SignatureError", "SignedDecision",
+    "ReloadingKeyring",
+    "SignatureError", "Signed", "SignedDecision",
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",

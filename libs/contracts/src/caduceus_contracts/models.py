@@ -8,8 +8,9 @@ versions and malformed bodies with a `ContractError` naming what was wrong.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, Union
 
 from pydantic import (
     BaseModel,
@@ -43,6 +44,44 @@ def utcnow() -> datetime:
 
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Payload = TypeVar("Payload", bound=Model)
+
+
+class Signed(Model, Generic[Payload]):
+    """A payload with the signature of one issuer over its canonical JSON: a grant, a decision, a checkpoint.
+
+    Each envelope keeps the field names it has always had on the wire (`grant`, `decision` or `checkpoint`,
+    then `key_id`, `signature`), so stored and in-flight envelopes still parse and verify. `verify()`
+    answers the payload itself, once the signature checks out.
+    """
+
+    # The envelope's payload field, and the issuers whose keys may sign it unless a verifier narrows them.
+    payload_field: ClassVar[str]
+    signed_by: ClassVar[frozenset[str]]
+
+    @property
+    def payload(self) -> Payload:
+        return getattr(self, self.payload_field)
+
+    @classmethod
+    def issue(cls, signer: Signer, payload: Payload) -> Self:
+        """The payload signed by `signer`."""
+        return cls(**{cls.payload_field: payload, "key_id": signer.key_id,
+                      "signature": signer.sign(payload.model_dump(mode="json"))})
+
+    def verify(self, keyring: Keyring, *, issuers: Collection[str] | None = None,
+               now: datetime | None = None) -> Payload:
+        """The payload, if a key of one of `issuers` (default: the envelope's own) signed it and it is still
+        valid at `now`. Raises SignatureError (or the envelope's own error for an expired payload)."""
+        keyring.verify(self.payload.model_dump(mode="json"), key_id=self.key_id, signature=self.signature,
+                       issuers=set(self.signed_by if issuers is None else issuers))
+        self.check_current(now or utcnow())
+        return self.payload
+
+    def check_current(self, now: datetime) -> None:
+        """Raise when the payload may no longer be used at `now`; most envelopes do not expire here."""
 
 
 Tenant = Annotated[str, Field(pattern=subjects.TOKEN_RE.pattern)]
@@ -89,21 +128,18 @@ class SessionGrant(Model):
     memory_scope: str = Field(default="tenant", pattern=MEMORY_SCOPE_PATTERN)
 
 
-class SignedGrant(Model):
+class SignedGrant(Signed[SessionGrant]):
+    """A session grant identity signed; `verify()` also refuses it once expired (GrantExpired)."""
+
+    payload_field: ClassVar[str] = "grant"
+    signed_by: ClassVar[frozenset[str]] = frozenset({"identity"})
     grant: SessionGrant
     key_id: str
     signature: str
 
-    @classmethod
-    def issue(cls, signer: Signer, grant: SessionGrant) -> "SignedGrant":
-        return cls(grant=grant, key_id=signer.key_id, signature=signer.sign(grant.model_dump(mode="json")))
-
-    def verified(self, keyring: Keyring, *, now: datetime | None = None) -> SessionGrant:
-        """The grant, if identity signed it and it has not expired. Raises SignatureError or GrantExpired."""
-        keyring.verify(self.grant.model_dump(mode="json"), key_id=self.key_id, signature=self.signature, issuers={"identity"})
-        if (now or utcnow()) >= self.grant.expires_at:
+    def check_current(self, now: datetime) -> None:
+        if now >= self.grant.expires_at:
             raise GrantExpired(f"session grant {self.grant.grant_id} expired at {self.grant.expires_at.isoformat()}")
-        return self.grant
 
 
 class GrantExpired(Exception):
@@ -167,19 +203,14 @@ class Decision(Model):
     expires_at: datetime
 
 
-class SignedDecision(Model):
+class SignedDecision(Signed[Decision]):
+    """A decision policy (or approval) signed; its expiry is checked by whoever acts on it, against the call."""
+
+    payload_field: ClassVar[str] = "decision"
+    signed_by: ClassVar[frozenset[str]] = frozenset({"policy", "approval"})
     decision: Decision
     key_id: str
     signature: str
-
-    @classmethod
-    def issue(cls, signer: Signer, decision: Decision) -> "SignedDecision":
-        return cls(decision=decision, key_id=signer.key_id, signature=signer.sign(decision.model_dump(mode="json")))
-
-    def verify(self, keyring: Keyring, issuers: frozenset[str] = frozenset({"policy", "approval"})) -> str:
-        return keyring.verify(
-            self.decision.model_dump(mode="json"), key_id=self.key_id, signature=self.signature, issuers=set(issuers)
-        )
 
 
 def decision_ttl(seconds: float = 60.0) -> datetime:
@@ -284,6 +315,13 @@ class ToolCallCompleted(Event):
     @classmethod
     def _bounded(cls, value: str) -> str:
         return value if len(value) <= 200_000 else value[:200_000] + "\n[truncated]"
+
+    @classmethod
+    def of(cls, call: ToolCallRequested | ToolCallDispatched, status: ToolStatus, *, result: str = "",
+           reason: str = "", executed_by: str | None = None) -> "ToolCallCompleted":
+        """The outcome of a requested or dispatched call, naming the call as it did (tenant, workspace, session, tool)."""
+        return cls(tenant=call.tenant, call_id=call.call_id, workspace=call.workspace, session_id=call.session_id,
+                   tool=call.tool, status=status, result=result, reason=reason, executed_by=executed_by)
 
 
 class ChatReply(Event):
@@ -527,21 +565,14 @@ class ChainCheckpoint(Model):
         return self.fingerprints[start:start + FINGERPRINT_HEX]
 
 
-class SignedCheckpoint(Model):
+class SignedCheckpoint(Signed[ChainCheckpoint]):
+    """The head of a tenant's chain, signed by the audit service."""
+
+    payload_field: ClassVar[str] = "checkpoint"
+    signed_by: ClassVar[frozenset[str]] = frozenset({"audit"})
     checkpoint: ChainCheckpoint
     key_id: str
     signature: str
-
-    @classmethod
-    def issue(cls, signer: Signer, checkpoint: ChainCheckpoint) -> "SignedCheckpoint":
-        return cls(checkpoint=checkpoint, key_id=signer.key_id,
-                   signature=signer.sign(checkpoint.model_dump(mode="json")))
-
-    def verify(self, keyring: Keyring) -> ChainCheckpoint:
-        """The checkpoint, if the audit service signed it. Raises SignatureError otherwise."""
-        keyring.verify(self.checkpoint.model_dump(mode="json"), key_id=self.key_id, signature=self.signature,
-                       issuers={"audit"})
-        return self.checkpoint
 
 
 class AuditCheckpointed(Event):

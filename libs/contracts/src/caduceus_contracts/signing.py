@@ -2,7 +2,8 @@
 
 A signer holds one private key and a key id naming the issuing service; a
 keyring holds the public keys a verifier trusts, each bound to the one issuer
-allowed to use it, so a grant key cannot sign a decision.
+allowed to use it, so a grant key cannot sign a decision. A service verifies with a
+`ReloadingKeyring` over the shared keys directory.
 """
 
 from __future__ import annotations
@@ -119,6 +120,33 @@ def load_keyring(keys_dir: Path) -> Keyring:
         for pub in sorted(keys_dir.glob("*.pub")):
             ring.trust_pem(pub.stem, pub.read_bytes())
     return ring
+
+
+class ReloadingKeyring(Keyring):
+    """The keys in a keys directory (`<issuer>.pub`), read again when a signature names a key id not yet known.
+
+    A service may start (and create its key) after the ones that verify its signatures, or rotate its
+    key: reading the directory again on an unknown key id picks that up without a restart. Use it
+    wherever a Keyring is expected.
+    """
+
+    def __init__(self, keys_dir: Path) -> None:
+        super().__init__()
+        self.keys_dir = keys_dir
+        self.reload()
+
+    def reload(self) -> None:
+        self.keys = load_keyring(self.keys_dir).keys
+
+    def key(self, key_id: str) -> tuple[str, Ed25519PublicKey] | None:
+        """The issuer and public key of a key id, reading the directory again first when it is unknown."""
+        if key_id not in self.keys:
+            self.reload()
+        return self.keys.get(key_id)
+
+    def verify_bytes(self, signed: bytes, *, key_id: str, signature: str, issuers: set[str]) -> str:
+        self.key(key_id)
+        return super().verify_bytes(signed, key_id=key_id, signature=signature, issuers=issuers)
 
 
 def ensure_signer(keys_dir: Path, issuer: str) -> Signer:

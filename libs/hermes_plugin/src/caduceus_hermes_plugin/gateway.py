@@ -120,9 +120,8 @@ class ToolGateway:
         return outcome
 
     def _report(self, request: ToolCallRequested, outcome: CallOutcome, executed_by: str | None) -> None:
-        event = ToolCallCompleted(tenant=self.tenant, call_id=request.call_id, workspace=self.workspace,
-                                  session_id=request.session_id, tool=request.tool, status=outcome.status,
-                                  result=outcome.result, reason=outcome.reason, executed_by=executed_by)
+        event = ToolCallCompleted.of(request, outcome.status, result=outcome.result, reason=outcome.reason,
+                                     executed_by=executed_by)
         try:
             asyncio.run_coroutine_threadsafe(
                 self.conn.publish(subjects.tool_completed(self.tenant, self.workspace), event), self.loop
@@ -207,9 +206,7 @@ class ToolGateway:
         pending.deadline = self.loop.time() + max(0.0, min(left, self.timeouts.approval_s))
 
     async def _publish_outcome(self, request: ToolCallRequested, outcome: CallOutcome) -> None:
-        event = ToolCallCompleted(tenant=self.tenant, call_id=request.call_id, workspace=self.workspace,
-                                  session_id=request.session_id, tool=request.tool, status=outcome.status,
-                                  result=outcome.result, reason=outcome.reason)
+        event = ToolCallCompleted.of(request, outcome.status, result=outcome.result, reason=outcome.reason)
         try:
             await self.conn.publish(subjects.tool_completed(self.tenant, self.workspace), event)
         except Exception:

@@ -7,9 +7,10 @@ from caduceus_sandbox.channels import Channel, ChannelError, ChannelServers, egr
 from caduceus_sandbox.egress import EgressProxy, EgressRefused
 from caduceus_sandbox.plan import SandboxPlan, python_runtime
 from caduceus_sandbox.policy import PolicyError, PolicyFiles, SandboxPolicy, load_policy
+from caduceus_sandbox.render import TARGETS, render
 
 __all__ = [
-    "BwrapBackend", "Channel", "ChannelError", "ChannelServers", "EgressProxy", "EgressRefused", "Findings",
+    "TARGETS", "BwrapBackend", "Channel", "ChannelError", "ChannelServers", "EgressProxy", "EgressRefused", "Findings",
     "PolicyError", "PolicyFiles", "SandboxPlan", "SandboxPolicy", "SandboxUnavailable", "egress_channel",
-    "load_policy", "python_runtime", "relay_channel",
+    "load_policy", "python_runtime", "relay_channel", "render",
 ]

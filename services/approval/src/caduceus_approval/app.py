@@ -13,7 +13,7 @@ from caduceus_approval.calls import RecentCalls
 from caduceus_approval.desk import ApprovalDesk
 from caduceus_approval.directory import TenantDirectory
 from caduceus_approval.domain import DESK_ISSUER, view_of
-from caduceus_approval.handlers import ROUTES, ApprovalDeps, Approvals, PolicyKeys
+from caduceus_approval.handlers import ROUTES, ApprovalDeps, Approvals
 from caduceus_approval.inbox import Inbox
 from caduceus_approval.settings import ApprovalSettings
 from caduceus_approval.temporal_link import TemporalLink
@@ -21,8 +21,8 @@ from caduceus_approval.web.oidc_client import OidcClient
 from caduceus_approval.web.routes import UiContext, build_app
 from caduceus_approval.web.sessions import CookieJar, load_or_create_secret
 from caduceus_bus import BusService, EventConnection
-from caduceus_contracts import ensure_signer
-from caduceus_identity.adapters.oidc import OidcVerifier
+from caduceus_contracts import ReloadingKeyring, ensure_signer
+from caduceus_oidc import OidcVerifier
 from caduceus_web import HttpServer
 
 SERVICE = ROUTES.role
@@ -48,7 +48,7 @@ class ApprovalService(BusService):
         self.directory = TenantDirectory(settings.tenants_file)
         self.temporal = TemporalLink(settings, ApprovalActivities(self.publish, signer, settings.decision_ttl_s),
                                      on_state=lambda state: self.inbox.apply(view_of(state)))
-        self.approvals = Approvals(keys=PolicyKeys(settings.keys_dir), signer=signer, temporal=self.temporal,
+        self.approvals = Approvals(keys=ReloadingKeyring(settings.keys_dir), signer=signer, temporal=self.temporal,
                                    calls=self.calls, directory=self.directory,
                                    desk_key=desk_signer.public_pem().decode(), window_s=settings.approval_window_s,
                                    decision_ttl_s=settings.decision_ttl_s, request_wait_s=settings.request_wait_s)

@@ -13,11 +13,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 from caduceus_contracts import (
-    Keyring,
+    ReloadingKeyring,
     SignatureError,
     ToolCallRequested,
     TurnRequested,
-    load_keyring,
 )
 
 MAX_REMEMBERED = 20_000
@@ -29,21 +28,18 @@ class RecentCalls:
     def __init__(self, keys_dir: Path, ttl_s: float = 900.0) -> None:
         self.keys_dir = keys_dir
         self.ttl_s = ttl_s
-        self._keyring: Keyring = load_keyring(keys_dir)
+        self._keyring = ReloadingKeyring(keys_dir)
         self._requests: OrderedDict[str, tuple[float, ToolCallRequested]] = OrderedDict()
         self._turns: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._arrived = asyncio.Condition()
 
     def _grant_verifies(self, grant) -> bool:
-        payload = grant.grant.model_dump(mode="json")
-        for attempt in range(2):
-            try:
-                self._keyring.verify(payload, key_id=grant.key_id, signature=grant.signature, issuers={"identity"})
-                return True
-            except SignatureError:
-                if attempt == 0:
-                    self._keyring = load_keyring(self.keys_dir)  # identity may have a new key
-        return False
+        try:
+            self._keyring.verify(grant.grant.model_dump(mode="json"), key_id=grant.key_id, signature=grant.signature,
+                                 issuers={"identity"})
+        except SignatureError:
+            return False
+        return True
 
     async def remember_request(self, request: ToolCallRequested) -> bool:
         """Keep a request whose grant identity signed; False (and nothing kept) otherwise."""

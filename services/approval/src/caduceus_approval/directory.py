@@ -1,11 +1,11 @@
-"""The tenants file as the approval service reads it, through identity's DirectorySource (re-read on change)."""
+"""The tenants file as the approval service reads it, through caduceus_directory's DirectorySource (re-read on change)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from caduceus_identity.adapters.tenants_file import DirectorySource
+from caduceus_directory import DirectorySource
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client import Counter
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -35,42 +34,26 @@ from caduceus_contracts import (
     ApprovalResolved,
     ApprovalVoted,
     Event,
-    Keyring,
+    ReloadingKeyring,
     SignatureError,
-    SignedDecision,
     Signer,
     ToolCallDecided,
     ToolCallRequested,
     TurnRequested,
-    load_keyring,
     subjects,
     utcnow,
 )
-from caduceus_identity.adapters.oidc import OidcVerifier
-from caduceus_identity.domain import DirectoryError, TokenRefused
+from caduceus_directory import DirectoryError
+from caduceus_oidc import OidcVerifier, TokenRefused
 
 log = logging.getLogger(__name__)
-
-
-class PolicyKeys:
-    """The keys that may sign `approve` decisions, reloaded from keys_dir when a decision names an unknown key."""
-
-    def __init__(self, keys_dir: Path) -> None:
-        self.keys_dir = keys_dir
-        self.keyring: Keyring = load_keyring(keys_dir)
-
-    def verify(self, signed: SignedDecision) -> None:
-        """Raise SignatureError unless policy signed this decision."""
-        if signed.key_id not in self.keyring.keys:
-            self.keyring = load_keyring(self.keys_dir)
-        signed.verify(self.keyring, frozenset({"policy"}))
 
 
 @dataclass(frozen=True)
 class Approvals:
     """What opening an approval needs: trusted policy keys, the signer, Temporal, the directory and the timings."""
 
-    keys: PolicyKeys
+    keys: ReloadingKeyring  # policy's key signs the `approve` decisions
     signer: Signer
     temporal: TemporalLink
     calls: RecentCalls
@@ -122,7 +105,7 @@ async def open_approval(deps: ApprovalDeps, decided: ToolCallDecided, delivery: 
     approvals, publisher = deps.approvals, deps.publisher
     decision = decided.decision.decision
     try:
-        approvals.keys.verify(decided.decision)
+        decided.decision.verify(approvals.keys, issuers={"policy"})
     except SignatureError as exc:
         await delivery.refuse(f"approve decision for call {decided.call_id} is not from policy: {exc}")
         return

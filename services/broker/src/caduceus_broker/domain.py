@@ -51,12 +51,10 @@ def check_dispatch(event: ToolCallDispatched, *, tenant: str, workspace: str, ke
 
     Single use is checked separately against the ledger (it needs storage).
     """
-    signed = event.decision
     try:
-        signed.verify(keyring)
+        decision = event.decision.verify(keyring)
     except SignatureError as exc:
         raise DispatchRefused(f"decision signature rejected: {exc}") from None
-    decision = signed.decision
     if decision.verdict != "allow":
         raise DispatchRefused(f"the decision is {decision.verdict!r}, not allow")
     if event.tenant != tenant or decision.tenant != tenant:

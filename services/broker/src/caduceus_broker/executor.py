@@ -30,9 +30,9 @@ from caduceus_bus import (
     take_credentials,
 )
 from caduceus_contracts import (
+    ReloadingKeyring,
     ToolCallCompleted,
     ToolCallDispatched,
-    load_keyring,
     subjects,
     utcnow,
 )
@@ -50,7 +50,7 @@ class Executor:
         self.conn = conn
         self.ledger = ledger
         self.secrets = secrets or ExecutorSecrets([])
-        self.keyring = load_keyring(settings.keys_dir)
+        self.keyring = ReloadingKeyring(settings.keys_dir)
         # A call-scoped secret is a file any concurrent call could read: such calls run one at a time.
         self._slots = asyncio.Semaphore(1 if self.secrets.has_call_secrets else 8)
 
@@ -92,10 +92,10 @@ class Executor:
         return "ok", self.secrets.scrub(result if isinstance(result, str) else json.dumps(result, default=str))
 
     async def _complete(self, event: ToolCallDispatched, status: str, *, result: str = "", reason: str = "") -> None:
-        completed = ToolCallCompleted(tenant=self.settings.tenant, call_id=event.call_id,
-                                      workspace=self.settings.workspace, session_id=event.session_id,
-                                      tool=event.tool, status=status, result=result, reason=reason,
-                                      executed_by=self.settings.worker_id if status in ("ok", "error") else None)
+        completed = ToolCallCompleted.of(event, status, result=result, reason=reason,
+                                         executed_by=self.settings.worker_id if status in ("ok", "error") else None)
+        # A refused call may name another tenant or workspace; its outcome stays on this executor's own.
+        completed = completed.model_copy(update={"tenant": self.settings.tenant, "workspace": self.settings.workspace})
         await self.conn.publish(subjects.tool_completed(self.settings.tenant, self.settings.workspace), completed)
 
 

@@ -14,7 +14,7 @@ from caduceus_bus import Delivery, EventConnection, Route, RouteTable
 from caduceus_contracts import (
     ChatReply,
     GrantExpired,
-    Keyring,
+    ReloadingKeyring,
     SignatureError,
     ToolCallCompleted,
     ToolCallDecided,
@@ -23,7 +23,6 @@ from caduceus_contracts import (
     TurnAssigned,
     TurnRequested,
     WorkerLifecycle,
-    load_keyring,
     subjects,
     utcnow,
 )
@@ -66,19 +65,12 @@ class BrokerHandlers:
         self.keys_dir = keys_dir
         # The planner denies a call policy did not decide within this bound; a later decision must not run it.
         self.decision_timeout_s = decision_timeout_s
-        self.keyring: Keyring = load_keyring(keys_dir)
+        self.keyring = ReloadingKeyring(keys_dir)
         self.pending = PendingCalls()
-
-    def _verify_with_reload(self, verify):
-        try:
-            return verify(self.keyring)
-        except SignatureError:
-            self.keyring = load_keyring(self.keys_dir)  # a service may have started with a new key
-            return verify(self.keyring)
 
     async def on_turn_requested(self, turn: TurnRequested, delivery: Delivery) -> None:
         try:
-            grant = self._verify_with_reload(turn.grant.verified)
+            grant = turn.grant.verify(self.keyring)
         except (SignatureError, GrantExpired) as exc:
             await delivery.refuse(f"turn refused: {exc}")
             await self._reply(turn, "refused", f"this turn was refused: {exc}")
@@ -103,7 +95,7 @@ class BrokerHandlers:
 
     async def on_tool_decided(self, decided: ToolCallDecided, delivery: Delivery) -> None:
         try:
-            self._verify_with_reload(decided.decision.verify)
+            decided.decision.verify(self.keyring)
         except SignatureError as exc:
             await delivery.refuse(f"decision for call {decided.call_id} rejected: {exc}")
             return
@@ -152,9 +144,7 @@ class BrokerHandlers:
             status = "denied" if routing.route == "deny" else "refused"
             await self.publisher.publish(
                 subjects.tool_completed(request.tenant, request.workspace),
-                ToolCallCompleted(tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,
-                                  session_id=request.session_id, tool=request.tool, status=status,
-                                  reason=routing.reason))
+                ToolCallCompleted.of(request, status, reason=routing.reason))
         # "in-planner": the planner runs agent-loop tools itself and reports their outcome.
 
     async def _reply(self, turn: TurnRequested, status: str, text: str) -> None:
@@ -180,10 +170,8 @@ class BrokerHandlers:
             self.pending.close(call.call_id)
             await self.publisher.publish(
                 subjects.tool_completed(call.tenant, call.workspace),
-                ToolCallCompleted(tenant=call.tenant, call_id=call.call_id, workspace=call.workspace,
-                                  session_id=call.session_id, tool=call.tool, status="error",
-                                  reason=f"the agent's worker stopped while this call ran ({detail}); "
-                                         "it may have run partly"))
+                ToolCallCompleted.of(call, "error", reason=f"the agent's worker stopped while this call ran ({detail}); "
+                                                           "it may have run partly"))
         worker.calls.clear()
         for turn in list(worker.turns.values()):
             await self._reply(turn, "error", f"the agent stopped unexpectedly ({detail}) and this message was not "

@@ -30,10 +30,10 @@ from caduceus_contracts import (
     ChatReply,
     GrantExpired,
     ModelUsage,
+    ReloadingKeyring,
     SessionGrant,
     SignatureError,
     TurnAssigned,
-    load_keyring,
     subjects,
 )
 from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway, install_gateway
@@ -66,7 +66,7 @@ class Planner:
         parent = otel_context.get_current()  # the consumer span of the turn's message, in the chat's trace
         session = turn.grant.grant.session_id
         try:
-            grant = turn.grant.verified(self.gateway.keyring)
+            grant = turn.grant.verify(self.gateway.keyring)
             if (grant.tenant, grant.workspace) != (self.settings.tenant, self.settings.workspace):
                 raise SignatureError("the grant is for another tenant or workspace")
         except (SignatureError, GrantExpired) as exc:
@@ -162,7 +162,7 @@ class PlannerProcess(WorkerProcess):
     async def prepare(self, connection: EventConnection) -> Planner:
         settings = self.settings
         self.gateway = ToolGateway(connection, asyncio.get_running_loop(), tenant=settings.tenant,
-                                   workspace=settings.workspace, keyring=load_keyring(settings.keys_dir),
+                                   workspace=settings.workspace, keyring=ReloadingKeyring(settings.keys_dir),
                                    timeouts=GatewayTimeouts(settings.decision_timeout_s, settings.completion_timeout_s))
         await self.gateway.start()
         install_gateway(self.gateway)

@@ -1,9 +1,9 @@
 """`python -m caduceus_identity`: verify chat messages and issue session grants until SIGINT/SIGTERM."""
 
 from caduceus_bus import main_of
+from caduceus_directory import DirectoryError
 from caduceus_identity.adapters.dev_issuer import DevIssuerError
 from caduceus_identity.app import bootstrap
-from caduceus_identity.domain import DirectoryError
 from caduceus_identity.settings import IdentitySettings
 
 main = main_of("identity", lambda: bootstrap(IdentitySettings()), (DirectoryError, DevIssuerError))

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from caduceus_bus import BusService, ConfigurationError, EventConnection
 from caduceus_contracts import ensure_signer, subjects, utcnow
+from caduceus_directory import DirectorySource
 from caduceus_identity.adapters.dev_issuer import (
     DevIssuer,
     DevIssuerServer,
@@ -19,7 +20,6 @@ from caduceus_identity.adapters.dev_issuer import (
 )
 from caduceus_identity.adapters.issuers import IssuerRegistry
 from caduceus_identity.adapters.store import IdentityStore
-from caduceus_identity.adapters.tenants_file import DirectorySource
 from caduceus_identity.gatekeeper import Gatekeeper
 from caduceus_identity.handlers import ROUTES, Admission
 from caduceus_identity.settings import IdentitySettings

@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Protocol
 
 from caduceus_contracts import ChatMessageIn
+from caduceus_directory import Directory, Member
 from caduceus_identity.adapters.store import IdentityStore
-from caduceus_identity.domain import Directory, Member, Refused, TokenRefused, VerifiedIdentity
 from caduceus_identity.linking import (
     PairingRefused,
     PairingRules,
@@ -23,6 +23,7 @@ from caduceus_identity.linking import (
     looks_like_api_key,
     shown_code,
 )
+from caduceus_oidc import Refused, TokenRefused, VerifiedIdentity
 
 KEY_REMEDY = ("ask an administrator of the tenant for a service-account key "
               "(`caduceus identity service-account create`) and configure the integration with it")

@@ -23,8 +23,9 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
-from caduceus_identity.domain import Directory, Refused
+from caduceus_directory import Directory
 from caduceus_identity.gatekeeper import Gatekeeper
+from caduceus_oidc import Refused
 
 log = logging.getLogger(__name__)
 

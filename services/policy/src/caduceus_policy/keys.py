@@ -7,12 +7,10 @@ from datetime import datetime
 from pathlib import Path
 
 from caduceus_contracts import (
-    GrantExpired,
-    Keyring,
+    ReloadingKeyring,
     SessionGrant,
     SignedGrant,
     canonical_json,
-    load_keyring,
     utcnow,
 )
 
@@ -20,10 +18,7 @@ MAX_VERIFIED_GRANTS = 4096
 
 
 class TrustedKeys:
-    """A keyring loaded from `<keys_dir>/*.pub`, reloaded when a grant names a key it does not know.
-
-    Identity may start (and create its key) after policy, or rotate its key; reloading on an
-    unknown key id picks that up without a restart.
+    """The keys of `<keys_dir>` (a ReloadingKeyring: identity may start after policy, or rotate its key).
 
     A grant is verified once per session turn but arrives with every tool call of the turn, so
     signatures that verified are remembered, keyed by the exact signed bytes, the signature and
@@ -34,27 +29,23 @@ class TrustedKeys:
 
     def __init__(self, keys_dir: Path, max_remembered: int = MAX_VERIFIED_GRANTS) -> None:
         self.keys_dir = keys_dir
-        self.keyring: Keyring = load_keyring(keys_dir)
+        self.keyring = ReloadingKeyring(keys_dir)
         self.max_remembered = max_remembered
         self._verified: OrderedDict[tuple[str, str, bytes], object] = OrderedDict()
 
     def verify_grant(self, signed: SignedGrant, *, now: datetime | None = None) -> SessionGrant:
         """The grant if identity signed it and it is unexpired; raises SignatureError or GrantExpired."""
-        if signed.key_id not in self.keyring.keys:
-            self.keyring = load_keyring(self.keys_dir)
         payload = canonical_json(signed.grant.model_dump(mode="json"))
         remembered = (signed.key_id, signed.signature, payload)
-        trusted = self.keyring.keys.get(signed.key_id)
+        trusted = self.keyring.key(signed.key_id)
         if trusted is None or self._verified.get(remembered) is not trusted[1]:
             self.keyring.verify_bytes(payload, key_id=signed.key_id, signature=signed.signature,
                                       issuers={"identity"})
             self._remember(remembered, self.keyring.keys[signed.key_id][1])
         else:
             self._verified.move_to_end(remembered)
-        grant = signed.grant
-        if (now or utcnow()) >= grant.expires_at:
-            raise GrantExpired(f"session grant {grant.grant_id} expired at {grant.expires_at.isoformat()}")
-        return grant
+        signed.check_current(now or utcnow())
+        return signed.grant
 
     def _remember(self, key: tuple[str, str, bytes], public_key: object) -> None:
         self._verified[key] = public_key

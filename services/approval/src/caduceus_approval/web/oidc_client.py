@@ -15,8 +15,7 @@ from urllib.parse import urlencode
 import httpx
 import jwt
 
-from caduceus_identity.adapters.oidc import OidcVerifier, ProviderUnavailable
-from caduceus_identity.domain import TokenRefused, VerifiedIdentity
+from caduceus_oidc import OidcVerifier, ProviderUnavailable, TokenRefused, VerifiedIdentity
 
 
 class SignInFailed(Exception):

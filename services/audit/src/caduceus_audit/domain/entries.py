@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from caduceus_audit.domain.redaction import nothing_to_redact, redact_event_body, redact_text
 from caduceus_contracts import (
     ApprovalView,
     CanonicalizationError,
@@ -26,6 +25,7 @@ from caduceus_contracts import (
     parse_event,
     subjects,
 )
+from caduceus_redaction import nothing_to_redact, redact_event_body, redact_text
 
 MAX_EVENT_ID = 160
 MAX_KIND = 64

@@ -27,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from caduceus_directory import Directory
 from caduceus_identity.adapters.dev_login import DevLogin
-from caduceus_identity.domain import Directory, Refused
+from caduceus_oidc import Refused
 from caduceus_web import HttpServer, HttpUnavailable
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,11 @@ class DevIssuer:
             **(extra_claims or {}),
         }
         return jwt.encode(claims, self.key, algorithm=ALGORITHM, headers={"kid": self.key_id})
+
+    def id_token(self, tenant: str, user: str, nonce: str = "") -> tuple[str, int]:
+        """The ID token a dev sign-in ends with, bound to the app's nonce, and its lifetime in seconds."""
+        token = self.mint(TokenRequest(tenant=tenant, user=user), extra_claims={"nonce": nonce} if nonce else None)
+        return token, DEFAULT_TTL_S
 
     def asgi_app(self) -> Starlette:
         async def discovery(_: Request) -> JSONResponse:

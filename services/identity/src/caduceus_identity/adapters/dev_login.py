@@ -13,12 +13,16 @@ import hashlib
 import html
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from caduceus_directory import Directory
 
 CODE_TTL_S = 120
 _PARAMS = ("client_id", "redirect_uri", "state", "nonce", "code_challenge", "code_challenge_method", "scope")
@@ -45,10 +49,18 @@ def _s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
+class SignInIssuer(Protocol):
+    """What the sign-in flow needs of its issuer (the DevIssuer): the people, and an ID token for one of them."""
+
+    directory: Callable[[], Directory]
+
+    def id_token(self, tenant: str, user: str, nonce: str = "") -> tuple[str, int]: ...
+
+
 class DevLogin:
     """The /authorize page and /oauth/token endpoint of a DevIssuer."""
 
-    def __init__(self, issuer) -> None:
+    def __init__(self, issuer: SignInIssuer) -> None:
         self.issuer = issuer
         self._codes: dict[str, _Grant] = {}
 
@@ -118,12 +130,9 @@ class DevLogin:
         if grant.code_challenge and _s256(form.get("code_verifier", "")) != grant.code_challenge:
             return JSONResponse({"error": "invalid_grant", "error_description": "PKCE verification failed"},
                                 status_code=400)
-        from caduceus_identity.adapters.dev_issuer import DEFAULT_TTL_S, TokenRequest
-
-        id_token = self.issuer.mint(TokenRequest(tenant=grant.tenant, user=grant.user),
-                                    extra_claims={"nonce": grant.nonce} if grant.nonce else None)
+        id_token, expires_in = self.issuer.id_token(grant.tenant, grant.user, grant.nonce)
         return JSONResponse({"access_token": id_token, "id_token": id_token, "token_type": "Bearer",
-                             "expires_in": DEFAULT_TTL_S})
+                             "expires_in": expires_in})
 
 
 class _NoTenant:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from caduceus_identity.adapters.oidc import OidcVerifier, unverified_issuer
-from caduceus_identity.domain import Directory, Issuer, TokenRefused, VerifiedIdentity
+from caduceus_directory import Directory, Issuer
+from caduceus_oidc import OidcVerifier, TokenRefused, VerifiedIdentity, unverified_issuer
 
 UNTRUSTED_REMEDY = ("sign in with your organization's identity provider, or ask an administrator to add this "
                     "provider to the tenant's `issuers:` in tenants.yaml")

@@ -20,11 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from caduceus_contracts import ChatMessageIn, SessionGrant, subjects
+from caduceus_oidc import Refused, VerifiedIdentity
 
-TOKEN_REMEDY = (
-    "get a fresh token from your identity provider (embedded stack: "
-    "`caduceus identity token --tenant <tenant> --user <user>`) and send the message again"
-)
 DIRECTORY_FORMAT = """\
 tenants:
   acme:
@@ -46,42 +43,8 @@ ApprovalMode = Literal["always-ask", "ask-when-risky", "never"]
 MemoryScope = Literal["tenant", "user", "channel"]
 
 
-class Refused(Exception):
-    """A chat message identity will not admit: `reason` says why, `remedy` what the person can do."""
-
-    def __init__(self, reason: str, remedy: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.remedy = remedy
-
-    @property
-    def reply_text(self) -> str:
-        """The text a person sees in the refused chat reply."""
-        return f"{self.reason}; {self.remedy}"
-
-
-class TokenRefused(Refused):
-    """An OIDC token failed verification; the reason names the check (never the token)."""
-
-    def __init__(self, reason: str, remedy: str = TOKEN_REMEDY) -> None:
-        super().__init__(reason, remedy)
-
-
 class DirectoryError(ValueError):
     """The tenants file is missing or wrong; the message names the file and what to fix."""
-
-
-@dataclass(frozen=True)
-class VerifiedIdentity:
-    """Who a credential proved someone is: the name they go by, the tenant, and what their provider says."""
-
-    subject: str
-    tenant: str
-    groups: tuple[str, ...]
-    email: str | None
-    issuer: str
-    expires_at: datetime | None
-    email_verified: bool = False
 
 
 class _Entry(BaseModel):

@@ -20,7 +20,7 @@ import httpx
 import jwt
 from jwt import PyJWK
 
-from caduceus_identity.domain import TokenRefused, VerifiedIdentity
+from caduceus_oidc.identity import TokenRefused, VerifiedIdentity
 
 log = logging.getLogger(__name__)
 

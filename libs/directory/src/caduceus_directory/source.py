@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from caduceus_identity.domain import Directory, DirectoryError, parse_directory
+from caduceus_directory.model import Directory, DirectoryError, parse_directory
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from caduceus_contracts import ChatMessageIn
-from caduceus_identity.adapters.tenants_file import DirectorySource, load_directory
-from caduceus_identity.domain import DirectoryError, Refused, VerifiedIdentity
+from caduceus_directory import DirectoryError, DirectorySource, load_directory
+from caduceus_oidc import Refused, VerifiedIdentity
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""Secret redaction applied to every event body before it is stored (pure, no I/O).
+"""Secret redaction applied to every event body before it is stored, exported or shown (pure, no I/O).
 
 Two rules. The OIDC token a person sends with a chat message is replaced as a
 whole. Anywhere else in a body, in keys and values alike, text that looks like a
