@@ -151,8 +151,6 @@ secrets:
     audit = build_audit(AuditSettings(nats_url=nats_server.url, state_dir=state,
                                       audit_db_url=f"sqlite:///{state}/audit.db"))
     await audit.start()
-    stop_audit = asyncio.Event()
-    audit_task = asyncio.create_task(audit.consume(stop_audit))
     settings = BrokerSettings(state_dir=state)
 
     async def report(*args) -> None:
@@ -178,9 +176,7 @@ secrets:
     yield {"run": run, "state": state, "worker": worker, "settings": settings, "values": values,
            "audit_db": state / "audit.db", "loopback": host_loopback_service, "ns_ip": ns_ip, "nats": nats_server}
     await pool.stop_all()
-    stop_audit.set()
-    await audit_task
-    await audit.close()
+    await audit.stop()
     await conn.close()
 
 

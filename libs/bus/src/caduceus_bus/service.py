@@ -41,7 +41,7 @@ class BusService:
         self.connection: EventConnection | None = None
         self.router: Router | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self.http: HttpServer | None = None
+        self.probes: HttpServer | None = None
 
     # --- what a service fills in ---
 
@@ -68,9 +68,9 @@ class BusService:
         """Serve HTTP probes (when configured), connect, make sure the stream exists, prepare, subscribe every
         route, then answer health."""
         if self.bus.http_port is not None:
-            self.http = HttpServer(http_app(self.readiness), self.bus.http_host, self.bus.http_port,
+            self.probes = HttpServer(http_app(self.readiness), self.bus.http_host, self.bus.http_port,
                                    what=f"{self.table.role}'s health and metrics", port_setting="CADUCEUS_HTTP_PORT")
-            await self.http.start()
+            await self.probes.start()
         try:
             self.connection = await EventConnection.connect(self.bus, self.connection_name, role=self.table.role,
                                                             on_reconnect=self._reconnected)
@@ -125,9 +125,9 @@ class BusService:
                 await self.connection.close()
                 self.connection = None
                 BUS_CONNECTED.labels(self.table.role).set(0)
-            if self.http is not None:
-                await self.http.stop()
-                self.http = None
+            if self.probes is not None:
+                await self.probes.stop()
+                self.probes = None
 
     async def _reconnected(self) -> None:
         BUS_RECONNECTS.labels(self.table.role).inc()

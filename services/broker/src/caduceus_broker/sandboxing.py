@@ -20,7 +20,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from caduceus_broker import WORKER_PACKAGES
 from caduceus_broker.profiles import PROTECTED_IN_HOME
 from caduceus_sandbox import (
     BwrapBackend,
@@ -36,6 +35,9 @@ from caduceus_sandbox import (
 from caduceus_sandbox.secrets import read_secrets, secrets_pipe
 
 log = logging.getLogger("caduceus.broker.sandbox")
+# What a worker imports from this repository; the rest comes from the virtualenv (its sandbox's runtime).
+WORKER_PACKAGES = ("caduceus_broker", "caduceus_bus", "caduceus_contracts", "caduceus_hermes_plugin",
+                   "caduceus_telemetry", "caduceus_sandbox", "caduceus_web")
 INFO_TIMEOUT_S = 30.0
 RUN_PREFIX = "caduceus-broker-"
 
