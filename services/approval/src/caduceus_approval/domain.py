@@ -312,6 +312,12 @@ def expired(state: ApprovalState, now: datetime) -> ApprovalState:
     return replace(state, status="expired", resolution=EXPIRED_REASON, decided_at=now.isoformat())
 
 
+def abandoned(state: ApprovalState, how: str, now: datetime) -> ApprovalState:
+    """An approval whose workflow was cancelled, terminated or timed out in Temporal: the call is denied."""
+    return replace(state, status="denied", decided_at=now.isoformat(),
+                   resolution=f"the approval's workflow was {how} in Temporal before it was decided; denied (fail closed)")
+
+
 def reminder_for(state: ApprovalState) -> tuple[str, ...]:
     """Approvers who have not answered yet (and are not the requester)."""
     voted = {v.approver for v in state.votes}

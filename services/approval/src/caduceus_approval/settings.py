@@ -32,6 +32,8 @@ class ApprovalSettings(BusSettings):
     # Pause between attempts to reach Temporal, and the bound on one call to it.
     temporal_retry_s: float = 2.0
     temporal_rpc_timeout_s: float = 5.0
+    # How often approvals whose workflow ended undecided in Temporal (terminated, timed out) are looked for.
+    abandoned_sweep_s: float = Field(default=5.0, gt=0)
     # How long an `approve` decision waits for its call's request to arrive on the bus.
     request_wait_s: float = 3.0
 

@@ -14,18 +14,22 @@ from datetime import timedelta
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from caduceus_approval.activities import ApprovalActivities
-from caduceus_approval.domain import Answer, ApprovalAction, ApprovalRequest, ApprovalState
+from caduceus_approval.activities import Announcement, ApprovalActivities, PublishOutcome
+from caduceus_approval.domain import Answer, ApprovalAction, ApprovalRequest, ApprovalState, abandoned
 from caduceus_approval.settings import ApprovalSettings
 from caduceus_approval.starter import answer, request_approval
 from caduceus_approval.worker import build_worker
 from caduceus_approval.workflows import ApprovalWorkflow
+from caduceus_contracts import utcnow
 
 log = logging.getLogger(__name__)
 
 _UNREACHABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED}
 # How many approvals (latest first) the inbox is rebuilt from on connect.
 REBUILD_LIMIT = 500
+# How an approval's workflow ended without deciding, in the words the deny gives.
+ENDED = {WorkflowExecutionStatus.TERMINATED: "terminated", WorkflowExecutionStatus.TIMED_OUT: "timed out",
+         WorkflowExecutionStatus.CANCELED: "cancelled", WorkflowExecutionStatus.FAILED: "failed"}
 
 
 class TemporalUnavailable(RuntimeError):
@@ -40,6 +44,7 @@ class TemporalLink:
         self.on_state = on_state
         self.client: Client | None = None
         self.connected = asyncio.Event()
+        self._settled: set[tuple[str, str]] = set()  # ended approvals already denied (or found decided)
 
     @property
     def address(self) -> str:
@@ -64,6 +69,7 @@ class TemporalLink:
             worker = build_worker(self.client, self.activities, self.settings.approval_task_queue)
             self.connected.set()
             rebuild = asyncio.create_task(self._rebuild(self.client), name="approval-inbox-rebuild")
+            sweep = asyncio.create_task(self._deny_abandoned(self.client), name="approval-abandoned-sweep")
             try:
                 await worker.run()
             except asyncio.CancelledError:
@@ -72,6 +78,7 @@ class TemporalLink:
                 log.exception("approval worker stopped; reconnecting to Temporal")
             finally:
                 rebuild.cancel()
+                sweep.cancel()
                 self.connected.clear()
                 self.client = None
             await asyncio.sleep(self.settings.temporal_retry_s)
@@ -119,6 +126,38 @@ class TemporalLink:
             log.warning("could not list approvals to rebuild the inbox: %s", exc)
             return
         log.info("inbox rebuilt from %d approval(s) in Temporal", count)
+
+    async def _deny_abandoned(self, client: Client) -> None:
+        """Deny the call of every approval whose workflow ended undecided: terminated or timed out in Temporal (a
+        cancelled one denies itself; this catches it too if it could not). The signed deny, the resolved event
+        and the requester's notice carry stable ids, so replicas doing the same are stored once."""
+        query = (f"WorkflowType = 'ApprovalWorkflow' AND TaskQueue = '{self.settings.approval_task_queue}' "
+                 "AND ExecutionStatus != 'Running' AND ExecutionStatus != 'Completed'")
+        while True:
+            try:
+                async for execution in client.list_workflows(query, rpc_timeout=self.rpc_timeout):
+                    if (execution.id, execution.run_id) not in self._settled:
+                        await self._settle(client, execution)
+            except RPCError as exc:
+                log.warning("could not list ended approvals: %s", exc)
+            await asyncio.sleep(self.settings.abandoned_sweep_s)
+
+    async def _settle(self, client: Client, execution) -> None:
+        handle = client.get_workflow_handle_for(ApprovalWorkflow.run, execution.id, run_id=execution.run_id)
+        try:
+            state = await handle.query(ApprovalWorkflow.view, rpc_timeout=self.rpc_timeout)  # replays its history
+        except Exception as exc:
+            log.warning("could not read ended approval %s: %s", execution.id, exc)
+            return
+        if state.status == "pending":
+            how = ENDED.get(execution.status, "closed")
+            state = abandoned(state, how, utcnow())
+            await self.activities.publish_outcome(PublishOutcome(state, execution.id, execution.run_id))
+            await self.activities.announce(Announcement("resolved", state, execution.id, execution.run_id, 0))
+            log.warning("approval for call %s in %s was %s in Temporal undecided: denied", state.request.call_id,
+                        state.request.tenant, how)
+        self.on_state(state)
+        self._settled.add((execution.id, execution.run_id))
 
     async def _state_of(self, client: Client, execution, attempts: int = 5) -> ApprovalState | None:
         """An approval's state; None when it ended other than completing, or stays unreadable."""

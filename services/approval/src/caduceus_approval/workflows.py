@@ -14,6 +14,7 @@ outcome) is published by activities.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalAction,
         ApprovalRequest,
         ApprovalState,
+        abandoned,
         check_answer,
         desk_keyring,
         expired,
@@ -64,6 +66,26 @@ class ApprovalWorkflow:
 
     @workflow.run
     async def run(self, request: ApprovalRequest) -> ApprovalState:
+        try:
+            await self._wait_for_people(request)
+        except asyncio.CancelledError:
+            # Cancelled from Temporal (its Web UI, tctl): the call is denied and everyone is told, then it ends.
+            if self._state.status == "pending":
+                self._state = abandoned(self._state, "cancelled", workflow.now())
+                await self._resolve()
+            raise
+        await self._resolve()
+        await workflow.wait_condition(workflow.all_handlers_finished)  # a refusal being reported is reported
+        return self._state
+
+    async def _resolve(self) -> None:
+        info = workflow.info()
+        await workflow.execute_activity(PUBLISH_OUTCOME, PublishOutcome(self._state, info.workflow_id, info.run_id),
+                                        **_PUBLISH)
+        await self._announce("resolved")
+
+    async def _wait_for_people(self, request: ApprovalRequest) -> None:
+        """Until the approvers decide or it expires: announce votes, escalate, remind."""
         await self._announce("requested")
         opened_at = datetime.fromisoformat(self._state.opened_at)
         expires_at = datetime.fromisoformat(self._state.expires_at)
@@ -93,12 +115,6 @@ class ApprovalWorkflow:
             elif remind_at is not None and now >= remind_at:
                 await self._announce("reminded")
                 remind_at = now + timedelta(seconds=request.remind_every_s or 0)
-        info = workflow.info()
-        await workflow.execute_activity(PUBLISH_OUTCOME, PublishOutcome(self._state, info.workflow_id, info.run_id),
-                                        **_PUBLISH)
-        await self._announce("resolved")
-        await workflow.wait_condition(workflow.all_handlers_finished)  # a refusal being reported is reported
-        return self._state
 
     async def _announce(self, kind: str) -> None:
         self._announced += 1
