@@ -47,7 +47,7 @@ from caduceus_audit.retention import RetentionError, archive_before, verify_arch
 from caduceus_audit.timeline_html import render_html
 from caduceus_audit.verify import HeldCheckpoint, MissingAuditKey, verify_trail
 from caduceus_bus import BusSettings
-from caduceus_contracts import Keyring, SignatureError, load_keyring
+from caduceus_contracts import Keyring, SignatureError, load_keyring, subjects
 from caduceus_embedded.layout import StateLayout
 from caduceus_embedded.stackinfo import default_state_dir, read_stack_info
 
@@ -79,7 +79,17 @@ DbOption = Annotated[str | None, typer.Option(
                  "embedded stack's <state dir>/audit.db.", envvar="CADUCEUS_AUDIT_DB_URL", show_envvar=False)]
 StateDirOption = Annotated[Path | None, typer.Option(help="State dir of the embedded stack (default: "
                                                           "CADUCEUS_STATE_DIR or the user's data dir).")]
-TenantOption = Annotated[str | None, typer.Option(help="Only this tenant.")]
+
+
+def _chain_name(value: str | None) -> str | None:
+    if value is not None and not subjects.is_chain(value):
+        raise typer.BadParameter(f"{value!r} is no tenant: tenants are 1-63 lowercase letters, digits, '-' or '_'; "
+                                 f"messages no tenant owns are kept in the {subjects.SYSTEM_TENANT} chain")
+    return value
+
+
+TenantOption = Annotated[str | None, typer.Option(
+    help=f"Only this tenant (or {subjects.SYSTEM_TENANT}: messages no tenant owns).", callback=_chain_name)]
 
 
 def fail(message: str, code: int = USAGE) -> NoReturn:

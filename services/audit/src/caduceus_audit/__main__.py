@@ -30,7 +30,9 @@ async def serve(service: AuditService) -> None:
         if stop.is_set():
             return
         consumer = asyncio.create_task(service.consume(stop))
-        await stop.wait()
+        # A consumer that dies ends the process (loudly, for the supervisor) instead of leaving it healthy but idle.
+        await asyncio.wait([consumer, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(consumer, STOP_GRACE_S)
     finally:

@@ -40,7 +40,8 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One message ready to append to its tenant's chain (seq and hashes are the store's to assign)."""
+    """One message ready to append to its chain, its tenant's or the system's (seq and hashes are the store's to
+    assign)."""
 
     tenant: str
     event_id: str
@@ -53,6 +54,10 @@ class AuditEntry:
     rejected: bool = False
     reject_reason: str | None = None
     trace_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not subjects.is_chain(self.tenant):
+            raise ValueError(f"{self.tenant!r} names no chain: records belong to a tenant or {subjects.SYSTEM_TENANT}")
 
     def as_unstorable(self, reason: str) -> "AuditEntry":
         """This entry with its body withheld, for a message the store refused to hold as it was."""
