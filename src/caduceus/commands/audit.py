@@ -200,7 +200,8 @@ def verify(
         elif ok:
             console.print("[green]audit trail intact[/green]")
         else:
-            broken = ", ".join(f"{v.tenant} at record {v.first_bad_seq}" for v in verdicts if not v.ok)
+            broken = ", ".join(f"{v.tenant} at record {v.first_bad_seq}" if v.first_bad_seq is not None
+                               else f"{v.tenant} ({v.problem})" for v in verdicts if not v.ok)
             console.print(f"[bold red]audit trail TAMPERED[/bold red] ({escape(broken)}): keep this database as "
                           "evidence, restore from a backup, and compare the records around the named ones "
                           "(`caduceus audit export --format jsonl --tenant T`).")
