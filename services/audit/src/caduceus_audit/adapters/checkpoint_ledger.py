@@ -80,7 +80,12 @@ class CheckpointLedger:
         """Each tenant's last checkpointed seq."""
         query = select(CHECKPOINTS.c.tenant, func.max(CHECKPOINTS.c.seq)).group_by(CHECKPOINTS.c.tenant)
         with self.database.reading() as conn:
-            return {tenant: seq for tenant, seq in conn.execute(query)}
+            latest = dict(conn.execute(query).all())
+            for tenant in [tenant for tenant, seq in latest.items() if not isinstance(seq, int)]:
+                # A seq edited into text (SQLite sorts it above every number): the last one that is a number.
+                seqs = conn.execute(select(CHECKPOINTS.c.seq).where(CHECKPOINTS.c.tenant == tenant)).scalars()
+                latest[tenant] = max((seq for seq in seqs if isinstance(seq, int)), default=0)
+        return latest
 
     def unpublished(self) -> list[AuditCheckpointed]:
         """Checkpoints stored but not yet confirmed on the bus (the bus was down, or the service stopped)."""
