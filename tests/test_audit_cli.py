@@ -86,6 +86,18 @@ def test_verify_exits_0_on_an_intact_trail_and_1_naming_the_first_bad_record(sta
     assert "TAMPERED" in said and "acme at record 7" in said
 
 
+def test_verify_reports_a_junk_checkpoint_row_and_an_edited_record_each_where_it_is(state: Path) -> None:
+    sql(state, "INSERT INTO audit_checkpoint (tenant, seq, event_id, signed, issued_at, published) "
+               "VALUES ('acme', 12, 'junk-checkpoint', '{not json', '2026-11-20 09:00:00', 1)")
+    sql(state, "UPDATE audit_record SET body = x'00ff' WHERE seq = 4")
+    found = caduceus("audit", "verify", "--state-dir", state, "--json")
+    assert found.exit_code == 1, found.output
+    findings = {(v["tenant"], v["first_bad_seq"], v["problem"]) for v in json.loads(found.stdout)["tenants"]}
+    assert findings == {("acme", 12, "malformed checkpoint"), ("acme", 4, "changed")}
+    said = flat(caduceus("audit", "verify", "--state-dir", state).stdout)
+    assert "TAMPERED" in said and "checkpoint row 2" in said and "record 4 holds" in said
+
+
 def test_verify_exits_2_when_it_cannot_do_its_job_and_says_what_to_pass(state: Path, tmp_path: Path) -> None:
     nowhere = caduceus("audit", "verify", "--state-dir", tmp_path / "no-stack-here")
     assert nowhere.exit_code == 2 and "no audit database" in flat(nowhere.stderr) and "--db" in nowhere.stderr

@@ -39,7 +39,8 @@ CLI_ROLES = {
                    "cad.v1.tool.>", "cad.v1.worker.>", subjects.AUDIT_EVENTS, "cad.v1.error.>"),
     ),
     # The stack itself (`caduceus up`): creates and updates the event stream, checks every service's health.
-    "operator": Role(uses=("policy-packs",), publish=("$JS.API.>", "caduceus.health.>"),
+    # It also reports a service it left down after a crash loop, as the stack's own error event.
+    "operator": Role(uses=("policy-packs",), publish=("$JS.API.>", "caduceus.health.>", "cad.v1.error._system.stack"),
                      subscribe=("caduceus.health.>",)),
 }
 

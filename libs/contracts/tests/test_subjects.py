@@ -83,3 +83,11 @@ def test_tenant_of_a_subject_without_a_valid_tenant_is_none(subject):
 def test_any_tenant_wildcards_only_the_tenant_token():
     assert subjects.any_tenant(subjects.tool_completed("acme", "default")) == "cad.v1.tool.completed.*.default"
     assert subjects.any_tenant(subjects.error("acme", "policy")) == "cad.v1.error.*.policy"
+
+
+def test_the_system_chain_is_a_chain_but_no_tenant():
+    assert subjects.is_chain(subjects.SYSTEM_TENANT) and subjects.is_chain("acme")
+    assert subjects.audit_checkpoint(subjects.SYSTEM_TENANT) == "cad.v1.audit.checkpoint._system"
+    assert subjects.tenant_of("cad.v1.chat.in.ACME") is None
+    with pytest.raises(SubjectError, match="invalid tenant"):
+        subjects.chat_in(subjects.SYSTEM_TENANT)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +18,17 @@ from typing import TypeVar
 
 import nats
 import pytest
+from typer.testing import CliRunner
 
 import caduceus_embedded
+from caduceus.cli import app
+from caduceus_audit import AuditStore
+from caduceus_audit.app import build
+from caduceus_audit.settings import AuditSettings
+from caduceus_audit.testing import running
 from caduceus_bus import auth_options, load_permissions
 from caduceus_bus.permissions import Role
+from caduceus_contracts import subjects
 from caduceus_embedded.layout import StateLayout
 from caduceus_embedded.ports import PortBusy, StackPorts
 from caduceus_embedded.services import ServiceFailed, ServiceSpec, default_services
@@ -46,6 +53,7 @@ STANDINS = ("alpha", "beta", "broken")
 # a tester that may throw the switches.
 PERMISSIONS = SHIPPED.model_copy(update={"services": {
     "operator": SHIPPED.services["operator"], "client": SHIPPED.services["client"],
+    "audit": SHIPPED.services["audit"],
     **{name: Role(subscribe=(f"caduceus.health.{name}", f"standin.crash.{name}")) for name in STANDINS},
     "tester": Role(publish=("standin.crash.*", "caduceus.health.*")),
 }})
@@ -198,6 +206,35 @@ async def test_a_crashed_service_is_restarted_but_a_crash_loop_is_left_down(tmp_
             await nc.close()
 
 
+async def test_a_service_left_down_shows_in_status_and_is_audited_as_an_error_event(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with make_stack(state, standin("alpha"), standin("beta"), problems=[]) as stack:
+        nc = await connect(stack)
+        try:
+            first_pid = stack.info.services["alpha"]
+            await nc.publish("standin.crash.alpha", b"")
+            await until(lambda: read_stack_info(state).services["alpha"] != first_pid)
+            await nc.publish("standin.crash.alpha", b"")
+            down = await until(lambda: read_stack_info(state).down)
+        finally:
+            await nc.close()
+        assert list(down) == ["alpha"] and "exited again with code 5" in down["alpha"] and "alpha.log" in down["alpha"]
+        shown = CliRunner().invoke(app, ["status", "--state-dir", str(state)])
+        assert shown.exit_code == 1, shown.output
+        said = " ".join(shown.stdout.split())
+        assert "alpha" in said and "DOWN" in said and "1 service(s) down" in said
+
+        # The audit service, back (here: started now), stores the report the stack left on the stream.
+        store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+        audit = AuditSettings(nats_url=stack.nats_url, nats_credentials=stack.layout.bus_credentials("audit"),
+                              state_dir=tmp_path / "audit", audit_db_url=str(store.url), audit_fetch_timeout_s=0.1)
+        async with running(build(audit)):
+            await until_async(lambda: asyncio.to_thread(store.count, subjects.SYSTEM_TENANT), timeout=15)
+        (reported,) = store.records(tenant=subjects.SYSTEM_TENANT)
+        assert (reported.kind, reported.subject, reported.rejected) == ("error", "cad.v1.error._system.stack", False)
+        assert "service alpha is down" in reported.body and "caduceus.health.alpha" in reported.body
+
+
 async def test_a_service_that_ran_a_while_is_restarted_every_time_it_dies(tmp_path: Path) -> None:
     with make_stack(tmp_path / "state", standin("alpha"), crash_loop_s=1.0) as stack:
         nc = await connect(stack)
@@ -212,6 +249,15 @@ async def test_a_service_that_ran_a_while_is_restarted_every_time_it_dies(tmp_pa
             assert len(set(pids)) == 3
         finally:
             await nc.close()
+
+
+async def until_async(condition: Callable[[], Awaitable[T]], timeout: float = 15.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := await condition():
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
 
 
 async def until(condition: Callable[[], T], timeout: float = 15.0) -> T:

@@ -8,10 +8,7 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -19,10 +16,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from caduceus_audit import AuditStore
-from caduceus_audit.adapters.stream import CONSUMER_NAME, StreamMessage
-from caduceus_audit.app import HEALTH_SUBJECT, build
-from caduceus_audit.handlers import entry_for
-from caduceus_audit.settings import AuditSettings
+from caduceus_audit.adapters.stream import CONSUMER_NAME
+from caduceus_audit.app import build
 from caduceus_audit.testing import (
     AWS,
     TENANTS,
@@ -30,19 +25,17 @@ from caduceus_audit.testing import (
     eventually,
     flow,
     publisher,
+    quick_settings,
+    redelivered_after_commit,
     running,
+    spawn_audit,
     stored_count,
+    wait_healthy,
 )
-from caduceus_bus import EventConnection, Pull
-from caduceus_bus.router import consumer_config
 from caduceus_contracts import ChatMessageIn, Event, TurnRequested, subjects
 
 pytestmark = pytest.mark.timeout(90)
 
-
-def audit_settings(nats_url: str, db_url: str, state_dir: Path) -> AuditSettings:
-    return AuditSettings(nats_url=nats_url, state_dir=state_dir, audit_db_url=db_url, audit_batch_size=25,
-                         audit_fetch_timeout_s=0.2, audit_ack_wait_s=2.0, audit_retry_max_s=0.5)
 
 
 def assert_chains_hold(store: AuditStore, published: list[tuple[str, Event]]) -> None:
@@ -64,7 +57,7 @@ async def test_every_event_is_stored_once_in_order_with_an_intact_chain(db_url: 
     async with publisher(fresh_nats.url) as conn:
         for subject, event in published[:60]:  # a backlog waiting before audit starts ...
             await conn.publish(subject, event)
-        async with running(build(audit_settings(fresh_nats.url, db_url, tmp_path))):
+        async with running(build(quick_settings(fresh_nats.url, db_url, tmp_path))):
             for subject, event in published[60:]:  # ... and events arriving while it runs
                 await conn.publish(subject, event)
             await eventually(async_equals(stored_count(store), 80), what="80 records")
@@ -86,7 +79,7 @@ async def test_every_event_is_stored_once_in_order_with_an_intact_chain(db_url: 
 
 async def test_duplicate_publish_and_redelivery_are_stored_once(db_url: str, fresh_nats, tmp_path: Path):
     (subject, event), (other_subject, other) = flow(2)
-    service = build(audit_settings(fresh_nats.url, db_url, tmp_path))
+    service = build(quick_settings(fresh_nats.url, db_url, tmp_path))
     async with publisher(fresh_nats.url) as conn:
         await conn.publish(subject, event)
         await conn.publish(subject, event)  # a retried publish: same Nats-Msg-Id, JetStream keeps one
@@ -95,22 +88,7 @@ async def test_duplicate_publish_and_redelivery_are_stored_once(db_url: str, fre
         await conn.publish(other_subject, other)
         assert (await conn.js.stream_info("CADUCEUS")).state.messages == 3
 
-        # A previous run committed the batch, then lost its acks (a crash between commit and ack).
-        stream = conn.settings.stream_name
-        await conn.js.add_consumer(stream, consumer_config(subjects.ALL, Pull(CONSUMER_NAME, ack_wait_s=2.0)))
-        previous = await conn.js.pull_subscribe_bind(durable=CONSUMER_NAME, stream=stream)
-        msgs = await previous.fetch(10, timeout=2)
-        assert len(msgs) == 3
-        await asyncio.to_thread(service.store.append_batch, [entry_for(StreamMessage.delivered(m)) for m in msgs])
-        for msg in msgs:
-            await msg.nak()
-        await previous.unsubscribe()
-
-        async with running(service):
-            async def all_acknowledged() -> bool:
-                info = await conn.js.consumer_info("CADUCEUS", CONSUMER_NAME)
-                return info.num_ack_pending == 0 and info.num_pending == 0 and info.num_redelivered == 0
-            await eventually(all_acknowledged, what="redelivered messages acknowledged")
+        await redelivered_after_commit(service, conn, 3)
     store = AuditStore(db_url)
     assert [r.event_id for r in store.records()] == [event.event_id, other.event_id]
     assert store.verify_chain(event.tenant).ok
@@ -120,7 +98,7 @@ async def test_malformed_messages_are_stored_as_rejected_records(db_url: str, fr
     globex_message = ChatMessageIn(tenant="globex", session_id="s1", token="t", text="hello")
     (valid_subject, valid), = flow(1)
     store = AuditStore(db_url)
-    async with publisher(fresh_nats.url) as conn, running(build(audit_settings(fresh_nats.url, db_url, tmp_path))):
+    async with publisher(fresh_nats.url) as conn, running(build(quick_settings(fresh_nats.url, db_url, tmp_path))):
         await conn.js.publish(subjects.chat_in("acme"), b"{not json password=hunter2")
         await conn.js.publish(subjects.tool_requested("acme"),
                               json.dumps({"kind": "tool.exploded", "tenant": "acme", "args": {"key": AWS}}).encode(),
@@ -147,23 +125,6 @@ async def test_malformed_messages_are_stored_as_rejected_records(db_url: str, fr
     assert junk.tenant == subjects.SYSTEM_TENANT
     for tenant in store.tenants():
         assert store.verify_chain(tenant).ok
-
-
-def spawn_audit(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "caduceus_audit"], env={**os.environ, **env},
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-async def wait_healthy(conn: EventConnection, proc: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"audit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-        with suppress(Exception):
-            if (await conn.nc.request(HEALTH_SUBJECT, b"", timeout=0.3)).data == b"ok":
-                return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"audit did not become healthy:\n{log_path.read_text()[-3000:]}")
 
 
 async def test_audit_killed_mid_stream_loses_and_duplicates_nothing(db_url: str, fresh_nats, tmp_path: Path):
@@ -219,7 +180,7 @@ async def test_unavailable_database_pauses_consumption_without_acknowledging(pos
     published = flow(20)
     store = AuditStore(db_url)
     try:
-        async with publisher(fresh_nats.url) as conn, running(build(audit_settings(fresh_nats.url, db_url, tmp_path))):
+        async with publisher(fresh_nats.url) as conn, running(build(quick_settings(fresh_nats.url, db_url, tmp_path))):
             for subject, event in published[:10]:
                 await conn.publish(subject, event)
             await eventually(async_equals(stored_count(store), 10), what="first 10 records")

@@ -16,6 +16,7 @@ from caduceus_audit import AuditStore
 from caduceus_audit.retention import RetentionError, archive_before, verify_archive
 from caduceus_audit.testing import T0, checkpoint, entry, keyring
 from caduceus_audit.verify import verify_trail
+from caduceus_contracts import subjects
 
 
 @pytest.fixture()
@@ -89,3 +90,43 @@ def test_an_edited_archive_file_names_the_changed_record(store: AuditStore, tmp_
     path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     verdict = verify_archive(path, keyring())
     assert (verdict.first_bad_seq, verdict.problem) == (3, "changed")
+
+
+def test_a_line_of_an_archive_edited_into_junk_is_a_finding_not_a_crash(store: AuditStore, tmp_path: Path) -> None:
+    archived = archive_before(store, keyring(), "acme", T0 + timedelta(seconds=10), tmp_path)
+    assert archived is not None
+    path = Path(archived.location)
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    lines[5] = "{not json"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    verdict = verify_archive(path, keyring())
+    assert (verdict.ok, verdict.first_bad_seq, verdict.problem) == (False, 5, "changed"), verdict
+    assert "{not json" in verdict.reason
+
+
+def test_the_system_chain_is_archived_and_verifies_like_a_tenants(db_url: str, tmp_path: Path) -> None:
+    store = AuditStore(db_url)
+    store.append_batch([entry(subjects.SYSTEM_TENANT, n) for n in range(1, 5)])
+    store.checkpoints.add(checkpoint(store, subjects.SYSTEM_TENANT, 0, 3))
+    archived = archive_before(store, keyring(), subjects.SYSTEM_TENANT, T0 + timedelta(hours=1), tmp_path)
+    assert archived is not None and (archived.from_seq, archived.through_seq) == (1, 3)
+    assert verify_archive(Path(archived.location), keyring()).ok
+    (verdict,) = verify_trail(store, keyring())
+    assert verdict.ok and verdict.tenant == subjects.SYSTEM_TENANT and verdict.archived_through == 3
+    store.close()
+
+
+def test_appending_and_checkpointing_go_on_after_rows_edited_into_junk(tmp_path: Path) -> None:
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")  # SQLite keeps text in an integer column; PostgreSQL refuses
+    store.append_batch([entry("acme", n) for n in range(1, 13)])
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_record SET seq = 'twelve' WHERE tenant = 'acme' AND seq = 12"))
+        conn.execute(text("INSERT INTO audit_checkpoint (tenant, seq, event_id, signed, issued_at, published) "
+                          "VALUES ('acme', 'four', 'junk', '{not json', '2026-11-20 09:00:00', 1)"))
+    assert store.heads()["acme"][0] == 11 and store.checkpoints.latest() == {"acme": 0}
+    outcome = store.append_batch([entry("acme", 13)])
+    assert outcome.stored == 1 and outcome.heads == {"acme": 12}
+    junk_checkpoint, chain = verify_trail(store, keyring())
+    assert (junk_checkpoint.problem, chain.problem) == ("malformed checkpoint", "changed")
+    assert "'twelve' in its seq column" in chain.reason
+    store.close()

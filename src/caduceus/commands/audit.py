@@ -59,7 +59,7 @@ from caduceus_audit import (
     write_checkpoint_file,
 )
 from caduceus_bus import BusSettings
-from caduceus_contracts import Keyring, SignatureError, load_keyring
+from caduceus_contracts import Keyring, SignatureError, load_keyring, subjects
 from caduceus_embedded import StateLayout, default_state_dir, read_stack_info
 
 console = Console()
@@ -90,7 +90,17 @@ DbOption = Annotated[str | None, typer.Option(
                  "embedded stack's <state dir>/audit.db.", envvar="CADUCEUS_AUDIT_DB_URL", show_envvar=False)]
 StateDirOption = Annotated[Path | None, typer.Option(help="State dir of the embedded stack (default: "
                                                           "CADUCEUS_STATE_DIR or the user's data dir).")]
-TenantOption = Annotated[str | None, typer.Option(help="Only this tenant.")]
+
+
+def _chain_name(value: str | None) -> str | None:
+    if value is not None and not subjects.is_chain(value):
+        raise typer.BadParameter(f"{value!r} is no tenant: tenants are 1-63 lowercase letters, digits, '-' or '_'; "
+                                 f"messages no tenant owns are kept in the {subjects.SYSTEM_TENANT} chain")
+    return value
+
+
+TenantOption = Annotated[str | None, typer.Option(
+    help=f"Only this tenant (or {subjects.SYSTEM_TENANT}: messages no tenant owns).", callback=_chain_name)]
 
 
 def fail(message: str, code: int = USAGE) -> NoReturn:
@@ -201,7 +211,8 @@ def verify(
         elif ok:
             console.print("[green]audit trail intact[/green]")
         else:
-            broken = ", ".join(f"{v.tenant} at record {v.first_bad_seq}" for v in verdicts if not v.ok)
+            broken = ", ".join(f"{v.tenant} at record {v.first_bad_seq}" if v.first_bad_seq is not None
+                               else f"{v.tenant} ({v.problem})" for v in verdicts if not v.ok)
             console.print(f"[bold red]audit trail TAMPERED[/bold red] ({escape(broken)}): keep this database as "
                           "evidence, restore from a backup, and compare the records around the named ones "
                           "(`caduceus audit export --format jsonl --tenant T`).")

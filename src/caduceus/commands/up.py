@@ -1,4 +1,5 @@
-"""`caduceus up`: run the embedded stack in the foreground until Ctrl-C or SIGTERM."""
+"""`caduceus up`: run the embedded stack in the foreground until Ctrl-C or SIGTERM; `caduceus status`: what it
+says about its services (exit 0 all up, 1 one was left down after a crash loop, 2 no stack runs there)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from caduceus_embedded import (
     StackAlreadyRunning,
     StackPorts,
     default_state_dir,
+    read_stack_info,
 )
 
 HINT = 'caduceus chat --tenant acme --user alice "hello"'
@@ -33,6 +35,7 @@ err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 def register(app: typer.Typer) -> None:
     app.command(name="up")(up)
+    app.command(name="status")(status)
 
 
 def up(
@@ -137,3 +140,27 @@ def _show(stack: EmbeddedStack) -> None:
         where.add_row(label, escape(value))
     out.print(where)
     out.print(f"\ntry: [bold]{escape(HINT)}[/]\nCtrl-C stops everything.")
+
+
+def status(
+    state_dir: Annotated[Path | None, typer.Option(
+        help="State dir of the stack (default: $CADUCEUS_STATE_DIR or the user data dir).")] = None,
+) -> None:
+    """Show each service of the running stack, and every service it left down after a crash loop (exit 1)."""
+    root = state_dir or default_state_dir()
+    info = read_stack_info(root)
+    if info is None:
+        err.print(f"no stack runs in {escape(str(root))}: start one with `caduceus up` (or pass --state-dir DIR)",
+                  style="red")
+        raise typer.Exit(2)
+    table = Table(show_edge=False)
+    for column in ("service", "pid", "state"):
+        table.add_column(column)
+    for name, pid in info.services.items():
+        problem = info.down.get(name)
+        table.add_row(name, str(pid), f"[bold red]DOWN[/] {escape(problem)}" if problem else "[green]up[/]")
+    out.print(table)
+    if info.down:
+        out.print(f"[bold red]{len(info.down)} service(s) down[/]: read the named log, fix the cause, then restart "
+                  "the stack (`caduceus up`)")
+        raise typer.Exit(1)

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
@@ -185,21 +184,21 @@ class Router:
                 continue
             except asyncio.CancelledError:
                 raise
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("%s: fetching from consumer %r failed (%s); binding it again", self.table.role,
-                            pull.durable, exc)
+            except Exception as exc:  # a bus error or anything else: never leave the consumer dead and quiet
+                log.warning("%s: fetching from consumer %r failed (%s: %s); binding it again", self.table.role,
+                            pull.durable, type(exc).__name__, exc)
                 subscription = await _drop(subscription)
                 await asyncio.sleep(BUS_RETRY_S)
                 continue
             started = time.perf_counter()
-            batch = await self._accepted(route, [self._delivery(route, msg) for msg in msgs])
             try:
+                batch = await self._accepted(route, [self._delivery(route, msg) for msg in msgs])
                 await route.handler(self.deps, batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # left unacknowledged: JetStream delivers the batch again
-                self._count(route, "failed", messages=len(batch))
-                log.exception("%s failed to handle a batch of %d from %r", self.table.role, len(batch), pull.durable)
+                self._count(route, "failed", messages=len(msgs))
+                log.exception("%s failed to handle a batch of %d from %r", self.table.role, len(msgs), pull.durable)
                 continue
             self._count(route, "handled", time.perf_counter() - started, messages=len(batch))
             for delivery in batch:

@@ -85,6 +85,8 @@ class Signed(Model, Generic[Payload]):
 
 
 Tenant = Annotated[str, Field(pattern=subjects.TOKEN_RE.pattern)]
+# A tenant, or the system chain: whose audit chain or error report this is (see subjects.CHAIN_RE).
+ChainName = Annotated[str, Field(pattern=subjects.CHAIN_RE.pattern)]
 Workspace = Annotated[str, Field(pattern=subjects.TOKEN_RE.pattern)]
 SessionId = Annotated[str, Field(pattern=subjects.SESSION_RE.pattern)]
 
@@ -379,7 +381,7 @@ class ErrorEvent(Event):
 
     kind: Literal["error"] = "error"
     # A refused message without a valid tenant is reported under the system tenant.
-    tenant: Annotated[str, Field(pattern=rf"^({subjects.SYSTEM_TENANT}|{subjects.TOKEN_RE.pattern[1:-1]})$")]
+    tenant: ChainName
     service: str
     subject: str
     reason: str
@@ -534,7 +536,7 @@ FINGERPRINT_HEX = 8  # hex digits of each record's hash a checkpoint keeps
 
 
 class ChainCheckpoint(Model):
-    """The head of one tenant's audit chain as the audit service stored it.
+    """The head of one audit chain (a tenant's, or the system chain) as the audit service stored it.
 
     Signed by audit, so a party outside the database can keep it and later prove that the stored
     history is still the one checkpointed: `hash` is record `seq`'s hash, and `fingerprints` holds the
@@ -542,7 +544,7 @@ class ChainCheckpoint(Model):
     record is located even when the whole chain after it was recomputed.
     """
 
-    tenant: Tenant
+    tenant: ChainName
     seq: int = Field(ge=1)
     hash: str = Field(pattern=HASH_PATTERN)
     prev_seq: int = Field(ge=0)
@@ -579,6 +581,7 @@ class AuditCheckpointed(Event):
     """Audit signed the head of a tenant's chain (published on `cad.v1.audit.checkpoint.<tenant>`)."""
 
     kind: Literal["audit.checkpoint"] = "audit.checkpoint"
+    tenant: ChainName
     checkpoint: SignedCheckpoint
 
     @model_validator(mode="after")

@@ -13,7 +13,9 @@ PREFIX = "cad.v1"
 ALL = f"{PREFIX}.>"
 TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-SYSTEM_TENANT = "_system"  # errors that cannot be attributed to a valid tenant
+SYSTEM_TENANT = "_system"  # what cannot be attributed to a valid tenant: its errors, its audit chain
+# Whom an error report or an audit chain can belong to: a tenant, or the system (the one definition of both).
+CHAIN_RE = re.compile(rf"^(?:{SYSTEM_TENANT}|{TOKEN_RE.pattern[1:-1]})$")
 
 
 class SubjectError(ValueError):
@@ -25,6 +27,18 @@ def token(value: str, what: str = "tenant") -> str:
         raise SubjectError(
             f"invalid {what} {value!r}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
         )
+    return value
+
+
+def is_chain(value: str | None) -> bool:
+    """True for a tenant name or the system chain's name: what audit chains and error reports are kept under."""
+    return bool(CHAIN_RE.fullmatch(value or ""))
+
+
+def chain_token(value: str) -> str:
+    if not is_chain(value):
+        raise SubjectError(f"invalid tenant {value!r}: use 1-63 lowercase letters, digits, '-' or '_', starting with "
+                           f"a letter or digit (or {SYSTEM_TENANT}, the system chain)")
     return value
 
 
@@ -91,12 +105,12 @@ def identity_changed(tenant: str) -> str:
     return f"{PREFIX}.identity.changed.{token(tenant)}"
 
 
-def audit_checkpoint(tenant: str) -> str:
-    return f"{PREFIX}.audit.checkpoint.{token(tenant)}"
+def audit_checkpoint(chain: str) -> str:
+    return f"{PREFIX}.audit.checkpoint.{chain_token(chain)}"
 
 
 def error(tenant: str, service: str) -> str:
-    tenant_token = tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.fullmatch(tenant or "")) else SYSTEM_TENANT
+    tenant_token = tenant if is_chain(tenant) else SYSTEM_TENANT
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
 
 
@@ -111,7 +125,7 @@ def tenant_of(subject: str) -> str | None:
     if len(parts) < 5 or parts[0] != "cad" or parts[1] != "v1":
         return None
     tenant = parts[_tenant_index(parts)]
-    return tenant if (tenant == SYSTEM_TENANT or TOKEN_RE.fullmatch(tenant)) else None
+    return tenant if is_chain(tenant) else None
 
 
 def any_tenant(builder_subject: str) -> str:

@@ -9,7 +9,8 @@ Starting checks ports and binaries first, prepares the state dir (keys before an
 service), starts the servers, then the services, and waits until each answers its
 health check; any failure stops everything and raises. A restart on the same state
 dir continues where it stopped. While running, a service that dies is restarted, unless it
-died within CRASH_LOOP_S of its last restart: a crash loop is left down, with its log named.
+died within CRASH_LOOP_S of its last restart: a crash loop is left down, with its log named, in
+stack.json (`down`) and as an error event on the bus.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from caduceus_bus.authority import WORKER_SIGNING_FILE
 from caduceus_embedded.binaries import find_binary
 from caduceus_embedded.health import wait_ready
 from caduceus_embedded.layout import StateLayout
+from caduceus_embedded.outages import OutageNotReported, left_down_event, report_left_down
 from caduceus_embedded.ports import StackPorts
 from caduceus_embedded.servers import ServerProcess, start_nats, start_temporal
 from caduceus_embedded.services import (
@@ -246,8 +248,9 @@ class EmbeddedStack:
                     continue
                 if service.restarts >= 1 and service.uptime() < self.crash_loop_s:
                     reported.add(service.name)
-                    self.warn(f"{service.name} exited again with code {code} within {self.crash_loop_s:g} s of its "
-                              f"restart (log: {service.log_path}); not restarting it")
+                    self._leave_down(service, f"{service.name} exited again with code {code} within "
+                                     f"{self.crash_loop_s:g} s of its restart (log: {service.log_path}); not "
+                                     "restarting it")
                     continue
                 self.warn(f"{service.name} exited unexpectedly with code {code} (log: {service.log_path}); "
                           f"restarting it")
@@ -263,7 +266,7 @@ class EmbeddedStack:
             ready = _run(wait_ready(self.bus_settings("operator"), [fresh], self.ready_timeout,
                                     cancelled=self._stopping.is_set))
         except (ServiceFailed, OSError) as exc:
-            self.warn(f"{str(exc).splitlines()[0]}; not restarting it again")
+            self._leave_down(fresh, f"{str(exc).splitlines()[0]}; not restarting it again")
             return False
         if ready and self._info is not None:
             self.say(f"{fresh.name} is back (pid {fresh.pid})")
@@ -271,6 +274,18 @@ class EmbeddedStack:
                 "services": {name: s.pid for name, s in self.services.items()}})
             write_stack_info(self._info)
         return True
+
+    def _leave_down(self, service: RunningService, problem: str) -> None:
+        """A service stays down: say so on the console, in stack.json (`caduceus status`) and on the bus (audited)."""
+        self.warn(problem)
+        if self._info is not None:
+            self._info = self._info.model_copy(update={"down": {**self._info.down, service.name: problem}})
+            write_stack_info(self._info)
+        event = left_down_event(service.name, service.spec.health_subject, problem)
+        try:
+            _run(report_left_down(self.bus_settings("operator"), event))
+        except OutageNotReported as exc:
+            self.warn(f"could not report {service.name} down on the bus: {exc}")
 
 
 def _if_exists(path: Path) -> str:

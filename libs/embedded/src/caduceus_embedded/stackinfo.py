@@ -28,6 +28,7 @@ class StackInfo(BaseModel):
     model_base_url: str
     audit_db_url: str
     services: dict[str, int] = {}  # service name -> pid
+    down: dict[str, str] = {}  # service name -> why the stack left it down (a crash loop)
     approval_ui_url: str = ""
     # service name -> where it serves /healthz, /readyz and /metrics
     metrics_urls: dict[str, str] = {}

@@ -1,4 +1,5 @@
-"""Signing each tenant's chain head: every N records or T seconds, stored first, then published on the bus.
+"""Signing each chain's head (every tenant's, and the system chain's): every N records or T seconds, stored
+first, then published on the bus.
 
 A checkpoint is committed to the checkpoint table before it is published, and
 marked published only once JetStream confirmed it; one that could not be
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from caduceus_audit.adapters.store import AuditStore, StoreRefused, StoreUnavailable
-from caduceus_audit.domain.checkpoints import ChainGap, checkpoint_due, checkpoint_for
+from caduceus_audit.domain.checkpoints import ChainDamaged, checkpoint_due, checkpoint_for
 from caduceus_contracts import AuditCheckpointed, SignedCheckpoint, Signer, utcnow
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,18 @@ class Checkpointer:
             except (StoreUnavailable, StoreRefused) as exc:
                 log.warning("checkpoint of %s postponed: the store is unavailable (%s)", tenant, exc)
                 break
-            except ChainGap as exc:
+            except ChainDamaged as exc:
                 log.error("not checkpointing %s: %s; run `caduceus audit verify --tenant %s`", tenant, exc, tenant)
-                self._waiting_since.pop(tenant, None)
-                self._checkpointed[tenant] = self._heads[tenant]
-                continue
+                self._give_up_until_appended(tenant)
+            except Exception:  # one chain the checkpointer cannot handle must not stop the trail of all others
+                log.exception("checkpoint of %s failed; run `caduceus audit verify --tenant %s`", tenant, tenant)
+                self._give_up_until_appended(tenant)
         await self._publish_pending()
         return made
+
+    def _give_up_until_appended(self, tenant: str) -> None:
+        self._waiting_since.pop(tenant, None)
+        self._checkpointed[tenant] = self._heads[tenant]
 
     def _catch_up(self, tenant: str) -> int:
         """Sign everything unsigned, at most `every` records per checkpoint (a long unsigned tail, after an

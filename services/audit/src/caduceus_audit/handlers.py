@@ -78,6 +78,11 @@ def checkpoint_or_entry(message: StreamMessage, keyring: Keyring) -> AuditCheckp
         return rejected_entry(message.subject, message.data, message.headers,
                               f"not a checkpoint signed by the audit service: {exc}",
                               stream_seq=message.stream_seq, received_at=message.published_at)
+    except Exception as exc:  # a signature that is not even well-formed, or a fault: kept, never raised
+        log.exception("audit could not check the checkpoint at stream position %s", message.stream_seq)
+        return rejected_entry(message.subject, message.data, message.headers,
+                              f"not a checkpoint audit could check ({type(exc).__name__})",
+                              stream_seq=message.stream_seq, received_at=message.published_at)
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,25 @@ condition. For this repository's tests (like caduceus_embedded.testing)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from caduceus_audit.adapters.store import AuditStore
-from caduceus_audit.app import AuditService
+from caduceus_audit.adapters.stream import CONSUMER_NAME, StreamMessage
+from caduceus_audit.app import HEALTH_SUBJECT, AuditService
 from caduceus_audit.domain.checkpoints import checkpoint_for
 from caduceus_audit.domain.entries import AuditEntry, entry_for_message
-from caduceus_bus import BusSettings, EventConnection
+from caduceus_audit.handlers import entry_for
+from caduceus_audit.settings import AuditSettings
+from caduceus_bus import BusSettings, EventConnection, Pull
+from caduceus_bus.router import consumer_config
 from caduceus_contracts import (
     AuditCheckpointed,
     ChatMessageIn,
@@ -76,6 +84,12 @@ def flow(n: int, tenants: tuple[str, ...] = TENANTS[:2]) -> list[tuple[str, Even
     return events
 
 
+def quick_settings(nats_url: str, db_url: str, state_dir: Path) -> AuditSettings:
+    """The audit service with short waits (fetch, ack, retry), so tests see redeliveries and outages quickly."""
+    return AuditSettings(nats_url=nats_url, state_dir=state_dir, audit_db_url=db_url, audit_batch_size=25,
+                         audit_fetch_timeout_s=0.2, audit_ack_wait_s=2.0, audit_retry_max_s=0.5)
+
+
 @asynccontextmanager
 async def publisher(nats_url: str) -> AsyncIterator[EventConnection]:
     conn = await EventConnection.connect(BusSettings(nats_url=nats_url), "audit-test-publisher")
@@ -94,6 +108,45 @@ async def running(service: AuditService) -> AsyncIterator[AuditService]:
         yield service
     finally:
         await service.stop()
+
+
+def spawn_audit(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`python -m caduceus_audit` with these environment variables added, its output appended to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "caduceus_audit"], env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+async def wait_healthy(conn: EventConnection, proc: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"audit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+        with suppress(Exception):
+            if (await conn.nc.request(HEALTH_SUBJECT, b"", timeout=0.3)).data == b"ok":
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"audit did not become healthy:\n{log_path.read_text()[-3000:]}")
+
+
+async def redelivered_after_commit(service: AuditService, conn: EventConnection, expected: int) -> None:
+    """A previous run committed a fetched batch of `expected` messages and then lost its acks (a crash between
+    commit and ack); start the service and consume until JetStream's redelivery of them is acknowledged."""
+    stream = service.settings.stream_name
+    await conn.js.add_consumer(stream, consumer_config(subjects.ALL, Pull(CONSUMER_NAME, ack_wait_s=2.0)))
+    previous = await conn.js.pull_subscribe_bind(durable=CONSUMER_NAME, stream=stream)
+    msgs = await previous.fetch(expected + 10, timeout=2)
+    assert len(msgs) == expected
+    await asyncio.to_thread(service.store.append_batch, [entry_for(StreamMessage.delivered(m)) for m in msgs])
+    for msg in msgs:
+        await msg.nak()
+    await previous.unsubscribe()
+
+    async def all_acknowledged() -> bool:
+        info = await conn.js.consumer_info(stream, CONSUMER_NAME)
+        return info.num_ack_pending == 0 and info.num_pending == 0 and info.num_redelivered == 0
+
+    async with running(service):
+        await eventually(all_acknowledged, what="redelivered messages acknowledged")
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0, what: str = "") -> None:

@@ -1,4 +1,4 @@
-"""Verifying the whole trail: every tenant's chain against the checkpoints the audit key signed.
+"""Verifying the whole trail: every chain (each tenant's, and the system chain) against the checkpoints the audit key signed.
 
 For `caduceus audit verify` and anyone who holds checkpoints outside the database. The
 checkpoints come from the database itself and from any outside source given (an exported
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from caduceus_audit.adapters.store import AuditStore
-from caduceus_audit.domain.verification import ChainVerdict, forged_checkpoint, verify_links
+from caduceus_audit.domain.verification import ChainVerdict, forged_checkpoint, malformed_checkpoint, verify_links
 from caduceus_contracts import AuditCheckpointed, ChainCheckpoint, Keyring, SignatureError
 
 
@@ -29,13 +29,21 @@ class HeldCheckpoint:
 
 def verify_trail(store: AuditStore, keyring: Keyring, *, tenant: str | None = None,
                  outside: Sequence[HeldCheckpoint] = ()) -> list[ChainVerdict]:
-    """One verdict per tenant (or for `tenant`), in tenant order. Raises MissingAuditKey, StoreUnavailable."""
+    """One verdict per chain (or for `tenant`), in chain order, after one per unreadable checkpoint row of it.
+
+    Raises MissingAuditKey, StoreUnavailable.
+    """
     held = [HeldCheckpoint("the database", event) for event in store.checkpoints.events(tenant)]
     held += [c for c in outside if tenant is None or c.event.tenant == tenant]
     if held and not any(issuer == "audit" for issuer, _key in keyring.keys.values()):
         raise MissingAuditKey(f"{len(held)} checkpoints to check, but no audit public key is trusted")
+    unreadable = store.checkpoints.unreadable(tenant)
     tenants = [tenant] if tenant is not None else sorted(set(store.tenants()) | {c.event.tenant for c in outside})
-    return [_verify_tenant(store, keyring, name, [c for c in held if c.event.tenant == name]) for name in tenants]
+    verdicts = []
+    for name in tenants:
+        verdicts += [malformed_checkpoint(name, row.seq, row.row_id, row.why) for row in unreadable if row.tenant == name]
+        verdicts.append(_verify_tenant(store, keyring, name, [c for c in held if c.event.tenant == name]))
+    return verdicts
 
 
 def _verify_tenant(store: AuditStore, keyring: Keyring, tenant: str, held: list[HeldCheckpoint]) -> ChainVerdict:

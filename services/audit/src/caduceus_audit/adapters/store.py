@@ -136,7 +136,9 @@ class AuditStore:
         query = select(RECORDS.c.tenant, RECORDS.c.seq, RECORDS.c.hash).join(
             latest, (RECORDS.c.tenant == latest.c.tenant) & (RECORDS.c.seq == latest.c.seq))
         with self.database.reading() as conn:
-            return {row.tenant: (row.seq, row.hash) for row in conn.execute(query)}
+            heads = {row.tenant: (row.seq, row.hash) for row in conn.execute(query)}
+            # A head edited into junk (SQLite keeps text in an integer column) is passed over, not raised.
+            return {tenant: head if _well_formed(*head) else _head(conn, tenant) for tenant, head in heads.items()}
 
     def hashes(self, tenant: str, after_seq: int, through_seq: int) -> list[tuple[int, str]]:
         """(seq, hash) of a tenant's records after `after_seq` up to `through_seq`, in order."""
@@ -219,12 +221,21 @@ class _ChainMoved(Exception):
 
 
 def _head(conn: Any, tenant: str) -> tuple[int, str]:
-    row = conn.execute(
-        select(RECORDS.c.seq, RECORDS.c.hash).where(RECORDS.c.tenant == tenant).order_by(RECORDS.c.seq.desc()).limit(1)
-    ).first()
-    if row is not None:
+    """The tenant's last well-formed record: appending goes on after it, and verify reports any junk past it."""
+    newest_first = select(RECORDS.c.seq, RECORDS.c.hash).where(RECORDS.c.tenant == tenant).order_by(
+        RECORDS.c.seq.desc())
+    row = conn.execute(newest_first.limit(1)).first()
+    if row is None:
+        return ArchiveLedger.anchor_in(conn, tenant)
+    if _well_formed(row.seq, row.hash):
         return row.seq, row.hash
-    return ArchiveLedger.anchor_in(conn, tenant)
+    # Only after an edit: look past the junk (SQLite sorts text above every number).
+    return next(((row.seq, row.hash) for row in conn.execute(newest_first) if _well_formed(row.seq, row.hash)),
+                ArchiveLedger.anchor_in(conn, tenant))
+
+
+def _well_formed(seq: Any, hash_hex: Any) -> bool:
+    return isinstance(seq, int) and not isinstance(seq, bool) and isinstance(hash_hex, str)
 
 
 def _first_of_each_event(entries: Sequence[AuditEntry]) -> list[AuditEntry]:

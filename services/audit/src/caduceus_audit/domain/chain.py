@@ -89,6 +89,27 @@ class ChainLink(Protocol):
     hash: str
 
 
+_TEXT = ("tenant", "event_id", "kind", "subject", "body", "prev_hash", "hash")
+_OPTIONAL_TEXT = ("session_id", "call_id", "trace_id", "reject_reason")
+
+
+def malformed_column(link: ChainLink) -> str | None:
+    """The first column of a stored record holding what no appended record can (SQLite keeps any value in any
+    column), or None: such a record was written by hand, and its hash cannot even be computed."""
+    if not isinstance(link.seq, int) or isinstance(link.seq, bool):
+        return "seq"
+    for name in _TEXT:
+        if not isinstance(getattr(link, name), str):
+            return name
+    for name in _OPTIONAL_TEXT:
+        if not isinstance(getattr(link, name), (str, type(None))):
+            return name
+    for name in ("occurred_at", "recorded_at"):
+        if not isinstance(getattr(link, name), datetime):
+            return name
+    return None if isinstance(link.rejected, (bool, int)) else "rejected"
+
+
 def link_hash(link: ChainLink, *, seq: int | None = None) -> str:
     """The hash a stored record should carry (at `seq` instead of its own, to test where it came from)."""
     return _hash(link.tenant, link.seq if seq is None else seq, link.event_id, link.kind, link.subject,

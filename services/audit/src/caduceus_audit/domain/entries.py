@@ -8,7 +8,6 @@ was accepted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from caduceus_audit.domain.identity import event_record_id, rejected_record_id
 from caduceus_contracts import (
     ApprovalView,
     CanonicalizationError,
@@ -40,7 +40,8 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One message ready to append to its tenant's chain (seq and hashes are the store's to assign)."""
+    """One message ready to append to its chain, its tenant's or the system's (seq and hashes are the store's to
+    assign)."""
 
     tenant: str
     event_id: str
@@ -53,6 +54,10 @@ class AuditEntry:
     rejected: bool = False
     reject_reason: str | None = None
     trace_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not subjects.is_chain(self.tenant):
+            raise ValueError(f"{self.tenant!r} names no chain: records belong to a tenant or {subjects.SYSTEM_TENANT}")
 
     def as_unstorable(self, reason: str) -> "AuditEntry":
         """This entry with its body withheld, for a message the store refused to hold as it was."""
@@ -123,7 +128,8 @@ def entry_for_message(subject: str, data: bytes, headers: Mapping[str, str] | No
         event = parse_event(data, subject=subject)
     except ContractError as exc:
         return rejected_entry(subject, data, headers, str(exc), stream_seq=stream_seq, received_at=received_at)
-    return event_entry(subject, event, trace_id=trace_of(headers))
+    return event_entry(subject, event, trace_id=trace_of(headers),
+                       record_id=event_record_id(event.event_id, headers, stream_seq))
 
 
 def trace_of(headers: Mapping[str, str] | None) -> str | None:
@@ -132,10 +138,11 @@ def trace_of(headers: Mapping[str, str] | None) -> str | None:
     return match.group(1) if match else None
 
 
-def event_entry(subject: str, event: Event, *, trace_id: str | None = None) -> AuditEntry:
+def event_entry(subject: str, event: Event, *, trace_id: str | None = None, record_id: str | None = None) -> AuditEntry:
+    """The entry for an event; `record_id` (see `identity`) is what it is stored under, its event id by default."""
     return AuditEntry(
         tenant=event.tenant,
-        event_id=clean(event.event_id, MAX_EVENT_ID),
+        event_id=clean(record_id or event.event_id, MAX_EVENT_ID),
         kind=event.kind,
         subject=clean(subject, MAX_SUBJECT),
         session_id=session_of(event),
@@ -171,7 +178,7 @@ def rejected_entry(subject: str, data: bytes, headers: Mapping[str, str] | None,
     body = _rejected_body(data, claimed, kind)
     return AuditEntry(
         tenant=subjects.tenant_of(subject) or subjects.SYSTEM_TENANT,
-        event_id=rejected_event_id(data, headers, subject, stream_seq),
+        event_id=clean(rejected_record_id(data, headers, subject, stream_seq), MAX_EVENT_ID),
         kind=kind,
         subject=clean(subject, MAX_SUBJECT),
         session_id=None,
@@ -192,20 +199,6 @@ def _rejected_body(data: bytes, claimed: Any, kind: str) -> str:
             pass  # nested too deep to walk: keep it as text instead
     excerpt = data[:MAX_REJECTED_EXCERPT].decode("utf-8", "replace")
     return body_text({"excerpt": redact_text(excerpt), "size": len(data)})
-
-
-def rejected_event_id(data: bytes, headers: Mapping[str, str] | None, subject: str, stream_seq: int) -> str:
-    """A stable id for a rejected message, so its redelivery is stored once.
-
-    The publisher's Nats-Msg-Id when there is one; otherwise the stream position and a digest of the
-    content. The `rejected:` prefix keeps a malformed message from claiming a real event's id.
-    """
-    msg_id = (headers or {}).get("Nats-Msg-Id")
-    if msg_id:
-        msg_id = clean(msg_id, 128) if len(msg_id) <= 128 else hashlib.sha256(msg_id.encode()).hexdigest()
-        return f"rejected:{msg_id}"
-    digest = hashlib.sha256(subject.encode() + b"\n" + data).hexdigest()[:32]
-    return f"rejected:js{stream_seq}:{digest}"
 
 
 def _optional(value: Any, limit: int) -> str | None:

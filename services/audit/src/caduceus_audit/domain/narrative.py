@@ -244,7 +244,7 @@ class Narrator:
 def _parsed(body: str) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, TypeError, RecursionError):  # an edited body may hold anything
         return None
     return value if isinstance(value, dict) else None
 

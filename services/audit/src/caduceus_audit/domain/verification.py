@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from caduceus_audit.domain.chain import GENESIS_HASH, ChainLink, link_hash
+from caduceus_audit.domain.chain import GENESIS_HASH, ChainLink, link_hash, malformed_column
 from caduceus_contracts import ChainCheckpoint
 
-Problem = Literal["changed", "missing", "inserted", "reordered", "truncated", "forged checkpoint"]
+Problem = Literal["changed", "missing", "inserted", "reordered", "truncated", "forged checkpoint",
+                  "malformed checkpoint"]
 # How far from its position a moved record is looked for (its hash is tried at each seq).
 NEARBY = 8
 
@@ -63,6 +64,13 @@ def forged_checkpoint(tenant: str, seq: int, source: str, why: str) -> ChainVerd
     """The verdict for a checkpoint whose signature does not verify: someone tried to vouch for a history."""
     return ChainVerdict(tenant, False, f"the checkpoint for record {seq} from {source} is not signed by the audit "
                         f"service ({why})", first_bad_seq=seq, problem="forged checkpoint")
+
+
+def malformed_checkpoint(tenant: str, seq: object, row_id: int, why: str) -> ChainVerdict:
+    """The verdict for a stored checkpoint row that is no signed checkpoint any more (edited in the database)."""
+    where = f"record {seq}" if isinstance(seq, int) else f"seq {seq!r}"
+    return ChainVerdict(tenant, False, f"the checkpoint row {row_id} (for {where}) is not a signed checkpoint: {why}",
+                        first_bad_seq=seq if isinstance(seq, int) else None, problem="malformed checkpoint")
 
 
 def verify_links(tenant: str, links: Iterable[ChainLink], *, checkpoints: Sequence[ChainCheckpoint] = (),
@@ -107,7 +115,9 @@ class _Walk:
         link = next(links, None)
         while link is not None:
             following = next(links, None)
-            if (bad := self._check(link, following, expected, prev_hash)) is not None:
+            # A malformed next record explains nothing about this one; it is reported when its turn comes.
+            readable_next = following if following is None or malformed_column(following) is None else None
+            if (bad := self._check(link, readable_next, expected, prev_hash)) is not None:
                 return bad
             self.count += 1
             self.prev, expected, prev_hash, link = link, expected + 1, link.hash, following
@@ -145,6 +155,8 @@ class _Walk:
         if link.tenant != self.tenant:
             return self.verdict(False, f"record {link.seq} belongs to tenant {link.tenant!r}", seq=link.seq,
                                 problem="inserted", event_id=link.event_id)
+        if (column := malformed_column(link)) is not None:
+            return self._malformed(link, column, expected)
         if link.seq < expected:
             return self.verdict(False, f"a second record numbered {link.seq} (event {link.event_id}) was inserted",
                                 seq=link.seq, problem="inserted", event_id=link.event_id)
@@ -155,6 +167,15 @@ class _Walk:
         if link.prev_hash != prev_hash:
             return self._broken_link(link)
         return self._against_checkpoints(link, following)
+
+    def _malformed(self, link: ChainLink, column: str, expected: int) -> ChainVerdict:
+        seq = link.seq if column != "seq" else expected
+        value = repr(getattr(link, column))
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        where = f"record {seq}" if column != "seq" else f"the record after {expected - 1}"
+        event_id = link.event_id if isinstance(link.event_id, str) else None
+        return self.verdict(False, f"{where} holds {shown} in its {column} column, which no appended record can: it "
+                            "was changed after it was stored", seq=seq, problem="changed", event_id=event_id)
 
     def _gap(self, link: ChainLink, expected: int) -> ChainVerdict:
         if self._origin(link) == expected:
