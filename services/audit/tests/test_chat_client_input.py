@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from caduceus_audit import AuditStore
 from caduceus_audit.app import build
 from caduceus_audit.settings import AuditSettings
-from caduceus_audit.testing import publisher, running
+from caduceus_audit.testing import eventually, publisher, running
 from caduceus_audit.verify import verify_trail
 from caduceus_bus import load_permissions
 from caduceus_contracts import ChatMessageIn, load_keyring, subjects
@@ -70,7 +70,7 @@ async def test_audit_keeps_storing_whatever_a_chat_client_publishes(fresh_nats, 
 
         await asyncio.to_thread(each_message_is_stored)
         assert published >= 20
-        await asyncio.sleep(0.3)  # a tick more: the last chains are checkpointed too
-        assert service.checkpointer.due() == []
+        # The last chains are checkpointed too, at the next tick.
+        await eventually(lambda: service.checkpointer.due() == [], what="every chain checkpointed")
     verdicts = verify_trail(store, load_keyring(tmp_path / "keys"))
     assert verdicts and all(v.ok for v in verdicts), [v for v in verdicts if not v.ok]

@@ -156,7 +156,8 @@ async def test_audit_killed_mid_stream_loses_and_duplicates_nothing(db_url: str,
             await wait_healthy(conn, second, log_path)
             await flowing
             await eventually(async_equals(stored_count(store), len(published)), timeout=30, what="every event")
-            await asyncio.sleep(2.0)  # past the ack wait: anything redelivered late would show up now
+            # Everything delivered is acknowledged: nothing is left for JetStream to deliver again later.
+            await eventually(all_settled(conn), what="every delivery acknowledged")
         finally:
             for proc in (first, second):
                 if proc is not None and proc.poll() is None:
@@ -164,6 +165,13 @@ async def test_audit_killed_mid_stream_loses_and_duplicates_nothing(db_url: str,
                     proc.wait(15)
     assert second.returncode == 0, log_path.read_text()[-3000:]
     assert_chains_hold(store, published)
+
+
+def all_settled(conn):  # an EventConnection
+    async def check() -> bool:
+        info = await conn.js.consumer_info("CADUCEUS", CONSUMER_NAME)
+        return info.num_ack_pending == 0 and info.num_pending == 0
+    return check
 
 
 async def _at_least(store: AuditStore, n: int) -> bool:
@@ -192,7 +200,9 @@ async def test_unavailable_database_pauses_consumption_without_acknowledging(pos
                             {"db": name})
             for subject, event in published[10:]:
                 await conn.publish(subject, event)
-            await asyncio.sleep(1.5)
+            async def took_later_ones() -> bool:  # the service has some of the later ten in hand
+                return (await conn.js.consumer_info("CADUCEUS", CONSUMER_NAME)).delivered.stream_seq > 10
+            await eventually(took_later_ones, what="later messages delivered to the service")
             info = await conn.js.consumer_info("CADUCEUS", CONSUMER_NAME)
             assert info.ack_floor.stream_seq == 10  # nothing after the outage acknowledged ...
             assert info.num_ack_pending + info.num_pending == 10  # ... and nothing dropped

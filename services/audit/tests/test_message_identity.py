@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from caduceus_audit import AuditStore
+from caduceus_audit.adapters.stream import CONSUMER_NAME
 from caduceus_audit.app import build
 from caduceus_audit.testing import (
     async_equals,
@@ -38,7 +39,10 @@ async def test_identical_raw_messages_are_stored_as_separate_records(db_url: str
         for _attempt in range(2):
             await conn.js.publish(subjects.chat_in("acme"), b"{not json")
         await eventually(async_equals(stored_count(store), 5), what="every attempt stored")
-        await asyncio.sleep(0.5)  # nothing more arrives late
+        async def settled() -> bool:  # everything delivered is acknowledged: nothing can arrive late
+            info = await conn.js.consumer_info("CADUCEUS", CONSUMER_NAME)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+        await eventually(settled, what="every delivery acknowledged")
         assert await asyncio.to_thread(store.count) == 5
     answers = [r for r in store.records(tenant="acme") if r.kind == "approval.answered"]
     assert len(answers) == 3 and len({r.event_id for r in answers}) == 3 and len({r.body for r in answers}) == 1

@@ -17,8 +17,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from caduceus.bus_roles import permission_file
-from caduceus_bus import BusAuthority, CredentialError, PermissionsError, load_permissions, render_permissions
-from caduceus_bus.authority import WORKER_SIGNING_FILE
+from caduceus_bus import (
+    WORKER_SIGNING_FILE,
+    BusAuthority,
+    CredentialError,
+    PermissionsError,
+    load_permissions,
+    render_permissions,
+)
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -2,6 +2,7 @@
 and the bus's authorization."""
 
 from caduceus_bus.authority import (
+    WORKER_SIGNING_FILE,
     BusAuthority,
     CredentialError,
     WorkerCredential,
@@ -37,6 +38,7 @@ from caduceus_bus.streams import ensure_stream, stream_config
 from caduceus_bus.tracing import extract_context, inject_headers
 
 __all__ = [
+    "WORKER_SIGNING_FILE",
     "BusAuthority", "BusService", "BusSettings", "CORE", "ConfigurationError", "Core", "CredentialError",
     "CredentialsUnreadable", "Delivery", "EventConnection", "Grant", "PermissionFile", "PermissionsError",
     "Publisher", "Pull", "Role", "Route", "RouteTable", "Router", "WorkerCredential", "WorkerCredentialIssuer",
