@@ -1,7 +1,7 @@
 """Run a benchmark on this tree and on an earlier commit, alternately, in the same run: no regression hides in
 the noise of another day or machine.
 
-    .venv/bin/python bench/tools/against_commit.py REV bench/policy_decisions.py --rounds 3 -- --decisions 300 --calls 300
+    .venv/bin/python bench/tools/against_commit.py --rounds 3 REV bench/policy_decisions.py -- --decisions 300 --calls 300
 
 REV is checked out into a temporary git worktree; its benchmark script runs with REV's packages first on the
 import path (PYTHONPATH: every libs/*/src, services/*/src and src of REV), using this .venv for everything else,
@@ -76,7 +76,7 @@ def main() -> int:
     name = Path(options.script).stem.replace("_", "-")
     text = "\n".join([f"# {options.script}: {commit} against this tree, alternately in one run", "",
                       f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", f"- machine: {machine}",
-                      f"- command: `bench/tools/against_commit.py {options.rev} {options.script} --rounds {options.rounds}"
+                      f"- command: `bench/tools/against_commit.py --rounds {options.rounds} {options.rev} {options.script}"
                       f" -- {' '.join(args)}`", "", *sections, ""])
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"against-{name}-{datetime.now(UTC):%Y-%m-%d}.md"
