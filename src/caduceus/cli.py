@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import approvals, audit, bus, chat, config, demo, identity, policy, sandbox, tenants, up, whoami
+from caduceus.commands import approvals, audit, bus, chat, config, demo, deployment, identity, policy, sandbox, tenants, up, whoami
 
 app = typer.Typer(
     name="caduceus",
@@ -27,6 +27,7 @@ policy.register(app)
 audit.register(app)
 bus.register(app)
 config.register(app)
+deployment.register(app)
 
 
 if __name__ == "__main__":
