@@ -14,7 +14,6 @@ import copy
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -25,6 +24,7 @@ from typer.testing import CliRunner
 
 from caduceus.cli import app
 from caduceus.deployment import SERVICE_FILES
+from caduceus_embedded.binaries import engine_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "infra" / "k8s"
@@ -303,12 +303,10 @@ def test_nats_and_temporal_come_from_their_charts_at_the_versions_the_embedded_s
     assert nats["config"]["jetstream"]["enabled"] is True
     assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
     assert nats["config"]["merge"]["$include"] == "./auth/server.conf"
+    assert nats["container"]["image"]["tag"] == f"{engine_versions()['nats']}-alpine"
     temporal = yaml.safe_load((K8S / "helm" / "temporal-values.yaml").read_text())
-    version = subprocess.run([shutil.which("temporal") or str(Path(__import__("sys").executable).parent / "temporal"),
-                              "--version"], capture_output=True, text=True, timeout=30).stdout
-    server, ui = re.search(r"Server ([\d.]+), UI ([\d.]+)", version).groups()
-    assert temporal["server"]["image"]["tag"] == server
-    assert temporal["web"]["image"]["tag"] == ui
+    assert temporal["server"]["image"]["tag"] == engine_versions()["temporal"]
+    assert temporal["web"]["image"]["tag"] == engine_versions()["temporal-ui"]
     assert all(temporal[store]["enabled"] is False for store in ("cassandra", "mysql", "postgresql", "elasticsearch"))
     assert {temporal["server"]["config"]["persistence"][store]["sql"]["driver"]
             for store in ("default", "visibility")} == {"postgres12"}
