@@ -184,3 +184,16 @@ async def test_the_deployment_bus_from_caduceus_deployment_secrets_admits_each_s
         assert healthy.returncode == 1 and "not answering" in healthy.stderr and "ermission" not in healthy.stderr
     finally:
         server.stop()
+
+
+def test_making_the_deployment_secrets_again_keeps_every_key_and_credential(tmp_path: Path) -> None:
+    """Operators run it again after an upgrade: signatures and bus credentials already handed out stay valid."""
+    first = CliRunner().invoke(app, ["deployment", "secrets", "--out", str(tmp_path)])
+    assert first.exit_code == 0, first.output
+    before = {path.relative_to(tmp_path): path.read_bytes() for path in tmp_path.glob("*/*.key")}
+    before |= {path.relative_to(tmp_path): path.read_bytes() for path in tmp_path.glob("authority/bus/*.nk")}
+    again = CliRunner().invoke(app, ["deployment", "secrets", "--out", str(tmp_path)])
+    assert again.exit_code == 0, again.output
+    assert {path: (tmp_path / path).read_bytes() for path in before} == before
+    assert len([path for path in before if path.suffix == ".key"]) >= 5
+    assert all(oct(path.stat().st_mode & 0o777) == "0o600" for path in tmp_path.glob("*/*") if path.is_file())
