@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import approvals, audit, bus, chat, demo, identity, policy, sandbox, tenants, up, whoami
+from caduceus.commands import (
+    approvals,
+    audit,
+    bus,
+    chat,
+    config,
+    demo,
+    deployment,
+    identity,
+    policy,
+    sandbox,
+    tenants,
+    up,
+    whoami,
+)
 
 app = typer.Typer(
     name="caduceus",
@@ -26,6 +40,8 @@ whoami.register(app)
 policy.register(app)
 audit.register(app)
 bus.register(app)
+config.register(app)
+deployment.register(app)
 
 
 if __name__ == "__main__":

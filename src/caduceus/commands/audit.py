@@ -265,7 +265,7 @@ def checkpoints(
 @app.command(help="Export records for a SIEM or a tracing backend, once or following new records (--follow).\n\n"
                   "Formats: jsonl (every stored field), ocsf (OCSF 1.8.0 API Activity, one JSON per line), cef "
                   "(ArcSight CEF lines), syslog (RFC 5424; to stdout or --to udp://HOST:PORT / tcp://HOST:PORT), otel "
-                  "(GenAI execute_tool and apply_guardrail spans to --otlp-endpoint).\n\n"
+                  "(GenAI execute_tool spans with a gen_ai.evaluation.result event per decision, to --otlp-endpoint).\n\n"
                   "Examples:\n\n"
                   "  caduceus audit export --format ocsf --tenant acme --since 24h -o acme.ocsf.jsonl\n\n"
                   "  caduceus audit export --format syslog --to tcp://siem.example:6514 --follow\n\n"

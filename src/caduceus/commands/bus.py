@@ -9,6 +9,8 @@ Kubernetes) runs this once, mounts the directory, and points nats-server and eac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +23,7 @@ from caduceus_bus import (
     WORKER_SIGNING_FILE,
     BusAuthority,
     CredentialError,
+    PermissionFile,
     PermissionsError,
     load_permissions,
     render_permissions,
@@ -32,12 +35,33 @@ bus_app = typer.Typer(help="The bus's authorization: who may publish and subscri
                       no_args_is_help=True)
 
 
+# A deployment's own permission file instead of the one the code implies.
+PermissionsOption = Annotated[Path | None, typer.Option(help="A permission file to use instead of the one the code "
+                                                             "implies (`caduceus bus permissions`).")]
+
+
+def rules_from(permissions: Path | None) -> PermissionFile:
+    return load_permissions(permissions) if permissions else permission_file()
+
+
+@contextmanager
+def writing_keys_to(out_dir: Path) -> Iterator[None]:
+    """Turn a bad permission file, an unreadable key or an unwritable directory into its message and exit 2."""
+    try:
+        yield
+    except (PermissionsError, CredentialError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write to {escape(str(out_dir))}: {escape(exc.strerror or str(exc))}")
+        raise typer.Exit(2) from None
+
+
 @bus_app.command("authority")
 def authority(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the keys and credentials (made mode 0700; "
                                                         "existing keys are kept, so credentials stay valid).")],
-    permissions: Annotated[Path | None, typer.Option(help="A permission file to use instead of the one the code "
-                                                          "implies (`caduceus bus permissions`).")] = None,
+    permissions: PermissionsOption = None,
 ) -> None:
     """Write nats-server's authorization and one credential per service from the permission file.
 
@@ -46,16 +70,9 @@ def authority(
     CADUCEUS_NATS_WORKER_SIGNING: it mints each worker's credential, confined to its tenant). Run it again after
     editing the permission file, then reload nats-server and restart the services.
     """
-    try:
-        rules = load_permissions(permissions) if permissions else permission_file()
-        bus = BusAuthority(out_dir, rules)
-        config = bus.write_all()
-    except (PermissionsError, CredentialError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        err.print(f"[red]error:[/red] cannot write to {escape(str(out_dir))}: {escape(exc.strerror or str(exc))}")
-        raise typer.Exit(2) from None
+    with writing_keys_to(out_dir):
+        rules = rules_from(permissions)
+        config = BusAuthority(out_dir, rules).write_all()
     out.print(f"nats-server authorization: {escape(str(config))}  (in nats.conf: include {config.name})")
     for role in rules.services:
         out.print(f"  {role:<9} {escape(str(out_dir / f'{role}.creds'))}")

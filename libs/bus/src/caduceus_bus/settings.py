@@ -31,19 +31,22 @@ def with_state_paths(data: Any, **relative: str) -> Any:
 class BusSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    nats_url: str = "nats://127.0.0.1:4222"
-    nats_user: str | None = None
-    nats_password: str | None = None
-    # A `.creds` file (JWT and nkey seed) from the bus authority; the embedded stack gives every process its own.
-    nats_credentials: Path | None = None
-    # The credential itself, held in memory by a worker that took it from its file (see `take_credentials`).
-    nats_credentials_text: SecretStr | None = Field(default=None, exclude=True)
-    # The inbox this credential may read (replies, JetStream acks); by default the one its `.creds` file names.
-    nats_inbox_prefix: str | None = None
-    stream_name: str = "CADUCEUS"
-    # How long a publisher waits for JetStream to confirm an event is stored.
-    publish_timeout_s: float = 5.0
-    # Where a service answers /healthz, /readyz and /metrics over HTTP; unset, it serves none (its health is
-    # still asked on the bus, `caduceus.health.<service>`). Set the host to 0.0.0.0 in a container.
-    http_port: int | None = Field(default=None, ge=0, le=65535)
-    http_host: str = "127.0.0.1"
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="The NATS server (or cluster) to connect to.")
+    nats_user: str | None = Field(default=None, description="User name, for a bus with plain user/password "
+                                                            "authorization instead of credentials.")
+    nats_password: str | None = Field(default=None, repr=False, description="Password for `nats_user`.")
+    nats_credentials: Path | None = Field(default=None, description=(
+        "A `.creds` file (JWT and nkey seed) from the bus authority (`caduceus bus authority`); the embedded stack "
+        "gives every process its own."))
+    nats_credentials_text: SecretStr | None = Field(default=None, exclude=True, description=(
+        "The credential itself, held in memory by a worker that took it from its file (see `take_credentials`)."))
+    nats_inbox_prefix: str | None = Field(default=None, description=(
+        "The inbox this credential may read (replies, JetStream acks); by default the one its `.creds` file names."))
+    stream_name: str = Field(default="CADUCEUS", description="The JetStream stream that keeps every event.")
+    publish_timeout_s: float = Field(default=5.0, description=(
+        "How long a publisher waits for JetStream to confirm an event is stored."))
+    http_port: int | None = Field(default=None, ge=0, le=65535, description=(
+        "Where a service serves /healthz, /readyz and Prometheus /metrics over HTTP; unset, it serves none (its "
+        "health is still asked on the bus, `caduceus.health.<service>`)."))
+    http_host: str = Field(default="127.0.0.1", description=(
+        "The address the health and metrics endpoint listens on: 0.0.0.0 in a container."))

@@ -6,6 +6,7 @@ reads the same settings, so the stack and the broker agree on one endpoint.
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SCRIPTED = "scripted"
@@ -14,9 +15,10 @@ SCRIPTED = "scripted"
 class ModelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_MODEL_", extra="ignore")
 
-    base_url: str | None = None
-    api_key: str = SCRIPTED
-    name: str = SCRIPTED
+    base_url: str | None = Field(default=None, description=(
+        "The OpenAI-compatible endpoint the stack's planners call (unset: the scripted model of the offline demo)."))
+    api_key: str = Field(default=SCRIPTED, repr=False, description="The API key sent to it.")
+    name: str = Field(default=SCRIPTED, description="The model name asked for.")
 
     @property
     def is_scripted(self) -> bool:

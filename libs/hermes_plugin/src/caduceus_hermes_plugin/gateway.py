@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from caduceus_bus import BusSettings, EventConnection, Route, Router, RouteTable
 from caduceus_contracts import (
     ApprovalRequested,
     CanonicalizationError,
+    Decision,
     Keyring,
     SignatureError,
     SignedGrant,
@@ -33,6 +35,13 @@ from caduceus_contracts import (
 )
 from caduceus_hermes_plugin.outcome import CallOutcome, denied
 from caduceus_hermes_plugin.tools import runs_in_planner
+from caduceus_telemetry.genai import (
+    EVALUATION_RESULT,
+    GEN_AI_TOOL_CALL_ID,
+    decision_event,
+    execute_tool_attributes,
+    execute_tool_span_name,
+)
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("caduceus.planner")
@@ -46,6 +55,8 @@ class _PendingCall:
     decided: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     completed: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     approval: str = ""  # "" (none), "asked" (policy said approve) or "open" (the approval service took it up)
+    # The verified decisions as they arrived (issuer, when, decision): recorded on the call's span.
+    decisions: list[tuple[str, int, Decision]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,13 +144,12 @@ class ToolGateway:
 
     async def _traced(self, tool: str, args: dict[str, Any], session_id: str) -> tuple[CallOutcome, ToolCallRequested | None]:
         parent = self._traces.get(session_id)
-        with tracer.start_as_current_span(f"execute_tool {tool}", context=parent,
-                                          attributes={"gen_ai.operation.name": "execute_tool",
-                                                      "gen_ai.tool.name": tool}) as span:
+        with tracer.start_as_current_span(execute_tool_span_name(tool), context=parent,
+                                          attributes=execute_tool_attributes(tool)) as span:
             outcome, request = await self._govern(tool, args, session_id)
             span.set_attribute("caduceus.outcome", outcome.status)
             if request is not None:
-                span.set_attribute("gen_ai.tool.call.id", request.call_id)
+                span.set_attribute(GEN_AI_TOOL_CALL_ID, request.call_id)
             return outcome, request
 
     async def _govern(self, tool: str, args: dict[str, Any], session_id: str) -> tuple[CallOutcome, ToolCallRequested | None]:
@@ -157,6 +167,11 @@ class ToolGateway:
         try:
             await self.conn.publish(subjects.tool_requested(self.tenant), request)
             decision = await self._decision(pending)
+            span = trace.get_current_span()
+            for decided_by, signed_at, verdict in pending.decisions:
+                span.add_event(EVALUATION_RESULT, decision_event(decided_by, verdict.verdict, verdict.reason,
+                                                                 verdict.policy_ids, verdict.pack_version),
+                               timestamp=signed_at)
             if decision is None:
                 outcome = denied(self._no_decision_reason(pending))
                 await self._publish_outcome(request, outcome)
@@ -218,7 +233,8 @@ class ToolGateway:
             return
         decision = event.decision.decision
         try:
-            event.decision.verify(self.keyring)
+            event.decision.verify(self.keyring, issuers={"policy", "approval"})
+            issuer = self.keyring.keys[event.decision.key_id][0]  # who signed it: a verified key's issuer
             if decision.digest != pending.request.digest or decision.call_id != pending.request.call_id:
                 raise SignatureError("the decision names another call")
             if decision.expires_at <= utcnow():
@@ -226,6 +242,7 @@ class ToolGateway:
         except SignatureError as exc:
             log.warning("ignoring decision for %s: %s", event.call_id, exc)
             return
+        pending.decisions.append((issuer, time.time_ns(), decision))
         if decision.verdict == "approve":
             # The approval service answers later with its own decision; it must take the call up first.
             if not pending.approval:

@@ -15,6 +15,7 @@ import json
 import logging
 from typing import Any, Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from caduceus_hermes_plugin import gate
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 class PluginSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    worker_role: Literal["planner", "executor", ""] = ""
+    worker_role: Literal["planner", "executor", ""] = Field(default="", description=(
+        "Which middleware the plugin installs: the governed call (planner) or the gate (executor); unset: none."))
 
 
 def governed_tool_execution(tool_name: str = "", args: Any = None, next_call: Any = None, session_id: str = "",

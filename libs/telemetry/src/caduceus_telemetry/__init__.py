@@ -8,6 +8,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,9 @@ class TelemetrySettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore")
 
-    otel_exporter_otlp_endpoint: str | None = None
-    otel_service_namespace: str = "caduceus"
+    otel_exporter_otlp_endpoint: str | None = Field(default=None, description=(
+        "The OTLP/HTTP collector traces go to (unset: no export, spans are no-ops)."))
+    otel_service_namespace: str = Field(default="caduceus", description="The `service.namespace` resource attribute.")
 
 
 def setup_telemetry(service: str, settings: TelemetrySettings | None = None) -> TracerProvider | None:

@@ -19,39 +19,41 @@ class ApprovalSettings(BusSettings):
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    state_dir: Path
-    keys_dir: Path
-    tenants_file: Path
-    temporal_address: str = "127.0.0.1:7233"
-    temporal_namespace: str = "default"
-    approval_task_queue: str = "caduceus-approvals"
-    # How long people have to answer when the policy's terms name no timeout; no answer is a deny.
-    approval_window_s: float = 900.0
-    # How long the approval's allow/deny stays usable by the broker and the executor.
-    decision_ttl_s: float = 60.0
-    # Pause between attempts to reach Temporal, and the bound on one call to it.
-    temporal_retry_s: float = 2.0
-    temporal_rpc_timeout_s: float = 5.0
-    # How often approvals whose workflow ended undecided in Temporal (terminated, timed out) are looked for.
-    abandoned_sweep_s: float = Field(default=5.0, gt=0)
-    # How long an `approve` decision waits for its call's request to arrive on the bus.
-    request_wait_s: float = 3.0
-
-    # The approver web UI and API: 0 disables it.
-    ui_host: str = "127.0.0.1"
-    ui_port: int = Field(default=8902, ge=0, le=65535)
-    # The URL people reach the UI at (behind a proxy, in a container); default http://<ui_host>:<ui_port>.
-    ui_public_url: str | None = None
-    ui_session_ttl_s: float = Field(default=8 * 3600, gt=0)
-    # The Temporal Web UI, for links from an approval to its workflow (unset: no link).
-    temporal_ui_url: str | None = None
-    # The OIDC provider people sign in with (the dev issuer in the embedded stack), and this UI's client.
-    oidc_issuer_url: str | None = None
-    oidc_client_id: str = "caduceus"
-    oidc_client_secret: str | None = Field(default=None, repr=False)
-    # The `aud` of the provider's ID tokens: the client id unless the provider says otherwise.
-    oidc_audience: str | None = None
-    oidc_scopes: str = "openid email profile"
+    state_dir: Path = Field(description="Where approval keeps its state; the paths below default into it.")
+    keys_dir: Path = Field(description=(
+        "Signing keys: `approval.key` and `approval-desk.key` (made on first start when absent), "
+        "`approval-ui.secret` (the UI's session cookies), and the public keys of identity and policy."))
+    tenants_file: Path = Field(description="Tenants and their people, for who may approve.")
+    temporal_address: str = Field(default="127.0.0.1:7233", description="The Temporal frontend (host:port).")
+    temporal_namespace: str = Field(default="default", description="The Temporal namespace of the workflows.")
+    approval_task_queue: str = Field(default="caduceus-approvals", description=(
+        "The Temporal task queue approval's worker polls."))
+    approval_window_s: float = Field(default=900.0, description=(
+        "How long people have to answer when the policy's terms name no timeout; no answer is a deny."))
+    decision_ttl_s: float = Field(default=60.0, description=(
+        "How long the approval's allow/deny stays usable by the broker and the executor."))
+    temporal_retry_s: float = Field(default=2.0, description="Pause between attempts to reach Temporal.")
+    temporal_rpc_timeout_s: float = Field(default=5.0, description="The bound on one call to Temporal.")
+    abandoned_sweep_s: float = Field(default=5.0, gt=0, description=(
+        "How often approvals whose workflow ended undecided in Temporal (terminated, timed out) are looked for "
+        "and denied."))
+    request_wait_s: float = Field(default=3.0, description=(
+        "How long an `approve` decision waits for its call's request to arrive on the bus."))
+    ui_host: str = Field(default="127.0.0.1", description="The address the approver web UI and API listen on.")
+    ui_port: int = Field(default=8902, ge=0, le=65535, description="The approver web UI's port: 0 disables it.")
+    ui_public_url: str | None = Field(default=None, description=(
+        "The URL people reach the UI at (behind a proxy, in a container); default http://<ui_host>:<ui_port>."))
+    ui_session_ttl_s: float = Field(default=8 * 3600, gt=0, description="How long a UI sign-in lasts.")
+    temporal_ui_url: str | None = Field(default=None, description=(
+        "The Temporal Web UI, for links from an approval to its workflow (unset: no link)."))
+    oidc_issuer_url: str | None = Field(default=None, description=(
+        "The OIDC provider approvers sign in with (the dev issuer in the embedded stack)."))
+    oidc_client_id: str = Field(default="caduceus", description="The UI's OIDC client id at that provider.")
+    oidc_client_secret: str | None = Field(default=None, repr=False, description=(
+        "The UI's OIDC client secret (unset: a public client)."))
+    oidc_audience: str | None = Field(default=None, description=(
+        "The `aud` of the provider's ID tokens: the client id unless the provider says otherwise."))
+    oidc_scopes: str = Field(default="openid email profile", description="The scopes the UI asks for at sign-in.")
 
     @model_validator(mode="before")
     @classmethod

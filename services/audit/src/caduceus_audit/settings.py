@@ -21,21 +21,24 @@ class AuditSettings(BusSettings):
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    state_dir: Path
-    keys_dir: Path
-    audit_db_url: str
-    # Messages fetched from JetStream and committed in one transaction.
-    audit_batch_size: int = Field(default=500, ge=1, le=1000)
-    # How long one fetch waits for messages before asking again.
-    audit_fetch_timeout_s: float = Field(default=1.0, gt=0)
-    # A message fetched but not acknowledged within this time is delivered again (after a crash).
-    audit_ack_wait_s: float = Field(default=30.0, gt=0)
-    # Longest pause between attempts while the database is unavailable.
-    audit_retry_max_s: float = Field(default=10.0, gt=0)
-    # A tenant's chain is checkpointed after this many new records ...
-    audit_checkpoint_every: int = Field(default=1000, ge=1, le=10_000)
-    # ... or this long after its first record since the last checkpoint, whichever comes first.
-    audit_checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    state_dir: Path = Field(description="Where audit keeps its state; the paths below default into it.")
+    keys_dir: Path = Field(description="Signing keys: checkpoints are signed with `audit.key` (made on first start "
+                                       "when absent, `audit.pub` beside it).")
+    audit_db_url: str = Field(description=(
+        "The audit store, any SQLAlchemy URL; PostgreSQL: `postgresql+psycopg2://user:pass@host/db`."))
+    audit_batch_size: int = Field(default=500, ge=1, le=1000, description=(
+        "Messages fetched from JetStream and committed in one transaction."))
+    audit_fetch_timeout_s: float = Field(default=1.0, gt=0, description=(
+        "How long one fetch waits for messages before asking again."))
+    audit_ack_wait_s: float = Field(default=30.0, gt=0, description=(
+        "A message fetched but not acknowledged within this time is delivered again (after a crash)."))
+    audit_retry_max_s: float = Field(default=10.0, gt=0, description=(
+        "Longest pause between attempts while the database is unavailable."))
+    audit_checkpoint_every: int = Field(default=1000, ge=1, le=10_000, description=(
+        "A tenant's chain is checkpointed after this many new records, or after `audit_checkpoint_interval_s`, "
+        "whichever comes first."))
+    audit_checkpoint_interval_s: float = Field(default=60.0, gt=0, description=(
+        "How long after its first record since the last checkpoint a tenant's chain is checkpointed at the latest."))
 
     @model_validator(mode="before")
     @classmethod

@@ -37,6 +37,7 @@ from caduceus_contracts import (
     utcnow,
 )
 from caduceus_hermes_plugin import gate
+from caduceus_telemetry.genai import execute_tool_attributes, execute_tool_span_name
 
 log = logging.getLogger("caduceus.executor")
 tracer = trace.get_tracer("caduceus.executor")
@@ -56,9 +57,8 @@ class Executor:
 
     async def on_dispatched(self, event: ToolCallDispatched) -> None:
         """Verify the call's decision (and use it up), run the tool, report the outcome."""
-        with tracer.start_as_current_span(f"execute_tool {event.tool}",
-                                          attributes={"gen_ai.tool.name": event.tool,
-                                                      "gen_ai.tool.call.id": event.call_id}):
+        with tracer.start_as_current_span(execute_tool_span_name(event.tool),
+                                          attributes=execute_tool_attributes(event.tool, event.call_id)):
             try:
                 decision = self._verify(event)
             except DispatchRefused as exc:

@@ -17,32 +17,49 @@ class ModelSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_MODEL_", extra="ignore")
 
-    base_url: str = "http://127.0.0.1:8901/v1"
-    api_key: str = Field(default="scripted", repr=False)
-    name: str = "scripted"
+    base_url: str = Field(default="http://127.0.0.1:8901/v1", description=(
+        "The OpenAI-compatible endpoint planners call (the planner's sandbox reaches only this)."))
+    api_key: str = Field(default="scripted", repr=False, description="The API key planners send to it.")
+    name: str = Field(default="scripted", description="The model name planners ask for.")
 
 
 class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    state_dir: Path = Field(default_factory=default_state_dir)
-    keys_dir: Path | None = None
-    workspaces_dir: Path | None = None
-    workers_dir: Path | None = None
-    toolsets: list[str] = DEFAULT_TOOLSETS
-    worker_start_timeout_s: float = 90.0
-    decision_timeout_s: float = 5.0
-    completion_timeout_s: float = 300.0
-    max_iterations: int = 20
-    # Sandboxes: the default policy file, per-tenant/workspace files (<dir>/<tenant>.yaml,
-    # <dir>/<tenant>/<workspace>.yaml), and the unprivileged user a sandbox runs as when the broker is root.
-    sandbox_policy: Path | None = None
-    sandbox_policies_dir: Path | None = None
-    sandbox_uid: int = 65534
-    sandbox_gid: int = 65534
-    # Worker lifecycle: a pair idle this long is stopped; a tenant runs at most this many pairs.
-    idle_timeout_s: float = Field(default=900.0, gt=0)
-    max_workers_per_tenant: int = Field(default=8, ge=1)
+    state_dir: Path = Field(default_factory=default_state_dir, description=(
+        "Where the broker keeps its state: keys, workspaces, workers, sandbox policies default into it."))
+    keys_dir: Path | None = Field(default=None, description=(
+        "Public keys of identity, policy and approval, to verify decisions (unset: `<state_dir>/keys`); "
+        "each sandbox gets the `*.pub` files only."))
+    workspaces_dir: Path | None = Field(default=None, description=(
+        "The tenants' workspaces (unset: `<state_dir>/workspaces`)."))
+    workers_dir: Path | None = Field(default=None, description=(
+        "The planners' and executors' homes and logs (unset: `<state_dir>/workers`)."))
+    toolsets: list[str] = Field(default=DEFAULT_TOOLSETS, description="The Hermes toolsets workers enable.")
+    worker_start_timeout_s: float = Field(default=90.0, description=(
+        "How long a planner or executor may take to start before the turn is refused."))
+    decision_timeout_s: float = Field(default=5.0, description=(
+        "A decision arriving later than this after its call was requested is never dispatched (the call is "
+        "denied); workers get the same bound."))
+    completion_timeout_s: float = Field(default=300.0, description=(
+        "How long a planner waits for a dispatched call's result."))
+    max_iterations: int = Field(default=20, description="The most model turns a planner takes for one chat turn.")
+    sandbox_policy: Path | None = Field(default=None, description=(
+        "The default sandbox policy file (unset: `<state_dir>/sandbox.yaml`, copied from the shipped default)."))
+    sandbox_policies_dir: Path | None = Field(default=None, description=(
+        "Per-tenant/workspace sandbox policies, `<dir>/<tenant>.yaml` and `<dir>/<tenant>/<workspace>.yaml` "
+        "(unset: `<state_dir>/sandboxes`)."))
+    sandbox_uid: int = Field(default=65534, description=(
+        "The unprivileged user a sandbox runs as when the broker runs as root."))
+    sandbox_gid: int = Field(default=65534, description=(
+        "The group a sandbox runs as when the broker runs as root."))
+    idle_timeout_s: float = Field(default=900.0, gt=0, description=(
+        "A planner/executor pair idle this long is stopped."))
+    max_workers_per_tenant: int = Field(default=8, ge=1, description=(
+        "A tenant runs at most this many pairs; a turn beyond it is refused."))
+    nats_worker_signing: Path | None = Field(default=None, description=(
+        "The scoped signing keys the broker mints each worker's bus credential with (`worker-signing.json` from "
+        "`caduceus bus authority`; the embedded stack sets it)."))
 
     @property
     def sandbox_policy_file(self) -> Path:
@@ -51,8 +68,6 @@ class BrokerSettings(BaseSettings):
     @property
     def sandbox_policies(self) -> Path:
         return self.sandbox_policies_dir or self.state_dir / "sandboxes"
-    # The scoped signing keys the broker mints each worker's bus credential with (the embedded stack sets it).
-    nats_worker_signing: Path | None = None
 
     @property
     def keys(self) -> Path:
@@ -72,18 +87,18 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    tenant: str
-    workspace: str
-    worker_id: str
-    worker_role: str
-    keys_dir: Path
-    workspace_dir: Path | None = None
-    toolsets: list[str] = DEFAULT_TOOLSETS
-    decision_timeout_s: float = 5.0
-    completion_timeout_s: float = 300.0
-    max_iterations: int = 20
-    # The executor's secrets arrive on this inherited pipe (never in the environment or on the bus).
-    secrets_fd: int | None = None
+    tenant: str = Field(description="The worker's tenant.")
+    workspace: str = Field(description="The worker's workspace.")
+    worker_id: str = Field(description="This planner/executor pair's id.")
+    worker_role: str = Field(description="`planner` or `executor`.")
+    keys_dir: Path = Field(description="The public keys the worker verifies decisions and grants with.")
+    workspace_dir: Path | None = Field(default=None, description="The workspace (the executor's only).")
+    toolsets: list[str] = Field(default=DEFAULT_TOOLSETS, description="The Hermes toolsets enabled.")
+    decision_timeout_s: float = Field(default=5.0, description="How long the planner waits for a decision.")
+    completion_timeout_s: float = Field(default=300.0, description="How long the planner waits for a call's result.")
+    max_iterations: int = Field(default=20, description="The most model turns for one chat turn.")
+    secrets_fd: int | None = Field(default=None, description=(
+        "The inherited pipe the executor's secrets arrive on (never in the environment or on the bus)."))
 
 
 def bus_settings() -> BusSettings:

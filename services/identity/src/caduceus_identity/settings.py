@@ -23,29 +23,32 @@ class IdentitySettings(BusSettings):
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    state_dir: Path
-    keys_dir: Path
-    tenants_file: Path
-    # Service accounts, platform links and pairing codes.
-    identity_db: Path
-    # The dev OIDC issuer: 0 disables it (production uses the organization's provider).
-    dev_issuer_host: str = "127.0.0.1"
-    dev_issuer_port: int = Field(default=8900, ge=0, le=65535)
-    # The URL the dev issuer names itself by (its `iss`) when it binds elsewhere, e.g. 0.0.0.0 in a container.
-    dev_issuer_public_url: str | None = None
-    # The deployment-wide issuer (every tenant trusts it; its tokens name their tenant in `oidc_tenant_claim`).
-    # Tenants add their own providers in tenants.yaml (`issuers:`).
-    oidc_issuer_url: str | None = None
-    oidc_audience: str = "caduceus"
-    oidc_tenant_claim: str = "tenant"
-    oidc_username_claim: str = "sub"
-    oidc_groups_claim: str = "groups"
-    # Clock skew tolerated on exp/nbf/iat.
-    oidc_leeway_s: float = 30.0
-    # An unknown key id triggers a JWKS refetch at most this often, so forged kids cannot flood the provider.
-    jwks_refetch_interval_s: float = 30.0
-    http_timeout_s: float = 5.0
-    grant_ttl_s: float = Field(default=600.0, gt=0)
+    state_dir: Path = Field(description="Where identity keeps its state; the paths below default into it.")
+    keys_dir: Path = Field(description="Signing keys: identity signs session grants with `identity.key` "
+                                       "(made on first start when absent; `identity.pub` beside it).")
+    tenants_file: Path = Field(description="Tenants, their users, groups, roles and issuers (`caduceus tenants "
+                                           "apply` replaces it; read again on the next message).")
+    identity_db: Path = Field(description="Service accounts, platform links and pairing codes (SQLite).")
+    dev_issuer_host: str = Field(default="127.0.0.1", description="The address the dev OIDC issuer listens on.")
+    dev_issuer_port: int = Field(default=8900, ge=0, le=65535, description=(
+        "The dev OIDC issuer's port: 0 disables it (production uses the organization's provider)."))
+    dev_issuer_public_url: str | None = Field(default=None, description=(
+        "The URL the dev issuer names itself by (its `iss`) when it binds elsewhere, e.g. 0.0.0.0 in a container."))
+    oidc_issuer_url: str | None = Field(default=None, description=(
+        "The deployment-wide issuer (every tenant trusts it; its tokens name their tenant in `oidc_tenant_claim`); "
+        "unset: the dev issuer. Tenants add their own providers in tenants.yaml (`issuers:`)."))
+    oidc_audience: str = Field(default="caduceus", description="The `aud` the deployment-wide issuer's tokens "
+                                                               "must carry.")
+    oidc_tenant_claim: str = Field(default="tenant", description="The claim naming the tenant in the "
+                                                                 "deployment-wide issuer's tokens.")
+    oidc_username_claim: str = Field(default="sub", description="The claim naming the person.")
+    oidc_groups_claim: str = Field(default="groups", description="The claim listing the person's groups "
+                                                                 "(mapped to roles by tenants.yaml).")
+    oidc_leeway_s: float = Field(default=30.0, description="Clock skew tolerated on exp/nbf/iat.")
+    jwks_refetch_interval_s: float = Field(default=30.0, description=(
+        "An unknown key id triggers a JWKS refetch at most this often, so forged kids cannot flood the provider."))
+    http_timeout_s: float = Field(default=5.0, description="Bound on each request to an issuer (discovery, JWKS).")
+    grant_ttl_s: float = Field(default=600.0, gt=0, description="How long a signed session grant is valid.")
 
     @model_validator(mode="before")
     @classmethod

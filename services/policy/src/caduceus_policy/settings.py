@@ -20,26 +20,29 @@ class PolicySettings(BusSettings):
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    state_dir: Path
-    keys_dir: Path
-    # A pack: a YAML or Cedar file, or a directory of them. It seeds the bus when no pack is published yet.
-    policy_file: Path
-    workspaces_dir: Path
-    # How long a decision stays usable by the broker and the executor.
-    decision_ttl_s: float = 60.0
-    # A call the engine has not decided within this bound is denied.
-    decide_timeout_ms: float = 500.0
-    # Requests one replica decides at once (while one waits on the bus for its counters or its decision's ack,
-    # the next is evaluated).
-    decide_concurrency: int = Field(default=16, ge=1, le=256)
-    # Follow symlinks in the workspaces on this host (they must be mounted here for that).
-    follow_symlinks: bool = True
-    # Take packs published to JetStream KV (`caduceus policy publish`) and hot-reload them.
-    packs_from_bus: bool = True
-    # JetStream KV buckets and the usage consumer every replica of one deployment shares.
-    packs_bucket: str = "caduceus_policy_packs"
-    limits_bucket: str = "caduceus_policy_limits"
-    usage_consumer: str = "policy-usage"
+    state_dir: Path = Field(description="Where policy keeps its state; the paths below default into it.")
+    keys_dir: Path = Field(description="Signing keys: policy signs decisions with `policy.key` (made on first start "
+                                       "when absent) and verifies grants with `identity.pub`.")
+    policy_file: Path = Field(description=(
+        "A pack: a YAML or Cedar file, or a directory of them. It seeds the bus when no pack is published yet."))
+    workspaces_dir: Path = Field(description="The workspaces, for facts about paths in tool arguments.")
+    decision_ttl_s: float = Field(default=60.0, description=(
+        "How long a decision stays usable by the broker and the executor."))
+    decide_timeout_ms: float = Field(default=500.0, description=(
+        "A call the engine has not decided within this bound is denied."))
+    decide_concurrency: int = Field(default=16, ge=1, le=256, description=(
+        "Requests one replica decides at once (while one waits on the bus for its counters or its decision's ack, "
+        "the next is evaluated)."))
+    follow_symlinks: bool = Field(default=True, description=(
+        "Follow symlinks in the workspaces on this host (they must be mounted here for that)."))
+    packs_from_bus: bool = Field(default=True, description=(
+        "Take packs published to JetStream KV (`caduceus policy publish`) and hot-reload them."))
+    packs_bucket: str = Field(default="caduceus_policy_packs", description=(
+        "The JetStream KV bucket of published packs, shared by every replica of one deployment."))
+    limits_bucket: str = Field(default="caduceus_policy_limits", description=(
+        "The JetStream KV bucket of rate-limit and budget counters, shared by every replica."))
+    usage_consumer: str = Field(default="policy-usage", description=(
+        "The durable JetStream consumer through which the replicas share model usage (for budgets)."))
 
     @model_validator(mode="before")
     @classmethod

@@ -1,5 +1,6 @@
-"""OpenTelemetry spans following the GenAI semantic conventions: an `execute_tool {tool}` span per tool call
-and, under it, an `apply_guardrail` span per decision (policy's, then approval's).
+"""OpenTelemetry spans following the published GenAI semantic conventions: an `execute_tool {tool}` span per tool
+call, carrying a `gen_ai.evaluation.result` event per decision (policy's, then approval's) at the time it was made
+(`caduceus_telemetry.genai` has the names and why).
 
 Spans are rebuilt from the records, so they carry the recorded times and the trace id the
 call travelled with (a record without one gets a trace id derived from its session), and
@@ -15,17 +16,26 @@ from datetime import datetime
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from caduceus_audit.domain.narrative import RecordView
 from caduceus_audit.export import product_version
+from caduceus_telemetry.genai import (
+    ENDUSER_ID,
+    ERROR_TYPE,
+    EVALUATION_RESULT,
+    GEN_AI_CONVERSATION_ID,
+    GEN_AI_TOOL_CALL_ARGUMENTS,
+    GEN_AI_TOOL_CALL_RESULT,
+    GEN_AI_TOOL_NAME,
+    decision_event,
+    execute_tool_attributes,
+    execute_tool_span_name,
+)
 
 SCOPE = InstrumentationScope("caduceus-audit", product_version())
-# The guardrail decision types of the GenAI security conventions; "approve" (a person must agree) is closest to
-# "audit", and the span also says `caduceus.verdict`.
-DECISION_TYPE = {"allow": "allow", "deny": "deny", "approve": "audit"}
 MAX_RESULT = 4096
 # Calls requested but not completed are held this many at most; the oldest is then sent as not completed.
 MAX_OPEN_CALLS = 100_000
@@ -46,6 +56,7 @@ class _OpenCall:
     started: datetime
     attributes: dict[str, Any]
     last_seen: datetime
+    decisions: list[Event] = field(default_factory=list)
 
 
 @dataclass
@@ -75,7 +86,11 @@ class SpanBuilder:
             call.started = record.occurred_at
             return []
         if view.decision is not None:
-            return [self._guardrail(view, call)]
+            decision = view.decision
+            call.decisions.append(Event(EVALUATION_RESULT, decision_event(
+                decision.decided_by, decision.verdict, decision.reason, decision.policy_ids, decision.pack_version),
+                timestamp=_ns(record.occurred_at)))
+            return []
         if record.kind == "tool.completed":
             self._open.pop(key, None)
             return [self._execute_tool(call, record.occurred_at, view)]
@@ -93,17 +108,16 @@ class SpanBuilder:
         trace_id = (int(record.trace_id, 16) if record.trace_id else
                     _derived(32, "session", record.tenant, record.session_id or record.call_id))
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": view.call.tool,
-            "gen_ai.tool.call.id": record.call_id, "gen_ai.tool.type": "function",
-            "gen_ai.tool.call.arguments": json.dumps(view.call.args, ensure_ascii=False, sort_keys=True),
+            **execute_tool_attributes(view.call.tool, record.call_id),
+            GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps(view.call.args, ensure_ascii=False, sort_keys=True),
             "caduceus.tenant": record.tenant,
         }
         if record.session_id:
-            attributes["gen_ai.conversation.id"] = record.session_id
+            attributes[GEN_AI_CONVERSATION_ID] = record.session_id
         if view.workspace:
             attributes["caduceus.workspace"] = view.workspace
         if view.actor is not None:
-            attributes.update({"enduser.id": view.actor.user, "caduceus.roles": list(view.actor.roles)})
+            attributes.update({ENDUSER_ID: view.actor.user, "caduceus.roles": list(view.actor.roles)})
         call = _OpenCall(trace_id, _derived(16, "execute_tool", record.tenant, record.call_id), record.occurred_at,
                          attributes, record.occurred_at)
         self._open[(record.tenant, record.call_id)] = call
@@ -111,29 +125,6 @@ class SpanBuilder:
 
     def _context(self, trace_id: int, span_id: int) -> SpanContext:
         return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-
-    def _guardrail(self, view: RecordView, call: _OpenCall) -> ReadableSpan:
-        record, decision = view.record, view.decision
-        assert decision is not None and view.call is not None
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "apply_guardrail", "gen_ai.guardian.name": f"caduceus-{decision.decided_by}",
-            "gen_ai.security.target.type": "tool_call", "gen_ai.security.target.id": record.call_id or "",
-            "gen_ai.security.decision.type": DECISION_TYPE.get(decision.verdict, decision.verdict),
-            "gen_ai.security.decision.reason": decision.reason, "caduceus.verdict": decision.verdict,
-            "gen_ai.tool.name": view.call.tool, "gen_ai.tool.call.id": record.call_id or "",
-            "caduceus.tenant": record.tenant,
-        }
-        if decision.policy_ids:
-            attributes["gen_ai.security.policy.id"] = ",".join(decision.policy_ids)
-        if decision.pack_version:
-            attributes["gen_ai.security.policy.version"] = decision.pack_version
-            attributes["gen_ai.guardian.version"] = decision.pack_version
-        return ReadableSpan(
-            name=f"apply_guardrail caduceus-{decision.decided_by} tool_call",
-            context=self._context(call.trace_id, _derived(16, "apply_guardrail", record.event_id)),
-            parent=self._context(call.trace_id, call.span_id), resource=self.resource, attributes=attributes,
-            kind=SpanKind.INTERNAL, instrumentation_scope=SCOPE, status=Status(StatusCode.OK),
-            start_time=_ns(call.started), end_time=_ns(record.occurred_at))
 
     def _execute_tool(self, call: _OpenCall, ended: datetime, view: RecordView | None) -> ReadableSpan:
         attributes = dict(call.attributes)
@@ -143,13 +134,14 @@ class SpanBuilder:
         else:
             attributes["caduceus.outcome"] = view.status or "?"
             if view.text:
-                attributes["gen_ai.tool.call.result"] = view.text[:MAX_RESULT]
+                attributes[GEN_AI_TOOL_CALL_RESULT] = view.text[:MAX_RESULT]
             if view.status == "ok":
                 status = Status(StatusCode.OK)
             else:
-                attributes["error.type"] = view.status or "unknown"
+                attributes[ERROR_TYPE] = view.status or "unknown"
                 status = Status(StatusCode.ERROR, str((view.body or {}).get("reason") or view.status))
         return ReadableSpan(
-            name=f"execute_tool {attributes['gen_ai.tool.name']}", context=self._context(call.trace_id, call.span_id),
-            parent=None, resource=self.resource, attributes=attributes, kind=SpanKind.INTERNAL,
-            instrumentation_scope=SCOPE, status=status, start_time=_ns(call.started), end_time=_ns(ended))
+            name=execute_tool_span_name(attributes[GEN_AI_TOOL_NAME]), context=self._context(call.trace_id, call.span_id),
+            parent=None, resource=self.resource, attributes=attributes, events=tuple(call.decisions),
+            kind=SpanKind.INTERNAL, instrumentation_scope=SCOPE, status=status, start_time=_ns(call.started),
+            end_time=_ns(ended))
