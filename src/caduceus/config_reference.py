@@ -19,15 +19,15 @@ from pydantic import SecretStr, ValidationError
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from caduceus_approval.settings import ApprovalSettings
-from caduceus_audit.settings import AuditSettings
-from caduceus_broker.settings import BrokerSettings, WorkerSettings
-from caduceus_broker.settings import ModelSettings as BrokerModelSettings
+from caduceus_approval import ApprovalSettings
+from caduceus_audit import AuditSettings
+from caduceus_broker import BrokerSettings, WorkerSettings
+from caduceus_broker import ModelSettings as BrokerModelSettings
 from caduceus_bus import BusSettings, default_state_dir
 from caduceus_embedded.settings import ModelSettings as EmbeddedModelSettings
 from caduceus_hermes_plugin.plugin import PluginSettings
-from caduceus_identity.settings import IdentitySettings
-from caduceus_policy.settings import PolicySettings
+from caduceus_identity import IdentitySettings
+from caduceus_policy import PolicySettings
 from caduceus_telemetry import TelemetrySettings
 
 # What a path derived from the state dir looks like in the reference.
@@ -158,7 +158,7 @@ def variables(section: Section) -> list[Variable]:
     return rows
 
 
-def cli_variables(app: typer.Typer) -> list[Variable]:
+def cli_variables(app: typer.Typer | Any) -> list[Variable]:
     """Options of `caduceus` commands that can come from a CADUCEUS_ variable, with the commands that read them."""
     found: dict[str, tuple[Any, list[str]]] = {}
 
@@ -170,7 +170,8 @@ def cli_variables(app: typer.Typer) -> list[Variable]:
         for sub_name, sub in sorted(getattr(command, "commands", {}).items()):
             walk(sub, f"{path} {sub_name}")
 
-    walk(typer.main.get_command(app), "caduceus")
+    # The typer app, or its click command (what a running command finds as its context's root).
+    walk(typer.main.get_command(app) if isinstance(app, typer.Typer) else app, "caduceus")
     return [Variable(name, "str", "unset",
                      f"{' '.join((getattr(param, 'help', '') or '').split())} Read by "
                      f"{', '.join(f'`{c}`' for c in commands)}.")
@@ -196,7 +197,7 @@ def all_names(app: typer.Typer) -> set[str]:
     return {v.name for section in SECTIONS for v in variables(section)} | {v.name for v in cli_variables(app)}
 
 
-def render(app: typer.Typer) -> str:
+def render(app: typer.Typer | Any) -> str:
     """docs/configuration.md: every variable, by process, as the code defines it today."""
     lines = [
         "# Configuration reference",

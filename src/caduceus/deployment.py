@@ -11,10 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from caduceus_approval.domain import DESK_ISSUER
-from caduceus_approval.web.sessions import load_or_create_secret
-from caduceus_bus import BusAuthority, PermissionFile
-from caduceus_bus.authority import SERVER_CONFIG_FILE, WORKER_SIGNING_FILE
+from caduceus_approval import DESK_ISSUER, load_or_create_secret
+from caduceus_bus import SERVER_CONFIG_FILE, WORKER_SIGNING_FILE, BusAuthority, PermissionFile
 from caduceus_contracts import ensure_signer
 
 # The bus credential inside each service's directory (CADUCEUS_NATS_CREDENTIALS points at it).

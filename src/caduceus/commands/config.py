@@ -15,6 +15,7 @@ config_app = typer.Typer(help="The configuration every process reads from the en
 
 @config_app.command("reference")
 def reference(
+    ctx: typer.Context,
     write: Annotated[Path | None, typer.Option("--write", help="Write the reference here, e.g. "
                                                                "docs/configuration.md.")] = None,
     check: Annotated[Path | None, typer.Option("--check", help="Exit 1 if this file differs from what the "
@@ -24,10 +25,9 @@ def reference(
 
     With --check it compares instead (for CI: exit 1 when the file is stale); with --write it updates.
     """
-    from caduceus.cli import app
     from caduceus.config_reference import render
 
-    text = render(app)
+    text = render(ctx.find_root().command)  # the whole CLI, for the options it reads from the environment
     if check:
         if not check.exists() or check.read_text(encoding="utf-8") != text:
             err.print(f"{escape(str(check))} differs from the code: run `caduceus config reference --write "

@@ -2,6 +2,7 @@
 and the bus's authorization."""
 
 from caduceus_bus.authority import (
+    SERVER_CONFIG_FILE,
     WORKER_SIGNING_FILE,
     BusAuthority,
     CredentialError,
@@ -38,6 +39,7 @@ from caduceus_bus.streams import ensure_stream, stream_config
 from caduceus_bus.tracing import extract_context, inject_headers
 
 __all__ = [
+    "SERVER_CONFIG_FILE",
     "WORKER_SIGNING_FILE",
     "BusAuthority", "BusService", "BusSettings", "CORE", "ConfigurationError", "Core", "CredentialError",
     "CredentialsUnreadable", "Delivery", "EventConnection", "Grant", "PermissionFile", "PermissionsError",

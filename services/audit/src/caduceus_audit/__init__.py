@@ -28,11 +28,12 @@ from caduceus_audit.handlers import ROUTES
 from caduceus_audit.recorded import RecordedCall, recorded_calls
 from caduceus_audit.replay import ReplayReport, replay
 from caduceus_audit.retention import RetentionError, archive_before, verify_archive
+from caduceus_audit.settings import AuditSettings
 from caduceus_audit.timeline_html import render_html
 from caduceus_audit.verify import HeldCheckpoint, MissingAuditKey, verify_trail
 
 __all__ = [
-    "ROUTES", "AppendOutcome", "AuditRecord", "AuditStore", "CallStory", "ChainVerdict", "CheckpointSourceError",
+    "ROUTES", "AuditSettings", "AppendOutcome", "AuditRecord", "AuditStore", "CallStory", "ChainVerdict", "CheckpointSourceError",
     "DeliveryError", "Export", "Formatter", "HeldCheckpoint", "LineSink", "MissingAuditKey", "Moment", "Narrator",
     "OtlpSink", "RecordFilter", "RecordedCall", "ReplayReport", "RetentionError", "Sink", "StoreRefused",
     "StoreUnavailable", "SyslogSink", "Timeline", "archive_before", "build_timeline", "read_bus_checkpoints",

@@ -14,12 +14,13 @@ from caduceus_policy.handlers import PACKS_BUCKET, ROUTES
 from caduceus_policy.pack import Pack, PackError, load_pack
 from caduceus_policy.pack.cases import run_cases
 from caduceus_policy.pack.loader import parse_duration, parse_test_file
+from caduceus_policy.settings import PolicySettings
 
 # The skeleton's name for a pack that cannot be used; kept so callers written against it still catch it.
 RuleFileError = PackError
 
 __all__ = [
-    "PACKS_BUCKET", "ROUTES",
+    "PACKS_BUCKET", "ROUTES", "PolicySettings",
     "KNOWN_FACTS", "CedarEngine", "HostPaths", "Pack", "PackError", "PackStore", "PolicyEngine", "RequestFacts",
     "RuleFileError", "Verdict", "engine_from_files", "extract_facts", "load_engine", "load_pack", "parse_duration",
     "parse_test_file", "request_facts", "run_cases",
