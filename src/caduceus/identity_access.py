@@ -18,6 +18,7 @@ from caduceus_identity.adapters.tenants_file import DirectorySource
 from caduceus_identity.domain import DirectoryError, Member, Refused, VerifiedIdentity
 from caduceus_identity.linking import ServiceAccount, looks_like_api_key
 from caduceus_identity.settings import IdentitySettings
+from caduceus_schema import SchemaTooNew
 
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -41,7 +42,11 @@ class IdentityAccess:
             raise typer.Exit(2) from None
 
     def store(self) -> IdentityStore:
-        return IdentityStore(IdentitySettings(state_dir=self.state_dir).identity_db)
+        try:
+            return IdentityStore(IdentitySettings(state_dir=self.state_dir).identity_db)
+        except SchemaTooNew as exc:
+            err.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(2) from None
 
     async def resolve(self, token: str, tenant: str | None) -> tuple[VerifiedIdentity, Member]:
         """What an OIDC token proves and the person it names in its tenant; Refused says why not."""

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from caduceus.audit_views import render_replay, render_timeline, render_verdicts
-from caduceus_audit import AuditStore, StoreRefused, StoreUnavailable
+from caduceus_audit import AuditStore, SchemaTooNew, StoreRefused, StoreUnavailable
 from caduceus_audit.adapters.checkpoint_sources import (
     CheckpointSourceError,
     read_bus_checkpoints,
@@ -118,6 +118,8 @@ def open_store(db: str | None, state_dir: Path | None) -> AuditStore:
     store = AuditStore(url)
     try:
         store.ensure_schema()
+    except SchemaTooNew as exc:
+        fail(str(exc))
     except (StoreUnavailable, StoreRefused) as exc:
         fail(f"cannot reach the audit database at {store.database.display_url}: {exc}. Check --db and that the "
              "database server runs.")

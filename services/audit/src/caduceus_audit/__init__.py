@@ -9,6 +9,7 @@ from caduceus_audit.adapters.store import (
 )
 from caduceus_audit.handlers import ROUTES
 from caduceus_audit.recorded import RecordedCall, recorded_calls
+from caduceus_schema import SchemaTooNew
 
-__all__ = ["ROUTES", "AppendOutcome", "AuditRecord", "AuditStore", "RecordedCall", "StoreRefused", "StoreUnavailable",
-           "recorded_calls"]
+__all__ = ["ROUTES", "AppendOutcome", "AuditRecord", "AuditStore", "RecordedCall", "SchemaTooNew", "StoreRefused",
+           "StoreUnavailable", "recorded_calls"]
