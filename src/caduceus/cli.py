@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from caduceus.commands import approvals, audit, bus, chat, demo, identity, policy, sandbox, tenants, up, whoami
+from caduceus.commands import (
+    approvals,
+    audit,
+    backup,
+    bus,
+    chat,
+    demo,
+    identity,
+    policy,
+    sandbox,
+    tenants,
+    up,
+    whoami,
+)
 
 app = typer.Typer(
     name="caduceus",
@@ -26,6 +39,7 @@ whoami.register(app)
 policy.register(app)
 audit.register(app)
 bus.register(app)
+backup.register(app)
 
 
 if __name__ == "__main__":
