@@ -4,12 +4,16 @@ one of them still works; the migrations build the schema that release had; a new
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from caduceus_embedded.layout import copy_default_files
 from caduceus_identity.adapters.store import MIGRATIONS, IdentityStore
 from caduceus_identity.linking import PairingRefused, PairingRules, hash_secret, new_api_key
 from caduceus_schema import SchemaTooNew
@@ -79,3 +83,17 @@ def test_a_database_migrated_by_a_newer_release_is_refused_saying_what_to_do(tmp
     db.close()
     with pytest.raises(SchemaTooNew, match="newer release.*caduceus restore"):
         IdentityStore(path)
+
+
+def test_identity_refuses_to_start_on_a_database_a_newer_release_migrated(tmp_path: Path) -> None:
+    copy_default_files(tmp_path)
+    IdentityStore(tmp_path / "identity.db").close()
+    db = sqlite3.connect(tmp_path / "identity.db")
+    db.execute(f"UPDATE {MIGRATIONS.version_table} SET version_num = '0099'")
+    db.commit()
+    db.close()
+    env = {**os.environ, "CADUCEUS_STATE_DIR": str(tmp_path), "CADUCEUS_OIDC_ISSUER_URL": "http://127.0.0.1:9"}
+    started = subprocess.run([sys.executable, "-m", "caduceus_identity"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert started.returncode == 2
+    assert "identity cannot start" in started.stderr and "newer release" in started.stderr

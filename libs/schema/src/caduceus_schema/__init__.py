@@ -78,7 +78,8 @@ class Migrations:
                                          destination_rev=head)
         try:
             with environment:
-                environment.configure(connection=connection, version_table=self.version_table)
+                # Both engines roll DDL back with the transaction it runs in (alembic assumes not, for SQLite).
+                environment.configure(connection=connection, version_table=self.version_table, transactional_ddl=True)
                 environment.run_migrations()
         except CommandError as exc:
             raise SchemaTooNew(f"the {self.store} database {where} cannot be migrated: {exc}") from exc
