@@ -5,6 +5,7 @@ build is exactly what the code maps; a database a newer release migrated is refu
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,28 @@ def test_a_database_migrated_by_a_newer_release_is_refused_saying_what_to_do(db_
     assert refused.exit_code == 2
     said = " ".join(refused.output.split())
     assert "'0099'" in said and "newer release" in said and "caduceus restore" in said
+
+
+def test_replicas_starting_together_migrate_once(db_url: str) -> None:
+    stores = [AuditStore(db_url) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    failures: list[BaseException] = []
+
+    def migrate(store: AuditStore) -> None:
+        start.wait()
+        try:
+            store.ensure_schema()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "replicas deadlocked migrating"
+    assert failures == []
+    with stores[0].engine.connect() as conn:
+        assert MIGRATIONS.current(conn) == MIGRATIONS.head()
+    for store in stores:
+        store.close()
