@@ -7,6 +7,7 @@ import typer
 from caduceus.commands import (
     approvals,
     audit,
+    backup,
     bus,
     chat,
     config,
@@ -40,6 +41,7 @@ whoami.register(app)
 policy.register(app)
 audit.register(app)
 bus.register(app)
+backup.register(app)
 config.register(app)
 deployment.register(app)
 

@@ -22,6 +22,7 @@ from caduceus_identity import (
     looks_like_api_key,
 )
 from caduceus_oidc import Refused, VerifiedIdentity
+from caduceus_schema import SchemaTooNew
 
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -45,7 +46,11 @@ class IdentityAccess:
             raise typer.Exit(2) from None
 
     def store(self) -> IdentityStore:
-        return IdentityStore(IdentitySettings(state_dir=self.state_dir).identity_db)
+        try:
+            return IdentityStore(IdentitySettings(state_dir=self.state_dir).identity_db)
+        except SchemaTooNew as exc:
+            err.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(2) from None
 
     async def resolve(self, token: str, tenant: str | None) -> tuple[VerifiedIdentity, Member]:
         """What an OIDC token proves and the person it names in its tenant; Refused says why not."""

@@ -42,6 +42,7 @@ from caduceus_audit import (
     RecordedCall,
     RecordFilter,
     RetentionError,
+    SchemaTooNew,
     Sink,
     StoreRefused,
     StoreUnavailable,
@@ -139,6 +140,8 @@ def open_store(db: str | None, state_dir: Path | None) -> AuditStore:
     store = AuditStore(url)
     try:
         store.ensure_schema()
+    except SchemaTooNew as exc:
+        fail(str(exc))
     except (StoreUnavailable, StoreRefused) as exc:
         fail(f"cannot reach the audit database at {store.database.display_url}: {exc}. Check --db and that the "
              "database server runs.")

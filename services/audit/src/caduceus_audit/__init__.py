@@ -31,12 +31,13 @@ from caduceus_audit.retention import RetentionError, archive_before, verify_arch
 from caduceus_audit.settings import AuditSettings
 from caduceus_audit.timeline_html import render_html
 from caduceus_audit.verify import HeldCheckpoint, MissingAuditKey, verify_trail
+from caduceus_schema import SchemaTooNew
 
 __all__ = [
-    "ROUTES", "AuditSettings", "AppendOutcome", "AuditRecord", "AuditStore", "CallStory", "ChainVerdict", "CheckpointSourceError",
-    "DeliveryError", "Export", "Formatter", "HeldCheckpoint", "LineSink", "MissingAuditKey", "Moment", "Narrator",
-    "OtlpSink", "RecordFilter", "RecordedCall", "ReplayReport", "RetentionError", "Sink", "StoreRefused",
-    "StoreUnavailable", "SyslogSink", "Timeline", "archive_before", "build_timeline", "read_bus_checkpoints",
-    "read_checkpoint_file", "recorded_calls", "render_html", "replay", "sqlite_path", "verify_archive", "verify_trail",
-    "write_checkpoint_file",
+    "ROUTES", "AuditSettings", "AppendOutcome", "AuditRecord", "AuditStore", "CallStory", "ChainVerdict",
+    "CheckpointSourceError", "DeliveryError", "Export", "Formatter", "HeldCheckpoint", "LineSink", "MissingAuditKey",
+    "Moment", "Narrator", "OtlpSink", "RecordFilter", "RecordedCall", "ReplayReport", "RetentionError", "SchemaTooNew",
+    "Sink", "StoreRefused", "StoreUnavailable", "SyslogSink", "Timeline", "archive_before", "build_timeline",
+    "read_bus_checkpoints", "read_checkpoint_file", "recorded_calls", "render_html", "replay", "sqlite_path",
+    "verify_archive", "verify_trail", "write_checkpoint_file",
 ]

@@ -1,4 +1,4 @@
-"""The audit database connection: one engine per URL, its schema, and driver errors in two kinds.
+"""The audit database connection: one engine per URL, its schema (migrated to head), and driver errors in two kinds.
 
 StoreUnavailable means try again later (unreachable, busy, locked); StoreRefused means this data or
 this statement will not go in. SQLite writers take the write lock up front (BEGIN IMMEDIATE), so
@@ -13,17 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, event, inspect, text
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import create_engine
 
-from caduceus_audit.adapters.tables import RECORDS, TABLES
+from caduceus_schema import Migrations
 
 SQLITE_BUSY_TIMEOUT_S = 10.0
-# Columns added after a table was first created, with their type: added in place when missing.
-ADDED_COLUMNS = {RECORDS.name: {"trace_id": String(32)}}
+MIGRATIONS = Migrations(store="audit", script_location="caduceus_audit:migrations",
+                        version_table="audit_schema_version", baseline="0001", baseline_table="audit_record")
 
 
 class StoreUnavailable(Exception):
@@ -49,15 +49,17 @@ class Database:
         return self.url.render_as_string(hide_password=True)
 
     def ensure_schema(self) -> None:
-        """Create missing tables and columns. Raises StoreUnavailable when the database cannot be reached."""
+        """Migrate the schema to this code's head (caduceus_audit/migrations), once per process.
+
+        Raises StoreUnavailable when the database cannot be reached, SchemaTooNew when a newer release migrated it.
+        """
         if self._schema_ready:
             return
         with self._schema_lock:
             if self._schema_ready:
                 return
             with translated_errors(), self.writing() as conn:
-                SQLModel.metadata.create_all(conn, tables=TABLES)
-                _add_missing_columns(conn)
+                MIGRATIONS.upgrade(conn, self.display_url)
             self._schema_ready = True
 
     def ping(self) -> None:
@@ -82,15 +84,6 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _add_missing_columns(conn: Connection) -> None:
-    inspector = inspect(conn)
-    for table, columns in ADDED_COLUMNS.items():
-        present = {column["name"] for column in inspector.get_columns(table)}
-        for name, kind in columns.items():
-            if name not in present:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind.compile(conn.dialect)}"))
 
 
 @contextmanager

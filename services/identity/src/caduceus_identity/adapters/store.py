@@ -1,7 +1,8 @@
 """Identity's own records in SQLite (CADUCEUS_IDENTITY_DB, default `<state_dir>/identity.db`):
 service accounts (key hashes only), platform links, pairing codes (salted hashes) and lockouts.
 
-The identity service reads it on every integration message; the admin CLI writes it. Every change to who
+The identity service reads it on every integration message; the admin CLI writes it. Its schema is migrated to
+head when the store opens (caduceus_identity/migrations). Every change to who
 may speak for a tenant is also written, in the same transaction, to an outbox (`identity_changes`) that the
 identity service publishes as `identity.changed` events: the audit trail gets each change exactly once, even
 one made while the service was down.
@@ -32,26 +33,10 @@ from caduceus_identity.linking import (
     parse_api_key,
     same_hash,
 )
+from caduceus_schema import Migrations, upgrade_sqlite_file
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS service_accounts (
-    account_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, platforms TEXT NOT NULL,
-    key_hash TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT);
-CREATE UNIQUE INDEX IF NOT EXISTS service_account_names ON service_accounts (tenant, name) WHERE revoked_at IS NULL;
-CREATE TABLE IF NOT EXISTS platform_links (
-    tenant TEXT NOT NULL, platform TEXT NOT NULL, platform_user TEXT NOT NULL, user TEXT NOT NULL,
-    linked_by TEXT NOT NULL, linked_at TEXT NOT NULL, PRIMARY KEY (tenant, platform, platform_user));
-CREATE TABLE IF NOT EXISTS pairing_codes (
-    tenant TEXT NOT NULL, platform TEXT NOT NULL, platform_user TEXT NOT NULL, code_hash TEXT NOT NULL,
-    salt BLOB NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL,
-    PRIMARY KEY (tenant, platform, platform_user));
-CREATE TABLE IF NOT EXISTS pairing_failures (
-    tenant TEXT NOT NULL, platform TEXT NOT NULL, failed_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS identity_changes (
-    event_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
-    subject TEXT NOT NULL, detail TEXT NOT NULL, occurred_at TEXT NOT NULL, published INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS identity_changes_unpublished ON identity_changes (published, occurred_at);
-"""
+MIGRATIONS = Migrations(store="identity", script_location="caduceus_identity:migrations",
+                        version_table="identity_schema_version", baseline="0001", baseline_table="service_accounts")
 
 
 def _iso(moment: datetime) -> str:
@@ -70,9 +55,9 @@ class IdentityStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        upgrade_sqlite_file(MIGRATIONS, path)  # SchemaTooNew when a newer release migrated it
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout = 5000")
-        self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
