@@ -26,7 +26,7 @@ KNOWN_FACTS: dict[str, str] = {
     "family": "String",
     "path_outside_workspace": "Bool", "writes_outside_workspace": "Bool", "path_symlink_escape": "Bool",
     "touches_secret_file": "Bool", "paths": "Set<String>",
-    "binaries": "Set<String>", "command_unreadable": "Bool", "dynamic_command": "Bool",
+    "binaries": "Set<String>", "command_unreadable": "Bool", "dynamic_command": "Bool", "command_not_understood": "Bool",
     "decode_and_execute": "Bool", "fetch_and_execute": "Bool", "network": "Bool", "destructive": "Bool",
     "privilege_raising": "Bool",
     "url_hosts": "Set<String>", "url_schemes": "Set<String>", "url_classes": "Set<String>",
@@ -201,6 +201,8 @@ def extract_facts(tool: str, args: Mapping[str, Any], workspace: Workspace) -> t
                 found.flag(name, shell.evidence.get(name, args["command"]))
         if shell.problems:
             found.flag("command_unreadable", "; ".join(shell.problems))
+        if shell.unmodelled:
+            found.flag("command_not_understood", "; ".join(shell.unmodelled))
         written = {id(verdict) for verdict in shell.written}  # every written path is also in shell.paths
         for verdict in shell.paths:
             found.add_path(verdict, written=id(verdict) in written)
@@ -235,7 +237,7 @@ def extract_facts(tool: str, args: Mapping[str, Any], workspace: Workspace) -> t
 def is_risky(facts: Mapping[str, Any]) -> str | None:
     """The first fact that makes a call risky (for ask-when-risky approvals), or None."""
     for name in ("destructive", "privilege_raising", "decode_and_execute", "fetch_and_execute", "dynamic_command",
-                 "command_unreadable", "path_outside_workspace", "touches_secret_file", "url_private_network",
+                 "command_unreadable", "command_not_understood", "path_outside_workspace", "touches_secret_file", "url_private_network",
                  "secrets_in_args", "skill_write"):
         if facts.get(name):
             return name

@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from caduceus_policy.facts.paths import PathVerdict, Workspace, looks_secret
+from caduceus_policy.facts.code import RISKY_OPERATIONS, code_operations
+from caduceus_policy.facts.paths import PathVerdict, Workspace, glob_may_match_secret, looks_secret, normalize
+from caduceus_policy.facts.programs import EXEC_VARIABLES, LATER, SYSTEM_PROGRAM_DIRS, unmodelled
 from caduceus_policy.facts.shell_syntax import Command, Script, Word, ansi_c, parse_script
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh", "rbash"})
@@ -60,7 +62,18 @@ _WRAPPERS: dict[str, tuple[frozenset[str], int]] = {
     "catchsegv": (frozenset(), 0), "busybox": (frozenset(), 0), "doas-keepenv": (frozenset(), 0),
 }
 _RESERVED = frozenset({"!", "{", "}", "then", "else", "elif", "fi", "do", "done", "while", "until", "if", "esac",
-                       "[[", "]]", "function", "coproc"})
+                       "coproc"})
+# Wrappers that run their command with arguments or timing the reader cannot know.
+_OPAQUE_WRAPPERS = frozenset({"xargs", "watch", "strace", "ltrace", "busybox", "firejail", "unbuffer", "flock",
+                              "faketime", "capsh", "torsocks", "proxychains", "proxychains4", "catchsegv", "nsenter",
+                              "unshare", "chroot", "setpriv", "doas-keepenv"})
+# Variables the executor's environment gives a value the reader knows well enough (HOME as `~`, the rest opaque).
+_WELL_KNOWN = {"HOME": "~", "USER": "user", "LOGNAME": "user", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               "TERM": "xterm", "HOSTNAME": "host", "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin"}
+# Commands after which files the reader cannot name exist (archives, downloads under a remote name, clones).
+_WRITES_UNNAMED = frozenset({"curl", "tar", "unzip", "7z", "7za", "wget", "git", "gunzip", "bunzip2", "unxz", "unzstd",
+                             "rsync", "scp", "sftp", "pip", "npm", "cargo", "go", "make", "cmake", "patch"})
+_BRACES = re.compile(r"\{[^{}]*(?:,|\.\.)[^{}]*\}")
 _LOOP_HEADS = frozenset({"for", "select", "case"})
 _HARMLESS_DEVICES = re.compile(r"^/dev/(?:null|zero|stdout|stderr|stdin|tty|u?random|fd/\d+)$")
 _DEV_NET = re.compile(r"/dev/(tcp|udp)/([^/\s]+)/(\d+)")
@@ -101,10 +114,17 @@ class ShellFacts:
     urls: list[tuple[str, str]] = field(default_factory=list)  # (url or bare host, default scheme)
     inline_code: list[tuple[str, str]] = field(default_factory=list)  # (language, code) run with -c / -e
     evidence: dict[str, str] = field(default_factory=dict)
+    # What the reader could not establish (unknown programs, options that run code, values known only at run
+    # time, things left to run later): a command is understood only when this stays empty.
+    unmodelled: list[str] = field(default_factory=list)
 
     def flag(self, fact: str, evidence: str) -> None:
         setattr(self, fact, True)
         self.evidence.setdefault(fact, evidence[:120])
+
+    def unknown(self, reason: str) -> None:
+        if reason not in self.unmodelled:
+            self.unmodelled.append(reason[:160])
 
 
 @dataclass
@@ -133,11 +153,15 @@ class _Analyzer:
         self.facts = facts
         self.workspace = workspace
         self.cwd = cwd  # None: a directory only known at run time
+        self.variables: dict[str, str | None] = dict(_WELL_KNOWN)
+        self.wrote_unnamed = ""  # a command that wrote files the reader cannot name, once one has run
 
     # --- scripts and pipelines ----------------------------------------------------------
 
     def script(self, script: Script, depth: int, stdin: _Stage | None = None) -> _Stage:
         self.facts.problems.extend(script.problems)
+        for name in script.functions:
+            self.facts.unknown(f"defines the shell function `{name}` (a command name policy cannot follow)")
         last = _Stage()
         for pipeline in script.pipelines:
             upstream = stdin or _Stage()
@@ -155,8 +179,18 @@ class _Analyzer:
             self.redirect(redirect.op, redirect.target, depth)
         words = self.strip_prefixes(command.words, depth)
         if not words:
+            if not command.groups:
+                self.assign(command.words, depth)
             return upstream if command.groups else _Stage()
         return self.run(words, upstream, depth)
+
+    def assign(self, words: list[Word], depth: int) -> None:
+        """`NAME=value` on its own: later words of the line see the value (when reading can know it)."""
+        for word in words:
+            if _ASSIGNMENT.match(word.text) and not word.text.split("=", 1)[0].endswith("+"):
+                name, _, _ = word.text.partition("=")
+                value = self.static(word, depth)
+                self.variables[name] = value.partition("=")[2] if value is not None else None
 
     def strip_prefixes(self, words: list[Word], depth: int) -> list[Word]:
         for word in words:
@@ -166,13 +200,21 @@ class _Analyzer:
         while index < len(words):
             word = words[index]
             if word.text in _LOOP_HEADS and not word.quoted:
+                if len(words) > index + 1:
+                    self.variables[words[index + 1].text] = None  # the loop variable: known only at run time
                 return []  # `for x in a b`: a header, not a command
+            if word.text == "function" and not word.quoted:
+                self.facts.unknown(LATER["function"])
+                return []
             if word.text in _RESERVED and not word.quoted:
                 index += 1
                 continue
-            if _ASSIGNMENT.match(word.text) and not word.quoted:
-                if word.text.split("=", 1)[0] in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"):
+            if word.assignment or _ASSIGNMENT.match(word.text) and not word.quoted:
+                variable = word.text.split("=", 1)[0].rstrip("+")
+                if variable in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"):
                     self.facts.flag("privilege_raising", word.text)
+                if variable in EXEC_VARIABLES and variable != "PATH" or variable == "PATH" and index + 1 < len(words):
+                    self.facts.unknown(f"sets {variable}, through which programs run other commands")
                 index += 1
                 continue
             break
@@ -186,8 +228,14 @@ class _Analyzer:
             self.facts.flag("dynamic_command", _shown(words))
             self.facts.binaries.add("?")
             return _Stage()
+        workspace_program = False
         if "/" in name_text:
-            self.facts.paths.append(self.check(name_text))
+            verdict = self.check(name_text)
+            self.facts.paths.append(verdict)
+            if SYSTEM_PROGRAM_DIRS.search(verdict.resolved):
+                name_text = verdict.resolved  # a link to a system program runs under the program's own name
+            else:
+                workspace_program = self.runs_file(verdict, name_text)
         if words[0].subs and self.static_decoded(words[0], depth):
             self.facts.flag("decode_and_execute", _shown(words))  # a command name spelled by decoding
         name = posixpath.basename(name_text)
@@ -199,6 +247,8 @@ class _Analyzer:
         args = words[1:]
         texts = [self.static(word, depth) for word in args]
         shown = " ".join([name_text, *(t if t is not None else "$(...)" for t in texts)])
+        if not workspace_program:
+            self.model(name, words[0], args, texts, shown)
 
         if name in _WRAPPERS or name == "env":
             if name in PRIVILEGE_WRAPPERS:
@@ -220,6 +270,8 @@ class _Analyzer:
             if args and args[0].subs:
                 return self.execute_text(None, args[:1], upstream, depth, shown)
             self.paths(name, args, texts, depth)
+            if texts and texts[0] is not None:
+                self.runs_file(self.check(texts[0]), texts[0])
             return _Stage()
         if name in SHELLS or (name == "busybox" and texts[:1] == ["sh"]):
             return self.shell(args, texts, upstream, depth, shown)
@@ -231,12 +283,52 @@ class _Analyzer:
         if name == "cd" or name == "pushd":
             self.change_directory(texts)
             return _Stage()
+        if name in ("export", "declare", "typeset", "local", "readonly"):
+            self.assign([word for word in args if _ASSIGNMENT.match(word.text)], depth)
+            for word in args:
+                variable = word.text.split("=", 1)[0]
+                if variable in EXEC_VARIABLES:
+                    self.facts.unknown(f"sets {variable}, through which programs run other commands")
+        if name == "read":
+            for text in texts:
+                if text is not None and not text.startswith("-"):
+                    self.variables[text] = None
 
         self.network(name, args, texts, shown)
         self.destructive(name, texts, shown)
         self.privilege(name, texts, shown)
         self.paths(name, args, texts, depth)
         return self.output(name, texts, upstream, shown)
+
+    def model(self, name: str, name_word: Word, args: list[Word], texts: list[str | None], shown: str) -> None:
+        """Record what keeps this program's run from being understood (see programs.py)."""
+        if _BRACES.search(name_word.text) and not name_word.quoted:
+            self.facts.unknown(f"brace expansion builds the command `{name_word.text[:40]}`")
+            return
+        if name in _OPAQUE_WRAPPERS:
+            self.facts.unknown(f"{name} runs a command in a way policy does not follow")
+        elif name not in _WRAPPERS and name != "env":
+            modelled_as = re.sub(r"-?[0-9.]+$", "", name) if re.search(r"[a-z]-?[0-9.]+$", name) else name
+            reason = unmodelled(modelled_as if modelled_as else name, texts)
+            if reason is not None:
+                self.facts.unknown(reason)
+        if name not in ("echo", "printf", "eval", "cd", "pushd"):
+            for word, text in zip(args, texts, strict=True):
+                if text is None:
+                    self.facts.unknown(f"the value of `{_shown([word])[:40]}` is only known at run time")
+                    break
+
+    def runs_file(self, verdict: PathVerdict, shown: str) -> bool:
+        """A program or script run from a file: the workspace's own code is accepted (like `make` or a test runner)
+        unless this very command wrote it or wrote files it cannot name; anything else is not understood."""
+        if verdict.outside:
+            self.facts.unknown(f"runs {shown}, a file outside the workspace and the system's program directories")
+            return False
+        if verdict.resolved in {w.resolved for w in self.facts.written}:
+            self.facts.unknown(f"runs {shown}, which this command wrote")
+        elif self.wrote_unnamed:
+            self.facts.unknown(f"runs {shown} after `{self.wrote_unnamed}` wrote files policy cannot name")
+        return True
 
     def unwrap(self, name: str, args: list[Word], texts: list[str | None], depth: int) -> list[Word]:
         if name == "env":
@@ -292,6 +384,8 @@ class _Analyzer:
         operands = [t for t in texts if t is not None and not t.startswith("-")]
         if operands or substituted:
             self.paths("sh", args, texts, depth)  # `bash script.sh`: runs a file
+            if operands:
+                self.runs_file(self.check(operands[0]), operands[0])
             return _Stage()
         return self.reads_stdin_as_code("sh", upstream, depth, shown)
 
@@ -312,14 +406,27 @@ class _Analyzer:
                     self.executes(word, depth, shown)
                 else:
                     self.facts.inline_code.append((family, code))
+                    self.inline_code_understood(family, code)
                     if word.subs and self.static_decoded(word, depth):
                         self.facts.flag("decode_and_execute", shown)
                 return _Stage()
         operands = [t for t in texts if t is not None and not t.startswith("-")]
         if operands and operands[0] != "-":
             self.paths(family, args, texts, depth)
+            if not (family == "python" and any(t in ("-m",) or (t or "").startswith("-m") for t in texts)):
+                self.runs_file(self.check(operands[0]), operands[0])
             return _Stage()
         return self.reads_stdin_as_code(family, upstream, depth, shown)
+
+    def inline_code_understood(self, family: str, code: str) -> None:
+        """Python given on the command line is read like execute_code; other languages' code is not read."""
+        if family != "python":
+            self.facts.unknown(f"{family} code given on the command line is not read")
+            return
+        operations, evidence = code_operations(code, "python")
+        risky = sorted(operations & RISKY_OPERATIONS)
+        if risky:
+            self.facts.unknown(f"python code on the command line does {', '.join(risky)} ({', '.join(evidence)})")
 
     def reads_stdin_as_code(self, family: str, upstream: _Stage, depth: int, shown: str) -> _Stage:
         if upstream.fetched:
@@ -333,6 +440,7 @@ class _Analyzer:
             self.script(parse_script(upstream.output, depth + 1), depth + 1)
         else:
             self.facts.inline_code.append((family, upstream.output))
+            self.inline_code_understood(family, upstream.output)
         return _Stage()
 
     def inline_script(self, word: Word | None, script: str | None, depth: int) -> None:
@@ -387,7 +495,10 @@ class _Analyzer:
         """The word's value if reading can know it (substitutions of pure pipelines are evaluated)."""
         if not word.dynamic:
             return word.text
-        return word.with_outputs([self.evaluate(sub, depth) for sub in word.subs])
+        variables = self.variables
+        if "PWD" in word.variables:
+            variables = {**variables, "PWD": str(self.cwd) if self.cwd is not None else None}
+        return word.with_outputs([self.evaluate(sub, depth) for sub in word.subs], variables)
 
     def static_decoded(self, word: Word, depth: int) -> bool:
         return any(self.pipeline_kind(sub).decoded for sub in word.subs)
@@ -535,12 +646,12 @@ class _Analyzer:
 
     def change_directory(self, texts: list[str | None]) -> None:
         target = next((t for t in texts if t is None or not t.startswith("-")), "~")
-        if target is None or target == "-" or target.startswith("~"):
+        if target is None or target == "-":
             self.cwd = None
             return
         verdict = self.check(target)
         self.facts.paths.append(verdict)
-        self.cwd = PurePosixPath(verdict.resolved) if not verdict.resolved.startswith("?") else None
+        self.cwd = PurePosixPath(normalize(verdict.resolved)) if not verdict.resolved.startswith("?") else None
 
     def paths(self, name: str, args: list[Word], texts: list[str | None], depth: int) -> None:
         operands = [(i, t) for i, t in enumerate(texts) if t is not None and t != "--"]
@@ -557,6 +668,8 @@ class _Analyzer:
         elif name in ("sed", "perl") and any(t.startswith("-i") or t == "--in-place" for _, t in operands):
             plain = [i for i, t in operands if not t.startswith("-")]
             written = set(plain[1:]) if name == "sed" else set(plain)
+        if name in _WRITES_UNNAMED and not self.wrote_unnamed and _writes_unnamed(name, texts):
+            self.wrote_unnamed = " ".join(t for t in [name, *texts[:2]] if t is not None)
         for index, text in operands:
             value = text
             if name == "dd" and text.startswith(("of=", "if=")):
@@ -568,15 +681,24 @@ class _Analyzer:
             elif text.startswith("-"):
                 continue
             previous = texts[index - 1] if index else None
-            if previous in ("-o", "-O", "--output", "--output-document", "-P", "--directory-prefix", "-C", "-d",
-                            "--directory") and name in ("curl", "wget", "tar", "unzip", "git", "aria2c"):
+            if (previous in ("-o", "-O", "--output", "--output-document", "-P", "--directory-prefix", "-C", "-d",
+                             "--directory") or name in ("curl", "wget") and previous is not None and
+                    re.fullmatch(r"-[A-Za-z]*[oO]", previous)) and name in ("curl", "wget", "tar", "unzip", "git",
+                                                                             "aria2c"):
                 written.add(index)
-            if not _path_like(value) and index not in written:
+            outside_cwd = self.cwd is None or not self.workspace.contains(self.cwd)
+            if not _path_like(value) and index not in written and not _BRACES.search(value) and not outside_cwd and \
+                    not any(c in value for c in "*?["):
                 continue
             if "://" in value or _HARMLESS_DEVICES.match(value):
                 continue
+            for spelling in _brace_expansions(value)[1:]:  # `{.e,}nv` is `.env nv`: each is a path of its own
+                self.facts.paths.append(self.check(spelling))
             verdict = self.check(value)
             self.facts.paths.append(verdict)
+            if name in ("cp", "ln", "install", "mv", "rsync", "dd") and SYSTEM_PROGRAM_DIRS.search(verdict.resolved) \
+                    and index not in written:
+                self.facts.unknown(f"{name} copies the program {verdict.resolved} (a program under another name)")
             if index in written:
                 self.facts.written.append(verdict)
                 if _sensitive_write(verdict):
@@ -606,7 +728,8 @@ class _Analyzer:
 
     def check(self, path: str) -> PathVerdict:
         if self.cwd is None and not path.startswith(("/", "~")):
-            return PathVerdict(path, f"?/{path}", outside=True, via_symlink=False, secret=looks_secret(path))
+            return PathVerdict(path, f"?/{path}", outside=True, via_symlink=False,
+                               secret=looks_secret(path) or glob_may_match_secret(path))
         return self.workspace.check(path, self.cwd)
 
 
@@ -615,7 +738,8 @@ def _leaves_or_is_root(verdict: PathVerdict, workspace: Workspace) -> bool:
 
 
 def _shown(words: list[Word]) -> str:
-    return " ".join(word.text.replace("\ue000", "$(").replace("\ue001", ")") for word in words)
+    return " ".join(word.text.replace("\ue000", "$(").replace("\ue001", ")").replace("\ue002", "$")
+                    .replace("\ue003", "") for word in words)
 
 
 def _option_value(texts: list[str | None], options: tuple[str, ...]) -> str | None:
@@ -626,6 +750,53 @@ def _option_value(texts: list[str | None], options: tuple[str, ...]) -> str | No
             if text and option.startswith("--") and text.startswith(option + "="):
                 return text.split("=", 1)[1]
     return None
+
+
+def _writes_unnamed(name: str, texts: list[str | None]) -> bool:
+    """Does this run leave files whose names the reader does not know (extracting, downloading, cloning)?"""
+    args = [t for t in texts if t is not None]
+    operands = [t for t in args if not t.startswith("-")]
+    if name == "tar":
+        return any(not a.startswith("--") and "x" in a or a in ("--extract", "--get") for a in args[:2])
+    if name == "curl":
+        return any(a in ("--remote-name", "--remote-name-all") or re.fullmatch(r"-[A-Za-z]*[OJ][A-Za-z]*", a)
+                   for a in args)
+    if name == "wget":
+        return not any(a in ("-O", "--output-document") or a.startswith("--output-document=") for a in args)
+    if name == "git":
+        return bool(operands[:1]) and operands[0] in ("clone", "pull", "checkout", "fetch", "am", "apply", "merge",
+                                                      "submodule", "switch", "restore", "stash", "reset")
+    if name in ("pip", "npm", "cargo", "go"):
+        return bool(operands[:1]) and operands[0] in ("install", "i", "ci", "download", "get", "add", "build")
+    return name not in ("make", "cmake", "patch") or bool(args)
+
+
+def _brace_expansions(text: str, limit: int = 64) -> list[str]:
+    """`a{b,c}d` as bash expands it (`abd acd`; `{1..3}` too), the text itself first; at most `limit`."""
+    results, pending = [text], [text]
+    while pending and len(results) < limit:
+        current = pending.pop()
+        match = _BRACES.search(current)
+        if match is None:
+            continue
+        body = match.group(0)[1:-1]
+        if ".." in body and "," not in body:
+            low, _, high = body.partition("..")
+            if low.isdigit() and high.isdigit() and abs(int(high) - int(low)) < limit:
+                step = 1 if int(high) >= int(low) else -1
+                choices = [str(n) for n in range(int(low), int(high) + step, step)]
+            elif len(low) == 1 and len(high) == 1:
+                choices = [chr(c) for c in range(min(ord(low), ord(high)), max(ord(low), ord(high)) + 1)][:limit]
+            else:
+                continue
+        else:
+            choices = body.split(",")
+        for choice in choices:
+            expanded = current[:match.start()] + choice + current[match.end():]
+            if expanded not in results:
+                results.append(expanded)
+                pending.append(expanded)
+    return results[:limit]
 
 
 def _path_like(text: str) -> bool:
