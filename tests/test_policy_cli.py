@@ -101,7 +101,7 @@ def test_check_reports_file_line_and_fix_and_test_runs_the_cases(tmp_path: Path)
     assert result.exit_code == 1
     assert f"{bad}:5: tenant 'acme', rule 'x' (#1): unknown fact 'destrutive'" in result.stderr
     passed = run("test", str(DEFAULT_PACK))
-    assert passed.exit_code == 0 and "20 passed, 0 failed" in passed.stdout
+    assert passed.exit_code == 0 and "21 passed, 0 failed" in passed.stdout
 
 
 def test_a_tests_file_with_a_wrong_expectation_fails_and_says_which(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_publish_puts_a_tested_pack_live_or_in_shadow_and_refuses_a_failing_one(
     shadow = run("publish", str(DEFAULT_PACK), "--shadow", "--nats-url", nats_server.url)
     assert shadow.exit_code == 0
     failing = tmp_path / "failing.yaml"
-    failing.write_text(DEFAULT_PACK.read_text().replace("expect: deny, expect_ids: [no-secret-files]",
+    failing.write_text(DEFAULT_PACK.read_text().replace("expect: deny, expect_ids: [secrets-stay-in]",
                                                         "expect: allow"))
     refused = run("publish", str(failing), "--nats-url", nats_server.url)
     assert refused.exit_code == 1 and "tests fail" in refused.stderr

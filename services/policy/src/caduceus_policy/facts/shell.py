@@ -73,6 +73,21 @@ _WELL_KNOWN = {"HOME": "~", "USER": "user", "LOGNAME": "user", "LANG": "C.UTF-8"
 # Commands after which files the reader cannot name exist (archives, downloads under a remote name, clones).
 _WRITES_UNNAMED = frozenset({"curl", "tar", "unzip", "7z", "7za", "wget", "git", "gunzip", "bunzip2", "unxz", "unzstd",
                              "rsync", "scp", "sftp", "pip", "npm", "cargo", "go", "make", "cmake", "patch"})
+# Programs whose output carries the content of the files they read, and those that pass their input on.
+_READS_FILES = frozenset({"cat", "head", "tail", "base64", "base32", "xxd", "od", "hexdump", "gzip", "bzip2", "xz",
+                          "zstd", "tar", "zip", "strings", "sort", "uniq", "tac", "rev", "cut", "grep", "jq", "sed",
+                          "awk", "openssl", "gpg", "nl", "fold", "cp", "dd"})
+_PASSES_DATA = frozenset({"base64", "base32", "xxd", "od", "gzip", "bzip2", "xz", "zstd", "tr", "rev", "sed", "awk",
+                          "sort", "uniq", "cut", "head", "tail", "cat", "tee", "openssl", "gpg", "jq", "grep", "tac"})
+# curl and wget options whose next word is a value, not a URL.
+_CURL_VALUED = frozenset({"-T", "--upload-file", "-d", "--data", "--data-binary", "--data-raw", "--data-ascii",
+                          "--data-urlencode", "--json", "-F", "--form", "-o", "--output", "-O", "-H", "--header",
+                          "-u", "--user", "-A", "--user-agent", "-e", "--referer", "-X", "--request", "-b",
+                          "--cookie", "-c", "--cookie-jar", "-E", "--cert", "--key", "--cacert", "-w", "--write-out",
+                          "-m", "--max-time", "--retry", "-r", "--range", "-z", "--output-document", "-P",
+                          "--post-data", "--post-file", "--body-file", "--header", "-U", "--resolve",
+                          "--connect-to", "-x", "--proxy", "--preproxy", "--socks5", "--socks5-hostname",
+                          "--socks4", "--socks4a", "--limit-rate", "--connect-timeout", "-K", "--config"})
 _BRACES = re.compile(r"\{[^{}]*(?:,|\.\.)[^{}]*\}")
 _LOOP_HEADS = frozenset({"for", "select", "case"})
 _HARMLESS_DEVICES = re.compile(r"^/dev/(?:null|zero|stdout|stderr|stdin|tty|u?random|fd/\d+)$")
@@ -117,6 +132,8 @@ class ShellFacts:
     # What the reader could not establish (unknown programs, options that run code, values known only at run
     # time, things left to run later): a command is understood only when this stays empty.
     unmodelled: list[str] = field(default_factory=list)
+    # Data a network command sends: "contents of notes.txt", "contents of .env (a secret file)", "the environment".
+    uploads: list[str] = field(default_factory=list)
 
     def flag(self, fact: str, evidence: str) -> None:
         setattr(self, fact, True)
@@ -134,6 +151,7 @@ class _Stage:
     output: str | None = None
     decoded: bool = False
     fetched: bool = False
+    data: str = ""  # what the output carries, when it is more than text: "contents of .env (a secret file)"
 
 
 def analyze_command(command: str, workspace: Workspace, workdir: object = None) -> ShellFacts:
@@ -176,7 +194,9 @@ class _Analyzer:
         if command.stdin_text is not None:
             upstream = _Stage(output=self.static(command.stdin_text, depth))
         for redirect in command.redirects:
-            self.redirect(redirect.op, redirect.target, depth)
+            verdict = self.redirect(redirect.op, redirect.target, depth)
+            if verdict is not None and redirect.op == "<":
+                upstream = _Stage(data=_contents(verdict))
         words = self.strip_prefixes(command.words, depth)
         if not words:
             if not command.groups:
@@ -256,7 +276,9 @@ class _Analyzer:
             if name in ("torsocks", "proxychains", "proxychains4"):
                 self.facts.flag("network", shown)
             rest = self.unwrap(name, args, texts, depth)
-            return self.run(rest, upstream, depth) if rest else _Stage()
+            if not rest:
+                return _Stage(data="the environment" if name == "env" else "")
+            return self.run(rest, upstream, depth)
         if name == "su":
             self.facts.flag("privilege_raising", shown)
             script = _option_value(texts, ("-c", "--command"))
@@ -295,10 +317,55 @@ class _Analyzer:
                     self.variables[text] = None
 
         self.network(name, args, texts, shown)
+        self.sends(name, texts, upstream)
         self.destructive(name, texts, shown)
         self.privilege(name, texts, shown)
+        first_path = len(self.facts.paths)
         self.paths(name, args, texts, depth)
-        return self.output(name, texts, upstream, shown)
+        stage = self.output(name, texts, upstream, shown)
+        if name in _PASSES_DATA and not any(t for t in texts if t and not t.startswith("-")):
+            stage.data = upstream.data
+        elif name in _READS_FILES and len(self.facts.paths) > first_path:
+            stage.data = _contents(self.facts.paths[first_path])
+        elif name in ("env", "printenv", "set", "export", "declare"):
+            stage.data = "the environment"
+        return stage
+
+    def sends(self, name: str, texts: list[str | None], upstream: _Stage) -> None:
+        """Files and data a network command sends out: curl -d @f, -F x=@f, -T f, wget --post-file, scp f host:,
+        and whatever is piped or redirected into it."""
+        if name not in NETWORK:
+            return
+        args = [t for t in texts if t is not None]
+        sent: list[str] = []
+        for index, arg in enumerate(args):
+            value = args[index + 1] if index + 1 < len(args) else ""
+            option, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+            value = inline or value
+            if name == "curl" and option in ("-d", "--data", "--data-binary", "--data-ascii", "--data-urlencode",
+                                             "--json") and "@" in value:
+                sent.append(value.split("@", 1)[1])
+            elif name == "curl" and option in ("-F", "--form") and re.search(r"=[@<]", value):
+                sent.append(re.split(r"=[@<]", value, maxsplit=1)[1].split(";", 1)[0])
+            elif name == "curl" and option in ("-T", "--upload-file"):
+                sent.append(value)
+            elif name == "wget" and option in ("--post-file", "--body-file"):
+                sent.append(value)
+        if name in ("scp", "rsync", "sftp"):
+            operands = [a for a in args if not a.startswith("-")]
+            if operands and re.match(r"^(?:[\w.+-]+@)?[\w.-]+:", operands[-1]):
+                sent.extend(o for o in operands[:-1] if not re.match(r"^(?:[\w.+-]+@)?[\w.-]+:", o))
+        for path in sent:
+            if path in ("-", ""):
+                if upstream.data:
+                    self.facts.uploads.append(upstream.data)
+                continue
+            verdict = self.check(path)
+            self.facts.paths.append(verdict)
+            self.facts.uploads.append(_contents(verdict))
+        if upstream.data and name in ("nc", "ncat", "netcat", "socat", "telnet", "openssl", "ssh") or \
+                upstream.data and name == "curl" and any(a in ("-T", "--upload-file") for a in args):
+            self.facts.uploads.append(upstream.data)
 
     def model(self, name: str, name_word: Word, args: list[Word], texts: list[str | None], shown: str) -> None:
         """Record what keeps this program's run from being understood (see programs.py)."""
@@ -542,8 +609,35 @@ class _Analyzer:
         scheme = {"ssh": "ssh", "scp": "ssh", "sftp": "sftp", "rsync": "rsync", "telnet": "telnet"}.get(name, "http")
         if name in ("nc", "ncat", "netcat", "socat", "ping", "ping6", "dig", "nslookup", "host", "nmap", "traceroute"):
             scheme = "tcp"
-        for text in texts:
+        for index, text in enumerate(texts):
+            option, _, inline = (text or "").partition("=") if (text or "").startswith("--") else (text or "", "", "")
+            value = inline or (texts[index + 1] or "" if index + 1 < len(texts) else "")
+            if name == "curl" and option in ("--resolve", "--connect-to"):
+                # --resolve host:port:address, --connect-to host:port:host2:port2: the address really connected to
+                parts = re.split(r":(?![^\[]*\])", value)
+                target = parts[2] if option == "--resolve" and len(parts) > 2 else \
+                    parts[2] if len(parts) > 3 else ""
+                if target:
+                    self.facts.urls.append((target.strip("[]").split(",")[0], "http"))
+            elif name == "curl" and option in ("-x", "--proxy", "--preproxy", "--socks4", "--socks4a", "--socks5",
+                                               "--socks5-hostname") and value:
+                self.facts.urls.append((value, "http"))
+        operand_index = 0
+        for index, text in enumerate(texts):
             if text is None or text.startswith("-") and "://" not in text:
+                continue
+            previous = texts[index - 1] if index else None
+            if name in ("curl", "wget") and previous is not None and (previous in _CURL_VALUED or
+                                                                    re.fullmatch(r"-[A-Za-z]*[TdFoHuAeXbcEw]",
+                                                                                 previous)):
+                continue  # an option's value (a file, a header, a method), not where the request goes
+            operand_index += 1
+            if name in ("nc", "ncat", "netcat", "telnet") and text.isdigit() and operand_index > 1:
+                continue  # the port after the host
+            if name in ("scp", "rsync", "sftp") and "://" not in text and not re.match(r"^[^/]*[:@]", text):
+                continue  # a local file
+            if re.match(r"^(?i:https?|wss?|ftp):", text):
+                self.facts.urls.append((text, ""))  # http:/x and http:x are http://x to curl and browsers
                 continue
             if name == "socat" and ":" in text:
                 _, _, text = text.partition(":")
@@ -704,19 +798,21 @@ class _Analyzer:
                 if _sensitive_write(verdict):
                     self.facts.flag("privilege_raising", f"{name} {value}")
 
-    def redirect(self, op: str, target: Word, depth: int) -> None:
+    def redirect(self, op: str, target: Word, depth: int) -> PathVerdict | None:
         text = self.static(target, depth)
         if text is None:
             self.facts.problems.append("a redirection target is only known at run time")
-            return
+            return None
         if match := _DEV_NET.search(text):
             self.facts.flag("network", f"{op} {text}")
             self.facts.urls.append((f"{match.group(1)}://{match.group(2)}:{match.group(3)}", ""))
-            return
+            if op not in ("<", "<&"):
+                self.facts.uploads.append("command output")
+            return None
         if op in (">&", "<&") and (text.isdigit() or text == "-"):
-            return
+            return None
         if _HARMLESS_DEVICES.match(text):
-            return
+            return None
         verdict = self.check(text)
         self.facts.paths.append(verdict)
         if op not in ("<", "<&"):
@@ -725,6 +821,7 @@ class _Analyzer:
                 self.facts.flag("privilege_raising", f"{op} {text}")
             if re.match(r"^/dev/(?:sd|nvme|hd|vd|xvd|mmcblk|mem|kmem|port)", verdict.resolved):
                 self.facts.flag("destructive", f"{op} {text}")
+        return verdict
 
     def check(self, path: str) -> PathVerdict:
         if self.cwd is None and not path.startswith(("/", "~")):
@@ -750,6 +847,11 @@ def _option_value(texts: list[str | None], options: tuple[str, ...]) -> str | No
             if text and option.startswith("--") and text.startswith(option + "="):
                 return text.split("=", 1)[1]
     return None
+
+
+def _contents(verdict: PathVerdict) -> str:
+    """What reading a file hands on, by name and kind (never its content)."""
+    return f"contents of {verdict.raw}{' (a secret file)' if verdict.secret else ''}"
 
 
 def _writes_unnamed(name: str, texts: list[str | None]) -> bool:
