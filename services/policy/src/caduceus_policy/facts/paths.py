@@ -21,7 +21,7 @@ _SECRET_PATH = re.compile(
     r"""(?ix)
     (?:^|/)\.ssh(?:/|$)                                   # ssh keys, agent sockets, authorized_keys
     | (?:^|/)id_(?:rsa|dsa|ecdsa|ed25519)(?:_sk)?$        # private keys wherever they were copied
-    | (?:^|/)\.aws/(?:credentials|config)$
+    | (?:^|/)\.aws(?:/|$) | (?:^|/)\.gnupg(?:/|$)               # cloud credentials and keys, the whole directory
     | (?:^|/)\.config/gcloud(?:/|$) | (?:^|/)application_default_credentials\.json$
     | (?:^|/)\.azure(?:/|$) | (?:^|/)\.kube/config$ | (?:^|/)\.docker/config\.json$
     | (?:^|/)(?:\.netrc|_netrc|\.pgpass|\.git-credentials|\.npmrc|\.pypirc|\.vault-token)$
@@ -39,7 +39,7 @@ _SECRET_PATH = re.compile(
 
 # Every alternative of _SECRET_PATH holds one of these (in lower case), or starts with one of the prefixes:
 # an ASCII path with none of them cannot match, which most paths show without running the regex.
-_SECRET_TOKENS = (".ssh", "id_", ".aws/", ".config/", "credentials.json", ".azure", ".kube/", ".docker/", "netrc",
+_SECRET_TOKENS = (".ssh", "id_", ".aws", ".gnupg", ".config/", "credentials.json", ".azure", ".kube/", ".docker/", "netrc",
                   ".pgpass", ".git-credentials", ".npmrc", ".pypirc", ".vault-token", ".terraform.d/", ".env", ".pem",
                   ".key", ".p12", ".pfx", ".jks", ".creds", ".nk", ".seed", "keys/nats", "auth.json")
 _SECRET_PREFIXES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/proc/", "/run/secrets", "/var/run/secrets")
@@ -94,7 +94,8 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
                 out.append(re.escape(char))
             else:
                 body = glob[index + 1:end]
-                out.append("[" + ("^" + body[1:] if body[:1] in "!^" else body).replace("\\", "\\\\") + "]")
+                body = ("^" + body[1:] if body[:1] in "!^" else body).replace("\\", "\\\\").replace("[", "\\[")
+                out.append("[" + body + "]")
                 index = end
         else:
             out.append(re.escape(char))

@@ -72,12 +72,13 @@ _GIT_SAFE_KEYS = re.compile(r"(?i)^(?:user\.(?:name|email)|color\..*|init\.defau
                             r"fetch\.prune|log\..*|format\.pretty|diff\.(?:renames|algorithm|colormoved)|merge\.ff|"
                             r"commit\.gpgsign|tag\.gpgsign|safe\.directory|http\.sslverify|branch\.autosetuprebase|"
                             r"rebase\.autosquash|status\.\w+|column\.ui|help\.autocorrect|gc\.auto|"
-                            r"protocol\.version|credential\.helper=?$)$")
+                            r"protocol\.version)$")
 _GIT_SUBCOMMANDS = frozenset("""
 status diff log show add commit branch checkout switch restore merge rebase fetch pull push clone stash tag remote
 rev-parse ls-files ls-tree blame grep describe init config reset clean cherry-pick revert mv rm shortlog reflog
 cat-file rev-list show-ref symbolic-ref worktree am apply format-patch range-diff notes gc fsck count-objects
 version help archive bundle cherry name-rev merge-base for-each-ref verify-commit whatchanged sparse-checkout lfs
+submodule bisect
 """.split())
 _GIT_VALUED = frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--config-env", "--exec-path"})
 _NPM_RUNS_PACKAGES = frozenset({"exec", "x", "dlx", "create", "init"})  # fetch a package and run it
@@ -124,7 +125,9 @@ def _git(args: list[str]) -> str | None:
     if sub not in _GIT_SUBCOMMANDS:
         return f"git {sub} is not a git command policy models (it may be an alias that runs a command)"
     if any(a.startswith(("--upload-pack", "--receive-pack", "--exec=", "--extcmd", "--tool")) or
-           a in ("-u", "-x", "--exec", "--upload-pack", "--receive-pack") for a in rest):
+           a in ("--exec", "--upload-pack", "--receive-pack") or
+           a == "-u" and sub in ("fetch", "clone", "pull", "ls-remote") or a == "-x" and sub == "rebase"
+           for a in rest):
         return f"git {sub} is given a command to run"
     if sub == "config":
         operands = [a for a in rest if not a.startswith("-")]
@@ -233,7 +236,8 @@ def _inline(flags: tuple[str, ...]):  # type: ignore[no-untyped-def]
         for arg in args:
             if not arg.startswith("-"):
                 return None
-            if any(arg == flag or (not arg.startswith("--") and arg.startswith(flag)) for flag in flags):
+            cluster = arg[1:] if not arg.startswith("--") else ""
+            if any(arg == flag or flag[1:] in cluster for flag in flags):  # -e, -pe, -lne: code follows
                 return f"code given on the command line ({arg}) is not read"
         return None
     return check

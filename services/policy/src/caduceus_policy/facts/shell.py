@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 
 from caduceus_policy.facts.code import RISKY_OPERATIONS, code_operations
 from caduceus_policy.facts.paths import PathVerdict, Workspace, glob_may_match_secret, looks_secret, normalize
-from caduceus_policy.facts.programs import EXEC_VARIABLES, LATER, SYSTEM_PROGRAM_DIRS, unmodelled
+from caduceus_policy.facts.programs import EXEC_VARIABLES, LATER, MODELLED, SYSTEM_PROGRAM_DIRS, unmodelled
 from caduceus_policy.facts.shell_syntax import Command, Script, Word, ansi_c, parse_script
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh", "rbash"})
@@ -244,7 +244,7 @@ class _Analyzer:
 
     def run(self, words: list[Word], upstream: _Stage, depth: int) -> _Stage:
         name_text = self.static(words[0], depth)
-        if name_text is None or words[0].glob:
+        if name_text is None or words[0].glob and name_text not in ("[", "[["):
             self.facts.flag("dynamic_command", _shown(words))
             self.facts.binaries.add("?")
             return _Stage()
@@ -375,8 +375,9 @@ class _Analyzer:
         if name in _OPAQUE_WRAPPERS:
             self.facts.unknown(f"{name} runs a command in a way policy does not follow")
         elif name not in _WRAPPERS and name != "env":
-            modelled_as = re.sub(r"-?[0-9.]+$", "", name) if re.search(r"[a-z]-?[0-9.]+$", name) else name
-            reason = unmodelled(modelled_as if modelled_as else name, texts)
+            versioned = re.fullmatch(r"([a-z+]+?)-?[0-9][0-9.]*", name)  # python3.11, gcc-12, clang-15
+            modelled_as = versioned.group(1) if versioned and name not in MODELLED else name
+            reason = unmodelled(modelled_as, texts)
             if reason is not None:
                 self.facts.unknown(reason)
         if name not in ("echo", "printf", "eval", "cd", "pushd"):
@@ -459,6 +460,8 @@ class _Analyzer:
     def interpreter(self, family: str, args: list[Word], texts: list[str | None], upstream: _Stage, depth: int,
                     shown: str) -> _Stage:
         inline_flags = "-c" if family == "python" else CODE_INTERPRETERS.get(family, "")
+        if any(t in ("--version", "-V", "--help", "-h", "-v") for t in texts[:1]):
+            return _Stage()  # prints and exits: reads no code
         for index, text in enumerate(texts):
             if text is None:
                 continue
@@ -632,8 +635,9 @@ class _Analyzer:
                                                                                  previous)):
                 continue  # an option's value (a file, a header, a method), not where the request goes
             operand_index += 1
-            if name in ("nc", "ncat", "netcat", "telnet") and text.isdigit() and operand_index > 1:
-                continue  # the port after the host
+            if name in ("nc", "ncat", "netcat", "telnet") and text.isdigit() and operand_index > 1 or \
+                    text.isdigit() and previous is not None and re.fullmatch(r"-[A-Za-z]", previous):
+                continue  # the port after the host; an option's count (`ping -c 3`)
             if name in ("scp", "rsync", "sftp") and "://" not in text and not re.match(r"^[^/]*[:@]", text):
                 continue  # a local file
             if re.match(r"^(?i:https?|wss?|ftp):", text):
@@ -835,8 +839,8 @@ def _leaves_or_is_root(verdict: PathVerdict, workspace: Workspace) -> bool:
 
 
 def _shown(words: list[Word]) -> str:
-    return " ".join(word.text.replace("\ue000", "$(").replace("\ue001", ")").replace("\ue002", "$")
-                    .replace("\ue003", "") for word in words)
+    return " ".join(re.sub("\ue000\\d+\ue001", "$(...)", word.text).replace("\ue002", "$").replace("\ue003", "")
+                    for word in words)
 
 
 def _option_value(texts: list[str | None], options: tuple[str, ...]) -> str | None:
