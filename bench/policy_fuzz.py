@@ -163,34 +163,18 @@ def spelled_command(draw: st.DrawFn, words: list[tuple[str, str]]) -> str:
     program = words[0][1]
     construct = draw(st.sampled_from(["none", "sh_c", "bash_c", "eval", "base64", "subshell", "group", "and",
                                       "or", "seq", "if", "for", "variable", "pipe_sh", "heredoc", "xargs"]))
-    if construct == "sh_c":
-        return "sh -c '" + line.replace("'", "'\\''") + "'"
-    if construct == "bash_c":
-        return "bash -c '" + line.replace("'", "'\\''") + "'"
-    if construct == "eval":
-        return "eval '" + line.replace("'", "'\\''") + "'"
+    quoted = "'" + line.replace("'", "'\\''") + "'"
+    templates = {"sh_c": "sh -c {q}", "bash_c": "bash -c {q}", "eval": "eval {q}", "subshell": "({line})",
+                 "group": "{{ {line}; }}", "and": "true && {line}", "or": "false || {line}",
+                 "seq": "echo start; {line}; echo done", "if": "if true; then {line}; fi",
+                 "for": "for i in 1; do {line}; done", "pipe_sh": "printf '%s\\n' {q} | sh",
+                 "heredoc": "bash <<'EOF'\n{line}\nEOF"}
+    if construct in templates:
+        return templates[construct].format(q=quoted, line=line)
     if construct == "base64":
         return f"echo {base64.b64encode(line.encode()).decode()} | base64 -d | sh"
-    if construct == "subshell":
-        return f"({line})"
-    if construct == "group":
-        return f"{{ {line}; }}"
-    if construct == "and":
-        return f"true && {line}"
-    if construct == "or":
-        return f"false || {line}"
-    if construct == "seq":
-        return f"echo start; {line}; echo done"
-    if construct == "if":
-        return f"if true; then {line}; fi"
-    if construct == "for":
-        return f"for i in 1; do {line}; done"
     if construct == "variable" and _letters(program) and line.startswith(program + " "):
         return f"P={program}; $P{line[len(program):]}"
-    if construct == "pipe_sh":
-        return "printf '%s\\n' '" + line.replace("'", "'\\''") + "' | sh"
-    if construct == "heredoc":
-        return f"bash <<'EOF'\n{line}\nEOF"
     if construct == "xargs" and len(parts) > 1 and kind != URL:
         return f"echo {parts[-1]} | xargs {' '.join(parts[:-1])}"
     return line
