@@ -61,6 +61,12 @@ def decide(command: str, tool: str = "terminal", **args: object):  # type: ignor
         ("cp /bin/rm ./ls && ./ls -rf build", "copies the program /bin/rm"),
         ("ln -s /usr/bin/rm cleaner", "copies the program /usr/bin/rm"),
         ("/tmp/tool --all", "outside the workspace"),
+        # left to run later: git hooks and configuration, a repository elsewhere whose configuration runs commands
+        ("echo 'rm -rf build' > .git/hooks/pre-commit", "leaves commands to run later"),
+        ("printf '[core]\\n\\tpager = id\\n' >> .git/config", "leaves commands to run later"),
+        ("echo 'rm -rf build' >> ~/.bashrc", "leaves commands to run later"),
+        ("git -C /tmp/repo log", "repository outside the workspace"),
+        ("cd /tmp/repo && git log", "repository outside the workspace"),
         # unknown programs and values only known at run time
         ("frobnicate --all", "`frobnicate` is not a program"),
         ("cat $(ls -a | grep en)", "only known at run time"),
@@ -130,3 +136,10 @@ def test_a_link_in_the_workspace_to_a_system_program_is_read_as_that_program(tmp
     request = request_facts("acme", ("member",), "terminal", {"command": "./tidy -rf /"}, PurePosixPath(tmp_path),
                             user="alice", resolver=HostPaths())
     assert "rm" in request.facts["binaries"] and request.facts["destructive"] is True
+
+
+def test_a_git_hook_written_with_write_file_is_held() -> None:
+    verdict = ENGINE.decide(request_facts("acme", ("member",), "write_file",
+                                          {"path": ".git/hooks/post-checkout", "content": "rm -rf build"}, ROOT,
+                                          user="alice"))
+    assert verdict.verdict == "approve" and "writes-run-later-need-approval" in verdict.policy_ids

@@ -17,7 +17,7 @@ from typing import Any
 
 from caduceus_policy.facts.code import ENVIRONMENT, NETWORK, RISKY_OPERATIONS, code_facts
 from caduceus_policy.facts.content import find_secrets, strings_in
-from caduceus_policy.facts.paths import HostPaths, LexicalPaths, PathResolver, PathVerdict, Workspace
+from caduceus_policy.facts.paths import HostPaths, LexicalPaths, PathResolver, PathVerdict, Workspace, runs_later
 from caduceus_policy.facts.shell import analyze_command
 from caduceus_policy.facts.tools import FILE_WRITE_TOOLS, family_of, mcp_name, shape_problem
 from caduceus_policy.facts.urls import NO_LOOKUPS, DnsLookups, NameResolver, url_targets, urls_in_text
@@ -26,6 +26,7 @@ from caduceus_policy.facts.urls import NO_LOOKUPS, DnsLookups, NameResolver, url
 KNOWN_FACTS: dict[str, str] = {
     "family": "String",
     "path_outside_workspace": "Bool", "writes_outside_workspace": "Bool", "path_symlink_escape": "Bool",
+    "writes_run_later": "Bool",
     "touches_secret_file": "Bool", "paths": "Set<String>",
     "binaries": "Set<String>", "command_unreadable": "Bool", "dynamic_command": "Bool", "command_not_understood": "Bool",
     "decode_and_execute": "Bool", "fetch_and_execute": "Bool", "network": "Bool", "destructive": "Bool",
@@ -161,6 +162,8 @@ class _Collector:
             self.flag("path_symlink_escape", f"{verdict.raw} -> {verdict.resolved}")
         if verdict.secret:
             self.flag("touches_secret_file", verdict.raw)
+        if written and runs_later(verdict.resolved):
+            self.flag("writes_run_later", f"{verdict.raw} (run later by git or a shell)")
 
     def add_url(self, url: str, default_scheme: str = "") -> None:
         for target in url_targets(url, default_scheme=default_scheme, names=self.names):
@@ -313,7 +316,7 @@ def _host_dns() -> DnsLookups:
 def is_risky(facts: Mapping[str, Any]) -> str | None:
     """The first fact that makes a call risky (for ask-when-risky approvals), or None."""
     for name in ("destructive", "privilege_raising", "decode_and_execute", "fetch_and_execute", "dynamic_command",
-                 "command_unreadable", "command_not_understood", "path_outside_workspace", "touches_secret_file", "url_private_network",
+                 "command_unreadable", "command_not_understood", "writes_run_later", "path_outside_workspace", "touches_secret_file", "url_private_network",
                  "secrets_in_args", "skill_write"):
         if facts.get(name):
             return name

@@ -103,6 +103,17 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
     return re.compile("".join(out) + "$", re.IGNORECASE)
 
 
+# Files that git or a shell run later: hooks, configuration that names commands (core.pager, aliases), rc files.
+_RUNS_LATER = re.compile(r"(?:^|/)\.git/(?:hooks/|config$|info/attributes$)|(?:^|/)\.gitconfig$|"
+                         r"(?:^|/)\.config/git/config$|(?:^|/)\.(?:bashrc|bash_profile|bash_login|bash_logout|"
+                         r"profile|zshrc|zprofile|zshenv|zlogin|envrc|inputrc|gitattributes)$")
+
+
+def runs_later(path: str) -> bool:
+    """True when writing `path` leaves a command to run later (a git hook or config, a shell's rc file)."""
+    return ("git" in path or "/." in path or path.startswith(".")) and bool(_RUNS_LATER.search(path))
+
+
 def looks_secret(path: str) -> bool:
     """True when the path names a credential store: ssh keys, cloud credentials, .env files, /etc/shadow ..."""
     if path.isascii():  # non-ASCII letters may case-fold to ASCII ones (the Kelvin sign is a k): regex only

@@ -380,11 +380,22 @@ class _Analyzer:
             reason = unmodelled(modelled_as, texts)
             if reason is not None:
                 self.facts.unknown(reason)
+        if name == "git":
+            self.git_repository(texts)
         if name not in ("echo", "printf", "eval", "cd", "pushd"):
             for word, text in zip(args, texts, strict=True):
                 if text is None:
                     self.facts.unknown(f"the value of `{_shown([word])[:40]}` is only known at run time")
                     break
+
+    def git_repository(self, texts: list[str | None]) -> None:
+        """git reads the configuration of the repository it runs in, and that configuration can run commands."""
+        places = [texts[i + 1] for i, t in enumerate(texts[:-1]) if t in ("-C", "--git-dir", "--work-tree")]
+        places += [t.split("=", 1)[1] for t in texts if t and t.startswith(("--git-dir=", "--work-tree="))]
+        outside = self.cwd is None or not self.workspace.contains(self.cwd) or \
+            any(place is None or self.check(place).outside for place in places)
+        if outside:
+            self.facts.unknown("git runs in a repository outside the workspace, whose configuration can run commands")
 
     def runs_file(self, verdict: PathVerdict, shown: str) -> bool:
         """A program or script run from a file: the workspace's own code is accepted (like `make` or a test runner)
