@@ -146,3 +146,29 @@ def test_classified_data_on_its_way_out_is_held_by_class_and_destination_not_val
     assert "CUST-123456" not in verdict.reason
     kept = decide("write_file", {"path": "notes/customers.md", "content": "CUST-123456"}, engine=engine)
     assert kept.verdict == "allow", kept.reason
+
+
+def test_a_slow_name_lookup_does_not_hold_the_decision_and_its_answer_counts_for_the_next_call(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import threading
+    import time
+
+    from caduceus_policy.facts.urls import DnsLookups
+
+    released = threading.Event()
+
+    def slow(name: str, *_: object) -> list:
+        released.wait(2)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.9.8.7", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    names = DnsLookups(timeout_s=0.05)
+    start = time.perf_counter()
+    assert names.addresses("intranet.example.com") == ()
+    assert time.perf_counter() - start < 0.5
+    released.set()
+    deadline = time.monotonic() + 2
+    while names.addresses("intranet.example.com") == () and time.monotonic() < deadline:
+        time.sleep(0.01)
+    later = decide("web_extract", {"urls": ["https://intranet.example.com/"]}, names=names)
+    assert later.verdict == "deny" and later.facts["url_private_network"] is True

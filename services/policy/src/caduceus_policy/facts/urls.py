@@ -47,30 +47,41 @@ class NoLookups:
 
 
 class DnsLookups:
-    """Resolves names with the host's resolver, each answer kept for `ttl_s`; a lookup slower than `timeout_s`
-    counts as no answer (the sandbox's egress rules still apply to what the name then resolves to)."""
+    """Resolves names with the host's resolver, each answer kept for `ttl_s`. A lookup slower than `timeout_s`
+    counts as no answer for this decision (decisions run on the event loop: they must not wait on DNS), and its
+    answer is kept when it arrives, for the next call that names the host; the sandbox's egress rules apply
+    whatever a name resolves to."""
 
-    def __init__(self, timeout_s: float = 0.25, ttl_s: float = 60.0, max_names: int = 4096) -> None:
+    def __init__(self, timeout_s: float = 0.1, ttl_s: float = 60.0, max_names: int = 4096) -> None:
         self.timeout_s, self.ttl_s, self.max_names = timeout_s, ttl_s, max_names
         self._answers: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._pending: dict[str, concurrent.futures.Future[tuple[str, ...]]] = {}
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="policy-dns")
 
     def addresses(self, name: str) -> tuple[str, ...]:
-        now = time.monotonic()
         with self._lock:
             cached = self._answers.get(name)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+            future = self._pending.get(name)
+            if future is None:
+                future = self._pending[name] = self._pool.submit(self._lookup, name)
         try:
-            infos = self._pool.submit(socket.getaddrinfo, name, None).result(timeout=self.timeout_s)
-            answer = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
-        except (OSError, UnicodeError, concurrent.futures.TimeoutError):
+            return future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            return ()
+
+    def _lookup(self, name: str) -> tuple[str, ...]:
+        try:
+            answer = tuple(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(name, None)))
+        except (OSError, UnicodeError):
             answer = ()
         with self._lock:
             if len(self._answers) >= self.max_names:
                 self._answers.clear()
-            self._answers[name] = (now + self.ttl_s, answer)
+            self._answers[name] = (time.monotonic() + self.ttl_s, answer)
+            self._pending.pop(name, None)
         return answer
 
 
