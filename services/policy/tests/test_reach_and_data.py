@@ -148,7 +148,7 @@ def test_classified_data_on_its_way_out_is_held_by_class_and_destination_not_val
     assert kept.verdict == "allow", kept.reason
 
 
-def test_a_slow_name_lookup_does_not_hold_the_decision_and_its_answer_counts_for_the_next_call(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_slow_name_lookup_does_not_hold_the_decision_and_its_answer_counts_later(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import socket
     import threading
     import time

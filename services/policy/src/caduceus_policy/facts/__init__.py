@@ -316,7 +316,8 @@ def _host_dns() -> DnsLookups:
 def is_risky(facts: Mapping[str, Any]) -> str | None:
     """The first fact that makes a call risky (for ask-when-risky approvals), or None."""
     for name in ("destructive", "privilege_raising", "decode_and_execute", "fetch_and_execute", "dynamic_command",
-                 "command_unreadable", "command_not_understood", "writes_run_later", "path_outside_workspace", "touches_secret_file", "url_private_network",
+                 "command_unreadable", "command_not_understood", "writes_run_later", "path_outside_workspace",
+                 "touches_secret_file", "url_private_network",
                  "secrets_in_args", "skill_write"):
         if facts.get(name):
             return name

@@ -15,6 +15,8 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from caduceus_policy.facts.paths import looks_secret
+
 # Operation names, as they appear in the `code_operations` fact.
 PROCESS, NETWORK, FILE_WRITE, FILE_DELETE, DYNAMIC_CODE, NATIVE_CODE, ENVIRONMENT, PRIVILEGE, UNREADABLE = (
     "process", "network", "file_write", "file_delete", "dynamic_code", "native_code", "environment", "privilege",
@@ -274,8 +276,6 @@ def _python_call(node: ast.Call, full: str, name: str, facts: CodeFacts) -> None
 
 
 def _secret_like_path(text: str) -> bool:
-    from caduceus_policy.facts.paths import looks_secret
-
     return len(text) < 300 and "\n" not in text and looks_secret(text)
 
 

@@ -19,7 +19,8 @@ ls cat head tail wc grep egrep fgrep rg ag ack diff diff3 cmp comm file stat du 
 sha1sum sha224sum sha256sum sha384sum sha512sum cksum b2sum sum date cal whoami id groups uname hostname printenv tree
 jq yq seq sleep tac rev fold fmt expand unexpand join split csplit strings nproc free uptime ps pgrep lsof ss netstat
 base32 base64 basenc iconv locale tty arch getconf logname users who w vmstat iostat envsubst numfmt factor shuf
-yes expr bc dc awk gawk mawk nawk sed gsed find lscpu lsblk lsmod mountpoint pathchk sha tput clear reset stty dos2unix unix2dos cloc tokei wc
+yes expr bc dc awk gawk mawk nawk sed gsed find lscpu lsblk lsmod mountpoint pathchk tput clear reset stty dos2unix
+unix2dos cloc tokei
 """.split())
 # Create, copy, move, remove files and archives (their paths are read by shell.py).
 _FILE_TOOLS = frozenset("""

@@ -85,7 +85,7 @@ _CURL_VALUED = frozenset({"-T", "--upload-file", "-d", "--data", "--data-binary"
                           "-u", "--user", "-A", "--user-agent", "-e", "--referer", "-X", "--request", "-b",
                           "--cookie", "-c", "--cookie-jar", "-E", "--cert", "--key", "--cacert", "-w", "--write-out",
                           "-m", "--max-time", "--retry", "-r", "--range", "-z", "--output-document", "-P",
-                          "--post-data", "--post-file", "--body-file", "--header", "-U", "--resolve",
+                          "--post-data", "--post-file", "--body-file", "-U", "--resolve",
                           "--connect-to", "-x", "--proxy", "--preproxy", "--socks5", "--socks5-hostname",
                           "--socks4", "--socks4a", "--limit-rate", "--connect-timeout", "-K", "--config"})
 _BRACES = re.compile(r"\{[^{}]*(?:,|\.\.)[^{}]*\}")
