@@ -70,9 +70,10 @@ _OPAQUE_WRAPPERS = frozenset({"xargs", "watch", "strace", "ltrace", "busybox", "
 # Variables the executor's environment gives a value the reader knows well enough (HOME as `~`, the rest opaque).
 _WELL_KNOWN = {"HOME": "~", "USER": "user", "LOGNAME": "user", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "TERM": "xterm", "HOSTNAME": "host", "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin"}
-# Commands after which files the reader cannot name exist (archives, downloads under a remote name, clones).
+# Commands after which files the reader cannot name exist: archives unpacked, downloads under a remote name, code
+# pulled from elsewhere. (Package managers and builds write into their own directories: the workspace's own code.)
 _WRITES_UNNAMED = frozenset({"curl", "tar", "unzip", "7z", "7za", "wget", "git", "gunzip", "bunzip2", "unxz", "unzstd",
-                             "rsync", "scp", "sftp", "pip", "npm", "cargo", "go", "make", "cmake", "patch"})
+                             "rsync", "scp", "sftp", "patch"})
 # Programs whose output carries the content of the files they read, and those that pass their input on.
 _READS_FILES = frozenset({"cat", "head", "tail", "base64", "base32", "xxd", "od", "hexdump", "gzip", "bzip2", "xz",
                           "zstd", "tar", "zip", "strings", "sort", "uniq", "tac", "rev", "cut", "grep", "jq", "sed",
@@ -883,9 +884,7 @@ def _writes_unnamed(name: str, texts: list[str | None]) -> bool:
     if name == "git":
         return bool(operands[:1]) and operands[0] in ("clone", "pull", "checkout", "fetch", "am", "apply", "merge",
                                                       "submodule", "switch", "restore", "stash", "reset")
-    if name in ("pip", "npm", "cargo", "go"):
-        return bool(operands[:1]) and operands[0] in ("install", "i", "ci", "download", "get", "add", "build")
-    return name not in ("make", "cmake", "patch") or bool(args)
+    return True
 
 
 def _brace_expansions(text: str, limit: int = 64) -> list[str]:
