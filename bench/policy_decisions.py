@@ -14,6 +14,8 @@ replica remembers between calls, neither a verified grant nor a counter, can hel
     python3 dev.py bench            # or: .venv/bin/python bench/policy_decisions.py
     --decisions N   in-process decisions per pack size and kind (default 3000)
     --calls N       calls over the bus per mode (default 600)
+    --in-process    only the in-process part, printed as a table (nothing written): for comparing two versions
+                    of the code under the same conditions
 
 Writes bench/results/policy-decisions-<date>.md and prints the table.
 """
@@ -287,8 +289,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--decisions", type=int, default=3000, help="in-process decisions per pack size and kind")
     parser.add_argument("--calls", type=int, default=600, help="calls over the bus per mode")
+    parser.add_argument("--in-process", action="store_true", help="only the in-process part, printed")
     options, _ = parser.parse_known_args()  # `dev.py bench` passes the same arguments to every benchmark
     rows = in_process(options.decisions)
+    if options.in_process:
+        for row in rows:
+            print(f"| {row['rules']} | {row['engine_p50_us']:.0f} | {row['engine_p99_us']:.0f} | "
+                  f"{row['whole_p50_us']:.0f} | {row['whole_p99_us']:.0f} |")
+        print(f"machine: {machine()}")
+        return
     bus = asyncio.run(over_the_bus(options.calls))
     lines = [
         "# Policy decisions: in-process and over the bus",
