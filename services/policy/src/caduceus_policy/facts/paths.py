@@ -26,7 +26,7 @@ _SECRET_PATH = re.compile(
     | (?:^|/)\.azure(?:/|$) | (?:^|/)\.kube/config$ | (?:^|/)\.docker/config\.json$
     | (?:^|/)(?:\.netrc|_netrc|\.pgpass|\.git-credentials|\.npmrc|\.pypirc|\.vault-token)$
     | (?:^|/)\.config/gh/hosts\.ya?ml$ | (?:^|/)\.terraform\.d/credentials\.tfrc\.json$
-    | (?:^|/)\.env(?:\.(?!example$|sample$|template$|dist$)[^/]+)?$   # .env, .env.production; not .env.example
+    | (?:^|/)\.env(?!\.(?:example|sample|template|dist)$)[^/]*$   # .env, .env.production, .env~; not .env.example
     | \.(?:pem|key|p12|pfx|jks|keystore)$
     | ^/etc/(?:shadow|gshadow|sudoers(?:\.d)?)(?:/|$|-)
     | ^/proc/(?:\d+|self)/(?:environ|mem)$

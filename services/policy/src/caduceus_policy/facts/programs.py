@@ -48,6 +48,9 @@ cd pushd popd export unset set shift exit return wait read local declare typeset
 hash getopts printf echo test true false times jobs fg bg disown let shopt
 """.split())
 MODELLED = _INSPECTORS | _FILE_TOOLS | _BUILD_TOOLS | _OTHER_TOOLS | _BUILTINS
+# Programs that run code found in the workspace (a Makefile, package.json scripts, tests, a script given to them).
+RUNS_WORKSPACE_CODE = _BUILD_TOOLS - {"pip", "pip3", "pipx", "rustup", "gofmt", "rustfmt", "conda", "mamba",
+                                      "micromamba", "virtualenv", "pkg-config", "protoc", "buf", "sqlite3"}
 
 # Shell features that keep a command to run later or under another name: never understood.
 LATER = {"trap": "trap runs a command later, on a signal or on exit", "alias": "alias defines a command name",
@@ -123,6 +126,8 @@ def _git(args: list[str]) -> str | None:
     if index >= len(args):
         return None
     sub, rest = args[index], args[index + 1:]
+    if any(a.startswith(("ext::", "fd::")) or "::" in a.split("/", 1)[0] for a in rest):
+        return "a git remote helper URL (ext::) runs a command"
     if sub not in _GIT_SUBCOMMANDS:
         return f"git {sub} is not a git command policy models (it may be an alias that runs a command)"
     if any(a.startswith(("--upload-pack", "--receive-pack", "--exec=", "--extcmd", "--tool")) or
@@ -278,8 +283,10 @@ def _make(args: list[str]) -> str | None:
 
 def _docker(args: list[str]) -> str | None:
     operands = [a for a in args if not a.startswith("-")]
-    if operands[:1] == ["exec"]:
-        return "docker exec runs a command in a running container"
+    if operands[:2] in (["compose", "exec"], ["compose", "run"]) or operands[:1] == ["exec"]:
+        return "docker exec runs a command in a container"
+    if operands and operands[0] not in _DOCKER_READ:
+        return f"docker {operands[0]} runs an image's code or changes containers, which policy does not read"
     return None
 
 
@@ -299,6 +306,67 @@ def _declare(args: list[str]) -> str | None:
     if any(a.startswith("-") and "f" in a for a in args):
         return "exporting or declaring functions defines command names"
     return None
+
+
+def _read_only_subcommands(program: str, allowed: frozenset[str], depth: int = 1):  # type: ignore[no-untyped-def]
+    """A check for tools with a large surface (clusters, clouds, containers): only the listed read-only
+    subcommands (the first `depth` operands, joined by a space) are modelled; anything else changes state the
+    reader does not see, or runs code it does not read."""
+    def check(args: list[str]) -> str | None:
+        operands = [a for a in args if not a.startswith("-")][:depth]
+        if not operands or " ".join(operands) in allowed or operands[0] in allowed:
+            return None
+        return f"{program} {' '.join(operands)} is not a {program} command policy models as read-only"
+    return check
+
+
+def _gh(args: list[str]) -> str | None:
+    operands = [a for a in args if not a.startswith("-")]
+    if operands[:1] == ["api"]:
+        method = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-X", "--method")), "GET")
+        if method.upper() != "GET" or any(a in ("-f", "-F", "--field", "--raw-field", "--input") for a in args):
+            return "gh api with a method or fields other than a plain GET"
+        return None
+    return _read_only_subcommands("gh", _GH_READ, 2)(args)
+
+
+def _aws(args: list[str]) -> str | None:
+    operands = [a for a in args if not a.startswith("-")]
+    if len(operands) >= 2 and (operands[1].startswith(("describe-", "list-", "get-")) or
+                               operands[:2] in (["s3", "ls"], ["sts", "get-caller-identity"])):
+        return None
+    return f"aws {' '.join(operands[:2])} is not an aws command policy models as read-only"
+
+
+def _gcloud_like(program: str, verbs: frozenset[str]):  # type: ignore[no-untyped-def]
+    def check(args: list[str]) -> str | None:
+        operands = [a for a in args if not a.startswith("-")]
+        if operands and (operands[-1] in verbs or any(o in verbs for o in operands[1:3])):
+            return None
+        return f"{program} {' '.join(operands[:3])} is not a {program} command policy models as read-only"
+    return check
+
+
+def _nc(args: list[str]) -> str | None:
+    if any(a in ("-e", "-c", "--exec", "--sh-exec", "--lua-exec", "-l", "--listen") or
+           (a.startswith("-") and not a.startswith("--") and ("e" in a or "l" in a)) for a in args):
+        return "nc runs a program on the connection or listens for connections"
+    return None
+
+
+_GH_READ = frozenset({"pr list", "pr view", "pr status", "pr diff", "pr checks", "issue list", "issue view",
+                      "issue status", "repo view", "repo list", "repo clone", "run list", "run view", "run watch",
+                      "release list", "release view", "auth status", "workflow list", "workflow view", "search",
+                      "status", "browse", "pr checkout", "label list", "gist list", "gist view", "version"})
+_DOCKER_READ = frozenset({"build", "ps", "images", "image ls", "logs", "inspect", "pull", "version", "info", "tag",
+                          "compose", "history", "stats", "top", "port", "diff", "search", "login", "buildx"})
+_KUBECTL_READ = frozenset({"get", "describe", "logs", "version", "config", "top", "explain", "api-resources",
+                           "api-versions", "cluster-info", "rollout", "diff", "auth", "events", "wait"})
+_HELM_READ = frozenset({"list", "ls", "status", "template", "lint", "version", "show", "search", "get", "history",
+                        "dependency", "repo", "env", "verify", "package", "create"})
+_TERRAFORM_READ = frozenset({"fmt", "validate", "plan", "init", "output", "show", "version", "providers", "graph",
+                             "state list", "state show", "workspace list", "workspace show", "console", "get",
+                             "test", "-version", "state"})
 
 
 def _curl(args: list[str]) -> str | None:
@@ -324,12 +392,20 @@ def _xargs_like(args: list[str]) -> str | None:
 
 _CHECKS = {
     "git": _git, "sed": _sed, "gsed": _sed, "awk": _awk, "gawk": _awk, "mawk": _awk, "nawk": _awk, "tar": _tar,
-    "zip": _zip, "find": _find, "ssh": _ssh, "scp": _ssh, "sftp": _ssh, "rsync": _rsync,
+    "zip": _zip, "find": _find, "scp": _ssh, "sftp": _ssh, "rsync": _rsync,
     "node": _node_family, "nodejs": _node_family, "bun": _node_family, "deno": _inline(("eval",)),
     "perl": _inline(("-e", "-E", "-M", "-m", "-x")), "ruby": _inline(("-e", "-r", "-I")),
     "php": _inline(("-r", "-B", "-R", "-E", "-d")), "lua": _inline(("-e", "-l")),
     "python": _python, "python3": _python, "npm": _npm, "yarn": _npm, "pnpm": _npm, "uv": _uv, "make": _make,
     "gmake": _make, "docker": _docker, "podman": _docker, "sqlite3": _sqlite, "psql": _psql,
     "export": _declare, "declare": _declare, "typeset": _declare, "curl": _curl, "wget": _wget,
-    "crontab": _crontab,
+    "crontab": _crontab, "gh": _gh, "aws": _aws, "nc": _nc, "ncat": _nc, "netcat": _nc,
+    "kubectl": _read_only_subcommands("kubectl", _KUBECTL_READ),
+    "helm": _read_only_subcommands("helm", _HELM_READ),
+    "terraform": _read_only_subcommands("terraform", _TERRAFORM_READ),
+    "tofu": _read_only_subcommands("tofu", _TERRAFORM_READ),
+    "gcloud": _gcloud_like("gcloud", frozenset({"list", "describe", "info", "version", "get-value"})),
+    "az": _gcloud_like("az", frozenset({"list", "show", "version", "account"})),
+    "gsutil": _read_only_subcommands("gsutil", frozenset({"ls", "stat", "du", "version", "cat"})),
+    "ssh": lambda args: _ssh(args) or "ssh runs commands on another host",
 }

@@ -17,7 +17,14 @@ from pathlib import PurePosixPath
 
 from caduceus_policy.facts.code import RISKY_OPERATIONS, code_operations
 from caduceus_policy.facts.paths import PathVerdict, Workspace, glob_may_match_secret, looks_secret, normalize
-from caduceus_policy.facts.programs import EXEC_VARIABLES, LATER, MODELLED, SYSTEM_PROGRAM_DIRS, unmodelled
+from caduceus_policy.facts.programs import (
+    EXEC_VARIABLES,
+    LATER,
+    MODELLED,
+    RUNS_WORKSPACE_CODE,
+    SYSTEM_PROGRAM_DIRS,
+    unmodelled,
+)
 from caduceus_policy.facts.shell_syntax import Command, Script, Word, ansi_c, parse_script
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh", "rbash"})
@@ -383,6 +390,12 @@ class _Analyzer:
                 self.facts.unknown(reason)
         if name == "git":
             self.git_repository(texts)
+            for text in texts:  # `git show HEAD:.env` reads .env as the commit holds it
+                if text and ":" in text and not text.startswith("-") and "://" not in text:
+                    self.facts.paths.append(self.check(text.split(":", 1)[1] or "."))
+        if self.wrote_unnamed and name in RUNS_WORKSPACE_CODE and not any(
+                t in ("--version", "-V", "--help") for t in texts):
+            self.facts.unknown(f"{name} runs code after `{self.wrote_unnamed}` wrote files policy cannot name")
         if name not in ("echo", "printf", "eval", "cd", "pushd"):
             for word, text in zip(args, texts, strict=True):
                 if text is None:
@@ -425,6 +438,8 @@ class _Analyzer:
                 elif text.startswith("-") or _ENV_ASSIGNMENT.match(text):
                     if text.split("=", 1)[0] in ("LD_PRELOAD", "LD_AUDIT"):
                         self.facts.flag("privilege_raising", text)
+                    if text.split("=", 1)[0] in EXEC_VARIABLES:
+                        self.facts.unknown(f"sets {text.split('=', 1)[0]}, through which programs run other commands")
                     index += 1
                 else:
                     break
