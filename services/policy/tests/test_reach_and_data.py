@@ -91,6 +91,13 @@ def test_code_that_writes_outside_the_workspace_or_reads_a_private_key_has_path_
     key = decide("execute_code", {"code": "import os\nprint(open(os.path.expanduser('~/.ssh/id_ed25519')).read())"})
     assert key.facts["touches_secret_file"] is True and key.verdict == "approve"
     assert "secret-files-need-approval" in key.policy_ids
+    for spelled in ("p = '.e' + 'nv'\nprint(open(p).read())",
+                    "import os\nopen(os.path.join(os.environ['HOME'], '.ssh', 'id_rsa')).read()",
+                    "from pathlib import Path\n(Path.home() / '.aws' / 'credentials').read_text()"):
+        folded = decide("execute_code", {"code": spelled})
+        assert folded.facts["touches_secret_file"] is True and folded.verdict != "allow", spelled
+    moved = decide("execute_code", {"code": "import os\nos.rename('notes.txt', '/etc/profile.d/x.sh')"})
+    assert moved.facts["writes_outside_workspace"] is True and moved.verdict != "allow"
     socket = decide("execute_code", {"code": "import socket\nsocket.create_connection(('169.254.169.254', 80))"})
     assert socket.verdict == "deny" and socket.facts["url_cloud_metadata"] is True
 

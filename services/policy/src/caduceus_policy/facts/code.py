@@ -12,6 +12,7 @@ pack can match on, plus `CodeFacts` for paths, hosts and data read.
 from __future__ import annotations
 
 import ast
+import posixpath
 import re
 from dataclasses import dataclass, field
 
@@ -166,8 +167,11 @@ def _python_facts(tree: ast.AST) -> CodeFacts:
         return f"{aliases[head]}.{rest}".rstrip(".") if head in aliases else name
 
     nodes = list(ast.walk(tree))
+    assigned: dict[str, ast.expr | None] = {}  # names given one value (None: several), for folding paths
     for node in nodes:  # aliases first: `s = os.system` may come before or after its use in the walk order
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target = node.targets[0].id
+            assigned[target] = node.value if target not in assigned else None
             if isinstance(node.value, ast.Attribute | ast.Name) and _dotted(node.value):
                 aliases[node.targets[0].id] = _dotted(node.value)
             elif isinstance(node.value, ast.Call) and _dotted(node.value.func) in ("__import__",
@@ -197,7 +201,8 @@ def _python_facts(tree: ast.AST) -> CodeFacts:
                     if operation:
                         add(operation, f"from {node.module} import {alias.name}")
         elif isinstance(node, ast.Call):
-            _python_call(node, full_name(node.func), _dotted(node.func), facts)
+            _python_call(node, full_name(node.func), _dotted(node.func), facts,
+                         lambda value: _fold(value, assigned, full_name, 0))
         elif isinstance(node, ast.Attribute):
             if node.attr in _INDIRECT_ATTRIBUTES:
                 add(UNREADABLE, f".{node.attr}")
@@ -213,7 +218,45 @@ def _python_facts(tree: ast.AST) -> CodeFacts:
     return facts
 
 
-def _python_call(node: ast.Call, full: str, name: str, facts: CodeFacts) -> None:
+def _fold(node: ast.AST, assigned: dict[str, ast.expr | None], full_name, depth: int) -> str | None:  # type: ignore[no-untyped-def]
+    """A string expression's value when reading can know it: constants, `+`, f-strings of constants, names
+    assigned once, os.path.join, Path(...) and `/`, joinpath, `~` for the home directory; else None."""
+    if depth > 8:
+        return None
+    fold = lambda inner: _fold(inner, assigned, full_name, depth + 1)  # noqa: E731
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        value = assigned.get(node.id)
+        return fold(value) if value is not None else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Div):
+        left, right = fold(node.left), fold(node.right)
+        if left is None or right is None:
+            return None
+        return left + right if isinstance(node.op, ast.Add) else posixpath.join(left, right)
+    if isinstance(node, ast.JoinedStr):
+        parts = [fold(v.value if isinstance(v, ast.FormattedValue) else v) for v in node.values]
+        return None if None in parts else "".join(p for p in parts if p is not None)
+    if isinstance(node, ast.Subscript) and full_name(node.value) == "os.environ" and fold(node.slice) == "HOME":
+        return "~"
+    if isinstance(node, ast.Call):
+        called = full_name(node.func)
+        if called in ("os.getenv", "os.environ.get") and node.args and fold(node.args[0]) == "HOME":
+            return "~"
+        if called.endswith(("Path.home", "os.path.expanduser")) and not node.args:
+            return "~"
+        parts = [fold(a) for a in node.args]
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "joinpath":
+            parts = [fold(node.func.value), *parts]
+        elif called not in ("os.path.join", "pathlib.Path", "Path", "pathlib.PurePath", "os.path.expanduser",
+                            "os.path.abspath", "os.path.normpath", "str"):
+            return None
+        known = [part for part in parts if part is not None]
+        return posixpath.join(*known) if known and len(known) == len(parts) else None
+    return None
+
+
+def _python_call(node: ast.Call, full: str, name: str, facts: CodeFacts, fold) -> None:  # type: ignore[no-untyped-def]
     add = facts.add
     if full in ("getattr", "builtins.getattr") and len(node.args) >= 2:
         attribute = node.args[1]
@@ -245,23 +288,27 @@ def _python_call(node: ast.Call, full: str, name: str, facts: CodeFacts) -> None
         add(DYNAMIC_CODE, f"{full}(...)")
     if full in ("os.getenv", "os.environ.get", "os.getenvb"):
         add(ENVIRONMENT, f"{full}(...)")
-    constants = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)] \
-        if name != "getattr" else []
+    constants = [value for a in node.args if (value := fold(a)) is not None] if name != "getattr" else []
     if full in _OPENERS or full.startswith(("os.", "shutil.")) and operation in (FILE_WRITE, FILE_DELETE, PRIVILEGE):
         writes = full in ("open", "io.open", "builtins.open", "codecs.open") and _opens_for_writing(node) or \
             full.startswith(("shutil.", "os.")) and (operation in (FILE_WRITE, FILE_DELETE))
         if writes:
             add(FILE_WRITE, f"{name}(..., 'w')" if full.endswith("open") else f"{name}(...)")
-            facts.paths_written.extend(constants[-1:] if full.startswith("shutil.") else constants[:1])
+            two_paths = full.startswith("shutil.") or full in ("os.rename", "os.replace", "os.link", "os.symlink")
+            facts.paths_written.extend(constants[-1:] if two_paths else constants[:1])
+            facts.paths_read.extend(constants[:-1] if two_paths else [])
         else:
             facts.paths_read.extend(constants[:1])
             facts.reads_files = True
-    if isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Call):
-        inner = node.func.value  # Path("x").write_text(...), open("x").read()
-        inner_constants = [a.value for a in inner.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    if isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Call | ast.BinOp | ast.Name):
+        inner = node.func.value  # Path("x").write_text(...), (Path.home() / ".aws").read_text(), open("x").read()
+        inner_path = fold(inner)
+        inner_constants = [inner_path] if inner_path is not None else \
+            [value for a in getattr(inner, "args", ()) if (value := fold(a)) is not None]
         if node.func.attr in _WRITE_METHODS:
             facts.paths_written.extend(inner_constants[:1])
         elif node.func.attr in _READ_METHODS or node.func.attr in ("read", "readlines", "readline"):
+            facts.paths_read.extend(inner_constants[:1])
             facts.reads_files = True
     if (isinstance(node.func, ast.Attribute) and node.func.attr in _NETWORK_CALLS or operation == NETWORK) and \
             (operation == NETWORK or isinstance(node.func, ast.Attribute) and node.func.attr in
