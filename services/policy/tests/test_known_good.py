@@ -122,6 +122,7 @@ def test_ordinary_developer_commands_stay_allowed(command: str) -> None:
         "cd /etc; cat shadow", "cat .e*", "cat .??v", "cat {.e,}nv", "cat /???/shadow", "cat ~/.ss?/id_*",
         "cat ~/../../etc/shadow", "D=~/.ssh; cat $D/id_ed25519", "cat state/keys/policy.key",
         "cat state/keys/nats/operator.creds", "cat workers/acme/auth.json", "cat .env~", "git show HEAD:.env",
+        "grep -r password /", "grep -rn AKIA ~", "tar czf home.tgz ~", "cp -a ~ backup/",
     ],
 )
 def test_secret_files_are_seen_through_their_spellings(command: str) -> None:
@@ -155,3 +156,12 @@ def test_a_git_hook_written_with_write_file_is_held() -> None:
                                           {"path": ".git/hooks/post-checkout", "content": "rm -rf build"}, ROOT,
                                           user="alice"))
     assert verdict.verdict == "approve" and "writes-run-later-need-approval" in verdict.policy_ids
+
+
+def test_searching_a_directory_that_holds_secret_files_touches_them() -> None:
+    everything = ENGINE.decide(request_facts("acme", ("member",), "search_files", {"pattern": "password", "path": "/"},
+                                             ROOT, user="alice"))
+    assert everything.facts["touches_secret_file"] is True and everything.verdict == "approve"
+    workspace = ENGINE.decide(request_facts("acme", ("member",), "search_files", {"pattern": "TODO", "path": "src"},
+                                            ROOT, user="alice"))
+    assert workspace.verdict == "allow"

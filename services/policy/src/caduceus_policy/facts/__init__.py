@@ -8,6 +8,7 @@ unpaired surrogates) come back as a `problem`, which every engine turns into a d
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Mapping
@@ -17,7 +18,16 @@ from typing import Any
 
 from caduceus_policy.facts.code import ENVIRONMENT, NETWORK, RISKY_OPERATIONS, code_facts
 from caduceus_policy.facts.content import find_secrets, strings_in
-from caduceus_policy.facts.paths import HostPaths, LexicalPaths, PathResolver, PathVerdict, Workspace, runs_later
+from caduceus_policy.facts.paths import (
+    HostPaths,
+    LexicalPaths,
+    PathResolver,
+    PathVerdict,
+    Workspace,
+    holds_secrets,
+    normalize,
+    runs_later,
+)
 from caduceus_policy.facts.shell import analyze_command
 from caduceus_policy.facts.tools import FILE_WRITE_TOOLS, family_of, mcp_name, shape_problem
 from caduceus_policy.facts.urls import NO_LOOKUPS, DnsLookups, NameResolver, url_targets, urls_in_text
@@ -245,7 +255,10 @@ def extract_facts(tool: str, args: Mapping[str, Any], workspace: Workspace,
     found.facts["family"] = family
     writes = tool in FILE_WRITE_TOOLS or tool == "skill_manage"
     for path in paths_named(tool, args):
-        found.add_path(workspace.check(path), written=writes)
+        verdict = workspace.check(path)
+        if tool == "search_files" and holds_secrets(normalize(verdict.resolved)):
+            verdict = dataclasses.replace(verdict, secret=True)  # searching it reads the secret files below it
+        found.add_path(verdict, written=writes)
     if family == "terminal" and isinstance(args.get("command"), str):
         shell = analyze_command(args["command"], workspace, args.get("workdir"))
         facts = found.facts

@@ -190,6 +190,15 @@ def normalize(path: str, cwd: str | None = None) -> str:
     return normalized
 
 
+# Directories that hold secret files somewhere below them: a recursive read of one reads the secrets too.
+_SECRET_PARENTS = frozenset({"/", "/etc", "/home", "/root", "/proc", "/run", "/var", "/var/run", HOME})
+
+
+def holds_secrets(resolved: str) -> bool:
+    """True when a recursive read of the directory `resolved` (normalized) reaches secret files: /, /etc, a home."""
+    return resolved in _SECRET_PARENTS or resolved.startswith("/home/") and resolved.count("/") == 2
+
+
 def shown_path(resolved: str) -> str:
     """A resolved path as people write it (`~/.ssh/id_rsa`, not HOME's placeholder)."""
     return "~" + resolved[len(HOME):] if resolved == HOME or resolved.startswith(HOME + "/") else resolved

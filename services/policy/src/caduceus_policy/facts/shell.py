@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from caduceus_policy.facts.code import RISKY_OPERATIONS, code_operations
-from caduceus_policy.facts.paths import PathVerdict, Workspace, glob_may_match_secret, looks_secret, normalize
+from caduceus_policy.facts.paths import (
+    PathVerdict,
+    Workspace,
+    glob_may_match_secret,
+    holds_secrets,
+    looks_secret,
+    normalize,
+)
 from caduceus_policy.facts.programs import (
     EXEC_VARIABLES,
     LATER,
@@ -793,6 +801,9 @@ class _Analyzer:
         elif name in ("sed", "perl") and any(t.startswith("-i") or t == "--in-place" for _, t in operands):
             plain = [i for i, t in operands if not t.startswith("-")]
             written = set(plain[1:]) if name == "sed" else set(plain)
+        flags = "".join(t[1:] for _, t in operands if t.startswith("-") and not t.startswith("--"))
+        recursive = name in ("rg", "ag", "ack", "tar", "zip", "rsync") or name in ("grep", "egrep", "fgrep", "cp") and \
+            (any(flag in flags for flag in "rRa") or any(t in ("--recursive", "--archive") for _, t in operands))
         if name in _WRITES_UNNAMED and not self.wrote_unnamed and _writes_unnamed(name, texts):
             self.wrote_unnamed = " ".join(t for t in [name, *texts[:2]] if t is not None)
         for index, text in operands:
@@ -820,6 +831,8 @@ class _Analyzer:
             for spelling in _brace_expansions(value)[1:]:  # `{.e,}nv` is `.env nv`: each is a path of its own
                 self.facts.paths.append(self.check(spelling))
             verdict = self.check(value)
+            if recursive and holds_secrets(normalize(verdict.resolved)) and index not in written:
+                verdict = dataclasses.replace(verdict, secret=True)  # `grep -r x ~` reads the secrets below ~
             self.facts.paths.append(verdict)
             if name in ("cp", "ln", "install", "mv", "rsync", "dd") and SYSTEM_PROGRAM_DIRS.search(verdict.resolved) \
                     and index not in written:
