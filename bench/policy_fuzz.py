@@ -144,6 +144,7 @@ def spelled_url(draw: st.DrawFn, url: str) -> str:
 def spelled_command(draw: st.DrawFn, words: list[tuple[str, str]]) -> str:
     """A command line that runs `words`, spelled by the grammar above and wrapped in constructs that run it."""
     parts: list[str] = []
+    prefix = ""  # `cd /etc && cat shadow` for `cat /etc/shadow`
     for index, (kind, text) in enumerate(words):
         if kind == PROGRAM and draw(st.booleans()):
             if draw(st.booleans()) and text not in ("frobnicate",):
@@ -152,6 +153,9 @@ def spelled_command(draw: st.DrawFn, words: list[tuple[str, str]]) -> str:
                 parts.append(draw(st.sampled_from(WRAPPERS)))
         if kind == PATH:
             text = draw(spelled_path(text))
+            directory, slash, base = text.rpartition("/")
+            if slash and base and not prefix and not any(c in directory for c in "*?[{") and draw(st.booleans()):
+                prefix, text = f"cd {directory or '/'} && ", base
             parts.append(text if any(c in text for c in "*?[{$") else draw(spelled_word(text)))
         elif kind == URL:
             parts.append("'" + draw(spelled_url(text)) + "'")
@@ -160,6 +164,7 @@ def spelled_command(draw: st.DrawFn, words: list[tuple[str, str]]) -> str:
     separator = draw(st.sampled_from([" ", "  ", "\t", " ${IFS}"]))
     line = separator.join(parts) if separator != " ${IFS}" else " ".join(parts[:1]) + "${IFS}" + \
         "${IFS}".join(parts[1:]) if len(parts) > 1 else parts[0]
+    line = prefix + line
     program = words[0][1]
     construct = draw(st.sampled_from(["none", "sh_c", "bash_c", "eval", "base64", "subshell", "group", "and",
                                       "or", "seq", "if", "for", "variable", "pipe_sh", "heredoc", "xargs"]))
