@@ -195,7 +195,7 @@ class _Collector:
         for raw in dict.fromkeys(found.paths_read):
             verdict = self.workspace.check(raw)
             self.add_path(verdict, written=False)
-            self.code_reads.append(_contents(verdict))
+            self.code_reads.append(verdict.contents)
         for raw in dict.fromkeys(found.paths_written):
             self.add_path(self.workspace.check(raw), written=True)
         for host in found.hosts:
@@ -220,10 +220,6 @@ class _Collector:
             previous = self.evidence.get("outbound_data")
             if previous is None or shown not in previous:
                 self.evidence["outbound_data"] = (f"{previous}; {shown}" if previous else shown)[:200]
-
-
-def _contents(verdict: PathVerdict) -> str:
-    return f"contents of {verdict.raw}{' (a secret file)' if verdict.secret else ''}"
 
 
 def _data_kind(what: str) -> str:

@@ -155,6 +155,11 @@ class PathVerdict:
     via_symlink: bool
     secret: bool
 
+    @property
+    def contents(self) -> str:
+        """What reading the file hands on, by name and kind, never by value: `contents of .env (a secret file)`."""
+        return f"contents of {self.raw}{' (a secret file)' if self.secret else ''}"
+
 
 @functools.lru_cache(maxsize=1024)
 def _normalized_root(root: str) -> PurePosixPath:

@@ -212,7 +212,7 @@ class _Analyzer:
         for redirect in command.redirects:
             verdict = self.redirect(redirect.op, redirect.target, depth)
             if verdict is not None and redirect.op == "<":
-                upstream = _Stage(data=_contents(verdict))
+                upstream = _Stage(data=verdict.contents)
         words = self.strip_prefixes(command.words, depth)
         if not words:
             if not command.groups:
@@ -342,7 +342,7 @@ class _Analyzer:
         if name in _PASSES_DATA and not any(t for t in texts if t and not t.startswith("-")):
             stage.data = upstream.data
         elif name in _READS_FILES and len(self.facts.paths) > first_path:
-            stage.data = _contents(self.facts.paths[first_path])
+            stage.data = self.facts.paths[first_path].contents
         elif name in ("env", "printenv", "set", "export", "declare"):
             stage.data = "the environment"
         return stage
@@ -378,7 +378,7 @@ class _Analyzer:
                 continue
             verdict = self.check(path)
             self.facts.paths.append(verdict)
-            self.facts.uploads.append(_contents(verdict))
+            self.facts.uploads.append(verdict.contents)
         if upstream.data and name in ("nc", "ncat", "netcat", "socat", "telnet", "openssl", "ssh") or \
                 upstream.data and name == "curl" and any(a in ("-T", "--upload-file") for a in args):
             self.facts.uploads.append(upstream.data)
@@ -891,11 +891,6 @@ def _option_value(texts: list[str | None], options: tuple[str, ...]) -> str | No
             if text and option.startswith("--") and text.startswith(option + "="):
                 return text.split("=", 1)[1]
     return None
-
-
-def _contents(verdict: PathVerdict) -> str:
-    """What reading a file hands on, by name and kind (never its content)."""
-    return f"contents of {verdict.raw}{' (a secret file)' if verdict.secret else ''}"
 
 
 def _writes_unnamed(name: str, texts: list[str | None]) -> bool:
