@@ -78,6 +78,9 @@ def decide(command: str, tool: str = "terminal", **args: object):  # type: ignor
         ("git clone 'ext::sh -c id' x", "remote helper URL"),
         ("git clone https://example.com/repo.git && cd repo && make", "make runs code after `git clone"),
         ("env -i PATH=/tmp ls", "sets PATH"),
+        ("make -f /tmp/evil.mk", "project outside the workspace"),
+        ("cd /tmp/evil && npm test", "project outside the workspace"),
+        ("git grep -O'sh -c id' foo", "git grep -O"),
         # unknown programs and values only known at run time
         ("frobnicate --all", "`frobnicate` is not a program"),
         ("cat $(ls -a | grep en)", "only known at run time"),
@@ -106,6 +109,7 @@ def test_what_the_reader_cannot_establish_is_held_for_approval_and_named(command
         "go test ./...", "./gradlew build", "tar czf dist.tgz dist/", "X=build; ls $X", "echo $PATH",
         "cd src && ls", "mkdir -p build && cp src/a.c build/", "docker build -t app .", "kubectl get pods",
         "npm install && node index.js", "make && ./build/app", "terraform plan", "gh pr view 42",
+        "make -C docs html", "cargo test -p mycrate",
     ],
 )
 def test_ordinary_developer_commands_stay_allowed(command: str) -> None:

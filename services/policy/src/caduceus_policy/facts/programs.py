@@ -144,6 +144,8 @@ def _git(args: list[str]) -> str | None:
                 return f"git config {operands[0]} can make git run a command later"
     if sub in ("submodule", "bisect") and any(a in ("foreach", "run") for a in rest):
         return f"git {sub} {'foreach' if 'foreach' in rest else 'run'} runs a command"
+    if sub == "grep" and any(a.startswith(("-O", "--open-files-in-pager")) for a in rest):
+        return "git grep -O opens the files in a pager it is given"
     if sub in ("filter-branch",):
         return "git filter-branch runs commands"
     return None

@@ -95,6 +95,10 @@ _READS_FILES = frozenset({"cat", "head", "tail", "base64", "base32", "xxd", "od"
                           "awk", "openssl", "gpg", "nl", "fold", "cp", "dd"})
 _PASSES_DATA = frozenset({"base64", "base32", "xxd", "od", "gzip", "bzip2", "xz", "zstd", "tr", "rev", "sed", "awk",
                           "sort", "uniq", "cut", "head", "tail", "cat", "tee", "openssl", "gpg", "jq", "grep", "tac"})
+_INTERPRETERS = SHELLS | set(CODE_INTERPRETERS) | {"python", "python3", "node", "nodejs"}
+# Options of build and test tools that name the project they run (and so whose code runs).
+_PROJECT_OPTIONS = ("-C", "-f", "--file", "--makefile", "--directory", "--prefix", "--rootdir", "--manifest-path",
+                    "-p", "--project", "--cwd", "--dir", "--chdir", "-c", "--config", "--config-file")
 # curl and wget options whose next word is a value, not a URL.
 _CURL_VALUED = frozenset({"-T", "--upload-file", "-d", "--data", "--data-binary", "--data-raw", "--data-ascii",
                           "--data-urlencode", "--json", "-F", "--form", "-o", "--output", "-O", "-H", "--header",
@@ -401,14 +405,26 @@ class _Analyzer:
             for text in texts:  # `git show HEAD:.env` reads .env as the commit holds it
                 if text and ":" in text and not text.startswith("-") and "://" not in text:
                     self.facts.paths.append(self.check(text.split(":", 1)[1] or "."))
-        if self.wrote_unnamed and name in RUNS_WORKSPACE_CODE and not any(
-                t in ("--version", "-V", "--help") for t in texts):
-            self.facts.unknown(f"{name} runs code after `{self.wrote_unnamed}` wrote files policy cannot name")
+        if name in RUNS_WORKSPACE_CODE and not any(t in ("--version", "-V", "--help") for t in texts):
+            self.runs_project_code(name, texts)
         if name not in ("echo", "printf", "eval", "cd", "pushd"):
             for word, text in zip(args, texts, strict=True):
                 if text is None:
                     self.facts.unknown(f"the value of `{_shown([word])[:40]}` is only known at run time")
                     break
+
+    def runs_project_code(self, name: str, texts: list[str | None]) -> None:
+        """A build or test tool runs the code of the project it is pointed at: the workspace's is accepted, a
+        project outside it or one this command just fetched or unpacked is not."""
+        if self.wrote_unnamed:
+            self.facts.unknown(f"{name} runs code after `{self.wrote_unnamed}` wrote files policy cannot name")
+        places: list[str | None] = []
+        if name not in _INTERPRETERS:  # their -c and -p mean code, not a project; their scripts are checked apart
+            places = [texts[i + 1] for i, t in enumerate(texts[:-1]) if t in _PROJECT_OPTIONS]
+            places += [t.split("=", 1)[1] for t in texts if t and t.startswith(tuple(f"{o}=" for o in _PROJECT_OPTIONS))]
+        if self.cwd is None or not self.workspace.contains(self.cwd) or \
+                any(place is None or self.check(place).outside for place in places):
+            self.facts.unknown(f"{name} runs the code of a project outside the workspace")
 
     def git_repository(self, texts: list[str | None]) -> None:
         """git reads the configuration of the repository it runs in, and that configuration can run commands."""
@@ -817,6 +833,9 @@ class _Analyzer:
             elif text.startswith("-"):
                 continue
             previous = texts[index - 1] if index else None
+            if previous in ("-o", "--output", "--output-file", "--out", "--log-file") or \
+                    text.startswith(("--output=", "--output-file=", "--log-file=", "--out=")):
+                written.add(index)  # sort -o, git diff --output=, pytest --log-file=: the file is written
             if (previous in ("-o", "-O", "--output", "--output-document", "-P", "--directory-prefix", "-C", "-d",
                              "--directory") or name in ("curl", "wget") and previous is not None and
                     re.fullmatch(r"-[A-Za-z]*[oO]", previous)) and name in ("curl", "wget", "tar", "unzip", "git",
