@@ -81,6 +81,13 @@ def decide(command: str, tool: str = "terminal", **args: object):  # type: ignor
         ("make -f /tmp/evil.mk", "project outside the workspace"),
         ("cd /tmp/evil && npm test", "project outside the workspace"),
         ("git grep -O'sh -c id' foo", "git grep -O"),
+        ("GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.pager GIT_CONFIG_VALUE_0=id git log", "sets GIT_CONFIG_COUNT"),
+        ("git clone --template=/tmp/t https://example.com/r.git", "templates (hooks)"),
+        ("npm config set script-shell /tmp/x", "npm configuration"),
+        ("cargo run --config 'target.x.runner=\"id\"'", "cargo --config"),
+        ("PYTHONPATH=/tmp/x python3 -m pytest", "sets PYTHONPATH to load code from outside"),
+        ("PATH=/tmp; ls", "sets PATH"),
+        ("docker compose up -d", "docker compose up"),
         # unknown programs and values only known at run time
         ("frobnicate --all", "`frobnicate` is not a program"),
         ("cat $(ls -a | grep en)", "only known at run time"),
@@ -109,7 +116,7 @@ def test_what_the_reader_cannot_establish_is_held_for_approval_and_named(command
         "go test ./...", "./gradlew build", "tar czf dist.tgz dist/", "X=build; ls $X", "echo $PATH",
         "cd src && ls", "mkdir -p build && cp src/a.c build/", "docker build -t app .", "kubectl get pods",
         "npm install && node index.js", "make && ./build/app", "terraform plan", "gh pr view 42",
-        "make -C docs html", "cargo test -p mycrate",
+        "make -C docs html", "cargo test -p mycrate", "export PYTHONPATH=src", "GIT_AUTHOR_NAME=x git commit -m y",
     ],
 )
 def test_ordinary_developer_commands_stay_allowed(command: str) -> None:

@@ -62,11 +62,23 @@ LATER = {"trap": "trap runs a command later, on a signal or on exit", "alias": "
 EXEC_VARIABLES = frozenset({
     "PAGER", "GIT_PAGER", "MANPAGER", "EDITOR", "VISUAL", "GIT_EDITOR", "GIT_SEQUENCE_EDITOR", "GIT_SSH",
     "GIT_SSH_COMMAND", "GIT_EXTERNAL_DIFF", "GIT_ASKPASS", "SSH_ASKPASS", "SUDO_ASKPASS", "BASH_ENV", "ENV",
-    "PROMPT_COMMAND", "PERL5OPT", "PERL5LIB", "RUBYOPT", "NODE_OPTIONS", "LESSOPEN", "LESSCLOSE", "GIT_EXEC_PATH",
+    "PROMPT_COMMAND", "PERL5OPT", "RUBYOPT", "NODE_OPTIONS", "LESSOPEN", "LESSCLOSE", "GIT_EXEC_PATH",
     "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_TEMPLATE_DIR", "PYTHONSTARTUP",
     "PYTHONWARNINGS", "PS4", "SHELLOPTS", "BASHOPTS", "IFS", "PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT",
     "GCONV_PATH", "MAKEFLAGS", "MAKE", "SHELL", "CC", "CXX", "TAR_OPTIONS", "ZIPOPT", "BROWSER", "GIT_PROXY_COMMAND",
 })
+# Families of variables that configure what a tool runs: git's (GIT_CONFIG_COUNT/KEY_n/VALUE_n injects any
+# configuration, GIT_DIR another repository), cargo's runners and rustc wrappers, npm's configuration.
+_EXEC_VARIABLE_FAMILIES = re.compile(r"^(?:GIT_(?!(?:AUTHOR|COMMITTER)_(?:NAME|EMAIL|DATE)$|TERMINAL_PROMPT$)\w+|"
+                                     r"CARGO_TARGET_\w+_RUNNER|CARGO_BUILD_RUSTC\w*|RUSTC\w*|CARGO_HOME|"
+                                     r"(?i:npm_config_)\w+|YARN_\w+|PIP_\w+)$")
+
+
+def runs_commands_through(variable: str) -> bool:
+    """True when setting `variable` can make a program run another command or code from elsewhere."""
+    return variable in EXEC_VARIABLES or bool(_EXEC_VARIABLE_FAMILIES.match(variable))
+
+
 # Where programs live: a copy or link of one of them under another name is a renamed program.
 SYSTEM_PROGRAM_DIRS = re.compile(r"^/(?:usr/(?:local/)?)?s?bin/|^/(?:usr/)?lib(?:exec|32|64)?/|^/opt/[^/]+/bin/")
 
@@ -144,6 +156,10 @@ def _git(args: list[str]) -> str | None:
                 return f"git config {operands[0]} can make git run a command later"
     if sub in ("submodule", "bisect") and any(a in ("foreach", "run") for a in rest):
         return f"git {sub} {'foreach' if 'foreach' in rest else 'run'} runs a command"
+    if sub in ("clone", "init", "submodule") and any(
+            a in ("-c", "--config", "--template", "--separate-git-dir", "-u", "--upload-pack") or
+            a.startswith(("--config=", "--template=", "--separate-git-dir=")) for a in rest):
+        return f"git {sub} is given configuration or templates (hooks) for the new repository"
     if sub == "grep" and any(a.startswith(("-O", "--open-files-in-pager")) for a in rest):
         return "git grep -O opens the files in a pager it is given"
     if sub in ("filter-branch",):
@@ -267,6 +283,15 @@ def _npm(args: list[str]) -> str | None:
     operands = [a for a in args if not a.startswith("-")]
     if operands[:1] and operands[0] in _NPM_RUNS_PACKAGES:
         return f"npm {operands[0]} fetches a package and runs it"
+    if operands[:2] in (["config", "set"], ["config", "edit"], ["set", "script-shell"]) or operands[:1] == ["set"] \
+            or any(a.startswith(("--script-shell", "--node-options", "--shell")) for a in args):
+        return "npm configuration can change the shell and options its scripts run with"
+    return None
+
+
+def _cargo(args: list[str]) -> str | None:
+    if any(a == "--config" or a.startswith("--config=") or a.startswith("-Z") for a in args):
+        return "cargo --config can set the runner or compiler wrapper cargo runs"
     return None
 
 
@@ -285,6 +310,8 @@ def _make(args: list[str]) -> str | None:
 
 def _docker(args: list[str]) -> str | None:
     operands = [a for a in args if not a.startswith("-")]
+    if operands[:1] == ["compose"] and operands[1:2] and operands[1] not in _COMPOSE_READ:
+        return f"docker compose {operands[1]} starts, changes or stops containers whose definition policy does not read"
     if operands[:2] in (["compose", "exec"], ["compose", "run"]) or operands[:1] == ["exec"]:
         return "docker exec runs a command in a container"
     if operands and operands[0] not in _DOCKER_READ:
@@ -362,6 +389,7 @@ _GH_READ = frozenset({"pr list", "pr view", "pr status", "pr diff", "pr checks",
                       "status", "browse", "pr checkout", "label list", "gist list", "gist view", "version"})
 _DOCKER_READ = frozenset({"build", "ps", "images", "image ls", "logs", "inspect", "pull", "version", "info", "tag",
                           "compose", "history", "stats", "top", "port", "diff", "search", "login", "buildx"})
+_COMPOSE_READ = frozenset({"ps", "logs", "config", "ls", "images", "version", "top", "build", "pull", "port"})
 _KUBECTL_READ = frozenset({"get", "describe", "logs", "version", "config", "top", "explain", "api-resources",
                            "api-versions", "cluster-info", "rollout", "diff", "auth", "events", "wait"})
 _HELM_READ = frozenset({"list", "ls", "status", "template", "lint", "version", "show", "search", "get", "history",
@@ -401,7 +429,7 @@ _CHECKS = {
     "python": _python, "python3": _python, "npm": _npm, "yarn": _npm, "pnpm": _npm, "uv": _uv, "make": _make,
     "gmake": _make, "docker": _docker, "podman": _docker, "sqlite3": _sqlite, "psql": _psql,
     "export": _declare, "declare": _declare, "typeset": _declare, "curl": _curl, "wget": _wget,
-    "crontab": _crontab, "gh": _gh, "aws": _aws, "nc": _nc, "ncat": _nc, "netcat": _nc,
+    "crontab": _crontab, "cargo": _cargo, "gh": _gh, "aws": _aws, "nc": _nc, "ncat": _nc, "netcat": _nc,
     "kubectl": _read_only_subcommands("kubectl", _KUBECTL_READ),
     "helm": _read_only_subcommands("helm", _HELM_READ),
     "terraform": _read_only_subcommands("terraform", _TERRAFORM_READ),

@@ -26,11 +26,11 @@ from caduceus_policy.facts.paths import (
     normalize,
 )
 from caduceus_policy.facts.programs import (
-    EXEC_VARIABLES,
     LATER,
     MODELLED,
     RUNS_WORKSPACE_CODE,
     SYSTEM_PROGRAM_DIRS,
+    runs_commands_through,
     unmodelled,
 )
 from caduceus_policy.facts.shell_syntax import Command, Script, Word, ansi_c, parse_script
@@ -96,6 +96,9 @@ _READS_FILES = frozenset({"cat", "head", "tail", "base64", "base32", "xxd", "od"
 _PASSES_DATA = frozenset({"base64", "base32", "xxd", "od", "gzip", "bzip2", "xz", "zstd", "tr", "rev", "sed", "awk",
                           "sort", "uniq", "cut", "head", "tail", "cat", "tee", "openssl", "gpg", "jq", "grep", "tac"})
 _INTERPRETERS = SHELLS | set(CODE_INTERPRETERS) | {"python", "python3", "node", "nodejs"}
+# Variables that say where programs load code from: fine inside the workspace, not understood outside it.
+_SEARCH_PATHS = frozenset({"PYTHONPATH", "PYTHONHOME", "NODE_PATH", "PERL5LIB", "PERLLIB", "RUBYLIB", "CLASSPATH",
+                           "GOPATH", "GEM_PATH", "GEM_HOME", "LUA_PATH", "LUA_CPATH"})
 # Options of build and test tools that name the project they run (and so whose code runs).
 _PROJECT_OPTIONS = ("-C", "-f", "--file", "--makefile", "--directory", "--prefix", "--rootdir", "--manifest-path",
                     "-p", "--project", "--cwd", "--dir", "--chdir", "-c", "--config", "--config-file")
@@ -253,8 +256,7 @@ class _Analyzer:
                 variable = word.text.split("=", 1)[0].rstrip("+")
                 if variable in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"):
                     self.facts.flag("privilege_raising", word.text)
-                if variable in EXEC_VARIABLES and variable != "PATH" or variable == "PATH" and index + 1 < len(words):
-                    self.facts.unknown(f"sets {variable}, through which programs run other commands")
+                self.sets(variable, self.static(word, depth))
                 index += 1
                 continue
             break
@@ -328,9 +330,7 @@ class _Analyzer:
         if name in ("export", "declare", "typeset", "local", "readonly"):
             self.assign([word for word in args if _ASSIGNMENT.match(word.text)], depth)
             for word in args:
-                variable = word.text.split("=", 1)[0]
-                if variable in EXEC_VARIABLES:
-                    self.facts.unknown(f"sets {variable}, through which programs run other commands")
+                self.sets(word.text.split("=", 1)[0], self.static(word, depth))
         if name == "read":
             for text in texts:
                 if text is not None and not text.startswith("-"):
@@ -426,6 +426,16 @@ class _Analyzer:
                 any(place is None or self.check(place).outside for place in places):
             self.facts.unknown(f"{name} runs the code of a project outside the workspace")
 
+    def sets(self, variable: str, assignment: str | None) -> None:
+        """A variable set for a command: one through which programs run commands is not understood, nor a search
+        path (PYTHONPATH, NODE_PATH ...) that reaches outside the workspace."""
+        if runs_commands_through(variable):
+            self.facts.unknown(f"sets {variable}, through which programs run other commands")
+        elif variable in _SEARCH_PATHS:
+            value = assignment.partition("=")[2] if assignment is not None else None
+            if value is None or any(self.check(entry).outside for entry in value.split(":") if entry):
+                self.facts.unknown(f"sets {variable} to load code from outside the workspace")
+
     def git_repository(self, texts: list[str | None]) -> None:
         """git reads the configuration of the repository it runs in, and that configuration can run commands."""
         places = [texts[i + 1] for i, t in enumerate(texts[:-1]) if t in ("-C", "--git-dir", "--work-tree")]
@@ -462,8 +472,8 @@ class _Analyzer:
                 elif text.startswith("-") or _ENV_ASSIGNMENT.match(text):
                     if text.split("=", 1)[0] in ("LD_PRELOAD", "LD_AUDIT"):
                         self.facts.flag("privilege_raising", text)
-                    if text.split("=", 1)[0] in EXEC_VARIABLES:
-                        self.facts.unknown(f"sets {text.split('=', 1)[0]}, through which programs run other commands")
+                    if _ENV_ASSIGNMENT.match(text):
+                        self.sets(text.split("=", 1)[0], text)
                     index += 1
                 else:
                     break
