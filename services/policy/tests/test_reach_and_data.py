@@ -27,7 +27,8 @@ def decide(tool: str, args: dict, roles: tuple[str, ...] = ("member",), engine=E
         "http:/127.0.0.1/", "http:127.0.0.1/", "http:\\\\127.0.0.1/", "HTTP:///127.0.0.1/", "http://127。0。0。1/",
         "http://127．0．0．1/", "http://127｡0｡0｡1/", "http://①②⑦.0.0.1/", "http://12⒎0.0⒈1/",
         "http://0x7f.1/", "http://[::ffff:7f00:1]/",
-        "http://example.com@127.0.0.1/", "http://LOCALHOST./", "http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/",
+        "http://example.com@127.0.0.1/", "http://LOCALHOST./", "http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/", "http://localhost%00.evil.com/",
+        "http://①⑥⑨.②⑤④.①⑥⑨.②⑤④/", "gopher://127.0.0.1:6379/_INFO", "http://%31%32%37.0.0.1/",
     ],
 )
 def test_private_urls_are_seen_in_every_spelling_browsers_and_curl_accept(url: str) -> None:

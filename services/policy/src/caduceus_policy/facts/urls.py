@@ -198,6 +198,9 @@ def _classify_written(host: str) -> tuple[str, frozenset[HostClass]]:
     name = normalize_host(host)
     if not name:
         return name, frozenset({"unspecified"})
+    if _FORBIDDEN_IN_HOST.search(name):
+        # Browsers refuse such a host; C resolvers may cut it at the NUL (`localhost%00.evil.com` is localhost).
+        return name, frozenset({"reserved"})
     if ":" in name:
         try:
             v6 = ipaddress.IPv6Address(name)
@@ -244,6 +247,7 @@ def _hosts_of(url: str) -> list[tuple[str, str, int | None]]:
     return readings
 
 
+_FORBIDDEN_IN_HOST = re.compile(r"[\x00-\x20\x7f%/\\@#?<>^|]")
 _SPECIAL_PREFIX = re.compile(r"^(?i:(https?|wss?|ftp)):[/\\]*")
 
 
