@@ -399,6 +399,11 @@ _TERRAFORM_READ = frozenset({"fmt", "validate", "plan", "init", "output", "show"
                              "test", "-version", "state"})
 
 
+def _hash(args: list[str]) -> str | None:
+    return "hash -p makes a command name run another program" if any(a.startswith("-") and "p" in a for a in args) \
+        else None
+
+
 def _curl(args: list[str]) -> str | None:
     if any(a in ("-K", "--config") or a.startswith("--config=") for a in args):
         return "curl reads options from a config file"
@@ -429,7 +434,7 @@ _CHECKS = {
     "python": _python, "python3": _python, "npm": _npm, "yarn": _npm, "pnpm": _npm, "uv": _uv, "make": _make,
     "gmake": _make, "docker": _docker, "podman": _docker, "sqlite3": _sqlite, "psql": _psql,
     "export": _declare, "declare": _declare, "typeset": _declare, "curl": _curl, "wget": _wget,
-    "crontab": _crontab, "cargo": _cargo, "gh": _gh, "aws": _aws, "nc": _nc, "ncat": _nc, "netcat": _nc,
+    "crontab": _crontab, "cargo": _cargo, "hash": _hash, "gh": _gh, "aws": _aws, "nc": _nc, "ncat": _nc, "netcat": _nc,
     "kubectl": _read_only_subcommands("kubectl", _KUBECTL_READ),
     "helm": _read_only_subcommands("helm", _HELM_READ),
     "terraform": _read_only_subcommands("terraform", _TERRAFORM_READ),

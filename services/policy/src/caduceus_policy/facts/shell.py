@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from caduceus_policy.facts.code import RISKY_OPERATIONS, code_operations
+from caduceus_policy.facts.code import RISKY_OPERATIONS, code_facts
 from caduceus_policy.facts.paths import (
     PathVerdict,
     Workspace,
@@ -554,7 +554,10 @@ class _Analyzer:
         if family != "python":
             self.facts.unknown(f"{family} code given on the command line is not read")
             return
-        operations, evidence = code_operations(code, "python")
+        found = code_facts(code, "python")
+        operations, evidence = found.operations, found.evidence
+        for path in found.paths_written:  # `python3 -c 'open("x.sh", "w")...' && sh x.sh` runs what it wrote
+            self.facts.written.append(self.check(path))
         risky = sorted(operations & RISKY_OPERATIONS)
         if risky:
             self.facts.unknown(f"python code on the command line does {', '.join(risky)} ({', '.join(evidence)})")
