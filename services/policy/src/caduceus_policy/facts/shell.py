@@ -354,9 +354,15 @@ class _Analyzer:
     def sends(self, name: str, texts: list[str | None], upstream: _Stage) -> None:
         """Files and data a network command sends out: curl -d @f, -F x=@f, -T f, wget --post-file, scp f host:,
         and whatever is piped or redirected into it."""
+        args = [t for t in texts if t is not None]
+        operands = [a for a in args if not a.startswith("-")]
+        if name == "git" and operands[:1] == ["push"]:
+            # A push to a URL named on the line (not a configured remote) sends the repository there.
+            if any("://" in o or re.match(r"^[\w.+-]+@[\w.-]+:", o) for o in operands[1:2]):
+                self.facts.uploads.append("the repository's contents")
+            return
         if name not in NETWORK:
             return
-        args = [t for t in texts if t is not None]
         sent: list[str] = []
         for index, arg in enumerate(args):
             value = args[index + 1] if index + 1 < len(args) else ""
@@ -670,6 +676,9 @@ class _Analyzer:
         if name == "git" and texts[:1] and texts[0] in ("clone", "fetch", "pull", "push", "ls-remote", "remote",
                                                          "submodule", "archive"):
             self.facts.flag("network", shown)
+            for text in texts[1:]:
+                if text and (remote := re.match(r"^[\w.+-]+@([\w.-]+):", text)):
+                    self.facts.urls.append((remote.group(1), "ssh"))  # git@host:path, ssh's scp-like form
         if name not in NETWORK:
             return
         self.facts.flag("network", shown)
