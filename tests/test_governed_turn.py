@@ -214,7 +214,7 @@ async def test_a_pack_published_by_the_operator_is_live_for_the_next_call(stack,
 
     shipped = (stack.layout.root / "policy.yaml").read_text()
     candidate = tmp_path / "policy.yaml"
-    candidate.write_text(shipped.replace('version: "2026-11-26.2"', 'version: "hot-reloaded.1"'))
+    candidate.write_text(shipped.replace('version: "2026-12-04.1"', 'version: "hot-reloaded.1"'))
     published = await asyncio.to_thread(CliRunner().invoke, app, ["policy", "publish", str(candidate),
                                                                   "--state-dir", str(stack.layout.root)])
     assert published.exit_code == 0, published.output

@@ -50,7 +50,7 @@ def test_eval_explains_the_demo_decisions_for_alice_without_a_stack(state: Path)
                   '{"command": "echo hello from the executor && pwd"}', "--json", "--state-dir", str(state))
     assert allowed.exit_code == 0, allowed.output
     body = json.loads(allowed.stdout)
-    assert (body["decision"], body["roles"], body["pack_version"]) == ("allow", ["member"], "2026-11-26.2")
+    assert (body["decision"], body["roles"], body["pack_version"]) == ("allow", ["member"], "2026-12-04.1")
     denied = json.loads(run("eval", "--tenant", "acme", "--user", "alice", "--tool", "write_file", "--args",
                             '{"path": "/etc/caduceus-demo.txt", "content": "x"}', "--json",
                             "--state-dir", str(state)).stdout)
@@ -93,7 +93,7 @@ def test_eval_mistakes_say_what_to_fix(state: Path, args: list[str], says: str) 
 
 def test_check_reports_file_line_and_fix_and_test_runs_the_cases(tmp_path: Path) -> None:
     ok = run("check", str(DEFAULT_PACK))
-    assert ok.exit_code == 0 and "pack 2026-11-26.2" in ok.stdout
+    assert ok.exit_code == 0 and "pack 2026-12-04.1" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text('version: "1"\ntenants:\n  acme:\n    rules:\n      - {id: x, effect: allow, tools: [t], '
                    "when: {destrutive: true}}\n")
@@ -101,7 +101,7 @@ def test_check_reports_file_line_and_fix_and_test_runs_the_cases(tmp_path: Path)
     assert result.exit_code == 1
     assert f"{bad}:5: tenant 'acme', rule 'x' (#1): unknown fact 'destrutive'" in result.stderr
     passed = run("test", str(DEFAULT_PACK))
-    assert passed.exit_code == 0 and "20 passed, 0 failed" in passed.stdout
+    assert passed.exit_code == 0 and "24 passed, 0 failed" in passed.stdout
 
 
 def test_a_tests_file_with_a_wrong_expectation_fails_and_says_which(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def recorded(store_url: str, calls: list[tuple[str, dict[str, Any], str, tuple[s
         request = ToolCallRequested(tenant="acme", grant=grant, workspace="default", session_id="s1", tool=tool,
                                     args=args, digest=digest)
         decision = Decision(tenant="acme", workspace="default", session_id="s1", call_id=request.call_id, tool=tool,
-                            digest=digest, verdict="allow", reason="r", pack_version="2026-11-26.2",
+                            digest=digest, verdict="allow", reason="r", pack_version="2026-12-04.1",
                             expires_at=now + timedelta(minutes=1))
         decided = ToolCallDecided(tenant="acme", call_id=request.call_id, workspace="default",
                                   decision=SignedDecision.issue(policy, decision))
@@ -149,7 +149,7 @@ def test_diff_shows_what_a_new_pack_would_change_on_recorded_calls(tmp_path: Pat
                    ("terminal", {"command": "git push --force origin main"}, "alice", ("member",)),
                    ("read_file", {"path": "notes.md"}, "bob", ("member",))])
     stricter = tmp_path / "stricter.yaml"
-    stricter.write_text(DEFAULT_PACK.read_text().replace('version: "2026-11-26.2"', 'version: "2026-11-27.1"').replace(
+    stricter.write_text(DEFAULT_PACK.read_text().replace('version: "2026-12-04.1"', 'version: "2026-11-27.1"').replace(
         "      - id: destructive-commands-need-approval\n        effect: approve",
         "      - id: destructive-commands-need-approval\n        effect: deny"))
     result = run("diff", str(DEFAULT_PACK), str(stricter), "--db", url, "--json")
@@ -172,11 +172,11 @@ def test_publish_puts_a_tested_pack_live_or_in_shadow_and_refuses_a_failing_one(
                                                                                  tmp_path: Path) -> None:
     published = run("publish", str(DEFAULT_PACK), "--nats-url", nats_server.url)
     assert published.exit_code == 0, published.output
-    assert "published pack 2026-11-26.2 as the live pack" in published.stdout
+    assert "published pack 2026-12-04.1 as the live pack" in published.stdout
     shadow = run("publish", str(DEFAULT_PACK), "--shadow", "--nats-url", nats_server.url)
     assert shadow.exit_code == 0
     failing = tmp_path / "failing.yaml"
-    failing.write_text(DEFAULT_PACK.read_text().replace("expect: deny, expect_ids: [no-secret-files]",
+    failing.write_text(DEFAULT_PACK.read_text().replace("expect: deny, expect_ids: [secrets-stay-in]",
                                                         "expect: allow"))
     refused = run("publish", str(failing), "--nats-url", nats_server.url)
     assert refused.exit_code == 1 and "tests fail" in refused.stderr
@@ -189,6 +189,6 @@ def test_publish_puts_a_tested_pack_live_or_in_shadow_and_refuses_a_failing_one(
         return result
 
     live, candidate = asyncio.run(stored())
-    assert live.version == candidate.version == "2026-11-26.2" and "policy.yaml" in live.files
+    assert live.version == candidate.version == "2026-12-04.1" and "policy.yaml" in live.files
     assert run("stop-shadow", "--nats-url", nats_server.url).exit_code == 0
     assert asyncio.run(stored())[1] is None

@@ -55,7 +55,7 @@ def test_tenant_classifiers_name_the_data_classes_they_find() -> None:
      ("open('notes.txt').read()", set()),
      ("import socket\nsocket.create_connection(('10.0.0.1', 22))", {"network"}),
      ("exec(bytes.fromhex('7072696e74283129').decode())", {"dynamic_code"}),
-     ("__import__('o' + 's').system('id')", {"dynamic_code"}),
+     ("__import__('o' + 's').system('id')", {"dynamic_code", "unreadable", "process"}),
      ("import ctypes", {"native_code"}),
      ("def broken(:\n  pass", {"unreadable"})],
 )

@@ -151,7 +151,7 @@ async def test_an_allowed_call_gets_a_signed_allow_naming_the_rule(
     assert event.decision.verify(load_keyring(keys_dir), issuers={"policy"}) == event.decision.decision
     assert (decision.digest, decision.call_id, decision.tool) == (request.digest, request.call_id, "terminal")
     assert (decision.tenant, decision.workspace, decision.session_id) == ("acme", "default", "sess-1")
-    assert decision.pack_version == "2026-11-26.2"
+    assert decision.pack_version == "2026-12-04.1"
     assert timedelta(seconds=55) < decision.expires_at - utcnow() <= timedelta(seconds=60)
 
 

@@ -165,6 +165,11 @@ class CedarEngine:
             if found:
                 facts["data_classes"] = set(found)
                 evidence["data_classes"] = ", ".join(f"{k}: {v}" for k, v in found.items())[:160]
+                if facts.get("outbound_to"):
+                    # Classified data on its way out: named by class and destination, never by the value found.
+                    facts["outbound_data"] = set(facts.get("outbound_data", ())) | set(found)
+                    sent = f"classified data ({', '.join(sorted(found))}) to {', '.join(sorted(facts['outbound_to']))}"
+                    evidence["outbound_data"] = "; ".join(filter(None, (evidence.get("outbound_data"), sent)))[:200]
         if facts.get("family") == "mcp":
             notes = policy.mcp_annotations(facts["mcp_server"], facts["mcp_tool"])
             facts["mcp_read_only"], facts["mcp_destructive"] = notes.read_only, notes.destructive

@@ -8,25 +8,37 @@ unpaired surrogates) come back as a `problem`, which every engine turns into a d
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from caduceus_policy.facts.code import RISKY_OPERATIONS, code_operations
+from caduceus_policy.facts.code import ENVIRONMENT, NETWORK, RISKY_OPERATIONS, code_facts
 from caduceus_policy.facts.content import find_secrets, strings_in
-from caduceus_policy.facts.paths import HostPaths, LexicalPaths, PathResolver, PathVerdict, Workspace
+from caduceus_policy.facts.paths import (
+    HostPaths,
+    LexicalPaths,
+    PathResolver,
+    PathVerdict,
+    Workspace,
+    holds_secrets,
+    normalize,
+    runs_later,
+)
 from caduceus_policy.facts.shell import analyze_command
 from caduceus_policy.facts.tools import FILE_WRITE_TOOLS, family_of, mcp_name, shape_problem
-from caduceus_policy.facts.urls import url_targets, urls_in_text
+from caduceus_policy.facts.urls import NO_LOOKUPS, DnsLookups, NameResolver, url_targets, urls_in_text
 
 # The facts a pack may name in `when:`, with their Cedar types; each is an attribute of the Cedar context.
 KNOWN_FACTS: dict[str, str] = {
     "family": "String",
     "path_outside_workspace": "Bool", "writes_outside_workspace": "Bool", "path_symlink_escape": "Bool",
+    "writes_run_later": "Bool",
     "touches_secret_file": "Bool", "paths": "Set<String>",
-    "binaries": "Set<String>", "command_unreadable": "Bool", "dynamic_command": "Bool",
+    "binaries": "Set<String>", "command_unreadable": "Bool", "dynamic_command": "Bool", "command_not_understood": "Bool",
     "decode_and_execute": "Bool", "fetch_and_execute": "Bool", "network": "Bool", "destructive": "Bool",
     "privilege_raising": "Bool",
     "url_hosts": "Set<String>", "url_schemes": "Set<String>", "url_classes": "Set<String>",
@@ -35,6 +47,7 @@ KNOWN_FACTS: dict[str, str] = {
     "mcp_server": "String", "mcp_tool": "String", "mcp_read_only": "Bool", "mcp_destructive": "Bool",
     "memory_write": "Bool", "skill_write": "Bool",
     "secrets_in_args": "Bool", "secret_kinds": "Set<String>", "data_classes": "Set<String>",
+    "outbound_data": "Set<String>", "outbound_to": "Set<String>",
     "risky": "Bool",
 }
 # URL host classes that are not the public internet.
@@ -134,11 +147,16 @@ _V4A_FILE = re.compile(r"^\*\*\* (?:Update File|Add File|Delete File|Move to):\s
 class _Collector:
     """Accumulates facts and their evidence while the extractors run."""
 
-    def __init__(self) -> None:
+    def __init__(self, workspace: Workspace, names: NameResolver = NO_LOOKUPS) -> None:
         self.facts: dict[str, Any] = {**_EMPTY_FACTS}
         for name in _SET_FACTS:
             self.facts[name] = set()
         self.evidence: dict[str, str] = {}
+        self.workspace = workspace
+        self.names = names
+        self.code_network = False
+        self.code_reads: list[str] = []  # data code reads that it could send: "contents of a.txt", "the environment"
+        self.code_hosts: list[str] = []
 
     def flag(self, name: str, evidence: str) -> None:
         self.facts[name] = True
@@ -154,9 +172,11 @@ class _Collector:
             self.flag("path_symlink_escape", f"{verdict.raw} -> {verdict.resolved}")
         if verdict.secret:
             self.flag("touches_secret_file", verdict.raw)
+        if written and runs_later(verdict.resolved):
+            self.flag("writes_run_later", f"{verdict.raw} (run later by git or a shell)")
 
     def add_url(self, url: str, default_scheme: str = "") -> None:
-        for target in url_targets(url, default_scheme=default_scheme):
+        for target in url_targets(url, default_scheme=default_scheme, names=self.names):
             if target.host:
                 self.facts["url_hosts"].add(target.host)
             if target.scheme:
@@ -168,10 +188,49 @@ class _Collector:
                 self.flag("url_cloud_metadata", url)
 
     def add_code(self, language: str, code: str) -> None:
-        operations, evidence = code_operations(code, language)
-        self.facts["code_operations"].update(operations)
-        if operations:
-            self.evidence.setdefault("code_operations", ", ".join(evidence)[:160])
+        found = code_facts(code, language)
+        self.facts["code_operations"].update(found.operations)
+        if found.operations:
+            self.evidence.setdefault("code_operations", ", ".join(found.evidence)[:160])
+        for raw in dict.fromkeys(found.paths_read):
+            verdict = self.workspace.check(raw)
+            self.add_path(verdict, written=False)
+            self.code_reads.append(verdict.contents)
+        for raw in dict.fromkeys(found.paths_written):
+            self.add_path(self.workspace.check(raw), written=True)
+        for host in found.hosts:
+            self.add_url(host, "tcp")
+            self.code_hosts.append(host)
+        if found.reads_files and not found.paths_read:
+            self.code_reads.append("file contents")
+        if ENVIRONMENT in found.operations:
+            self.code_reads.append("the environment")
+        self.code_network |= NETWORK in found.operations
+
+    def send(self, data: list[str], destinations: set[str]) -> None:
+        """Record data a call sends to destinations outside the workspace, by kind (never the value)."""
+        if not destinations:
+            return
+        self.facts["outbound_to"].update(destinations)
+        where = ", ".join(sorted(destinations))[:60]
+        for what in data:
+            kind = _data_kind(what)
+            self.facts["outbound_data"].add(kind)
+            shown = f"{what} to {where}"
+            previous = self.evidence.get("outbound_data")
+            if previous is None or shown not in previous:
+                self.evidence["outbound_data"] = (f"{previous}; {shown}" if previous else shown)[:200]
+
+
+def _data_kind(what: str) -> str:
+    """secret, secret_file, environment or file: the kinds of data `outbound_data` names."""
+    if what.startswith("secret ("):
+        return "secret"
+    if "(a secret file)" in what:
+        return "secret_file"
+    if what == "the environment":
+        return "environment"
+    return "file"
 
 
 def _empty(kind: str) -> Any:
@@ -183,14 +242,19 @@ _EMPTY_FACTS: dict[str, Any] = {name: _empty(kind) for name, kind in KNOWN_FACTS
 _SET_FACTS = tuple(name for name, kind in KNOWN_FACTS.items() if kind == "Set<String>")
 
 
-def extract_facts(tool: str, args: Mapping[str, Any], workspace: Workspace) -> tuple[dict[str, Any], dict[str, str]]:
+def extract_facts(tool: str, args: Mapping[str, Any], workspace: Workspace,
+                  names: NameResolver = NO_LOOKUPS) -> tuple[dict[str, Any], dict[str, str]]:
     """The facts of one call (see KNOWN_FACTS) and the evidence for those that hold."""
-    found = _Collector()
+    found = _Collector(workspace, names)
+    shell = None
     family = family_of(tool)
     found.facts["family"] = family
     writes = tool in FILE_WRITE_TOOLS or tool == "skill_manage"
     for path in paths_named(tool, args):
-        found.add_path(workspace.check(path), written=writes)
+        verdict = workspace.check(path)
+        if tool == "search_files" and holds_secrets(normalize(verdict.resolved)):
+            verdict = dataclasses.replace(verdict, secret=True)  # searching it reads the secret files below it
+        found.add_path(verdict, written=writes)
     if family == "terminal" and isinstance(args.get("command"), str):
         shell = analyze_command(args["command"], workspace, args.get("workdir"))
         facts = found.facts
@@ -201,6 +265,8 @@ def extract_facts(tool: str, args: Mapping[str, Any], workspace: Workspace) -> t
                 found.flag(name, shell.evidence.get(name, args["command"]))
         if shell.problems:
             found.flag("command_unreadable", "; ".join(shell.problems))
+        if shell.unmodelled:
+            found.flag("command_not_understood", "; ".join(shell.unmodelled))
         written = {id(verdict) for verdict in shell.written}  # every written path is also in shell.paths
         for verdict in shell.paths:
             found.add_path(verdict, written=id(verdict) in written)
@@ -229,18 +295,45 @@ def extract_facts(tool: str, args: Mapping[str, Any], workspace: Workspace) -> t
     if kinds:
         found.facts["secret_kinds"] = set(kinds)
         found.flag("secrets_in_args", ", ".join(kinds))
+    _outbound(found, family, tool, shell, kinds)
     return found.facts, found.evidence
+
+
+def _outbound(found: _Collector, family: str, tool: str, shell: Any, secret_kinds: list[str]) -> None:
+    """What the call sends outside the workspace, and where: web and browser tools and MCP tools send their
+    arguments; network commands send the files and data piped or uploaded; code with network operations can send
+    whatever it reads."""
+    facts = found.facts
+    hosts = set(facts["url_hosts"])
+    secrets = [f"secret ({', '.join(secret_kinds)})"] if secret_kinds else []
+    if family == "web":
+        found.send(secrets, hosts or {tool})
+    elif family == "mcp":
+        found.send(secrets, {f"MCP server {facts['mcp_server'] or tool}"})
+    if shell is not None and facts["network"]:
+        found.send([*secrets, *shell.uploads], hosts or {"the network"})
+    if found.code_network:
+        found.send([*secrets, *found.code_reads], set(found.code_hosts) or hosts or {"the network"})
+
+
+@functools.lru_cache(maxsize=1)
+def _host_dns() -> DnsLookups:
+    """One DNS cache per process."""
+    return DnsLookups()
 
 
 def is_risky(facts: Mapping[str, Any]) -> str | None:
     """The first fact that makes a call risky (for ask-when-risky approvals), or None."""
     for name in ("destructive", "privilege_raising", "decode_and_execute", "fetch_and_execute", "dynamic_command",
-                 "command_unreadable", "path_outside_workspace", "touches_secret_file", "url_private_network",
+                 "command_unreadable", "command_not_understood", "writes_run_later", "path_outside_workspace",
+                 "touches_secret_file", "url_private_network",
                  "secrets_in_args", "skill_write"):
         if facts.get(name):
             return name
     if set(facts.get("code_operations", ())) & RISKY_OPERATIONS:
         return "code_operations"
+    if facts.get("outbound_data"):
+        return "outbound_data"
     if facts.get("family") == "mcp" and facts.get("mcp_destructive"):
         return "mcp_destructive"
     if facts.get("data_classes"):
@@ -251,16 +344,22 @@ def is_risky(facts: Mapping[str, Any]) -> str | None:
 def request_facts(
     tenant: str, roles: tuple[str, ...], tool: str, args: Mapping[str, Any], workspace_root: PurePosixPath | str,
     *, user: str = "", workspace: str = "", resolver: PathResolver | None = None,
-    limits: ArgumentLimits = DEFAULT_LIMITS, approval_mode: str | None = None,
+    limits: ArgumentLimits = DEFAULT_LIMITS, approval_mode: str | None = None, names: NameResolver | None = None,
 ) -> RequestFacts:
-    """Bundle who, which tool and the extracted facts for an engine (never raises on bad arguments)."""
+    """Bundle who, which tool and the extracted facts for an engine (never raises on bad arguments).
+
+    Where paths are resolved on this host (`HostPaths`: the service, `caduceus policy eval`), host names in URLs
+    are resolved too, unless `names` says otherwise; elsewhere (audit replay) names are read as written.
+    """
     problem = argument_problem(args, limits) or shape_problem(tool, args)
     if problem is not None:
         return RequestFacts(tenant=tenant, roles=tuple(roles), tool=tool, args=args if isinstance(args, Mapping)
                             else {}, user=user, workspace=workspace, problem=problem,
                             approval_mode=approval_mode)
     try:
-        facts, evidence = extract_facts(tool, args, Workspace.at(workspace_root, resolver))
+        if names is None:
+            names = _host_dns() if isinstance(resolver, HostPaths) else NO_LOOKUPS
+        facts, evidence = extract_facts(tool, args, Workspace.at(workspace_root, resolver), names)
     except RecursionError:
         return RequestFacts(tenant=tenant, roles=tuple(roles), tool=tool, args=args, user=user, workspace=workspace,
                             problem="arguments are nested too deeply to read", approval_mode=approval_mode)

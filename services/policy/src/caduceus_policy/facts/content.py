@@ -22,6 +22,7 @@ _CREDENTIALS = re.compile(
     r"""(?x)
     (?P<aws_access_key>\b(?:AKIA|ASIA|AIDA|AGPA)[0-9A-Z]{16}\b)
     | (?P<private_key>-----BEGIN[A-Z0-9 ]{0,40}PRIVATE\ KEY-----)
+    | (?P<nats_credentials>-----BEGIN\ (?:NATS\ USER\ JWT|USER\ NKEY\ SEED)-----|\bS[UAONCPX][A-Z2-7]{56}\b)
     | (?P<github_token>\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b)
     | (?P<gitlab_token>\bglpat-[A-Za-z0-9_-]{20,}\b)
     | (?P<slack_token>\bxox[abposr]-[A-Za-z0-9-]{10,})

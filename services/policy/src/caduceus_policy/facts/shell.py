@@ -10,12 +10,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from caduceus_policy.facts.paths import PathVerdict, Workspace, looks_secret
+from caduceus_policy.facts.code import RISKY_OPERATIONS, code_facts
+from caduceus_policy.facts.paths import (
+    PathVerdict,
+    Workspace,
+    glob_may_match_secret,
+    holds_secrets,
+    looks_secret,
+    normalize,
+)
+from caduceus_policy.facts.programs import (
+    LATER,
+    MODELLED,
+    RUNS_WORKSPACE_CODE,
+    SYSTEM_PROGRAM_DIRS,
+    runs_commands_through,
+    unmodelled,
+)
 from caduceus_policy.facts.shell_syntax import Command, Script, Word, ansi_c, parse_script
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh", "rbash"})
@@ -60,7 +77,41 @@ _WRAPPERS: dict[str, tuple[frozenset[str], int]] = {
     "catchsegv": (frozenset(), 0), "busybox": (frozenset(), 0), "doas-keepenv": (frozenset(), 0),
 }
 _RESERVED = frozenset({"!", "{", "}", "then", "else", "elif", "fi", "do", "done", "while", "until", "if", "esac",
-                       "[[", "]]", "function", "coproc"})
+                       "coproc"})
+# Wrappers that run their command with arguments or timing the reader cannot know.
+_OPAQUE_WRAPPERS = frozenset({"xargs", "watch", "strace", "ltrace", "busybox", "firejail", "unbuffer", "flock",
+                              "faketime", "capsh", "torsocks", "proxychains", "proxychains4", "catchsegv", "nsenter",
+                              "unshare", "chroot", "setpriv", "doas-keepenv"})
+# Variables the executor's environment gives a value the reader knows well enough (HOME as `~`, the rest opaque).
+_WELL_KNOWN = {"HOME": "~", "USER": "user", "LOGNAME": "user", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               "TERM": "xterm", "HOSTNAME": "host", "SHELL": "/bin/sh", "PATH": "/usr/bin:/bin"}
+# Commands after which files the reader cannot name exist: archives unpacked, downloads under a remote name, code
+# pulled from elsewhere. (Package managers and builds write into their own directories: the workspace's own code.)
+_WRITES_UNNAMED = frozenset({"curl", "tar", "unzip", "7z", "7za", "wget", "git", "gunzip", "bunzip2", "unxz", "unzstd",
+                             "rsync", "scp", "sftp", "patch"})
+# Programs whose output carries the content of the files they read, and those that pass their input on.
+_READS_FILES = frozenset({"cat", "head", "tail", "base64", "base32", "xxd", "od", "hexdump", "gzip", "bzip2", "xz",
+                          "zstd", "tar", "zip", "strings", "sort", "uniq", "tac", "rev", "cut", "grep", "jq", "sed",
+                          "awk", "openssl", "gpg", "nl", "fold", "cp", "dd"})
+_PASSES_DATA = frozenset({"base64", "base32", "xxd", "od", "gzip", "bzip2", "xz", "zstd", "tr", "rev", "sed", "awk",
+                          "sort", "uniq", "cut", "head", "tail", "cat", "tee", "openssl", "gpg", "jq", "grep", "tac"})
+_INTERPRETERS = SHELLS | set(CODE_INTERPRETERS) | {"python", "python3", "node", "nodejs"}
+# Variables that say where programs load code from: fine inside the workspace, not understood outside it.
+_SEARCH_PATHS = frozenset({"PYTHONPATH", "PYTHONHOME", "NODE_PATH", "PERL5LIB", "PERLLIB", "RUBYLIB", "CLASSPATH",
+                           "GOPATH", "GEM_PATH", "GEM_HOME", "LUA_PATH", "LUA_CPATH"})
+# Options of build and test tools that name the project they run (and so whose code runs).
+_PROJECT_OPTIONS = ("-C", "-f", "--file", "--makefile", "--directory", "--prefix", "--rootdir", "--manifest-path",
+                    "-p", "--project", "--cwd", "--dir", "--chdir", "-c", "--config", "--config-file")
+# curl and wget options whose next word is a value, not a URL.
+_CURL_VALUED = frozenset({"-T", "--upload-file", "-d", "--data", "--data-binary", "--data-raw", "--data-ascii",
+                          "--data-urlencode", "--json", "-F", "--form", "-o", "--output", "-O", "-H", "--header",
+                          "-u", "--user", "-A", "--user-agent", "-e", "--referer", "-X", "--request", "-b",
+                          "--cookie", "-c", "--cookie-jar", "-E", "--cert", "--key", "--cacert", "-w", "--write-out",
+                          "-m", "--max-time", "--retry", "-r", "--range", "-z", "--output-document", "-P",
+                          "--post-data", "--post-file", "--body-file", "-U", "--resolve",
+                          "--connect-to", "-x", "--proxy", "--preproxy", "--socks5", "--socks5-hostname",
+                          "--socks4", "--socks4a", "--limit-rate", "--connect-timeout", "-K", "--config"})
+_BRACES = re.compile(r"\{[^{}]*(?:,|\.\.)[^{}]*\}")
 _LOOP_HEADS = frozenset({"for", "select", "case"})
 _HARMLESS_DEVICES = re.compile(r"^/dev/(?:null|zero|stdout|stderr|stdin|tty|u?random|fd/\d+)$")
 _DEV_NET = re.compile(r"/dev/(tcp|udp)/([^/\s]+)/(\d+)")
@@ -101,10 +152,19 @@ class ShellFacts:
     urls: list[tuple[str, str]] = field(default_factory=list)  # (url or bare host, default scheme)
     inline_code: list[tuple[str, str]] = field(default_factory=list)  # (language, code) run with -c / -e
     evidence: dict[str, str] = field(default_factory=dict)
+    # What the reader could not establish (unknown programs, options that run code, values known only at run
+    # time, things left to run later): a command is understood only when this stays empty.
+    unmodelled: list[str] = field(default_factory=list)
+    # Data a network command sends: "contents of notes.txt", "contents of .env (a secret file)", "the environment".
+    uploads: list[str] = field(default_factory=list)
 
     def flag(self, fact: str, evidence: str) -> None:
         setattr(self, fact, True)
         self.evidence.setdefault(fact, evidence[:120])
+
+    def unknown(self, reason: str) -> None:
+        if reason not in self.unmodelled:
+            self.unmodelled.append(reason[:160])
 
 
 @dataclass
@@ -114,6 +174,7 @@ class _Stage:
     output: str | None = None
     decoded: bool = False
     fetched: bool = False
+    data: str = ""  # what the output carries, when it is more than text: "contents of .env (a secret file)"
 
 
 def analyze_command(command: str, workspace: Workspace, workdir: object = None) -> ShellFacts:
@@ -133,11 +194,15 @@ class _Analyzer:
         self.facts = facts
         self.workspace = workspace
         self.cwd = cwd  # None: a directory only known at run time
+        self.variables: dict[str, str | None] = dict(_WELL_KNOWN)
+        self.wrote_unnamed = ""  # a command that wrote files the reader cannot name, once one has run
 
     # --- scripts and pipelines ----------------------------------------------------------
 
     def script(self, script: Script, depth: int, stdin: _Stage | None = None) -> _Stage:
         self.facts.problems.extend(script.problems)
+        for name in script.functions:
+            self.facts.unknown(f"defines the shell function `{name}` (a command name policy cannot follow)")
         last = _Stage()
         for pipeline in script.pipelines:
             upstream = stdin or _Stage()
@@ -152,11 +217,23 @@ class _Analyzer:
         if command.stdin_text is not None:
             upstream = _Stage(output=self.static(command.stdin_text, depth))
         for redirect in command.redirects:
-            self.redirect(redirect.op, redirect.target, depth)
+            verdict = self.redirect(redirect.op, redirect.target, depth)
+            if verdict is not None and redirect.op == "<":
+                upstream = _Stage(data=verdict.contents)
         words = self.strip_prefixes(command.words, depth)
         if not words:
+            if not command.groups:
+                self.assign(command.words, depth)
             return upstream if command.groups else _Stage()
         return self.run(words, upstream, depth)
+
+    def assign(self, words: list[Word], depth: int) -> None:
+        """`NAME=value` on its own: later words of the line see the value (when reading can know it)."""
+        for word in words:
+            if _ASSIGNMENT.match(word.text) and not word.text.split("=", 1)[0].endswith("+"):
+                name, _, _ = word.text.partition("=")
+                value = self.static(word, depth)
+                self.variables[name] = value.partition("=")[2] if value is not None else None
 
     def strip_prefixes(self, words: list[Word], depth: int) -> list[Word]:
         for word in words:
@@ -166,13 +243,20 @@ class _Analyzer:
         while index < len(words):
             word = words[index]
             if word.text in _LOOP_HEADS and not word.quoted:
+                if len(words) > index + 1:
+                    self.variables[words[index + 1].text] = None  # the loop variable: known only at run time
                 return []  # `for x in a b`: a header, not a command
+            if word.text == "function" and not word.quoted:
+                self.facts.unknown(LATER["function"])
+                return []
             if word.text in _RESERVED and not word.quoted:
                 index += 1
                 continue
-            if _ASSIGNMENT.match(word.text) and not word.quoted:
-                if word.text.split("=", 1)[0] in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"):
+            if word.assignment or _ASSIGNMENT.match(word.text) and not word.quoted:
+                variable = word.text.split("=", 1)[0].rstrip("+")
+                if variable in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"):
                     self.facts.flag("privilege_raising", word.text)
+                self.sets(variable, self.static(word, depth))
                 index += 1
                 continue
             break
@@ -182,12 +266,18 @@ class _Analyzer:
 
     def run(self, words: list[Word], upstream: _Stage, depth: int) -> _Stage:
         name_text = self.static(words[0], depth)
-        if name_text is None or words[0].glob:
+        if name_text is None or words[0].glob and name_text not in ("[", "[["):
             self.facts.flag("dynamic_command", _shown(words))
             self.facts.binaries.add("?")
             return _Stage()
+        workspace_program = False
         if "/" in name_text:
-            self.facts.paths.append(self.check(name_text))
+            verdict = self.check(name_text)
+            self.facts.paths.append(verdict)
+            if SYSTEM_PROGRAM_DIRS.search(verdict.resolved):
+                name_text = verdict.resolved  # a link to a system program runs under the program's own name
+            else:
+                workspace_program = self.runs_file(verdict, name_text)
         if words[0].subs and self.static_decoded(words[0], depth):
             self.facts.flag("decode_and_execute", _shown(words))  # a command name spelled by decoding
         name = posixpath.basename(name_text)
@@ -199,6 +289,8 @@ class _Analyzer:
         args = words[1:]
         texts = [self.static(word, depth) for word in args]
         shown = " ".join([name_text, *(t if t is not None else "$(...)" for t in texts)])
+        if not workspace_program:
+            self.model(name, words[0], args, texts, shown)
 
         if name in _WRAPPERS or name == "env":
             if name in PRIVILEGE_WRAPPERS:
@@ -206,7 +298,9 @@ class _Analyzer:
             if name in ("torsocks", "proxychains", "proxychains4"):
                 self.facts.flag("network", shown)
             rest = self.unwrap(name, args, texts, depth)
-            return self.run(rest, upstream, depth) if rest else _Stage()
+            if not rest:
+                return _Stage(data="the environment" if name == "env" else "")
+            return self.run(rest, upstream, depth)
         if name == "su":
             self.facts.flag("privilege_raising", shown)
             script = _option_value(texts, ("-c", "--command"))
@@ -220,6 +314,8 @@ class _Analyzer:
             if args and args[0].subs:
                 return self.execute_text(None, args[:1], upstream, depth, shown)
             self.paths(name, args, texts, depth)
+            if texts and texts[0] is not None:
+                self.runs_file(self.check(texts[0]), texts[0])
             return _Stage()
         if name in SHELLS or (name == "busybox" and texts[:1] == ["sh"]):
             return self.shell(args, texts, upstream, depth, shown)
@@ -231,12 +327,141 @@ class _Analyzer:
         if name == "cd" or name == "pushd":
             self.change_directory(texts)
             return _Stage()
+        if name in ("export", "declare", "typeset", "local", "readonly"):
+            self.assign([word for word in args if _ASSIGNMENT.match(word.text)], depth)
+            for word in args:
+                self.sets(word.text.split("=", 1)[0], self.static(word, depth))
+        if name == "read":
+            for text in texts:
+                if text is not None and not text.startswith("-"):
+                    self.variables[text] = None
 
         self.network(name, args, texts, shown)
+        self.sends(name, texts, upstream)
         self.destructive(name, texts, shown)
         self.privilege(name, texts, shown)
+        first_path = len(self.facts.paths)
         self.paths(name, args, texts, depth)
-        return self.output(name, texts, upstream, shown)
+        stage = self.output(name, texts, upstream, shown)
+        if name in _PASSES_DATA and not any(t for t in texts if t and not t.startswith("-")):
+            stage.data = upstream.data
+        elif name in _READS_FILES and len(self.facts.paths) > first_path:
+            stage.data = self.facts.paths[first_path].contents
+        elif name in ("env", "printenv", "set", "export", "declare"):
+            stage.data = "the environment"
+        return stage
+
+    def sends(self, name: str, texts: list[str | None], upstream: _Stage) -> None:
+        """Files and data a network command sends out: curl -d @f, -F x=@f, -T f, wget --post-file, scp f host:,
+        and whatever is piped or redirected into it."""
+        args = [t for t in texts if t is not None]
+        operands = [a for a in args if not a.startswith("-")]
+        if name == "git" and operands[:1] == ["push"]:
+            # A push to a URL named on the line (not a configured remote) sends the repository there.
+            if any("://" in o or re.match(r"^[\w.+-]+@[\w.-]+:", o) for o in operands[1:2]):
+                self.facts.uploads.append("the repository's contents")
+            return
+        if name not in NETWORK:
+            return
+        sent: list[str] = []
+        for index, arg in enumerate(args):
+            value = args[index + 1] if index + 1 < len(args) else ""
+            option, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+            value = inline or value
+            if name == "curl" and option in ("-d", "--data", "--data-binary", "--data-ascii", "--data-urlencode",
+                                             "--json") and "@" in value:
+                sent.append(value.split("@", 1)[1])
+            elif name == "curl" and option in ("-F", "--form") and re.search(r"=[@<]", value):
+                sent.append(re.split(r"=[@<]", value, maxsplit=1)[1].split(";", 1)[0])
+            elif name == "curl" and option in ("-T", "--upload-file"):
+                sent.append(value)
+            elif name == "wget" and option in ("--post-file", "--body-file"):
+                sent.append(value)
+        if name in ("scp", "rsync", "sftp"):
+            operands = [a for a in args if not a.startswith("-")]
+            if operands and re.match(r"^(?:[\w.+-]+@)?[\w.-]+:", operands[-1]):
+                sent.extend(o for o in operands[:-1] if not re.match(r"^(?:[\w.+-]+@)?[\w.-]+:", o))
+        for path in sent:
+            if path in ("-", ""):
+                if upstream.data:
+                    self.facts.uploads.append(upstream.data)
+                continue
+            verdict = self.check(path)
+            self.facts.paths.append(verdict)
+            self.facts.uploads.append(verdict.contents)
+        if upstream.data and name in ("nc", "ncat", "netcat", "socat", "telnet", "openssl", "ssh") or \
+                upstream.data and name == "curl" and any(a in ("-T", "--upload-file") for a in args):
+            self.facts.uploads.append(upstream.data)
+
+    def model(self, name: str, name_word: Word, args: list[Word], texts: list[str | None], shown: str) -> None:
+        """Record what keeps this program's run from being understood (see programs.py)."""
+        if _BRACES.search(name_word.text) and not name_word.quoted:
+            self.facts.unknown(f"brace expansion builds the command `{name_word.text[:40]}`")
+            return
+        if name in _OPAQUE_WRAPPERS:
+            self.facts.unknown(f"{name} runs a command in a way policy does not follow")
+        elif name not in _WRAPPERS and name != "env":
+            versioned = re.fullmatch(r"([a-z+]+?)-?[0-9][0-9.]*", name)  # python3.11, gcc-12, clang-15
+            modelled_as = versioned.group(1) if versioned and name not in MODELLED else name
+            reason = unmodelled(modelled_as, texts)
+            if reason is not None:
+                self.facts.unknown(reason)
+        if name == "git":
+            self.git_repository(texts)
+            for text in texts:  # `git show HEAD:.env` reads .env as the commit holds it
+                if text and ":" in text and not text.startswith("-") and "://" not in text:
+                    self.facts.paths.append(self.check(text.split(":", 1)[1] or "."))
+        if name in RUNS_WORKSPACE_CODE and not any(t in ("--version", "-V", "--help") for t in texts):
+            self.runs_project_code(name, texts)
+        if name not in ("echo", "printf", "eval", "cd", "pushd"):
+            for word, text in zip(args, texts, strict=True):
+                if text is None:
+                    self.facts.unknown(f"the value of `{_shown([word])[:40]}` is only known at run time")
+                    break
+
+    def runs_project_code(self, name: str, texts: list[str | None]) -> None:
+        """A build or test tool runs the code of the project it is pointed at: the workspace's is accepted, a
+        project outside it or one this command just fetched or unpacked is not."""
+        if self.wrote_unnamed:
+            self.facts.unknown(f"{name} runs code after `{self.wrote_unnamed}` wrote files policy cannot name")
+        places: list[str | None] = []
+        if name not in _INTERPRETERS:  # their -c and -p mean code, not a project; their scripts are checked apart
+            places = [texts[i + 1] for i, t in enumerate(texts[:-1]) if t in _PROJECT_OPTIONS]
+            places += [t.split("=", 1)[1] for t in texts if t and t.startswith(tuple(f"{o}=" for o in _PROJECT_OPTIONS))]
+        if self.cwd is None or not self.workspace.contains(self.cwd) or \
+                any(place is None or self.check(place).outside for place in places):
+            self.facts.unknown(f"{name} runs the code of a project outside the workspace")
+
+    def sets(self, variable: str, assignment: str | None) -> None:
+        """A variable set for a command: one through which programs run commands is not understood, nor a search
+        path (PYTHONPATH, NODE_PATH ...) that reaches outside the workspace."""
+        if runs_commands_through(variable):
+            self.facts.unknown(f"sets {variable}, through which programs run other commands")
+        elif variable in _SEARCH_PATHS:
+            value = assignment.partition("=")[2] if assignment is not None else None
+            if value is None or any(self.check(entry).outside for entry in value.split(":") if entry):
+                self.facts.unknown(f"sets {variable} to load code from outside the workspace")
+
+    def git_repository(self, texts: list[str | None]) -> None:
+        """git reads the configuration of the repository it runs in, and that configuration can run commands."""
+        places = [texts[i + 1] for i, t in enumerate(texts[:-1]) if t in ("-C", "--git-dir", "--work-tree")]
+        places += [t.split("=", 1)[1] for t in texts if t and t.startswith(("--git-dir=", "--work-tree="))]
+        outside = self.cwd is None or not self.workspace.contains(self.cwd) or \
+            any(place is None or self.check(place).outside for place in places)
+        if outside:
+            self.facts.unknown("git runs in a repository outside the workspace, whose configuration can run commands")
+
+    def runs_file(self, verdict: PathVerdict, shown: str) -> bool:
+        """A program or script run from a file: the workspace's own code is accepted (like `make` or a test runner)
+        unless this very command wrote it or wrote files it cannot name; anything else is not understood."""
+        if verdict.outside:
+            self.facts.unknown(f"runs {shown}, a file outside the workspace and the system's program directories")
+            return False
+        if verdict.resolved in {w.resolved for w in self.facts.written}:
+            self.facts.unknown(f"runs {shown}, which this command wrote")
+        elif self.wrote_unnamed:
+            self.facts.unknown(f"runs {shown} after `{self.wrote_unnamed}` wrote files policy cannot name")
+        return True
 
     def unwrap(self, name: str, args: list[Word], texts: list[str | None], depth: int) -> list[Word]:
         if name == "env":
@@ -253,6 +478,8 @@ class _Analyzer:
                 elif text.startswith("-") or _ENV_ASSIGNMENT.match(text):
                     if text.split("=", 1)[0] in ("LD_PRELOAD", "LD_AUDIT"):
                         self.facts.flag("privilege_raising", text)
+                    if _ENV_ASSIGNMENT.match(text):
+                        self.sets(text.split("=", 1)[0], text)
                     index += 1
                 else:
                     break
@@ -292,12 +519,16 @@ class _Analyzer:
         operands = [t for t in texts if t is not None and not t.startswith("-")]
         if operands or substituted:
             self.paths("sh", args, texts, depth)  # `bash script.sh`: runs a file
+            if operands:
+                self.runs_file(self.check(operands[0]), operands[0])
             return _Stage()
         return self.reads_stdin_as_code("sh", upstream, depth, shown)
 
     def interpreter(self, family: str, args: list[Word], texts: list[str | None], upstream: _Stage, depth: int,
                     shown: str) -> _Stage:
         inline_flags = "-c" if family == "python" else CODE_INTERPRETERS.get(family, "")
+        if any(t in ("--version", "-V", "--help", "-h", "-v") for t in texts[:1]):
+            return _Stage()  # prints and exits: reads no code
         for index, text in enumerate(texts):
             if text is None:
                 continue
@@ -312,14 +543,30 @@ class _Analyzer:
                     self.executes(word, depth, shown)
                 else:
                     self.facts.inline_code.append((family, code))
+                    self.inline_code_understood(family, code)
                     if word.subs and self.static_decoded(word, depth):
                         self.facts.flag("decode_and_execute", shown)
                 return _Stage()
         operands = [t for t in texts if t is not None and not t.startswith("-")]
         if operands and operands[0] != "-":
             self.paths(family, args, texts, depth)
+            if not (family == "python" and any(t in ("-m",) or (t or "").startswith("-m") for t in texts)):
+                self.runs_file(self.check(operands[0]), operands[0])
             return _Stage()
         return self.reads_stdin_as_code(family, upstream, depth, shown)
+
+    def inline_code_understood(self, family: str, code: str) -> None:
+        """Python given on the command line is read like execute_code; other languages' code is not read."""
+        if family != "python":
+            self.facts.unknown(f"{family} code given on the command line is not read")
+            return
+        found = code_facts(code, "python")
+        operations, evidence = found.operations, found.evidence
+        for path in found.paths_written:  # `python3 -c 'open("x.sh", "w")...' && sh x.sh` runs what it wrote
+            self.facts.written.append(self.check(path))
+        risky = sorted(operations & RISKY_OPERATIONS)
+        if risky:
+            self.facts.unknown(f"python code on the command line does {', '.join(risky)} ({', '.join(evidence)})")
 
     def reads_stdin_as_code(self, family: str, upstream: _Stage, depth: int, shown: str) -> _Stage:
         if upstream.fetched:
@@ -333,6 +580,7 @@ class _Analyzer:
             self.script(parse_script(upstream.output, depth + 1), depth + 1)
         else:
             self.facts.inline_code.append((family, upstream.output))
+            self.inline_code_understood(family, upstream.output)
         return _Stage()
 
     def inline_script(self, word: Word | None, script: str | None, depth: int) -> None:
@@ -387,7 +635,10 @@ class _Analyzer:
         """The word's value if reading can know it (substitutions of pure pipelines are evaluated)."""
         if not word.dynamic:
             return word.text
-        return word.with_outputs([self.evaluate(sub, depth) for sub in word.subs])
+        variables = self.variables
+        if "PWD" in word.variables:
+            variables = {**variables, "PWD": str(self.cwd) if self.cwd is not None else None}
+        return word.with_outputs([self.evaluate(sub, depth) for sub in word.subs], variables)
 
     def static_decoded(self, word: Word, depth: int) -> bool:
         return any(self.pipeline_kind(sub).decoded for sub in word.subs)
@@ -425,14 +676,45 @@ class _Analyzer:
         if name == "git" and texts[:1] and texts[0] in ("clone", "fetch", "pull", "push", "ls-remote", "remote",
                                                          "submodule", "archive"):
             self.facts.flag("network", shown)
+            for text in texts[1:]:
+                if text and (remote := re.match(r"^[\w.+-]+@([\w.-]+):", text)):
+                    self.facts.urls.append((remote.group(1), "ssh"))  # git@host:path, ssh's scp-like form
         if name not in NETWORK:
             return
         self.facts.flag("network", shown)
         scheme = {"ssh": "ssh", "scp": "ssh", "sftp": "sftp", "rsync": "rsync", "telnet": "telnet"}.get(name, "http")
         if name in ("nc", "ncat", "netcat", "socat", "ping", "ping6", "dig", "nslookup", "host", "nmap", "traceroute"):
             scheme = "tcp"
-        for text in texts:
+        for index, text in enumerate(texts):
+            option, _, inline = (text or "").partition("=") if (text or "").startswith("--") else (text or "", "", "")
+            value = inline or (texts[index + 1] or "" if index + 1 < len(texts) else "")
+            if name == "curl" and option in ("--resolve", "--connect-to"):
+                # --resolve host:port:address, --connect-to host:port:host2:port2: the address really connected to
+                parts = re.split(r":(?![^\[]*\])", value)
+                target = parts[2] if option == "--resolve" and len(parts) > 2 else \
+                    parts[2] if len(parts) > 3 else ""
+                if target:
+                    self.facts.urls.append((target.strip("[]").split(",")[0], "http"))
+            elif name == "curl" and option in ("-x", "--proxy", "--preproxy", "--socks4", "--socks4a", "--socks5",
+                                               "--socks5-hostname") and value:
+                self.facts.urls.append((value, "http"))
+        operand_index = 0
+        for index, text in enumerate(texts):
             if text is None or text.startswith("-") and "://" not in text:
+                continue
+            previous = texts[index - 1] if index else None
+            if name in ("curl", "wget") and previous is not None and (previous in _CURL_VALUED or
+                                                                    re.fullmatch(r"-[A-Za-z]*[TdFoHuAeXbcEw]",
+                                                                                 previous)):
+                continue  # an option's value (a file, a header, a method), not where the request goes
+            operand_index += 1
+            if name in ("nc", "ncat", "netcat", "telnet") and text.isdigit() and operand_index > 1 or \
+                    text.isdigit() and previous is not None and re.fullmatch(r"-[A-Za-z]", previous):
+                continue  # the port after the host; an option's count (`ping -c 3`)
+            if name in ("scp", "rsync", "sftp") and "://" not in text and not re.match(r"^[^/]*[:@]", text):
+                continue  # a local file
+            if re.match(r"^(?i:https?|wss?|ftp):", text):
+                self.facts.urls.append((text, ""))  # http:/x and http:x are http://x to curl and browsers
                 continue
             if name == "socat" and ":" in text:
                 _, _, text = text.partition(":")
@@ -535,12 +817,12 @@ class _Analyzer:
 
     def change_directory(self, texts: list[str | None]) -> None:
         target = next((t for t in texts if t is None or not t.startswith("-")), "~")
-        if target is None or target == "-" or target.startswith("~"):
+        if target is None or target == "-":
             self.cwd = None
             return
         verdict = self.check(target)
         self.facts.paths.append(verdict)
-        self.cwd = PurePosixPath(verdict.resolved) if not verdict.resolved.startswith("?") else None
+        self.cwd = PurePosixPath(normalize(verdict.resolved)) if not verdict.resolved.startswith("?") else None
 
     def paths(self, name: str, args: list[Word], texts: list[str | None], depth: int) -> None:
         operands = [(i, t) for i, t in enumerate(texts) if t is not None and t != "--"]
@@ -557,6 +839,11 @@ class _Analyzer:
         elif name in ("sed", "perl") and any(t.startswith("-i") or t == "--in-place" for _, t in operands):
             plain = [i for i, t in operands if not t.startswith("-")]
             written = set(plain[1:]) if name == "sed" else set(plain)
+        flags = "".join(t[1:] for _, t in operands if t.startswith("-") and not t.startswith("--"))
+        recursive = name in ("rg", "ag", "ack", "tar", "zip", "rsync") or name in ("grep", "egrep", "fgrep", "cp") and \
+            (any(flag in flags for flag in "rRa") or any(t in ("--recursive", "--archive") for _, t in operands))
+        if name in _WRITES_UNNAMED and not self.wrote_unnamed and _writes_unnamed(name, texts):
+            self.wrote_unnamed = " ".join(t for t in [name, *texts[:2]] if t is not None)
         for index, text in operands:
             value = text
             if name == "dd" and text.startswith(("of=", "if=")):
@@ -568,33 +855,49 @@ class _Analyzer:
             elif text.startswith("-"):
                 continue
             previous = texts[index - 1] if index else None
-            if previous in ("-o", "-O", "--output", "--output-document", "-P", "--directory-prefix", "-C", "-d",
-                            "--directory") and name in ("curl", "wget", "tar", "unzip", "git", "aria2c"):
+            if previous in ("-o", "--output", "--output-file", "--out", "--log-file") or \
+                    text.startswith(("--output=", "--output-file=", "--log-file=", "--out=")):
+                written.add(index)  # sort -o, git diff --output=, pytest --log-file=: the file is written
+            if (previous in ("-o", "-O", "--output", "--output-document", "-P", "--directory-prefix", "-C", "-d",
+                             "--directory") or name in ("curl", "wget") and previous is not None and
+                    re.fullmatch(r"-[A-Za-z]*[oO]", previous)) and name in ("curl", "wget", "tar", "unzip", "git",
+                                                                             "aria2c"):
                 written.add(index)
-            if not _path_like(value) and index not in written:
+            outside_cwd = self.cwd is None or not self.workspace.contains(self.cwd)
+            if not _path_like(value) and index not in written and not _BRACES.search(value) and not outside_cwd and \
+                    not any(c in value for c in "*?["):
                 continue
             if "://" in value or _HARMLESS_DEVICES.match(value):
                 continue
+            for spelling in _brace_expansions(value)[1:]:  # `{.e,}nv` is `.env nv`: each is a path of its own
+                self.facts.paths.append(self.check(spelling))
             verdict = self.check(value)
+            if recursive and holds_secrets(normalize(verdict.resolved)) and index not in written:
+                verdict = dataclasses.replace(verdict, secret=True)  # `grep -r x ~` reads the secrets below ~
             self.facts.paths.append(verdict)
+            if name in ("cp", "ln", "install", "mv", "rsync", "dd") and SYSTEM_PROGRAM_DIRS.search(verdict.resolved) \
+                    and index not in written:
+                self.facts.unknown(f"{name} copies the program {verdict.resolved} (a program under another name)")
             if index in written:
                 self.facts.written.append(verdict)
                 if _sensitive_write(verdict):
                     self.facts.flag("privilege_raising", f"{name} {value}")
 
-    def redirect(self, op: str, target: Word, depth: int) -> None:
+    def redirect(self, op: str, target: Word, depth: int) -> PathVerdict | None:
         text = self.static(target, depth)
         if text is None:
             self.facts.problems.append("a redirection target is only known at run time")
-            return
+            return None
         if match := _DEV_NET.search(text):
             self.facts.flag("network", f"{op} {text}")
             self.facts.urls.append((f"{match.group(1)}://{match.group(2)}:{match.group(3)}", ""))
-            return
+            if op not in ("<", "<&"):
+                self.facts.uploads.append("command output")
+            return None
         if op in (">&", "<&") and (text.isdigit() or text == "-"):
-            return
+            return None
         if _HARMLESS_DEVICES.match(text):
-            return
+            return None
         verdict = self.check(text)
         self.facts.paths.append(verdict)
         if op not in ("<", "<&"):
@@ -603,10 +906,12 @@ class _Analyzer:
                 self.facts.flag("privilege_raising", f"{op} {text}")
             if re.match(r"^/dev/(?:sd|nvme|hd|vd|xvd|mmcblk|mem|kmem|port)", verdict.resolved):
                 self.facts.flag("destructive", f"{op} {text}")
+        return verdict
 
     def check(self, path: str) -> PathVerdict:
         if self.cwd is None and not path.startswith(("/", "~")):
-            return PathVerdict(path, f"?/{path}", outside=True, via_symlink=False, secret=looks_secret(path))
+            return PathVerdict(path, f"?/{path}", outside=True, via_symlink=False,
+                               secret=looks_secret(path) or glob_may_match_secret(path))
         return self.workspace.check(path, self.cwd)
 
 
@@ -615,7 +920,8 @@ def _leaves_or_is_root(verdict: PathVerdict, workspace: Workspace) -> bool:
 
 
 def _shown(words: list[Word]) -> str:
-    return " ".join(word.text.replace("\ue000", "$(").replace("\ue001", ")") for word in words)
+    return " ".join(re.sub("\ue000\\d+\ue001", "$(...)", word.text).replace("\ue002", "$").replace("\ue003", "")
+                    for word in words)
 
 
 def _option_value(texts: list[str | None], options: tuple[str, ...]) -> str | None:
@@ -626,6 +932,51 @@ def _option_value(texts: list[str | None], options: tuple[str, ...]) -> str | No
             if text and option.startswith("--") and text.startswith(option + "="):
                 return text.split("=", 1)[1]
     return None
+
+
+def _writes_unnamed(name: str, texts: list[str | None]) -> bool:
+    """Does this run leave files whose names the reader does not know (extracting, downloading, cloning)?"""
+    args = [t for t in texts if t is not None]
+    operands = [t for t in args if not t.startswith("-")]
+    if name == "tar":
+        return any(not a.startswith("--") and "x" in a or a in ("--extract", "--get") for a in args[:2])
+    if name == "curl":
+        return any(a in ("--remote-name", "--remote-name-all") or re.fullmatch(r"-[A-Za-z]*[OJ][A-Za-z]*", a)
+                   for a in args)
+    if name == "wget":
+        return not any(a in ("-O", "--output-document") or a.startswith("--output-document=") for a in args)
+    if name == "git":
+        return bool(operands[:1]) and operands[0] in ("clone", "pull", "checkout", "fetch", "am", "apply", "merge",
+                                                      "submodule", "switch", "restore", "stash", "reset")
+    return True
+
+
+def _brace_expansions(text: str, limit: int = 64) -> list[str]:
+    """`a{b,c}d` as bash expands it (`abd acd`; `{1..3}` too), the text itself first; at most `limit`."""
+    results, pending = [text], [text]
+    while pending and len(results) < limit:
+        current = pending.pop()
+        match = _BRACES.search(current)
+        if match is None:
+            continue
+        body = match.group(0)[1:-1]
+        if ".." in body and "," not in body:
+            low, _, high = body.partition("..")
+            if low.isdigit() and high.isdigit() and abs(int(high) - int(low)) < limit:
+                step = 1 if int(high) >= int(low) else -1
+                choices = [str(n) for n in range(int(low), int(high) + step, step)]
+            elif len(low) == 1 and len(high) == 1:
+                choices = [chr(c) for c in range(min(ord(low), ord(high)), max(ord(low), ord(high)) + 1)][:limit]
+            else:
+                continue
+        else:
+            choices = body.split(",")
+        for choice in choices:
+            expanded = current[:match.start()] + choice + current[match.end():]
+            if expanded not in results:
+                results.append(expanded)
+                pending.append(expanded)
+    return results[:limit]
 
 
 def _path_like(text: str) -> bool:

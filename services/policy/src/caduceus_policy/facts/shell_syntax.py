@@ -10,8 +10,11 @@ globs) is marked dynamic. What cannot be read (an unclosed quote) is reported, n
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ASSIGNMENT_START = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\+?=")
 MAX_DEPTH = 16  # nesting of substitutions and `sh -c` scripts; deeper is reported as unreadable
 _OPERATORS = ("&&", "||", ";;", "|&", "|", "&", ";", "\n")
 _REDIRECTS = ("&>>", "&>", "<<<", "<<-", "<<", ">>", ">&", "<&", ">|", "<>", ">", "<")
@@ -31,18 +34,34 @@ class Word:
     dynamic: bool = False
     quoted: bool = False
     glob: bool = False
-    # Set by $VAR, ${...} and $((...)): a value no reading of the line can know.
+    # Set by $1, ${x:-y}, $((...)) and the like: a value no reading of the line can know.
     unknown: bool = False
+    # Starts with an unquoted `NAME=` (an assignment even when its value is quoted: `PAGER='less -R'`).
+    assignment: bool = False
     subs: list[Script] = field(default_factory=list)
+    # `$NAME` and `${NAME}`: known when the line itself (or the well-known environment) gives NAME a value.
+    variables: list[str] = field(default_factory=list)
 
-    def with_outputs(self, outputs: list[str | None]) -> str | None:
-        """The word's text with each substitution replaced by its output, or None when any is unknown."""
+    def with_outputs(self, outputs: list[str | None],
+                     variables: Mapping[str, str | None] | None = None) -> str | None:
+        """The word's text with each substitution replaced by its output and each variable by its value, or None
+        when any is unknown."""
         if self.unknown or len(outputs) != len(self.subs) or any(o is None for o in outputs):
             return None
         text = self.text
         for index, output in enumerate(outputs):
             text = text.replace(sub_marker(index), (output or "").rstrip("\n"))
+        for name in self.variables:
+            value = (variables or {}).get(name)
+            if value is None:
+                return None
+            text = text.replace(variable_marker(name), value)
         return text
+
+
+def variable_marker(name: str) -> str:
+    """Stands for the value of variable `name` inside a word's text."""
+    return f"\ue002{name}\ue003"
 
 
 def sub_marker(index: int) -> str:
@@ -73,6 +92,7 @@ class Script:
 
     pipelines: list[list[Command]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)  # names given a body with `name() { ...; }`
 
     def commands(self) -> list[Command]:
         return [command for pipeline in self.pipelines for command in pipeline]
@@ -175,6 +195,7 @@ class _Reader:
                 raise _Unreadable("unexpected `)`")
             if char == "(" and self.text.startswith("()", self.i):
                 self.i += 2  # `name() { ...; }` defines a function: its body is read as commands below
+                script.functions.extend(word.text for word in command.words[-1:])
                 command = Command()
                 continue
             redirect = self.redirect()
@@ -253,6 +274,8 @@ class _Reader:
         while not self.at_end():
             plain = _PLAIN_RUN.match(self.text, self.i)
             if plain is not None:
+                if not parts and _ASSIGNMENT_START.match(plain.group()):
+                    word.assignment = True
                 parts.append(plain.group())
                 self.i = plain.end()
                 continue
@@ -354,15 +377,25 @@ class _Reader:
             word.dynamic = True
             return sub_marker(len(word.subs) - 1)
         if nxt == "{":
+            start = self.i + 2
             self.i += 2
             self.skip_balanced("{", "}")
-            word.dynamic = word.unknown = True
+            name = self.text[start:self.i - 1]
+            word.dynamic = True
+            if _NAME.fullmatch(name):
+                word.variables.append(name)
+                return variable_marker(name)
+            word.unknown = True
             return "${...}"
         if nxt and (nxt.isalnum() or nxt in "_@*#?$!-"):
+            start = self.i + 1
             self.i += 2
             if nxt.isalpha() or nxt == "_":
                 while not self.at_end() and (self.peek().isalnum() or self.peek() == "_"):
                     self.i += 1
+                word.dynamic = True
+                word.variables.append(self.text[start:self.i])
+                return variable_marker(self.text[start:self.i])
             word.dynamic = word.unknown = True
             return "$VAR"
         self.i += 1
