@@ -165,7 +165,7 @@ def test_diff_shows_what_a_new_pack_would_change_on_recorded_calls(tmp_path: Pat
 
 def test_diff_without_an_audit_store_says_how_to_get_one(tmp_path: Path) -> None:
     result = run("diff", str(DEFAULT_PACK), str(DEFAULT_PACK), "--state-dir", str(tmp_path))
-    assert result.exit_code == 1 and "no audit store at" in result.stderr
+    assert result.exit_code == 2 and "no audit store at" in result.stderr
 
 
 def test_publish_puts_a_tested_pack_live_or_in_shadow_and_refuses_a_failing_one(nats_server: Any,

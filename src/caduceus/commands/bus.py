@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from caduceus.bus_roles import permission_file
+from caduceus.scripting import BAD, USAGE, AsJson, print_json, require_readable
 from caduceus_bus import BusAuthority, CredentialError, PermissionsError, load_permissions, render_permissions
 from caduceus_bus.authority import WORKER_SIGNING_FILE
 
@@ -32,6 +33,7 @@ def authority(
                                                         "existing keys are kept, so credentials stay valid).")],
     permissions: Annotated[Path | None, typer.Option(help="A permission file to use instead of the one the code "
                                                           "implies (`caduceus bus permissions`).")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Write nats-server's authorization and one credential per service from the permission file.
 
@@ -40,16 +42,27 @@ def authority(
     CADUCEUS_NATS_WORKER_SIGNING: it mints each worker's credential, confined to its tenant). Run it again after
     editing the permission file, then reload nats-server and restart the services.
     """
+    if permissions is not None:
+        require_readable(permissions, "permission file", err)
     try:
         rules = load_permissions(permissions) if permissions else permission_file()
+    except PermissionsError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(BAD) from None
+    try:
         bus = BusAuthority(out_dir, rules)
         config = bus.write_all()
-    except (PermissionsError, CredentialError) as exc:
+    except CredentialError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(USAGE) from None
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot write to {escape(str(out_dir))}: {escape(exc.strerror or str(exc))}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(USAGE) from None
+    if as_json:
+        print_json({"server_conf": str(config), "credentials": {role: str(out_dir / f"{role}.creds")
+                                                                 for role in rules.services},
+                    "worker_signing": str(out_dir / WORKER_SIGNING_FILE)})
+        return
     out.print(f"nats-server authorization: {escape(str(config))}  (in nats.conf: include {config.name})")
     for role in rules.services:
         out.print(f"  {role:<9} {escape(str(out_dir / f'{role}.creds'))}")
@@ -63,7 +76,8 @@ def permissions_command(
                                                      "infra/nats/permissions.yaml.")] = None,
     check: Annotated[list[Path] | None, typer.Option("--check", help="Exit 1 if this file (repeatable) differs "
                                                      "from what the code implies.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the roles as JSON instead of YAML.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the roles as one JSON document instead of YAML.")]
+    = False,
 ) -> None:
     """Print who may publish and subscribe to what, as the route tables of every service and worker imply.
 
@@ -78,18 +92,18 @@ def permissions_command(
         for path in stale:
             err.print(f"{escape(str(path))} differs from the code: run `caduceus bus permissions --write "
                       f"{escape(str(path))}`")
-        raise typer.Exit(1 if stale else 0)
+        raise typer.Exit(BAD if stale else 0)
     for path in write or []:
         try:
             path.write_text(text, encoding="utf-8")
         except OSError as exc:
             err.print(f"[red]error:[/red] cannot write {escape(str(path))}: {escape(exc.strerror or str(exc))}")
-            raise typer.Exit(2) from None
+            raise typer.Exit(USAGE) from None
         err.print(f"wrote {escape(str(path))}")
     if write:
         return
     if as_json:
-        print(rules.model_dump_json(indent=2))
+        print_json(rules.model_dump(mode="json"))
     else:
         print(text, end="")
 

@@ -10,6 +10,7 @@ from caduceus_directory.model import (
     CustomRole,
     Directory,
     DirectoryError,
+    DirectoryUnreadable,
     Issuer,
     Member,
     MemoryScope,
@@ -22,6 +23,6 @@ from caduceus_directory.source import DirectorySource, load_directory
 
 __all__ = [
     "ADMIN_ROLES", "DIRECTORY_FORMAT", "TIERS", "ApprovalMode", "CustomRole", "Directory", "DirectoryError",
-    "DirectorySource", "Issuer", "Member", "MemoryScope", "Tenant", "User", "load_directory", "memory_scope",
-    "parse_directory",
+    "DirectorySource", "DirectoryUnreadable", "Issuer", "Member", "MemoryScope", "Tenant", "User", "load_directory",
+    "memory_scope", "parse_directory",
 ]

@@ -47,6 +47,10 @@ class DirectoryError(ValueError):
     """The tenants file is missing or wrong; the message names the file and what to fix."""
 
 
+class DirectoryUnreadable(DirectoryError):
+    """The tenants file could not be read at all (missing, no permission), as opposed to read and found wrong."""
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
