@@ -164,6 +164,44 @@ def test_the_exit_codes_are_in_the_apps_help() -> None:
     assert "| 0 | " in (ROOT / "README.md").read_text() and "--json" in readme
 
 
+SEVERAL_PROBLEMS = """\
+tenants:
+  acme:
+    display_name: Acme
+    memory: everyone
+    users:
+      dana: {email: d@x, roles: [boss]}
+      erin: {email: not-an-email, roles: [member]}
+    groups:
+      admins: [superuser]
+  globex:
+    display_name: Globex
+    user:
+      zed: {email: z@globex.example}
+"""
+
+
+def test_tenants_apply_reports_every_problem_of_a_file_in_one_run_with_its_line(state: Path, tmp_path: Path) -> None:
+    before = (state / "tenants.yaml").read_text()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(SEVERAL_PROBLEMS)
+    refused = caduceus("tenants", "apply", broken, "--state-dir", state)
+    assert refused.exit_code == 1
+    said = flat(refused.stderr)
+    assert "has 5 problem(s)" in said
+    for expected in ("line 4: tenants.acme.memory: 'everyone' is not allowed",
+                     "line 6: tenants.acme.users.dana.roles: user 'dana' has unknown role(s) ['boss']",
+                     "line 7: tenants.acme.users.erin.email: 'not-an-email'",
+                     "line 9: tenants.acme.groups.admins: group 'admins' maps to unknown role(s) ['superuser']",
+                     "line 12: tenants.globex.user: unknown key"):
+        assert expected in said
+    as_json = json.loads(caduceus("tenants", "apply", broken, "--state-dir", state, "--json").stdout)
+    assert [(p["line"], p["where"]) for p in as_json["problems"]] == [
+        (4, "tenants.acme.memory"), (6, "tenants.acme.users.dana.roles"), (7, "tenants.acme.users.erin.email"),
+        (9, "tenants.acme.groups.admins"), (12, "tenants.globex.user")]
+    assert (state / "tenants.yaml").read_text() == before
+
+
 def test_hints_repeat_the_state_dir_the_user_gave(files: Path) -> None:
     nowhere = files / "nowhere"
     for args in (["status"], ["chat", "hello"], ["approvals", "list"], ["audit", "timeline", "--session", "s1"],

@@ -103,7 +103,7 @@ def apply(source: Annotated[Path, typer.Argument(help="The new tenants.yaml.", e
     Nothing changes when the file has a problem: every problem is listed with where it is (exit 1; exit 2 when
     the file cannot be read).
     """
-    new = _read(source)
+    new = _read(source, as_json)
     target = access(state_dir, tenants_file).tenants_file
     old = _current(target)
     text = source.read_text(encoding="utf-8")
@@ -113,7 +113,7 @@ def apply(source: Annotated[Path, typer.Argument(help="The new tenants.yaml.", e
     os.replace(staged, target)
     changes = _changes(old, new)
     if as_json:
-        print_json({"applied": str(source), "to": str(target), "tenants": sorted(new.tenants), "changes": changes})
+        print_json({"ok": True, "applied": str(source), "to": str(target), "tenants": sorted(new.tenants), "changes": changes})
         return
     for line in changes or ["no change to tenants or people"]:
         out.print(f"  {escape(line)}")
@@ -145,9 +145,13 @@ def _changes(old: Directory, new: Directory) -> list[str]:
     return lines
 
 
-def _read(path: Path) -> Directory:
+def _read(path: Path, as_json: bool = False) -> Directory:
+    """The tenants file, or exit: 2 when it cannot be read, 1 listing every problem when it can but is wrong."""
     try:
         return load_directory(path)
     except DirectoryError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
+        if as_json:
+            print_json({"ok": False, "file": str(path), "problems": [
+                {"line": p.line, "where": p.where, "message": p.message} for p in exc.problems]})
         raise typer.Exit(USAGE if isinstance(exc, DirectoryUnreadable) else BAD) from None

@@ -14,6 +14,7 @@ from caduceus_directory.model import (
     Issuer,
     Member,
     MemoryScope,
+    Problem,
     Tenant,
     User,
     memory_scope,
@@ -23,6 +24,6 @@ from caduceus_directory.source import DirectorySource, load_directory
 
 __all__ = [
     "ADMIN_ROLES", "DIRECTORY_FORMAT", "TIERS", "ApprovalMode", "CustomRole", "Directory", "DirectoryError",
-    "DirectorySource", "DirectoryUnreadable", "Issuer", "Member", "MemoryScope", "Tenant", "User", "load_directory",
+    "DirectorySource", "DirectoryUnreadable", "Issuer", "Member", "MemoryScope", "Problem", "Tenant", "User", "load_directory",
     "memory_scope", "parse_directory",
 ]
