@@ -81,6 +81,8 @@ def _moment(moment: Moment) -> Text | Panel:
 
 def _call(story: CallStory) -> Group:
     facts = Table.grid(padding=(0, 2))
+    facts.add_column(no_wrap=True)
+    facts.add_column(overflow="fold")  # the call id and digest are copied into other commands: folded, never cut
     facts.add_row("call", story.call_id)
     facts.add_row("workspace", story.workspace or "-")
     facts.add_row("digest", story.facts.digest or "-")

@@ -81,7 +81,8 @@ def list_(tenant: Tenant = "acme", user: User = "carol", token: Token = None, ur
         out.print("nothing decided yet" if decided else "nothing waits for you")
         return
     table = Table(show_edge=False)
-    table.add_column("call id", no_wrap=True)  # copied into `approve`/`deny`: never wrapped
+    # Copied into `show`/`approve`/`deny`: never wrapped, never cut (a narrow terminal shrinks the other columns).
+    table.add_column("call id", no_wrap=True, min_width=max(len(view.call_id) for view in views))
     for column in ("tool", "asked by", "status" if decided else "time left", "reason"):
         table.add_column(column)
     for view in views:
