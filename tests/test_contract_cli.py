@@ -202,6 +202,15 @@ def test_tenants_apply_reports_every_problem_of_a_file_in_one_run_with_its_line(
     assert (state / "tenants.yaml").read_text() == before
 
 
+def test_sandbox_check_reports_every_problem_of_a_policy_in_one_run(tmp_path: Path) -> None:
+    policy = tmp_path / "broken.yaml"
+    policy.write_text("version: 1\nname: broken\nnetwork: {egress: everywhere}\nprocess: {max_processes: lots}\n")
+    refused = caduceus("sandbox", "check", policy)
+    assert refused.exit_code == 1
+    assert "has 2 problems" in refused.stderr
+    assert "network.egress:" in refused.stderr and "process.max_processes:" in refused.stderr
+
+
 def test_hints_repeat_the_state_dir_the_user_gave(files: Path) -> None:
     nowhere = files / "nowhere"
     for args in (["status"], ["chat", "hello"], ["approvals", "list"], ["audit", "timeline", "--session", "s1"],
