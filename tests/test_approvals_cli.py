@@ -122,6 +122,9 @@ def test_stack_commands_answer_json_and_their_hints_carry_the_state_dir(stack) -
     carol = mint_dev_token(stack.info.dev_issuer_url, "acme", "carol")
     who = runner.invoke(app, ["whoami", "--token", carol, "--state-dir", str(root), "--json"])
     assert who.exit_code == 0 and json.loads(who.stdout)["user"] == "carol"
+    minted = runner.invoke(app, ["identity", "token", "--tenant", "acme", "--user", "bob", "--state-dir", str(root),
+                                 "--json"])
+    assert minted.exit_code == 0 and json.loads(minted.stdout)["token"].count(".") == 2
     said = runner.invoke(app, ["chat", "hello", "--state-dir", str(root), "--json"])
     assert said.exit_code == 0, said.output
     turn = json.loads(said.stdout)

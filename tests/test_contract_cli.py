@@ -93,6 +93,8 @@ JSON_COMMANDS = [
     (["bus", "authority", "--out", "{files}/bus"], 0, "credentials"),
     (["identity", "service-account", "list", "--tenant", "acme", "--state-dir", "{state}"], 0, "service_accounts"),
     (["identity", "pairing", "list", "--tenant", "acme", "--state-dir", "{state}"], 0, "links"),
+    (["identity", "service-account", "create", "--tenant", "acme", "--name", "ci-bot", "--platform", "slack",
+      "--state-dir", "{state}"], 0, "key"),
 ]
 
 

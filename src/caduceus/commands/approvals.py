@@ -124,8 +124,11 @@ def show(call_id: Annotated[str, typer.Argument(help="The call id (from `caduceu
     out.print(f"digest  {view.digest}", markup=False, soft_wrap=True)
     if view.status == "pending":
         options = _given(tenant, user, url, state_dir)
+        # A token is never printed: the hint says to give it again (CADUCEUS_TOKEN or --token).
         out.print("answer exactly this call: " + suggest("caduceus approvals approve", view.call_id, **options,
-                                                         digest=view.digest), markup=False, soft_wrap=True)
+                                                         digest=view.digest)
+                  + (" (with your token again: CADUCEUS_TOKEN or --token)" if token else ""),
+                  markup=False, soft_wrap=True)
 
 
 def _given(tenant: str, user: str, url: str | None, state_dir: Path | None) -> dict[str, object]:

@@ -62,9 +62,10 @@ def demo(
     as_json: AsJson = False,
 ) -> None:
     given_state_dir, state_dir = state_dir, state_dir or default_state_dir()
-    if as_json:
-        console.file = sys.stderr  # the transcripts still show, on stderr; stdout holds the one document
     with ExitStack() as stack_scope:
+        if as_json:
+            console.file = sys.stderr  # the transcripts still show, on stderr; stdout holds the one document
+            stack_scope.callback(setattr, console, "file", None)  # None: rich's own default, stdout, again
         info = read_stack_info(state_dir)
         if info is not None:
             console.print(f"[dim]using the stack already running in {state_dir}[/dim]")
