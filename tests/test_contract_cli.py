@@ -5,6 +5,7 @@ unreadable file or an unreachable stack); hints repeat the options the user gave
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,9 @@ from typer.testing import CliRunner
 from caduceus.cli import app
 from caduceus_audit import AuditStore
 from caduceus_audit.testing import AUDIT, checkpoint, governed_session, record_published
+from caduceus_embedded import StackInfo
+from caduceus_embedded.ports import free_port
+from caduceus_embedded.stackinfo import write_stack_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = Path(str(resources.files("caduceus_embedded") / "defaults"))
@@ -211,6 +215,17 @@ def test_sandbox_check_reports_every_problem_of_a_policy_in_one_run(tmp_path: Pa
     assert refused.exit_code == 1
     assert "has 2 problems" in refused.stderr
     assert "network.egress:" in refused.stderr and "process.max_processes:" in refused.stderr
+
+
+def test_chat_to_a_stack_whose_bus_is_gone_exits_2_instead_of_waiting_forever(tmp_path: Path) -> None:
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    write_stack_info(StackInfo(state_dir=str(stale), pid=os.getpid(), nats_url=f"nats://127.0.0.1:{free_port()}",
+                               dev_issuer_url="", temporal_address="", temporal_ui_url="", model_base_url="",
+                               audit_db_url=""))
+    result = caduceus("chat", "hello", "--token", "x", "--state-dir", stale)
+    assert result.exit_code == 2
+    assert "cannot reach NATS" in flat(result.stderr) and f"caduceus up --state-dir {stale}" in flat(result.stderr)
 
 
 def test_hints_repeat_the_state_dir_the_user_gave(files: Path) -> None:

@@ -42,8 +42,14 @@ def chat(
     stack = require_stack(state_dir, err)
     if token is None:
         token = mint_token(stack.dev_issuer_url, tenant, user)
-    transcript = asyncio.run(_send(stack.bus_settings("client"), tenant, token, text, session, workspace, channel,
-                                   timeout, show_calls and not as_json, quiet=as_json))
+    try:
+        transcript = asyncio.run(_send(stack.bus_settings("client"), tenant, token, text, session, workspace, channel,
+                                       timeout, show_calls and not as_json, quiet=as_json))
+    except ConnectionError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        err.print(f"a stack left its details in {stack.state_dir} but its bus does not answer; if it stopped, start "
+                  f"it again: {suggest('caduceus up', state_dir=state_dir)}", markup=False)
+        raise typer.Exit(USAGE) from None
     reply = transcript.reply
     assert reply is not None
     if as_json:
@@ -93,11 +99,7 @@ def mint_token(issuer_url: str, tenant: str, user: str) -> str:
 
 
 async def _send(bus, tenant, token, text, session, workspace, channel, timeout, watch, *, quiet=False):
-    try:
-        client = await ChatClient.connect(bus)
-    except ConnectionError as exc:
-        err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(USAGE) from None
+    client = await ChatClient.connect(bus)  # ConnectionError: the caller says how to start the stack
     # With --json, stdout holds the one document: notices go to stderr.
     shown = err if quiet else console
     try:
