@@ -24,3 +24,7 @@ async def test_the_demo_plays_both_governed_turns_on_a_running_stack(stack) -> N
                  "carol approved it through the approvals API",
                  "the approved command ran in the executor and the turn finished with its result"):
         assert f"✓ {step}" in output, output
+    # The next steps run as printed: they name the state dir the demo used.
+    root = stack.layout.root
+    assert f"talk to the agent: caduceus chat --tenant acme --user alice --state-dir {root} hello" in output
+    assert "read what happened: caduceus audit timeline --session " in output and f"--state-dir {root}" in output

@@ -79,7 +79,7 @@ def test_tenants_apply_refuses_a_broken_file_and_identity_follows_a_good_one(sta
     broken = tmp_path / "broken.yaml"
     broken.write_text("tenants:\n  acme:\n    display_name: Acme\n    users:\n      dana: {email: d@x, roles: [boss]}\n")
     refused = cli(stack, "tenants", "apply", str(broken))
-    assert refused.exit_code == 2 and "unknown role(s) ['boss']" in refused.output
+    assert refused.exit_code == 1 and "unknown role(s) ['boss']" in refused.output
     assert (stack.layout.root / "tenants.yaml").read_text() == before
 
     refused_turn = say(stack, "dana", "hello", "cli", token="x.y.z")

@@ -104,6 +104,26 @@ def test_check_reports_file_line_and_fix_and_test_runs_the_cases(tmp_path: Path)
     assert passed.exit_code == 0 and "24 passed, 0 failed" in passed.stdout
 
 
+def test_check_reports_every_bad_rule_tenant_and_case_of_a_pack_in_one_run(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('version: "1"\ntenants:\n  acme:\n    rules:\n'
+                   "      - {id: x, effect: allow, tools: [t], when: {destrutive: true}}\n"
+                   "      - {id: y, effect: maybe, tools: [t]}\n"
+                   "      - {id: z, effect: allow, tools: [t]}\n"
+                   "      - {id: z, effect: deny, tools: [u]}\n"
+                   "  Bad Tenant:\n    rules: []\n"
+                   "tests:\n  - {name: a, tenant: acme, tool: t, expect: sometimes}\n")
+    result = run("check", str(bad))
+    assert result.exit_code == 1
+    said = " ".join(result.stderr.split())
+    assert "5 problems" in said
+    for expected in (f"{bad}:5: tenant 'acme', rule 'x' (#1): unknown fact 'destrutive'",
+                     f"{bad}:6: tenant 'acme', rule 'y' (#2): `effect` is 'maybe'",
+                     f"{bad}:8: tenant 'acme', rule 'z': rule ids must be unique",
+                     f"{bad}:9: tenant 'Bad Tenant': tenant names use", f"{bad}:12: test 'a': `expect` is"):
+        assert expected in said
+
+
 def test_a_tests_file_with_a_wrong_expectation_fails_and_says_which(tmp_path: Path) -> None:
     shutil.copy(DEFAULT_PACK, tmp_path / "policy.yaml")
     (tmp_path / "more.tests.yaml").write_text(
@@ -165,7 +185,7 @@ def test_diff_shows_what_a_new_pack_would_change_on_recorded_calls(tmp_path: Pat
 
 def test_diff_without_an_audit_store_says_how_to_get_one(tmp_path: Path) -> None:
     result = run("diff", str(DEFAULT_PACK), str(DEFAULT_PACK), "--state-dir", str(tmp_path))
-    assert result.exit_code == 1 and "no audit store at" in result.stderr
+    assert result.exit_code == 2 and "no audit store at" in result.stderr
 
 
 def test_publish_puts_a_tested_pack_live_or_in_shadow_and_refuses_a_failing_one(nats_server: Any,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -78,6 +81,8 @@ def _moment(moment: Moment) -> Text | Panel:
 
 def _call(story: CallStory) -> Group:
     facts = Table.grid(padding=(0, 2))
+    facts.add_column(no_wrap=True)
+    facts.add_column(overflow="fold")  # the call id and digest are copied into other commands: folded, never cut
     facts.add_row("call", story.call_id)
     facts.add_row("workspace", story.workspace or "-")
     facts.add_row("digest", story.facts.digest or "-")
@@ -101,3 +106,19 @@ def _call(story: CallStory) -> Group:
     else:
         lines.append(Text("not completed", style="yellow"))
     return Group(*lines)
+
+
+def timeline_json(timeline: Timeline) -> dict[str, Any]:
+    """The timeline for scripts: every moment with its call story, ids and results whole (nothing clipped)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        if isinstance(value, set | frozenset):
+            return sorted(plain(item) for item in value)
+        if isinstance(value, datetime):
+            return value.isoformat()
+        return value
+
+    return plain(asdict(timeline))

@@ -20,12 +20,14 @@ from caduceus.commands import (
     up,
     whoami,
 )
+from caduceus.scripting import EXIT_CODES
 
 app = typer.Typer(
     name="caduceus",
     help="Caduceus, the enterprise control plane for Hermes Agent.\n\n"
     "Start here: `caduceus demo` runs the embedded stack and one governed chat turn; "
-    "`caduceus up` keeps the stack running; `caduceus chat` talks to it.",
+    "`caduceus up` keeps the stack running; `caduceus chat` talks to it.\n\n"
+    "Every command that prints data takes --json (one JSON document on stdout). " + EXIT_CODES,
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from caduceus_directory import DirectoryError, DirectorySource, Member
+from caduceus.scripting import BAD, USAGE
+from caduceus_directory import DirectoryError, DirectorySource, DirectoryUnreadable, Member
 from caduceus_embedded import default_state_dir, read_stack_info
 from caduceus_identity import (
     DeploymentIssuer,
@@ -43,7 +44,7 @@ class IdentityAccess:
             return DirectorySource(self.tenants_file)
         except DirectoryError as exc:
             err.print(f"[red]{escape(str(exc))}[/red]")
-            raise typer.Exit(2) from None
+            raise typer.Exit(USAGE if isinstance(exc, DirectoryUnreadable) else BAD) from None
 
     def store(self) -> IdentityStore:
         try:

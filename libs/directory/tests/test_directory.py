@@ -138,6 +138,22 @@ def test_an_unknown_role_is_refused_naming_the_entry(tmp_path: Path) -> None:
         load_directory(path)
 
 
+def test_every_problem_is_reported_at_once_with_its_line_even_roles_of_a_tenant_with_other_problems(
+        tmp_path: Path) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text("tenants:\n  acme:\n    display_name: Acme\n    memory: everyone\n    users:\n"
+                    "      alice: {email: a@acme.example, roles: [memebr]}\n      bob: {email: b@acme.example, "
+                    "roles: [boss]}\n")
+    with pytest.raises(DirectoryError) as refused:
+        load_directory(path)
+    assert [str(problem) for problem in refused.value.problems] == [
+        "line 4: tenants.acme.memory: 'everyone' is not allowed: 'tenant', 'user' or 'channel'",
+        "line 6: tenants.acme.users.alice.roles: user 'alice' has unknown role(s) ['memebr']: use a tier (owner, "
+        "admin, member, guest) or declare it under the tenant's `roles:`",
+        "line 7: tenants.acme.users.bob.roles: user 'bob' has unknown role(s) ['boss']: use a tier (owner, admin, "
+        "member, guest) or declare it under the tenant's `roles:`"]
+
+
 def test_an_unknown_memory_scope_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "tenants.yaml"
     path.write_text("tenants:\n  acme:\n    display_name: Acme\n    memory: everyone\n")

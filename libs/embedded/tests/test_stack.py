@@ -289,7 +289,7 @@ def test_up_refuses_a_state_dir_where_a_stack_runs(tmp_path: Path) -> None:
                                dev_issuer_url="", temporal_address="", temporal_ui_url="", model_base_url="",
                                audit_db_url=""))
     result = run_up(state)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error: another state dir, or the running stack, is what to use
     assert "already running" in result.stderr
 
 
@@ -366,6 +366,8 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) 
     for line in ("Caduceus is up", f"nats://127.0.0.1:{ports.nats}", f"http://127.0.0.1:{ports.temporal_ui}",
                  str(state), "stopped"):
         assert line in output
+    # The hint runs as printed: it names the state dir this stack is in.
+    assert f"try: caduceus chat --tenant acme --user alice --state-dir {state} hello" in output
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "services outlived caduceus up"
     for port in (ports.nats, ports.temporal, ports.issuer, ports.model):
         with socket.socket() as sock:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from caduceus.commands.chat import mint_token
+from caduceus.scripting import BAD, USAGE, AsJson, print_json, suggest
 from caduceus.stackref import require_stack
 from caduceus_client import ApprovalsClient, ApprovalsError
 from caduceus_contracts import ApprovalView, utcnow
@@ -33,7 +34,6 @@ Token = Annotated[str | None, typer.Option(help="Your OIDC token instead of a de
 Url = Annotated[str | None, typer.Option(help="The approvals API (default: the running stack's approvals UI).",
                                          envvar="CADUCEUS_APPROVALS_URL")]
 StateDir = Annotated[Path | None, typer.Option(help="State dir of the running stack.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def register(parent: typer.Typer) -> None:
@@ -47,7 +47,7 @@ def _client(tenant: str, user: str, token: str | None, url: str | None, state_di
         token = token or mint_token(stack.dev_issuer_url, tenant, user)
     if not url:
         err.print("[red]the running stack has no approvals UI[/red]: pass --url")
-        raise typer.Exit(1)
+        raise typer.Exit(USAGE)
     return ApprovalsClient(url, token)
 
 
@@ -55,8 +55,9 @@ def _run(coro):
     try:
         return asyncio.run(coro)
     except ApprovalsError as exc:
-        err.print(f"[red]refused:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        # No HTTP status: the API did not answer at all (exit 2); with one, it refused (exit 1).
+        err.print(f"[red]{'refused' if exc.status else 'unreachable'}:[/red] {escape(str(exc))}")
+        raise typer.Exit(USAGE if exc.status is None else BAD) from None
 
 
 def _left(view: ApprovalView) -> str:
@@ -74,13 +75,14 @@ def list_(tenant: Tenant = "acme", user: User = "carol", token: Token = None, ur
 
     views = _run(fetch())
     if as_json:
-        out.print_json(json.dumps([v.model_dump(mode="json") for v in views]))
+        print_json([v.model_dump(mode="json") for v in views])
         return
     if not views:
         out.print("nothing decided yet" if decided else "nothing waits for you")
         return
     table = Table(show_edge=False)
-    table.add_column("call id", no_wrap=True)  # copied into `approve`/`deny`: never wrapped
+    # Copied into `show`/`approve`/`deny`: never wrapped, never cut (a narrow terminal shrinks the other columns).
+    table.add_column("call id", no_wrap=True, min_width=max(len(view.call_id) for view in views))
     for column in ("tool", "asked by", "status" if decided else "time left", "reason"):
         table.add_column(column)
     for view in views:
@@ -99,15 +101,17 @@ def show(call_id: Annotated[str, typer.Argument(help="The call id (from `caduceu
 
     view = _run(fetch())
     if as_json:
-        out.print_json(view.model_dump_json())
+        print_json(view.model_dump(mode="json"))
         return
     grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")  # folded, never cut: nothing shown here is shortened
     risky = {f.argument for f in view.facts if f.argument}
     rows = [("call", f"{view.tool} {view.call_id} ({view.status})"), ("asked by", f"{view.requester} in {view.workspace}"),
             ("conversation", f"{view.conversation} (session {view.session_id})"), ("why", view.explanation or view.reason)]
     rows += [(f"arg {name}" + (" [risky]" if name in risky else ""), json.dumps(value, ensure_ascii=False))
              for name, value in view.args.items()]
-    rows += [("digest", view.digest), ("approvers", f"{view.asked_of}: {', '.join(view.approvers)} "
+    rows += [("approvers", f"{view.asked_of}: {', '.join(view.approvers)} "
                                                     f"({view.quorum} needed)"),
              ("expires", f"{view.expires_at.isoformat()} ({_left(view)})")]
     rows += [(f"answer {v.approver}", f"{v.answer} {v.comment}") for v in view.votes]
@@ -116,10 +120,25 @@ def show(call_id: Annotated[str, typer.Argument(help="The call id (from `caduceu
     for label, value in rows:
         grid.add_row(escape(label), escape(value))
     out.print(grid)
+    # The digest on one line of its own (a terminal may wrap it, but it is one word to copy into --digest).
+    out.print(f"digest  {view.digest}", markup=False, soft_wrap=True)
+    if view.status == "pending":
+        options = _given(tenant, user, url, state_dir)
+        # A token is never printed: the hint says to give it again (CADUCEUS_TOKEN or --token).
+        out.print("answer exactly this call: " + suggest("caduceus approvals approve", view.call_id, **options,
+                                                         digest=view.digest)
+                  + (" (with your token again: CADUCEUS_TOKEN or --token)" if token else ""),
+                  markup=False, soft_wrap=True)
+
+
+def _given(tenant: str, user: str, url: str | None, state_dir: Path | None) -> dict[str, object]:
+    """The options given to this command that the next one needs (defaults left out)."""
+    return {"tenant": None if tenant == "acme" else tenant, "user": None if user == "carol" else user,
+            "url": url, "state_dir": state_dir}
 
 
 def _answer(verdict: str, call_id: str, comment: str, digest: str | None, tenant: str, user: str, token: str | None,
-            url: str | None, state_dir: Path | None) -> None:
+            url: str | None, state_dir: Path | None, as_json: bool) -> None:
     async def send() -> ApprovalView:
         async with _client(tenant, user, token, url, state_dir) as client:
             # Answer exactly the call reviewed: the digest given, else the one `show` prints now.
@@ -127,6 +146,9 @@ def _answer(verdict: str, call_id: str, comment: str, digest: str | None, tenant
                                        comment=comment)
 
     view = _run(send())
+    if as_json:
+        print_json(view.model_dump(mode="json"))
+        return
     out.print(f"{view.status}: {escape(view.resolution or f'{len(view.votes)}/{view.quorum} approvals so far')}")
 
 
@@ -138,11 +160,11 @@ CallId = Annotated[str, typer.Argument(help="The call id (from `caduceus approva
 
 @app.command(help="Approve a call: it runs once enough approvers agree.")
 def approve(call_id: CallId, comment: Comment = "", digest: Digest = None, tenant: Tenant = "acme", user: User = "carol",
-            token: Token = None, url: Url = None, state_dir: StateDir = None) -> None:
-    _answer("approve", call_id, comment, digest, tenant, user, token, url, state_dir)
+            token: Token = None, url: Url = None, state_dir: StateDir = None, as_json: AsJson = False) -> None:
+    _answer("approve", call_id, comment, digest, tenant, user, token, url, state_dir, as_json)
 
 
 @app.command(help="Deny a call: it never runs.")
 def deny(call_id: CallId, comment: Comment = "", digest: Digest = None, tenant: Tenant = "acme", user: User = "carol",
-         token: Token = None, url: Url = None, state_dir: StateDir = None) -> None:
-    _answer("deny", call_id, comment, digest, tenant, user, token, url, state_dir)
+         token: Token = None, url: Url = None, state_dir: StateDir = None, as_json: AsJson = False) -> None:
+    _answer("deny", call_id, comment, digest, tenant, user, token, url, state_dir, as_json)

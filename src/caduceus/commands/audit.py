@@ -27,7 +27,8 @@ from rich.markup import escape
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from caduceus.audit_views import render_replay, render_timeline, render_verdicts
+from caduceus.audit_views import render_replay, render_timeline, render_verdicts, timeline_json
+from caduceus.scripting import BAD, USAGE, AsJson, print_json, suggest
 from caduceus_audit import (
     AuditStore,
     CheckpointSourceError,
@@ -66,7 +67,6 @@ from caduceus_embedded import StateLayout, default_state_dir, read_stack_info
 console = Console()
 err = Console(stderr=True)
 
-USAGE, BAD_NEWS = 2, 1
 DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -135,8 +135,8 @@ def open_store(db: str | None, state_dir: Path | None) -> AuditStore:
     path = sqlite_path(url)
     if path is not None and not path.exists():
         where = "--db" if db else f"the state dir {layout(state_dir).root}"
-        fail(f"no audit database at {path} ({where}): start the stack with `caduceus up`, or pass --state-dir DIR "
-             "where it runs, or --db URL")
+        fail(f"no audit database at {path} ({where}): start the stack with `{suggest('caduceus up', state_dir=state_dir)}`"
+             ", or pass --state-dir DIR where it runs, or --db URL")
     store = AuditStore(url)
     try:
         store.ensure_schema()
@@ -214,12 +214,14 @@ def verify(
         elif ok:
             console.print("[green]audit trail intact[/green]")
         else:
+            bad = [v for v in verdicts if not v.ok]
             broken = ", ".join(f"{v.tenant} at record {v.first_bad_seq}" if v.first_bad_seq is not None
-                               else f"{v.tenant} ({v.problem})" for v in verdicts if not v.ok)
+                               else f"{v.tenant} ({v.problem})" for v in bad)
+            records = suggest("caduceus audit export", format="jsonl", tenant=bad[0].tenant, db=db, state_dir=state_dir)
             console.print(f"[bold red]audit trail TAMPERED[/bold red] ({escape(broken)}): keep this database as "
                           "evidence, restore from a backup, and compare the records around the named ones "
-                          "(`caduceus audit export --format jsonl --tenant T`).")
-    raise typer.Exit(0 if ok else BAD_NEWS)
+                          f"(`{escape(records)}`).")
+    raise typer.Exit(0 if ok else BAD)
 
 
 def _archive_verdict(path: Path, keyring: Keyring):
@@ -381,7 +383,7 @@ def replay_calls(
                                             "reason": c.reason}} for c in report.changed]}, indent=2))
     else:
         render_replay(console, report, str(pack), version)
-    raise typer.Exit(BAD_NEWS if report.changed else 0)
+    raise typer.Exit(BAD if report.changed else 0)
 
 
 # --- timeline -------------------------------------------------------------------------------------------------------
@@ -398,6 +400,7 @@ def timeline(
     html: Annotated[Path | None, typer.Option(help="Also write the timeline as a standalone HTML page here.")] = None,
     db: DbOption = None,
     state_dir: StateDirOption = None,
+    as_json: AsJson = False,
 ) -> None:
     if (session is None) == (trace is None):
         fail("name exactly one of --session SESSION or --trace TRACE_ID")
@@ -408,8 +411,11 @@ def timeline(
     told = guarded(lambda: build_timeline(title, (narrator.view(row) for row in store.stream(where))))
     if not told.records:
         fail(f"no audit records for {title.lower()}{f' of tenant {tenant}' if tenant else ''}: check the id "
-             "(`caduceus chat` prints the session; traces are in your tracing backend)", BAD_NEWS)
-    render_timeline(console, told)
+             "(`caduceus chat` prints the session; traces are in your tracing backend)", BAD)
+    if as_json:
+        print_json(timeline_json(told))
+    else:
+        render_timeline(console, told)
     if html is not None:
         html.write_text(render_html(told), encoding="utf-8")
         err.print(f"wrote {html}")
@@ -429,19 +435,28 @@ def archive(
     keys_dir: Annotated[Path | None, typer.Option(help="Where audit.pub is (default: <state dir>/keys).")] = None,
     db: DbOption = None,
     state_dir: StateDirOption = None,
+    as_json: AsJson = False,
 ) -> None:
     cutoff = parse_time(before, "--before")
     store = open_store(db, state_dir)
     keyring = load_keyring(keys_dir or layout(state_dir).keys)
     tenants = [tenant] if tenant else guarded(store.tenants)
+    done: list[dict[str, Any]] = []
     for name in tenants:
         try:
             archived = guarded(lambda name=name: archive_before(store, keyring, name, cutoff, to))
         except (RetentionError, SignatureError) as exc:
-            fail(f"{name}: {exc}", BAD_NEWS)
+            fail(f"{name}: {exc}", BAD)
+        done.append({"tenant": name, "archived": archived is not None, **({"from_seq": archived.from_seq,
+                     "through_seq": archived.through_seq, "location": archived.location, "sha256": archived.sha256}
+                     if archived is not None else {})})
+        if as_json:
+            continue
         if archived is None:
             console.print(f"{name}: nothing to archive before {cutoff:%Y-%m-%d %H:%M} (no signed checkpoint covers "
                           "those records yet)")
         else:
             console.print(f"{name}: archived records {archived.from_seq}..{archived.through_seq} to "
                           f"{escape(archived.location)} (sha256 {archived.sha256})")
+    if as_json:
+        print_json({"before": cutoff.isoformat(), "to": str(to), "tenants": done})

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from caduceus.bus_roles import permission_file
+from caduceus.scripting import BAD, USAGE, AsJson, print_json, require_readable
 from caduceus_bus import (
     WORKER_SIGNING_FILE,
     BusAuthority,
@@ -46,15 +47,18 @@ def rules_from(permissions: Path | None) -> PermissionFile:
 
 @contextmanager
 def writing_keys_to(out_dir: Path) -> Iterator[None]:
-    """Turn a bad permission file, an unreadable key or an unwritable directory into its message and exit 2."""
+    """Turn a bad permission file (exit 1), an unreadable key or an unwritable directory (exit 2) into its message."""
     try:
         yield
-    except (PermissionsError, CredentialError) as exc:
+    except PermissionsError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(BAD) from None
+    except CredentialError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(USAGE) from None
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot write to {escape(str(out_dir))}: {escape(exc.strerror or str(exc))}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(USAGE) from None
 
 
 @bus_app.command("authority")
@@ -62,6 +66,7 @@ def authority(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the keys and credentials (made mode 0700; "
                                                         "existing keys are kept, so credentials stay valid).")],
     permissions: PermissionsOption = None,
+    as_json: AsJson = False,
 ) -> None:
     """Write nats-server's authorization and one credential per service from the permission file.
 
@@ -70,9 +75,16 @@ def authority(
     CADUCEUS_NATS_WORKER_SIGNING: it mints each worker's credential, confined to its tenant). Run it again after
     editing the permission file, then reload nats-server and restart the services.
     """
+    if permissions is not None:
+        require_readable(permissions, "permission file", err)
     with writing_keys_to(out_dir):
         rules = rules_from(permissions)
         config = BusAuthority(out_dir, rules).write_all()
+    if as_json:
+        print_json({"server_conf": str(config), "credentials": {role: str(out_dir / f"{role}.creds")
+                                                                 for role in rules.services},
+                    "worker_signing": str(out_dir / WORKER_SIGNING_FILE)})
+        return
     out.print(f"nats-server authorization: {escape(str(config))}  (in nats.conf: include {config.name})")
     for role in rules.services:
         out.print(f"  {role:<9} {escape(str(out_dir / f'{role}.creds'))}")
@@ -86,7 +98,8 @@ def permissions_command(
                                                      "infra/nats/permissions.yaml.")] = None,
     check: Annotated[list[Path] | None, typer.Option("--check", help="Exit 1 if this file (repeatable) differs "
                                                      "from what the code implies.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the roles as JSON instead of YAML.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the roles as one JSON document instead of YAML.")]
+    = False,
 ) -> None:
     """Print who may publish and subscribe to what, as the route tables of every service and worker imply.
 
@@ -101,18 +114,18 @@ def permissions_command(
         for path in stale:
             err.print(f"{escape(str(path))} differs from the code: run `caduceus bus permissions --write "
                       f"{escape(str(path))}`")
-        raise typer.Exit(1 if stale else 0)
+        raise typer.Exit(BAD if stale else 0)
     for path in write or []:
         try:
             path.write_text(text, encoding="utf-8")
         except OSError as exc:
             err.print(f"[red]error:[/red] cannot write {escape(str(path))}: {escape(exc.strerror or str(exc))}")
-            raise typer.Exit(2) from None
+            raise typer.Exit(USAGE) from None
         err.print(f"wrote {escape(str(path))}")
     if write:
         return
     if as_json:
-        print(rules.model_dump_json(indent=2))
+        print_json(rules.model_dump(mode="json"))
     else:
         print(text, end="")
 

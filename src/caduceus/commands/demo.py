@@ -12,6 +12,7 @@ any did not happen.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
@@ -23,6 +24,7 @@ import typer
 from rich.console import Console
 
 from caduceus.commands.chat import mint_token
+from caduceus.scripting import BAD, USAGE, AsJson, print_json, suggest
 from caduceus.transcript import render_transcript, tool_output
 from caduceus_client import ApprovalsClient, ApprovalsError, ChatClient, ChatTimeout, TurnTranscript
 from caduceus_contracts import ApprovalView, new_id
@@ -49,21 +51,28 @@ def register(app: typer.Typer) -> None:
     app.command(help="Run the embedded stack (if none runs) and play two governed turns: alice@acme's agent runs an "
                      "allowed terminal call in the executor and a write outside the workspace is denied; then a "
                      "destructive command waits for carol's approval, which the demo gives through the approvals "
-                     "API.")(demo)
+                     "API.\n\nExit 0: every step happened; 1: a step did not (or a turn timed out); 2: the stack "
+                     "could not start or be reached.")(demo)
 
 
 def demo(
     state_dir: Annotated[Path | None, typer.Option(help="State dir (default: the user's data dir, or "
                                                         "CADUCEUS_STATE_DIR).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the agent's reply.")] = 180.0,
+    as_json: AsJson = False,
 ) -> None:
-    state_dir = state_dir or default_state_dir()
+    given_state_dir, state_dir = state_dir, state_dir or default_state_dir()
     with ExitStack() as stack_scope:
+        if as_json:
+            console.file = sys.stderr  # the transcripts still show, on stderr; stdout holds the one document
+            stack_scope.callback(setattr, console, "file", None)  # None: rich's own default, stdout, again
         info = read_stack_info(state_dir)
         if info is not None:
             console.print(f"[dim]using the stack already running in {state_dir}[/dim]")
+            started = False
         else:
             info = _start_stack(state_dir, stack_scope)
+            started = True
         existed_before = OUTSIDE_PATH.exists()
         token = mint_token(info.dev_issuer_url, TENANT, USER)
         transcript = _play(info, token, timeout)
@@ -78,15 +87,32 @@ def demo(
         approval_turn, approved = _play_approval(info, token, timeout)
         render_transcript(console, approval_turn, USER)
         checks += evaluate_approval(approval_turn, approved)
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        print_json({"ok": not failed, "sessions": [transcript.session_id, approval_turn.session_id],
+                    "checks": [{"what": c.what, "ok": c.ok, "detail": c.detail} for c in checks]})
+        raise typer.Exit(BAD if failed else 0)
     console.print()
     for check in checks:
         mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
         console.print(f"{mark} {check.what}" + (f"  [dim]{check.detail}[/dim]" if check.detail else ""))
-    failed = [c for c in checks if not c.ok]
     if failed:
         err.print(f"[red]demo failed: {len(failed)} expected step(s) did not happen[/red]")
-        raise typer.Exit(1)
+        raise typer.Exit(BAD)
     console.print("[green]demo passed[/green]: every step happened as governed")
+    for line in _next_steps(given_state_dir, transcript.session_id, running=not started):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def _next_steps(state_dir: Path | None, session_id: str, *, running: bool) -> list[str]:
+    """What to try next, with the state dir the demo used (a stack the demo started is stopped by now)."""
+    steps = [f"read what happened: {suggest('caduceus audit timeline', session=session_id, state_dir=state_dir)}"]
+    if running:
+        steps.append(f"talk to the agent: {suggest('caduceus chat', 'hello', tenant='acme', user='alice', state_dir=state_dir)}")
+    else:
+        steps.append(f"keep a stack running: {suggest('caduceus up', state_dir=state_dir)}, then "
+                     f"{suggest('caduceus chat', 'hello', tenant='acme', user='alice', state_dir=state_dir)}")
+    return steps
 
 
 def _start_stack(state_dir: Path, scope: ExitStack) -> StackInfo:
@@ -99,13 +125,14 @@ def _start_stack(state_dir: Path, scope: ExitStack) -> StackInfo:
         stack.start()
     except (PortBusy, MissingBinary, ServiceFailed, ServerFailed, StackAlreadyRunning) as exc:
         err.print(f"error: {str(exc).splitlines()[0]}", style="red", markup=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(USAGE) from None
     scope.callback(stack.stop)
     return stack.info
 
 
 def _with_client(info: StackInfo, play: Callable[[ChatClient], Awaitable[T]]) -> T:
-    """Run `play` with a chat client on the stack's bus; a turn that times out or a bus that is gone exits 1."""
+    """Run `play` with a chat client on the stack's bus: a bus that is gone exits 2, a turn that times out 1 (a step
+    that did not happen)."""
     async def run() -> T:
         client = await ChatClient.connect(info.bus_settings("client"))
         try:
@@ -115,9 +142,12 @@ def _with_client(info: StackInfo, play: Callable[[ChatClient], Awaitable[T]]) ->
 
     try:
         return asyncio.run(run())
-    except (ChatTimeout, ConnectionError) as exc:
+    except ChatTimeout as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise typer.Exit(BAD) from None
+    except ConnectionError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(USAGE) from None
 
 
 def _play(info: StackInfo, token: str, timeout: float) -> TurnTranscript:

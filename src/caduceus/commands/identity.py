@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from caduceus.identity_access import ISSUER_HELP, STATE_DIR_HELP, access, resolve_admin
+from caduceus.scripting import BAD, USAGE, AsJson, print_json, suggest
 from caduceus_contracts import utcnow
 from caduceus_embedded import default_state_dir, read_stack_info
 from caduceus_identity import DevTokenError, PairingRefused, approve_pairing, mint_dev_token, shown_code
@@ -51,22 +52,27 @@ def token(
     state_dir: Path | None = typer.Option(None, "--state-dir", help="State dir of the running stack "
                                                                      "(default: CADUCEUS_STATE_DIR or the user "
                                                                      "data dir)."),
+    as_json: AsJson = False,
 ) -> None:
     """Mint a token from the dev OIDC issuer; the token is the last line printed."""
     if issuer_url is None:
         directory = state_dir or default_state_dir()
         stack = read_stack_info(directory)
         if stack is None:
-            typer.echo(f"no running Caduceus stack found in {directory}: start one with `caduceus up`, "
-                       "or pass --issuer-url (or --state-dir)", err=True)
-            raise typer.Exit(1)
+            typer.echo(f"no running Caduceus stack found in {directory}: start one with "
+                       f"`{suggest('caduceus up', state_dir=state_dir)}`, or pass --issuer-url (or --state-dir)",
+                       err=True)
+            raise typer.Exit(USAGE)
         issuer_url = stack.dev_issuer_url
     role_list = [role.strip() for role in roles.split(",") if role.strip()] if roles is not None else None
     try:
         minted = mint_dev_token(issuer_url, tenant, user, role_list, ttl_s)
     except DevTokenError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(USAGE) from None
+    if as_json:
+        print_json({"token": minted, "tenant": tenant, "user": user, "issuer": issuer_url})
+        return
     typer.echo(f"token for {user}@{tenant} from {issuer_url}:", err=True)
     typer.echo(minted)
 
@@ -83,29 +89,41 @@ def create_account(
     platform: Annotated[list[str], typer.Option(help="A platform it speaks for (repeat: --platform slack "
                                                      "--platform discord).")],
     state_dir: StateDir = None,
+    as_json: AsJson = False,
 ) -> None:
     """Create a service account; its API key is the last line printed, and never shown again."""
     where = access(state_dir)
     if tenant not in where.directory()().tenants:
-        err.print(f"[red]no tenant {tenant!r} in {where.tenants_file}[/red]: add it with `caduceus tenants apply`")
-        raise typer.Exit(1)
+        err.print(f"[red]no tenant {tenant!r} in {where.tenants_file}[/red]: add it with "
+                  f"`{escape(suggest('caduceus tenants apply', 'TENANTS.yaml', state_dir=state_dir))}`")
+        raise typer.Exit(USAGE)
     store = where.store()
     try:
         account, key = store.create_service_account(tenant, name, tuple(platform), utcnow(), local_operator())
     except ValueError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(1) from None
+        raise typer.Exit(USAGE) from None
     finally:
         store.close()
+    if as_json:
+        print_json({"name": account.name, "tenant": tenant, "platforms": list(account.platforms), "key": key})
+        return
     err.print(f"service account {account.name} of {tenant} for {', '.join(account.platforms)}; "
               "store this key now, it is not shown again:")
     typer.echo(key)
 
 
 @accounts_app.command("list")
-def list_accounts(tenant: Tenant, state_dir: StateDir = None) -> None:
+def list_accounts(tenant: Tenant, state_dir: StateDir = None, as_json: AsJson = False) -> None:
     """Service accounts of a tenant (never their keys)."""
     store = access(state_dir).store()
+    if as_json:
+        accounts = store.service_accounts(tenant)
+        store.close()
+        print_json({"tenant": tenant, "service_accounts": [
+            {"name": a.name, "platforms": list(a.platforms), "created_at": a.created_at.isoformat(),
+             "revoked_at": a.revoked_at.isoformat() if a.revoked_at else None} for a in accounts]})
+        return
     table = Table(show_edge=False)
     for column in ("name", "platforms", "created", "revoked"):
         table.add_column(column)
@@ -126,17 +144,24 @@ def revoke_account(tenant: Tenant, name: Annotated[str, typer.Option(help="The s
     store.close()
     if not revoked:
         err.print(f"[red]tenant {tenant!r} has no live service account named {name!r}[/red]")
-        raise typer.Exit(1)
+        raise typer.Exit(BAD)
     out.print(f"revoked {name} of {tenant}")
 
 
 @pairing_app.command("list")
-def list_pairings(tenant: Tenant, state_dir: StateDir = None) -> None:
+def list_pairings(tenant: Tenant, state_dir: StateDir = None, as_json: AsJson = False) -> None:
     """Platform users waiting for approval, and the platform users already linked to people."""
     store = access(state_dir).store()
     waiting = store.pending_pairings(tenant, utcnow())
     links = store.links(tenant)
     store.close()
+    if as_json:
+        print_json({"tenant": tenant,
+                    "waiting": [{"platform": platform, "platform_user": who, "until": until.isoformat()}
+                                for platform, who, until in waiting],
+                    "links": [{"platform": link.platform, "platform_user": link.platform_user, "user": link.user,
+                               "linked_by": link.linked_by} for link in links]})
+        return
     out.print(f"waiting for approval in {tenant}: " + (", ".join(
         f"{platform} user {escape(who)} (until {until:%H:%M} UTC)" for platform, who, until in waiting) or "none"))
     for link in links:
@@ -162,7 +187,7 @@ def approve(
         link = approve_pairing(store, where.directory()(), admin, platform, code, user, utcnow())
     except (PairingRefused, Refused) as exc:
         err.print(f"[red]not approved:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(BAD) from None
     finally:
         store.close()
     out.print(f"{link.platform} user {escape(link.platform_user)} is now {escape(link.user)} in {tenant} "
@@ -184,7 +209,7 @@ def unlink(tenant: Tenant, platform: Annotated[str, typer.Option(help="slack, di
     store.close()
     if not removed:
         err.print(f"[red]{platform} user {platform_user!r} is not linked in {tenant!r}[/red]")
-        raise typer.Exit(1)
+        raise typer.Exit(BAD)
     out.print(f"unlinked {platform} user {escape(platform_user)} in {tenant}")
 
 

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from caduceus.scripting import BAD, USAGE, AsJson, print_json, require_readable, suggest
 from caduceus.stackref import require_stack
 from caduceus_bus import BusSettings
 from caduceus_embedded import StateLayout, default_state_dir
@@ -35,6 +36,7 @@ from caduceus_policy import (
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 COLORS = {"allow": "green", "deny": "red", "approve": "yellow"}
+BUS_CONNECT_TIMEOUT_S = 5.0
 
 policy_app = typer.Typer(
     help="Policy packs: check and test them like code, see one decision explained, compare two packs on the calls "
@@ -59,23 +61,36 @@ def _state_file(state_dir: Path | None, name: str) -> Path:
     return candidate if candidate.exists() else _shipped(name)
 
 
-def _engine(path: Path) -> CedarEngine:
+def _engine(path: Path, as_json: bool = False) -> CedarEngine:
+    """The pack at `path`: exit 2 if it cannot be read, 1 if it does not validate (with --json, as a document)."""
+    require_readable(path, "the pack", err)
     try:
         return load_engine(path)
     except PackError as exc:
         err.print(f"[red]invalid pack[/red]: {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        if as_json:
+            print_json({"ok": False, "pack": str(path), "problem": str(exc)})
+        raise typer.Exit(BAD) from None
 
 
 @policy_app.command("check")
 def check(
     path: Path = typer.Argument(..., help="The pack: a .yaml or .cedar file, or a directory of them."),
     cedar: bool = typer.Option(False, "--cedar", help="Also print the Cedar every tenant's rules compile to."),
+    as_json: AsJson = False,
 ) -> None:
-    """Validate a pack: every file, rule and fact is checked; a mistake is reported with its file, line and fix."""
-    engine = _engine(path)
+    """Validate a pack: every file, rule and fact is checked; a mistake is reported with its file, line and fix.
+
+    Exit 0: valid. Exit 1: it does not validate. Exit 2: it cannot be read.
+    """
+    engine = _engine(path, as_json)
     pack = engine.pack
     rules = sum(len(t.policies) for t in engine.tenants.values())
+    if as_json:
+        print_json({"ok": True, "pack": str(path), "version": pack.version, "tenants": sorted(pack.tenants),
+                    "cedar_policies": rules, "test_cases": len(pack.tests),
+                    **({"cedar": {tenant: engine.cedar_text(tenant) for tenant in engine.tenants}} if cedar else {})})
+        return
     console.print(f"[green]ok[/green]: pack [bold]{escape(pack.version)}[/bold] from {escape(str(path))}: "
                   f"{len(pack.tenants)} tenant(s), {rules} Cedar policies, {len(pack.tests)} test case(s)")
     if cedar:
@@ -88,6 +103,7 @@ def test(
     path: Path = typer.Argument(..., help="A pack with `tests:` in it, or a tests file (`pack:` and `cases:`)."),
     pack_path: Path | None = typer.Option(None, "--pack", help="The pack to test a tests file against (default: "
                                                                "the tests file's `pack:`)."),
+    as_json: AsJson = False,
 ) -> None:
     """Run policy test cases: each case is a call (tenant, user, roles, tool, args) and the decision it must get.
 
@@ -95,34 +111,46 @@ def test(
 
         - {name: rm needs approval, tenant: acme, user: alice, roles: [member], tool: terminal,
            args: {command: "rm -rf build"}, expect: approve, expect_ids: [destructive-commands-need-approval]}
+
+    Exit 0: every case passed. Exit 1: a case failed, or the pack or tests file does not validate. Exit 2: a
+    file cannot be read, or a tests file names no pack.
     """
     cases = None
+    require_readable(path, "the pack or tests file", err)
     if path.is_file() and path.suffix in (".yaml", ".yml") and _is_tests_file(path):
         try:
             pack_ref, cases = parse_test_file(path.read_text(encoding="utf-8"), str(path))
         except PackError as exc:
             err.print(f"[red]invalid tests file[/red]: {escape(str(exc))}")
-            raise typer.Exit(1) from None
+            raise typer.Exit(BAD) from None
         if pack_path is None:
             if pack_ref is None:
                 err.print(f"{path} does not say which pack it tests: add `pack: <path>` or pass --pack")
-                raise typer.Exit(1)
+                raise typer.Exit(USAGE)
             pack_path = path.parent / pack_ref
     engine = _engine(pack_path or path)
     cases = cases if cases is not None else list(engine.pack.tests)
     if not cases:
         err.print(f"no test cases: add `tests:` to the pack {pack_path or path}, or give a tests file")
-        raise typer.Exit(1)
+        raise typer.Exit(BAD)
     results = run_cases(engine, cases)
+    failed = sum(not r.passed for r in results)
+    if as_json:
+        print_json({"ok": not failed, "pack": str(pack_path or path), "version": engine.version,
+                    "passed": len(results) - failed, "failed": failed,
+                    "cases": [{"name": r.case.name, "source": str(r.case.source), "passed": r.passed,
+                               "expected": r.case.expect, "decision": r.verdict.verdict,
+                               "policy_ids": list(r.verdict.policy_ids), "problem": r.problem,
+                               "reason": r.verdict.reason} for r in results]})
+        raise typer.Exit(BAD if failed else 0)
     for result in results:
         mark = "[green]PASS[/green]" if result.passed else "[red]FAIL[/red]"
         console.print(f"{mark} {escape(result.case.name)} ({escape(str(result.case.source))}): "
                       f"{result.verdict.verdict}" + ("" if result.passed else f" - {escape(result.problem)}; "
                                                                              f"{escape(result.verdict.reason)}"))
-    failed = sum(not r.passed for r in results)
     console.print(f"{len(results) - failed} passed, {failed} failed (pack {escape(engine.version)})")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(BAD)
 
 
 def _is_tests_file(path: Path) -> bool:
@@ -133,13 +161,15 @@ def _roles(tenants_file: Path, tenant: str, user: str) -> tuple[str, ...]:
     from caduceus_directory import DirectoryError, load_directory
     from caduceus_oidc import Refused
 
+    require_readable(tenants_file, "tenants file", err)
     try:
         return tuple(load_directory(tenants_file).user(tenant, user).roles)
     except DirectoryError as exc:
         err.print(f"[red]tenants file[/red]: {escape(str(exc))}")
+        raise typer.Exit(BAD) from None
     except Refused as exc:
         err.print(f"[red]{escape(exc.reason)}[/red] in {tenants_file}: check --tenant and --user (or --tenants-file)")
-    raise typer.Exit(1)
+        raise typer.Exit(USAGE) from None
 
 
 def _shown_facts(facts: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +201,7 @@ def evaluate(
     pack: Path | None = typer.Option(None, "--pack", help="Pack to decide with (default: the state dir's "
                                                           "policy.yaml, else the shipped default pack)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (`decision` is allow, deny or "
-                                                       "approve) instead of text."),
+                                                       "approve) instead of text. Exit 0 whatever the decision."),
     workspace: str = typer.Option("default", "--workspace", help="Workspace the call runs in."),
     tenants_file: Path | None = typer.Option(None, "--tenants-file", help="Tenants file with users and roles "
                                                                            "(default: the state dir's tenants.yaml, "
@@ -198,8 +228,8 @@ def evaluate(
     verdict = engine.decide(request_facts(tenant, roles, tool, arguments, PurePosixPath(root), user=user,
                                           workspace=workspace, resolver=HostPaths()))
     if as_json:
-        typer.echo(json.dumps({**_verdict_json(verdict), "pack_version": engine.version, "pack": str(pack_path),
-                               "tenant": tenant, "user": user, "roles": list(roles), "tool": tool}))
+        print_json({**_verdict_json(verdict), "pack_version": engine.version, "pack": str(pack_path),
+                     "tenant": tenant, "user": user, "roles": list(roles), "tool": tool})
         return
     color = COLORS[verdict.verdict]
     console.print(f"[bold {color}]{verdict.verdict}[/bold {color}]: {escape(verdict.reason)}")
@@ -214,6 +244,11 @@ def evaluate(
     facts = _shown_facts(dict(verdict.facts))
     if facts:
         console.print("  facts: " + escape(", ".join(f"{k}={v}" for k, v in facts.items())))
+
+
+def _clipped(text: str, limit: int = 200) -> str:
+    """Arguments shortened for a terminal line; --json has them whole."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _since(value: str | None) -> datetime | None:
@@ -253,9 +288,9 @@ def diff(
     old_engine, new_engine = _engine(old), _engine(new)
     layout = StateLayout(state_dir or default_state_dir())
     if db is None and not layout.audit_db.exists():
-        err.print(f"no audit store at {layout.audit_db}: run the stack (`caduceus up`) so calls get recorded, or "
-                  "pass --db URL")
-        raise typer.Exit(1)
+        err.print(f"no audit store at {layout.audit_db}: run the stack "
+                  f"(`{suggest('caduceus up', state_dir=state_dir)}`) so calls get recorded, or pass --db URL")
+        raise typer.Exit(USAGE)
     url = db or layout.audit_db_url
     changes: list[dict[str, Any]] = []
     total = 0
@@ -272,23 +307,24 @@ def diff(
                                 "occurred_at": call.occurred_at.isoformat(), "recorded": call.verdict,
                                 "old": before.verdict, "new": after.verdict, "old_policy_ids": list(before.policy_ids),
                                 "new_policy_ids": list(after.policy_ids), "new_reason": after.reason,
-                                "args": json.dumps(call.args, sort_keys=True)[:200]})
+                                "args": call.args})
         store.close()
     except StoreUnavailable as exc:
         err.print(f"[red]audit store unavailable[/red] ({escape(url)}): {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(USAGE) from None
     verdict_changes = [c for c in changes if c["old"] != c["new"]]
     summary = {"old_version": old_engine.version, "new_version": new_engine.version, "calls": total,
                "changed": len(changes), "verdicts_changed": len(verdict_changes), "changes": changes}
     if as_json:
-        typer.echo(json.dumps(summary))
+        print_json(summary)
         return
     console.print(f"{total} recorded call(s); {len(verdict_changes)} would get another decision and "
                   f"{len(changes) - len(verdict_changes)} the same decision for other reasons, under "
                   f"{escape(new_engine.version)} instead of {escape(old_engine.version)}")
     for change in changes[:show]:
+        args = _clipped(json.dumps(change["args"], sort_keys=True))
         console.print(f"  {change['occurred_at'][:19]} {change['user']}@{change['tenant']} {change['tool']} "
-                      f"{escape(change['args'])}\n    [{COLORS[change['old']]}]{change['old']}[/] -> "
+                      f"{escape(args)}\n    [{COLORS[change['old']]}]{change['old']}[/] -> "
                       f"[{COLORS[change['new']]}]{change['new']}[/] ({', '.join(change['new_policy_ids'])}): "
                       f"{escape(change['new_reason'])}")
     if len(changes) > show:
@@ -299,7 +335,9 @@ async def _publish(bus: BusSettings, key: str, version: str | None, files: dict[
     from caduceus_bus import EventConnection
     from caduceus_policy import PackStore
 
-    conn = await EventConnection.connect(bus, "caduceus-policy-cli")
+    # The services' connection retries forever; a command must give up and say the bus is unreachable.
+    async with asyncio.timeout(BUS_CONNECT_TIMEOUT_S):
+        conn = await EventConnection.connect(bus, "caduceus-policy-cli")
     try:
         store = await PackStore.open(conn.js)
         if files is None:
@@ -317,6 +355,18 @@ def _operator_bus(nats_url: str | None, state_dir: Path | None) -> BusSettings:
     return require_stack(state_dir, err).bus_settings("operator")
 
 
+def _on_bus(work: Any) -> None:
+    """Run `work` against the bus; a bus that cannot be reached is exit 2, with what to check."""
+    import nats.errors
+
+    try:
+        asyncio.run(work)
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        err.print(f"[red]cannot reach the bus[/red]: {escape(str(exc) or type(exc).__name__)}: check --nats-url "
+                  "(and CADUCEUS_NATS_CREDENTIALS), or that the stack runs")
+        raise typer.Exit(USAGE) from None
+
+
 @policy_app.command("publish")
 def publish(
     path: Path = typer.Argument(..., help="The pack to put live (checked, and its tests run, first)."),
@@ -332,10 +382,11 @@ def publish(
     engine = _engine(path)
     failed = [r for r in run_cases(engine, engine.pack.tests) if not r.passed]
     if failed:
-        err.print(f"[red]not published[/red]: {len(failed)} of the pack's tests fail (`caduceus policy test {path}`)")
-        raise typer.Exit(1)
+        err.print(f"[red]not published[/red]: {len(failed)} of the pack's tests fail "
+                  f"(`{suggest('caduceus policy test', str(path))}`)")
+        raise typer.Exit(BAD)
     key = "shadow" if shadow else "live"
-    asyncio.run(_publish(_operator_bus(nats_url, state_dir), key, engine.version, dict(engine.pack.files)))
+    _on_bus(_publish(_operator_bus(nats_url, state_dir), key, engine.version, dict(engine.pack.files)))
     console.print(f"published pack [bold]{escape(engine.version)}[/bold] as the {key} pack; every policy replica "
                   "reloads it now")
 
@@ -348,7 +399,7 @@ def stop_shadow(
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
 ) -> None:
     """Stop running a candidate pack in shadow."""
-    asyncio.run(_publish(_operator_bus(nats_url, state_dir), "shadow", None, None))
+    _on_bus(_publish(_operator_bus(nats_url, state_dir), "shadow", None, None))
     console.print("the shadow pack is stopped")
 
 

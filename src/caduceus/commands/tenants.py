@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from caduceus.identity_access import STATE_DIR_HELP, TENANTS_FILE_HELP, access
-from caduceus_directory import TIERS, Directory, DirectoryError, Tenant, load_directory
+from caduceus.scripting import BAD, USAGE, AsJson, print_json
+from caduceus_directory import TIERS, Directory, DirectoryError, DirectoryUnreadable, Tenant, load_directory
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -32,9 +33,12 @@ def register(app: typer.Typer) -> None:
 
 
 @tenants_app.command("list")
-def list_tenants(state_dir: StateDir = None, tenants_file: TenantsFile = None) -> None:
+def list_tenants(state_dir: StateDir = None, tenants_file: TenantsFile = None, as_json: AsJson = False) -> None:
     """One line per tenant: workspaces, people, memory scope, approval mode, trusted issuers."""
     directory = _read(access(state_dir, tenants_file).tenants_file)
+    if as_json:
+        print_json({"tenants": [tenant_json(name, tenant) for name, tenant in sorted(directory.tenants.items())]})
+        return
     table = Table(show_edge=False)
     for column in ("tenant", "name", "workspaces", "users", "memory", "approval mode", "issuers"):
         table.add_column(column)
@@ -47,14 +51,25 @@ def list_tenants(state_dir: StateDir = None, tenants_file: TenantsFile = None) -
 
 @tenants_app.command("show")
 def show(tenant: Annotated[str, typer.Argument(help="The tenant, e.g. acme.")],
-         state_dir: StateDir = None, tenants_file: TenantsFile = None) -> None:
+         state_dir: StateDir = None, tenants_file: TenantsFile = None, as_json: AsJson = False) -> None:
     """Everything about one tenant: people with their effective roles, groups, custom roles, issuers."""
     directory = _read(access(state_dir, tenants_file).tenants_file)
     entry = directory.tenants.get(tenant)
     if entry is None:
         err.print(f"[red]no tenant {tenant!r}[/red] (tenants: {', '.join(sorted(directory.tenants)) or 'none'})")
-        raise typer.Exit(1)
+        raise typer.Exit(BAD)
+    if as_json:
+        print_json(tenant_json(tenant, entry))
+        return
     _show(tenant, entry)
+
+
+def tenant_json(name: str, tenant: Tenant) -> dict:
+    """A tenant as tenants.yaml has it, plus each person's effective roles (what policy and approval see)."""
+    document = {"tenant": name, **tenant.model_dump(mode="json")}
+    for user_name, user in tenant.users.items():
+        document["users"][user_name]["effective_roles"] = list(tenant.effective_roles(set(user.roles)))
+    return document
 
 
 def _show(name: str, tenant: Tenant) -> None:
@@ -82,22 +97,35 @@ def _show(name: str, tenant: Tenant) -> None:
 
 @tenants_app.command("apply")
 def apply(source: Annotated[Path, typer.Argument(help="The new tenants.yaml.", exists=True, dir_okay=False)],
-          state_dir: StateDir = None, tenants_file: TenantsFile = None) -> None:
+          state_dir: StateDir = None, tenants_file: TenantsFile = None, as_json: AsJson = False) -> None:
     """Check a tenants file and make it the stack's; identity uses it for the next message, no restart.
 
-    Nothing changes when the file has a problem: every problem is listed with where it is.
+    Nothing changes when the file has a problem: every problem is listed with where it is (exit 1; exit 2 when
+    the file cannot be read).
     """
-    new = _read(source)
+    new = _read(source, as_json)
     target = access(state_dir, tenants_file).tenants_file
-    old = load_directory(target) if target.exists() else Directory(tenants={})
+    old = _current(target)
     text = source.read_text(encoding="utf-8")
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(f".{target.name}.new")
     staged.write_text(text, encoding="utf-8")
     os.replace(staged, target)
-    for line in _changes(old, new):
+    changes = _changes(old, new)
+    if as_json:
+        print_json({"ok": True, "applied": str(source), "to": str(target), "tenants": sorted(new.tenants), "changes": changes})
+        return
+    for line in changes or ["no change to tenants or people"]:
         out.print(f"  {escape(line)}")
     out.print(f"applied {source} to {target}: {len(new.tenants)} tenant(s); identity uses it for the next message")
+
+
+def _current(target: Path) -> Directory:
+    """The tenants file being replaced; one that is missing or broken counts as empty (the new one fixes it)."""
+    try:
+        return load_directory(target)
+    except DirectoryError:
+        return Directory(tenants={})
 
 
 def _changes(old: Directory, new: Directory) -> list[str]:
@@ -114,12 +142,16 @@ def _changes(old: Directory, new: Directory) -> list[str]:
                 lines.append(f"~ {name}/{user}: roles {', '.join(was)} -> {', '.join(now)}")
         if before.memory != after.memory:
             lines.append(f"~ {name}: memory {before.memory} -> {after.memory}")
-    return lines or ["no change to tenants or people"]
+    return lines
 
 
-def _read(path: Path) -> Directory:
+def _read(path: Path, as_json: bool = False) -> Directory:
+    """The tenants file, or exit: 2 when it cannot be read, 1 listing every problem when it can but is wrong."""
     try:
         return load_directory(path)
     except DirectoryError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2) from None
+        if as_json:
+            print_json({"ok": False, "file": str(path), "problems": [
+                {"line": p.line, "where": p.where, "message": p.message} for p in exc.problems]})
+        raise typer.Exit(USAGE if isinstance(exc, DirectoryUnreadable) else BAD) from None

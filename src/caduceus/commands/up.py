@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from caduceus.scripting import BAD, USAGE, AsJson, print_json, suggest
 from caduceus_embedded import (
     EmbeddedStack,
     MissingBinary,
@@ -26,7 +27,6 @@ from caduceus_embedded import (
     read_stack_info,
 )
 
-HINT = 'caduceus chat --tenant acme --user alice "hello"'
 DEFAULTS = StackPorts()
 
 out = Console(soft_wrap=True, highlight=False)
@@ -64,10 +64,7 @@ def up(
     out.print("starting the Caduceus embedded stack")
     try:
         stack.start()
-    except StackAlreadyRunning as exc:
-        err.print(f"error: {escape(str(exc))}", style="red")
-        raise typer.Exit(1) from None
-    except (PortBusy, MissingBinary) as exc:
+    except (StackAlreadyRunning, PortBusy, MissingBinary) as exc:
         err.print(f"error: {escape(str(exc))}", style="red")
         raise typer.Exit(2) from None
     except ServiceFailed as exc:
@@ -83,7 +80,7 @@ def up(
         err.print("interrupted while starting; stopped")
         raise typer.Exit(130) from None
     try:
-        _show(stack)  # a Ctrl-C from here on, even while this prints, stops the stack
+        _show(stack, state_dir)  # a Ctrl-C from here on, even while this prints, stops the stack
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
@@ -113,7 +110,7 @@ def _print_tail(lines: list[str], log_path: Path | None) -> None:
         err.print(f"  {escape(line)}", style="dim")
 
 
-def _show(stack: EmbeddedStack) -> None:
+def _show(stack: EmbeddedStack, state_dir: Path | None) -> None:
     info = stack.info
     services = Table(title="Caduceus is up", title_justify="left", show_edge=False)
     services.add_column("service")
@@ -139,20 +136,28 @@ def _show(stack: EmbeddedStack) -> None:
     ]:
         where.add_row(label, escape(value))
     out.print(where)
-    out.print(f"\ntry: [bold]{escape(HINT)}[/]\nCtrl-C stops everything.")
+    # The stack's ports are in its state dir: the state dir is all a later command needs to find it.
+    hint = suggest("caduceus chat", "hello", tenant="acme", user="alice", state_dir=state_dir)
+    out.print(f"\ntry: [bold]{escape(hint)}[/]\nCtrl-C stops everything.")
 
 
 def status(
     state_dir: Annotated[Path | None, typer.Option(
         help="State dir of the stack (default: $CADUCEUS_STATE_DIR or the user data dir).")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Show each service of the running stack, and every service it left down after a crash loop (exit 1)."""
     root = state_dir or default_state_dir()
     info = read_stack_info(root)
     if info is None:
-        err.print(f"no stack runs in {escape(str(root))}: start one with `caduceus up` (or pass --state-dir DIR)",
-                  style="red")
-        raise typer.Exit(2)
+        err.print(f"no stack runs in {escape(str(root))}: start one with `{escape(suggest('caduceus up', state_dir=state_dir))}` "
+                  "(or pass --state-dir DIR where one runs)", style="red")
+        raise typer.Exit(USAGE)
+    if as_json:
+        print_json({"state_dir": str(root), "ok": not info.down, "services": [
+            {"name": name, "pid": pid, "up": name not in info.down, "problem": info.down.get(name)}
+            for name, pid in info.services.items()]})
+        raise typer.Exit(BAD if info.down else 0)
     table = Table(show_edge=False)
     for column in ("service", "pid", "state"):
         table.add_column(column)
@@ -162,5 +167,5 @@ def status(
     out.print(table)
     if info.down:
         out.print(f"[bold red]{len(info.down)} service(s) down[/]: read the named log, fix the cause, then restart "
-                  "the stack (`caduceus up`)")
-        raise typer.Exit(1)
+                  f"the stack (`{escape(suggest('caduceus up', state_dir=state_dir))}`)")
+        raise typer.Exit(BAD)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from caduceus.identity_access import ISSUER_HELP, STATE_DIR_HELP, TENANTS_FILE_HELP, access
+from caduceus.scripting import BAD, AsJson, print_json
 from caduceus_identity import looks_like_api_key
 from caduceus_oidc import Refused
 
@@ -33,23 +34,32 @@ def whoami(
     state_dir: Annotated[Path | None, typer.Option(help=STATE_DIR_HELP)] = None,
     tenants_file: Annotated[Path | None, typer.Option(help=TENANTS_FILE_HELP)] = None,
     issuer_url: Annotated[str | None, typer.Option(help=ISSUER_HELP)] = None,
+    as_json: AsJson = False,
 ) -> None:
     where = access(state_dir, tenants_file, issuer_url)
     if looks_like_api_key(token):
         account = where.service_account(token)
         if account is None:
-            err.print("[red]refused:[/red] the service-account key is unknown or revoked")
-            raise typer.Exit(1)
+            _refuse("the service-account key is unknown or revoked",
+                    "ask an admin of the tenant for a live key", as_json)
+        if as_json:
+            print_json({"ok": True, "kind": "service-account", "name": account.name, "tenant": account.tenant,
+                        "platforms": list(account.platforms)})
+            return
         out.print(f"service account [bold]{escape(account.name)}[/bold] of tenant [bold]{account.tenant}[/bold]")
         out.print(f"speaks for: {', '.join(account.platforms)} users (linked or paired people)")
         return
     try:
         identity, member = asyncio.run(where.resolve(token, tenant))
     except Refused as refused:
-        err.print(f"[red]refused:[/red] {escape(refused.reason)}")
-        err.print(f"what to do: {escape(refused.remedy)}")
-        raise typer.Exit(1) from None
+        _refuse(refused.reason, refused.remedy, as_json)
     tenant_entry = where.directory()().tenants[member.tenant]
+    if as_json:
+        print_json({"ok": True, "kind": "person", "tenant": member.tenant, "user": member.name,
+                    "listed": member.listed, "roles": list(member.roles), "approval_mode": member.approval_mode,
+                    "memory": tenant_entry.memory, "issuer": identity.issuer, "groups": list(identity.groups),
+                    "expires_at": identity.expires_at.isoformat() if identity.expires_at else None})
+        return
     out.print(f"tenant: {member.tenant}")
     out.print(f"user: {escape(member.name)}" + ("" if member.listed else " (admitted by group)"))
     out.print(f"roles: {', '.join(member.roles)}")
@@ -60,3 +70,12 @@ def whoami(
                                                        if identity.groups else ""))
     if identity.expires_at is not None:
         out.print(f"token expires: {identity.expires_at.isoformat(timespec='seconds')}")
+
+
+def _refuse(reason: str, remedy: str, as_json: bool) -> NoReturn:
+    """Why the token is refused and what to do (exit 1); with --json, also as the one document on stdout."""
+    err.print(f"[red]refused:[/red] {escape(reason)}")
+    err.print(f"what to do: {escape(remedy)}")
+    if as_json:
+        print_json({"ok": False, "refused": reason, "remedy": remedy})
+    raise typer.Exit(BAD)

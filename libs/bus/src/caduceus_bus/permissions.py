@@ -240,6 +240,6 @@ def load_permissions(path: Path | None = None) -> PermissionFile:
     try:
         return PermissionFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "top level"
-        raise PermissionsError(f"the bus permission file {path} is invalid at {where}: {first.get('msg')}") from None
+        problems = [f"at {'.'.join(str(p) for p in error.get('loc', ())) or 'top level'}: {error.get('msg')}"
+                    for error in exc.errors()]
+        raise PermissionsError(f"the bus permission file {path} is invalid " + "; ".join(problems)) from None

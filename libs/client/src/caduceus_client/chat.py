@@ -25,6 +25,8 @@ from caduceus_contracts import (
     subjects,
 )
 
+CONNECT_TIMEOUT_S = 10.0
+
 
 class ChatTimeout(TimeoutError):
     """No reply arrived in time; the message says what to check."""
@@ -82,12 +84,16 @@ class ChatClient:
         """Connect to the bus: a URL (a bus without authorization), or settings with the client's credential."""
         settings = bus if isinstance(bus, BusSettings) else BusSettings(nats_url=bus)
         try:
-            conn = await EventConnection.connect(settings, name=name, connect_timeout=3)
+            # The connection retries a server that refuses forever (right for a service, which waits for the bus);
+            # a client must give up and say so.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                conn = await EventConnection.connect(settings, name=name, connect_timeout=3)
         except Exception as exc:
             hint = ("the bus refused the credential: use the client credential of the running stack "
                     "(keys/nats/client.creds in its state dir)" if "authorization" in str(exc).lower()
                     else "is the stack running? Start it with `caduceus up`")
-            raise ConnectionError(f"cannot reach NATS at {settings.nats_url} ({exc}); {hint}") from None
+            raise ConnectionError(f"cannot reach NATS at {settings.nats_url} ({str(exc) or type(exc).__name__}); "
+                                  f"{hint}") from None
         return cls(conn)
 
     async def close(self) -> None:

@@ -10,9 +10,11 @@ from caduceus_directory.model import (
     CustomRole,
     Directory,
     DirectoryError,
+    DirectoryUnreadable,
     Issuer,
     Member,
     MemoryScope,
+    Problem,
     Tenant,
     User,
     memory_scope,
@@ -22,6 +24,6 @@ from caduceus_directory.source import DirectorySource, load_directory
 
 __all__ = [
     "ADMIN_ROLES", "DIRECTORY_FORMAT", "TIERS", "ApprovalMode", "CustomRole", "Directory", "DirectoryError",
-    "DirectorySource", "Issuer", "Member", "MemoryScope", "Tenant", "User", "load_directory", "memory_scope",
-    "parse_directory",
+    "DirectorySource", "DirectoryUnreadable", "Issuer", "Member", "MemoryScope", "Problem", "Tenant", "User", "load_directory",
+    "memory_scope", "parse_directory",
 ]

@@ -12,9 +12,10 @@ OIDC groups mapped to roles; custom roles on top of the tiers owner > admin > me
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -43,8 +44,28 @@ ApprovalMode = Literal["always-ask", "ask-when-risky", "never"]
 MemoryScope = Literal["tenant", "user", "channel"]
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a tenants file: where it is (the entry's dotted path, and its line when known), what to fix."""
+
+    where: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.where}: {self.message}" if self.line else f"{self.where}: {self.message}"
+
+
 class DirectoryError(ValueError):
-    """The tenants file is missing or wrong; the message names the file and what to fix."""
+    """The tenants file is missing or wrong; the message names the file and what to fix, `problems` each problem."""
+
+    def __init__(self, message: str, problems: tuple[Problem, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class DirectoryUnreadable(DirectoryError):
+    """The tenants file could not be read at all (missing, no permission), as opposed to read and found wrong."""
 
 
 class _Entry(BaseModel):
@@ -87,15 +108,9 @@ class Tenant(_Entry):
 
     @model_validator(mode="after")
     def _known_roles(self) -> "Tenant":
-        known = set(TIERS) | set(self.roles)
-        for name, role in self.roles.items():
-            if name in TIERS:
-                raise ValueError(f"custom role {name!r} has the name of a tier; tiers are {', '.join(TIERS)}")
-            _require_known(role.includes, known, f"role {name!r} includes")
-        for name, user in self.users.items():
-            _require_known(user.roles, known, f"user {name!r} has")
-        for group, roles in self.groups.items():
-            _require_known(roles, known, f"group {group!r} maps to")
+        problems = role_problems(self.model_dump(include={"roles", "users", "groups"}))
+        if problems:
+            raise ValueError("; ".join(message for _, message in problems))
         return self
 
     def effective_roles(self, roles: tuple[str, ...] | set[str]) -> tuple[str, ...]:
@@ -130,11 +145,32 @@ class Tenant(_Entry):
         return found[0] if found else None
 
 
-def _require_known(roles: tuple[str, ...], known: set[str], where: str) -> None:
-    unknown = sorted(set(roles) - known)
-    if unknown:
-        raise ValueError(f"{where} unknown role(s) {unknown}: use a tier ({', '.join(TIERS)}) or declare it "
-                         "under the tenant's `roles:`")
+def role_problems(tenant: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """Every role a tenant's entries name that is neither a tier nor one of its custom roles, each with where it is
+    (relative to the tenant). It reads plain data, so it also checks a tenant whose other entries are malformed."""
+    custom = _mapping(tenant.get("roles"))
+    known = set(TIERS) | set(custom)
+    found = [(("roles", name), f"custom role {name!r} has the name of a tier; tiers are {', '.join(TIERS)}")
+             for name in custom if name in TIERS]
+    for name, role in custom.items():
+        found += _unknown(_mapping(role).get("includes"), known, ("roles", name, "includes"), f"role {name!r} includes")
+    for name, user in _mapping(tenant.get("users")).items():
+        found += _unknown(_mapping(user).get("roles"), known, ("users", name, "roles"), f"user {name!r} has")
+    for group, roles in _mapping(tenant.get("groups")).items():
+        found += _unknown(roles, known, ("groups", group), f"group {group!r} maps to")
+    return found
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _unknown(roles: Any, known: set[str], where: tuple[str, ...], who: str) -> list[tuple[tuple[str, ...], str]]:
+    if not isinstance(roles, list | tuple):
+        return []
+    unknown = sorted({role for role in roles if isinstance(role, str)} - known)
+    return [(where, f"{who} unknown role(s) {unknown}: use a tier ({', '.join(TIERS)}) or declare it under the "
+                    "tenant's `roles:`")] if unknown else []
 
 
 @dataclass(frozen=True)
@@ -244,7 +280,8 @@ def parse_directory(text: str, source: str) -> Directory:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise DirectoryError(f"{source} is not valid YAML{where}: {problem}; fix the syntax") from None
+        raise DirectoryError(f"{source} is not valid YAML{where}: {problem}; fix the syntax",
+                             (Problem("yaml", f"{problem}; fix the syntax", mark.line + 1 if mark else None),)) from None
     if data is None:
         raise DirectoryError(f"{source} is empty: it needs a `tenants:` mapping, for example:\n{DIRECTORY_FORMAT}")
     if not isinstance(data, dict) or "tenants" not in data:
@@ -254,15 +291,55 @@ def parse_directory(text: str, source: str) -> Directory:
     try:
         return Directory.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors()[:5]:
-            where = ".".join(str(part) for part in error["loc"]) or "top level"
-            problems.append(f"  {where}: {_explain(error)}")
-        more = f"\n  ... and {exc.error_count() - 5} more" if exc.error_count() > 5 else ""
+        problems = _problems(exc, data, text)
         raise DirectoryError(
-            f"{source} has {exc.error_count()} problem(s):\n" + "\n".join(problems) + more
-            + f"\nfix those entries; the expected shape is:\n{DIRECTORY_FORMAT}"
+            f"{source} has {len(problems)} problem(s):\n" + "\n".join(f"  {problem}" for problem in problems)
+            + f"\nfix those entries; the expected shape is:\n{DIRECTORY_FORMAT}", problems
         ) from None
+
+
+def _problems(exc: ValidationError, data: dict, text: str) -> tuple[Problem, ...]:
+    """Every problem of the file at once, in file order: the model's findings, and the role check of every
+    tenant, which the model skips for a tenant with any other problem (so fixing one would reveal the next)."""
+    line_of = _line_finder(text)
+    tenants = _mapping(data.get("tenants"))
+    roles = {name: role_problems(_mapping(tenant)) for name, tenant in tenants.items()}
+    found = []
+    for error in exc.errors():
+        loc = error["loc"]
+        if error["type"] == "value_error" and len(loc) == 2 and loc[0] == "tenants" and roles.get(loc[1]):
+            continue  # the tenant's role check: reported entry by entry below
+        found.append(Problem(".".join(str(part) for part in loc) or "top level", _explain(error), line_of(loc)))
+    for name, problems in roles.items():
+        for where, message in problems:
+            loc = ("tenants", name, *where)
+            found.append(Problem(".".join(str(part) for part in loc), message, line_of(loc)))
+    return tuple(sorted(found, key=lambda problem: problem.line or 0))
+
+
+def _line_finder(text: str) -> Callable[[tuple], int | None]:
+    """The line (1-based) where the entry at a validation path starts in the YAML text, or the nearest one above."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        root = None
+
+    def line_of(loc: tuple) -> int | None:
+        node, line = root, None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                entry = next(((key, value) for key, value in node.value if key.value == str(part)), None)
+                if entry is None:
+                    break
+                line, node = entry[0].start_mark.line + 1, entry[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    return line_of
 
 
 def _explain(error: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from caduceus_directory.model import Directory, DirectoryError, parse_directory
+from caduceus_directory.model import Directory, DirectoryError, DirectoryUnreadable, parse_directory
 
 log = logging.getLogger(__name__)
 
@@ -15,12 +15,12 @@ def load_directory(path: Path) -> Directory:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DirectoryError(
+        raise DirectoryUnreadable(
             f"tenants file {path} does not exist: create it (the embedded stack copies a demo one on "
             "`caduceus up`) or point CADUCEUS_TENANTS_FILE at yours"
         ) from None
     except OSError as exc:
-        raise DirectoryError(f"cannot read tenants file {path}: {exc.strerror}; check its permissions") from None
+        raise DirectoryUnreadable(f"cannot read tenants file {path}: {exc.strerror}; check its permissions") from None
     return parse_directory(text, str(path))
 
 

@@ -186,7 +186,7 @@ class SandboxPolicy(Model):
 
 
 def load_policy(path: Path) -> SandboxPolicy:
-    """Read one policy file; raises PolicyError naming the file and the first problem."""
+    """Read one policy file; raises PolicyError naming the file and every problem in it."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
@@ -198,9 +198,12 @@ def load_policy(path: Path) -> SandboxPolicy:
     try:
         policy = SandboxPolicy.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "policy"
-        raise PolicyError(f"sandbox policy {path}: {where}: {first.get('msg')}") from None
+        problems = [f"{'.'.join(str(p) for p in error.get('loc', ())) or 'policy'}: {error.get('msg')}"
+                    for error in exc.errors()]
+        if len(problems) == 1:
+            raise PolicyError(f"sandbox policy {path}: {problems[0]}") from None
+        raise PolicyError(f"sandbox policy {path} has {len(problems)} problems:\n" +
+                          "\n".join(f"  {problem}" for problem in problems)) from None
     store = policy.secrets.store
     if store is not None and not store.is_absolute():
         # A relative store is relative to the policy file, so a policy directory can be moved whole.

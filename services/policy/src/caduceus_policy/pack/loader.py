@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -43,6 +43,7 @@ _TOOL_GLOB = re.compile(r"^[A-Za-z0-9_.*-]{1,256}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*](?:[^()\\]|\\.)*\)\s*[+*{]")
 MAX_PATTERN_LENGTH = 500
+T = TypeVar("T")
 
 
 class PackError(ValueError):
@@ -172,6 +173,7 @@ def parse_pack(files: Mapping[str, str], *, origin: str = "") -> Pack:
     tenants: dict[str, TenantPolicy] = {}
     tests: list[TestCase] = []
     referenced: set[str] = set()
+    problems: list[PackError] = []
     for name, text in sorted(yaml_files.items()):
         source = shown(name)
         data = _yaml(text, source)
@@ -186,6 +188,11 @@ def parse_pack(files: Mapping[str, str], *, origin: str = "") -> Pack:
             tenants[tenant] = policy
         tests.extend(part_tests)
         referenced |= part.referenced
+        problems += part.problems
+    if problems:
+        # Before the checks across files, which a tenant left out for its problems would only confuse.
+        raise PackError(str(problems[0]) if len(problems) == 1 else f"{len(problems)} problems:\n"
+                        + "\n".join(f"  {problem}" for problem in problems))
     if len(set(versions.values())) > 1:
         listed = ", ".join(f"{file} says {v!r}" for file, v in versions.items())
         raise PackError(f"the pack's files disagree on `version` ({listed}): give them one version")
@@ -207,6 +214,15 @@ class _Part:
         self.cedar_files = cedar_files
         self.shown = shown
         self.referenced: set[str] = set()
+        self.problems: list[PackError] = []
+
+    def collecting(self, parse: Callable[..., T], *args: Any) -> T | None:
+        """`parse(*args)`, or None with its problem kept, so one run reports every bad rule, tenant and case."""
+        try:
+            return parse(*args)
+        except PackError as problem:
+            self.problems.append(problem)
+            return None
 
     def fail(self, line: int, where: str, problem: str) -> PackError:
         at = f"{self.source}:{line}" if line else self.source
@@ -225,12 +241,14 @@ class _Part:
         if not isinstance(tenants_data, _Mapping):
             raise self.fail(data.key_lines.get("tenants", 1), "", "set `tenants` to a mapping of tenant name to "
                                                                   "its policy ({rules: [...]})")
-        tenants = {name: self.tenant(name, body, tenants_data.key_lines[name]) for name, body in tenants_data.items()}
+        tenants = {name: policy for name, body in tenants_data.items()
+                   if (policy := self.collecting(self.tenant, name, body, tenants_data.key_lines[name])) is not None}
         tests_data = data.get("tests", [])
         if not isinstance(tests_data, list):
             raise self.fail(data.key_lines.get("tests", 1), "", "`tests` is a list of cases (tenant, user, roles, "
                                                                 "tool, args, expect)")
-        tests = [self.test_case(raw, index, data.key_lines["tests"]) for index, raw in enumerate(tests_data, 1)]
+        tests = [case for index, raw in enumerate(tests_data, 1)
+                 if (case := self.collecting(self.test_case, raw, index, data.key_lines["tests"])) is not None]
         return (version.strip() if isinstance(version, str) else None), tenants, tests
 
     def unknown(self, data: _Mapping, allowed: tuple[str, ...], where: str, what: str) -> None:
@@ -257,11 +275,12 @@ class _Part:
             raise self.fail(body.key_lines.get("rules", line), where, "`rules` is a list of rules")
         rules: list[Rule] = []
         for index, raw in enumerate(rules_data, 1):
-            rule = self.rule(raw, index, where, approval, body.key_lines["rules"])
-            if any(existing.id == rule.id for existing in rules):
-                raise self.fail(rule.source.line, f"{where}, rule {rule.id!r}", "rule ids must be unique within a "
-                                                                                "tenant: rename it")
-            rules.append(rule)
+            rule = self.collecting(self.rule, raw, index, where, approval, body.key_lines["rules"])
+            if rule is not None and any(existing.id == rule.id for existing in rules):
+                self.problems.append(self.fail(rule.source.line, f"{where}, rule {rule.id!r}",
+                                               "rule ids must be unique within a tenant: rename it"))
+            elif rule is not None:
+                rules.append(rule)
         modes = self.approval_modes(body.get("approval_modes", {}), body.key_lines.get("approval_modes", line),
                                     where, approval)
         limits = self.limits(body.get("limits", []), body.key_lines.get("limits", line), where)
