@@ -95,6 +95,8 @@ JSON_COMMANDS = [
      0, "tenants"),
     (["bus", "permissions"], 0, "grants"),
     (["bus", "authority", "--out", "{files}/bus"], 0, "credentials"),
+    (["deployment", "secrets", "--out", "{files}/deploy"], 0, "services"),
+    (["backup", "--state-dir", "{state}", "--out", "{files}/state.backup"], 0, "manifest"),
     (["identity", "service-account", "list", "--tenant", "acme", "--state-dir", "{state}"], 0, "service_accounts"),
     (["identity", "pairing", "list", "--tenant", "acme", "--state-dir", "{state}"], 0, "links"),
     (["identity", "service-account", "create", "--tenant", "acme", "--name", "ci-bot", "--platform", "slack",
