@@ -193,8 +193,9 @@ async def test_a_stop_lets_the_messages_in_hand_finish_and_takes_no_more(setting
     await until(lambda: service.gate.running == 2)
     gate = service.gate
     router = service.router
+    assert router is not None
     stopping = asyncio.create_task(service.stop())
-    await until(lambda: router is not None and not router.subscriptions)  # it takes no more from here on
+    await asyncio.wait_for(router.unsubscribed.wait(), WAIT_S)  # it takes no more from here on
     assert not stopping.done()  # waiting for the two in hand
     await connection.publish(subjects.chat_in(tenant), ChatMessageIn(tenant=tenant, session_id="s", token="t",
                                                                       text="after the stop"))
@@ -368,3 +369,19 @@ async def until_routed_from(service: BusService, connection: EventConnection) ->
 
     assert service.connection is not None
     await until_routed(service.connection.nc, connection.nc)
+
+
+async def test_a_stop_does_not_cut_short_a_message_being_handled_one_at_a_time(settings, connection, tenant):
+    service = await started(gated_service(settings, tenant, concurrency=1, role="one-at-a-time"), connection)
+    for i in range(2):
+        await connection.publish(subjects.chat_in(tenant), ChatMessageIn(tenant=tenant, session_id="s", token="t",
+                                                                          text=f"in hand {i}"))
+    await until(lambda: service.gate.running == 1)  # the first in its handler, the second delivered behind it
+    gate = service.gate
+    stopping = asyncio.create_task(service.stop())
+    assert service.router is not None
+    await asyncio.wait_for(service.router.unsubscribed.wait(), WAIT_S)
+    gate.release.set()
+    await asyncio.wait_for(stopping, WAIT_S)
+    assert gate.done == ["in hand 0", "in hand 1"]  # neither cut short nor dropped
+

@@ -85,6 +85,8 @@ class Router:
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     pullers: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once a stopping router's subscriptions are gone from the server: nothing more is delivered after it.
+    unsubscribed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Subscribe every route; when this returns, every subscription is in place on the server."""
@@ -243,12 +245,20 @@ class Router:
         return delivery
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop taking messages, let those in hand finish (up to `grace_s`), then stop the pull consumers."""
+        """Stop taking messages, let those in hand finish (up to `grace_s`), then stop the pull consumers.
+
+        Each subscription is drained, not dropped: unsubscribing would cancel a handler in the middle of its
+        message, and a core NATS message is not delivered again.
+        """
         self._stopping.set()
-        for subscription in self.subscriptions:
-            with contextlib.suppress(Exception):  # already gone with the connection
-                await subscription.unsubscribe()
-        self.subscriptions.clear()
+        subscriptions, self.subscriptions = self.subscriptions, []
+        drains = [asyncio.create_task(_drain(subscription)) for subscription in subscriptions]
+        await asyncio.sleep(0)  # each drain sends its UNSUB ...
+        with contextlib.suppress(Exception):
+            await self.connection.nc.flush()  # ... and once the server has them all, nothing more arrives
+        self.unsubscribed.set()
+        if drains:
+            await asyncio.wait(drains, timeout=grace_s)
         if self.in_flight:
             await asyncio.wait(set(self.in_flight), timeout=grace_s)
         if self.pullers:
@@ -264,6 +274,15 @@ def consumer_config(subject: str, pull: Pull) -> ConsumerConfig:
     return ConsumerConfig(name=pull.durable, durable_name=pull.durable, filter_subject=subject,
                           deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
                           ack_wait=pull.ack_wait_s, max_deliver=-1)
+
+
+async def _drain(subscription: Subscription) -> None:
+    """Unsubscribe on the server, then handle what was already delivered (the handler in progress included)."""
+    try:
+        await subscription.drain()
+    except Exception:  # the connection is gone or closing: nothing more can be handled
+        with contextlib.suppress(Exception):
+            await subscription.unsubscribe()
 
 
 async def _drop(subscription: JetStreamContext.PullSubscription | None) -> None:
