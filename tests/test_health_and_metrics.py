@@ -4,6 +4,11 @@ messages and the audit trail's lag."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+from pathlib import Path
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,3 +70,21 @@ async def test_a_governed_turn_moves_the_metrics(stack) -> None:
     assert grew("audit", "caduceus_messages_total", service="audit", outcome="handled") >= 1
     assert ("caduceus_audit_lag_events", frozenset()) in after["audit"]
     assert total(after["identity"], "caduceus_bus_connected", service="identity") == 1
+
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "infra/grafana/caduceus-dashboard.json"
+
+
+async def test_every_metric_the_grafana_dashboard_shows_is_one_the_stack_serves(stack) -> None:
+    expressions = [target["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for target in panel["targets"]]
+    wanted = {name for expr in expressions for name in re.findall(r"caduceus_[a-z_]+", expr)}
+    assert {"caduceus_policy_decisions_total", "caduceus_audit_lag_events", "caduceus_approvals_open"} <= wanted
+
+    def served() -> set[str]:
+        return {name for url in stack.info.metrics_urls.values() for name, _ in samples(url)}
+
+    # Checkpoints are signed within a second of new records here (the stack fixture's interval).
+    async with asyncio.timeout(30):
+        while not wanted <= served():
+            await asyncio.sleep(0.5)
+

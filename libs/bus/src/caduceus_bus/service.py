@@ -75,6 +75,7 @@ class BusService:
             self.connection = await EventConnection.connect(self.bus, self.connection_name, role=self.table.role,
                                                             on_reconnect=self._reconnected)
             BUS_CONNECTED.labels(self.table.role).set(1)
+            BUS_RECONNECTS.labels(self.table.role)  # shown (as 0) before the first reconnect
             if "stream-setup" in self.table.grants:  # services make sure the stream exists; workers may not
                 await self.connection.ensure_stream()
             deps = await self.prepare(self.connection)

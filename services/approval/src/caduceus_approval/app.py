@@ -13,7 +13,7 @@ from caduceus_approval.calls import RecentCalls
 from caduceus_approval.desk import ApprovalDesk
 from caduceus_approval.directory import TenantDirectory
 from caduceus_approval.domain import DESK_ISSUER, view_of
-from caduceus_approval.handlers import ROUTES, ApprovalDeps, Approvals
+from caduceus_approval.handlers import RESOLVED, ROUTES, ApprovalDeps, Approvals
 from caduceus_approval.inbox import Inbox
 from caduceus_approval.settings import ApprovalSettings
 from caduceus_approval.temporal_link import TemporalLink
@@ -44,6 +44,8 @@ class ApprovalService(BusService):
         desk_signer = ensure_signer(settings.keys_dir, DESK_ISSUER)
         self.inbox = Inbox()
         APPROVALS_OPEN.set_function(self.inbox.open_count)
+        for status in ("approved", "denied", "expired"):
+            RESOLVED.labels(status)  # shown (as 0) before the first approval closes
         self.calls = RecentCalls(settings.keys_dir)
         self.directory = TenantDirectory(settings.tenants_file)
         self.temporal = TemporalLink(settings, ApprovalActivities(self.publish, signer, settings.decision_ttl_s),

@@ -19,11 +19,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from caduceus_audit.adapters.store import AuditStore, StoreRefused, StoreUnavailable
 from caduceus_audit.domain.checkpoints import ChainDamaged, checkpoint_due, checkpoint_for
 from caduceus_contracts import AuditCheckpointed, SignedCheckpoint, Signer, utcnow
 
 log = logging.getLogger(__name__)
+CHECKPOINTS = Counter("caduceus_audit_checkpoints_total", "Chain heads signed (checkpoints made), by chain", ["chain"])
 
 Publish = Callable[[AuditCheckpointed], Awaitable[None]]
 
@@ -107,6 +110,7 @@ class Checkpointer:
         if self._heads[tenant] > checkpoint.seq:  # appended meanwhile: the wait for the next one starts now
             self._waiting_since[tenant] = self.clock()
         if stored:
+            CHECKPOINTS.labels(tenant).inc()
             self._maybe_unpublished = True
             log.info("checkpoint of %s at record %d (%d records signed)", tenant, checkpoint.seq, checkpoint.seq - prev)
         return event if stored else None
