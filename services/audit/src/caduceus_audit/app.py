@@ -41,6 +41,7 @@ class AuditService(BusService):
         self.checkpointer = checkpointer
         self.intake = AuditIntake(recorder, checkpointer)
         self._database_problem: str | None = None
+        self._prepared = False
         self.routes = self.routes.tuned(subjects.ALL, delivery=Pull(
             CONSUMER_NAME, batch=settings.audit_batch_size, ack_wait_s=settings.audit_ack_wait_s,
             fetch_timeout_s=settings.audit_fetch_timeout_s, reads_back=True))
@@ -52,6 +53,7 @@ class AuditService(BusService):
         await self._recover(connection)
         self.background(self._checkpoint_when_due(), "audit-checkpoints")
         self.background(self._measure_lag(connection), "audit-lag")
+        self._prepared = True
         log.info("audit ready: consumer %r on stream %s, store %s", CONSUMER_NAME, self.settings.stream_name,
                  self.store.database.display_url)
         return self.intake
@@ -61,8 +63,14 @@ class AuditService(BusService):
         await self.publish(subjects.audit_checkpoint(event.tenant), event)
 
     async def cleanup(self) -> None:
-        """Release the database. Messages fetched but not acknowledged are delivered again."""
-        self.store.close()
+        """Sign the head of every chain with unsigned records (so a tail deleted after the stop is detected), then
+        release the database. Messages fetched but not acknowledged are delivered again."""
+        try:
+            if self._prepared:  # the store answered at start: there is something to sign
+                async with self.intake.lock:
+                    await self.checkpointer.seal()
+        finally:
+            self.store.close()
 
     async def _checkpoint_when_due(self) -> None:
         """Checkpoints due by time, when no batch arrives to trigger them (as often as an idle fetch returns)."""
