@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from caduceus_bus.connection import EventConnection
+from caduceus_bus.connection import EventConnection, settle
 from caduceus_bus.observability import MESSAGE_SECONDS, MESSAGES
 from caduceus_bus.routes import Pull, Route, RouteTable
 from caduceus_bus.tracing import extract_context
@@ -99,7 +99,7 @@ class Router:
             else:
                 self.subscriptions.append(await nc.subscribe(route.subject, queue=route.queue or "",
                                                              cb=self._core_callback(route)))
-        await nc.flush()
+        await settle(nc)
 
     def _start_puller(self, route: Route) -> None:
         assert isinstance(route.delivery, Pull)
@@ -309,11 +309,14 @@ class Router:
         """
         self._stopping.set()
         subscriptions, self.subscriptions = self.subscriptions, []
-        drains = [asyncio.create_task(_drain(subscription)) for subscription in subscriptions]
-        await asyncio.sleep(0)  # each drain sends its UNSUB ...
+        nc = self.connection.nc
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await nc._send_unsubscribe(subscription._id)  # private: UNSUB without dropping what is queued
         with contextlib.suppress(Exception):
-            await self.connection.nc.flush()  # ... and once the server has them all, nothing more arrives
+            await settle(nc)  # the server has every UNSUB, and what it sent before them is read and queued
         self.unsubscribed.set()
+        drains = [asyncio.create_task(_drain(subscription)) for subscription in subscriptions]
         if drains:
             await asyncio.wait(drains, timeout=grace_s)
         if self.in_flight:
@@ -340,7 +343,9 @@ def _cancelling() -> bool:
 
 
 async def _drain(subscription: Subscription) -> None:
-    """Unsubscribe on the server, then handle what was already delivered (the handler in progress included)."""
+    """Handle what was already delivered (the handler in progress included), then drop the subscription. Its
+    UNSUB was sent and settled before (nats-py's own drain would round trip before its UNSUB is even written,
+    and drop what arrives after)."""
     try:
         await subscription.drain()
     except Exception:  # the connection is gone or closing: nothing more can be handled
