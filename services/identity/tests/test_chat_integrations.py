@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from caduceus_contracts import ChatMessageIn
 from caduceus_directory import DirectorySource
@@ -34,11 +37,27 @@ class NoTokens:
         raise TokenRefused("not an OIDC test")
 
 
-@pytest.fixture()
-def store(tmp_path: Path):
-    store = IdentityStore(tmp_path / "identity.db")
-    yield store
-    store.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """The identity store on a SQLite file, and on a fresh database of the real PostgreSQL fixture."""
+    if request.param == "sqlite":
+        store = IdentityStore(tmp_path / "identity.db")
+        yield store
+        store.close()
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = f"identity_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    store = IdentityStore(make_url(server.url).set(database=name).render_as_string(hide_password=False))
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture()

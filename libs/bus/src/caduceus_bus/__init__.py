@@ -10,7 +10,7 @@ from caduceus_bus.authority import (
     WorkerCredentialIssuer,
 )
 from caduceus_bus.connect import CredentialsUnreadable, auth_options, take_credentials
-from caduceus_bus.connection import EventConnection, Publisher, event_headers, excerpt
+from caduceus_bus.connection import EventConnection, Publisher, event_headers, excerpt, settle
 from caduceus_bus.lifecycle import stop_event
 from caduceus_bus.permissions import (
     Grant,
@@ -46,6 +46,6 @@ __all__ = [
     "Publisher", "Pull", "Role", "Route", "RouteTable", "Router", "WorkerCredential", "WorkerCredentialIssuer",
     "auth_options", "default_state_dir", "ensure_stream", "event_headers", "excerpt", "extract_context",
     "inject_headers", "kv_bucket_subjects", "load_permissions", "main_of", "permissions_from_tables",
-    "pull_consumer_subjects", "render_permissions", "serve", "stop_event", "stream_config", "take_credentials",
+    "pull_consumer_subjects", "render_permissions", "serve", "settle", "stop_event", "stream_config", "take_credentials",
     "with_state_paths", "worker_health_subject",
 ]

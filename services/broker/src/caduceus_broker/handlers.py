@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from caduceus_broker.domain import Routing, route_decision
+from caduceus_broker.ledger import USED_DECISIONS_BUCKET
 from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
-from caduceus_bus import Delivery, EventConnection, Route, RouteTable
+from caduceus_bus import Delivery, EventConnection, Route, RouteTable, kv_bucket_subjects
 from caduceus_contracts import (
     ChatReply,
     GrantExpired,
@@ -201,6 +202,7 @@ ROUTES = RouteTable(
         subjects.CHAT_REPLY_ALL,
         subjects.WORKER_LIFECYCLE_ALL,
         "caduceus.health.worker.>",  # asks its workers whether they are ready
+        *kv_bucket_subjects(USED_DECISIONS_BUCKET),  # creates the bucket its executors claim decisions in
     ),
     grants=("stream-setup",),
 )

@@ -57,6 +57,9 @@ class BrokerSettings(BaseSettings):
         "A planner/executor pair idle this long is stopped."))
     max_workers_per_tenant: int = Field(default=8, ge=1, description=(
         "A tenant runs at most this many pairs; a turn beyond it is refused."))
+    used_decisions_replicas: int = Field(default=1, ge=1, le=5, description=(
+        "Replicas of the JetStream bucket of used decisions (`caduceus_used_decisions`), set when the broker "
+        "creates it: 3 on a 3-node NATS cluster."))
     nats_worker_signing: Path | None = Field(default=None, description=(
         "The scoped signing keys the broker mints each worker's bus credential with (`worker-signing.json` from "
         "`caduceus bus authority`; the embedded stack sets it)."))
