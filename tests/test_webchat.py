@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from caduceus.commands.demo import DEMO_MESSAGE
+from caduceus_client import ChatClient
+from caduceus_identity.devtoken import mint_dev_token
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -153,3 +155,21 @@ async def test_a_message_is_escaped_wherever_it_is_shown(stack, alice) -> None:
     page = await alice.get(f"/c/{conversation}")
     assert "<script>alert(1)" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "<img src=x" not in (await alice.get("/")).text
+
+
+async def test_what_alice_says_in_a_shared_channel_is_not_in_the_memory_of_her_web_chat(stack, alice) -> None:
+    secret = "the shared channel's launch word is PERIWINKLE"
+    client = await ChatClient.connect(stack.info.bus_settings("client"))
+    token = mint_dev_token(stack.info.dev_issuer_url, "acme", "alice")
+    try:
+        told = await client.send(tenant="acme", token=token, text=f"Remember that {secret}",
+                                 channel="channel:slack:T1:C1", timeout=120)
+        assert told.reply.status == "ok", told.reply.text
+        conversation = await alice.new_conversation()
+        in_web = await alice.turn(conversation, "What do you remember?")
+        in_channel = await client.send(tenant="acme", token=token, text="What do you remember?",
+                                       channel="channel:slack:T1:C1", timeout=120)
+    finally:
+        await client.close()
+    assert secret not in in_web[-1]["text"]
+    assert secret in in_channel.reply.text
