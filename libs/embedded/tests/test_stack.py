@@ -338,7 +338,7 @@ def test_a_configured_model_endpoint_replaces_the_scripted_model(monkeypatch: py
     broker = next(spec for spec in table if spec.name == "broker")
     assert broker.env["CADUCEUS_MODEL_BASE_URL"] == "https://llm.example.com/v1"
     assert broker.env["CADUCEUS_MODEL_NAME"] == "big-model"
-    assert {spec.name for spec in table} == {"audit", "identity", "policy", "approval", "broker"}
+    assert {spec.name for spec in table} == {"audit", "identity", "policy", "approval", "broker", "gateway"}
 
 
 def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
