@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from caduceus_directory.testing import TENANTS
 from caduceus_gateway import GatewayService, GatewaySettings
@@ -27,6 +28,7 @@ async def test_a_turn_nobody_answers_ends_with_an_error_shown_and_kept(nats_serv
         assert gateway.workspaces("acme") and gateway.workspaces("nobody") == ()
         alice = SignedIn("acme", "alice", "csrf", "token", expires_at=0)
         conversation = gateway.store.start("w-1", "acme", "alice", "default", alice.channel, "New conversation")
+        unanswered = REGISTRY.get_sample_value("caduceus_gateway_turns_total", {"outcome": "no-reply"})
         with gateway.relay.listen("acme", "w-1") as updates:
             await gateway.speak(alice, conversation.conversation_id, "default", "is anyone there?")
             update = await asyncio.wait_for(updates.get(), 10)
@@ -34,6 +36,7 @@ async def test_a_turn_nobody_answers_ends_with_an_error_shown_and_kept(nats_serv
         kept = [(e.kind, e.body["text"]) for e in gateway.store.entries(conversation)]
         assert kept == [("person", "is anyone there?"), ("error", update.text)]
         assert gateway.store.get("w-1", "acme", "alice").title == "is anyone there?"
+        assert REGISTRY.get_sample_value("caduceus_gateway_turns_total", {"outcome": "no-reply"}) == unanswered + 1
     finally:
         await gateway.stop()
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 
 import httpx
+from prometheus_client import Counter
 
 from caduceus_bus import BusService, EventConnection
 from caduceus_directory import DirectoryError, DirectorySource
@@ -22,6 +23,8 @@ from caduceus_oidc import OidcClient, OidcVerifier
 from caduceus_web import HttpServer
 
 log = logging.getLogger(__name__)
+TURNS = Counter("caduceus_gateway_turns_total", "Turns the gateway relayed for people, by how they ended "
+                "(reply, refused, error, no-reply)", ["outcome"])
 
 
 class GatewayService(BusService):
@@ -38,6 +41,8 @@ class GatewayService(BusService):
         self._directory = DirectorySource(settings.tenants_file)
         self.http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
         self._turns: set[asyncio.Task[None]] = set()
+        for outcome in ("reply", "refused", "error", "no-reply"):
+            TURNS.labels(outcome)  # shown (as 0) before the first turn
         self.web = self._web()
 
     def workspaces(self, tenant: str) -> tuple[str, ...]:
@@ -67,9 +72,13 @@ class GatewayService(BusService):
             async for update in self.relay.turn(speaker, conversation_id, text, workspace=workspace,
                                                 timeout_s=self.settings.turn_timeout_s):
                 self.store.add(conversation_id, update.kind, update.as_json())
+                if update.kind == "reply":
+                    TURNS.labels("reply" if update.status == "ok" else update.status).inc()
         except TurnTimedOut as exc:
+            TURNS.labels("no-reply").inc()
             self._failed(speaker.tenant, conversation_id, str(exc))
         except Exception as exc:
+            TURNS.labels("error").inc()
             log.exception("the turn in conversation %s could not be relayed", conversation_id)
             self._failed(speaker.tenant, conversation_id, f"the gateway could not send this message "
                                                           f"({type(exc).__name__}); try again shortly")

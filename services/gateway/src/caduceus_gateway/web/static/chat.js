@@ -63,7 +63,13 @@
 
   if (conversation && transcript) {
     const events = new EventSource("/c/" + encodeURIComponent(conversation) + "/events");
+    let lost = false;
     events.addEventListener("update", function (event) { show(JSON.parse(event.data)); });
+    // The stream came back after a break: what happened meanwhile is stored, so show the conversation as kept.
+    events.addEventListener("error", function () { lost = true; });
+    events.addEventListener("open", function () {
+      if (lost && !compose.querySelector("textarea").value) window.location.reload();
+    });
     compose.addEventListener("submit", async function (event) {
       event.preventDefault();
       const box = compose.querySelector("textarea");
