@@ -12,7 +12,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from caduceus.cli import app
 from caduceus.commands.demo import APPROVAL_MESSAGE, DEMO_MESSAGE
 from caduceus_client import ChatClient
 from caduceus_identity.devtoken import mint_dev_token
@@ -205,3 +208,33 @@ async def test_only_an_approver_answering_for_that_exact_call_counts_from_the_we
         assert approved.status_code == 200 and approved.json()["status"] == "approved"
     finally:
         await carol.close()
+
+
+async def test_a_person_removed_from_the_tenant_is_signed_out_at_once(stack, tmp_path) -> None:
+    dana = Browser(stack.info.webchat_url)
+    tenants = stack.layout.root / "tenants.yaml"
+    before = tenants.read_text()
+    data = yaml.safe_load(before)
+    data["tenants"]["acme"]["users"]["dana"] = {"email": "dana@acme.example", "roles": ["member"]}
+    try:
+        apply_tenants(stack, tmp_path, data)
+        await dana.sign_in("acme", "dana")
+        assert (await dana.get("/")).status_code == 200
+        del data["tenants"]["acme"]["users"]["dana"]
+        apply_tenants(stack, tmp_path, data)
+        for _ in range(50):  # the directory is read again when the file changes
+            gone = await dana.get("/")
+            if gone.status_code == 303:
+                break
+            await asyncio.sleep(0.1)
+        assert gone.status_code == 303 and gone.headers["location"].startswith("/login")
+    finally:
+        apply_tenants(stack, tmp_path, yaml.safe_load(before))
+        await dana.close()
+
+
+def apply_tenants(stack, tmp_path, data: dict) -> None:
+    source = tmp_path / "tenants.yaml"
+    source.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["tenants", "apply", str(source), "--state-dir", str(stack.layout.root)])
+    assert result.exit_code == 0, result.output

@@ -58,7 +58,8 @@ def page_markup(tmp: Path, texts: list[str]) -> Markup:
     async def nothing(*_args) -> None: ...
 
     app = build_app(WebContext(relay=Relay(NoBus()), store=store, cookies=cookies, oidc=None,
-                               workspaces=lambda tenant: ("default",), start_turn=nothing, audit_refusal=nothing))
+                               workspaces=lambda tenant: ("default",),
+                               member=lambda identity: identity.subject, start_turn=nothing, audit_refusal=nothing))
     cookie, _ = cookies.session("acme", "alice", "token", None)
 
     async def fetch() -> tuple[httpx.Response, httpx.Response]:

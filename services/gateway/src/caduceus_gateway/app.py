@@ -19,7 +19,7 @@ from caduceus_gateway.settings import GatewaySettings
 from caduceus_gateway.store import ConversationStore
 from caduceus_gateway.web.routes import WebContext, build_app
 from caduceus_gateway.web.sessions import CookieJar, SignedIn, load_or_create_secret
-from caduceus_oidc import OidcClient, OidcVerifier
+from caduceus_oidc import OidcClient, OidcVerifier, Refused, VerifiedIdentity
 from caduceus_web import HttpServer
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,13 @@ class GatewayService(BusService):
             log.warning("cannot read the tenants file: %s", exc)
             return ()
         return tuple(known.workspaces) if known is not None else ()
+
+    def member(self, identity: VerifiedIdentity) -> str:
+        """The directory's name for a signed-in person (listed, or by a group that maps to a role); Refused if none."""
+        try:
+            return self._directory().member(identity).name
+        except DirectoryError as exc:
+            raise Refused(f"the tenants file cannot be read: {exc}", "try again shortly") from None
 
     async def speak(self, person: SignedIn, conversation_id: str, workspace: str, text: str) -> None:
         """A signed-in person's message: recorded, sent, and its turn recorded as it happens (in the background,
@@ -101,7 +108,7 @@ class GatewayService(BusService):
         context = WebContext(relay=self.relay, store=self.store,
                              cookies=CookieJar(load_or_create_secret(settings.web_secret_file),
                                                settings.web_session_ttl_s),
-                             oidc=oidc, workspaces=self.workspaces, start_turn=self.speak,
+                             oidc=oidc, workspaces=self.workspaces, member=self.member, start_turn=self.speak,
                              audit_refusal=lambda where, reason: self.refuse(where, b"", reason),
                              approvals_url=settings.approvals_url,
                              secure_cookies=settings.web_url.startswith("https://"))

@@ -44,7 +44,7 @@ from caduceus_gateway.relay import Relay
 from caduceus_gateway.store import ConversationStore
 from caduceus_gateway.transcript import shown_entries
 from caduceus_gateway.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJar, ForgedCookie, SignedIn
-from caduceus_oidc import OidcClient, SignInFailed, pkce_pair
+from caduceus_oidc import OidcClient, Refused, SignInFailed, VerifiedIdentity, pkce_pair
 
 HERE = Path(__file__).parent
 KEEPALIVE_S = 15.0
@@ -71,6 +71,7 @@ class WebContext:
     cookies: CookieJar
     oidc: OidcClient | None
     workspaces: Callable[[str], tuple[str, ...]]  # a tenant's workspaces (empty: unknown tenant)
+    member: Callable[[VerifiedIdentity], str]  # the directory's name for a person, or Refused saying why not
     start_turn: Callable[[SignedIn, str, str, str], Awaitable[None]]  # (person, conversation, workspace, text)
     audit_refusal: Callable[[str, str], Awaitable[None]]  # (where, reason): an audited error event
     approvals_url: str | None = None
@@ -117,12 +118,21 @@ def build_app(web: WebContext) -> Starlette:
         return HTMLResponse(env.get_template(name).render(**context), status_code=status_code)
 
     async def signed_in(request: Request) -> SignedIn | None:
+        """The person of a valid session cookie who is still in the tenants file; a forged cookie is audited."""
         try:
-            return web.cookies.signed_in(request.cookies.get(SESSION_COOKIE))
+            session = web.cookies.signed_in(request.cookies.get(SESSION_COOKIE))
         except ForgedCookie as exc:
             await web.audit_refusal(f"http:{request.method}:{request.url.path}"[:200],
                                     f"web chat refused a forged session cookie: {exc}")
             return None
+        if session is None:
+            return None
+        try:  # removed from the tenant: their session ends now, not when the cookie expires
+            web.member(VerifiedIdentity(subject=session.user, tenant=session.tenant, groups=session.groups,
+                                        email=None, issuer="web chat session", expires_at=None))
+        except Refused:
+            return None
+        return session
 
     def to_login(request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -176,11 +186,14 @@ def build_app(web: WebContext) -> Starlette:
                                                                  pending["nonce"])
         except SignInFailed as exc:
             return page("message.html", 401, title="Sign-in failed", text=str(exc), link=("/login", "Sign in again"))
-        if not web.workspaces(identity.tenant):
-            return page("message.html", 403, title="No workspace for you here",
-                        text=f"Tenant {identity.tenant} is not in the tenants file; ask an administrator.")
-        cookie, max_age = web.cookies.session(identity.tenant, identity.subject, token,
-                                              identity.expires_at.timestamp() if identity.expires_at else None)
+        try:
+            name = web.member(identity)
+        except Refused as refused:
+            return page("message.html", 403, title="Not a member here", text=refused.reply_text,
+                        link=("/login", "Sign in as someone else"))
+        cookie, max_age = web.cookies.session(identity.tenant, name, token,
+                                              identity.expires_at.timestamp() if identity.expires_at else None,
+                                              identity.groups)
         response = RedirectResponse(pending["next"], status_code=303)
         response.set_cookie(SESSION_COOKIE, cookie, max_age=max_age, httponly=True, samesite="lax",
                             secure=web.secure_cookies)

@@ -33,6 +33,7 @@ class SignedIn:
     csrf: str
     token: str = field(repr=False)
     expires_at: float
+    groups: tuple[str, ...] = ()  # the provider's groups at sign-in, which may be what makes them a member
 
     def csrf_ok(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(self.csrf, token or "")
@@ -63,13 +64,14 @@ class CookieJar:
         self._logins = URLSafeTimedSerializer(secret, salt="caduceus-chat-login")
         self.session_ttl_s = session_ttl_s
 
-    def session(self, tenant: str, user: str, token: str, token_expires_at: float | None) -> tuple[str, int]:
+    def session(self, tenant: str, user: str, token: str, token_expires_at: float | None,
+                groups: tuple[str, ...] = ()) -> tuple[str, int]:
         """(cookie, max age): the session lasts no longer than the ID token it carries."""
         expires_at = time.time() + self.session_ttl_s
         if token_expires_at is not None:
             expires_at = min(expires_at, token_expires_at)
         cookie = self._sessions.dumps({"tenant": tenant, "user": user, "csrf": secrets.token_urlsafe(24),
-                                       "token": token, "exp": expires_at})
+                                       "token": token, "exp": expires_at, "groups": list(groups)})
         return cookie, max(0, int(expires_at - time.time()))
 
     def signed_in(self, cookie: str | None) -> SignedIn | None:
@@ -84,7 +86,8 @@ class CookieJar:
             raise ForgedCookie("the session cookie's signature does not verify") from None
         if data["exp"] <= time.time():
             return None
-        return SignedIn(data["tenant"], data["user"], data["csrf"], data["token"], data["exp"])
+        return SignedIn(data["tenant"], data["user"], data["csrf"], data["token"], data["exp"],
+                        tuple(data.get("groups", ())))
 
     def login(self, state: str, nonce: str, verifier: str, next_path: str) -> str:
         return self._logins.dumps({"state": state, "nonce": nonce, "verifier": verifier, "next": next_path})
