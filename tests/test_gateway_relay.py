@@ -1,6 +1,7 @@
 """The gateway's relay as a chat integration uses it (Slack does), on the running stack: an integration the
 gateway starts holds a whole turn through `Relay.turn()`, with the gateway's own bus credential; a platform user
-speaking through a service-account key is only admitted once paired."""
+speaking through a service-account key is only admitted once paired; and that credential cannot publish a
+decision, an admitted turn, a reply or an approval outcome."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from caduceus.cli import app
+from caduceus_embedded.testing import connect_recording_errors
 from caduceus_gateway import GatewayService, GatewaySettings, Relay, Speaker
 from caduceus_identity.devtoken import mint_dev_token
 
@@ -56,3 +58,17 @@ async def test_an_integration_holds_a_turn_through_the_relay_and_an_unpaired_use
     finally:
         await gateway.stop()
     assert integration.stopped
+
+
+@pytest.mark.parametrize("forged", ["cad.v1.tool.decided.acme", "cad.v1.turn.requested.acme",
+                                    "cad.v1.chat.reply.acme.s-1", "cad.v1.approval.resolved.acme",
+                                    "cad.v1.tool.dispatched.acme.default"])
+async def test_the_gateways_credential_cannot_decide_admit_or_answer_for_anyone(stack, forged: str) -> None:
+    gateway = await connect_recording_errors(stack.nats_url, stack.bus_settings("gateway"))
+    try:
+        await gateway.nc.publish("cad.v1.chat.in.acme", b"{}")  # what it is for (identity refuses this one)
+        assert await gateway.violations() == []
+        await gateway.nc.publish(forged, b"{}")
+        assert await gateway.violations(), f"the gateway could publish on {forged}"
+    finally:
+        await gateway.nc.close()
