@@ -1,0 +1,252 @@
+"""Slack deliveries at the wire: signed Events API requests and Socket Mode envelopes in, Web API calls out.
+
+The gateway runs for real against a real nats-server and a local server speaking Slack's Web API. On the
+bus, a stand-in plays identity's part of a turn (pairing refused or a reply), so these tests pin the
+gateway alone; tests/test_slack_stack.py runs the same through the whole stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+
+from caduceus_bus import BusSettings, EventConnection
+from caduceus_contracts import ChatMessageIn, ChatReply, ErrorEvent, parse_event, subjects
+from caduceus_directory import DirectorySource
+from caduceus_gateway.slack import EVENTS_PATH, SlackGateway, parse_slack_config
+from caduceus_gateway.slack.testing import (
+    FakeSlack,
+    FakeSocketMode,
+    deliver_event,
+    dm,
+    event_body,
+    free_port,
+    serve_fake_slack,
+)
+from caduceus_web import HttpServer
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET_1, SECRET_2 = "signing-secret-of-T1", "signing-secret-of-T2"
+SLACK_YAML = """\
+workspaces:
+  T1ACME:
+    tenant: acme
+    bot_token: env:T1_BOT
+    signing_secret: env:T1_SECRET
+    service_account_key: env:T1_KEY
+  T2GLOBEX:
+    tenant: globex
+    bot_token: env:T2_BOT
+    signing_secret: env:T2_SECRET
+    service_account_key: env:T2_KEY
+  T3SOCKET:
+    tenant: acme
+    mode: socket
+    bot_token: env:T3_BOT
+    app_token: env:T3_APP
+    signing_secret: env:T3_SECRET
+    service_account_key: env:T1_KEY
+"""
+ENV = {"T1_BOT": "xoxb-t1", "T1_SECRET": SECRET_1, "T1_KEY": "cad_sa_key_one", "T2_BOT": "xoxb-t2",
+       "T2_SECRET": SECRET_2, "T2_KEY": "cad_sa_key_two", "T3_BOT": "xoxb-t3", "T3_APP": "xapp-t3",
+       "T3_SECRET": "unused-in-socket-mode"}
+TENANTS = "tenants:\n  acme:\n    display_name: Acme\n    users:\n      alice: {email: alice@acme.example, roles: [member]}\n" \
+          "  globex:\n    display_name: Globex\n    users:\n      gina: {email: gina@globex.example, roles: [member]}\n"
+
+
+@dataclass
+class World:
+    slack: FakeSlack
+    sockets: FakeSocketMode
+    url: str
+    bus: EventConnection
+    chat_in: list[ChatMessageIn] = field(default_factory=list)
+    errors: list[ErrorEvent] = field(default_factory=list)
+    paired: set[str] = field(default_factory=set)
+    reply_delay_s: float = 0.0
+
+    async def until_errors(self, count: int = 1, timeout: float = 10.0) -> list[ErrorEvent]:
+        deadline = time.monotonic() + timeout
+        while len(self.errors) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.errors
+
+
+@pytest.fixture()
+async def world(nats_server, tmp_path: Path) -> AsyncIterator[World]:
+    slack = FakeSlack(teams={"xoxb-t1": "T1ACME", "xoxb-t2": "T2GLOBEX", "xoxb-t3": "T3SOCKET",
+                             "xapp-t3": "T3SOCKET"})
+    sockets = FakeSocketMode()
+    await sockets.start()
+    slack.socket_url = sockets.url
+    api, api_url = await serve_fake_slack(slack)
+    settings = BusSettings(nats_url=nats_server.url)
+    bus = await EventConnection.connect(settings, name="slack-test", role="slack")
+    await bus.ensure_stream()
+    stand_in = await EventConnection.connect(settings, name="identity-stand-in", role="identity")
+    (tmp_path / "tenants.yaml").write_text(TENANTS)
+    config = parse_slack_config(SLACK_YAML, "slack.yaml", tmp_path, ENV)
+    gateway = SlackGateway(config, bus, directory=DirectorySource(tmp_path / "tenants.yaml"), api_url=api_url,
+                           reply_timeout_s=20)
+    http = HttpServer(Starlette(routes=gateway.routes()), "127.0.0.1", free_port(), what="gateway", port_setting="-")
+    await http.start()
+    world = World(slack, sockets, f"http://127.0.0.1:{http.port}{EVENTS_PATH}", bus)
+
+    async def play_identity(msg) -> None:
+        message = parse_event(msg.data, expect=ChatMessageIn)
+        world.chat_in.append(message)
+        await asyncio.sleep(world.reply_delay_s)
+        if message.platform_user in world.paired:
+            reply = ChatReply(tenant=message.tenant, message_id=message.message_id, session_id=message.session_id,
+                              text=f"you said: {message.text}")
+        else:
+            reply = ChatReply(tenant=message.tenant, message_id=message.message_id, session_id=message.session_id,
+                              status="refused", text=f"slack user {message.platform_user!r} is not linked: ask an "
+                              "administrator to approve pairing code ABCD-EFGH")
+        await stand_in.publish(subjects.chat_reply(message.tenant, message.session_id), reply)
+
+    async def on_error(msg) -> None:
+        world.errors.append(parse_event(msg.data, expect=ErrorEvent))
+
+    await stand_in.subscribe(subjects.CHAT_IN_ALL, play_identity)
+    await stand_in.subscribe("cad.v1.error.*.slack", on_error)
+    await gateway.start()
+    try:
+        yield world
+    finally:
+        await gateway.stop()
+        await http.stop()
+        await api.stop()
+        await sockets.stop()
+        with contextlib.suppress(Exception):
+            await stand_in.close()
+            await bus.close()
+
+
+async def test_a_direct_message_is_acknowledged_at_once_and_answered_in_its_thread(world: World) -> None:
+    world.paired.add("T1ACME:U1")
+    world.reply_delay_s = 4.0  # a turn slower than Slack's three seconds
+    response = await deliver_event(world.url, SECRET_1, event_body("T1ACME", dm("T1ACME", "U1", "hi", "100.1")))
+    assert response.status_code == 200
+    assert not world.slack.made("chat.postMessage"), "the acknowledgement waited for the turn"
+    posted = await world.slack.until("chat.postMessage", channel="DU1")
+    assert posted[0]["thread_ts"] == "100.1" and posted[0]["text"] == "you said: hi"
+    message = world.chat_in[0]
+    assert (message.tenant, message.platform, message.platform_user) == ("acme", "slack", "T1ACME:U1")
+    assert message.token == "cad_sa_key_one"  # the installation's service-account key, never a person's
+
+
+async def test_a_reply_in_the_thread_continues_the_conversation_and_a_channel_has_its_own_memory(world) -> None:
+    world.paired.add("T1ACME:U1")
+    await deliver_event(world.url, SECRET_1, event_body("T1ACME", dm("T1ACME", "U1", "first", "200.1")))
+    await deliver_event(world.url, SECRET_1, event_body("T1ACME", dm("T1ACME", "U1", "again", "200.2", "200.1")))
+    mention = {"type": "app_mention", "channel": "CGENERAL", "user": "U1", "text": "<@UBOTT1ACME> hello",
+               "ts": "300.1"}
+    await deliver_event(world.url, SECRET_1, event_body("T1ACME", mention))
+    await world.slack.until("chat.postMessage", count=3)
+    first, again, channel = world.chat_in
+    assert first.session_id == again.session_id != channel.session_id
+    assert first.channel == "slack-T1ACME-DU1" and channel.channel == "slack-T1ACME-CGENERAL"
+    assert channel.text == "hello"  # the bot's mention is not part of what the person said
+    assert world.slack.made("chat.postMessage", channel="CGENERAL", thread_ts="300.1")
+
+
+async def test_an_unpaired_user_gets_instructions_and_in_a_channel_only_they_see_them(world: World) -> None:
+    await deliver_event(world.url, SECRET_1, event_body("T1ACME", dm("T1ACME", "U9", "hi", "400.1")))
+    told = await world.slack.until("chat.postMessage", channel="DU9")
+    assert "pairing code ABCD-EFGH" in told[0]["text"]
+    mention = {"type": "app_mention", "channel": "CGENERAL", "user": "U9", "text": "<@UBOTT1ACME> hi", "ts": "401.1"}
+    await deliver_event(world.url, SECRET_1, event_body("T1ACME", mention))
+    private = await world.slack.until("chat.postEphemeral", channel="CGENERAL", user="U9")
+    assert "pairing code" in private[0]["text"]
+    assert not world.slack.made("chat.postMessage", channel="CGENERAL")
+
+
+async def test_each_workspace_speaks_for_its_own_tenant(world: World) -> None:
+    world.paired.update({"T1ACME:U1", "T2GLOBEX:U1"})
+    await deliver_event(world.url, SECRET_1, event_body("T1ACME", dm("T1ACME", "U1", "acme here", "500.1")))
+    await deliver_event(world.url, SECRET_2, event_body("T2GLOBEX", dm("T2GLOBEX", "U1", "globex here", "500.2")))
+    await world.slack.until("chat.postMessage", count=2)
+    assert {(m.tenant, m.text, m.token) for m in world.chat_in} == {
+        ("acme", "acme here", "cad_sa_key_one"), ("globex", "globex here", "cad_sa_key_two")}
+    tokens = {c.token for c in world.slack.calls if c.method == "chat.postMessage"}
+    assert tokens == {"xoxb-t1", "xoxb-t2"}  # each reply goes out as that workspace's bot
+
+
+async def test_a_forged_signature_is_refused_and_audited(world: World) -> None:
+    body = event_body("T1ACME", dm("T1ACME", "U1", "let me in", "600.1"))
+    forged = await deliver_event(world.url, "a-guessed-secret", body)
+    other_workspace_secret = await deliver_event(world.url, SECRET_2, body)  # globex's secret, acme's team
+    assert forged.status_code == 401 and other_workspace_secret.status_code == 401
+    errors = await world.until_errors(2)
+    assert all(e.tenant == "acme" and "signature" in e.reason for e in errors)
+    await asyncio.sleep(0.5)
+    assert not world.chat_in and not world.slack.made("chat.postMessage")
+
+
+async def test_a_stale_timestamp_is_refused_even_when_correctly_signed(world: World) -> None:
+    body = event_body("T1ACME", dm("T1ACME", "U1", "old news", "700.1"))
+    stale = await deliver_event(world.url, SECRET_1, body, timestamp=int(time.time()) - 600)
+    assert stale.status_code == 401
+    await world.until_errors(1)
+    assert not world.chat_in
+
+
+async def test_an_event_from_an_unknown_workspace_is_refused_and_audited(world: World) -> None:
+    body = event_body("T9EVIL", dm("T9EVIL", "U1", "hello from elsewhere", "800.1"))
+    refused = await deliver_event(world.url, "evil-secret", body)
+    assert refused.status_code == 403
+    errors = await world.until_errors(1)
+    assert errors[0].tenant == "_system" and "T9EVIL" in errors[0].reason
+    assert not world.chat_in
+
+
+async def test_a_delivery_slack_repeats_is_handled_once(world: World) -> None:
+    world.paired.add("T1ACME:U1")
+    body = event_body("T1ACME", dm("T1ACME", "U1", "once please", "900.1"), event_id="Ev-REPEATED")
+    first = await deliver_event(world.url, SECRET_1, body)
+    retried = await deliver_event(world.url, SECRET_1, body, **{"X-Slack-Retry-Num": "1",
+                                                                 "X-Slack-Retry-Reason": "http_timeout"})
+    assert first.status_code == retried.status_code == 200
+    await world.slack.until("chat.postMessage", channel="DU1")
+    await asyncio.sleep(1.0)
+    assert len(world.chat_in) == 1 and len(world.slack.made("chat.postMessage")) == 1
+
+
+async def test_rate_limited_web_api_calls_wait_for_retry_after_and_then_succeed(world: World) -> None:
+    world.paired.add("T1ACME:U1")
+    world.slack.throttle["chat.postMessage"] = 2
+    await deliver_event(world.url, SECRET_1, event_body("T1ACME", dm("T1ACME", "U1", "busy day", "1000.1")))
+    posted = await world.slack.until("chat.postMessage", channel="DU1")
+    assert posted[0]["text"] == "you said: busy day"
+    assert [method for method, _ in world.slack.throttled] == ["chat.postMessage", "chat.postMessage"]
+    waited = world.slack.throttled[1][1] - world.slack.throttled[0][1]
+    assert waited >= 0.9, "the retry did not honour Retry-After: 1"
+
+
+async def test_socket_mode_acknowledges_each_envelope_and_answers_in_the_thread(world: World) -> None:
+    world.paired.add("T3SOCKET:U5")
+    await asyncio.wait_for(world.sockets.connected.wait(), 10)
+    envelope = await world.sockets.send("events_api", event_body("T3SOCKET", dm("T3SOCKET", "U5", "via socket",
+                                                                                  "1100.1")))
+    posted = await world.slack.until("chat.postMessage", channel="DU5")
+    assert posted[0]["thread_ts"] == "1100.1" and posted[0]["text"] == "you said: via socket"
+    assert envelope in {ack["envelope_id"] for ack in world.sockets.acks}
+    assert world.chat_in[0].tenant == "acme" and world.chat_in[0].platform_user == "T3SOCKET:U5"
+
+
+async def test_socket_mode_refuses_an_envelope_for_another_workspace(world: World) -> None:
+    await asyncio.wait_for(world.sockets.connected.wait(), 10)
+    await world.sockets.send("events_api", event_body("T9EVIL", dm("T9EVIL", "U5", "sneaky", "1200.1")))
+    errors = await world.until_errors(1)
+    assert "T9EVIL" in errors[0].reason
+    await asyncio.sleep(0.5)
+    assert not world.chat_in
