@@ -84,7 +84,7 @@ class Installation:
     def __init__(self, workspace: SlackWorkspace, api_url: str, refuse: Refusal) -> None:
         self.workspace = workspace
         self.client = web_client(workspace.bot_token, api_url)
-        self.app = AsyncApp(token=workspace.bot_token, signing_secret=workspace.signing_secret, client=self.client,
+        self.app = AsyncApp(signing_secret=workspace.signing_secret, client=self.client,
                             name=f"caduceus-slack-{workspace.team_id}", process_before_response=False)
         self.http = AsyncSlackRequestHandler(self.app)
         self.seen = SeenOnce()

@@ -34,6 +34,7 @@ class ApiCall:
     method: str
     token: str
     params: dict
+    answer: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -47,7 +48,6 @@ class FakeSlack:
     throttled: list[tuple[str, float]] = field(default_factory=list)
     socket_url: str = ""
     _ts: itertools.count = field(default_factory=lambda: itertools.count(1))
-    changed: asyncio.Event | None = None
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/api/{method}", self._api, methods=["GET", "POST"])])
@@ -69,10 +69,9 @@ class FakeSlack:
         team = self.teams.get(token)
         if team is None:
             return JSONResponse({"ok": False, "error": "invalid_auth"})
-        self.calls.append(ApiCall(method, token, params))
-        if self.changed is not None:
-            self.changed.set()
-        return JSONResponse(self._answer(method, team, params))
+        answer = self._answer(method, team, params)
+        self.calls.append(ApiCall(method, token, params, answer))
+        return JSONResponse(answer)
 
     def _answer(self, method: str, team: str, params: dict) -> dict:
         if method == "auth.test":
@@ -92,6 +91,11 @@ class FakeSlack:
         if method == "apps.connections.open":
             return {"ok": True, "url": self.socket_url}
         return {"ok": False, "error": "unknown_method"}
+
+    def answered(self, method: str, **where) -> list[dict]:
+        """What the fake answered to the calls of `method` matching `where` (e.g. the ts of a posted message)."""
+        return [c.answer for c in self.calls
+                if c.method == method and all(c.params.get(k) == v for k, v in where.items())]
 
     def made(self, method: str, **where) -> list[dict]:
         return [c.params for c in self.calls
