@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,56 @@ async def test_a_slack_dm_asks_the_approver_in_slack_and_the_reply_lands_in_the_
         await api.stop()
         await bus.close()
 
+
+
+async def test_only_identitys_current_signature_makes_a_vouch_count(stack) -> None:
+    """A vouch signed by any other key, or by identity's own key but expired, is refused and audited; and the
+    Slack integration's credential cannot publish a vouch at all."""
+    from caduceus_contracts import (
+        ApprovalRefused,
+        ApprovalVouched,
+        SignedVouch,
+        Signer,
+        Vouch,
+        ensure_signer,
+        parse_event,
+        subjects,
+        utcnow,
+    )
+    from caduceus_embedded.testing import connect_recording_errors
+
+    now = utcnow()
+
+    def vouch(call_id: str, signer: Signer, expires_in_s: float) -> ApprovalVouched:
+        payload = Vouch(tenant="acme", user="carol", platform="slack", platform_user="T0ACME:UCAROL",
+                        vouched_by="slack-acme", call_id=call_id, digest="ab" * 32, answer="approve",
+                        channel="slack:T0ACME:UCAROL", issued_at=now, expires_at=now + timedelta(seconds=expires_in_s))
+        return ApprovalVouched(tenant="acme", call_id=call_id, vouch=SignedVouch.issue(signer, payload))
+
+    identity = await EventConnection.connect(stack.bus_settings("identity"), name="forger", role="identity")
+    watcher = await EventConnection.connect(stack.bus_settings("client"), name="watcher")
+    refusals: dict[str, str] = {}
+
+    async def on_refused(msg) -> None:
+        event = parse_event(msg.data, expect=ApprovalRefused)
+        refusals[event.call_id] = event.reason
+
+    await watcher.subscribe(subjects.approval("refused", "acme"), on_refused)
+    try:
+        await identity.publish(subjects.approval("vouched", "acme"),
+                               vouch("c-forged-key", Signer.generate("identity"), 60))
+        await identity.publish(subjects.approval("vouched", "acme"),
+                               vouch("c-expired", ensure_signer(stack.layout.keys, "identity"), -1))
+        async with asyncio.timeout(20):
+            while len(refusals) < 2:
+                await asyncio.sleep(0.1)
+    finally:
+        await identity.close()
+        await watcher.close()
+    assert "not valid" in refusals["c-forged-key"]
+    assert "expired" in refusals["c-expired"]
+
+    slack = await connect_recording_errors(stack.nats_url, stack.bus_settings("slack"))
+    await slack.nc.publish(subjects.approval("vouched", "acme"), b"{}")
+    assert await slack.violations(), "the Slack credential could publish a vouch"
+    await slack.nc.close()
