@@ -25,6 +25,7 @@ from caduceus_broker import BrokerSettings, WorkerSettings
 from caduceus_broker import ModelSettings as BrokerModelSettings
 from caduceus_bus import BusSettings, default_state_dir
 from caduceus_embedded.settings import ModelSettings as EmbeddedModelSettings
+from caduceus_gateway import GatewaySettings
 from caduceus_hermes_plugin.plugin import PluginSettings
 from caduceus_identity import IdentitySettings
 from caduceus_policy import PolicySettings
@@ -69,6 +70,8 @@ SECTIONS: list[Section] = [
     Section("OpenTelemetry (every process)", TelemetrySettings,
             "Standard OpenTelemetry names, without the CADUCEUS_ prefix (`caduceus_telemetry`); the OTLP exporter "
             "also reads the other `OTEL_EXPORTER_OTLP_*` variables itself."),
+    Section("gateway", GatewaySettings, "`python -m caduceus_gateway` (`caduceus_gateway.settings`): the web chat "
+            "and the chat integrations.", BusSettings),
 ]
 
 @dataclass(frozen=True)

@@ -50,13 +50,15 @@ def up(
                                                  "CADUCEUS_MODEL_BASE_URL is set).")] = DEFAULTS.model,
     approval_ui_port: Annotated[int, typer.Option(help="Approvals web UI port (approvers sign in there).")]
     = DEFAULTS.approval_ui,
+    webchat_port: Annotated[int, typer.Option(help="Web chat port (people sign in and chat with the agent there).")]
+    = DEFAULTS.webchat,
     http_port: Annotated[int, typer.Option(help="The first of five ports (audit, identity, policy, approval, "
                                                 "broker) where each service serves /healthz, /readyz and "
                                                 "Prometheus /metrics.")] = DEFAULTS.http,
 ) -> None:
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
-                       model=model_port, approval_ui=approval_ui_port, http=http_port)
+                       model=model_port, approval_ui=approval_ui_port, webchat=webchat_port, http=http_port)
     stack = EmbeddedStack(state_dir or default_state_dir(), ports,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))
@@ -130,6 +132,7 @@ def _show(stack: EmbeddedStack, state_dir: Path | None) -> None:
         ("Temporal Web UI", info.temporal_ui_url),
         ("dev issuer", info.dev_issuer_url),
         ("approvals UI", f"{info.approval_ui_url} (sign in as an approver, e.g. carol@acme)"),
+        ("web chat", f"{info.webchat_url} (sign in and chat, e.g. as alice@acme)"),
         ("model endpoint", f"{info.model_base_url} ({model_source}, model {stack.model.name})"),
         ("state dir", info.state_dir),
         ("logs", str(stack.layout.logs)),

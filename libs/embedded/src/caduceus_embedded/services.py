@@ -104,6 +104,11 @@ def approval_ui_url(ports: StackPorts) -> str:
     return f"http://127.0.0.1:{ports.approval_ui}"
 
 
+def webchat_url(ports: StackPorts) -> str:
+    """Where people chat with the agent in a browser: the gateway's web chat."""
+    return f"http://127.0.0.1:{ports.webchat}"
+
+
 def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings) -> list[ServiceSpec]:
     """Caduceus's own services, plus the scripted model when no model endpoint is configured."""
     endpoint = model.for_stack(ports.model)
@@ -138,6 +143,12 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
             "CADUCEUS_WORKERS_DIR": str(layout.workers),
             **endpoint.env(),
         }),
+        ServiceSpec("gateway", "caduceus_gateway", {
+            "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
+            "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
+            "CADUCEUS_WEB_PORT": str(ports.webchat),
+            "CADUCEUS_APPROVALS_URL": approval_ui_url(ports),
+        }, url=webchat_url(ports)),
     ]
     # Each serves /healthz, /readyz and /metrics on a port of its own.
     table += [replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": str(ports.http_port(spec.name))},

@@ -47,6 +47,7 @@ from caduceus_embedded.services import (
     approval_ui_url,
     default_services,
     start_service,
+    webchat_url,
 )
 from caduceus_embedded.settings import ModelSettings
 from caduceus_embedded.stackinfo import (
@@ -194,6 +195,7 @@ class EmbeddedStack:
             temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
             audit_db_url=self.layout.audit_db_url, services={name: s.pid for name, s in self.services.items()},
             approval_ui_url=approval_ui_url(self.ports) if "approval" in self.services else "",
+            webchat_url=webchat_url(self.ports) if "gateway" in self.services else "",
             metrics_urls={name: s.spec.metrics_url for name, s in self.services.items() if s.spec.metrics_url},
             client_credentials=_if_exists(self.layout.bus_credentials("client")),
             operator_credentials=str(self.layout.bus_credentials("operator")),

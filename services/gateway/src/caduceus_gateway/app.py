@@ -1,0 +1,110 @@
+"""Wiring: the relay, the conversation store and the web chat around the route table in handlers.py, built the
+same way by `__main__` and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from caduceus_bus import BusService, EventConnection
+from caduceus_directory import DirectoryError, DirectorySource
+from caduceus_gateway.handlers import ROUTES
+from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut
+from caduceus_gateway.settings import GatewaySettings
+from caduceus_gateway.store import ConversationStore
+from caduceus_gateway.web.routes import WebContext, build_app
+from caduceus_gateway.web.sessions import CookieJar, SignedIn, load_or_create_secret
+from caduceus_oidc import OidcClient, OidcVerifier
+from caduceus_web import HttpServer
+
+log = logging.getLogger(__name__)
+
+
+class GatewayService(BusService):
+    """Chat ingress on the bus: the relay integrations talk through, and the web chat."""
+
+    table = ROUTES
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        super().__init__(settings)
+        self.settings = settings
+        self.relay = Relay(self)
+        self.store = ConversationStore(settings.gateway_db)
+        self._directory = DirectorySource(settings.tenants_file)
+        self.http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        self._turns: set[asyncio.Task[None]] = set()
+        self.web = self._web()
+
+    def workspaces(self, tenant: str) -> tuple[str, ...]:
+        """The tenant's workspaces, or () for a tenant the tenants file does not have (or cannot be read)."""
+        try:
+            known = self._directory().tenants.get(tenant)
+        except DirectoryError as exc:
+            log.warning("cannot read the tenants file: %s", exc)
+            return ()
+        return tuple(known.workspaces) if known is not None else ()
+
+    async def speak(self, person: SignedIn, conversation_id: str, workspace: str, text: str) -> None:
+        """A signed-in person's message: recorded, sent, and its turn recorded as it happens (in the background,
+        so the conversation is complete even when the person closes the page)."""
+        conversation = self.store.get(conversation_id, person.tenant, person.user)
+        if conversation is not None and conversation.title == "New conversation":
+            self.store.retitle(conversation_id, text)
+        self.store.add(conversation_id, "person", {"text": text})
+        speaker = Speaker(tenant=person.tenant, token=person.token, channel=person.channel)
+        task = asyncio.create_task(self._record_turn(speaker, conversation_id, workspace, text),
+                                   name=f"turn-{conversation_id}")
+        self._turns.add(task)
+        task.add_done_callback(self._turns.discard)
+
+    async def _record_turn(self, speaker: Speaker, conversation_id: str, workspace: str, text: str) -> None:
+        try:
+            async for update in self.relay.turn(speaker, conversation_id, text, workspace=workspace,
+                                                timeout_s=self.settings.turn_timeout_s):
+                self.store.add(conversation_id, update.kind, update.as_json())
+        except TurnTimedOut as exc:
+            self.store.add(conversation_id, "error", {"text": str(exc)})
+        except Exception:
+            log.exception("the turn in conversation %s could not be relayed", conversation_id)
+            self.store.add(conversation_id, "error", {"text": "the gateway could not relay this turn; try again"})
+
+    def _web(self) -> HttpServer | None:
+        settings = self.settings
+        if settings.web_url is None:
+            return None
+        oidc = None
+        if settings.oidc_issuer_url:
+            verifier = OidcVerifier(settings.oidc_issuer_url, settings.oidc_audience or settings.oidc_client_id,
+                                    client=self.http)
+            oidc = OidcClient(settings.oidc_issuer_url, settings.oidc_client_id, settings.oidc_client_secret,
+                              f"{settings.web_url}/auth/callback", settings.oidc_scopes, verifier, self.http)
+        context = WebContext(relay=self.relay, store=self.store,
+                             cookies=CookieJar(load_or_create_secret(settings.web_secret_file),
+                                               settings.web_session_ttl_s),
+                             oidc=oidc, workspaces=self.workspaces, start_turn=self.speak,
+                             audit_refusal=lambda where, reason: self.refuse(where, b"", reason),
+                             approvals_url=settings.approvals_url,
+                             secure_cookies=settings.web_url.startswith("https://"))
+        return HttpServer(build_app(context), settings.web_host, settings.web_port, what="the web chat",
+                          port_setting="CADUCEUS_WEB_PORT")
+
+    async def prepare(self, connection: EventConnection) -> Relay:
+        if self.web is not None:
+            await self.web.start()
+            log.info("web chat at %s", self.settings.web_url)
+        return self.relay
+
+    async def cleanup(self) -> None:
+        for task in tuple(self._turns):
+            task.cancel()
+        if self.web is not None:
+            await self.web.stop()
+        await self.http.aclose()
+        self.store.close()
+
+
+def build(settings: GatewaySettings | None = None) -> GatewayService:
+    """The service from settings (the environment by default)."""
+    return GatewayService(settings or GatewaySettings())
