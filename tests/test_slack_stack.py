@@ -67,7 +67,7 @@ async def test_a_slack_dm_asks_the_approver_in_slack_and_the_reply_lands_in_the_
                                          "    signing_secret: env:SECRET\n    service_account_key: file:slack-acme.key\n")
     slack = FakeSlack(teams={"xoxb-acme": TEAM}, emails={"carol@acme.example": "UCAROL", "bob@acme.example": "UBOB"})
     api, api_url = await serve_fake_slack(slack)
-    bus = await EventConnection.connect(stack.bus_settings("slack"), name="slack-test", role="slack")
+    bus = await EventConnection.connect(stack.bus_settings("gateway"), name="slack-test", role="gateway")
     config = load_slack_config(tmp_path / "slack.yaml", {"BOT": "xoxb-acme", "SECRET": SECRET})
     gateway = SlackGateway(config, bus, directory=DirectorySource(stack.layout.root / "tenants.yaml"),
                            api_url=api_url, reply_timeout_s=240)
@@ -143,7 +143,7 @@ async def test_a_slack_dm_asks_the_approver_in_slack_and_the_reply_lands_in_the_
 
 async def test_only_identitys_current_signature_makes_a_vouch_count(stack) -> None:
     """A vouch signed by any other key, or by identity's own key but expired, is refused and audited; and the
-    Slack integration's credential cannot publish a vouch at all."""
+    gateway's credential (the Slack integration's) cannot publish a vouch at all."""
     from caduceus_contracts import (
         ApprovalRefused,
         ApprovalVouched,
@@ -188,7 +188,7 @@ async def test_only_identitys_current_signature_makes_a_vouch_count(stack) -> No
     assert "not valid" in refusals["c-forged-key"]
     assert "expired" in refusals["c-expired"]
 
-    slack = await connect_recording_errors(stack.nats_url, stack.bus_settings("slack"))
+    slack = await connect_recording_errors(stack.nats_url, stack.bus_settings("gateway"))
     await slack.nc.publish(subjects.approval("vouched", "acme"), b"{}")
-    assert await slack.violations(), "the Slack credential could publish a vouch"
+    assert await slack.violations(), "the gateway credential could publish a vouch"
     await slack.nc.close()

@@ -39,13 +39,6 @@ CLI_ROLES = {
         subscribe=(subjects.CHAT_REPLY_ALL, subjects.CHAT_NOTICE_ALL, subjects.APPROVAL_EVENTS, "cad.v1.turn.>",
                    "cad.v1.tool.>", "cad.v1.worker.>", subjects.AUDIT_EVENTS, "cad.v1.error.>"),
     ),
-    # The chat gateway's Slack integration: sends its platform users' messages (identity checks its service-account
-    # key and their pairing), asks identity to vouch for approval button presses, follows the approvals of the
-    # tenants it serves, and reports refused Slack deliveries.
-    "slack": Role(
-        publish=(subjects.CHAT_IN_ALL, subjects.APPROVAL_VOUCH_ALL, "cad.v1.error.*.slack"),
-        subscribe=(subjects.CHAT_REPLY_ALL, subjects.CHAT_NOTICE_ALL, subjects.APPROVAL_EVENTS),
-    ),
     # The stack itself (`caduceus up`): creates and updates the event stream, checks every service's health.
     # It also reports a service it left down after a crash loop, as the stack's own error event.
     "operator": Role(uses=("policy-packs",), publish=("$JS.API.>", "caduceus.health.>", "cad.v1.error._system.stack"),

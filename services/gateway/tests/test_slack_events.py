@@ -89,7 +89,7 @@ async def world(nats_server, tmp_path: Path) -> AsyncIterator[World]:
     slack.socket_url = sockets.url
     api, api_url = await serve_fake_slack(slack)
     settings = BusSettings(nats_url=nats_server.url)
-    bus = await EventConnection.connect(settings, name="slack-test", role="slack")
+    bus = await EventConnection.connect(settings, name="slack-test", role="gateway")
     await bus.ensure_stream()
     stand_in = await EventConnection.connect(settings, name="identity-stand-in", role="identity")
     (tmp_path / "tenants.yaml").write_text(TENANTS)
@@ -117,7 +117,7 @@ async def world(nats_server, tmp_path: Path) -> AsyncIterator[World]:
         world.errors.append(parse_event(msg.data, expect=ErrorEvent))
 
     await stand_in.subscribe(subjects.CHAT_IN_ALL, play_identity)
-    await stand_in.subscribe("cad.v1.error.*.slack", on_error)
+    await stand_in.subscribe("cad.v1.error.*.gateway", on_error)
     await gateway.start()
     try:
         yield world

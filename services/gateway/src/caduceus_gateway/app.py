@@ -8,11 +8,12 @@ import logging
 
 import httpx
 
-from caduceus_bus import BusService, EventConnection
+from caduceus_bus import BusService, ConfigurationError, EventConnection
 from caduceus_directory import DirectoryError, DirectorySource
 from caduceus_gateway.handlers import ROUTES
 from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut
 from caduceus_gateway.settings import GatewaySettings
+from caduceus_gateway.slack import SlackConfigError, SlackGateway, load_slack_config
 from caduceus_gateway.store import ConversationStore
 from caduceus_gateway.web.routes import WebContext, build_app
 from caduceus_gateway.web.sessions import CookieJar, SignedIn, load_or_create_secret
@@ -36,6 +37,7 @@ class GatewayService(BusService):
         self.http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
         self._turns: set[asyncio.Task[None]] = set()
         self.web = self._web()
+        self.slack: SlackGateway | None = None
 
     def workspaces(self, tenant: str) -> tuple[str, ...]:
         """The tenant's workspaces, or () for a tenant the tenants file does not have (or cannot be read)."""
@@ -91,12 +93,31 @@ class GatewayService(BusService):
                           port_setting="CADUCEUS_WEB_PORT")
 
     async def prepare(self, connection: EventConnection) -> Relay:
+        await self._start_slack(connection)
         if self.web is not None:
             await self.web.start()
             log.info("web chat at %s", self.settings.web_url)
         return self.relay
 
+    async def _start_slack(self, connection: EventConnection) -> None:
+        """Serve the workspaces of slack.yaml, if there is one (a broken one stops the gateway, saying why)."""
+        if not self.settings.slack_config.exists():
+            log.info("Slack is off: no %s", self.settings.slack_config)
+            return
+        try:
+            config = load_slack_config(self.settings.slack_config)
+        except SlackConfigError as exc:
+            raise ConfigurationError(f"Slack cannot start: {exc}") from None
+        self.slack = SlackGateway(config, connection,
+                                  directory=self._directory, api_url=self.settings.slack_api_url,
+                                  reply_timeout_s=self.settings.turn_timeout_s)
+        if self.web is not None:  # the Events API and interactivity URL: <web chat URL>/slack/events
+            self.web.app.router.routes.extend(self.slack.routes())
+        await self.slack.start()
+
     async def cleanup(self) -> None:
+        if self.slack is not None:
+            await self.slack.stop()
         for task in tuple(self._turns):
             task.cancel()
         if self.web is not None:
