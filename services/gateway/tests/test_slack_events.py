@@ -9,25 +9,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
 
 from caduceus_bus import BusSettings, EventConnection
-from caduceus_contracts import ChatMessageIn, ChatReply, ErrorEvent, parse_event, subjects
+from caduceus_contracts import (
+    ApprovalReminded,
+    ApprovalRequested,
+    ApprovalResolved,
+    ApprovalView,
+    ChatMessageIn,
+    ChatReply,
+    ErrorEvent,
+    call_digest,
+    parse_event,
+    subjects,
+    utcnow,
+)
 from caduceus_directory import DirectorySource
 from caduceus_gateway.slack import EVENTS_PATH, SlackGateway, parse_slack_config
+from caduceus_gateway.slack.blocks import APPROVE_ACTION
 from caduceus_gateway.slack.testing import (
     FakeSlack,
     FakeSocketMode,
     deliver_event,
+    deliver_press,
     dm,
     event_body,
     free_port,
+    press_payload,
     serve_fake_slack,
 )
 from caduceus_web import HttpServer
@@ -250,3 +267,53 @@ async def test_socket_mode_refuses_an_envelope_for_another_workspace(world: Worl
     assert "T9EVIL" in errors[0].reason
     await asyncio.sleep(0.5)
     assert not world.chat_in
+
+
+def waiting_view(call_id: str, **changes) -> ApprovalView:
+    args = {"command": "rm -rf build"}
+    now = utcnow()
+    fields = dict(workflow_id=f"approval-acme-{call_id}", tenant="acme", call_id=call_id, workspace="default",
+                  session_id="s1", tool="terminal", args=args, requester="bob", reason="deletes need an admin",
+                  digest=call_digest(tenant="acme", workspace="default", session="s1", tool="terminal", args=args),
+                  approvers=("alice",), quorum=1, opened_at=now, expires_at=now + timedelta(minutes=15))
+    return ApprovalView(**{**fields, **changes})
+
+
+async def test_an_approval_reaches_the_approvers_dm_and_its_message_follows_it_to_expiry(world: World) -> None:
+    world.slack.emails["alice@acme.example"] = "UALICE"
+    waiting = waiting_view("c-expiring")
+    await world.bus.publish(subjects.approval("requested", "acme"),
+                            ApprovalRequested(tenant="acme", call_id=waiting.call_id, approval=waiting))
+    posted = await world.slack.until("chat.postMessage", channel="DUALICE")
+    assert any(block["type"] == "actions" for block in posted[0]["blocks"])
+    assert world.slack.made("users.lookupByEmail", email="alice@acme.example")
+    ts = world.slack.answered("chat.postMessage", channel="DUALICE")[0]["ts"]
+
+    expired = waiting.model_copy(update={"status": "expired", "resolution": "nobody answered in time"})
+    await world.bus.publish(subjects.approval("resolved", "acme"),
+                            ApprovalResolved(tenant="acme", call_id=waiting.call_id, approval=expired))
+    updated = await world.slack.until("chat.update", channel="DUALICE", ts=ts)
+    assert "Expired: nobody answered in time" in json.dumps(updated[0]["blocks"])
+    assert not any(block["type"] == "actions" for block in updated[0]["blocks"])
+    # A step that was overtaken (a late reminder) does not bring the buttons back.
+    await world.bus.publish(subjects.approval("reminded", "acme"),
+                            ApprovalReminded(tenant="acme", call_id=waiting.call_id, approval=waiting))
+    await asyncio.sleep(0.5)
+    assert len(world.slack.made("chat.update", channel="DUALICE", ts=ts)) == 1
+
+
+async def test_a_press_on_a_message_the_gateway_never_posted_answers_nothing(world: World) -> None:
+    vouches: list[bytes] = []
+
+    async def on_vouch(msg) -> None:
+        vouches.append(msg.data)
+
+    await world.bus.subscribe(subjects.APPROVAL_VOUCH_ALL, on_vouch)
+    value = json.dumps({"call_id": "c-unknown", "digest": "ab" * 32})
+    response = await deliver_press(world.url, SECRET_1, press_payload("T1ACME", "U1", "DU1", "1.1", APPROVE_ACTION,
+                                                                      value))
+    assert response.status_code == 200
+    told = await world.slack.until("chat.postEphemeral", user="U1")
+    assert "does not belong to this approval" in told[0]["text"]
+    assert "c-unknown" in (await world.until_errors(1))[0].reason
+    assert not vouches
