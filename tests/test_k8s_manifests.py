@@ -292,8 +292,10 @@ def test_network_policies_allow_only_the_bus_the_database_temporal_and_each_serv
     assert ports("approval", "egress") == {53, 4222, 7233, 443}
     assert ports("broker", "egress") == {53, 4222, 443}
     assert ports("audit", "egress") == {53, 4222, 5432}
-    assert {service for service in SERVICES if rules(service, "ingress")} == {"approval"}
+    assert ports("gateway", "egress") == {53, 4222, 443, 8902}  # the approvals API, for approvers in the chat
+    assert {service for service in SERVICES if rules(service, "ingress")} == {"approval", "gateway"}
     assert ports("approval", "ingress") == {8902}
+    assert ports("gateway", "ingress") == {8903}
     (database,) = [rule for rule in rules("audit", "egress") if rule["ports"][0]["port"] == 5432]
     assert database["to"] == [{"ipBlock": {"cidr": "10.20.30.40/32"}}], "the overlay sets the database's address"
 

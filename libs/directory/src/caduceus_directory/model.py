@@ -260,11 +260,22 @@ class Directory(_Entry):
         )
 
 
+# A channel several people share is named `channel:<platform>:...` by the integration that carries it (e.g.
+# `channel:slack:T024BE7LD:C0123`); a person's own channels (the CLI, `web:<user>`, a DM) are named otherwise.
+SHARED_CHANNEL_PREFIX = "channel:"
+
+
 def memory_scope(kind: MemoryScope, user: str, channel: str) -> str:
-    """The grant's memory scope: the whole tenant, this user, or this channel."""
+    """The grant's memory scope: the whole tenant, this user, or this channel.
+
+    With per-user memory, what a person says in a shared channel is kept apart from their own memory
+    (`user:<name>@<channel>`), so a channel's context never reaches their DMs, the web chat or the CLI.
+    """
     if kind == "tenant":
         return "tenant"
-    return f"user:{user}" if kind == "user" else f"channel:{channel}"
+    if kind == "channel":
+        return f"channel:{channel}"
+    return f"user:{user}@{channel}" if channel.startswith(SHARED_CHANNEL_PREFIX) else f"user:{user}"
 
 
 def _not_a_member(tenant: str, user: str) -> Refused:
