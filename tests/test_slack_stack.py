@@ -40,6 +40,7 @@ from caduceus_web import HttpServer
 
 pytestmark = pytest.mark.timeout(400)
 TEAM, SECRET = "T0ACME", "acme-signing-secret"
+SECRET_FACT = "the vault code is 4417-ZETA"
 
 
 def cli(stack, *args: str):
@@ -119,6 +120,19 @@ async def test_a_slack_dm_asks_the_approver_in_slack_and_the_reply_lands_in_the_
         assert [r["text"] for r in replies][:2] == ["waiting for approval from admin for terminal, expires in 15 min",
                                                      "terminal call approved: approved by carol"]
         assert replies[2]["text"].startswith("Cleanup result:") and "build directory removed" in replies[2]["text"]
+
+        # What alice says in a channel stays that channel's: her DM does not remember it, the channel does.
+        told = {"type": "app_mention", "channel": "CGENERAL", "user": "UALICE", "ts": "3.1",
+                "text": f"<@UBOT{TEAM}> Remember that {SECRET_FACT}"}
+        await deliver_event(url, SECRET, event_body(TEAM, told))
+        await slack.until("chat.postMessage", channel="CGENERAL", thread_ts="3.1", timeout=120)
+        await deliver_event(url, SECRET, event_body(TEAM, dm(TEAM, "UALICE", "What do you remember?", "3.2")))
+        in_dm = await slack.until("chat.postMessage", channel="DUALICE", thread_ts="3.2", timeout=120)
+        assert in_dm[-1]["text"] == "I remember: nothing"
+        asked_again = {**told, "ts": "3.3", "thread_ts": "3.1", "text": f"<@UBOT{TEAM}> What do you remember?"}
+        await deliver_event(url, SECRET, event_body(TEAM, asked_again))
+        in_channel = await slack.until("chat.postMessage", channel="CGENERAL", thread_ts="3.1", count=2, timeout=120)
+        assert in_channel[-1]["text"] == f"I remember: {SECRET_FACT}"
 
         store = AuditStore(stack.info.audit_db_url)
         deadline = time.monotonic() + 20

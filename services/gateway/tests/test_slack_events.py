@@ -171,7 +171,7 @@ async def test_a_reply_in_the_thread_continues_the_conversation_and_a_channel_ha
     await world.slack.until("chat.postMessage", count=3)
     first, again, channel = world.chat_in
     assert first.session_id == again.session_id != channel.session_id
-    assert first.channel == "slack-T1ACME-DU1" and channel.channel == "slack-T1ACME-CGENERAL"
+    assert first.channel == "dm:slack:T1ACME:U1" and channel.channel == "channel:slack:T1ACME:CGENERAL"
     assert channel.text == "hello"  # the bot's mention is not part of what the person said
     assert world.slack.made("chat.postMessage", channel="CGENERAL", thread_ts="300.1")
 

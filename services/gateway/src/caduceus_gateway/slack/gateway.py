@@ -3,8 +3,8 @@
 - A direct message or a mention starts a conversation (the message's thread) or continues one (a reply in
   the thread); the reply goes to the thread. The Slack user is a person only through identity's pairing:
   an unpaired user gets identity's instructions (to them alone in a channel), not an agent.
-- The memory scope names the Slack channel (`slack-<team>-<channel>`), so a channel's context does not
-  reach a direct message.
+- The memory scope names the Slack channel (`channel:slack:<team>:<channel>`, a DM `dm:slack:<team>:<user>`),
+  so a channel's context does not reach a direct message.
 - Approvals of the workspace's tenant go to the approvers' direct messages (found by their email in
   tenants.yaml) or to the configured channel, as Block Kit with Approve and Deny. A press is sent to
   identity to vouch for the person, then counted (or refused) by the approval desk; the message is updated
@@ -65,9 +65,10 @@ def session_for(team: str, channel: str, thread_ts: str) -> str:
     return _UNSAFE.sub("-", f"slack-{team}-{channel}-{thread_ts}")[:128]
 
 
-def memory_channel(team: str, channel: str) -> str:
-    """The channel part of the memory scope: per Slack channel, so a DM and a channel never share memory."""
-    return f"slack-{team}-{channel}"
+def memory_channel(team: str, channel: str, user: str, *, shared: bool) -> str:
+    """The turn's channel, part of its memory scope: a shared Slack channel is `channel:slack:<team>:<channel>`
+    (kept apart from each person's own memory), a DM is the person's own `dm:slack:<team>:<user>`."""
+    return f"channel:slack:{team}:{channel}" if shared else f"dm:slack:{team}:{user}"
 
 
 def platform_user(team: str, user: str) -> str:
@@ -222,7 +223,8 @@ class SlackGateway:
         try:
             transcript = await self.chat.send(tenant=ws.tenant, token=ws.service_account_key, text=text,
                                               session_id=session, workspace=ws.workspace,
-                                              channel=memory_channel(ws.team_id, channel), platform=PLATFORM,
+                                              channel=memory_channel(ws.team_id, channel, user, shared=in_channel),
+                                              platform=PLATFORM,
                                               platform_user=platform_user(ws.team_id, user),
                                               timeout=self.reply_timeout_s, on_notice=on_notice)
         except TimeoutError:
