@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
+    ApprovalEscalated,
     ApprovalReminded,
     ApprovalRequested,
     ApprovalResolved,
@@ -76,6 +77,7 @@ ENV = {"T1_BOT": "xoxb-t1", "T1_SECRET": SECRET_1, "T1_KEY": "cad_sa_key_one", "
        "T2_SECRET": SECRET_2, "T2_KEY": "cad_sa_key_two", "T3_BOT": "xoxb-t3", "T3_APP": "xapp-t3",
        "T3_SECRET": "unused-in-socket-mode"}
 TENANTS = "tenants:\n  acme:\n    display_name: Acme\n    users:\n      alice: {email: alice@acme.example, roles: [member]}\n" \
+          "      dora: {email: dora@acme.example, roles: [admin]}\n" \
           "  globex:\n    display_name: Globex\n    users:\n      gina: {email: gina@globex.example, roles: [member]}\n"
 
 
@@ -317,3 +319,19 @@ async def test_a_press_on_a_message_the_gateway_never_posted_answers_nothing(wor
     assert "does not belong to this approval" in told[0]["text"]
     assert "c-unknown" in (await world.until_errors(1))[0].reason
     assert not vouches
+
+
+async def test_escalation_brings_the_approval_to_the_new_approvers_too(world: World) -> None:
+    world.slack.emails.update({"alice@acme.example": "UALICE", "dora@acme.example": "UDORA"})
+    waiting = waiting_view("c-escalating")
+    await world.bus.publish(subjects.approval("requested", "acme"),
+                            ApprovalRequested(tenant="acme", call_id=waiting.call_id, approval=waiting))
+    await world.slack.until("chat.postMessage", channel="DUALICE")
+    escalated = waiting.model_copy(update={"approvers": ("alice", "dora"), "escalated": True})
+    await world.bus.publish(subjects.approval("escalated", "acme"),
+                            ApprovalEscalated(tenant="acme", call_id=waiting.call_id, approval=escalated))
+    await world.slack.until("chat.postMessage", channel="DUDORA")
+    await world.slack.until("chat.update", channel="DUALICE")
+    asked_alice = [c for c in world.slack.calls if c.method == "chat.postMessage" and c.token == "xoxb-t1"
+                   and c.params.get("channel") == "DUALICE"]
+    assert len(asked_alice) == 1  # alice is not asked twice in a workspace

@@ -102,6 +102,7 @@ class SlackGateway:
                               for team, ws in config.workspaces.items()}
         self.approvals: dict[tuple[str, str], PostedApproval] = {}
         self._approval_lock = asyncio.Lock()
+        self._dms: dict[tuple[str, str], str | None] = {}  # (team, approver) -> their DM channel with the bot
         self._tasks: set[asyncio.Task] = set()
         self._subscriptions: list = []
         self._sockets: list[AsyncSocketModeHandler] = []
@@ -282,25 +283,31 @@ class SlackGateway:
             log.exception("could not show approval event %s in Slack", event.kind)
 
     async def _show(self, view: ApprovalView) -> None:
+        """Post a waiting approval to whoever may answer it (again when escalation adds people); update the
+        messages already posted as it changes."""
         key = (view.tenant, view.call_id)
         posted = self.approvals.get(key)
         if posted is None:
             if view.status != "pending":
                 return  # decided before we saw it asked: nothing to show
             posted = self.approvals[key] = PostedApproval(view)
-            for installation in self._installations_of(view.tenant):
-                for channel in await self._approval_channels(installation, view):
-                    response = await self._post(installation.client, channel=channel, text=approval_text(view),
-                                                blocks=approval_blocks(view))
-                    if response is not None:
-                        posted.messages.add((installation.team_id, response["channel"], response["ts"]))
-            return
-        if _progress(posted.view) > _progress(view):
+        elif _progress(posted.view) > _progress(view):
             return  # an older step arriving late
-        posted.view = view
-        for team, channel, ts in sorted(posted.messages):
-            await self._call(self.installations[team].client.chat_update, channel=channel, ts=ts,
-                             text=approval_text(view), blocks=approval_blocks(view))
+        else:
+            posted.view = view
+            for team, channel, ts in sorted(posted.messages):
+                await self._call(self.installations[team].client.chat_update, channel=channel, ts=ts,
+                                 text=approval_text(view), blocks=approval_blocks(view))
+        if view.status != "pending":
+            return
+        for installation in self._installations_of(view.tenant):
+            for channel in await self._approval_channels(installation, view):
+                if any((t, c) == (installation.team_id, channel) for t, c, _ in posted.messages):
+                    continue
+                response = await self._post(installation.client, channel=channel, text=approval_text(view),
+                                            blocks=approval_blocks(view))
+                if response is not None:
+                    posted.messages.add((installation.team_id, response["channel"], response["ts"]))
 
     async def _approval_channels(self, installation: Installation, view: ApprovalView) -> list[str]:
         ws = installation.workspace
@@ -313,17 +320,24 @@ class SlackGateway:
             log.warning("cannot read approvers of %s from the tenants file: %s", view.tenant, exc)
             return []
         for approver in view.approvers:
-            found = tenant.find_user(approver, email_verified=False)
-            if found is None:
-                continue
-            looked = await self._call(installation.client.users_lookupByEmail, email=found[1].email)
-            if looked is None:
-                log.info("approver %s has no Slack account with %s in %s", approver, found[1].email, ws.team_id)
-                continue
-            opened = await self._call(installation.client.conversations_open, users=looked["user"]["id"])
-            if opened is not None:
-                channels.append(opened["channel"]["id"])
+            key = (ws.team_id, approver)
+            if key not in self._dms:
+                self._dms[key] = await self._dm_of(installation, tenant, approver)
+            if self._dms[key] is not None:
+                channels.append(self._dms[key])
         return channels
+
+    async def _dm_of(self, installation: Installation, tenant, approver: str) -> str | None:
+        """The DM channel with the Slack account that has the approver's email, if there is one."""
+        found = tenant.find_user(approver, email_verified=False)
+        if found is None:
+            return None
+        looked = await self._call(installation.client.users_lookupByEmail, email=found[1].email)
+        if looked is None:
+            log.info("approver %s has no Slack account with their email in %s", approver, installation.team_id)
+            return None
+        opened = await self._call(installation.client.conversations_open, users=looked["user"]["id"])
+        return opened["channel"]["id"] if opened is not None else None
 
     async def _tell_refused(self, refused: ApprovalRefused) -> None:
         parts = refused.channel.split(":")
