@@ -26,6 +26,8 @@ from caduceus_contracts import (
     ApprovalRequested,
     ApprovalResolved,
     ApprovalView,
+    ApprovalVote,
+    ApprovalVouchRequested,
     ChatMessageIn,
     ChatReply,
     ErrorEvent,
@@ -87,6 +89,9 @@ class World:
     sockets: FakeSocketMode
     url: str
     bus: EventConnection
+    api_url: str
+    tenants_file: Path
+    gateway: SlackGateway | None = None
     chat_in: list[ChatMessageIn] = field(default_factory=list)
     errors: list[ErrorEvent] = field(default_factory=list)
     paired: set[str] = field(default_factory=set)
@@ -117,7 +122,7 @@ async def world(nats_server, tmp_path: Path) -> AsyncIterator[World]:
                            reply_timeout_s=20)
     http = HttpServer(Starlette(routes=gateway.routes()), "127.0.0.1", free_port(), what="gateway", port_setting="-")
     await http.start()
-    world = World(slack, sockets, f"http://127.0.0.1:{http.port}{EVENTS_PATH}", bus)
+    world = World(slack, sockets, f"http://127.0.0.1:{http.port}{EVENTS_PATH}", bus, api_url, tmp_path / "tenants.yaml")
 
     async def play_identity(msg) -> None:
         message = parse_event(msg.data, expect=ChatMessageIn)
@@ -138,6 +143,7 @@ async def world(nats_server, tmp_path: Path) -> AsyncIterator[World]:
     await stand_in.subscribe(subjects.CHAT_IN_ALL, play_identity)
     await stand_in.subscribe("cad.v1.error.*.gateway", on_error)
     await gateway.start()
+    world.gateway = gateway
     try:
         yield world
     finally:
@@ -335,3 +341,48 @@ async def test_escalation_brings_the_approval_to_the_new_approvers_too(world: Wo
     asked_alice = [c for c in world.slack.calls if c.method == "chat.postMessage" and c.token == "xoxb-t1"
                    and c.params.get("channel") == "DUALICE"]
     assert len(asked_alice) == 1  # alice is not asked twice in a workspace
+
+
+async def test_after_a_restart_a_press_on_an_earlier_approval_still_answers_it(world: World) -> None:
+    world.slack.emails["alice@acme.example"] = "UALICE"
+    waiting = waiting_view("c-before-restart")
+    await world.bus.publish(subjects.approval("requested", "acme"),
+                            ApprovalRequested(tenant="acme", call_id=waiting.call_id, approval=waiting))
+    await world.slack.until("chat.postMessage", channel="DUALICE")
+    ts = world.slack.answered("chat.postMessage", channel="DUALICE")[0]["ts"]
+    value = json.dumps({"call_id": waiting.call_id, "digest": waiting.digest})
+
+    # The gateway process ends; a new one never saw the approval asked, and Slack says which call the message shows.
+    await world.gateway.stop()
+    config = parse_slack_config(SLACK_YAML, "slack.yaml", world.tenants_file.parent, ENV)
+    restarted = SlackGateway(config, world.bus, directory=DirectorySource(world.tenants_file), api_url=world.api_url)
+    http = HttpServer(Starlette(routes=restarted.routes()), "127.0.0.1", free_port(), what="gateway",
+                      port_setting="-")
+    await http.start()
+    await restarted.start()
+    vouches: list[ApprovalVouchRequested] = []
+
+    async def on_vouch(msg) -> None:
+        vouches.append(parse_event(msg.data, expect=ApprovalVouchRequested))
+
+    await world.bus.subscribe(subjects.APPROVAL_VOUCH_ALL, on_vouch)
+    try:
+        url = f"http://127.0.0.1:{http.port}{EVENTS_PATH}"
+        forged = json.dumps({"call_id": "c-other", "digest": "ab" * 32})
+        await deliver_press(url, SECRET_1, press_payload("T1ACME", "UALICE", "DUALICE", ts, APPROVE_ACTION, forged))
+        await world.slack.until("chat.postEphemeral", user="UALICE")  # another call's id on this message: refused
+        await deliver_press(url, SECRET_1, press_payload("T1ACME", "UALICE", "DUALICE", ts, APPROVE_ACTION, value))
+        deadline = time.monotonic() + 10
+        while not vouches and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert [(v.call_id, v.digest, v.platform_user) for v in vouches] == [
+            (waiting.call_id, waiting.digest, "T1ACME:UALICE")]
+        approved = waiting.model_copy(update={"status": "approved", "votes": (
+            ApprovalVote(approver="alice", answer="approve", at=utcnow()),)})
+        await world.bus.publish(subjects.approval("resolved", "acme"),
+                                ApprovalResolved(tenant="acme", call_id=waiting.call_id, approval=approved))
+        updated = await world.slack.until("chat.update", channel="DUALICE", ts=ts)
+        assert "Approved by alice" in json.dumps(updated[-1]["blocks"])
+    finally:
+        await restarted.stop()
+        await http.stop()

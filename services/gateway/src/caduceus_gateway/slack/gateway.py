@@ -82,9 +82,11 @@ def answer_channel(team: str, user: str) -> str:
 
 @dataclass
 class PostedApproval:
-    """Where one approval was posted in Slack, and its latest view."""
+    """Where one approval was posted in Slack, the digest it asks about, and its latest view (None when it was
+    recovered from Slack after a restart and no event has come since)."""
 
-    view: ApprovalView
+    digest: str
+    view: ApprovalView | None = None
     messages: set[tuple[str, str, str]] = field(default_factory=set)  # (team, channel, ts)
 
 
@@ -254,13 +256,15 @@ class SlackGateway:
         call_id, _ = named
         posted = self.approvals.get((ws.tenant, call_id))
         if posted is None or (ws.team_id, channel, ts) not in posted.messages:
+            posted = await self._recover(installation, call_id, channel, ts)
+        if posted is None:
             # The button names a call this message was not posted for: answer nothing.
             await self.refuse_delivery(ws.team_id, f"Slack user {user} pressed {answer} for call {call_id} on a "
                                                    "message that was not posted for that call; refused")
             await self._call(client.chat_postEphemeral, channel=channel, user=user,
                              text="That button does not belong to this approval; nothing was answered.")
             return
-        request = ApprovalVouchRequested(tenant=ws.tenant, call_id=call_id, digest=posted.view.digest,
+        request = ApprovalVouchRequested(tenant=ws.tenant, call_id=call_id, digest=posted.digest,
                                          answer=answer, channel=answer_channel(ws.team_id, user),
                                          token=ws.service_account_key, platform=PLATFORM,
                                          platform_user=platform_user(ws.team_id, user))
@@ -282,6 +286,27 @@ class SlackGateway:
         except Exception:  # one approval's trouble with Slack must not stop the others
             log.exception("could not show approval event %s in Slack", event.kind)
 
+    async def _recover(self, installation: Installation, call_id: str, channel: str,
+                       ts: str) -> PostedApproval | None:
+        """After a restart, Slack itself says which approval a pressed message shows: only a message our bot
+        posted, whose buttons name this call, counts (people cannot post buttons as the bot)."""
+        history = await self._call(installation.client.conversations_history, channel=channel, latest=ts, oldest=ts,
+                                   inclusive=True, limit=1)
+        message = ((history or {}).get("messages") or [None])[0]
+        if not message or message.get("ts") != ts or message.get("bot_id") != await installation.bot_id():
+            return None
+        named = {parse_button_value(element.get("value") or "")
+                 for block in message.get("blocks") or () if block.get("type") == "actions"
+                 for element in block.get("elements") or ()}
+        digests = {digest for call, digest in named - {None} if call == call_id}
+        if len(digests) != 1:
+            return None
+        key = (installation.workspace.tenant, call_id)
+        posted = self.approvals.setdefault(key, PostedApproval(digests.pop()))
+        posted.messages.add((installation.team_id, channel, ts))
+        log.info("recovered the Slack message of approval %s from Slack after a restart", call_id)
+        return posted
+
     async def _show(self, view: ApprovalView) -> None:
         """Post a waiting approval to whoever may answer it (again when escalation adds people); update the
         messages already posted as it changes."""
@@ -290,8 +315,8 @@ class SlackGateway:
         if posted is None:
             if view.status != "pending":
                 return  # decided before we saw it asked: nothing to show
-            posted = self.approvals[key] = PostedApproval(view)
-        elif _progress(posted.view) > _progress(view):
+            posted = self.approvals[key] = PostedApproval(view.digest, view)
+        elif posted.view is not None and _progress(posted.view) > _progress(view):
             return  # an older step arriving late
         else:
             posted.view = view

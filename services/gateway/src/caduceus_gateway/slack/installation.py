@@ -89,7 +89,17 @@ class Installation:
         self.http = AsyncSlackRequestHandler(self.app)
         self.seen = SeenOnce()
         self._refuse = refuse
+        self._bot_id: str | None = None
         self.app.use(self._only_this_workspace_once)
+
+    async def bot_id(self) -> str | None:
+        """The bot's id in this workspace (auth.test, asked once): what marks a message as ours."""
+        if self._bot_id is None:
+            try:
+                self._bot_id = (await self.client.auth_test()).get("bot_id")
+            except Exception as exc:
+                log.warning("auth.test failed in %s: %s", self.team_id, exc)
+        return self._bot_id
 
     @property
     def team_id(self) -> str:

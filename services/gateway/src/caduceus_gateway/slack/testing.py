@@ -48,6 +48,8 @@ class FakeSlack:
     throttled: list[tuple[str, float]] = field(default_factory=list)
     socket_url: str = ""
     _ts: itertools.count = field(default_factory=lambda: itertools.count(1))
+    # What each channel holds, as conversations.history shows it: (channel, ts) -> message
+    messages: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/api/{method}", self._api, methods=["GET", "POST"])])
@@ -79,6 +81,10 @@ class FakeSlack:
                     "bot_id": f"BBOT{team}", "user": "caduceus", "url": f"https://{team.lower()}.slack.com/"}
         if method in ("chat.postMessage", "chat.update"):
             ts = params.get("ts") or f"1700000000.{next(self._ts):06d}"
+            blocks = params.get("blocks")
+            self.messages[(params.get("channel"), ts)] = {
+                "type": "message", "ts": ts, "text": params.get("text"), "bot_id": f"BBOT{team}",
+                "blocks": json.loads(blocks) if isinstance(blocks, str) else blocks or []}
             return {"ok": True, "channel": params.get("channel"), "ts": ts,
                     "message": {"text": params.get("text"), "ts": ts}}
         if method == "chat.postEphemeral":
@@ -88,6 +94,9 @@ class FakeSlack:
         if method == "users.lookupByEmail":
             user = self.emails.get(params.get("email", ""))
             return {"ok": True, "user": {"id": user}} if user else {"ok": False, "error": "users_not_found"}
+        if method == "conversations.history":
+            found = self.messages.get((params.get("channel"), params.get("latest")))
+            return {"ok": True, "messages": [found] if found else [], "has_more": False}
         if method == "apps.connections.open":
             return {"ok": True, "url": self.socket_url}
         return {"ok": False, "error": "unknown_method"}
