@@ -386,3 +386,12 @@ async def test_after_a_restart_a_press_on_an_earlier_approval_still_answers_it(w
     finally:
         await restarted.stop()
         await http.stop()
+
+
+async def test_slacks_url_check_is_answered_only_when_signed_by_an_installation(world: World) -> None:
+    check = {"token": "legacy", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+             "type": "url_verification"}
+    answered = await deliver_event(world.url, SECRET_2, check)
+    assert answered.status_code == 200 and check["challenge"] in answered.text
+    refused = await deliver_event(world.url, "not-a-secret-of-ours", check)
+    assert refused.status_code == 401 and check["challenge"] not in refused.text
