@@ -7,7 +7,9 @@ it never decides anything itself.
 
 from caduceus_gateway.app import GatewayService, build
 from caduceus_gateway.handlers import ROUTES
+from caduceus_gateway.integrations import Integration
 from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut, TurnUpdate
 from caduceus_gateway.settings import GatewaySettings
 
-__all__ = ["ROUTES", "GatewayService", "GatewaySettings", "Relay", "Speaker", "TurnTimedOut", "TurnUpdate", "build"]
+__all__ = ["ROUTES", "GatewayService", "GatewaySettings", "Integration", "Relay", "Speaker", "TurnTimedOut", "TurnUpdate",
+           "build"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import httpx
 
 from caduceus_bus import BusService, ConfigurationError, EventConnection
 from caduceus_directory import DirectoryError, DirectorySource
 from caduceus_gateway.handlers import ROUTES
+from caduceus_gateway.integrations import Integration, configured_integrations
 from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut
 from caduceus_gateway.settings import GatewaySettings
 from caduceus_gateway.slack import SlackConfigError, SlackGateway, load_slack_config
@@ -28,9 +30,10 @@ class GatewayService(BusService):
 
     table = ROUTES
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, integrations: Sequence[Integration] = ()) -> None:
         super().__init__(settings)
         self.settings = settings
+        self.integrations = list(integrations)
         self.relay = Relay(self)
         self.store = ConversationStore(settings.gateway_db)
         self._directory = DirectorySource(settings.tenants_file)
@@ -97,6 +100,9 @@ class GatewayService(BusService):
         if self.web is not None:
             await self.web.start()
             log.info("web chat at %s", self.settings.web_url)
+        for integration in self.integrations:
+            await integration.start(self.relay)
+            log.info("%s integration started", integration.name)
         return self.relay
 
     async def _start_slack(self, connection: EventConnection) -> None:
@@ -120,6 +126,11 @@ class GatewayService(BusService):
             await self.slack.stop()
         for task in tuple(self._turns):
             task.cancel()
+        for integration in reversed(self.integrations):
+            try:
+                await integration.stop()
+            except Exception:
+                log.exception("the %s integration did not stop cleanly", integration.name)
         if self.web is not None:
             await self.web.stop()
         await self.http.aclose()
@@ -128,4 +139,5 @@ class GatewayService(BusService):
 
 def build(settings: GatewaySettings | None = None) -> GatewayService:
     """The service from settings (the environment by default)."""
-    return GatewayService(settings or GatewaySettings())
+    settings = settings or GatewaySettings()
+    return GatewayService(settings, configured_integrations(settings))
