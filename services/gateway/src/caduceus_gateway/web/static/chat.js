@@ -73,6 +73,13 @@
         body: JSON.stringify({text: text}),
       });
       if (response.ok) {
+        if (!transcript.querySelector("li.person")) {  // the conversation is named after its first message
+          const title = document.querySelector(".conversation-title");
+          const current = document.querySelector("#conversations a[aria-current] .title");
+          const name = text.split(/\s+/).join(" ").slice(0, 80);
+          if (title && title.firstChild) title.firstChild.textContent = name + " ";
+          if (current) current.textContent = name;
+        }
         transcript.appendChild(el("li", "entry person", text));
         box.value = "";
       } else {
