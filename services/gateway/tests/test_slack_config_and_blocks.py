@@ -24,6 +24,7 @@ workspaces:
     signing_secret: env:SECRET
     service_account_key: file:keys/acme.key
     approvals_channel: C0APPROVALS
+    link_by_email: true
 """
 
 
@@ -35,7 +36,7 @@ def test_a_good_file_maps_each_workspace_to_its_tenant_with_its_secrets_read(tmp
     acme = config.for_team("T0ACME")
     assert (acme.tenant, acme.mode, acme.bot_token, acme.service_account_key, acme.approvals_channel) == (
         "acme", "http", "xoxb-1", "cad_sa_from_file", "C0APPROVALS")
-    assert config.for_team("T0OTHER") is None
+    assert acme.link_by_email and config.for_team("T0OTHER") is None
     assert "s3cret" not in repr(acme) and "xoxb" not in repr(acme)
 
 

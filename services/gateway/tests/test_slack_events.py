@@ -67,6 +67,7 @@ workspaces:
     bot_token: env:T2_BOT
     signing_secret: env:T2_SECRET
     service_account_key: env:T2_KEY
+    link_by_email: true
   T3SOCKET:
     tenant: acme
     mode: socket
@@ -395,3 +396,12 @@ async def test_slacks_url_check_is_answered_only_when_signed_by_an_installation(
     assert answered.status_code == 200 and check["challenge"] in answered.text
     refused = await deliver_event(world.url, "not-a-secret-of-ours", check)
     assert refused.status_code == 401 and check["challenge"] not in refused.text
+
+
+async def test_only_a_workspace_that_links_by_email_passes_on_the_slack_users_email(world: World) -> None:
+    world.slack.emails.update({"gina@globex.example": "UGINA", "alice@acme.example": "UALICE"})
+    await deliver_event(world.url, SECRET_2, event_body("T2GLOBEX", dm("T2GLOBEX", "UGINA", "hi", "1300.1")))
+    await deliver_event(world.url, SECRET_1, event_body("T1ACME", dm("T1ACME", "UALICE", "hi", "1300.2")))
+    await world.slack.until("chat.postMessage", count=2)
+    emails = {m.platform_user: m.platform_email for m in world.chat_in}
+    assert emails == {"T2GLOBEX:UGINA": "gina@globex.example", "T1ACME:UALICE": None}

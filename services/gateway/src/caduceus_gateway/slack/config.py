@@ -26,14 +26,15 @@ workspaces:
     app_token: env:SLACK_ACME_APP_TOKEN           # xapp-..., Socket Mode only
     service_account_key: file:keys/slack-acme.key # `caduceus identity service-account create --platform slack`
     workspace: default             # optional: the Caduceus workspace turns run in
-    approvals_channel: C0123ABCD   # optional: post approvals here instead of the approvers' DMs"""
+    approvals_channel: C0123ABCD   # optional: post approvals here instead of the approvers' DMs
+    link_by_email: false           # optional: link a Slack user whose Slack email is a person's, without pairing"""
 
 _TEAM = re.compile(r"^[TE][A-Z0-9]{2,31}$")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CHANNEL = re.compile(r"^[CGD][A-Z0-9]{2,31}$")
 _REF = re.compile(r"^(env|file):(.+)$")
 _FIELDS = {"tenant", "mode", "bot_token", "signing_secret", "app_token", "service_account_key", "workspace",
-           "approvals_channel"}
+           "approvals_channel", "link_by_email"}
 
 
 class SlackConfigError(ValueError):
@@ -79,6 +80,7 @@ class SlackWorkspace:
     app_token: str | None = None
     workspace: str = "default"
     approvals_channel: str | None = None
+    link_by_email: bool = False
 
     def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
         return f"SlackWorkspace(team_id={self.team_id!r}, tenant={self.tenant!r}, mode={self.mode!r})"
@@ -185,9 +187,10 @@ def _workspace(team: str, line: int, node: yaml.Node, base: Path, environ: Mappi
     app_token = secret("app_token", required=(mode == "socket"))
     workspace = plain("workspace", _TENANT, required=False) or "default"
     channel = plain("approvals_channel", _CHANNEL, required=False)
+    by_email = plain("link_by_email", re.compile(r"^(true|false)$"), required=False) == "true"
     if len(problems) > before:
         return None
     assert tenant and bot_token and signing_secret and key
     return SlackWorkspace(team_id=team, tenant=tenant, mode=mode, bot_token=bot_token,  # type: ignore[arg-type]
                           signing_secret=signing_secret, service_account_key=key, app_token=app_token,
-                          workspace=workspace, approvals_channel=channel)
+                          workspace=workspace, approvals_channel=channel, link_by_email=by_email)

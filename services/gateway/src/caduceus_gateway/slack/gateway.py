@@ -223,13 +223,14 @@ class SlackGateway:
             self._spawn(self._post(client, channel=channel, thread_ts=thread, text=escape(notice.text)),
                         "slack-notice")
 
+        email = await self._verified_email(installation, user) if ws.link_by_email else None
         try:
             transcript = await self.chat.send(tenant=ws.tenant, token=ws.service_account_key, text=text,
                                               session_id=session, workspace=ws.workspace,
                                               channel=memory_channel(ws.team_id, channel, user, shared=in_channel),
                                               platform=PLATFORM,
                                               platform_user=platform_user(ws.team_id, user),
-                                              timeout=self.reply_timeout_s, on_notice=on_notice)
+                                              platform_email=email, timeout=self.reply_timeout_s, on_notice=on_notice)
         except TimeoutError:
             await self._post(client, channel=channel, thread_ts=thread,
                              text="No answer in time from Caduceus; please try again, or tell an administrator.")
@@ -242,6 +243,14 @@ class SlackGateway:
                              text=escape(reply.text))
             return
         await self._post(client, channel=channel, thread_ts=thread, text=escape(reply.text))
+
+    async def _verified_email(self, installation: Installation, user: str) -> str | None:
+        """The Slack user's email (Slack confirms it), for identity to link them to the person who has it."""
+        info = await self._call(installation.client.users_info, user=user)
+        profile = ((info or {}).get("user") or {}).get("profile") or {}
+        if ((info or {}).get("user") or {}).get("is_bot") or not isinstance(profile.get("email"), str):
+            return None
+        return profile["email"]
 
     async def press(self, installation: Installation, body: dict, action: dict, answer: str) -> None:
         """An Approve or Deny press: ask identity to vouch for the person; the desk counts it or refuses it."""

@@ -97,6 +97,10 @@ class FakeSlack:
         if method == "conversations.history":
             found = self.messages.get((params.get("channel"), params.get("latest")))
             return {"ok": True, "messages": [found] if found else [], "has_more": False}
+        if method == "users.info":
+            email = next((e for e, u in self.emails.items() if u == params.get("user")), None)
+            profile = {"email": email} if email else {}
+            return {"ok": True, "user": {"id": params.get("user"), "is_bot": False, "profile": profile}}
         if method == "apps.connections.open":
             return {"ok": True, "url": self.socket_url}
         return {"ok": False, "error": "unknown_method"}
