@@ -405,3 +405,13 @@ async def test_only_a_workspace_that_links_by_email_passes_on_the_slack_users_em
     await world.slack.until("chat.postMessage", count=2)
     emails = {m.platform_user: m.platform_email for m in world.chat_in}
     assert emails == {"T2GLOBEX:UGINA": "gina@globex.example", "T1ACME:UALICE": None}
+
+
+async def test_a_forged_delivery_cannot_make_the_genuine_one_look_like_a_repeat(world: World) -> None:
+    world.paired.add("T1ACME:U1")
+    genuine = event_body("T1ACME", dm("T1ACME", "U1", "the real one", "1400.1"), event_id="Ev-TARGETED")
+    forged = await deliver_event(world.url, "guessed", genuine)
+    assert forged.status_code == 401
+    assert (await deliver_event(world.url, SECRET_1, genuine)).status_code == 200
+    posted = await world.slack.until("chat.postMessage", channel="DU1")
+    assert posted[0]["text"] == "you said: the real one"

@@ -235,6 +235,11 @@ class SlackGateway:
             await self._post(client, channel=channel, thread_ts=thread,
                              text="No answer in time from Caduceus; please try again, or tell an administrator.")
             return
+        except Exception:  # the bus is down or refused us: say so rather than stay silent
+            log.exception("the Slack message of %s in %s could not be sent to Caduceus", user, ws.team_id)
+            await self._post(client, channel=channel, thread_ts=thread,
+                             text="Caduceus could not take this message right now; please try again shortly.")
+            return
         reply = transcript.reply
         assert reply is not None
         if reply.status == "refused" and in_channel:
