@@ -119,11 +119,9 @@ class GatewayService(BusService):
                                   reply_timeout_s=self.settings.turn_timeout_s)
         if self.web is not None:  # the Events API and interactivity URL: <web chat URL>/slack/events
             self.web.app.router.routes.extend(self.slack.routes())
-        await self.slack.start()
+        self.integrations.append(self.slack)  # started with the relay and stopped like any integration
 
     async def cleanup(self) -> None:
-        if self.slack is not None:
-            await self.slack.stop()
         for task in tuple(self._turns):
             task.cancel()
         for integration in reversed(self.integrations):

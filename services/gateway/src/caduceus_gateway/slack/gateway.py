@@ -91,7 +91,13 @@ class PostedApproval:
 
 
 class SlackGateway:
-    """Serves every workspace of slack.yaml over one bus connection (the gateway's Slack credential)."""
+    """Serves every workspace of slack.yaml over the gateway's bus connection: a `caduceus_gateway.Integration`.
+
+    It follows the bus itself (replies through the client library, approvals by subscription), so it needs the
+    connection rather than the relay the gateway hands every integration.
+    """
+
+    name = "slack"
 
     def __init__(self, config: SlackConfig, connection: EventConnection, *, directory: Callable[[], Directory],
                  api_url: str = SLACK_API_URL, reply_timeout_s: float = 600.0) -> None:
@@ -117,7 +123,7 @@ class SlackGateway:
         """The HTTP endpoint of the Events API and interactivity (both at /slack/events), to mount in an app."""
         return [Route(EVENTS_PATH, self.handle_http, methods=["POST"])]
 
-    async def start(self) -> None:
+    async def start(self, relay: object = None) -> None:
         """Follow the approvals of every tenant served; open the Socket Mode connections."""
         for tenant in sorted(self.config.tenants()):
             self._subscriptions.append(await self.connection.subscribe(
