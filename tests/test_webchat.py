@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
-from caduceus.commands.demo import DEMO_MESSAGE
+from caduceus.commands.demo import APPROVAL_MESSAGE, DEMO_MESSAGE
 from caduceus_client import ChatClient
 from caduceus_identity.devtoken import mint_dev_token
 
@@ -173,3 +173,35 @@ async def test_what_alice_says_in_a_shared_channel_is_not_in_the_memory_of_her_w
         await client.close()
     assert secret not in in_web[-1]["text"]
     assert secret in in_channel.reply.text
+
+
+async def test_only_an_approver_answering_for_that_exact_call_counts_from_the_web_chat(stack, alice, bob) -> None:
+    carol = Browser(stack.info.webchat_url)
+    await carol.sign_in("acme", "carol")
+    try:
+        conversation = await alice.new_conversation()
+        assert (await alice.say(conversation, APPROVAL_MESSAGE)).status_code == 202
+        waiting = None
+        for _ in range(300):
+            listed = (await carol.get("/api/approvals")).json()["approvals"]
+            waiting = next((a for a in listed if a["requester"] == "alice" and "rm -rf build" in json.dumps(a["args"])),
+                           None)
+            if waiting:
+                break
+            await asyncio.sleep(0.2)
+        assert waiting is not None, "carol was never shown alice's call"
+        assert (await bob.get("/api/approvals")).json()["approvals"] == []  # bob is no approver
+
+        async def answer(browser: Browser, digest: str, csrf: str | None = None) -> httpx.Response:
+            return await browser.http.post(f"{browser.base_url}/api/approvals/{waiting['call_id']}/approve",
+                                           json={"digest": digest},
+                                           headers={"X-CSRF-Token": browser.csrf if csrf is None else csrf})
+
+        assert (await answer(bob, waiting["digest"])).status_code == 409
+        assert (await answer(carol, "0" * 64)).status_code == 409  # another call's arguments
+        assert (await answer(carol, waiting["digest"], csrf="")).status_code == 403
+        assert any(a["call_id"] == waiting["call_id"] for a in (await carol.get("/api/approvals")).json()["approvals"])
+        approved = await answer(carol, waiting["digest"])
+        assert approved.status_code == 200 and approved.json()["status"] == "approved"
+    finally:
+        await carol.close()

@@ -13,7 +13,7 @@ from caduceus_bus import BusService, ConfigurationError, EventConnection
 from caduceus_directory import DirectoryError, DirectorySource
 from caduceus_gateway.handlers import ROUTES
 from caduceus_gateway.integrations import Integration, configured_integrations
-from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut
+from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut, TurnUpdate
 from caduceus_gateway.settings import GatewaySettings
 from caduceus_gateway.slack import SlackConfigError, SlackGateway, load_slack_config
 from caduceus_gateway.store import ConversationStore
@@ -70,10 +70,16 @@ class GatewayService(BusService):
                                                 timeout_s=self.settings.turn_timeout_s):
                 self.store.add(conversation_id, update.kind, update.as_json())
         except TurnTimedOut as exc:
-            self.store.add(conversation_id, "error", {"text": str(exc)})
-        except Exception:
+            self._failed(speaker.tenant, conversation_id, str(exc))
+        except Exception as exc:
             log.exception("the turn in conversation %s could not be relayed", conversation_id)
-            self.store.add(conversation_id, "error", {"text": "the gateway could not relay this turn; try again"})
+            self._failed(speaker.tenant, conversation_id, f"the gateway could not send this message "
+                                                          f"({type(exc).__name__}); try again shortly")
+
+    def _failed(self, tenant: str, conversation_id: str, why: str) -> None:
+        """Keep and show why a turn got no reply: the person is never left waiting in silence."""
+        self.store.add(conversation_id, "error", {"text": why})
+        self.relay.tell(tenant, TurnUpdate("error", conversation_id, text=why))
 
     def _web(self) -> HttpServer | None:
         settings = self.settings

@@ -30,7 +30,7 @@ from caduceus_contracts import (
 )
 from caduceus_redaction import redact_value
 
-UpdateKind = Literal["call", "decision", "outcome", "notice", "reply"]
+UpdateKind = Literal["call", "decision", "outcome", "notice", "reply", "error"]
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,12 @@ class Relay:
     def deliver(self, event: Event) -> None:
         """Hand a bus event to the listeners of its conversation (the route handlers call this)."""
         update = update_of(event)
-        if update is None:
-            return
-        for queue in tuple(self._listeners.get((event.tenant, update.session_id), ())):
+        if update is not None:
+            self.tell(event.tenant, update)
+
+    def tell(self, tenant: str, update: TurnUpdate) -> None:
+        """Hand the conversation's listeners an update of the gateway's own (a turn it could not relay)."""
+        for queue in tuple(self._listeners.get((tenant, update.session_id), ())):
             queue.put_nowait(update)
 
     @contextlib.contextmanager

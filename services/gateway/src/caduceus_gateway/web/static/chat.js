@@ -45,6 +45,9 @@
     } else if (update.kind === "notice") {
       transcript.appendChild(el("li", "entry notice", update.text));
       refreshApprovals();
+    } else if (update.kind === "error") {
+      transcript.appendChild(el("li", "entry error", update.text));
+      setBusy(false);
     } else if (update.kind === "reply") {
       transcript.appendChild(el("li", "entry agent " + (update.status || "ok"), update.text));
       setBusy(false);
