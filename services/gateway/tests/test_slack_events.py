@@ -415,3 +415,19 @@ async def test_a_forged_delivery_cannot_make_the_genuine_one_look_like_a_repeat(
     assert (await deliver_event(world.url, SECRET_1, genuine)).status_code == 200
     posted = await world.slack.until("chat.postMessage", channel="DU1")
     assert posted[0]["text"] == "you said: the real one"
+
+
+async def test_a_reminder_nudges_only_the_approvers_who_have_not_answered_in_their_dm(world: World) -> None:
+    world.slack.emails.update({"alice@acme.example": "UALICE", "dora@acme.example": "UDORA"})
+    waiting = waiting_view("c-reminded", approvers=("alice", "dora"), quorum=2)
+    await world.bus.publish(subjects.approval("requested", "acme"),
+                            ApprovalRequested(tenant="acme", call_id=waiting.call_id, approval=waiting))
+    await world.slack.until("chat.postMessage", channel="DUDORA")
+    voted = waiting.model_copy(update={"votes": (ApprovalVote(approver="alice", answer="approve", at=utcnow()),)})
+    await world.bus.publish(subjects.approval("reminded", "acme"),
+                            ApprovalReminded(tenant="acme", call_id=waiting.call_id, approval=voted, remind=("dora",)))
+    dora_ts = world.slack.answered("chat.postMessage", channel="DUDORA")[0]["ts"]
+    nudged = await world.slack.until("chat.postMessage", channel="DUDORA", thread_ts=dora_ts)
+    assert "still waiting for your answer" in nudged[0]["text"]
+    await asyncio.sleep(0.3)
+    assert not [c for c in world.slack.made("chat.postMessage", channel="DUALICE") if c.get("thread_ts")]

@@ -33,6 +33,7 @@ from caduceus_bus import EventConnection
 from caduceus_client import ChatClient
 from caduceus_contracts import (
     ApprovalRefused,
+    ApprovalReminded,
     ApprovalView,
     ApprovalVouchRequested,
     ChatNotice,
@@ -303,6 +304,8 @@ class SlackGateway:
             elif (view := getattr(event, "approval", None)) is not None:
                 async with self._approval_lock:
                     await self._show(view)
+                    if isinstance(event, ApprovalReminded):
+                        await self._remind(view, event.remind)
         except Exception:  # one approval's trouble with Slack must not stop the others
             log.exception("could not show approval event %s in Slack", event.kind)
 
@@ -383,6 +386,17 @@ class SlackGateway:
             return None
         opened = await self._call(installation.client.conversations_open, users=looked["user"]["id"])
         return opened["channel"]["id"] if opened is not None else None
+
+    async def _remind(self, view: ApprovalView, people: tuple[str, ...]) -> None:
+        """Nudge, in the thread of their own DM, the approvers who have not answered yet."""
+        posted = self.approvals.get((view.tenant, view.call_id))
+        if posted is None or view.status != "pending":
+            return
+        for team, channel, ts in sorted(posted.messages):
+            if any(self._dms.get((team, person)) == channel for person in people):
+                await self._post(self.installations[team].client, channel=channel, thread_ts=ts,
+                                 text=f"Reminder: {escape(view.requester)}'s {escape(view.tool)} call is still "
+                                      "waiting for your answer.")
 
     async def _tell_refused(self, refused: ApprovalRefused) -> None:
         parts = refused.channel.split(":")
