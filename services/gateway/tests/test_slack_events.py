@@ -431,3 +431,12 @@ async def test_a_reminder_nudges_only_the_approvers_who_have_not_answered_in_the
     assert "still waiting for your answer" in nudged[0]["text"]
     await asyncio.sleep(0.3)
     assert not [c for c in world.slack.made("chat.postMessage", channel="DUALICE") if c.get("thread_ts")]
+
+
+async def test_a_flood_of_forged_requests_is_refused_without_flooding_the_audit_trail(world: World) -> None:
+    body = event_body("T9FLOOD", dm("T9FLOOD", "U1", "spam", "1500.1"))
+    answers = await asyncio.gather(*(deliver_event(world.url, "nope", body) for _ in range(40)))
+    assert {a.status_code for a in answers} == {403}
+    await asyncio.sleep(1.0)
+    flood = [e for e in world.errors if "T9FLOOD" in e.reason]
+    assert len(flood) == 30

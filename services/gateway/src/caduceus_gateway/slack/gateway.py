@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "slack"
 EVENTS_PATH = "/slack/events"
+REFUSALS_AUDITED = 30  # per claimed workspace and minute: a flood of forged requests cannot flood the audit trail
 _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -113,6 +114,8 @@ class SlackGateway:
         self._approval_lock = asyncio.Lock()
         self._dms: dict[tuple[str, str], str | None] = {}  # (team, approver) -> their DM channel with the bot
         self._tasks: set[asyncio.Task] = set()
+        self._refused_at: dict[str, list[float]] = {}
+        self._unaudited: dict[str, int] = {}
         self._subscriptions: list = []
         self._sockets: list[AsyncSocketModeHandler] = []
         for installation in self.installations.values():
@@ -183,7 +186,18 @@ class SlackGateway:
         return response
 
     async def refuse_delivery(self, team: str, reason: str) -> None:
-        """Audit a refused delivery (an error event on the system chain: it has no trusted tenant)."""
+        """Audit a refused delivery: an error event on the workspace's tenant chain, or on the system chain for a
+        workspace no installation serves. Anyone can send these, so each claimed workspace gets at most
+        REFUSALS_AUDITED per minute; the next one audited says how many were refused unaudited meanwhile."""
+        now = asyncio.get_running_loop().time()
+        recent = [t for t in self._refused_at.get(team, []) if now - t < 60.0]
+        if len(recent) >= REFUSALS_AUDITED:
+            self._refused_at[team] = recent
+            self._unaudited[team] = self._unaudited.get(team, 0) + 1
+            return
+        self._refused_at[team] = [*recent, now]
+        if skipped := self._unaudited.pop(team, 0):
+            reason = f"{reason} (and {skipped} more refused without an audit record in the last minute)"
         ws = self.config.for_team(team)
         subject = f"slack.events.{_UNSAFE.sub('-', team)[:64]}"
         if ws is not None:
