@@ -440,3 +440,28 @@ async def test_a_flood_of_forged_requests_is_refused_without_flooding_the_audit_
     await asyncio.sleep(1.0)
     flood = [e for e in world.errors if "T9FLOOD" in e.reason]
     assert len(flood) == 30
+
+
+async def test_a_button_press_over_socket_mode_asks_identity_to_vouch_and_is_acknowledged(world: World) -> None:
+    await asyncio.wait_for(world.sockets.connected.wait(), 10)
+    world.slack.emails["alice@acme.example"] = "UALICE"
+    waiting = waiting_view("c-socket")
+    vouches: list[ApprovalVouchRequested] = []
+
+    async def on_vouch(msg) -> None:
+        vouches.append(parse_event(msg.data, expect=ApprovalVouchRequested))
+
+    await world.bus.subscribe(subjects.APPROVAL_VOUCH_ALL, on_vouch)
+    await world.bus.publish(subjects.approval("requested", "acme"),
+                            ApprovalRequested(tenant="acme", call_id=waiting.call_id, approval=waiting))
+    await world.slack.until("chat.postMessage", channel="DUALICE", count=2)  # T1ACME's and T3SOCKET's bots
+    ts = next(c.answer["ts"] for c in world.slack.calls if c.method == "chat.postMessage" and c.token == "xoxb-t3")
+    value = json.dumps({"call_id": waiting.call_id, "digest": waiting.digest})
+    envelope = await world.sockets.send("interactive", press_payload("T3SOCKET", "UALICE", "DUALICE", ts,
+                                                                     APPROVE_ACTION, value))
+    deadline = time.monotonic() + 10
+    while not vouches and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [(v.call_id, v.platform_user, v.channel) for v in vouches] == [
+        (waiting.call_id, "T3SOCKET:UALICE", "slack:T3SOCKET:UALICE")]
+    assert envelope in {ack["envelope_id"] for ack in world.sockets.acks}
