@@ -30,6 +30,8 @@ FAILING_TESTS = ("pack: policy.yaml\ncases:\n  - {name: alice reads her notes, t
                  "roles: [member], tool: read_file, args: {path: notes.md}, expect: deny}\n")
 BAD_TENANTS = "tenants:\n  acme:\n    display_name: Acme\n    users:\n      dana: {email: d@x, roles: [boss]}\n"
 BAD_SANDBOX = "version: 1\nname: broken\nnetwork: {egress: everywhere}\n"
+SLACK_YAML = ("workspaces:\n  T0ACME:\n    tenant: acme\n    bot_token: {secret}\n    signing_secret: {secret}\n"
+              "    service_account_key: {secret}\n")
 
 
 def filled(args: list, state: Path, files: Path) -> list[str]:
@@ -67,6 +69,9 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "bad-pack.yaml").write_text(BAD_PACK)
     (tmp_path / "bad-tenants.yaml").write_text(BAD_TENANTS)
     (tmp_path / "bad-sandbox.yaml").write_text(BAD_SANDBOX)
+    (tmp_path / "slack-acme.key").write_text("cad_sa_key\n")
+    (tmp_path / "slack.yaml").write_text(SLACK_YAML.format(secret="file:slack-acme.key"))
+    (tmp_path / "bad-slack.yaml").write_text(SLACK_YAML.format(secret="xoxb-pasted-here"))
     shutil.copy(DEFAULTS / "tenants.yaml", tmp_path / "tenants.yaml")
     return tmp_path
 
@@ -87,6 +92,8 @@ JSON_COMMANDS = [
     (["policy", "diff", "{files}/policy.yaml", "{files}/policy.yaml", "--state-dir", "{state}"], 0, "changes"),
     (["sandbox", "check", SANDBOX], 0, "enforceable_here"),
     (["sandbox", "check", "{files}/bad-sandbox.yaml"], 1, "problem"),
+    (["slack", "check", "{files}/slack.yaml"], 0, "workspaces"),
+    (["slack", "check", "{files}/bad-slack.yaml"], 1, "problem"),
     (["audit", "verify", "--state-dir", "{state}"], 0, "tenants"),
     (["audit", "replay", "--pack", "{files}/bad-pack.yaml", "--state-dir", "{state}"], 2, None),
     (["audit", "replay", "--pack", "{files}/policy.yaml", "--state-dir", "{state}"], 1, "changed"),
@@ -138,6 +145,9 @@ EXIT_CODES = [
     (["sandbox", "check", SANDBOX], 0),
     (["sandbox", "check", "{files}/bad-sandbox.yaml"], 1),
     (["sandbox", "check", "{files}/missing.yaml"], 2),
+    (["slack", "check", "{files}/slack.yaml"], 0),
+    (["slack", "check", "{files}/bad-slack.yaml"], 1),
+    (["slack", "check", "{files}/missing.yaml"], 2),
     (["tenants", "apply", "{files}/tenants.yaml", "--state-dir", "{state}"], 0),
     (["tenants", "apply", "{files}/bad-tenants.yaml", "--state-dir", "{state}"], 1),
     (["tenants", "apply", "{files}/missing.yaml", "--state-dir", "{state}"], 2),

@@ -16,6 +16,7 @@ from caduceus.commands import (
     identity,
     policy,
     sandbox,
+    slack,
     tenants,
     up,
     whoami,
@@ -46,6 +47,7 @@ bus.register(app)
 backup.register(app)
 config.register(app)
 deployment.register(app)
+slack.register(app)
 
 
 if __name__ == "__main__":

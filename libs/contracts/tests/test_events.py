@@ -18,6 +18,8 @@ from caduceus_contracts import (
     ApprovalView,
     ApprovalVote,
     ApprovalVoted,
+    ApprovalVouched,
+    ApprovalVouchRequested,
     AuditCheckpointed,
     ChainCheckpoint,
     ChatMessageIn,
@@ -34,6 +36,7 @@ from caduceus_contracts import (
     SignedCheckpoint,
     SignedDecision,
     SignedGrant,
+    SignedVouch,
     Signer,
     ToolCallCompleted,
     ToolCallDecided,
@@ -41,6 +44,7 @@ from caduceus_contracts import (
     ToolCallRequested,
     TurnAssigned,
     TurnRequested,
+    Vouch,
     WorkerLifecycle,
     call_digest,
     decision_ttl,
@@ -101,6 +105,11 @@ SAMPLES += [
     ChatNotice(tenant="acme", session_id="s-1", call_id="c-1", text="waiting for approval from admin"),
     IdentityChanged(tenant="acme", action="service-account.created", actor="carol", subject="slack-bot",
                     detail="for slack"),
+    ApprovalVouchRequested(tenant="acme", call_id="c-1", digest=DIGEST, answer="approve", token="cad_sa_...",
+                           channel="slack:T1:U1", platform="slack", platform_user="T1:U1"),
+    ApprovalVouched(tenant="acme", call_id="c-1", vouch=SignedVouch.issue(IDENTITY, Vouch(
+        tenant="acme", user="carol", platform="slack", platform_user="T1:U1", vouched_by="slack-bot", call_id="c-1",
+        digest=DIGEST, answer="approve", channel="slack:T1:U1", issued_at=NOW, expires_at=NOW + timedelta(minutes=1)))),
 ]
 
 

@@ -233,3 +233,33 @@ def test_a_change_that_fails_leaves_no_trace_in_the_outbox(store: IdentityStore)
     with pytest.raises(ValueError, match="already has a service account named 'slack-bot'"):
         store.create_service_account("acme", "slack-bot", ("slack",), START, "carol")
     assert [c.action for c in store.unpublished_changes()] == ["service-account.created"]
+
+
+def answer_from(key: str, who: str = "U123", tenant: str = "acme", platform: str = "slack"):
+    from caduceus_contracts import ApprovalVouchRequested
+
+    return ApprovalVouchRequested(tenant=tenant, call_id="c1", digest="ab" * 32, answer="approve", token=key,
+                                  channel=f"{platform}:T1:{who}", platform=platform, platform_user=who)
+
+
+def test_an_answer_is_vouched_for_only_for_a_linked_user_and_never_pairs_anyone(gate: Gatekeeper,
+                                                                                store: IdentityStore,
+                                                                                slack_key: str) -> None:
+    with pytest.raises(Refused, match="not linked to a person.*does not count"):
+        gate.vouch(answer_from(slack_key, "U-stranger"))
+    assert store.link("acme", "slack", "U-stranger") is None
+    store.add_link("acme", "slack", "U-carol", "carol", "pairing", START)
+    account, user = gate.vouch(answer_from(slack_key, "U-carol"))
+    assert (account.name, user) == ("slack-bot", "carol")
+
+
+def test_a_key_vouches_only_in_its_tenant_and_for_its_platforms(gate: Gatekeeper, store: IdentityStore,
+                                                                 slack_key: str) -> None:
+    store.add_link("acme", "slack", "U-carol", "carol", "pairing", START)
+    store.add_link("acme", "line", "U-carol", "carol", "pairing", START)
+    with pytest.raises(Refused, match="belongs to tenant 'acme', not 'globex'"):
+        gate.vouch(answer_from(slack_key, "U-carol", tenant="globex"))
+    with pytest.raises(Refused, match="may not speak for line users"):
+        gate.vouch(answer_from(slack_key, "U-carol", platform="line"))
+    with pytest.raises(TokenRefused):
+        gate.vouch(answer_from("cad_sa_0123456789abcdef_" + "x" * 43, "U-carol"))

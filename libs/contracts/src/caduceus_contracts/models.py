@@ -520,6 +520,74 @@ class ApprovalRefused(Event):
     reason: str
 
 
+class ApprovalVouchRequested(Event):
+    """A chat integration asks identity to vouch for a platform user's answer (e.g. a Slack button press).
+
+    `token` is the integration's service-account key; identity resolves the platform user to a person by
+    their link (never by pairing) and publishes ApprovalVouched, which the approval desk then counts or refuses.
+    """
+
+    kind: Literal["approval.vouch-requested"] = "approval.vouch-requested"
+    call_id: str = Field(min_length=1, max_length=256)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    answer: Answer
+    comment: str = Field(default="", max_length=2000)
+    channel: str = Field(default="chat", min_length=1, max_length=256)
+    token: str = Field(max_length=16_384, repr=False)
+    platform: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    platform_user: str = Field(min_length=1, max_length=256)
+
+
+class VouchExpired(ValueError):
+    """A vouch is past its expiry: the answer it carries no longer counts."""
+
+
+class Vouch(Model):
+    """Identity's word that a linked platform user, who is `user` of `tenant`, gave this answer to this call."""
+
+    vouch_id: str = Field(default_factory=new_id)
+    tenant: Tenant
+    user: str = Field(min_length=1, max_length=256)
+    platform: str
+    platform_user: str
+    vouched_by: str = Field(description="the service account that spoke for the platform user")
+    call_id: str
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    answer: Answer
+    comment: str = ""
+    channel: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+class SignedVouch(Signed[Vouch]):
+    """A vouch identity signed; `verify()` also refuses it once expired (VouchExpired)."""
+
+    payload_field: ClassVar[str] = "vouch"
+    signed_by: ClassVar[frozenset[str]] = frozenset({"identity"})
+    vouch: Vouch
+    key_id: str
+    signature: str
+
+    def check_current(self, now: datetime) -> None:
+        if now >= self.vouch.expires_at:
+            raise VouchExpired(f"the vouch for call {self.vouch.call_id} expired at {self.vouch.expires_at}")
+
+
+class ApprovalVouched(Event):
+    """Identity vouches for a platform user's answer; the approval desk counts it like any approver's."""
+
+    kind: Literal["approval.vouched"] = "approval.vouched"
+    call_id: str
+    vouch: SignedVouch
+
+    @model_validator(mode="after")
+    def _same_call(self) -> Self:
+        if (self.vouch.vouch.tenant, self.vouch.vouch.call_id) != (self.tenant, self.call_id):
+            raise ValueError("the vouch names another tenant or call than the event")
+        return self
+
+
 class ChatNotice(Event):
     """A message for the person in a conversation that is not the turn's reply (e.g. waiting for approval)."""
 
@@ -603,7 +671,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
     ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved, ApprovalAnswered,
     ApprovalRefused, ChatNotice, IdentityChanged,
-    AuditCheckpointed,
+    AuditCheckpointed, ApprovalVouchRequested, ApprovalVouched,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

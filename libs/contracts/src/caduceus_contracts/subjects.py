@@ -153,4 +153,8 @@ IDENTITY_CHANGED_ALL = f"{PREFIX}.identity.changed.*"
 CHAT_NOTICE_ALL = f"{PREFIX}.chat.notice.*.*"
 POLICY_EVENTS = f"{PREFIX}.policy.>"
 APPROVAL_EVENTS = f"{PREFIX}.approval.>"
+# A chat integration's request that identity vouch for a platform user's answer, and identity's signed vouch.
+APPROVAL_VOUCH_ALL = f"{PREFIX}.approval.vouch.*"
+APPROVAL_VOUCHED_ALL = f"{PREFIX}.approval.vouched.*"
+APPROVAL_REFUSED_ALL = f"{PREFIX}.approval.refused.*"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"

@@ -10,6 +10,8 @@ from caduceus_gateway.handlers import ROUTES
 from caduceus_gateway.integrations import Integration
 from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut, TurnUpdate
 from caduceus_gateway.settings import GatewaySettings
+from caduceus_gateway.slack import SlackConfigError, load_slack_config
 
 __all__ = ["ROUTES", "GatewayService", "GatewaySettings", "Integration", "Relay", "Speaker", "TurnTimedOut", "TurnUpdate",
            "build"]
+__all__ += ["SlackConfigError", "load_slack_config"]

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 import httpx
 from prometheus_client import Counter
 
-from caduceus_bus import BusService, EventConnection
+from caduceus_bus import BusService, ConfigurationError, EventConnection
 from caduceus_directory import DirectoryError, DirectorySource
 from caduceus_gateway.handlers import ROUTES
 from caduceus_gateway.integrations import Integration, configured_integrations
 from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut, TurnUpdate
 from caduceus_gateway.settings import GatewaySettings
+from caduceus_gateway.slack import SlackConfigError, SlackGateway, load_slack_config
 from caduceus_gateway.store import ConversationStore
 from caduceus_gateway.web.routes import WebContext, build_app
 from caduceus_gateway.web.sessions import CookieJar, SignedIn, load_or_create_secret
@@ -44,6 +45,7 @@ class GatewayService(BusService):
         for outcome in ("reply", "refused", "error", "no-reply"):
             TURNS.labels(outcome)  # shown (as 0) before the first turn
         self.web = self._web()
+        self.slack: SlackGateway | None = None
 
     def workspaces(self, tenant: str) -> tuple[str, ...]:
         """The tenant's workspaces, or () for a tenant the tenants file does not have (or cannot be read)."""
@@ -116,6 +118,7 @@ class GatewayService(BusService):
                           port_setting="CADUCEUS_WEB_PORT")
 
     async def prepare(self, connection: EventConnection) -> Relay:
+        await self._start_slack(connection)
         if self.web is not None:
             await self.web.start()
             log.info("web chat at %s", self.settings.web_url)
@@ -123,6 +126,22 @@ class GatewayService(BusService):
             await integration.start(self.relay)
             log.info("%s integration started", integration.name)
         return self.relay
+
+    async def _start_slack(self, connection: EventConnection) -> None:
+        """Serve the workspaces of slack.yaml, if there is one (a broken one stops the gateway, saying why)."""
+        if not self.settings.slack_config.exists():
+            log.info("Slack is off: no %s", self.settings.slack_config)
+            return
+        try:
+            config = load_slack_config(self.settings.slack_config)
+        except SlackConfigError as exc:
+            raise ConfigurationError(f"Slack cannot start: {exc}") from None
+        self.slack = SlackGateway(config, connection,
+                                  directory=self._directory, api_url=self.settings.slack_api_url,
+                                  reply_timeout_s=self.settings.turn_timeout_s)
+        if self.web is not None:  # the Events API and interactivity URL: <web chat URL>/slack/events
+            self.web.app.router.routes.extend(self.slack.routes())
+        self.integrations.append(self.slack)  # started with the relay and stopped like any integration
 
     async def cleanup(self) -> None:
         for task in tuple(self._turns):

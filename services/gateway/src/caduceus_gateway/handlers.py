@@ -27,6 +27,8 @@ ROUTES = RouteTable(
         Route(subjects.TOOL_DECIDED_ALL, ToolCallDecided, relay_event, concurrency=16, malformed="ignore"),
         Route(subjects.TOOL_COMPLETED_ALL, ToolCallCompleted, relay_event, concurrency=16, malformed="ignore"),
     ),
-    publishes=(subjects.CHAT_IN_ALL, subjects.APPROVAL_ANSWERED_ALL),
+    publishes=(subjects.CHAT_IN_ALL, subjects.APPROVAL_ANSWERED_ALL, subjects.APPROVAL_VOUCH_ALL),
     grants=("stream-setup",),
+    # Slack (caduceus_gateway.slack) follows the approvals of the tenants it serves, to post and update them
+    extra_subscribes=(subjects.APPROVAL_ALL,),
 )

@@ -43,11 +43,16 @@ class GatewaySettings(BusSettings):
     oidc_audience: str | None = Field(default=None, description=(
         "The `aud` of the provider's ID tokens: the client id unless the provider says otherwise."))
     oidc_scopes: str = Field(default="openid email profile", description="The scopes the web chat asks for at sign-in.")
+    slack_config: Path = Field(description=(
+        "The Slack workspaces to serve (`slack.yaml`, see docs/slack.md); Slack is off while the file is absent."))
+    slack_api_url: str = Field(default="https://slack.com/api/", description=(
+        "Slack's Web API base URL (a test points it at a local server)."))
 
     @model_validator(mode="before")
     @classmethod
     def _derive_paths(cls, data: Any) -> Any:
-        return with_state_paths(data, keys_dir="keys", tenants_file="tenants.yaml", gateway_db="gateway.db")
+        return with_state_paths(data, keys_dir="keys", tenants_file="tenants.yaml", gateway_db="gateway.db",
+                                slack_config="slack.yaml")
 
     @property
     def web_url(self) -> str | None:

@@ -15,11 +15,16 @@ from datetime import timedelta
 
 from caduceus_bus import Delivery, EventConnection, Route, RouteTable
 from caduceus_contracts import (
+    ApprovalRefused,
+    ApprovalVouched,
+    ApprovalVouchRequested,
     ChatMessageIn,
     ChatReply,
     SignedGrant,
+    SignedVouch,
     Signer,
     TurnRequested,
+    Vouch,
     subjects,
     utcnow,
 )
@@ -81,13 +86,46 @@ async def refuse_message(message: ChatMessageIn, refused: Refused, publisher: Ev
     await delivery.refuse(refused.reason)
 
 
+# An answer is counted by the approval desk right after it is vouched for; the vouch is worth nothing later.
+VOUCH_TTL = timedelta(seconds=60)
+
+
+async def vouch_for_answer(admission: Admission, request: ApprovalVouchRequested) -> None:
+    """A chat integration's platform user answers an approval: vouch for the person they are linked to, or refuse.
+
+    The approval desk still decides whether that person may answer that call; identity only says who they are.
+    """
+    try:
+        account, user = admission.gatekeeper.vouch(request)
+    except Refused as refused:
+        log.warning("refused to vouch for %s user %s on call %s: %s", request.platform, request.platform_user,
+                    request.call_id, refused.reason)
+        await admission.publisher.publish(
+            subjects.approval("refused", request.tenant),
+            ApprovalRefused(tenant=request.tenant, call_id=request.call_id, approver=f"{request.platform}:"
+                            f"{request.platform_user}", answer=request.answer, channel=request.channel,
+                            reason=refused.reason[:1000]))
+        return
+    now = utcnow()
+    vouch = Vouch(tenant=request.tenant, user=user, platform=request.platform, platform_user=request.platform_user,
+                  vouched_by=account.name, call_id=request.call_id, digest=request.digest, answer=request.answer,
+                  comment=request.comment, channel=request.channel, issued_at=now, expires_at=now + VOUCH_TTL)
+    await admission.publisher.publish(subjects.approval("vouched", request.tenant),
+                                      ApprovalVouched(tenant=request.tenant, call_id=request.call_id,
+                                                      vouch=SignedVouch.issue(admission.signer, vouch)))
+
+
 # Every message identity handles: each chat message goes to one replica, which admits or refuses it.
 ROUTES = RouteTable(
     role="identity",
     routes=(
         Route(subjects.CHAT_IN_ALL, ChatMessageIn, admit_chat_message, queue="identity",
               scrub=without_token),
+        # a chat integration asks identity to say who pressed an approval button
+        Route(subjects.APPROVAL_VOUCH_ALL, ApprovalVouchRequested, vouch_for_answer, queue="identity",
+              scrub=without_token),
     ),
-    publishes=(subjects.TURN_REQUESTED_ALL, subjects.CHAT_REPLY_ALL, subjects.IDENTITY_CHANGED_ALL),
+    publishes=(subjects.TURN_REQUESTED_ALL, subjects.CHAT_REPLY_ALL, subjects.IDENTITY_CHANGED_ALL,
+               subjects.APPROVAL_VOUCHED_ALL, subjects.APPROVAL_REFUSED_ALL),
     grants=("stream-setup",),
 )
