@@ -27,6 +27,9 @@ from caduceus_contracts import (
     Decision,
     ErrorEvent,
     IdentityChanged,
+    McpDefinitionChanged,
+    McpPinChanged,
+    McpServerChanged,
     ModelUsage,
     PolicyShadowDisagreed,
     RiskyFact,
@@ -101,6 +104,12 @@ SAMPLES += [
     ChatNotice(tenant="acme", session_id="s-1", call_id="c-1", text="waiting for approval from admin"),
     IdentityChanged(tenant="acme", action="service-account.created", actor="carol", subject="slack-bot",
                     detail="for slack"),
+    McpServerChanged(tenant="acme", action="added", actor="operator", server="files", scope="workspaces:default",
+                     transport="stdio", target="python -m files_server", credentials=("files-token",)),
+    McpPinChanged(tenant="acme", action="pinned", actor="carol", server="files", tool="read", workspace="default",
+                  digest="ab" * 32),
+    McpDefinitionChanged(tenant="acme", server="files", tool="read", pinned_digest="ab" * 32,
+                         served_digest="cd" * 32, diff="-  \"description\": \"Read\"\n+  \"description\": \"x\""),
 ]
 
 

@@ -1,0 +1,54 @@
+"""Wiring: registry, pins, secrets and keys around the route table in handlers.py, plus the request subjects.
+
+Built the same way by `__main__` and tests: `build(settings)` then `await service.start()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from caduceus_bus import BusService, EventConnection
+from caduceus_contracts import Event, ReloadingKeyring, subjects
+from caduceus_mcp.gateway import McpGateway, RegistryFile
+from caduceus_mcp.handlers import ROUTES, answer_facts, answer_tools
+from caduceus_mcp.pins import PinStore
+from caduceus_mcp.settings import McpSettings
+from caduceus_mcp.upstream import Launcher, SecretStore, plain_launcher
+
+log = logging.getLogger(__name__)
+
+
+class McpService(BusService):
+    """The MCP gateway on the bus: governed calls, tool lists, facts for policy."""
+
+    table = ROUTES
+
+    def __init__(self, settings: McpSettings, launcher: Launcher | None = None) -> None:
+        super().__init__(settings)
+        self.settings = settings
+        self.keyring = ReloadingKeyring(settings.keys_dir)
+        self.gateway = McpGateway(
+            registry=RegistryFile(settings.registry_file), pins=PinStore(settings.pins_url),
+            secrets=SecretStore(settings.secrets_dir), keyring=self.keyring, publish=self._publish,
+            launcher=launcher or plain_launcher, call_timeout_s=settings.call_timeout_s,
+            list_timeout_s=settings.list_timeout_s, max_result_bytes=settings.max_result_bytes)
+        # An upstream call in hand when stopping is answered: it can take the whole call bound.
+        self.drain_s = settings.call_timeout_s + settings.list_timeout_s + 5
+
+    async def _publish(self, subject: str, event: Event) -> None:
+        await self.publish(subject, event)
+
+    async def prepare(self, connection: EventConnection) -> McpGateway:
+        nc = connection.nc
+        await nc.subscribe(subjects.MCP_TOOLS_ALL, queue="mcp", cb=partial(answer_tools, self.gateway, self.keyring))
+        await nc.subscribe(subjects.MCP_FACTS_ALL, queue="mcp", cb=partial(answer_facts, self.gateway))
+        return self.gateway
+
+    async def cleanup(self) -> None:
+        self.gateway.pins.close()
+
+
+def build(settings: McpSettings | None = None) -> McpService:
+    """The gateway service from its settings (the environment when none are given)."""
+    return McpService(settings or McpSettings())
