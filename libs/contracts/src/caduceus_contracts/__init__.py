@@ -52,6 +52,8 @@ from caduceus_contracts.models import (
     ToolCallDecided,
     ToolCallDispatched,
     ToolCallRequested,
+    ToolsReachAnswer,
+    ToolsReachQuery,
     TurnAssigned,
     TurnRequested,
     WorkerLifecycle,
@@ -81,5 +83,5 @@ __all__ = [
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",
     "AuditCheckpointed", "ChainCheckpoint", "SignedCheckpoint",
     "McpDefinitionChanged", "McpFactsQuery", "McpPinChanged", "McpServerChanged", "McpToolFacts", "McpToolView",
-    "McpToolsAnswer", "McpToolsQuery",
+    "McpToolsAnswer", "McpToolsQuery", "ToolsReachAnswer", "ToolsReachQuery",
 ]
