@@ -9,10 +9,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from caduceus.cli import app
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
     Decision,
+    McpPinChanged,
+    McpServerChanged,
     McpToolsAnswer,
     McpToolsQuery,
     SessionGrant,
@@ -51,6 +55,7 @@ class Stack:
         self.conn, self.identity, self.approval, self.mcp, self.rug = conn, identity, approval, mcp, rug
         self.decided: dict[str, asyncio.Future] = {}
         self.completed: dict[str, asyncio.Future] = {}
+        self.events: list = []
 
     def grant(self, user: str, roles: tuple[str, ...]) -> SignedGrant:
         now = utcnow()
@@ -121,6 +126,10 @@ async def stack(tmp_path: Path, nats_server):
         if isinstance(event, ToolCallCompleted) and event.call_id in running.completed:
             running.completed[event.call_id].set_result(event)
 
+    async def on_mcp_event(msg) -> None:
+        running.events.append(parse_event(msg.data))
+
+    await conn.nc.subscribe(subjects.MCP_EVENTS, cb=on_mcp_event)
     await conn.nc.subscribe(subjects.tool_decided("acme"), cb=on_decided)
     await conn.nc.subscribe(subjects.tool_completed("acme", "default"), cb=on_completed)
     yield running
@@ -169,3 +178,33 @@ async def test_an_mcp_call_is_denied_when_the_gateway_cannot_vouch_for_the_tool(
     await stack.mcp.stop()  # the gateway is down: policy gets no facts and denies
     _, decision, _ = await stack.decide(carol, "mcp__files__echo", {"text": "x"})
     assert decision.verdict == "deny" and "fail closed" in decision.reason
+
+
+async def until(predicate, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_registry_changes_and_revoked_pins_from_the_cli_are_live_and_audited(stack, tmp_path) -> None:
+    state = str(tmp_path)
+    cli = CliRunner()
+    added = cli.invoke(app, ["mcp", "servers", "add", "acme", "more", "--command",
+                             f"{sys.executable} {UPSTREAM} stdio", "--workspace", "default", "--state-dir", state])
+    assert added.exit_code == 0, added.output
+    await until(lambda: any(isinstance(e, McpServerChanged) and e.server == "more" and e.action == "added"
+                            for e in stack.events))
+    assert "mcp__more__echo" in await stack.listed(stack.grant("carol", ("admin",)))
+
+    alice = stack.grant("alice", ("member",))
+    request, decision, _ = await stack.decide(alice, "mcp__files__echo", {"text": "pin me"})
+    assert (await stack.run(request, stack.approve(decision))).status == "ok"
+    revoked = cli.invoke(app, ["mcp", "pins", "revoke", "acme", "files", "echo", "--state-dir", state, "--json"])
+    assert revoked.exit_code == 0, revoked.output
+    await until(lambda: any(isinstance(e, McpPinChanged) and e.action == "revoked" for e in stack.events))
+    _, decision, _ = await stack.decide(alice, "mcp__files__echo", {"text": "again"})
+    assert decision.verdict == "approve"  # revoked: the next call waits for approval again
+
+    removed = cli.invoke(app, ["mcp", "servers", "remove", "acme", "more", "--state-dir", state])
+    assert removed.exit_code == 0, removed.output
+    await until(lambda: any(isinstance(e, McpServerChanged) and e.action == "removed" for e in stack.events))

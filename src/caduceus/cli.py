@@ -14,6 +14,7 @@ from caduceus.commands import (
     demo,
     deployment,
     identity,
+    mcp,
     policy,
     sandbox,
     tenants,
@@ -46,6 +47,7 @@ bus.register(app)
 backup.register(app)
 config.register(app)
 deployment.register(app)
+mcp.register(app)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Built the same way by `__main__` and tests: `build(settings)` then `await servic
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 
@@ -56,7 +57,18 @@ class McpService(BusService):
         nc = connection.nc
         await nc.subscribe(subjects.MCP_TOOLS_ALL, queue="mcp", cb=partial(answer_tools, self.gateway, self.keyring))
         await nc.subscribe(subjects.MCP_FACTS_ALL, queue="mcp", cb=partial(answer_facts, self.gateway))
+        self.background(self._audit_loop(), "mcp audit of registry and pin changes")
         return self.gateway
+
+    async def _audit_loop(self) -> None:
+        """Registry edits and pin revocations (by hand or by the CLI) become audited events, within a second."""
+        snapshot = self.settings.state_dir / ".mcp-registry.audited.yaml"
+        while True:
+            try:
+                await self.gateway.audit_changes(snapshot)
+            except Exception:
+                log.exception("could not audit MCP registry or pin changes; trying again")
+            await asyncio.sleep(self.settings.reload_interval_s)
 
     async def cleanup(self) -> None:
         self.gateway.pins.close()

@@ -29,6 +29,7 @@ from caduceus_contracts import (
     McpDefinitionChanged,
     McpFactsQuery,
     McpPinChanged,
+    McpServerChanged,
     McpToolFacts,
     McpToolsAnswer,
     McpToolView,
@@ -42,7 +43,15 @@ from caduceus_contracts import (
 )
 from caduceus_mcp.definitions import Definition, definition_diff
 from caduceus_mcp.pins import METADATA, Pin, PinStore
-from caduceus_mcp.registry import Registry, RegistryError, Server, load_registry, split_tool_name, tool_name
+from caduceus_mcp.registry import (
+    Registry,
+    RegistryError,
+    Server,
+    load_registry,
+    save_registry,
+    split_tool_name,
+    tool_name,
+)
 from caduceus_mcp.upstream import Launcher, SecretStore, Upstream, UpstreamError, call, list_definitions, plain_launcher
 from caduceus_redaction import redact_text
 
@@ -135,6 +144,32 @@ class McpGateway:
 
     def __post_init__(self) -> None:
         METADATA.create_all(self.pins.engine)
+
+    async def audit_changes(self, snapshot: Path | None = None) -> int:
+        """Publish what changed since the last audit: servers added, changed or removed in the registry (compared
+        with the registry last audited, kept in `snapshot`), and pins revoked outside the gateway. Returns how many
+        events were published; an event not published stays due for the next round."""
+        published = 0
+        self.registry.refresh()
+        current = self.registry.registry
+        if snapshot is not None:
+            try:
+                before = load_registry(snapshot)
+            except RegistryError:
+                before = Registry()
+            for event in registry_changes(before, current):
+                await self.publish(subjects.mcp_event("server", event.tenant), event)
+                published += 1
+            if before != current:
+                save_registry(snapshot, current)
+        for revocation in self.pins.pending_revocations():
+            pin = revocation.pin
+            await self.publish(subjects.mcp_event("pin", pin.tenant), McpPinChanged(
+                tenant=pin.tenant, action="revoked", actor=revocation.actor, server=pin.server, tool=pin.tool,
+                workspace=pin.workspace, digest=pin.digest))
+            self.pins.published(revocation.id)
+            published += 1
+        return published
 
     def upstream(self, server: Server) -> Upstream:
         return Upstream(server, self.secrets, self.launcher, connect_timeout_s=self.list_timeout_s)
@@ -325,6 +360,24 @@ class McpGateway:
         return ToolCallCompleted.of(event, status, result=text,
                                     reason=f"MCP server {server.name} reported an error" if result.is_error else "",
                                     executed_by=EXECUTED_BY)
+
+
+def registry_changes(before: Registry, after: Registry) -> list[McpServerChanged]:
+    """One event per server added, changed or removed between two registries (credential names, never values)."""
+    events = []
+    keys = {(t, n) for t, named in before.servers.items() for n in named} | \
+           {(t, n) for t, named in after.servers.items() for n in named}
+    for tenant, name in sorted(keys):
+        old, new = before.server(tenant, name), after.server(tenant, name)
+        if old == new:
+            continue
+        server = new or old
+        assert server is not None
+        action = "added" if old is None else "removed" if new is None else "changed"
+        events.append(McpServerChanged(tenant=tenant, action=action, actor="mcp.yaml", server=name,
+                                       scope=server.scope, transport=server.transport, target=server.target[:2000],
+                                       credentials=server.credentials.secret_names()))
+    return events
 
 
 def result_text(result: Any) -> str:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, create_engine, delete, select
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, create_engine, delete, select
 from sqlalchemy.engine import Engine
 
 METADATA = MetaData()
@@ -27,6 +27,25 @@ PINS = Table(
     Column("approved_by", String(256), nullable=False),
     Column("pinned_at", DateTime(timezone=True), nullable=False),
 )
+
+# Revocations made outside the gateway (the CLI), waiting for the gateway to publish them as audited events.
+REVOCATIONS = Table(
+    "mcp_pin_revocations", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(63), nullable=False),
+    Column("workspace", String(63), nullable=False),
+    Column("server", String(64), nullable=False),
+    Column("tool", String(256), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("actor", String(256), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    id: int
+    pin: Pin
+    actor: str
 
 
 @dataclass(frozen=True)
@@ -75,14 +94,29 @@ class PinStore:
                                             approved_by=approved_by, pinned_at=pinned.pinned_at))
         return pinned
 
-    def revoke(self, tenant: str, server: str, tool: str | None = None, workspace: str | None = None) -> list[Pin]:
-        """Remove the matching pins (every tool of the server when `tool` is None); returns what was removed."""
+    def revoke(self, tenant: str, server: str, tool: str | None = None, workspace: str | None = None, *,
+               actor: str = "operator") -> list[Pin]:
+        """Remove the matching pins (every tool of the server when `tool` is None); returns what was removed.
+        Each removal is queued, in the same transaction, for the gateway to publish as an audited event."""
         removed = [p for p in self.list(tenant, server=server, workspace=workspace) if tool is None or p.tool == tool]
         with self.engine.begin() as db:
             for p in removed:
                 db.execute(delete(PINS).where(PINS.c.tenant == p.tenant, PINS.c.workspace == p.workspace,
                                               PINS.c.server == p.server, PINS.c.tool == p.tool))
+                db.execute(REVOCATIONS.insert().values(tenant=p.tenant, workspace=p.workspace, server=p.server,
+                                                       tool=p.tool, digest=p.digest, actor=actor[:256]))
         return removed
+
+    def pending_revocations(self) -> list[Revocation]:
+        with self.engine.connect() as db:
+            rows = db.execute(select(REVOCATIONS).order_by(REVOCATIONS.c.id)).all()
+        now = datetime.now(UTC)
+        return [Revocation(r.id, Pin(r.tenant, r.workspace, r.server, r.tool, r.digest, {}, "", now), r.actor)
+                for r in rows]
+
+    def published(self, revocation_id: int) -> None:
+        with self.engine.begin() as db:
+            db.execute(delete(REVOCATIONS).where(REVOCATIONS.c.id == revocation_id))
 
     def list(self, tenant: str | None = None, *, server: str | None = None, workspace: str | None = None) -> list[Pin]:
         query = select(PINS)
