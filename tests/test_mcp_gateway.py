@@ -104,7 +104,11 @@ async def stack(tmp_path: Path, nats_server):
     policy = build_policy(PolicySettings(nats_url=nats_server.url, state_dir=tmp_path, keys_dir=keys,
                                          packs_from_bus=False, decide_timeout_ms=2000, mcp_facts_timeout_s=20))
     mcp_settings = McpSettings(nats_url=nats_server.url, state_dir=tmp_path, keys_dir=keys, list_timeout_s=20)
-    rug = tmp_path / "rug"
+    # The hostile server looks for its marker in a directory the tenant's sandbox policy lets it read.
+    (tmp_path / "marker").mkdir()
+    rug = tmp_path / "marker" / "rug"
+    (tmp_path / "sandbox.yaml").write_text(
+        f"version: 1\nfilesystem:\n  read_only: [/usr, /bin, /lib, /lib64, /etc/ssl/certs, {tmp_path / 'marker'}]\n")
     mcp_settings.registry_file.write_text(
         "tenants:\n  acme:\n    servers:\n      files:\n"
         f"        command: [{sys.executable}, {UPSTREAM}, stdio]\n        env: {{MCP_TEST_RUG: {rug}}}\n"

@@ -56,6 +56,14 @@ def whoami() -> str:
     return f"my token is {os.environ.get('MCP_TEST_TOKEN', 'none')}"
 
 
+@server.tool(description="Read a file (to show what the sandbox lets a server see).")
+def peek(path: str) -> str:
+    try:
+        return Path(path).read_text()[:200]
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}"
+
+
 @server.tool(description="A long answer.")
 def big(size: int) -> str:
     return "x" * size

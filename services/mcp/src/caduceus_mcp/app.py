@@ -14,8 +14,10 @@ from caduceus_contracts import Event, ReloadingKeyring, SignedGrant, ToolsReachA
 from caduceus_mcp.gateway import McpGateway, RegistryFile
 from caduceus_mcp.handlers import ROUTES, answer_facts, answer_tools
 from caduceus_mcp.pins import PinStore
+from caduceus_mcp.sandbox import StdioSandbox
 from caduceus_mcp.settings import McpSettings
 from caduceus_mcp.upstream import Launcher, SecretStore, plain_launcher
+from caduceus_sandbox import PolicyFiles
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ class McpService(BusService):
         self.gateway = McpGateway(
             registry=RegistryFile(settings.registry_file), pins=PinStore(settings.pins_url),
             secrets=SecretStore(settings.secrets_dir), keyring=self.keyring, publish=self._publish,
-            launcher=launcher or plain_launcher, may_use=self.may_use, call_timeout_s=settings.call_timeout_s,
+            launcher=launcher or stdio_launcher(settings), may_use=self.may_use, call_timeout_s=settings.call_timeout_s,
             list_timeout_s=settings.list_timeout_s, max_result_bytes=settings.max_result_bytes)
         # An upstream call in hand when stopping is answered: it can take the whole call bound.
         self.drain_s = settings.call_timeout_s + settings.list_timeout_s + 5
@@ -72,6 +74,16 @@ class McpService(BusService):
 
     async def cleanup(self) -> None:
         self.gateway.pins.close()
+
+
+def stdio_launcher(settings: McpSettings) -> Launcher:
+    """Bubblewrap with a profile from the tenant's sandbox policy, unless turned off (`sandbox_stdio`)."""
+    if not settings.sandbox_stdio:
+        log.warning("stdio MCP servers run without a sandbox (CADUCEUS_SANDBOX_STDIO=false)")
+        return plain_launcher
+    default = settings.sandbox_file or settings.state_dir / "sandbox.yaml"
+    per_tenant = (settings.sandbox_file.parent if settings.sandbox_file else settings.state_dir) / "sandboxes"
+    return StdioSandbox(PolicyFiles(default, per_tenant))
 
 
 def build(settings: McpSettings | None = None) -> McpService:
