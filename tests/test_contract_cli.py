@@ -108,6 +108,13 @@ JSON_COMMANDS = [
     (["identity", "pairing", "list", "--tenant", "acme", "--state-dir", "{state}"], 0, "links"),
     (["identity", "service-account", "create", "--tenant", "acme", "--name", "ci-bot", "--platform", "slack",
       "--state-dir", "{state}"], 0, "key"),
+    (["mcp", "servers", "add", "acme", "files", "--command", "python -m files_server", "--state-dir", "{state}"],
+     0, "server"),
+    (["mcp", "servers", "add", "acme", "bad__name", "--url", "ftp://x", "--state-dir", "{state}"], 1, None),
+    (["mcp", "servers", "list", "--state-dir", "{state}"], 0, "servers"),
+    (["mcp", "servers", "show", "acme", "nowhere", "--state-dir", "{state}"], 1, None),
+    (["mcp", "pins", "list", "--state-dir", "{state}"], 0, "pins"),
+    (["mcp", "pins", "revoke", "acme", "files", "--state-dir", "{state}"], 1, "revoked"),
 ]
 
 

@@ -14,6 +14,7 @@ from caduceus.commands import (
     demo,
     deployment,
     identity,
+    mcp,
     policy,
     sandbox,
     slack,
@@ -48,6 +49,7 @@ backup.register(app)
 config.register(app)
 deployment.register(app)
 slack.register(app)
+mcp.register(app)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from caduceus_embedded.settings import ModelSettings as EmbeddedModelSettings
 from caduceus_gateway import GatewaySettings
 from caduceus_hermes_plugin.plugin import PluginSettings
 from caduceus_identity import IdentitySettings
+from caduceus_mcp import McpSettings
 from caduceus_policy import PolicySettings
 from caduceus_telemetry import TelemetrySettings
 
@@ -72,6 +73,7 @@ SECTIONS: list[Section] = [
             "also reads the other `OTEL_EXPORTER_OTLP_*` variables itself."),
     Section("gateway", GatewaySettings, "`python -m caduceus_gateway` (`caduceus_gateway.settings`): the web chat "
             "and the chat integrations.", BusSettings),
+    Section("mcp", McpSettings, "`python -m caduceus_mcp` (`caduceus_mcp.settings`): the MCP gateway.", BusSettings),
 ]
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ SERVICE_FILES: dict[str, tuple[str, ...]] = {
     "audit": ("audit.key", "audit.pub", BUS_CREDENTIALS),
     # Signs the web chat's cookies. No signing key: it decides nothing.
     "gateway": (GATEWAY_WEB_SECRET, BUS_CREDENTIALS),
+    # Verifies grants (tool lists) and decisions (calls) before it calls an upstream. No private key.
+    "mcp": ("identity.pub", "policy.pub", "approval.pub", BUS_CREDENTIALS),
 }
 # nats-server's authorization (public JWTs only), for the NATS deployment's Secret.
 NATS_FILES = (SERVER_CONFIG_FILE,)

@@ -29,6 +29,9 @@ from caduceus_contracts import (
     Decision,
     ErrorEvent,
     IdentityChanged,
+    McpDefinitionChanged,
+    McpPinChanged,
+    McpServerChanged,
     ModelUsage,
     PolicyShadowDisagreed,
     RiskyFact,
@@ -110,6 +113,12 @@ SAMPLES += [
     ApprovalVouched(tenant="acme", call_id="c-1", vouch=SignedVouch.issue(IDENTITY, Vouch(
         tenant="acme", user="carol", platform="slack", platform_user="T1:U1", vouched_by="slack-bot", call_id="c-1",
         digest=DIGEST, answer="approve", channel="slack:T1:U1", issued_at=NOW, expires_at=NOW + timedelta(minutes=1)))),
+    McpServerChanged(tenant="acme", action="added", actor="operator", server="files", scope="workspaces:default",
+                     transport="stdio", target="python -m files_server", credentials=("files-token",)),
+    McpPinChanged(tenant="acme", action="pinned", actor="carol", server="files", tool="read", workspace="default",
+                  digest="ab" * 32),
+    McpDefinitionChanged(tenant="acme", server="files", tool="read", pinned_digest="ab" * 32,
+                         served_digest="cd" * 32, diff="-  \"description\": \"Read\"\n+  \"description\": \"x\""),
 ]
 
 

@@ -26,6 +26,7 @@ from caduceus_embedded import (
     default_state_dir,
     read_stack_info,
 )
+from caduceus_embedded.ports import SERVICE_HTTP_ORDER
 
 DEFAULTS = StackPorts()
 
@@ -52,13 +53,17 @@ def up(
     = DEFAULTS.approval_ui,
     webchat_port: Annotated[int, typer.Option(help="Web chat port (people sign in and chat with the agent there).")]
     = DEFAULTS.webchat,
-    http_port: Annotated[int, typer.Option(help="The first of five ports (audit, identity, policy, approval, "
-                                                "broker) where each service serves /healthz, /readyz and "
+    mcp_port: Annotated[int, typer.Option(help="The MCP endpoint for other MCP clients (the MCP gateway's).")]
+    = DEFAULTS.mcp_endpoint,
+    http_port: Annotated[int, typer.Option(help=f"The first of {len(SERVICE_HTTP_ORDER)} ports "
+                                                f"({', '.join(SERVICE_HTTP_ORDER)}) where each service serves "
+                                                "/healthz, /readyz and "
                                                 "Prometheus /metrics.")] = DEFAULTS.http,
 ) -> None:
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
-                       model=model_port, approval_ui=approval_ui_port, webchat=webchat_port, http=http_port)
+                       model=model_port, approval_ui=approval_ui_port, webchat=webchat_port,
+                       mcp_endpoint=mcp_port, http=http_port)
     stack = EmbeddedStack(state_dir or default_state_dir(), ports,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))

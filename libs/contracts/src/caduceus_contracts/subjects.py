@@ -114,6 +114,31 @@ def error(tenant: str, service: str) -> str:
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
 
 
+def mcp_event(event: str, tenant: str) -> str:
+    """`cad.v1.mcp.<event>.<tenant>`: server, pin, definition (the MCP gateway's audited changes)."""
+    return f"{PREFIX}.mcp.{token(event, 'mcp event')}.{token(tenant)}"
+
+
+def mcp_dispatched(tenant: str, workspace: str) -> str:
+    """Where the broker sends a decided `mcp__<server>__<tool>` call: to the MCP gateway, never an executor."""
+    return f"{PREFIX}.mcp.dispatched.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def mcp_tools(tenant: str, workspace: str) -> str:
+    """Request subject (core NATS, not stored): which MCP tools a planner of tenant/workspace may see."""
+    return f"caduceus.mcp.tools.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def mcp_facts(tenant: str) -> str:
+    """Request subject (core NATS, not stored): policy asks the gateway for one MCP tool's facts."""
+    return f"caduceus.mcp.facts.{token(tenant)}"
+
+
+def policy_reachable(tenant: str) -> str:
+    """Request subject (core NATS, not stored): which tools the live policy could ever allow for a person."""
+    return f"caduceus.policy.reachable.{token(tenant)}"
+
+
 def _tenant_index(parts: list[str]) -> int:
     # Error subjects have no event token: cad.v1.error.<tenant>.<service>.
     return 3 if parts[2] == "error" else 4
@@ -158,3 +183,8 @@ APPROVAL_VOUCH_ALL = f"{PREFIX}.approval.vouch.*"
 APPROVAL_VOUCHED_ALL = f"{PREFIX}.approval.vouched.*"
 APPROVAL_REFUSED_ALL = f"{PREFIX}.approval.refused.*"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"
+MCP_EVENTS = f"{PREFIX}.mcp.>"
+MCP_DISPATCHED_ALL = f"{PREFIX}.mcp.dispatched.*.*"
+MCP_TOOLS_ALL = "caduceus.mcp.tools.*.*"
+MCP_FACTS_ALL = "caduceus.mcp.facts.*"
+POLICY_REACHABLE_ALL = "caduceus.policy.reachable.*"

@@ -73,6 +73,7 @@ class StackPorts:
     model: int = 8901
     approval_ui: int = 8902
     webchat: int = 8903
+    mcp_endpoint: int = 8904
     # The first of one port per Caduceus service for /healthz, /readyz and /metrics (in SERVICE_HTTP_ORDER).
     http: int = 8910
 
@@ -105,7 +106,7 @@ class StackPorts:
 
 
 # The services that serve health and metrics over HTTP, in the order of their ports from StackPorts.http.
-SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker", "gateway")
+SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker", "gateway", "mcp")
 
 PORT_USES = {
     "nats": ("NATS", "--nats-port"),
@@ -115,4 +116,5 @@ PORT_USES = {
     "model": ("the scripted model", "--model-port"),
     "approval_ui": ("the approvals UI", "--approval-ui-port"),
     "webchat": ("the web chat", "--webchat-port"),
+    "mcp_endpoint": ("the MCP endpoint for other MCP clients", "--mcp-port"),
 }

@@ -149,6 +149,10 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
             "CADUCEUS_WEB_PORT": str(ports.webchat),
             "CADUCEUS_APPROVALS_URL": approval_ui_url(ports),
         }, url=webchat_url(ports)),
+        ServiceSpec("mcp", "caduceus_mcp", {
+            "CADUCEUS_SANDBOX_FILE": str(layout.sandbox_file),
+            "CADUCEUS_ENDPOINT_PORT": str(ports.mcp_endpoint),
+        }),
     ]
     # Each serves /healthz, /readyz and /metrics on a port of its own.
     table += [replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": str(ports.http_port(spec.name))},
