@@ -26,6 +26,7 @@ from caduceus_contracts import (
     ContractError,
     Decision,
     ErrorEvent,
+    GrantRequested,
     IdentityChanged,
     ModelUsage,
     PolicyShadowDisagreed,
@@ -101,6 +102,7 @@ SAMPLES += [
     ChatNotice(tenant="acme", session_id="s-1", call_id="c-1", text="waiting for approval from admin"),
     IdentityChanged(tenant="acme", action="service-account.created", actor="carol", subject="slack-bot",
                     detail="for slack"),
+    GrantRequested(tenant="acme", session_id="mcp-alice", token="eyJ..."),
 ]
 
 

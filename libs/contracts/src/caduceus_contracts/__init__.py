@@ -30,7 +30,9 @@ from caduceus_contracts.models import (
     Decision,
     ErrorEvent,
     Event,
+    GrantAnswer,
     GrantExpired,
+    GrantRequested,
     IdentityChanged,
     ModelUsage,
     PolicyShadowDisagreed,
@@ -72,4 +74,5 @@ __all__ = [
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",
     "AuditCheckpointed", "ChainCheckpoint", "SignedCheckpoint",
+    "GrantAnswer", "GrantRequested",
 ]

@@ -114,14 +114,22 @@ def error(tenant: str, service: str) -> str:
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
 
 
+def identity_grant(tenant: str) -> str:
+    """Request subject (core NATS, never stored: it carries a token): a verified OIDC token in, a session grant out."""
+    return f"caduceus.identity.grant.{token(tenant)}"
+
+
 def _tenant_index(parts: list[str]) -> int:
     # Error subjects have no event token: cad.v1.error.<tenant>.<service>.
     return 3 if parts[2] == "error" else 4
 
 
 def tenant_of(subject: str) -> str | None:
-    """The tenant token of a `cad.v1` subject, or None when it has none or it is invalid."""
+    """The tenant token of a `cad.v1` subject (or of a request subject `caduceus.<domain>.<verb>.<tenant>`),
+    or None when it has none or it is invalid."""
     parts = subject.split(".")
+    if parts[0] == "caduceus" and len(parts) >= 4 and parts[1] != "health":
+        return parts[3] if TOKEN_RE.match(parts[3]) else None
     if len(parts) < 5 or parts[0] != "cad" or parts[1] != "v1":
         return None
     tenant = parts[_tenant_index(parts)]
@@ -154,3 +162,4 @@ CHAT_NOTICE_ALL = f"{PREFIX}.chat.notice.*.*"
 POLICY_EVENTS = f"{PREFIX}.policy.>"
 APPROVAL_EVENTS = f"{PREFIX}.approval.>"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"
+IDENTITY_GRANT_ALL = "caduceus.identity.grant.*"
