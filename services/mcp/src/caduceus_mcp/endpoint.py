@@ -475,3 +475,16 @@ def issuer_lookup(directory: Callable[[], Any], deployment_issuer: str | None) -
         return deployment_issuer
 
     return issuer_for
+
+
+async def start_endpoint(connection: EventConnection, keyring: Keyring, list_tools: ToolLister, *, host: str,
+                         port: int, public_url: str, issuer_for: Callable[[str], str | None],
+                         decision_timeout_s: float, approval_wait_s: float, call_timeout_s: float) -> McpEndpoint:
+    """The endpoint of a running gateway: grants from identity and calls on `connection`, served on host:port."""
+    calls = GovernedCalls(connection.publish, decision_timeout_s=decision_timeout_s,
+                          approval_wait_s=approval_wait_s, call_timeout_s=call_timeout_s)
+    await follow_calls(connection, calls)
+    endpoint = McpEndpoint(EndpointConfig(public_url, issuer_for), GrantDesk(ask_identity(connection), keyring),
+                           mcp_server(list_tools, calls))
+    await endpoint.start(host, port)
+    return endpoint
