@@ -7,6 +7,8 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from caduceus_contracts import (
     Decision,
@@ -141,3 +143,32 @@ async def test_an_outcome_from_another_tenant_is_ignored(bus: Bus) -> None:
     bus.complete(request, "ok", result="forged", tenant="globex")
     outcome = await call
     assert outcome.status == "error" and "forged" not in outcome.text
+
+
+async def test_a_native_tool_is_refused_and_never_requested(bus: Bus) -> None:
+    assert bus.calls is not None
+    for tool in ("terminal", "write_file", "mcp_notes_read", "MCP__notes__read"):
+        outcome = await bus.calls.call(*grant(), tool, {"command": "rm -rf /"})
+        assert outcome.status == "refused" and "is not one of this endpoint's tools" in outcome.text
+    assert bus.requests == []
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(args=st.dictionaries(st.text(), JSON, max_size=5))
+def test_hostile_arguments_are_governed_or_refused_never_a_crash(args) -> None:
+    async def run() -> None:
+        bus = Bus()
+        bus.calls = GovernedCalls(bus.publish, decision_timeout_s=0.01, approval_wait_s=0.01, call_timeout_s=0.01)
+        outcome = await bus.calls.call(*grant(), "mcp__notes__write", args)
+        if outcome.status == "refused":
+            assert bus.requests == [] and outcome.text.startswith("the arguments cannot be governed")
+        else:
+            assert outcome.status == "denied"  # nobody decided: denied, and the request was exactly these args
+            assert bus.requests[0].args == args and bus.requests[0].digest == bus.requests[0].computed_digest()
+
+    asyncio.run(run())

@@ -50,6 +50,7 @@ from starlette.types import Receive, Scope, Send
 
 from caduceus_bus import EventConnection, RouteTable
 from caduceus_contracts import (
+    CanonicalizationError,
     ContractError,
     GrantAnswer,
     GrantExpired,
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)
 PATH_PREFIX = "/mcp"
 METADATA_PREFIX = "/.well-known/oauth-protected-resource"
 GRANT_SCOPE_KEY = "caduceus.grant"
+MCP_TOOL_PREFIX = "mcp__"
 
 # What the endpoint adds to the gateway's bus role: it asks identity for grants, requests tool calls like a
 # planner, and follows their decisions and outcomes.
@@ -218,15 +220,22 @@ class GovernedCalls:
             pending.decided.set()
 
     async def call(self, signed: SignedGrant, grant: SessionGrant, tool: str, args: dict[str, Any]) -> CallOutcome:
+        if not tool.startswith(MCP_TOOL_PREFIX):
+            # Only the gateway's tools: the endpoint is no way to the workspace's native tools (shell, files).
+            return CallOutcome("refused", f"{tool[:200]!r} is not one of this endpoint's tools (they are named "
+                                          f"{MCP_TOOL_PREFIX}<server>__<tool>; tools/list shows yours)")
         self._expire()
-        action = (grant.tenant, grant.workspace, grant.user, tool, canonical_json(args))
-        pending = self._by_action.get(action)
-        if pending is None:
+        try:
+            action = (grant.tenant, grant.workspace, grant.user, tool, canonical_json(args))
             request = ToolCallRequested(
                 tenant=grant.tenant, call_id=new_id(), grant=signed, workspace=grant.workspace,
                 session_id=grant.session_id, tool=tool, args=args,
                 digest=call_digest(tenant=grant.tenant, workspace=grant.workspace, session=grant.session_id,
                                    tool=tool, args=args))
+        except (CanonicalizationError, ValueError) as exc:
+            return CallOutcome("refused", f"the arguments cannot be governed: {str(exc)[:300]}")
+        pending = self._by_action.get(action)
+        if pending is None:
             pending = PendingCall(request)
             self._by_call[request.call_id] = pending
             self._by_action[action] = pending
@@ -428,7 +437,7 @@ class McpEndpoint:
                                     headers={"WWW-Authenticate": f'Bearer resource_metadata="{metadata}"'})
         else:
             text = refused.reason + (f"; {refused.remedy}" if refused.remedy else "")
-            quoted = text.replace("\\", "").replace('"', "'")[:500]
+            quoted = "".join(c for c in text if " " <= c <= "~" and c not in '"\\')[:500]
             response = JSONResponse(
                 {"error": "invalid_token", "error_description": text}, refused.status,
                 headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{quoted}", '
