@@ -29,12 +29,13 @@ from caduceus_embedded.ports import free_port
 from caduceus_embedded.servers import start_nats
 from caduceus_embedded.testing import connect_recording_errors
 from caduceus_identity.settings import IdentitySettings
+from caduceus_mcp.settings import McpSettings
 from caduceus_policy.settings import PolicySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SETTINGS: list[type[BaseSettings]] = [ApprovalSettings, AuditSettings, BrokerSettings, ModelSettings, WorkerSettings,
-                                      IdentitySettings, PolicySettings]
+                                      IdentitySettings, PolicySettings, McpSettings]
 
 
 def known_variables() -> set[str]:

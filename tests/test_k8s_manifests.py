@@ -115,6 +115,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     made = CliRunner().invoke(app, ["deployment", "secrets", "--out", str(overlay / "secrets")])
     assert made.exit_code == 0, made.output
     (overlay / "secrets" / "audit-db.env").write_text("url=postgresql+psycopg2://caduceus:pw@db:5432/caduceus\n")
+    (overlay / "secrets" / "mcp-db.env").write_text("url=postgresql+psycopg2://caduceus:pw@db:5432/caduceus\n")
     (overlay / "secrets" / "approval-oidc.env").write_text("oidc-client-secret=\n")
     (overlay / "secrets" / "broker-model.env").write_text("api-key=sk-test\n")
     (overlay / "config").mkdir()

@@ -5,6 +5,7 @@ nats-server), and both protocol eras (the handshake Hermes 0.19's client speaks,
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,24 +19,13 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_PROTOCOL_VERSION
 
 from caduceus_bus import BusSettings, EventConnection
-from caduceus_contracts import ReloadingKeyring
-from caduceus_directory import DirectorySource
 from caduceus_directory.testing import TENANTS
 from caduceus_embedded.ports import free_port
 from caduceus_identity.adapters.dev_issuer import TokenRequest
 from caduceus_identity.app import IdentityService, bootstrap
 from caduceus_identity.devtoken import mint_dev_token
 from caduceus_identity.settings import IdentitySettings
-from caduceus_mcp.endpoint import (
-    EndpointConfig,
-    GovernedCalls,
-    GrantDesk,
-    McpEndpoint,
-    ask_identity,
-    follow_calls,
-    issuer_lookup,
-    mcp_server,
-)
+from caduceus_mcp import McpService, McpSettings, build
 
 MCP_AUDIENCE = "caduceus-mcp"
 # The handshake revision of mcp 1.26 (the SDK Hermes 0.19 pins), and the newest published revision.
@@ -43,18 +33,13 @@ HERMES_REVISION = "2025-11-25"
 NEWEST_REVISION = "2026-07-28"
 
 
-@dataclass
-class Tools:
-    """The tools a person may see (a stand-in answer until the gateway's list is wired in below)."""
-
-    tools: tuple
-    problems: tuple = ()
+UPSTREAMS = Path(__file__).parents[1] / "services" / "mcp" / "tests" / "upstreams.py"
 
 
 @dataclass
 class Stack:
     identity: IdentityService
-    endpoint: McpEndpoint
+    mcp: McpService
     url: str
     bus: EventConnection
 
@@ -66,31 +51,24 @@ class Stack:
 
 @pytest.fixture(scope="module")
 async def stack(nats_server, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """Identity (with its dev issuer) and the MCP gateway serving its endpoint, on a real nats-server; acme has
+    one upstream MCP server (built with the SDK, over stdio)."""
     state = tmp_path_factory.mktemp("state")
-    tenants = state / "tenants.yaml"
-    tenants.write_text(TENANTS)
-    settings = IdentitySettings(nats_url=nats_server.url, state_dir=state, tenants_file=tenants,
-                                dev_issuer_port=free_port())
-    identity = bootstrap(settings)
+    (state / "tenants.yaml").write_text(TENANTS)
+    (state / "mcp.yaml").write_text(
+        "tenants:\n  acme:\n    servers:\n      notes:\n        scope: tenant\n"
+        f"        command: [{sys.executable}, {UPSTREAMS}, stdio]\n        approvers: admin\n")
+    identity = bootstrap(IdentitySettings(nats_url=nats_server.url, state_dir=state, dev_issuer_port=free_port()))
     await identity.start()
-    bus = await EventConnection.connect(BusSettings(nats_url=nats_server.url), "mcp-endpoint-tests")
-    keyring = ReloadingKeyring(Path(settings.keys_dir))
-
-    async def listed(grant) -> Tools:
-        from types import SimpleNamespace
-        return Tools(tools=(SimpleNamespace(name="mcp__notes__read", description="read a note",
-                                            input_schema={"type": "object"}),))
-
-    calls = GovernedCalls(bus.publish, decision_timeout_s=2.0, approval_wait_s=2.0)
-    await follow_calls(bus, calls)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    endpoint = McpEndpoint(EndpointConfig(url, issuer_lookup(DirectorySource(tenants), settings.dev_issuer_url)),
-                           GrantDesk(ask_identity(bus), keyring), mcp_server(listed, calls))
-    await endpoint.start("127.0.0.1", port)
-    yield Stack(identity, endpoint, url, bus)
-    await endpoint.stop()
+    gateway = build(McpSettings(nats_url=nats_server.url, state_dir=state, endpoint_port=port, sandbox_stdio=False,
+                                oidc_issuer_url=identity.dev_issuer_url, endpoint_decision_timeout_s=2.0,
+                                endpoint_approval_wait_s=2.0))
+    await gateway.start()
+    bus = await EventConnection.connect(BusSettings(nats_url=nats_server.url), "mcp-endpoint-tests")
+    yield Stack(identity, gateway, f"http://127.0.0.1:{port}", bus)
     await bus.close()
+    await gateway.stop()
     await identity.stop()
 
 
@@ -111,7 +89,10 @@ async def test_both_protocol_revisions_list_the_persons_tools(stack: Stack, mode
     async with client(f"{stack.url}/mcp/acme", await token(stack), mode) as mcp:
         assert mcp.protocol_version == revision
         listed = await mcp.list_tools()
-    assert [tool.name for tool in listed.tools] == ["mcp__notes__read"]
+    names = {tool.name for tool in listed.tools}
+    assert {"mcp__notes__echo", "mcp__notes__add"} <= names
+    echo = next(tool for tool in listed.tools if tool.name == "mcp__notes__echo")
+    assert echo.description == "Echo text back." and "text" in echo.input_schema["properties"]
 
 
 async def test_no_token_gets_401_pointing_at_metadata_that_names_the_tenants_issuer(stack: Stack) -> None:

@@ -27,6 +27,7 @@ from caduceus_bus import BusSettings, default_state_dir
 from caduceus_embedded.settings import ModelSettings as EmbeddedModelSettings
 from caduceus_hermes_plugin.plugin import PluginSettings
 from caduceus_identity import IdentitySettings
+from caduceus_mcp import McpSettings
 from caduceus_policy import PolicySettings
 from caduceus_telemetry import TelemetrySettings
 
@@ -69,6 +70,7 @@ SECTIONS: list[Section] = [
     Section("OpenTelemetry (every process)", TelemetrySettings,
             "Standard OpenTelemetry names, without the CADUCEUS_ prefix (`caduceus_telemetry`); the OTLP exporter "
             "also reads the other `OTEL_EXPORTER_OTLP_*` variables itself."),
+    Section("mcp", McpSettings, "`python -m caduceus_mcp` (`caduceus_mcp.settings`): the MCP gateway.", BusSettings),
 ]
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ from caduceus_contracts import (
     ErrorEvent,
     GrantRequested,
     IdentityChanged,
+    McpDefinitionChanged,
+    McpPinChanged,
+    McpServerChanged,
     ModelUsage,
     PolicyShadowDisagreed,
     RiskyFact,
@@ -103,6 +106,12 @@ SAMPLES += [
     IdentityChanged(tenant="acme", action="service-account.created", actor="carol", subject="slack-bot",
                     detail="for slack"),
     GrantRequested(tenant="acme", session_id="mcp-alice", token="eyJ..."),
+    McpServerChanged(tenant="acme", action="added", actor="operator", server="files", scope="workspaces:default",
+                     transport="stdio", target="python -m files_server", credentials=("files-token",)),
+    McpPinChanged(tenant="acme", action="pinned", actor="carol", server="files", tool="read", workspace="default",
+                  digest="ab" * 32),
+    McpDefinitionChanged(tenant="acme", server="files", tool="read", pinned_digest="ab" * 32,
+                         served_digest="cd" * 32, diff="-  \"description\": \"Read\"\n+  \"description\": \"x\""),
 ]
 
 

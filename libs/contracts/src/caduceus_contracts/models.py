@@ -626,12 +626,101 @@ class AuditCheckpointed(Event):
                    occurred_at=checkpoint.issued_at, checkpoint=signed)
 
 
+# --- MCP gateway -----------------------------------------------------------
+
+McpServerAction = Literal["added", "changed", "removed"]
+McpPinAction = Literal["pinned", "revoked"]
+
+
+class McpServerChanged(Event):
+    """An MCP server was registered, changed or removed for a tenant (audited). Never carries a credential:
+    `credentials` names the secret references only."""
+
+    kind: Literal["mcp.server.changed"] = "mcp.server.changed"
+    action: McpServerAction
+    actor: str = Field(min_length=1, max_length=256)
+    server: str = Field(min_length=1, max_length=64)
+    scope: str = Field(default="tenant", max_length=1000)
+    transport: Literal["stdio", "http"] = "stdio"
+    target: str = Field(default="", max_length=2000)
+    credentials: tuple[str, ...] = ()
+
+
+class McpPinChanged(Event):
+    """A tool definition was pinned (approved) or its pin revoked for a tenant or one of its workspaces."""
+
+    kind: Literal["mcp.pin.changed"] = "mcp.pin.changed"
+    action: McpPinAction
+    actor: str = Field(min_length=1, max_length=256)
+    server: str = Field(min_length=1, max_length=64)
+    tool: str = Field(min_length=1, max_length=256)
+    workspace: str = Field(default="", max_length=63)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class McpDefinitionChanged(Event):
+    """An upstream serves another definition than the pinned one: the tool is withheld until approved again.
+    `diff` shows what changed (a unified diff of the two definitions' canonical JSON)."""
+
+    kind: Literal["mcp.definition.changed"] = "mcp.definition.changed"
+    server: str = Field(min_length=1, max_length=64)
+    tool: str = Field(min_length=1, max_length=256)
+    workspace: str = Field(default="", max_length=63)
+    pinned_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    served_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    diff: str = Field(default="", max_length=20000)
+
+
+class McpToolView(Model):
+    """One upstream tool as the planner sees it: its governed name, description and input schema."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    pinned: bool = False
+
+
+class McpToolsQuery(Model):
+    """A planner asks which MCP tools it may see (request on `caduceus.mcp.tools.<tenant>.<workspace>`)."""
+
+    grant: SignedGrant
+
+
+class McpToolsAnswer(Model):
+    tools: tuple[McpToolView, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+class McpFactsQuery(Model):
+    """Policy asks for the facts of one MCP tool (request on `caduceus.mcp.facts.<tenant>`)."""
+
+    tenant: Tenant
+    workspace: Workspace
+    tool: str = Field(min_length=1, max_length=256)
+
+
+McpPinState = Literal["pinned", "unpinned", "changed", "unknown"]
+
+
+class McpToolFacts(Model):
+    """What the gateway knows of one tool: where it comes from, its annotations and whether its definition is pinned."""
+
+    server: str = ""
+    tool: str = ""
+    pin: McpPinState = "unknown"
+    annotations: dict[str, Any] = Field(default_factory=dict)
+    approvers: str = ""
+    digest: str = ""
+    definition: dict[str, Any] = Field(default_factory=dict)
+
+
 EVENT_MODELS: tuple[type[Event], ...] = (
     ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided, ToolCallDispatched,
     ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
     ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved, ApprovalAnswered,
     ApprovalRefused, ChatNotice, IdentityChanged,
     AuditCheckpointed, GrantRequested,
+    McpServerChanged, McpPinChanged, McpDefinitionChanged,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

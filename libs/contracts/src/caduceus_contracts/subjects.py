@@ -119,6 +119,26 @@ def identity_grant(tenant: str) -> str:
     return f"caduceus.identity.grant.{token(tenant)}"
 
 
+def mcp_event(event: str, tenant: str) -> str:
+    """`cad.v1.mcp.<event>.<tenant>`: server, pin, definition (the MCP gateway's audited changes)."""
+    return f"{PREFIX}.mcp.{token(event, 'mcp event')}.{token(tenant)}"
+
+
+def mcp_dispatched(tenant: str, workspace: str) -> str:
+    """Where the broker sends a decided `mcp__<server>__<tool>` call: to the MCP gateway, never an executor."""
+    return f"{PREFIX}.mcp.dispatched.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def mcp_tools(tenant: str, workspace: str) -> str:
+    """Request subject (core NATS, not stored): which MCP tools a planner of tenant/workspace may see."""
+    return f"caduceus.mcp.tools.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def mcp_facts(tenant: str) -> str:
+    """Request subject (core NATS, not stored): policy asks the gateway for one MCP tool's facts."""
+    return f"caduceus.mcp.facts.{token(tenant)}"
+
+
 def _tenant_index(parts: list[str]) -> int:
     # Error subjects have no event token: cad.v1.error.<tenant>.<service>.
     return 3 if parts[2] == "error" else 4
@@ -163,3 +183,7 @@ POLICY_EVENTS = f"{PREFIX}.policy.>"
 APPROVAL_EVENTS = f"{PREFIX}.approval.>"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"
 IDENTITY_GRANT_ALL = "caduceus.identity.grant.*"
+MCP_EVENTS = f"{PREFIX}.mcp.>"
+MCP_DISPATCHED_ALL = f"{PREFIX}.mcp.dispatched.*.*"
+MCP_TOOLS_ALL = "caduceus.mcp.tools.*.*"
+MCP_FACTS_ALL = "caduceus.mcp.facts.*"

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mcp_types as types
 from mcp.server.lowlevel.server import Server
@@ -56,6 +56,7 @@ from caduceus_contracts import (
     GrantExpired,
     GrantRequested,
     Keyring,
+    McpToolsAnswer,
     SessionGrant,
     SignatureError,
     SignedGrant,
@@ -70,9 +71,6 @@ from caduceus_contracts import (
     utcnow,
 )
 from caduceus_web import HttpServer
-
-if TYPE_CHECKING:
-    from caduceus_contracts import McpToolsAnswer
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +275,7 @@ class GovernedCalls:
 # --- the MCP server and the HTTP resource -----------------------------------------------------------------------
 
 
-ToolLister = Callable[[SessionGrant], Awaitable["McpToolsAnswer"]]
+ToolLister = Callable[[SessionGrant], Awaitable[McpToolsAnswer]]
 
 
 @dataclass
