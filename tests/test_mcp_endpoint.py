@@ -19,6 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_PROTOCOL_VERSION
 
 from caduceus_bus import BusSettings, EventConnection
+from caduceus_contracts import ReloadingKeyring
 from caduceus_directory.testing import TENANTS
 from caduceus_embedded.ports import free_port
 from caduceus_identity.adapters.dev_issuer import TokenRequest
@@ -26,6 +27,7 @@ from caduceus_identity.app import IdentityService, bootstrap
 from caduceus_identity.devtoken import mint_dev_token
 from caduceus_identity.settings import IdentitySettings
 from caduceus_mcp import McpService, McpSettings, build
+from caduceus_mcp.endpoint import EndpointConfig, GovernedCalls, GrantDesk, McpEndpoint, ask_identity, mcp_server
 
 MCP_AUDIENCE = "caduceus-mcp"
 # The handshake revision of mcp 1.26 (the SDK Hermes 0.19 pins), and the newest published revision.
@@ -165,3 +167,42 @@ async def test_an_unknown_tenant_or_malformed_path_is_not_found(stack: Stack) ->
     for path in ("/mcp/nosuch", "/mcp/acme/x/y", "/mcp/ACME"):
         status, _, _ = await refusal(stack, path, await token(stack))
         assert status == 404, path
+
+
+async def test_identity_down_is_503_try_again_not_a_bad_token(stack: Stack, fresh_nats, tmp_path: Path) -> None:
+    """An endpoint whose bus has no identity: the client is told to retry, not that its token is bad."""
+    lonely = await EventConnection.connect(BusSettings(nats_url=fresh_nats.url), "mcp-endpoint-alone")
+    port = free_port()
+    endpoint = McpEndpoint(EndpointConfig(f"http://127.0.0.1:{port}", lambda tenant: stack.issuer_url),
+                           GrantDesk(ask_identity(lonely, timeout_s=1.0), ReloadingKeyring(tmp_path)),
+                           mcp_server(stack.mcp.gateway.tools_for, GovernedCalls(lonely.publish)))
+    await endpoint.start("127.0.0.1", port)
+    try:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"http://127.0.0.1:{port}/mcp/acme",
+                                       json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                                       headers={"Authorization": f"Bearer {await token(stack)}",
+                                                "Accept": "application/json, text/event-stream"})
+        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        assert response.json()["error_description"] == "identity did not answer"
+    finally:
+        await endpoint.stop()
+        await lonely.close()
+
+
+async def test_no_token_is_ever_stored_on_the_bus(stack: Stack) -> None:
+    """Refusals are audited (error events in the tenant's chain) but neither they nor grant requests keep a token."""
+    tokens = [await token(stack, audience=None), await token(stack, "bob"), "eyJhbGciOiJFUzI1NiJ9.e30.c2ln"]
+    for bearer in tokens:
+        await refusal(stack, "/mcp/acme", bearer)
+        await refusal(stack, "/mcp/globex", bearer)
+    info = await stack.bus.js.stream_info("CADUCEUS")
+    stored = [await stack.bus.js.get_msg("CADUCEUS", seq)
+              for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    refusals = [m for m in stored if m.subject.startswith("cad.v1.error.") and b"mcp access refused" in m.data]
+    assert refusals, "refusals are audited"
+    for bearer in tokens:
+        for message in stored:
+            assert bearer.encode() not in (message.data or b""), message.subject
+            signature = bearer.split(".")[-1]
+            assert len(signature) < 40 or signature.encode() not in (message.data or b"")
