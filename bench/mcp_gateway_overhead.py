@@ -67,8 +67,7 @@ async def approve_first_use(stack, endpoint: str, token: str) -> None:
         if first.is_error and text.startswith("waiting for approval"):
             carol = mint_dev_token(stack.info.dev_issuer_url, "acme", "carol")
             async with ApprovalsClient(stack.info.approval_ui_url, carol) as approvals:
-                view = await approvals.wait_for(lambda views: next(
-                    (v for v in views if v.tool == "mcp__bench__echo"), None), timeout_s=30)
+                view = await approvals.wait_for(lambda v: v.tool == "mcp__bench__echo", timeout_s=30)
                 await approvals.answer(view.call_id, "approve", digest=view.digest)
             again = await mcp.call_tool("mcp__bench__echo", {"text": "warm"})
             if again.is_error:

@@ -31,7 +31,8 @@ async def service(tmp_path: Path, nats_server, keys: Keys):
     keys_dir.mkdir()
     for signer in (keys.identity, keys.policy, keys.approval):
         (keys_dir / f"{signer.issuer}.pub").write_bytes(signer.public_pem())
-    settings = McpSettings(state_dir=tmp_path, nats_url=nats_server.url, list_timeout_s=20, call_timeout_s=5)
+    settings = McpSettings(state_dir=tmp_path, nats_url=nats_server.url, list_timeout_s=20, call_timeout_s=5,
+                           policy_timeout_s=0.5)
     write_registry(settings.registry_file, stdio_server("files", tmp_path / "rug"))
     SecretStore(settings.secrets_dir).write("acme", "upstream-token", TOKEN)
     running = McpService(settings)
@@ -48,12 +49,13 @@ async def test_the_service_answers_tool_lists_facts_and_calls_on_the_bus(service
         query = McpToolsQuery(grant=grant(keys))
         reply = await conn.nc.request(subjects.mcp_tools("acme", "default"), query.model_dump_json().encode(),
                                       timeout=30)
-        listed = McpToolsAnswer.model_validate_json(reply.data)
-        assert "mcp__files__echo" in {t.name for t in listed.tools}
-        # A grant for one workspace does not list another's tools.
+        # No policy answers which tools alice could ever use: she is offered none (fail closed).
+        assert McpToolsAnswer.model_validate_json(reply.data).tools == ()
+        # A grant for one workspace is refused for another's list.
         reply = await conn.nc.request(subjects.mcp_tools("acme", "other"), query.model_dump_json().encode(),
                                       timeout=30)
-        assert McpToolsAnswer.model_validate_json(reply.data).tools == ()
+        other = McpToolsAnswer.model_validate_json(reply.data)
+        assert other.tools == () and "not acme/other" in other.problems[0]
 
         facts_query = McpFactsQuery(tenant="acme", workspace="default", tool="mcp__files__echo")
         reply = await conn.nc.request(subjects.mcp_facts("acme"), facts_query.model_dump_json().encode(), timeout=30)

@@ -54,6 +54,8 @@ from caduceus_contracts.models import (
     ToolCallDecided,
     ToolCallDispatched,
     ToolCallRequested,
+    ToolsReachAnswer,
+    ToolsReachQuery,
     TurnAssigned,
     TurnRequested,
     WorkerLifecycle,
@@ -84,5 +86,5 @@ __all__ = [
     "AuditCheckpointed", "ChainCheckpoint", "SignedCheckpoint",
     "GrantAnswer", "GrantRequested",
     "McpDefinitionChanged", "McpFactsQuery", "McpPinChanged", "McpServerChanged", "McpToolFacts", "McpToolView",
-    "McpToolsAnswer", "McpToolsQuery",
+    "McpToolsAnswer", "McpToolsQuery", "ToolsReachAnswer", "ToolsReachQuery",
 ]

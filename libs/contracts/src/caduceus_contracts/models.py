@@ -699,6 +699,18 @@ class McpFactsQuery(Model):
     tool: str = Field(min_length=1, max_length=256)
 
 
+class ToolsReachQuery(Model):
+    """Which of these tools could the live policy ever allow for this grant's person (request on
+    `caduceus.policy.reachable.<tenant>`)? The MCP gateway asks it so a planner lists no tool it can never use."""
+
+    grant: SignedGrant
+    tools: tuple[str, ...]
+
+
+class ToolsReachAnswer(Model):
+    tools: tuple[str, ...] = ()
+
+
 McpPinState = Literal["pinned", "unpinned", "changed", "unknown"]
 
 

@@ -139,6 +139,11 @@ def mcp_facts(tenant: str) -> str:
     return f"caduceus.mcp.facts.{token(tenant)}"
 
 
+def policy_reachable(tenant: str) -> str:
+    """Request subject (core NATS, not stored): which tools the live policy could ever allow for a person."""
+    return f"caduceus.policy.reachable.{token(tenant)}"
+
+
 def _tenant_index(parts: list[str]) -> int:
     # Error subjects have no event token: cad.v1.error.<tenant>.<service>.
     return 3 if parts[2] == "error" else 4
@@ -187,3 +192,4 @@ MCP_EVENTS = f"{PREFIX}.mcp.>"
 MCP_DISPATCHED_ALL = f"{PREFIX}.mcp.dispatched.*.*"
 MCP_TOOLS_ALL = "caduceus.mcp.tools.*.*"
 MCP_FACTS_ALL = "caduceus.mcp.facts.*"
+POLICY_REACHABLE_ALL = "caduceus.policy.reachable.*"

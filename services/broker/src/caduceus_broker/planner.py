@@ -36,7 +36,7 @@ from caduceus_contracts import (
     TurnAssigned,
     subjects,
 )
-from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway, install_gateway
+from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway, fetch_mcp_tools, install_gateway, offer_mcp_tools
 
 log = logging.getLogger("caduceus.planner")
 tracer = trace.get_tracer("caduceus.planner")
@@ -77,7 +77,8 @@ class Planner:
             self.gateway.bind_session(session, turn.grant, parent)
             try:
                 with tracer.start_as_current_span("chat turn", context=parent):
-                    text, usage = await asyncio.to_thread(self._run_agent, grant, turn.text)
+                    mcp_tools = await fetch_mcp_tools(self.conn.nc, turn.grant, self.settings.decision_timeout_s * 2)
+                    text, usage = await asyncio.to_thread(self._run_agent, grant, turn.text, mcp_tools)
                 await self._report_usage(turn, grant, usage)
                 await self._reply(turn, "ok", text)
             except Exception as exc:
@@ -86,18 +87,18 @@ class Planner:
             finally:
                 self.gateway.unbind_session(session)
 
-    def _run_agent(self, grant: SessionGrant, text: str) -> tuple[str, TurnUsage]:
+    def _run_agent(self, grant: SessionGrant, text: str, mcp_tools: tuple = ()) -> tuple[str, TurnUsage]:
         """One turn of Hermes in the grant's memory scope (its own Hermes home, for this thread only)."""
         from hermes_constants import get_process_hermes_home, reset_hermes_home_override, set_hermes_home_override
 
         home = scope_home(get_process_hermes_home(), grant.memory_scope)
         scoped = set_hermes_home_override(home)
         try:
-            return self._converse(grant.user, grant.session_id, text)
+            return self._converse(grant.user, grant.session_id, text, offer_mcp_tools(mcp_tools))
         finally:
             reset_hermes_home_override(scoped)
 
-    def _converse(self, user: str, session: str, text: str) -> tuple[str, TurnUsage]:
+    def _converse(self, user: str, session: str, text: str, mcp_toolsets: list[str] = ()) -> tuple[str, TurnUsage]:
         from run_agent import AIAgent
 
         agent = AIAgent(
@@ -106,7 +107,7 @@ class Planner:
             provider="custom",
             api_mode="chat_completions",
             model=self.model.name,
-            enabled_toolsets=list(self.settings.toolsets),
+            enabled_toolsets=[*self.settings.toolsets, *mcp_toolsets],
             session_id=session,
             quiet_mode=True,
             max_iterations=self.settings.max_iterations,
@@ -145,7 +146,8 @@ ROUTES = RouteTable(
         # several conversations at once; one conversation's turns wait for each other (Planner's session locks)
         Route("cad.v1.turn.assigned.{tenant}.{workspace}", TurnAssigned, Planner.on_turn, concurrency=8),
     ),
-    publishes=("cad.v1.model.usage.{tenant}", "cad.v1.chat.reply.{tenant}.*"),
+    publishes=("cad.v1.model.usage.{tenant}", "cad.v1.chat.reply.{tenant}.*",
+               "caduceus.mcp.tools.{tenant}.{workspace}"),  # asks the MCP gateway which MCP tools to offer
 )
 
 

@@ -9,7 +9,7 @@ import logging
 from functools import partial
 
 from caduceus_bus import BusService, EventConnection
-from caduceus_contracts import Event, ReloadingKeyring, subjects
+from caduceus_contracts import Event, ReloadingKeyring, SignedGrant, ToolsReachAnswer, ToolsReachQuery, subjects
 from caduceus_directory import DirectorySource
 from caduceus_mcp.endpoint import McpEndpoint, issuer_lookup, start_endpoint
 from caduceus_mcp.gateway import McpGateway, RegistryFile
@@ -33,11 +33,24 @@ class McpService(BusService):
         self.gateway = McpGateway(
             registry=RegistryFile(settings.registry_file), pins=PinStore(settings.pins_url),
             secrets=SecretStore(settings.secrets_dir), keyring=self.keyring, publish=self._publish,
-            launcher=launcher or plain_launcher, call_timeout_s=settings.call_timeout_s,
+            launcher=launcher or plain_launcher, may_use=self.may_use, call_timeout_s=settings.call_timeout_s,
             list_timeout_s=settings.list_timeout_s, max_result_bytes=settings.max_result_bytes)
         self.endpoint: McpEndpoint | None = None
         # An upstream call in hand when stopping is answered: it can take the whole call bound.
         self.drain_s = settings.call_timeout_s + settings.list_timeout_s + 5
+
+    async def may_use(self, grant: SignedGrant, tools: list[str]) -> set[str]:
+        """The tools policy could ever allow for the grant's person; none when policy does not answer."""
+        query = ToolsReachQuery(grant=grant, tools=tuple(tools))
+        try:
+            reply = await self._connected().nc.request(subjects.policy_reachable(grant.grant.tenant),
+                                                       query.model_dump_json().encode(),
+                                                       timeout=self.settings.policy_timeout_s)
+            return set(ToolsReachAnswer.model_validate_json(reply.data).tools)
+        except Exception as exc:
+            log.warning("policy did not say which MCP tools %s may use (%s): listing none", grant.grant.user,
+                        type(exc).__name__)
+            return set()
 
     async def _publish(self, subject: str, event: Event) -> None:
         await self.publish(subject, event)

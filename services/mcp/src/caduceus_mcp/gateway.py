@@ -34,6 +34,7 @@ from caduceus_contracts import (
     McpToolView,
     SessionGrant,
     SignatureError,
+    SignedGrant,
     ToolCallCompleted,
     ToolCallDispatched,
     call_digest,
@@ -128,7 +129,7 @@ class McpGateway:
     list_timeout_s: float = 10.0
     max_result_bytes: int = 100_000
     # Which of these tool names the policy could ever allow for this grant's person (None: no filter).
-    may_use: Callable[[SessionGrant, list[str]], Awaitable[set[str]]] | None = None
+    may_use: Callable[[SignedGrant, list[str]], Awaitable[set[str]]] | None = None
     # Definition changes already reported: (tenant, workspace, server, tool, served digest).
     _reported: set[tuple[str, str, str, str, str]] = field(default_factory=set)
 
@@ -175,14 +176,14 @@ class McpGateway:
                 diff=definition_diff(pin.definition, definition.as_dict())))
         return Entry(server, definition, "changed", pin)
 
-    async def tools_for(self, grant: SessionGrant) -> McpToolsAnswer:
+    async def tools_for(self, grant: SessionGrant, signed: SignedGrant | None = None) -> McpToolsAnswer:
         """The tools a planner of this grant may list: not withheld (changed definitions), and only those the
         policy could ever allow for this person (`may_use` answers which names; None lists every one)."""
         may_use = self.may_use
         entries, problems = await self.catalog(grant.tenant, grant.workspace)
         visible = [e for e in entries if e.state != "changed"]
         if may_use is not None:
-            allowed = await may_use(grant, [e.name for e in visible])
+            allowed = await may_use(signed, [e.name for e in visible]) if signed is not None else set()
             visible = [e for e in visible if e.name in allowed]
         return McpToolsAnswer(tools=tuple(McpToolView(name=e.name, description=e.definition.description,
                                                        input_schema=e.definition.input_schema,

@@ -58,7 +58,7 @@ async def answer_tools(gateway: McpGateway, identity: Keyring, msg: Msg) -> None
             answer = McpToolsAnswer(problems=(f"the grant is for {grant.tenant}/{grant.workspace}, not "
                                               f"{tenant}/{workspace}",))
         else:
-            answer = await gateway.tools_for(grant)
+            answer = await gateway.tools_for(grant, query.grant)
     except (ValidationError, SignatureError, GrantExpired, ValueError) as exc:
         answer = McpToolsAnswer(problems=(f"not a valid tool-list request: {str(exc)[:300]}",))
     await _respond(msg, answer.model_dump_json().encode())
@@ -95,6 +95,7 @@ ROUTES = RouteTable(
         f"{subjects.PREFIX}.mcp.server.*",
         f"{subjects.PREFIX}.mcp.pin.*",
         f"{subjects.PREFIX}.mcp.definition.*",
+        subjects.POLICY_REACHABLE_ALL,  # asks policy which tools a person could ever use (request/reply)
     ),
     grants=("stream-setup",),
     # Requests answered by app.py (core NATS request/reply, outside the stored `cad.v1` events).

@@ -36,6 +36,9 @@ class McpSettings(BusSettings):
         "An upstream call not answered within this bound returns an error result to the agent."))
     list_timeout_s: float = Field(default=10.0, gt=0, description=(
         "How long the gateway waits for an upstream to start and list its tools."))
+    policy_timeout_s: float = Field(default=3.0, gt=0, description=(
+        "How long the gateway waits for policy to say which tools a person could ever use; without an answer "
+        "a planner is offered no MCP tool."))
     max_result_bytes: int = Field(default=100_000, ge=1000, description=(
         "A result longer than this is cut to it (and says so); a server may set a lower bound."))
     reload_interval_s: float = Field(default=1.0, gt=0, description=(
