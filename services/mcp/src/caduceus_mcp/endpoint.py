@@ -275,7 +275,8 @@ class GovernedCalls:
 # --- the MCP server and the HTTP resource -----------------------------------------------------------------------
 
 
-ToolLister = Callable[[SessionGrant], Awaitable[McpToolsAnswer]]
+# The gateway's `tools_for(grant, signed)`: what this person may be offered (policy says which they could use).
+ToolLister = Callable[[SessionGrant, SignedGrant], Awaitable[McpToolsAnswer]]
 
 
 @dataclass
@@ -299,8 +300,8 @@ def mcp_server(list_tools: ToolLister, calls: GovernedCalls) -> Server:
     """The MCP server: tools/list and tools/call for the person whose grant the HTTP layer attached."""
 
     async def on_list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        _, grant = _grant_of(ctx)
-        answer = await list_tools(grant)
+        signed, grant = _grant_of(ctx)
+        answer = await list_tools(grant, signed)
         for problem in answer.problems:
             log.warning("tool list for %s@%s/%s: %s", grant.user, grant.tenant, grant.workspace, problem)
         return types.ListToolsResult(tools=[
