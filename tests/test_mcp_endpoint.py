@@ -5,6 +5,7 @@ nats-server), and both protocol eras (the handshake Hermes 0.19's client speaks,
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -205,3 +206,12 @@ async def test_no_token_is_ever_stored_on_the_bus(stack: Stack) -> None:
             assert bearer.encode() not in (message.data or b""), message.subject
             signature = bearer.split(".")[-1]
             assert len(signature) < 40 or signature.encode() not in (message.data or b"")
+
+
+async def test_the_cli_mints_a_token_for_the_mcp_audience(stack: Stack) -> None:
+    minted = await asyncio.to_thread(subprocess.run, [
+        str(Path(sys.executable).with_name("caduceus")), "identity", "token", "--tenant", "acme", "--user", "alice",
+        "--audience", "caduceus-mcp", "--issuer-url", stack.issuer_url], capture_output=True, text=True, timeout=60)
+    assert minted.returncode == 0, minted.stderr
+    async with client(f"{stack.url}/mcp/acme", minted.stdout.strip().splitlines()[-1]) as mcp:
+        assert (await mcp.list_tools()).tools == []
