@@ -28,6 +28,7 @@ from caduceus_contracts import (
     ContractError,
     Decision,
     ErrorEvent,
+    GrantRequested,
     IdentityChanged,
     McpDefinitionChanged,
     McpPinChanged,
@@ -113,6 +114,7 @@ SAMPLES += [
     ApprovalVouched(tenant="acme", call_id="c-1", vouch=SignedVouch.issue(IDENTITY, Vouch(
         tenant="acme", user="carol", platform="slack", platform_user="T1:U1", vouched_by="slack-bot", call_id="c-1",
         digest=DIGEST, answer="approve", channel="slack:T1:U1", issued_at=NOW, expires_at=NOW + timedelta(minutes=1)))),
+    GrantRequested(tenant="acme", session_id="mcp-alice", token="eyJ..."),
     McpServerChanged(tenant="acme", action="added", actor="operator", server="files", scope="workspaces:default",
                      transport="stdio", target="python -m files_server", credentials=("files-token",)),
     McpPinChanged(tenant="acme", action="pinned", actor="carol", server="files", tool="read", workspace="default",

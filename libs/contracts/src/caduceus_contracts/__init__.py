@@ -32,7 +32,9 @@ from caduceus_contracts.models import (
     Decision,
     ErrorEvent,
     Event,
+    GrantAnswer,
     GrantExpired,
+    GrantRequested,
     IdentityChanged,
     McpDefinitionChanged,
     McpFactsQuery,
@@ -88,6 +90,7 @@ __all__ = [
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",
     "AuditCheckpointed", "ChainCheckpoint", "SignedCheckpoint",
     "ApprovalVouchRequested", "ApprovalVouched", "SignedVouch", "Vouch", "VouchExpired",
+    "GrantAnswer", "GrantRequested",
     "McpDefinitionChanged", "McpFactsQuery", "McpPinChanged", "McpServerChanged", "McpToolFacts", "McpToolView",
     "McpToolsAnswer", "McpToolsQuery", "ToolsReachAnswer", "ToolsReachQuery",
 ]

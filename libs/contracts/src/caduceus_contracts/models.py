@@ -241,6 +241,34 @@ class ChatMessageIn(Event):
     platform_email: str | None = Field(default=None, max_length=320)
 
 
+class GrantRequested(Event):
+    """A client other than chat (the MCP endpoint) asks identity to turn a person's OIDC access token into a
+    session grant. Sent as a core NATS request on `caduceus.identity.grant.<tenant>` (never stored, since it
+    carries the token); identity answers with a GrantAnswer. `purpose` chooses the audience the token must
+    carry: a token for another audience is refused.
+    """
+
+    kind: Literal["identity.grant.requested"] = "identity.grant.requested"
+    purpose: Literal["mcp"] = "mcp"
+    workspace: Workspace = "default"
+    channel: str = Field(default="mcp", min_length=1, max_length=256)
+    session_id: SessionId
+    token: str = Field(max_length=16_384, repr=False)
+
+
+class GrantAnswer(Model):
+    """Identity's answer to a GrantRequested: the signed grant, or why not (`refused`, `remedy`).
+
+    `unavailable` is set when identity could not check the token at all (its provider did not answer): the
+    client says "try again", not "your token is bad".
+    """
+
+    grant: SignedGrant | None = None
+    refused: str = ""
+    remedy: str = ""
+    unavailable: bool = False
+
+
 class TurnRequested(Event):
     """Identity verified the person and issued a grant: the broker may start the turn."""
 
@@ -771,7 +799,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
     ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved, ApprovalAnswered,
     ApprovalRefused, ChatNotice, IdentityChanged,
-    AuditCheckpointed, ApprovalVouchRequested, ApprovalVouched,
+    AuditCheckpointed, ApprovalVouchRequested, ApprovalVouched, GrantRequested,
     McpServerChanged, McpPinChanged, McpDefinitionChanged,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple

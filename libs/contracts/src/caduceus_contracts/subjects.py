@@ -114,6 +114,11 @@ def error(tenant: str, service: str) -> str:
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
 
 
+def identity_grant(tenant: str) -> str:
+    """Request subject (core NATS, never stored: it carries a token): a verified OIDC token in, a session grant out."""
+    return f"caduceus.identity.grant.{token(tenant)}"
+
+
 def mcp_event(event: str, tenant: str) -> str:
     """`cad.v1.mcp.<event>.<tenant>`: server, pin, definition (the MCP gateway's audited changes)."""
     return f"{PREFIX}.mcp.{token(event, 'mcp event')}.{token(tenant)}"
@@ -145,8 +150,11 @@ def _tenant_index(parts: list[str]) -> int:
 
 
 def tenant_of(subject: str) -> str | None:
-    """The tenant token of a `cad.v1` subject, or None when it has none or it is invalid."""
+    """The tenant token of a `cad.v1` subject (or of a request subject `caduceus.<domain>.<verb>.<tenant>`),
+    or None when it has none or it is invalid."""
     parts = subject.split(".")
+    if parts[0] == "caduceus" and len(parts) >= 4 and parts[1] != "health":
+        return parts[3] if TOKEN_RE.match(parts[3]) else None
     if len(parts) < 5 or parts[0] != "cad" or parts[1] != "v1":
         return None
     tenant = parts[_tenant_index(parts)]
@@ -183,6 +191,7 @@ APPROVAL_VOUCH_ALL = f"{PREFIX}.approval.vouch.*"
 APPROVAL_VOUCHED_ALL = f"{PREFIX}.approval.vouched.*"
 APPROVAL_REFUSED_ALL = f"{PREFIX}.approval.refused.*"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"
+IDENTITY_GRANT_ALL = "caduceus.identity.grant.*"
 MCP_EVENTS = f"{PREFIX}.mcp.>"
 MCP_DISPATCHED_ALL = f"{PREFIX}.mcp.dispatched.*.*"
 MCP_TOOLS_ALL = "caduceus.mcp.tools.*.*"

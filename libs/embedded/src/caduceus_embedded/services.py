@@ -152,7 +152,9 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
         ServiceSpec("mcp", "caduceus_mcp", {
             "CADUCEUS_SANDBOX_FILE": str(layout.sandbox_file),
             "CADUCEUS_ENDPOINT_PORT": str(ports.mcp_endpoint),
-        }),
+            "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
+            "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
+        }, url=f"http://127.0.0.1:{ports.mcp_endpoint}/mcp/<tenant>"),
     ]
     # Each serves /healthz, /readyz and /metrics on a port of its own.
     table += [replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": str(ports.http_port(spec.name))},

@@ -63,6 +63,7 @@ class IdentityService(BusService):
             directory=self.directory,
             signer=ensure_signer(self.settings.keys_dir, SERVICE),
             grant_ttl=timedelta(seconds=self.settings.grant_ttl_s),
+            mcp_audience=self.settings.mcp_audience,
         )
         self.background(self.relay_changes(connection), "identity-changes-relay")
         return self.admission

@@ -30,7 +30,8 @@ KEY_REMEDY = ("ask an administrator of the tenant for a service-account key "
 
 
 class TokenVerifier(Protocol):
-    async def verify(self, token: str, tenant: str | None = None) -> VerifiedIdentity: ...
+    async def verify(self, token: str, tenant: str | None = None, *,
+                     audience: str | None = None) -> VerifiedIdentity: ...
 
 
 class Gatekeeper:

@@ -1,4 +1,5 @@
-"""Chat message in, turn request (with a signed session grant) or refusal out.
+"""Chat message in, turn request (with a signed session grant) or refusal out; and, for the MCP
+endpoint, an access token in, a signed session grant (or why not) answered.
 
 A message identity cannot admit gets a refused chat reply the person sees, and an
 audited error event; neither carries the token.
@@ -20,6 +21,9 @@ from caduceus_contracts import (
     ApprovalVouchRequested,
     ChatMessageIn,
     ChatReply,
+    ErrorEvent,
+    GrantAnswer,
+    GrantRequested,
     SignedGrant,
     SignedVouch,
     Signer,
@@ -31,6 +35,7 @@ from caduceus_contracts import (
 from caduceus_directory import Directory
 from caduceus_identity.gatekeeper import Gatekeeper
 from caduceus_oidc import Refused
+from caduceus_oidc.verifier import UNREACHABLE_REMEDY
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ class Admission:
     directory: Callable[[], Directory]
     signer: Signer
     grant_ttl: timedelta
+    mcp_audience: str = "caduceus-mcp"
 
 
 def without_token(body: bytes) -> bytes:
@@ -113,6 +119,31 @@ async def vouch_for_answer(admission: Admission, request: ApprovalVouchRequested
     await admission.publisher.publish(subjects.approval("vouched", request.tenant),
                                       ApprovalVouched(tenant=request.tenant, call_id=request.call_id,
                                                       vouch=SignedVouch.issue(admission.signer, vouch)))
+async def answer_grant_request(admission: Admission, request: GrantRequested, delivery: Delivery) -> None:
+    """Answer a client's request (the MCP endpoint's) with the person's signed session grant, or why not.
+
+    The token must carry the audience of the request's purpose (the MCP endpoint's), not the chat audience.
+    The grant never outlives the token. A refusal is audited in the tenant's chain, without the token.
+    """
+    now = utcnow()
+    try:
+        identity = await admission.gatekeeper.tokens.verify(request.token, request.tenant,
+                                                            audience=admission.mcp_audience)
+        ttl = admission.grant_ttl
+        if identity.expires_at is not None:
+            ttl = min(ttl, identity.expires_at - now)
+        grant = admission.directory().grant(identity, request.tenant, request.workspace, request.channel,
+                                            request.session_id, now=now, ttl=ttl)
+        answer = GrantAnswer(grant=SignedGrant.issue(admission.signer, grant))
+    except Refused as refused:
+        answer = GrantAnswer(refused=refused.reason, remedy=refused.remedy,
+                             unavailable=refused.remedy == UNREACHABLE_REMEDY)
+        await admission.publisher.publish(
+            subjects.error(request.tenant, "identity"),
+            ErrorEvent(tenant=request.tenant, service="identity", subject=delivery.subject,
+                       reason=f"{request.purpose} access refused: {refused.reason}"))
+    if delivery.msg is not None and delivery.msg.reply:
+        await delivery.msg.respond(answer.model_dump_json().encode())
 
 
 # Every message identity handles: each chat message goes to one replica, which admits or refuses it.
@@ -123,6 +154,9 @@ ROUTES = RouteTable(
               scrub=without_token),
         # a chat integration asks identity to say who pressed an approval button
         Route(subjects.APPROVAL_VOUCH_ALL, ApprovalVouchRequested, vouch_for_answer, queue="identity",
+              scrub=without_token),
+        # A request (never stored): the MCP endpoint turns a person's access token into a session grant.
+        Route(subjects.IDENTITY_GRANT_ALL, GrantRequested, answer_grant_request, queue="identity", concurrency=16,
               scrub=without_token),
     ),
     publishes=(subjects.TURN_REQUESTED_ALL, subjects.CHAT_REPLY_ALL, subjects.IDENTITY_CHANGED_ALL,

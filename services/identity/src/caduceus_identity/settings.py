@@ -42,6 +42,9 @@ class IdentitySettings(BusSettings):
         "unset: the dev issuer. Tenants add their own providers in tenants.yaml (`issuers:`)."))
     oidc_audience: str = Field(default="caduceus", description="The `aud` the deployment-wide issuer's tokens "
                                                                "must carry.")
+    mcp_audience: str = Field(default="caduceus-mcp", description=(
+        "The `aud` an access token must carry to be used at the MCP endpoint (any issuer the tenant trusts); "
+        "a token for the chat audience, or any other, is refused there."))
     oidc_tenant_claim: str = Field(default="tenant", description="The claim naming the tenant in the "
                                                                  "deployment-wide issuer's tokens.")
     oidc_username_claim: str = Field(default="sub", description="The claim naming the person.")

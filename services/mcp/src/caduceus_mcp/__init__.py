@@ -10,6 +10,7 @@ The public API (the CLI, and the MCP endpoint for other clients, call the same g
 
 from caduceus_mcp.app import McpService, build
 from caduceus_mcp.definitions import Definition, definition_diff
+from caduceus_mcp.endpoint import ENDPOINT_ROUTES, McpEndpoint
 from caduceus_mcp.gateway import DEFINITION_FACT, EXECUTED_BY, CallRefused, Entry, McpGateway, RegistryFile
 from caduceus_mcp.handlers import ROUTES
 from caduceus_mcp.pins import Pin, PinStore
@@ -28,7 +29,8 @@ from caduceus_mcp.settings import McpSettings
 from caduceus_mcp.upstream import SecretMissing, SecretStore, Upstream, UpstreamError
 
 __all__ = [
-    "DEFINITION_FACT", "EXECUTED_BY", "ROUTES", "CallRefused", "Credentials", "Definition", "Entry", "McpGateway",
+    "DEFINITION_FACT", "ENDPOINT_ROUTES", "EXECUTED_BY", "McpEndpoint",
+    "ROUTES", "CallRefused", "Credentials", "Definition", "Entry", "McpGateway",
     "McpService", "McpSettings", "Pin", "PinStore", "Registry", "RegistryError", "RegistryFile", "SecretMissing",
     "SecretStore", "Server", "Upstream", "UpstreamError", "build", "definition_diff", "load_registry",
     "parse_registry", "save_registry", "split_tool_name", "tool_name",

@@ -11,6 +11,8 @@ from functools import partial
 
 from caduceus_bus import BusService, EventConnection
 from caduceus_contracts import Event, ReloadingKeyring, SignedGrant, ToolsReachAnswer, ToolsReachQuery, subjects
+from caduceus_directory import DirectorySource
+from caduceus_mcp.endpoint import McpEndpoint, issuer_lookup, start_endpoint
 from caduceus_mcp.gateway import McpGateway, RegistryFile
 from caduceus_mcp.handlers import ROUTES, answer_facts, answer_tools
 from caduceus_mcp.pins import PinStore
@@ -36,6 +38,7 @@ class McpService(BusService):
             secrets=SecretStore(settings.secrets_dir), keyring=self.keyring, publish=self._publish,
             launcher=launcher or stdio_launcher(settings), may_use=self.may_use, call_timeout_s=settings.call_timeout_s,
             list_timeout_s=settings.list_timeout_s, max_result_bytes=settings.max_result_bytes)
+        self.endpoint: McpEndpoint | None = None
         # An upstream call in hand when stopping is answered: it can take the whole call bound.
         self.drain_s = settings.call_timeout_s + settings.list_timeout_s + 5
 
@@ -60,6 +63,8 @@ class McpService(BusService):
         await nc.subscribe(subjects.MCP_TOOLS_ALL, queue="mcp", cb=partial(answer_tools, self.gateway, self.keyring))
         await nc.subscribe(subjects.MCP_FACTS_ALL, queue="mcp", cb=partial(answer_facts, self.gateway))
         self.background(self._audit_loop(), "mcp audit of registry and pin changes")
+        if self.settings.endpoint_port is not None:
+            self.endpoint = await self._serve_endpoint(connection)
         return self.gateway
 
     async def _audit_loop(self) -> None:
@@ -72,7 +77,19 @@ class McpService(BusService):
                 log.exception("could not audit MCP registry or pin changes; trying again")
             await asyncio.sleep(self.settings.reload_interval_s)
 
+    async def _serve_endpoint(self, connection: EventConnection) -> McpEndpoint:
+        """The MCP endpoint for other clients (endpoint.py): the same tool lists and governed calls."""
+        s = self.settings
+        assert s.endpoint_port is not None
+        return await start_endpoint(
+            connection, self.keyring, self.gateway.tools_for, host=s.endpoint_host, port=s.endpoint_port,
+            public_url=s.endpoint_url, issuer_for=issuer_lookup(DirectorySource(s.tenants_file), s.oidc_issuer_url),
+            decision_timeout_s=s.endpoint_decision_timeout_s, approval_wait_s=s.endpoint_approval_wait_s,
+            call_timeout_s=s.call_timeout_s + 15)
+
     async def cleanup(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.stop()
         self.gateway.pins.close()
 
 

@@ -51,11 +51,31 @@ class McpSettings(BusSettings):
         "namespaces); a stdio server then runs as a plain child of the gateway."))
     endpoint_port: int | None = Field(default=None, ge=0, le=65535, description=(
         "Where the MCP endpoint for other MCP clients (streamable HTTP) listens; unset, it is not served."))
+    endpoint_host: str = Field(default="127.0.0.1", description="The address the MCP endpoint listens on.")
+    endpoint_public_url: str | None = Field(default=None, description=(
+        "The URL clients reach the MCP endpoint by (behind a proxy: its https URL); the base of every resource "
+        "URL in the OAuth protected-resource metadata. Unset: http://<endpoint_host>:<endpoint_port>."))
+    tenants_file: Path = Field(description=(
+        "The tenants file identity reads: the MCP endpoint names each tenant's OIDC issuer from it."))
+    oidc_issuer_url: str | None = Field(default=None, description=(
+        "The deployment-wide OIDC issuer, named in the endpoint's metadata for tenants without their own "
+        "`issuers:` (the same value identity trusts)."))
+    endpoint_decision_timeout_s: float = Field(default=10.0, gt=0, description=(
+        "A call through the MCP endpoint that policy does not decide within this bound is denied; nothing runs."))
+    endpoint_approval_wait_s: float = Field(default=25.0, gt=0, description=(
+        "How long a call through the MCP endpoint waits for approvers before it answers \"waiting for approval\" "
+        "(the client calls again to keep waiting; the approval is not asked twice)."))
 
     @model_validator(mode="before")
     @classmethod
     def _derive_paths(cls, data: Any) -> Any:
-        return with_state_paths(data, keys_dir="keys", registry_file="mcp.yaml", secrets_dir="mcp-secrets")
+        return with_state_paths(data, keys_dir="keys", registry_file="mcp.yaml", secrets_dir="mcp-secrets",
+                                tenants_file="tenants.yaml")
+
+    @property
+    def endpoint_url(self) -> str:
+        """The base URL of the MCP endpoint as clients reach it."""
+        return (self.endpoint_public_url or f"http://{self.endpoint_host}:{self.endpoint_port}").rstrip("/")
 
     @property
     def pins_url(self) -> str:
