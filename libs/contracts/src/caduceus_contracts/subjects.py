@@ -88,6 +88,18 @@ def model_usage(tenant: str) -> str:
     return f"{PREFIX}.model.usage.{token(tenant)}"
 
 
+def model_requested(tenant: str) -> str:
+    return f"{PREFIX}.model.requested.{token(tenant)}"
+
+
+def model_decided(tenant: str) -> str:
+    return f"{PREFIX}.model.decided.{token(tenant)}"
+
+
+def model_completed(tenant: str) -> str:
+    return f"{PREFIX}.model.completed.{token(tenant)}"
+
+
 def policy_shadow(tenant: str) -> str:
     return f"{PREFIX}.policy.shadow.{token(tenant)}"
 
@@ -154,3 +166,6 @@ CHAT_NOTICE_ALL = f"{PREFIX}.chat.notice.*.*"
 POLICY_EVENTS = f"{PREFIX}.policy.>"
 APPROVAL_EVENTS = f"{PREFIX}.approval.>"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"
+MODEL_REQUESTED_ALL = f"{PREFIX}.model.requested.*"
+MODEL_DECIDED_ALL = f"{PREFIX}.model.decided.*"
+MODEL_COMPLETED_ALL = f"{PREFIX}.model.completed.*"

@@ -22,6 +22,8 @@ from caduceus_policy.pack.model import (
     Approval,
     Limit,
     McpAnnotations,
+    ModelPolicy,
+    ModelRoute,
     Pack,
     RawCedar,
     Rule,
@@ -33,7 +35,9 @@ from caduceus_policy.pack.model import (
 ALL_TENANTS = "*"  # a pack of raw Cedar alone applies to every tenant (its policies can test context.tenant)
 APPROVAL_KEYS = ("approvers", "quorum", "timeout", "escalate_to", "escalate_after", "remind_every", "self_approval")
 RULE_KEYS = ("id", "effect", "tools", "roles", "users", "when", "unless", "reason", *APPROVAL_KEYS)
-TENANT_KEYS = ("rules", "approvals", "approval_modes", "classifiers", "mcp_servers", "limits", "cedar")
+TENANT_KEYS = ("rules", "approvals", "approval_modes", "classifiers", "mcp_servers", "limits", "cedar", "models")
+MODELS_KEYS = ("default", "routes", "prompt_rules", "response_rules")
+ROUTE_KEYS = ("id", "upstream", "roles", "workspaces", "data_classes")
 TOP_KEYS = ("version", "tenants", "tests")
 LIMIT_KEYS = ("id", "tools", "roles", "per", "max_calls", "max_tokens", "max_cost_usd", "window")
 TEST_KEYS = ("name", "tenant", "user", "roles", "workspace", "tool", "args", "expect", "expect_ids")
@@ -294,7 +298,47 @@ class _Part:
             mcp=self.mcp(body.get("mcp_servers", {}), body.key_lines.get("mcp_servers", line), where),
             limits=tuple(limits),
             cedar=self.cedar(body.get("cedar", []), body.key_lines.get("cedar", line), where),
+            **({"models": self.models(body["models"], body.key_lines["models"], where)} if "models" in body else {}),
         )
+
+    def models(self, raw: Any, line: int, where: str) -> ModelPolicy:
+        example = ("{default: outside, routes: [{id: classified-stays-home, upstream: self-hosted, data_classes: "
+                   "[classified]}], prompt_rules: {secret: redact, classified: deny}}")
+        if not isinstance(raw, _Mapping):
+            raise self.fail(line, where, f"`models` is a mapping, e.g. {example}")
+        what = f"{where}, models"
+        self.unknown(raw, MODELS_KEYS, what, "`models`")
+        default = raw.get("default")
+        if default is not None and (not isinstance(default, str) or not _ID.match(default)):
+            raise self.fail(raw.key_lines.get("default", raw.line), what, "`default` names an upstream of the "
+                                                                          "inference gateway, e.g. default")
+        routes_raw = raw.get("routes", [])
+        if not isinstance(routes_raw, list):
+            raise self.fail(raw.key_lines.get("routes", raw.line), what, f"`routes` is a list, e.g. {example}")
+        routes: list[ModelRoute] = []
+        for index, item in enumerate(routes_raw, 1):
+            if not isinstance(item, _Mapping):
+                raise self.fail(raw.line, f"{what}, route #{index}", "each route is a mapping")
+            at = f"{what}, route {item.get('id', f'#{index}')!r}"
+            self.unknown(item, ROUTE_KEYS, at, "a model route")
+            route_id, upstream = item.get("id"), item.get("upstream")
+            if not isinstance(route_id, str) or not _ID.match(route_id):
+                raise self.fail(item.line, at, "give the route an `id` (letters, digits, '-', '_')")
+            if not isinstance(upstream, str) or not _ID.match(upstream):
+                raise self.fail(item.line, at, "give the route an `upstream`: a name the inference gateway knows")
+            routes.append(ModelRoute(id=route_id, upstream=upstream, source=Source(self.source, item.line),
+                                     roles=self.names(item, "roles", at), workspaces=self.names(item, "workspaces", at),
+                                     data_classes=self.names(item, "data_classes", at)))
+        rules = {key: self.data_rules(raw.get(key, {}), raw.key_lines.get(key, raw.line), what, key)
+                 for key in ("prompt_rules", "response_rules")}
+        return ModelPolicy(default=default, routes=tuple(routes), source=Source(self.source, line), **rules)
+
+    def data_rules(self, raw: Any, line: int, where: str, key: str) -> dict[str, Any]:
+        if not isinstance(raw, Mapping) or not all(isinstance(k, str) and v in ("deny", "redact")
+                                                   for k, v in raw.items()):
+            raise self.fail(line, where, f"`{key}` maps a data class (secret, or a classifier's name) to deny or "
+                                         "redact, e.g. {secret: redact, classified: deny}")
+        return {str(k): v for k, v in raw.items()}
 
     def approval(self, raw: Any, line: int, where: str, *, required: bool,
                  defaults: Approval | None = None) -> Approval:
