@@ -13,13 +13,14 @@ from caduceus_bus import Grant, PermissionFile, Role, RouteTable, kv_bucket_subj
 from caduceus_contracts import subjects
 from caduceus_hermes_plugin import GATEWAY_ROUTES
 from caduceus_identity import ROUTES as IDENTITY
+from caduceus_inference import ROUTES as INFERENCE
 from caduceus_policy import PACKS_BUCKET
 from caduceus_policy import ROUTES as POLICY
 
 STREAM = "CADUCEUS"
 
 TABLES: tuple[RouteTable, ...] = (IDENTITY, POLICY, APPROVAL, BROKER, AUDIT, PLANNER_ROUTES, GATEWAY_ROUTES,
-                                  EXECUTOR_ROUTES)
+                                  EXECUTOR_ROUTES, INFERENCE)
 
 GRANTS = {
     # Every service makes sure the event stream exists at start (same config: creating it again is a no-op).

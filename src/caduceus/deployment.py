@@ -34,6 +34,8 @@ SERVICE_FILES: dict[str, tuple[str, ...]] = {
     "broker": ("identity.pub", "policy.pub", "approval.pub", BUS_CREDENTIALS, WORKER_SIGNING_FILE),
     # Signs checkpoints and verifies its own chain.
     "audit": ("audit.key", "audit.pub", BUS_CREDENTIALS),
+    # Verifies the planners' grants (their API keys) and policy's model decisions. No private key.
+    "inference": ("identity.pub", "policy.pub", BUS_CREDENTIALS),
 }
 # nats-server's authorization (public JWTs only), for the NATS deployment's Secret.
 NATS_FILES = (SERVER_CONFIG_FILE,)

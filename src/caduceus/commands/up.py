@@ -50,13 +50,15 @@ def up(
                                                  "CADUCEUS_MODEL_BASE_URL is set).")] = DEFAULTS.model,
     approval_ui_port: Annotated[int, typer.Option(help="Approvals web UI port (approvers sign in there).")]
     = DEFAULTS.approval_ui,
+    inference_port: Annotated[int, typer.Option(help="Inference gateway port: the planners' only way to a model "
+                                                     "(OpenAI-compatible /v1).")] = DEFAULTS.inference,
     http_port: Annotated[int, typer.Option(help="The first of five ports (audit, identity, policy, approval, "
                                                 "broker) where each service serves /healthz, /readyz and "
                                                 "Prometheus /metrics.")] = DEFAULTS.http,
 ) -> None:
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
-                       model=model_port, approval_ui=approval_ui_port, http=http_port)
+                       model=model_port, approval_ui=approval_ui_port, inference=inference_port, http=http_port)
     stack = EmbeddedStack(state_dir or default_state_dir(), ports,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))

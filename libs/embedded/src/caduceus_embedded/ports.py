@@ -72,6 +72,7 @@ class StackPorts:
     issuer: int = 8900
     model: int = 8901
     approval_ui: int = 8902
+    inference: int = 8905
     # The first of one port per Caduceus service for /healthz, /readyz and /metrics (in SERVICE_HTTP_ORDER).
     http: int = 8910
 
@@ -104,7 +105,7 @@ class StackPorts:
 
 
 # The services that serve health and metrics over HTTP, in the order of their ports from StackPorts.http.
-SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker")
+SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker", "inference")
 
 PORT_USES = {
     "nats": ("NATS", "--nats-port"),
@@ -113,4 +114,5 @@ PORT_USES = {
     "issuer": ("the dev OIDC issuer", "--issuer-port"),
     "model": ("the scripted model", "--model-port"),
     "approval_ui": ("the approvals UI", "--approval-ui-port"),
+    "inference": ("the inference gateway", "--inference-port"),
 }

@@ -42,4 +42,5 @@ ROUTES = RouteTable(
         Route(subjects.MODEL_DECIDED_ALL, ModelCallDecided, on_model_decided, concurrency=16, malformed="ignore"),
     ),
     publishes=(subjects.MODEL_REQUESTED_ALL, subjects.MODEL_USAGE_ALL, subjects.MODEL_COMPLETED_ALL),
+    grants=("stream-setup",),
 )
