@@ -7,7 +7,6 @@ logs/<name>.log. The table is data so tests (and other deployments) can run thei
 from __future__ import annotations
 
 import json
-
 import os
 import signal
 import subprocess
