@@ -102,7 +102,8 @@ def run(calls: int, work: Path) -> dict[str, dict[str, list[float]]]:
     model = start_scripted_model(free_port(), default_scenarios_path(), work / "model.log")
     model_url = model.urls["model"]
     gateway_port = free_port()
-    common = {"CADUCEUS_NATS_URL": next(iter(nats.urls.values())), "CADUCEUS_STATE_DIR": str(work), "CADUCEUS_KEYS_DIR": str(keys)}
+    common = {"CADUCEUS_NATS_URL": nats.urls["nats"], "CADUCEUS_STATE_DIR": str(work),
+              "CADUCEUS_KEYS_DIR": str(keys)}
     shutil.copy(DEFAULT_PACK, work / "policy.yaml")
     processes = [
         spawn_service("caduceus_policy", {**common, "CADUCEUS_POLICY_FILE": str(work / "policy.yaml")},
