@@ -101,6 +101,9 @@ JSON_COMMANDS = [
     (["identity", "pairing", "list", "--tenant", "acme", "--state-dir", "{state}"], 0, "links"),
     (["identity", "service-account", "create", "--tenant", "acme", "--name", "ci-bot", "--platform", "slack",
       "--state-dir", "{state}"], 0, "key"),
+    (["usage", "--by", "person,day", "--state-dir", "{state}"], 0, "rows"),
+    (["policy", "eval", "--tenant", "acme", "--user", "alice", "--prompt", "hello", "--state-dir", "{state}"], 0,
+     "upstream"),
 ]
 
 
@@ -154,6 +157,8 @@ EXIT_CODES = [
     (["approvals", "list", "--state-dir", "{files}/nowhere"], 2),
     (["identity", "token", "--tenant", "acme", "--user", "alice", "--state-dir", "{files}/nowhere"], 2),
     (["policy", "stop-shadow", "--nats-url", "nats://127.0.0.1:1"], 2),
+    (["usage", "--state-dir", "{state}"], 0),
+    (["usage", "--state-dir", "{files}/nowhere"], 2),
 ]
 
 

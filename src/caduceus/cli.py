@@ -18,6 +18,7 @@ from caduceus.commands import (
     sandbox,
     tenants,
     up,
+    usage,
     whoami,
 )
 from caduceus.scripting import EXIT_CODES
@@ -46,6 +47,7 @@ bus.register(app)
 backup.register(app)
 config.register(app)
 deployment.register(app)
+usage.register(app)
 
 
 if __name__ == "__main__":
