@@ -93,3 +93,26 @@ def test_a_bad_models_section_is_refused_with_what_to_write(models: str, problem
     with pytest.raises(PackError) as caught:
         parse_pack({"p.yaml": f'version: "x"\ntenants:\n  acme:\n    models: {models}\n'})
     assert problem in str(caught.value)
+
+
+def test_pack_tests_cover_model_calls_with_their_upstream() -> None:
+    from caduceus_policy.engine import engine_from_files
+    from caduceus_policy.pack.cases import run_cases
+
+    tests = textwrap.dedent("""\
+        tests:
+          - {name: classified stays home, tenant: acme, prompt: "TOP SECRET plans", expect: allow,
+             expect_upstream: self-hosted}
+          - {name: customers never leave, tenant: acme, prompt: "CUST-000001", expect: deny}
+          - {name: a wrong expectation fails, tenant: acme, prompt: "hi", expect: allow, expect_upstream: lab}
+        """)
+    engine = engine_from_files({"p.yaml": PACK + tests})
+    results = run_cases(engine, engine.pack.tests)
+    assert [r.passed for r in results] == [True, True, False]
+    assert results[2].problem == "expected upstream lab, got outside"
+
+
+def test_a_model_case_with_a_tool_is_refused() -> None:
+    with pytest.raises(PackError) as caught:
+        parse_pack({"p.yaml": PACK + "tests:\n  - {tenant: acme, tool: terminal, prompt: hi, expect: allow}\n"})
+    assert "gives `prompt` (text) and no `tool`" in str(caught.value)

@@ -40,7 +40,8 @@ MODELS_KEYS = ("default", "routes", "prompt_rules", "response_rules")
 ROUTE_KEYS = ("id", "upstream", "roles", "workspaces", "data_classes")
 TOP_KEYS = ("version", "tenants", "tests")
 LIMIT_KEYS = ("id", "tools", "roles", "per", "max_calls", "max_tokens", "max_cost_usd", "window")
-TEST_KEYS = ("name", "tenant", "user", "roles", "workspace", "tool", "args", "expect", "expect_ids")
+TEST_KEYS = ("name", "tenant", "user", "roles", "workspace", "tool", "args", "expect", "expect_ids", "prompt",
+             "expect_upstream")
 OPERATORS = ("any_of", "all_in", "none_of", "not_all_in", "like", "empty")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _TOOL_GLOB = re.compile(r"^[A-Za-z0-9_.*-]{1,256}$")
@@ -613,9 +614,15 @@ class _Part:
                                               "expect}")
         where = f"test {raw.get('name', f'#{index}')!r}"
         self.unknown(raw, TEST_KEYS, where, "a test")
-        for key in ("tenant", "tool", "expect"):
+        prompt = raw.get("prompt")
+        if prompt is not None and (not isinstance(prompt, str) or "tool" in raw):
+            raise self.fail(raw.line, where, "a model-call test gives `prompt` (text) and no `tool`")
+        for key in ("tenant", "expect") if prompt is not None else ("tenant", "tool", "expect"):
             if not isinstance(raw.get(key), str):
                 raise self.fail(raw.line, where, f"give `{key}`")
+        upstream = raw.get("expect_upstream")
+        if upstream is not None and (prompt is None or not isinstance(upstream, str)):
+            raise self.fail(raw.line, where, "`expect_upstream` names an upstream, in a test with a `prompt`")
         if raw["expect"] not in ("allow", "deny", "approve"):
             raise self.fail(raw.key_lines["expect"], where, "`expect` is allow, deny or approve")
         args = raw.get("args", {})
@@ -627,7 +634,8 @@ class _Part:
         ids = raw.get("expect_ids")
         if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
             raise self.fail(raw.key_lines["expect_ids"], where, "`expect_ids` is a list of rule ids")
-        return TestCase(name=str(raw.get("name", f"test #{index}")), tenant=raw["tenant"], tool=raw["tool"],
+        return TestCase(name=str(raw.get("name", f"test #{index}")), tenant=raw["tenant"],
+                        tool=raw["tool"] if prompt is None else "model", prompt=prompt, expect_upstream=upstream,
                         args=_plain(args), expect=raw["expect"], source=Source(self.source, raw.line),
                         user=str(raw.get("user", "test-user")), roles=tuple(roles),
                         workspace=str(raw.get("workspace", "default")),

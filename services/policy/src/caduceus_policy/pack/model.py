@@ -178,6 +178,9 @@ class TestCase:
     roles: tuple[str, ...] = ()
     workspace: str = "default"
     expect_ids: tuple[str, ...] | None = None
+    # A model-call case: the prompt (then `tool` is "model") and the upstream the pack must route it to.
+    prompt: str | None = None
+    expect_upstream: str | None = None
 
 
 @dataclass(frozen=True)
