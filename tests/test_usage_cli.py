@@ -106,3 +106,41 @@ def test_usage_text_is_a_table_and_mistakes_exit_2(state: Path, tmp_path: Path) 
         assert result.exit_code == 2 and says in result.stderr, result.output
     missing = CliRunner().invoke(app, ["usage", "--state-dir", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no audit store" in missing.stderr
+
+
+def allowed(tenant: str, user: str, call_id: str, prompt: str, upstream: str, at: datetime) -> list[Published]:
+    grant = SignedGrant.issue(IDENTITY, SessionGrant(tenant=tenant, workspace="default", user=user, roles=("member",),
+                                                     channel="cli", session_id="s1", issued_at=at,
+                                                     expires_at=at + timedelta(hours=1)))
+    asked = ModelCallRequested(tenant=tenant, call_id=call_id, grant=grant, workspace="default", session_id="s1",
+                               model="scripted", prompt=prompt, prompt_digest=DIGEST, occurred_at=at)
+    decided = ModelCallDecided(tenant=tenant, call_id=call_id, workspace="default", occurred_at=at,
+                               decision=SignedModelDecision.issue(POLICY, ModelDecision(
+                                   tenant=tenant, workspace="default", session_id="s1", call_id=call_id,
+                                   prompt_digest=DIGEST, verdict="allow", reason="default route", upstream=upstream,
+                                   policy_ids=("model-route:default",), expires_at=at + timedelta(minutes=1))))
+    return [Published(subjects.model_requested(tenant), asked, {"Nats-Msg-Id": asked.event_id}),
+            Published(subjects.model_decided(tenant), decided, {"Nats-Msg-Id": decided.event_id})]
+
+
+def test_audit_replay_finds_model_calls_a_candidate_pack_would_route_or_refuse_otherwise(tmp_path: Path) -> None:
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    record_published(store, [*allowed("acme", "alice", "m-plan", "plan the week", "outside", at),
+                             *allowed("acme", "alice", "m-memo", "the TOP SECRET memo", "outside", at),
+                             *allowed("acme", "alice", "m-cust", "about CUST-123456", "outside", at)])
+    store.close()
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(
+        'version: "c1"\ntenants:\n  acme:\n'
+        "    classifiers: {classified: {words: [top secret]}, customer_data: {patterns: ['CUST-[0-9]{6}']}}\n"
+        "    models:\n      default: outside\n"
+        "      routes: [{id: classified-stays-home, upstream: self-hosted, data_classes: [classified]}]\n"
+        "      prompt_rules: {customer_data: deny}\n")
+    result = CliRunner().invoke(app, ["audit", "replay", "--pack", str(candidate), "--state-dir", str(tmp_path),
+                                      "--json"], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    changed = {c["call_id"]: c for c in json.loads(result.stdout)["changed"]}
+    assert set(changed) == {"m-memo", "m-cust"}  # the plain prompt still goes where it went
+    assert changed["m-memo"]["upstream"] == {"recorded": "outside", "replayed": "self-hosted"}
+    assert changed["m-cust"]["replayed"]["verdict"] == "deny" and changed["m-cust"]["tool"] == "model"
