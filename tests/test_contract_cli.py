@@ -115,6 +115,9 @@ JSON_COMMANDS = [
     (["mcp", "servers", "show", "acme", "nowhere", "--state-dir", "{state}"], 1, None),
     (["mcp", "pins", "list", "--state-dir", "{state}"], 0, "pins"),
     (["mcp", "pins", "revoke", "acme", "files", "--state-dir", "{state}"], 1, "revoked"),
+    (["usage", "--by", "person,day", "--state-dir", "{state}"], 0, "rows"),
+    (["policy", "eval", "--tenant", "acme", "--user", "alice", "--prompt", "hello", "--state-dir", "{state}"], 0,
+     "upstream"),
 ]
 
 
@@ -171,6 +174,8 @@ EXIT_CODES = [
     (["approvals", "list", "--state-dir", "{files}/nowhere"], 2),
     (["identity", "token", "--tenant", "acme", "--user", "alice", "--state-dir", "{files}/nowhere"], 2),
     (["policy", "stop-shadow", "--nats-url", "nats://127.0.0.1:1"], 2),
+    (["usage", "--state-dir", "{state}"], 0),
+    (["usage", "--state-dir", "{files}/nowhere"], 2),
 ]
 
 

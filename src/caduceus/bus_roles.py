@@ -14,6 +14,7 @@ from caduceus_contracts import subjects
 from caduceus_gateway import ROUTES as GATEWAY
 from caduceus_hermes_plugin import GATEWAY_ROUTES
 from caduceus_identity import ROUTES as IDENTITY
+from caduceus_inference import ROUTES as INFERENCE
 from caduceus_mcp import ENDPOINT_ROUTES as MCP_ENDPOINT
 from caduceus_mcp import ROUTES as MCP
 from caduceus_policy import PACKS_BUCKET
@@ -22,7 +23,7 @@ from caduceus_policy import ROUTES as POLICY
 STREAM = "CADUCEUS"
 
 TABLES: tuple[RouteTable, ...] = (IDENTITY, POLICY, APPROVAL, BROKER, AUDIT, PLANNER_ROUTES, GATEWAY_ROUTES,
-                                  EXECUTOR_ROUTES, GATEWAY, MCP, MCP_ENDPOINT)
+                                  EXECUTOR_ROUTES, GATEWAY, MCP, MCP_ENDPOINT, INFERENCE)
 
 GRANTS = {
     # Every service makes sure the event stream exists at start (same config: creating it again is a no-op).

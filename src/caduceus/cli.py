@@ -20,6 +20,7 @@ from caduceus.commands import (
     slack,
     tenants,
     up,
+    usage,
     whoami,
 )
 from caduceus.scripting import EXIT_CODES
@@ -50,6 +51,7 @@ config.register(app)
 deployment.register(app)
 slack.register(app)
 mcp.register(app)
+usage.register(app)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ SERVICE_FILES: dict[str, tuple[str, ...]] = {
     "gateway": (GATEWAY_WEB_SECRET, BUS_CREDENTIALS),
     # Verifies grants (tool lists) and decisions (calls) before it calls an upstream. No private key.
     "mcp": ("identity.pub", "policy.pub", "approval.pub", BUS_CREDENTIALS),
+    # Verifies the planners' grants (their API keys) and policy's model decisions. No private key.
+    "inference": ("identity.pub", "policy.pub", BUS_CREDENTIALS),
 }
 # nats-server's authorization (public JWTs only), for the NATS deployment's Secret.
 NATS_FILES = (SERVER_CONFIG_FILE,)

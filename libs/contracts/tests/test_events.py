@@ -26,6 +26,7 @@ from caduceus_contracts import (
     ChatNotice,
     ChatReply,
     ContractError,
+    DataClassSpec,
     Decision,
     ErrorEvent,
     GrantRequested,
@@ -33,6 +34,10 @@ from caduceus_contracts import (
     McpDefinitionChanged,
     McpPinChanged,
     McpServerChanged,
+    ModelCallCompleted,
+    ModelCallDecided,
+    ModelCallRequested,
+    ModelDecision,
     ModelUsage,
     PolicyShadowDisagreed,
     RiskyFact,
@@ -40,6 +45,7 @@ from caduceus_contracts import (
     SignedCheckpoint,
     SignedDecision,
     SignedGrant,
+    SignedModelDecision,
     SignedVouch,
     Signer,
     ToolCallCompleted,
@@ -122,6 +128,24 @@ SAMPLES += [
     McpDefinitionChanged(tenant="acme", server="files", tool="read", pinned_digest="ab" * 32,
                          served_digest="cd" * 32, diff="-  \"description\": \"Read\"\n+  \"description\": \"x\""),
 ]
+MODEL_DECISION = ModelDecision(tenant="acme", workspace="default", session_id="s-1", call_id="mc-1",
+                               prompt_digest=DIGEST, verdict="allow", reason="default route", upstream="default",
+                               redact_prompt=(DataClassSpec(name="secret"),), expires_at=decision_ttl())
+SAMPLES += [
+    ModelCallRequested(tenant="acme", call_id="mc-1", grant=GRANT, workspace="default", session_id="s-1",
+                       prompt="hello", prompt_digest=DIGEST, estimated_tokens=2),
+    ModelCallDecided(tenant="acme", call_id="mc-1", workspace="default",
+                     decision=SignedModelDecision.issue(POLICY, MODEL_DECISION)),
+    ModelCallCompleted(tenant="acme", call_id="mc-1", workspace="default", session_id="s-1", user="alice",
+                       upstream="default", status="ok"),
+]
+
+
+def test_a_session_grant_round_trips_as_an_api_key_and_nothing_else_passes_as_one():
+    assert SignedGrant.from_api_key(GRANT.as_api_key()) == GRANT
+    for key in ("sk-abc", "cadgrant_", "cadgrant_!!!", "cadgrant_" + "A" * 100):
+        with pytest.raises(ContractError):
+            SignedGrant.from_api_key(key)
 
 
 def body(event, **changes) -> bytes:

@@ -55,6 +55,8 @@ def up(
     = DEFAULTS.webchat,
     mcp_port: Annotated[int, typer.Option(help="The MCP endpoint for other MCP clients (the MCP gateway's).")]
     = DEFAULTS.mcp_endpoint,
+    inference_port: Annotated[int, typer.Option(help="Inference gateway port: the planners' only way to a model "
+                                                     "(OpenAI-compatible /v1).")] = DEFAULTS.inference,
     http_port: Annotated[int, typer.Option(help=f"The first of {len(SERVICE_HTTP_ORDER)} ports "
                                                 f"({', '.join(SERVICE_HTTP_ORDER)}) where each service serves "
                                                 "/healthz, /readyz and "
@@ -63,7 +65,7 @@ def up(
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
                        model=model_port, approval_ui=approval_ui_port, webchat=webchat_port,
-                       mcp_endpoint=mcp_port, http=http_port)
+                       mcp_endpoint=mcp_port, inference=inference_port, http=http_port)
     stack = EmbeddedStack(state_dir or default_state_dir(), ports,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))

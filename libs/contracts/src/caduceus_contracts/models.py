@@ -7,6 +7,7 @@ versions and malformed bodies with a `ContractError` naming what was wrong.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
@@ -142,6 +143,24 @@ class SignedGrant(Signed[SessionGrant]):
     def check_current(self, now: datetime) -> None:
         if now >= self.grant.expires_at:
             raise GrantExpired(f"session grant {self.grant.grant_id} expired at {self.grant.expires_at.isoformat()}")
+
+    def as_api_key(self) -> str:
+        """The grant as the API key a planner sends the inference gateway (`cadgrant_` + base64url JSON)."""
+        return API_KEY_PREFIX + base64.urlsafe_b64encode(self.model_dump_json().encode()).decode().rstrip("=")
+
+    @classmethod
+    def from_api_key(cls, key: str) -> SignedGrant:
+        """The grant an API key carries (not yet verified); ContractError when it is not one."""
+        if not key.startswith(API_KEY_PREFIX) or len(key) > 64 * 1024:
+            raise ContractError("the API key is not a Caduceus session grant (it starts with cadgrant_)")
+        raw = key[len(API_KEY_PREFIX):]
+        try:
+            return cls.model_validate_json(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        except (ValueError, ValidationError) as exc:
+            raise ContractError(f"the API key is not a readable session grant: {type(exc).__name__}") from None
+
+
+API_KEY_PREFIX = "cadgrant_"
 
 
 class GrantExpired(Exception):
@@ -386,6 +405,91 @@ class ModelUsage(Event):
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    # Added for the inference gateway (defaults keep older events valid): the call it measured and where it went.
+    call_id: str = Field(default="", max_length=128)
+    upstream: str = Field(default="", max_length=128)
+
+
+# --- inference gateway -----------------------------------------------------
+
+
+class DataClassSpec(Model):
+    """A tenant's data class as the gateway applies it to text: regexes and words (`secret` is built in)."""
+
+    name: str = Field(min_length=1, max_length=128)
+    patterns: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+
+
+class ModelCallRequested(Event):
+    """The inference gateway asks policy whether one model call may go, and to which upstream.
+
+    `grant` is the planner's session grant (its API key at the gateway); `prompt` is the prompt's
+    text, which policy classifies (routing and data rules) and audit stores redacted.
+    """
+
+    kind: Literal["model.requested"] = "model.requested"
+    call_id: str = Field(default_factory=new_id, min_length=1, max_length=128)
+    grant: SignedGrant
+    workspace: Workspace
+    session_id: SessionId
+    model: str = Field(default="", max_length=256)
+    prompt: str = Field(default="", max_length=512 * 1024)
+    prompt_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    estimated_tokens: int = Field(default=0, ge=0)
+    stream: bool = False
+
+
+class ModelDecision(Model):
+    """Policy's verdict on one model call (by prompt digest): the upstream, and the data rules to apply."""
+
+    decision_id: str = Field(default_factory=new_id)
+    tenant: Tenant
+    workspace: Workspace
+    session_id: SessionId
+    call_id: str
+    prompt_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    verdict: Literal["allow", "deny"]
+    reason: str
+    policy_ids: tuple[str, ...] = ()
+    pack_version: str = ""
+    upstream: str = ""
+    data_classes: tuple[str, ...] = ()
+    redact_prompt: tuple[DataClassSpec, ...] = ()
+    redact_response: tuple[DataClassSpec, ...] = ()
+    deny_response: tuple[DataClassSpec, ...] = ()
+    issued_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class SignedModelDecision(Signed[ModelDecision]):
+    """A model decision policy signed; the gateway checks it is for its own call and unexpired."""
+
+    payload_field: ClassVar[str] = "decision"
+    signed_by: ClassVar[frozenset[str]] = frozenset({"policy"})
+    decision: ModelDecision
+    key_id: str
+    signature: str
+
+
+class ModelCallDecided(Event):
+    kind: Literal["model.decided"] = "model.decided"
+    call_id: str
+    workspace: Workspace
+    decision: SignedModelDecision
+
+
+class ModelCallCompleted(Event):
+    """What happened to a decided model call: answered, refused by a response rule, or the upstream failed."""
+
+    kind: Literal["model.completed"] = "model.completed"
+    call_id: str
+    workspace: Workspace
+    session_id: SessionId
+    user: str = Field(min_length=1, max_length=256)
+    upstream: str = Field(default="", max_length=128)
+    status: Literal["ok", "refused", "upstream-failed"]
+    detail: str = Field(default="", max_length=2000)
 
 
 class PolicyShadowDisagreed(Event):
@@ -801,6 +905,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     ApprovalRefused, ChatNotice, IdentityChanged,
     AuditCheckpointed, ApprovalVouchRequested, ApprovalVouched, GrantRequested,
     McpServerChanged, McpPinChanged, McpDefinitionChanged,
+    ModelCallRequested, ModelCallDecided, ModelCallCompleted,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

@@ -88,6 +88,18 @@ def model_usage(tenant: str) -> str:
     return f"{PREFIX}.model.usage.{token(tenant)}"
 
 
+def model_requested(tenant: str) -> str:
+    return f"{PREFIX}.model.requested.{token(tenant)}"
+
+
+def model_decided(tenant: str) -> str:
+    return f"{PREFIX}.model.decided.{token(tenant)}"
+
+
+def model_completed(tenant: str) -> str:
+    return f"{PREFIX}.model.completed.{token(tenant)}"
+
+
 def policy_shadow(tenant: str) -> str:
     return f"{PREFIX}.policy.shadow.{token(tenant)}"
 
@@ -197,3 +209,6 @@ MCP_DISPATCHED_ALL = f"{PREFIX}.mcp.dispatched.*.*"
 MCP_TOOLS_ALL = "caduceus.mcp.tools.*.*"
 MCP_FACTS_ALL = "caduceus.mcp.facts.*"
 POLICY_REACHABLE_ALL = "caduceus.policy.reachable.*"
+MODEL_REQUESTED_ALL = f"{PREFIX}.model.requested.*"
+MODEL_DECIDED_ALL = f"{PREFIX}.model.decided.*"
+MODEL_COMPLETED_ALL = f"{PREFIX}.model.completed.*"

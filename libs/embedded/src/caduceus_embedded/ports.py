@@ -74,6 +74,7 @@ class StackPorts:
     approval_ui: int = 8902
     webchat: int = 8903
     mcp_endpoint: int = 8904
+    inference: int = 8905
     # The first of one port per Caduceus service for /healthz, /readyz and /metrics (in SERVICE_HTTP_ORDER).
     http: int = 8910
 
@@ -106,7 +107,7 @@ class StackPorts:
 
 
 # The services that serve health and metrics over HTTP, in the order of their ports from StackPorts.http.
-SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker", "gateway", "mcp")
+SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker", "gateway", "mcp", "inference")
 
 PORT_USES = {
     "nats": ("NATS", "--nats-port"),
@@ -117,4 +118,5 @@ PORT_USES = {
     "approval_ui": ("the approvals UI", "--approval-ui-port"),
     "webchat": ("the web chat", "--webchat-port"),
     "mcp_endpoint": ("the MCP endpoint for other MCP clients", "--mcp-port"),
+    "inference": ("the inference gateway", "--inference-port"),
 }

@@ -6,6 +6,7 @@ logs/<name>.log. The table is data so tests (and other deployments) can run thei
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -107,6 +108,9 @@ def approval_ui_url(ports: StackPorts) -> str:
 def webchat_url(ports: StackPorts) -> str:
     """Where people chat with the agent in a browser: the gateway's web chat."""
     return f"http://127.0.0.1:{ports.webchat}"
+def inference_url(ports: StackPorts) -> str:
+    """The OpenAI-compatible endpoint of the inference gateway: the planners' only way to a model."""
+    return f"http://127.0.0.1:{ports.inference}/v1"
 
 
 def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings) -> list[ServiceSpec]:
@@ -141,7 +145,9 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
         ServiceSpec("broker", "caduceus_broker", {
             "CADUCEUS_WORKSPACES_DIR": str(layout.workspaces),
             "CADUCEUS_WORKERS_DIR": str(layout.workers),
-            **endpoint.env(),
+            # planners reach a model only through the inference gateway, which alone holds the model's key
+            "CADUCEUS_MODEL_BASE_URL": inference_url(ports), "CADUCEUS_MODEL_API_KEY": "",
+            "CADUCEUS_MODEL_NAME": endpoint.name,
         }),
         ServiceSpec("gateway", "caduceus_gateway", {
             "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
@@ -155,6 +161,11 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
             "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
             "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
         }, url=f"http://127.0.0.1:{ports.mcp_endpoint}/mcp/<tenant>"),
+        ServiceSpec("inference", "caduceus_inference", {
+            "CADUCEUS_INFERENCE_PORT": str(ports.inference),
+            "CADUCEUS_INFERENCE_UPSTREAMS": json.dumps({"default": {
+                "base_url": endpoint.base_url, "api_key": endpoint.api_key}}),
+        }, url=inference_url(ports)),
     ]
     # Each serves /healthz, /readyz and /metrics on a port of its own.
     table += [replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": str(ports.http_port(spec.name))},

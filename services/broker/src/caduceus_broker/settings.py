@@ -13,13 +13,16 @@ DEFAULT_TOOLSETS = ["terminal", "file", "todo", "memory"]
 
 
 class ModelSettings(BaseSettings):
-    """The model endpoint planners use: the scripted model in the embedded stack, or a real one."""
+    """The model endpoint planners use: the inference gateway (which holds the upstreams' credentials)."""
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_MODEL_", extra="ignore")
 
-    base_url: str = Field(default="http://127.0.0.1:8901/v1", description=(
-        "The OpenAI-compatible endpoint planners call (the planner's sandbox reaches only this)."))
-    api_key: str = Field(default="scripted", repr=False, description="The API key planners send to it.")
+    base_url: str = Field(default="http://127.0.0.1:8905/v1", description=(
+        "The OpenAI-compatible endpoint planners call: the inference gateway (the planner's sandbox reaches only "
+        "this; each turn's session grant is its API key)."))
+    api_key: str = Field(default="", repr=False, description=(
+        "Unused by planners since the inference gateway (they send their session grant); kept so older "
+        "environments still parse."))
     name: str = Field(default="scripted", description="The model name planners ask for.")
 
 

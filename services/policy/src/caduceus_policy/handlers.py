@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -31,12 +32,16 @@ from caduceus_contracts import (
     GrantExpired,
     McpFactsQuery,
     McpToolFacts,
+    ModelCallDecided,
+    ModelCallRequested,
+    ModelDecision,
     ModelUsage,
     PolicyShadowDisagreed,
     RiskyFact,
     SessionGrant,
     SignatureError,
     SignedDecision,
+    SignedModelDecision,
     Signer,
     ToolCallDecided,
     ToolCallRequested,
@@ -52,6 +57,8 @@ from caduceus_policy.envelope import CallRef, salvage_request
 from caduceus_policy.facts import HostPaths, LexicalPaths, request_facts
 from caduceus_policy.facts.tools import family_of
 from caduceus_policy.keys import TrustedKeys
+from caduceus_policy.limits import counter_key
+from caduceus_policy.model_calls import ModelVerdict, decide_model_call
 from caduceus_policy.pack.model import Approval
 from caduceus_policy.packs import LivePacks
 from caduceus_policy.reach import could_allow
@@ -365,6 +372,81 @@ async def answer_reachable(decider: Decider, msg: Any) -> None:
         log.warning("tool reach question refused: %s", exc)
     with contextlib.suppress(Exception):
         await msg.respond(ToolsReachAnswer(tools=allowed).model_dump_json().encode())
+BUDGET_POLICY_PREFIX = "budget:"
+
+
+async def budget_refusal(counters: SharedCounters | None, policy: Any, grant: SessionGrant,
+                         estimated_tokens: int) -> ModelVerdict | None:
+    """A deny when a token or cost budget of the person or tenant cannot take this call, saying what is left."""
+    if policy is None or counters is None:
+        return None
+    budgets = [limit for limit in policy.limits if limit.kind != "calls" and limit.applies("", grant.roles)]
+    shares, exhausted = [], []
+    for limit in budgets:
+        key = counter_key(grant.tenant, limit.id, limit.scope(tenant=grant.tenant, user=grant.user, tool="",
+                                                              workspace=grant.workspace))
+        used = await counters.total(key, limit.window_s)
+        remaining = max(0.0, limit.maximum - used)
+        unit = "tokens" if limit.kind == "tokens" else "USD"
+        shares.append(f"{limit.id}: {remaining:g} {unit} of {limit.describe()} left")
+        need = float(estimated_tokens) if limit.kind == "tokens" else 0.0
+        if used >= limit.maximum or (need and used + need > limit.maximum):
+            exhausted.append(limit)
+    if not exhausted:
+        return None
+    names = ", ".join(limit.id for limit in exhausted)
+    return ModelVerdict("deny", f"over budget ({names}): {'; '.join(shares)}; this call needs about "
+                                f"{estimated_tokens} tokens. Ask an admin for more, or wait for the window to pass",
+                        tuple(f"{BUDGET_POLICY_PREFIX}{limit.id}" for limit in exhausted))
+
+
+async def decide_model_request(service: DecisionService, request: ModelCallRequested) -> None:
+    """Decide one model call (grant, prompt digest, budgets before the call, data rules, route) and publish it."""
+    decider = service.decider
+    engine = decider.engine
+    verdict: ModelVerdict
+    try:
+        grant = decider.keys.verify_grant(request.grant)
+        mismatch = next((f"session grant is for {what} {granted!r}, not {asked!r}" for what, granted, asked in (
+            ("tenant", grant.tenant, request.tenant), ("workspace", grant.workspace, request.workspace),
+            ("session", grant.session_id, request.session_id)) if granted != asked), None)
+        if mismatch:
+            verdict = ModelVerdict("deny", mismatch)
+        elif hashlib.sha256(request.prompt.encode("utf-8", "surrogatepass")).hexdigest() != request.prompt_digest:
+            verdict = ModelVerdict("deny", "prompt digest does not match the prompt")
+        else:
+            pack = getattr(engine, "pack", None)
+            policy = pack.tenants.get(request.tenant) if pack is not None else None
+            try:
+                refusal = await budget_refusal(service.counters, policy, grant, request.estimated_tokens)
+            except Exception as exc:
+                log.exception("budgets unavailable for model call %s", request.call_id)
+                refusal = ModelVerdict("deny", f"budgets cannot be checked ({type(exc).__name__}); denied (fail "
+                                               "closed)", ("caduceus:limits-unavailable",))
+            verdict = refusal or decide_model_call(policy, roles=grant.roles, workspace=request.workspace,
+                                                   prompt=request.prompt)
+    except SignatureError as exc:
+        verdict = ModelVerdict("deny", f"session grant signature does not verify: {exc}")
+    except GrantExpired as exc:
+        verdict = ModelVerdict("deny", str(exc))
+    except Exception as exc:
+        log.exception("model call %s could not be decided", request.call_id)
+        verdict = ModelVerdict("deny", f"policy evaluation failed: {type(exc).__name__}: {exc}")
+    now = utcnow()
+    decision = ModelDecision(
+        tenant=request.tenant, workspace=request.workspace, session_id=request.session_id, call_id=request.call_id,
+        prompt_digest=request.prompt_digest, verdict=verdict.verdict, reason=verdict.reason[:2000],
+        policy_ids=verdict.policy_ids, pack_version=engine.version, upstream=verdict.upstream,
+        data_classes=verdict.data_classes, redact_prompt=verdict.redact_prompt,
+        redact_response=verdict.redact_response, deny_response=verdict.deny_response, issued_at=now,
+        expires_at=now + timedelta(seconds=decider.decision_ttl_s))
+    for rule in decision.policy_ids or ("(none)",):
+        DECISIONS.labels(decision.verdict, rule).inc()
+    log.info("model call %s in %s: %s %s", request.call_id, request.tenant, decision.verdict,
+             ",".join(decision.policy_ids))
+    await service.publisher.publish(subjects.model_decided(request.tenant), ModelCallDecided(
+        tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,
+        decision=SignedModelDecision.issue(decider.signer, decision)))
 
 
 LIMITS_BUCKET = "caduceus_policy_limits"
@@ -379,9 +461,12 @@ ROUTES = RouteTable(
         Route(subjects.TOOL_REQUESTED_ALL, ToolCallRequested, decide_request, queue="policy", concurrency=16,
               salvage=deny_unreadable),
         Route(subjects.MODEL_USAGE_ALL, ModelUsage, count_model_usage, delivery=Pull(USAGE_CONSUMER, batch=64)),
+        Route(subjects.MODEL_REQUESTED_ALL, ModelCallRequested, decide_model_request, queue="policy",
+              concurrency=16),
     ),
     publishes=(
         subjects.TOOL_DECIDED_ALL,
+        subjects.MODEL_DECIDED_ALL,
         subjects.POLICY_EVENTS,
         subjects.MCP_FACTS_ALL,  # asks the MCP gateway about an mcp__ tool (request/reply)
         # rate limits and budgets shared by every replica
