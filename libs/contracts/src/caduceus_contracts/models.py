@@ -408,6 +408,8 @@ class ModelUsage(Event):
     # Added for the inference gateway (defaults keep older events valid): the call it measured and where it went.
     call_id: str = Field(default="", max_length=128)
     upstream: str = Field(default="", max_length=128)
+    # Added for turn guardrails: the turn (its grant's id) whose per-turn token count this call adds to.
+    turn_id: str = Field(default="", max_length=128)
 
 
 # --- inference gateway -----------------------------------------------------
@@ -490,6 +492,25 @@ class ModelCallCompleted(Event):
     upstream: str = Field(default="", max_length=128)
     status: Literal["ok", "refused", "upstream-failed"]
     detail: str = Field(default="", max_length=2000)
+
+
+class TurnStopped(Event):
+    """Policy stopped a turn at a per-turn guardrail of the pack (calls, tokens, wall time, or a loop making no
+    progress); every later call of the turn is refused, and `reason` is what the person reads as the reply."""
+
+    kind: Literal["turn.stopped"] = "turn.stopped"
+    turn_id: str = Field(max_length=128)
+    workspace: Workspace
+    session_id: SessionId
+    user: str = Field(min_length=1, max_length=256)
+    limit: str = Field(max_length=64)
+    guardrail: str = Field(max_length=128)
+    reason: str = Field(max_length=2000)
+    call_id: str = Field(default="", max_length=128)  # the call that was refused when the turn stopped
+    tool: str = Field(default="", max_length=256)  # its tool, or "" for a model call
+    tool_calls: int = Field(default=0, ge=0)
+    model_calls: int = Field(default=0, ge=0)
+    tokens: int = Field(default=0, ge=0)
 
 
 class PolicyShadowDisagreed(Event):
@@ -906,6 +927,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     AuditCheckpointed, ApprovalVouchRequested, ApprovalVouched, GrantRequested,
     McpServerChanged, McpPinChanged, McpDefinitionChanged,
     ModelCallRequested, ModelCallDecided, ModelCallCompleted,
+    TurnStopped,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

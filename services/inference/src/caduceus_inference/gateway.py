@@ -57,6 +57,8 @@ from caduceus_inference.settings import InferenceSettings, Upstream
 
 log = logging.getLogger("caduceus.inference")
 REFUSED_HEADER = "x-caduceus-refused"
+# Policy ids of a turn stopped by a guardrail of the pack (policy's caduceus_policy.turns).
+GUARDRAIL_PREFIX = "guardrail:"
 
 CALLS = Counter("caduceus_inference_calls_total", "Model calls through the gateway, by outcome",
                 ["outcome"])
@@ -141,7 +143,7 @@ class Gateway:
             events.insert(0, (subjects.model_usage(grant.tenant), ModelUsage(
                 tenant=grant.tenant, workspace=grant.workspace, session_id=grant.session_id, user=grant.user,
                 model=model[:256], prompt_tokens=usage[0], completion_tokens=usage[1], cost_usd=cost,
-                call_id=decision.call_id, upstream=decision.upstream)))
+                call_id=decision.call_id, upstream=decision.upstream, turn_id=grant.grant_id)))
         for subject, event in events:
             try:
                 await self.publish(subject, event)
@@ -168,6 +170,8 @@ class Gateway:
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         try:
             decision = await self.decide(signed, grant, model, prompt_text(messages), stream)
+            if decision.verdict != "allow" and any(p.startswith(GUARDRAIL_PREFIX) for p in decision.policy_ids):
+                raise Refused(decision.reason)  # "this turn was stopped: ...": the turn's reply, as policy put it
             if decision.verdict != "allow":
                 raise Refused(f"Caduceus refused this model call: {decision.reason}")
             upstream = self.upstream_of(decision)

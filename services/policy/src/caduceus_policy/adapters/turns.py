@@ -1,0 +1,83 @@
+"""Turn records in JetStream KV, shared by every policy replica (the logic is in caduceus_policy.turns).
+
+One key per turn holds its record; every change is a compare-and-set on the key's revision, retried
+when another replica changed it first, so two replicas deciding calls of one turn at once never lose a
+count. A second key per tool call remembers which turn and digest it belongs to, so the call's outcome
+(`tool.completed`, which names neither) can be counted as a failure of that call. Records expire with
+the bucket's age limit; a turn lasts minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import TypeVar
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from caduceus_policy.adapters.counters import open_bucket
+from caduceus_policy.turns import TurnRecord
+
+BUCKET = "caduceus_policy_turns"
+RECORD_AGE_S = 86_400.0
+CAS_ATTEMPTS = 50
+T = TypeVar("T")
+
+
+def _hashed(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
+
+
+def turn_key(tenant: str, turn_id: str) -> str:
+    return f"{tenant}.t{_hashed(turn_id)}"
+
+
+def call_key(tenant: str, call_id: str) -> str:
+    return f"{tenant}.c{_hashed(call_id)}"
+
+
+class TurnRecords:
+    """Read-modify-write of turn records, and the call -> turn index."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, bucket: str = BUCKET) -> TurnRecords:
+        return cls(await open_bucket(js, bucket, max_age_s=RECORD_AGE_S))
+
+    async def change(self, key: str, step: Callable[[TurnRecord], tuple[TurnRecord, T]]) -> tuple[TurnRecord, T]:
+        """Apply `step` to the shared record (retrying on a concurrent change); the new record and its result."""
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                entry = await self.kv.get(key)
+                record, revision = TurnRecord.from_json(entry.value), entry.revision or 0
+            except KeyNotFoundError:
+                record, revision = TurnRecord(), 0
+            updated, result = step(record)
+            if updated == record:
+                return record, result
+            try:
+                if revision:
+                    await self.kv.update(key, updated.to_json(), last=revision)
+                else:
+                    await self.kv.create(key, updated.to_json())
+            except KeyWrongLastSequenceError:
+                continue  # another replica changed the turn first: read it again
+            return updated, result
+        raise RuntimeError(f"turn record {key} kept changing under {CAS_ATTEMPTS} attempts")
+
+    async def remember_call(self, tenant: str, call_id: str, turn: str, digest: str) -> None:
+        await self.kv.put(call_key(tenant, call_id), json.dumps({"turn": turn, "digest": digest}).encode())
+
+    async def call_of(self, tenant: str, call_id: str) -> tuple[str, str] | None:
+        """(turn key, digest) of a tool call this policy charged, or None."""
+        try:
+            entry = await self.kv.get(call_key(tenant, call_id))
+        except KeyNotFoundError:
+            return None
+        raw = json.loads(entry.value or b"{}")
+        return str(raw["turn"]), str(raw["digest"])

@@ -1,0 +1,151 @@
+"""Turn guardrails in the pack (`guardrails:`): checked on load with the line and fix; which limit holds for a
+turn (tenant, role, workspace); and what each call does to a turn's record (pure: no bus here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from caduceus_policy.pack import PackError, parse_pack
+from caduceus_policy.pack.model import turn_limits
+from caduceus_policy.turns import TurnRecord, failed, model_call, tool_call, used_tokens
+
+GUARDRAILS = """\
+    guardrails:
+      - {id: acme-turns, tool_calls: 12, model_calls: 20, tokens: 5000, wall_time: 5m, same_call: 3,
+         same_failing_call: 2}
+      - {id: admins-do-more, roles: [admin], tool_calls: 40}
+      - {id: research-runs-long, workspaces: [research], wall_time: 30m, tool_calls: 25}
+      - {id: research-admins, workspaces: [research], roles: [admin], tool_calls: 60}
+"""
+
+
+def pack(guardrails: str) -> dict[str, str]:
+    return {"policy.yaml": 'version: "v1"\ntenants:\n  acme:\n    rules:\n'
+                           '      - {id: r, effect: allow, tools: [terminal]}\n' + guardrails}
+
+
+def error_for(guardrails: str) -> str:
+    with pytest.raises(PackError) as caught:
+        parse_pack(pack(guardrails), origin="/etc/caduceus")
+    return str(caught.value)
+
+
+def limits_for(roles: tuple[str, ...], workspace: str = "default"):
+    policy = parse_pack(pack(GUARDRAILS)).tenants["acme"]
+    return turn_limits(policy.guardrails, roles, workspace)
+
+
+@pytest.mark.parametrize(("roles", "workspace", "tool_calls", "entry"), [
+    (("member",), "default", 12, "acme-turns"),  # the tenant's own entry
+    (("admin",), "default", 40, "admins-do-more"),  # a role entry beats the tenant's
+    (("member",), "research", 25, "research-runs-long"),  # a workspace entry beats a role's and the tenant's
+    (("admin",), "research", 60, "research-admins"),  # workspace and role together beat either
+    (("member", "admin"), "default", 40, "admins-do-more"),  # any of the person's roles
+])
+def test_the_most_specific_entry_sets_each_limit(roles: tuple[str, ...], workspace: str, tool_calls: int,
+                                                 entry: str) -> None:
+    limits = limits_for(roles, workspace)
+    value, guardrail = limits.get("tool_calls")
+    assert (value, guardrail.id) == (tool_calls, entry)
+    # a limit the specific entry leaves out comes from the tenant's entry
+    assert limits.get("model_calls")[1].id == "acme-turns"
+    assert limits.get("wall_time_s")[0] == (1800 if workspace == "research" else 300)
+
+
+def test_a_tenant_without_guardrails_has_no_turn_limits() -> None:
+    policy = parse_pack(pack("")).tenants["acme"]
+    assert not turn_limits(policy.guardrails, ("member",), "default")
+
+
+@pytest.mark.parametrize(("guardrails", "line", "says"), [
+    ("    guardrails: {tool_calls: 3}\n", 6, "`guardrails` is a list"),
+    ("    guardrails:\n      - {tool_calls: 3}\n", 7, "give the guardrail an `id`"),
+    ("    guardrails:\n      - {id: g, tool_calls: 0}\n", 7, "`tool_calls` must be a whole number of at least 1"),
+    ("    guardrails:\n      - {id: g, tokens: 2.5}\n", 7, "`tokens` must be a whole number"),
+    ("    guardrails:\n      - {id: g, same_call: true}\n", 7, "`same_call` must be a whole number"),
+    ("    guardrails:\n      - {id: g, wall_time: forever}\n", 7, "`wall_time` is how long a turn may run"),
+    ("    guardrails:\n      - {id: g, roles: []}\n", 7, "`roles` must be a non-empty list"),
+    ("    guardrails:\n      - {id: g}\n", 7, "set at least one of model_calls"),
+    ("    guardrails:\n      - {id: g, tool_calls: 3}\n      - {id: g, model_calls: 3}\n", 8, "must be unique"),
+    ("    guardrails:\n      - id: g\n        max_tool_calls: 3\n", 8, "unknown key `max_tool_calls`"),
+])
+def test_a_bad_guardrail_is_refused_with_its_line_and_the_fix(guardrails: str, line: int, says: str) -> None:
+    message = error_for(guardrails)
+    assert message.startswith(f"/etc/caduceus/policy.yaml:{line}: tenant 'acme'"), message
+    assert says in message
+
+
+# --- what calls do to a turn ------------------------------------------------------------------------------------
+
+
+def ask_tools(limits, record: TurnRecord, digests: list[str], *, elapsed_s: float = 1.0):
+    stops = []
+    for digest in digests:
+        record, stop = tool_call(record, limits, tenant="acme", tool="terminal", digest=digest, elapsed_s=elapsed_s)
+        stops.append(stop)
+    return record, stops
+
+
+def test_the_call_after_the_limit_stops_the_turn_and_every_later_call_gets_the_same_reason() -> None:
+    limits = limits_for(("member",))
+    record, stops = ask_tools(limits, TurnRecord(), [f"d{i}" for i in range(13)])
+    assert stops[:12] == [None] * 12
+    assert stops[12].reason == ("this turn was stopped: 12 tool calls is the limit per turn for acme. Send a new "
+                                "message to go on.")
+    assert stops[12].policy_id == "guardrail:acme-turns:tool_calls"
+    # the model call that follows is refused for the same reason: that is the turn's reply
+    _, stop = model_call(record, limits, tenant="acme", estimated_tokens=10, elapsed_s=2)
+    assert stop == stops[12]
+
+
+def test_a_role_limit_names_the_role() -> None:
+    _, stops = ask_tools(limits_for(("admin",)), TurnRecord(), [f"d{i}" for i in range(41)])
+    assert "40 tool calls is the limit per turn for role admin in acme" in stops[40].reason
+
+
+def test_the_same_call_asked_again_and_again_is_a_loop() -> None:
+    _, stops = ask_tools(limits_for(("member",)), TurnRecord(), ["same", "other", "same", "same", "same"])
+    assert stops[:4] == [None] * 4
+    assert stops[4].limit == "same_call"
+    assert "looping without progress: it asked for the same terminal call 4 times" in stops[4].reason
+
+
+def test_the_same_failing_call_is_a_loop_sooner() -> None:
+    limits = limits_for(("member",))
+    record, stops = ask_tools(limits, TurnRecord(), ["bad"])
+    record = failed(record, "bad")
+    record, stops = ask_tools(limits, record, ["bad"])
+    assert stops == [None]
+    record = failed(record, "bad")
+    _, stops = ask_tools(limits, record, ["bad"])
+    assert stops[0].limit == "same_failing_call"
+    assert "the same terminal call failed 2 times" in stops[0].reason
+
+
+def test_wall_time_stops_a_slow_turn_at_its_next_call() -> None:
+    limits = limits_for(("member",))
+    _, stops = ask_tools(limits, TurnRecord(), ["a"], elapsed_s=301)
+    assert "5m is the limit per turn for acme (it ran 301 s)" in stops[0].reason
+    _, stop = model_call(TurnRecord(), limits, tenant="acme", estimated_tokens=1, elapsed_s=301)
+    assert stop.limit == "wall_time_s"
+
+
+def test_tokens_and_model_calls_stop_the_turn_before_the_call() -> None:
+    limits = limits_for(("member",))
+    record = used_tokens(TurnRecord(), 4900)
+    _, stop = model_call(record, limits, tenant="acme", estimated_tokens=50, elapsed_s=1)
+    assert stop is None
+    _, stop = model_call(record, limits, tenant="acme", estimated_tokens=200, elapsed_s=1)
+    assert "5,000 tokens is the limit per turn for acme (it used 4,900" in stop.reason
+    record = TurnRecord()
+    for _ in range(20):
+        record, stop = model_call(record, limits, tenant="acme", estimated_tokens=1, elapsed_s=1)
+        assert stop is None
+    _, stop = model_call(record, limits, tenant="acme", estimated_tokens=1, elapsed_s=1)
+    assert stop.limit == "model_calls"
+
+
+def test_a_record_survives_the_round_trip_through_kv() -> None:
+    limits = limits_for(("member",))
+    record, _ = ask_tools(limits, TurnRecord(), [f"d{i}" for i in range(13)])
+    assert TurnRecord.from_json(record.to_json()) == record
