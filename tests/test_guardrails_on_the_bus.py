@@ -6,17 +6,21 @@ reply, the denied call, the `turn.stopped` event."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from caduceus_bus import BusSettings, EventConnection
 from caduceus_contracts import (
@@ -40,6 +44,7 @@ from caduceus_inference import InferenceService, InferenceSettings, Upstream, bu
 from caduceus_policy.app import PolicyService
 from caduceus_policy.app import build as build_policy
 from caduceus_policy.settings import PolicySettings
+from caduceus_web import HttpServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,11 +56,14 @@ PACK = textwrap.dedent("""\
           - {id: members-work, effect: allow, roles: [member, admin], tools: [terminal, read_file]}
         models:
           default: scripted
+          routes:
+            - {id: the-lab-model-is-slow, upstream: slow, workspaces: [lab]}
         guardrails:
           - {id: acme-turns, tool_calls: 4, model_calls: 20, same_call: 3, same_failing_call: 2, wall_time: 1h}
           - {id: admins-do-more, roles: [admin], tool_calls: 6}
           - {id: research-is-quick, workspaces: [research], wall_time: 2s}
           - {id: tokens-are-scarce, roles: [frugal], tokens: 40}
+          - {id: lab-is-quick, workspaces: [lab], wall_time: 2s}
     """)
 
 
@@ -74,6 +82,29 @@ SCENARIOS = {"scenarios": [
     scenario("failing", "read the missing file", [("read_file", {"path": "missing.txt"})] * 10, "read"),
     scenario("chat", "say hello", [], "hello there, this is a short answer"),
 ]}
+
+
+SLOW_UNTIL_TEARDOWN = asyncio.Event()
+
+
+async def take_a_minute() -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(SLOW_UNTIL_TEARDOWN.wait(), 60)
+
+
+async def slow_model(request: Request) -> Response:
+    """An upstream that takes its time: a word at once when streaming, then nothing for a minute."""
+    body = json.loads(await request.body())
+    if not body.get("stream"):
+        await take_a_minute()
+        return JSONResponse({})
+
+    async def events() -> AsyncIterator[bytes]:
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "slow",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Thinking"}}]}
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+        await take_a_minute()
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 @dataclass
@@ -157,6 +188,9 @@ async def env(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
     identity = ensure_signer(keys, "identity")
     (base / "scenarios.yaml").write_text(yaml.safe_dump(SCENARIOS))
     model = start_scripted_model(free_port(), base / "scenarios.yaml", base / "scripted-model.log")
+    slow = HttpServer(Starlette(routes=[Route("/v1/chat/completions", slow_model, methods=["POST"])]), "127.0.0.1",
+                      free_port(), what="slow model", port_setting="-")
+    await slow.start()
     replicas: list[PolicyService] = []
     for index in range(2):  # two replicas share the turn records: each call goes to either one
         state = base / f"policy-{index}"
@@ -170,7 +204,9 @@ async def env(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
         replicas.append(replica)
     gateway = build(InferenceSettings(nats_url=nats_server.url, state_dir=base / "inference", keys_dir=keys,
                                       inference_port=free_port(),
-                                      inference_upstreams={"scripted": Upstream(base_url=model.urls["model"])},
+                                      inference_upstreams={
+                                          "scripted": Upstream(base_url=model.urls["model"]),
+                                          "slow": Upstream(base_url=f"http://127.0.0.1:{slow.port}/v1")},
                                       inference_decision_timeout_s=5.0))
     await gateway.start()
     conn = await EventConnection.connect(BusSettings(nats_url=nats_server.url), "guardrails-tests")
@@ -183,6 +219,8 @@ async def env(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
     await gateway.stop()
     for replica in replicas:
         await replica.stop()
+    SLOW_UNTIL_TEARDOWN.set()
+    await slow.stop()
     model.stop()
 
 
@@ -253,6 +291,28 @@ async def test_the_wall_time_limit_stops_a_slow_turn(env: Env) -> None:
     assert other.reply == "hello there, this is a short answer"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_model_call_still_answering_when_the_turn_runs_out_is_cut_with_the_reason(env: Env,
+                                                                                          stream: bool) -> None:
+    grant = env.grant(user="hal", workspace="lab")
+    started = asyncio.get_running_loop().time()
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(f"{env.gateway.url}/chat/completions",
+                                     headers={"authorization": f"Bearer {grant.as_api_key()}"},
+                                     json={"model": "any", "stream": stream,
+                                           "messages": [{"role": "user", "content": "think hard"}]})
+    took = asyncio.get_running_loop().time() - started
+    stop = ("this turn was stopped: 2s is the limit per turn for workspace lab in acme, and it ran out while the "
+            "model was answering. Send a new message to go on.")
+    if stream:
+        text = "".join(choice["delta"].get("content") or "" for line in response.text.splitlines()
+                       if line.startswith("data: {") for choice in json.loads(line[6:])["choices"])
+        assert text == f"Thinking\n[{stop}]"  # what came before the limit, then why the rest never will
+    else:
+        assert response.json()["choices"][0]["message"]["content"] == stop
+    assert took < 10  # cut at the turn's limit, not the upstream's minute
+
+
 async def test_tokens_per_turn_count_the_models_real_usage(env: Env) -> None:
     turn = await env.turn(env.grant(user="fay", roles=("frugal", "member")), "count to ten")
     assert "40 tokens is the limit per turn for role frugal in acme" in turn.reply
@@ -270,7 +330,3 @@ async def test_guardrails_that_cannot_be_read_deny_the_call(env: Env, nats_serve
         from caduceus_policy.adapters.counters import open_bucket
         await open_bucket(env.conn.js, "guardrails_test_turns", max_age_s=86400)
 
-
-def test_the_pack_in_this_module_is_valid(tmp_path: Path) -> None:
-    from caduceus_policy.pack import parse_pack
-    assert len(parse_pack({"policy.yaml": PACK}).tenants["acme"].guardrails) == 4

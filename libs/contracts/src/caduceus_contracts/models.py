@@ -462,6 +462,9 @@ class ModelDecision(Model):
     deny_response: tuple[DataClassSpec, ...] = ()
     issued_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
+    # Turn guardrails: when the turn's wall time runs out; a call still running then is cut, `turn_stop` its reply.
+    turn_deadline: datetime | None = None
+    turn_stop: str = Field(default="", max_length=2000)
 
 
 class SignedModelDecision(Signed[ModelDecision]):

@@ -65,7 +65,16 @@ from caduceus_policy.model_calls import ModelVerdict, decide_model_call
 from caduceus_policy.pack.model import Approval, TenantPolicy, TurnLimits, turn_limits
 from caduceus_policy.packs import LivePacks
 from caduceus_policy.reach import could_allow
-from caduceus_policy.turns import FAILED_STATUSES, Stop, TurnRecord, failed, model_call, tool_call, used_tokens
+from caduceus_policy.turns import (
+    FAILED_STATUSES,
+    Stop,
+    TurnRecord,
+    failed,
+    model_call,
+    tool_call,
+    used_tokens,
+    wall_time_stop,
+)
 
 log = logging.getLogger(__name__)
 DEADLINE_POLICY_ID = "caduceus:deadline"
@@ -507,6 +516,7 @@ async def decide_model_request(service: DecisionService, request: ModelCallReque
     decider = service.decider
     engine = decider.engine
     verdict: ModelVerdict
+    deadline: dict[str, Any] = {}
     try:
         grant = decider.keys.verify_grant(request.grant)
         mismatch = next((f"session grant is for {what} {granted!r}, not {asked!r}" for what, granted, asked in (
@@ -519,6 +529,8 @@ async def decide_model_request(service: DecisionService, request: ModelCallReque
         elif (stopped := await service.guard_model_call(request, grant)) is not None:
             verdict = stopped
         else:
+            if wall := wall_time_stop(service.limits_of(grant), grant.tenant):
+                deadline = {"turn_deadline": grant.issued_at + timedelta(seconds=wall[0]), "turn_stop": wall[1]}
             pack = getattr(engine, "pack", None)
             policy = pack.tenants.get(request.tenant) if pack is not None else None
             try:
@@ -543,7 +555,7 @@ async def decide_model_request(service: DecisionService, request: ModelCallReque
         policy_ids=verdict.policy_ids, pack_version=engine.version, upstream=verdict.upstream,
         data_classes=verdict.data_classes, redact_prompt=verdict.redact_prompt,
         redact_response=verdict.redact_response, deny_response=verdict.deny_response, issued_at=now,
-        expires_at=now + timedelta(seconds=decider.decision_ttl_s))
+        expires_at=now + timedelta(seconds=decider.decision_ttl_s), **deadline)
     for rule in decision.policy_ids or ("(none)",):
         DECISIONS.labels(decision.verdict, rule).inc()
     log.info("model call %s in %s: %s %s", request.call_id, request.tenant, decision.verdict,

@@ -80,6 +80,14 @@ def _wall_time(record: TurnRecord, limits: TurnLimits, tenant: str,
     return None
 
 
+def wall_time_stop(limits: TurnLimits, tenant: str) -> tuple[float, str] | None:
+    """The turn's wall time and the reply when a call is cut at it, when the pack limits it."""
+    if not (wall := limits.get("wall_time_s")):
+        return None
+    return wall[0], (f"{STOPPED}{format_duration(wall[0])} is the limit per turn for {wall[1].scope(tenant)}, and it "
+                     "ran out while the model was answering. Send a new message to go on.")
+
+
 def tool_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, tool: str, digest: str,
               elapsed_s: float) -> tuple[TurnRecord, Stop | None]:
     """The record after the turn asks one more tool call, and the stop when the call must not go."""
