@@ -149,3 +149,37 @@ def test_a_record_survives_the_round_trip_through_kv() -> None:
     limits = limits_for(("member",))
     record, _ = ask_tools(limits, TurnRecord(), [f"d{i}" for i in range(13)])
     assert TurnRecord.from_json(record.to_json()) == record
+
+
+# --- `policy test` cases with `turn:` ---------------------------------------------------------------------------
+
+
+def cases_of(guardrails: str, tests: str):
+    from caduceus_policy.engine import engine_from_files
+    from caduceus_policy.pack.cases import run_cases
+
+    files = pack(guardrails)
+    files["policy.yaml"] += "tests:\n" + tests
+    engine = engine_from_files(files)
+    return run_cases(engine, engine.pack.tests)
+
+
+def test_a_case_with_a_turn_tests_the_guardrails_and_fails_when_the_pack_would_let_the_call_go() -> None:
+    results = cases_of(GUARDRAILS, """\
+  - {name: stopped, tenant: acme, roles: [member], tool: terminal, args: {command: ls}, turn: {tool_calls: 12},
+     expect: deny, expect_ids: ["guardrail:acme-turns:tool_calls"]}
+  - {name: wrongly expected to go, tenant: acme, roles: [member], tool: terminal, args: {command: ls},
+     turn: {same_failed: 2}, expect: allow}
+  - {name: a fresh turn goes, tenant: acme, roles: [member], tool: terminal, args: {command: ls}, turn: {}, expect: allow}
+  - {name: model calls too, tenant: acme, roles: [member], prompt: hi, turn: {model_calls: 20}, expect: deny}
+""")
+    assert [(r.case.name, r.passed) for r in results] == [("stopped", True), ("wrongly expected to go", False),
+                                                          ("a fresh turn goes", True), ("model calls too", True)]
+    assert results[1].problem == "expected allow, got deny"
+    assert "the same terminal call failed 2 times" in results[1].verdict.reason
+
+
+def test_a_bad_turn_in_a_case_is_refused_with_its_line() -> None:
+    with pytest.raises(PackError) as caught:
+        cases_of("", "  - {name: t, tenant: acme, tool: terminal, expect: deny, turn: {calls: 3}}\n")
+    assert "policy.yaml:7: test 't', turn: unknown key `calls` in `turn`: use one of tool_calls" in str(caught.value)

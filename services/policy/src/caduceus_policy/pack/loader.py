@@ -46,7 +46,9 @@ GUARDRAIL_KEYS = ("id", "roles", "workspaces", "model_calls", "tool_calls", "tok
 GUARDRAIL_COUNTS = ("model_calls", "tool_calls", "tokens", "same_call", "same_failing_call")
 LIMIT_KEYS = ("id", "tools", "roles", "per", "max_calls", "max_tokens", "max_cost_usd", "window")
 TEST_KEYS = ("name", "tenant", "user", "roles", "workspace", "tool", "args", "expect", "expect_ids", "prompt",
-             "expect_upstream")
+             "expect_upstream", "turn")
+# A test's `turn:`: what the call's turn did before it (`ran` is a duration, the rest counts).
+TURN_KEYS = ("tool_calls", "model_calls", "tokens", "ran", "same_call", "same_failed")
 OPERATORS = ("any_of", "all_in", "none_of", "not_all_in", "like", "empty")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _TOOL_GLOB = re.compile(r"^[A-Za-z0-9_.*-]{1,256}$")
@@ -683,7 +685,26 @@ class _Part:
                         args=_plain(args), expect=raw["expect"], source=Source(self.source, raw.line),
                         user=str(raw.get("user", "test-user")), roles=tuple(roles),
                         workspace=str(raw.get("workspace", "default")),
-                        expect_ids=tuple(ids) if ids is not None else None)
+                        expect_ids=tuple(ids) if ids is not None else None,
+                        turn=self.turn_state(raw["turn"], raw.key_lines["turn"], where) if "turn" in raw else None)
+
+    def turn_state(self, raw: Any, line: int, where: str) -> dict[str, float]:
+        example = "{tool_calls: 50, ran: 10m, same_call: 2}"
+        if not isinstance(raw, _Mapping):
+            raise self.fail(line, where, f"`turn` says what the call's turn did before it, e.g. {example}")
+        self.unknown(raw, TURN_KEYS, f"{where}, turn", "`turn`")
+        state: dict[str, float] = {}
+        for key, value in raw.items():
+            if key == "ran":
+                seconds = parse_duration(value)
+                if seconds is None:
+                    raise self.fail(raw.key_lines[key], where, "`ran` is how long the turn has run, e.g. 90s, 10m")
+                state["ran_s"] = seconds
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self.fail(raw.key_lines[key], where, f"`{key}` is a count (0 or more), e.g. {example}")
+            else:
+                state[key] = float(value)
+        return state
 
 
 def _plain(value: Any) -> Any:

@@ -249,6 +249,9 @@ class TestCase:
     # A model-call case: the prompt (then `tool` is "model") and the upstream the pack must route it to.
     prompt: str | None = None
     expect_upstream: str | None = None
+    # What the call's turn did before it (tool_calls, model_calls, tokens, ran_s, same_call, same_failed), so the
+    # case tests the pack's turn guardrails; None: a fresh turn, guardrails not consulted.
+    turn: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
