@@ -243,3 +243,13 @@ def test_eval_wants_a_tool_or_a_prompt_not_both(state: Path) -> None:
     for args in ([], ["--tool", "terminal", "--prompt", "hi"]):
         result = run("eval", "--tenant", "acme", "--user", "alice", "--state-dir", str(state), *args)
         assert result.exit_code == 2 and "give --tool (a tool call) or --prompt (a model call)" in result.stderr
+
+
+def test_eval_shows_the_turn_guardrails_that_hold_for_the_person(state: Path) -> None:
+    admin = run("eval", "--tenant", "acme", "--user", "carol", "--tool", "terminal", "--args", '{"command": "ls"}',
+                "--state-dir", str(state))
+    assert admin.exit_code == 0, admin.output
+    assert "turn guardrails: tool_calls 100 (admins-do-more), wall_time 30m (acme-turns), same_call 5" in admin.stdout
+    member = json.loads(run("eval", "--tenant", "acme", "--user", "alice", "--prompt", "hi", "--json",
+                            "--state-dir", str(state)).stdout)
+    assert member["turn_guardrails"]["tool_calls"] == {"limit": 50, "guardrail": "acme-turns"}

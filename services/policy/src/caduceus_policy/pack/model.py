@@ -200,6 +200,14 @@ class TurnLimits:
     def __bool__(self) -> bool:
         return bool(self.values)
 
+    def as_json(self) -> dict[str, dict[str, Any]]:
+        return {name: {"limit": value, "guardrail": entry.id} for name, (value, entry) in self.values.items()}
+
+    def describe(self) -> str:
+        """`tool_calls 50 (acme-turns), wall_time 30m (acme-turns), ...`, or `none`."""
+        return ", ".join(f"{name.removesuffix('_s')} {format_duration(value) if name == 'wall_time_s' else f'{value:g}'}"
+                         f" ({entry.id})" for name, (value, entry) in self.values.items()) or "none"
+
 
 def turn_limits(guardrails: tuple[Guardrail, ...], roles: tuple[str, ...], workspace: str) -> TurnLimits:
     """Each limit from the most specific matching entry that sets it (workspace and role, then workspace, then
