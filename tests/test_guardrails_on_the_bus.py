@@ -140,6 +140,17 @@ class Env:
     conn: EventConnection
     recorder: Recorder
     identity: Signer
+    replicas: list[PolicyService]
+    start_replica: Callable[[], Any]
+
+    async def ask(self, grant: SignedGrant, tool: str, args: dict[str, Any]) -> ToolCallRequested:
+        inner = grant.grant
+        request = ToolCallRequested(tenant="acme", grant=grant, workspace=inner.workspace, session_id=inner.session_id,
+                                    tool=tool, args=args, digest=call_digest(
+                                        tenant="acme", workspace=inner.workspace, session=inner.session_id,
+                                        tool=tool, args=args))
+        await self.conn.publish(subjects.tool_requested("acme"), request)
+        return request
 
     def grant(self, *, user: str = "alice", roles: tuple[str, ...] = ("member",), workspace: str = "default",
               started_s_ago: float = 0.0) -> SignedGrant:
@@ -192,8 +203,9 @@ async def env(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
                       free_port(), what="slow model", port_setting="-")
     await slow.start()
     replicas: list[PolicyService] = []
-    for index in range(2):  # two replicas share the turn records: each call goes to either one
-        state = base / f"policy-{index}"
+
+    async def start_replica() -> PolicyService:
+        state = base / f"policy-{len(replicas)}"
         state.mkdir()
         (state / "policy.yaml").write_text(PACK)
         replica = build_policy(PolicySettings(
@@ -202,6 +214,10 @@ async def env(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
             usage_consumer="guardrails-test-usage"))
         await replica.start()
         replicas.append(replica)
+        return replica
+
+    for _ in range(2):  # two replicas share the turn records: each call goes to either one
+        await start_replica()
     gateway = build(InferenceSettings(nats_url=nats_server.url, state_dir=base / "inference", keys_dir=keys,
                                       inference_port=free_port(),
                                       inference_upstreams={
@@ -214,11 +230,12 @@ async def env(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
     await conn.subscribe("cad.v1.tool.decided.acme", recorder.on_event)
     await conn.subscribe(subjects.turn_stopped("acme"), recorder.on_event)
     await conn.nc.flush()
-    yield Env(gateway, conn, recorder, identity)
+    yield Env(gateway, conn, recorder, identity, replicas, start_replica)
     await conn.close()
     await gateway.stop()
     for replica in replicas:
-        await replica.stop()
+        if replica.connection is not None:
+            await replica.stop()
     SLOW_UNTIL_TEARDOWN.set()
     await slow.stop()
     model.stop()
@@ -317,6 +334,27 @@ async def test_tokens_per_turn_count_the_models_real_usage(env: Env) -> None:
     turn = await env.turn(env.grant(user="fay", roles=("frugal", "member")), "count to ten")
     assert "40 tokens is the limit per turn for role frugal in acme" in turn.reply
     assert 1 <= len(turn.decisions) < 4
+
+
+async def test_calls_of_one_turn_asked_at_once_across_replicas_get_exactly_the_limit(env: Env) -> None:
+    # a model may ask several tool calls in one message; the replicas race on the turn's record
+    grant = env.grant(user="ivy")
+    requests = await asyncio.gather(*(env.ask(grant, "terminal", {"command": f"echo {i}"}) for i in range(12)))
+    decisions = await asyncio.gather(*(env.recorder.decision(r.call_id, timeout=10) for r in requests))
+    assert sorted(d.verdict for d in decisions) == ["allow"] * 4 + ["deny"] * 8
+    assert len(await until_stopped(env, grant)) == 1  # stopped once, by whichever replica got there first
+
+
+async def test_a_replica_gone_mid_turn_and_a_new_one_lose_no_count(env: Env) -> None:
+    grant = env.grant(user="jay")
+    for i in range(3):
+        assert (await env.recorder.decision((await env.ask(grant, "terminal", {"command": f"echo {i}"})).call_id)
+                ).verdict == "allow"
+    await env.replicas[0].stop()  # the other replica, and a new one, carry on from the shared record
+    await env.start_replica()
+    verdicts = [(await env.recorder.decision((await env.ask(grant, "terminal", {"command": f"echo {i}"})).call_id,
+                                             timeout=10)).verdict for i in range(3, 6)]
+    assert verdicts == ["allow", "deny", "deny"]
 
 
 async def test_guardrails_that_cannot_be_read_deny_the_call(env: Env, nats_server: Any) -> None:

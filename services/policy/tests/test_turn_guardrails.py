@@ -4,6 +4,8 @@ turn (tenant, role, workspace); and what each call does to a turn's record (pure
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caduceus_policy.pack import PackError, parse_pack
 from caduceus_policy.pack.model import turn_limits
@@ -183,3 +185,53 @@ def test_a_bad_turn_in_a_case_is_refused_with_its_line() -> None:
     with pytest.raises(PackError) as caught:
         cases_of("", "  - {name: t, tenant: acme, tool: terminal, expect: deny, turn: {calls: 3}}\n")
     assert "policy.yaml:7: test 't', turn: unknown key `calls` in `turn`: use one of tool_calls" in str(caught.value)
+
+
+# An agent's turn as anything it might do: ask a call (by digest), have one fail, use tokens, ask the model, wait.
+STEPS = st.lists(st.one_of(
+    st.tuples(st.just("tool"), st.sampled_from("abc")),
+    st.tuples(st.just("failed"), st.sampled_from("abc")),
+    st.tuples(st.just("tokens"), st.integers(0, 2000)),
+    st.tuples(st.just("model"), st.integers(0, 2000)),
+    st.tuples(st.just("wait"), st.floats(0, 200)),
+), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STEPS)
+def test_whatever_the_agent_does_no_limit_is_passed_and_a_stopped_turn_stays_stopped(steps) -> None:
+    limits = limits_for(("member",))  # 12 tool calls, 20 model calls, 5000 tokens, 5m, same call 3, failing 2
+    record, elapsed, stopped_with = TurnRecord(), 0.0, None
+    allowed_tools: dict[str, int] = {}
+    allowed_models = 0
+    for kind, value in steps:
+        if kind == "wait":
+            elapsed += value
+            continue
+        if kind == "failed":
+            record = failed(record, value)
+            continue
+        if kind == "tokens":
+            record = used_tokens(record, value)
+            continue
+        before = record
+        if kind == "tool":
+            record, stop = tool_call(record, limits, tenant="acme", tool="terminal", digest=value, elapsed_s=elapsed)
+        else:
+            record, stop = model_call(record, limits, tenant="acme", estimated_tokens=value, elapsed_s=elapsed)
+        if stopped_with is not None:
+            assert stop == stopped_with  # every call after the stop is refused for the same reason
+            continue
+        if stop is not None:
+            stopped_with = stop
+            continue
+        assert elapsed <= 300
+        if kind == "tool":
+            allowed_tools[value] = allowed_tools.get(value, 0) + 1
+            assert before.failures.get(value, 0) < 2 and before.tokens < 5000
+        else:
+            allowed_models += 1
+            assert before.tokens + value <= 5000
+    assert sum(allowed_tools.values()) <= 12 and max(allowed_tools.values(), default=0) <= 3
+    assert allowed_models <= 20
+    assert TurnRecord.from_json(record.to_json()) == record
