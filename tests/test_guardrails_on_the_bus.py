@@ -153,10 +153,10 @@ class Env:
         return request
 
     def grant(self, *, user: str = "alice", roles: tuple[str, ...] = ("member",), workspace: str = "default",
-              started_s_ago: float = 0.0) -> SignedGrant:
+              started_s_ago: float = 0.0, channel: str = "cli") -> SignedGrant:
         now = utcnow()
         return SignedGrant.issue(self.identity, SessionGrant(
-            tenant="acme", workspace=workspace, user=user, roles=roles, channel="cli", session_id=f"s-{user}",
+            tenant="acme", workspace=workspace, user=user, roles=roles, channel=channel, session_id=f"s-{user}",
             issued_at=now - timedelta(seconds=started_s_ago), expires_at=now + timedelta(seconds=300)))
 
     async def turn(self, grant: SignedGrant, text: str, *, outcome: Callable[[str], str] = lambda tool: "ok",
@@ -355,6 +355,14 @@ async def test_a_replica_gone_mid_turn_and_a_new_one_lose_no_count(env: Env) -> 
     verdicts = [(await env.recorder.decision((await env.ask(grant, "terminal", {"command": f"echo {i}"})).call_id,
                                              timeout=10)).verdict for i in range(3, 6)]
     assert verdicts == ["allow", "deny", "deny"]
+
+
+async def test_an_outside_mcp_clients_calls_are_not_a_turn(env: Env) -> None:
+    # the MCP endpoint's grants (channel mcp) serve another agent's loop for minutes: only rate limits apply
+    grant = env.grant(user="kim", channel="mcp")
+    verdicts = [(await env.recorder.decision((await env.ask(grant, "terminal", {"command": "ls"})).call_id)).verdict
+                for _ in range(6)]
+    assert verdicts == ["allow"] * 6
 
 
 async def test_guardrails_that_cannot_be_read_deny_the_call(env: Env, nats_server: Any) -> None:
