@@ -147,6 +147,11 @@ def test_tokens_and_model_calls_stop_the_turn_before_the_call() -> None:
     assert stop.limit == "model_calls"
 
 
+def test_a_model_calls_usage_delivered_twice_counts_once() -> None:
+    record = used_tokens(used_tokens(TurnRecord(), 300, "m1"), 300, "m1")
+    assert used_tokens(record, 200, "m2").tokens == 500
+
+
 def test_a_record_survives_the_round_trip_through_kv() -> None:
     limits = limits_for(("member",))
     record, _ = ask_tools(limits, TurnRecord(), [f"d{i}" for i in range(13)])

@@ -430,8 +430,9 @@ async def count_model_usage(service: DecisionService, batch: list[Delivery]) -> 
         usage = delivery.event
         assert isinstance(usage, ModelUsage)
         try:
-            await on_model_usage(usage, service.decider, service.counters)
+            # the turn first: it counts a call once, so a redelivery after the budgets failed adds nothing there
             await count_turn_tokens(service, usage)
+            await on_model_usage(usage, service.decider, service.counters)
         except Exception:
             log.exception("could not count usage event %s", usage.event_id)
             await delivery.nak(1.0)
@@ -445,7 +446,7 @@ async def count_turn_tokens(service: DecisionService, usage: ModelUsage) -> None
     assert service.turns is not None
     tokens = usage.prompt_tokens + usage.completion_tokens
     await service.turns.change(turn_key(usage.tenant, usage.turn_id),
-                               lambda record: (used_tokens(record, tokens), None))
+                               lambda record: (used_tokens(record, tokens, usage.call_id), None))
 
 
 async def count_failed_call(service: DecisionService, completed: ToolCallCompleted) -> None:

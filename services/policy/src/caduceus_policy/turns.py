@@ -43,12 +43,14 @@ class TurnRecord:
     calls: dict[str, int] = field(default_factory=dict)  # call digest -> times asked
     failures: dict[str, int] = field(default_factory=dict)  # call digest -> times failed
     stop: Stop | None = None
+    counted: tuple[str, ...] = ()  # model calls whose usage is in `tokens` (a redelivered usage counts once)
 
     def to_json(self) -> bytes:
         stop = None if self.stop is None else {"limit": self.stop.limit, "guardrail": self.stop.guardrail,
                                                 "reason": self.stop.reason}
         return json.dumps({"tool_calls": self.tool_calls, "model_calls": self.model_calls, "tokens": self.tokens,
-                           "calls": self.calls, "failures": self.failures, "stop": stop}).encode()
+                           "calls": self.calls, "failures": self.failures, "stop": stop,
+                           "counted": list(self.counted)}).encode()
 
     @classmethod
     def from_json(cls, data: bytes | None) -> TurnRecord:
@@ -60,7 +62,8 @@ class TurnRecord:
         return cls(tool_calls=int(raw["tool_calls"]), model_calls=int(raw["model_calls"]), tokens=int(raw["tokens"]),
                    calls={str(k): int(v) for k, v in raw["calls"].items()},
                    failures={str(k): int(v) for k, v in raw["failures"].items()},
-                   stop=Stop(str(stop["limit"]), str(stop["guardrail"]), str(stop["reason"])) if stop else None)
+                   stop=Stop(str(stop["limit"]), str(stop["guardrail"]), str(stop["reason"])) if stop else None,
+                   counted=tuple(str(c) for c in raw.get("counted", ())))
 
 
 def _stopped(record: TurnRecord, limit: str, entry: Guardrail, detail: str) -> tuple[TurnRecord, Stop]:
@@ -132,8 +135,12 @@ def model_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, estimated
     return replace(record, model_calls=record.model_calls + 1), None
 
 
-def used_tokens(record: TurnRecord, tokens: int) -> TurnRecord:
-    return replace(record, tokens=record.tokens + max(0, tokens))
+def used_tokens(record: TurnRecord, tokens: int, call_id: str = "") -> TurnRecord:
+    """The record with one model call's real tokens added (once per call, however often its usage arrives)."""
+    if call_id and call_id in record.counted:
+        return record
+    return replace(record, tokens=record.tokens + max(0, tokens),
+                   counted=(*record.counted, call_id) if call_id else record.counted)
 
 
 def failed(record: TurnRecord, digest: str) -> TurnRecord:
