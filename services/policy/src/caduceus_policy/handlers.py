@@ -257,11 +257,14 @@ class DecisionService:
         if newly:
             assert stop is not None
             log.info("turn %s of %s/%s stopped at %s", grant.grant_id, grant.tenant, grant.user, stop.policy_id)
-            await self.publisher.publish(subjects.turn_stopped(grant.tenant), TurnStopped(
-                tenant=grant.tenant, turn_id=grant.grant_id, workspace=grant.workspace, session_id=grant.session_id,
-                user=grant.user, limit=stop.limit, guardrail=stop.guardrail, reason=stop.reason[:2000],
-                call_id=call_id, tool=tool, tool_calls=record.tool_calls, model_calls=record.model_calls,
-                tokens=record.tokens))
+            try:
+                await self.publisher.publish(subjects.turn_stopped(grant.tenant), TurnStopped(
+                    tenant=grant.tenant, turn_id=grant.grant_id, workspace=grant.workspace,
+                    session_id=grant.session_id, user=grant.user, limit=stop.limit, guardrail=stop.guardrail,
+                    reason=stop.reason[:2000], call_id=call_id, tool=tool, tool_calls=record.tool_calls,
+                    model_calls=record.model_calls, tokens=record.tokens))
+            except Exception:  # the stop holds in the record; the refused call's decision still names it
+                log.exception("could not publish the stop of turn %s", grant.grant_id)
         return stop
 
     async def guard_tool_call(self, request: ToolCallRequested, grant: SessionGrant) -> Verdict | None:
