@@ -246,8 +246,7 @@ class DecisionService:
     async def guarded(self, grant: SessionGrant, step: Any, *, call_id: str, tool: str = "") -> Stop | None:
         """Apply one call to the turn's shared record; the stop when the call must not go (published once, when
         the turn stops). Raises when the record cannot be read or written (the caller fails closed)."""
-        if self.turns is None:
-            raise RuntimeError("no turn records (the service is not connected)")
+        assert self.turns is not None
 
         def changed(record: TurnRecord) -> tuple[TurnRecord, tuple[Stop | None, bool]]:
             updated, stop = step(record)
@@ -268,9 +267,10 @@ class DecisionService:
         return stop
 
     async def guard_tool_call(self, request: ToolCallRequested, grant: SessionGrant) -> Verdict | None:
-        """A deny when the call's turn is stopped or this call stops it (limits, wall time, a loop)."""
+        """A deny when the call's turn is stopped or this call stops it (limits, wall time, a loop). Without turn
+        records (a DecisionService used without the bus, as with the rate-limit counters) nothing is counted."""
         limits = self.limits_of(grant)
-        if not limits:
+        if not limits or self.turns is None:
             return None
         elapsed = (utcnow() - grant.issued_at).total_seconds()
         try:
@@ -290,7 +290,7 @@ class DecisionService:
     async def guard_model_call(self, request: ModelCallRequested, grant: SessionGrant) -> ModelVerdict | None:
         """The same for a model call: the turn's model calls, tokens and wall time."""
         limits = self.limits_of(grant)
-        if not limits:
+        if not limits or self.turns is None:
             return None
         elapsed = (utcnow() - grant.issued_at).total_seconds()
         try:
