@@ -124,6 +124,17 @@ def test_the_same_failing_call_is_a_loop_sooner() -> None:
     assert "the same terminal call failed 2 times" in stops[0].reason
 
 
+def test_the_same_prompt_sent_again_and_again_is_a_loop_too() -> None:
+    limits = limits_for(("member",))
+    record, stops = TurnRecord(), []
+    for digest in ["p1", "p2", "p1", "p1", "p1"]:
+        record, stop = model_call(record, limits, tenant="acme", estimated_tokens=1, elapsed_s=1, prompt_digest=digest)
+        stops.append(stop)
+    assert stops[:4] == [None] * 4
+    assert "it sent the model the same prompt 4 times (3 is the limit per turn for acme)" in stops[4].reason
+    assert stops[4].policy_id == "guardrail:acme-turns:same_call"
+
+
 def test_wall_time_stops_a_slow_turn_at_its_next_call() -> None:
     limits = limits_for(("member",))
     _, stops = ask_tools(limits, TurnRecord(), ["a"], elapsed_s=301)

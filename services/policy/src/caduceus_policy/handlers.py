@@ -295,7 +295,8 @@ class DecisionService:
         elapsed = (utcnow() - grant.issued_at).total_seconds()
         try:
             stop = await self.guarded(grant, lambda record: model_call(
-                record, limits, tenant=grant.tenant, estimated_tokens=request.estimated_tokens, elapsed_s=elapsed),
+                record, limits, tenant=grant.tenant, estimated_tokens=request.estimated_tokens, elapsed_s=elapsed,
+                prompt_digest=request.prompt_digest),
                 call_id=request.call_id)
         except Exception as exc:
             log.exception("turn guardrails unavailable for model call %s", request.call_id)

@@ -18,6 +18,8 @@ GUARDRAIL_POLICY_PREFIX = "guardrail:"
 STOPPED = "this turn was stopped: "
 # Tool statuses that count as a failed attempt of the same call.
 FAILED_STATUSES = ("error", "denied", "refused")
+# A model call's prompt digest among the turn's call digests (tool-call digests are bare hex).
+MODEL_PROMPT = "prompt:"
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,10 @@ def tool_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, tool: str,
                    calls={**record.calls, digest: record.calls.get(digest, 0) + 1}), None
 
 
-def model_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, estimated_tokens: int,
-               elapsed_s: float) -> tuple[TurnRecord, Stop | None]:
-    """The record after the turn asks one more model call, and the stop when the call must not go."""
+def model_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, estimated_tokens: int, elapsed_s: float,
+               prompt_digest: str = "") -> tuple[TurnRecord, Stop | None]:
+    """The record after the turn asks one more model call, and the stop when the call must not go. The same
+    prompt sent again (a retry that changes nothing) counts against `same_call` like a repeated tool call."""
     if record.stop is not None:
         return record, record.stop
     if stopped := _wall_time(record, limits, tenant, elapsed_s):
@@ -132,7 +135,15 @@ def model_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, estimated
         return _stopped(record, "tokens", tokens[1],
                         f"{_count(tokens[0])} tokens is the limit per turn for {tokens[1].scope(tenant)} (it used "
                         f"{_count(record.tokens)} and the next model call needs about {_count(estimated_tokens)})")
-    return replace(record, model_calls=record.model_calls + 1), None
+    key = f"{MODEL_PROMPT}{prompt_digest}"
+    if prompt_digest and (same := limits.get("same_call")) and record.calls.get(key, 0) >= same[0]:
+        return _stopped(record, "same_call", same[1],
+                        f"it was looping without progress: it sent the model the same prompt "
+                        f"{_count(record.calls[key] + 1)} times ({_count(same[0])} is the limit per turn for "
+                        f"{same[1].scope(tenant)})")
+    calls = {**record.calls, key: record.calls.get(key, 0) + 1} if prompt_digest and limits.get("same_call") \
+        else record.calls
+    return replace(record, model_calls=record.model_calls + 1, calls=calls), None
 
 
 def used_tokens(record: TurnRecord, tokens: int, call_id: str = "") -> TurnRecord:
