@@ -297,6 +297,35 @@ async def test_the_same_failing_call_is_stopped_after_it_failed_twice(env: Env) 
     assert "the same read_file call failed 2 times" in turn.reply
 
 
+async def test_failures_can_be_added_but_never_taken_back_or_charged_to_another_tenant(env: Env) -> None:
+    grant = env.grant(user="lou")
+    args = {"path": "missing.txt"}
+    for _ in range(2):
+        request = await env.ask(grant, "read_file", args)
+        assert (await env.recorder.decision(request.call_id)).verdict == "allow"
+        await env.conn.publish(subjects.tool_completed("acme", "default"),
+                               ToolCallCompleted.of(request, "error", reason="no such file"))
+        # a planner answering for its own call afterwards ("it went fine") does not undo the failure
+        await env.conn.publish(subjects.tool_completed("acme", "default"), ToolCallCompleted.of(request, "ok"))
+        # nor does anyone else's tenant count: the same call id failing in globex is globex's affair
+        await env.conn.publish(subjects.tool_completed("globex", "default"), ToolCallCompleted(
+            tenant="globex", call_id=request.call_id, workspace="default", session_id="s-lou", tool="read_file",
+            status="error"))
+        await asyncio.sleep(0.3)  # the outcome reaches policy before the planner's next model call would
+    third = await env.recorder.decision((await env.ask(grant, "read_file", args)).call_id)
+    assert third.policy_ids == ("guardrail:acme-turns:same_failing_call",)
+    # a globex failure of a call nobody in acme failed changes nothing for acme
+    other = env.grant(user="max")
+    request = await env.ask(other, "read_file", args)
+    await env.recorder.decision(request.call_id)
+    for _ in range(3):
+        await env.conn.publish(subjects.tool_completed("globex", "default"), ToolCallCompleted(
+            tenant="globex", call_id=request.call_id, workspace="default", session_id="s-max", tool="read_file",
+            status="error"))
+    await asyncio.sleep(0.3)
+    assert (await env.recorder.decision((await env.ask(other, "read_file", args)).call_id)).verdict == "allow"
+
+
 async def test_the_wall_time_limit_stops_a_slow_turn(env: Env) -> None:
     # research turns may run 2 s; each tool call here takes a second
     turn = await env.turn(env.grant(user="erin", workspace="research"), "count to ten", pause_s=1.1)
