@@ -11,6 +11,7 @@ from caduceus_contracts.canonical import (
 )
 from caduceus_contracts.models import (
     EVENT_KINDS,
+    MCP_ENDPOINT_CHANNEL,
     ApprovalAnswered,
     ApprovalEscalated,
     ApprovalRefused,
@@ -86,6 +87,7 @@ from caduceus_contracts.signing import (
 )
 
 __all__ = [
+    "MCP_ENDPOINT_CHANNEL",
     "EVENT_KINDS", "ApprovalAnswered", "ApprovalEscalated", "ApprovalRefused", "ApprovalReminded",
     "ApprovalRequested", "ApprovalResolved", "ApprovalTerms", "ApprovalView", "ApprovalVote", "ApprovalVoted",
     "ChatNotice", "RiskyFact", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",

@@ -260,6 +260,11 @@ class ChatMessageIn(Event):
     platform_email: str | None = Field(default=None, max_length=320)
 
 
+# The channel of grants the MCP endpoint asks for outside MCP clients; reserved: no chat message may use it (turn
+# guardrails leave these grants' calls to rate limits, since they serve another agent's loop, not a turn).
+MCP_ENDPOINT_CHANNEL = "mcp"
+
+
 class GrantRequested(Event):
     """A client other than chat (the MCP endpoint) asks identity to turn a person's OIDC access token into a
     session grant. Sent as a core NATS request on `caduceus.identity.grant.<tenant>` (never stored, since it
@@ -270,7 +275,7 @@ class GrantRequested(Event):
     kind: Literal["identity.grant.requested"] = "identity.grant.requested"
     purpose: Literal["mcp"] = "mcp"
     workspace: Workspace = "default"
-    channel: str = Field(default="mcp", min_length=1, max_length=256)
+    channel: str = Field(default=MCP_ENDPOINT_CHANNEL, min_length=1, max_length=256)
     session_id: SessionId
     token: str = Field(max_length=16_384, repr=False)
 

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Histogram
 
 from caduceus_bus import Delivery, EventConnection, Pull, Route, RouteTable, kv_bucket_subjects
 from caduceus_contracts import (
+    MCP_ENDPOINT_CHANNEL,
     ApprovalTerms,
     CanonicalizationError,
     Decision,
@@ -80,9 +81,6 @@ log = logging.getLogger(__name__)
 DEADLINE_POLICY_ID = "caduceus:deadline"
 LIMIT_POLICY_PREFIX = "limit:"
 GUARDRAILS_UNAVAILABLE = "caduceus:guardrails-unavailable"
-# The channel of grants the MCP endpoint gets for outside MCP clients (GrantRequested's default): their calls are
-# not turns of our agent, so turn guardrails do not count them (rate limits still do).
-MCP_ENDPOINT_CHANNEL = "mcp"
 
 
 def workspace_root(workspaces_dir: Path, tenant: str, workspace: str) -> PurePosixPath:
@@ -238,7 +236,7 @@ class DecisionService:
         return pack.tenants.get(tenant) if pack is not None else None
 
     def limits_of(self, grant: SessionGrant) -> TurnLimits:
-        if grant.channel == MCP_ENDPOINT_CHANNEL:
+        if grant.channel == MCP_ENDPOINT_CHANNEL:  # an outside MCP client's grant (identity reserves the channel)
             return TurnLimits()
         policy = self.tenant_policy(grant.tenant)
         return turn_limits(policy.guardrails, grant.roles, grant.workspace) if policy is not None else TurnLimits()
