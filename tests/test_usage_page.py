@@ -1,6 +1,7 @@
 """The usage page of the approvals UI: a tenant admin signs in (real OIDC sign-in through the dev issuer) and
 sees their tenant's model usage, counted by the real audit service from its store and asked for over the real
-bus; the numbers are `caduceus usage --json`'s. Members and other tenants' admins see none of it."""
+bus; the numbers are `caduceus usage --json`'s. (Tenants of their own: the session's NATS stream carries other
+tests' events, which this audit service stores too.) Members and other tenants' admins see none of it."""
 
 from __future__ import annotations
 
@@ -52,18 +53,18 @@ pytestmark = pytest.mark.timeout(120)
 
 TENANTS_YAML = """\
 tenants:
-  acme:
-    display_name: Acme Corp
+  umbra:
+    display_name: Umbra Corp
     workspaces: [default, research]
     users:
-      alice: {email: alice@acme.example, roles: [member]}
-      carol: {email: carol@acme.example, roles: [admin]}
-      olga: {email: olga@acme.example, roles: [owner]}
-  globex:
-    display_name: Globex
+      alice: {email: alice@umbra.example, roles: [member]}
+      carol: {email: carol@umbra.example, roles: [admin]}
+      olga: {email: olga@umbra.example, roles: [owner]}
+  vexa:
+    display_name: Vexa
     workspaces: [default]
     users:
-      gina: {email: gina@globex.example, roles: [admin]}
+      gina: {email: gina@vexa.example, roles: [admin]}
 """
 IDENTITY, POLICY = Signer.generate("identity"), Signer.generate("policy")
 DIGEST = "cd" * 32
@@ -100,13 +101,13 @@ def recorded_usage(now: datetime) -> list[Published]:
         today = now.replace(microsecond=0)
     yesterday, week_ago = today - timedelta(days=1), today - timedelta(days=7)
     return [
-        used("acme", "alice", "big-1", 100, 20, 0.01, yesterday),
-        used("acme", "alice", "big-1", 50, 10, 0.005, today),
-        used("acme", "carol", "small-1", 30, 5, 0.0, today, workspace="research"),
-        used("acme", HOSTILE_PERSON, HOSTILE_MODEL, 3, 1, 0.0, week_ago),
-        *refused("acme", "alice", "m-refused", today),
-        used("globex", "gina", "big-1", 7, 3, 0.0, today),
-        used("acme", "alice", "big-1", 999, 1, 9.0, today - timedelta(days=60)),  # outside the last 30 days
+        used("umbra", "alice", "big-1", 100, 20, 0.01, yesterday),
+        used("umbra", "alice", "big-1", 50, 10, 0.005, today),
+        used("umbra", "carol", "small-1", 30, 5, 0.0, today, workspace="research"),
+        used("umbra", HOSTILE_PERSON, HOSTILE_MODEL, 3, 1, 0.0, week_ago),
+        *refused("umbra", "alice", "m-refused", today),
+        used("vexa", "gina", "big-1", 7, 3, 0.0, today),
+        used("umbra", "alice", "big-1", 999, 1, 9.0, today - timedelta(days=60)),  # outside the last 30 days
     ]
 
 
@@ -202,10 +203,10 @@ NUMBERS = ("prompt_tokens", "completion_tokens", "tokens", "cost_usd", "calls", 
 
 @pytest.mark.parametrize("by", DIMENSIONS)
 async def test_an_admin_sees_the_numbers_caduceus_usage_prints(usage_stack: UsageStack, by: str) -> None:
-    carol = await sign_in(usage_stack, "acme/carol")
+    carol = await sign_in(usage_stack, "umbra/carol")
     page = await carol.get("/usage", params={"by": by})
     assert page.status_code == 200, page.text
-    expected = cli_usage(usage_stack, by, "acme")["rows"]
+    expected = cli_usage(usage_stack, by, "umbra")["rows"]
     assert expected, "the CLI found usage to compare with"
     shown = table_rows(page.text)
     assert set(shown) == {row[by] for row in expected}
@@ -213,12 +214,12 @@ async def test_an_admin_sees_the_numbers_caduceus_usage_prints(usage_stack: Usag
         assert shown[row[by]] == {n: pytest.approx(float(row[n])) for n in NUMBERS}, row
     # The JSON API says it in the very shape of `caduceus usage --json`.
     api = await carol.get("/api/usage", params={"by": by},
-                          headers={"authorization": f"Bearer {usage_stack.token('acme', 'carol')}"})
+                          headers={"authorization": f"Bearer {usage_stack.token('umbra', 'carol')}"})
     assert api.status_code == 200 and api.json()["rows"] == expected
 
 
 async def test_the_totals_cover_30_days_and_the_chart_has_a_bar_for_each_day(usage_stack: UsageStack) -> None:
-    olga = await sign_in(usage_stack, "acme/olga")  # an owner is an admin too
+    olga = await sign_in(usage_stack, "umbra/olga")  # an owner is an admin too
     page = (await olga.get("/usage")).text
     # 100+20 + 50+10 + 30+5 + 3+1 tokens; the call 60 days ago is outside the window.
     assert re.search(r'id="total-tokens">219<', page) and re.search(r'id="total-refusals">1<', page)
@@ -236,25 +237,25 @@ async def test_the_totals_cover_30_days_and_the_chart_has_a_bar_for_each_day(usa
 
 
 async def test_a_member_is_refused_with_403_and_sees_no_link(usage_stack: UsageStack) -> None:
-    alice = await sign_in(usage_stack, "acme/alice", next_path="/")
+    alice = await sign_in(usage_stack, "umbra/alice", next_path="/")
     page = await alice.get("/usage")
     assert page.status_code == 403 and "for admins" in page.text
     assert "219" not in page.text and "big-1" not in page.text
     assert 'href="/usage"' not in (await alice.get("/")).text
-    api = await alice.get("/api/usage", headers={"authorization": f"Bearer {usage_stack.token('acme', 'alice')}"})
+    api = await alice.get("/api/usage", headers={"authorization": f"Bearer {usage_stack.token('umbra', 'alice')}"})
     assert api.status_code == 403 and "rows" not in api.json()
 
 
 async def test_another_tenants_admin_sees_only_their_own_tenant(usage_stack: UsageStack) -> None:
-    gina = await sign_in(usage_stack, "globex/gina")
-    for params in ({"by": "person"}, {"by": "person", "tenant": "acme"}):
+    gina = await sign_in(usage_stack, "vexa/gina")
+    for params in ({"by": "person"}, {"by": "person", "tenant": "umbra"}):
         page = await gina.get("/usage", params=params)
         assert page.status_code == 200
         assert set(table_rows(page.text)) == {"gina"}
-        assert "alice" not in page.text and "acme" not in page.text
-    api = await gina.get("/api/usage", params={"by": "tenant", "tenant": "acme"},
-                         headers={"authorization": f"Bearer {usage_stack.token('globex', 'gina')}"})
-    assert [(r["tenant"], r["tokens"]) for r in api.json()["rows"]] == [("globex", 10)]
+        assert "alice" not in page.text and "umbra" not in page.text
+    api = await gina.get("/api/usage", params={"by": "tenant", "tenant": "umbra"},
+                         headers={"authorization": f"Bearer {usage_stack.token('vexa', 'gina')}"})
+    assert [(r["tenant"], r["tokens"]) for r in api.json()["rows"]] == [("vexa", 10)]
 
 
 async def test_signed_out_people_are_sent_to_sign_in(usage_stack: UsageStack) -> None:
@@ -265,7 +266,7 @@ async def test_signed_out_people_are_sent_to_sign_in(usage_stack: UsageStack) ->
 
 
 async def test_hostile_names_are_escaped_and_the_page_runs_no_script(usage_stack: UsageStack) -> None:
-    carol = await sign_in(usage_stack, "acme/carol")
+    carol = await sign_in(usage_stack, "umbra/carol")
     for by in ("person", "model"):
         page = await carol.get("/usage", params={"by": by})
         assert "<img src=x" not in page.text and "<script>alert" not in page.text
@@ -281,11 +282,11 @@ async def test_audit_answers_only_about_the_tenant_of_the_subject(usage_stack: U
     await nc.connect(usage_stack.nats_url)
     try:
         since = UsageWindow.ending(utcnow()).since
-        forged = UsageQuery(tenant="acme", by=("person",), since=since).model_dump_json().encode()
-        answer = UsageAnswer.model_validate_json((await nc.request(subjects.audit_usage("globex"), forged,
+        forged = UsageQuery(tenant="umbra", by=("person",), since=since).model_dump_json().encode()
+        answer = UsageAnswer.model_validate_json((await nc.request(subjects.audit_usage("vexa"), forged,
                                                                    timeout=10)).data)
         assert answer.rows == () and "asked on" in answer.problem
-        junk = UsageAnswer.model_validate_json((await nc.request(subjects.audit_usage("acme"), b"{not json",
+        junk = UsageAnswer.model_validate_json((await nc.request(subjects.audit_usage("umbra"), b"{not json",
                                                                  timeout=10)).data)
         assert junk.rows == () and junk.problem
     finally:
@@ -293,13 +294,13 @@ async def test_audit_answers_only_about_the_tenant_of_the_subject(usage_stack: U
 
 
 async def test_with_audit_down_the_page_says_unavailable_rather_than_zero(usage_stack: UsageStack) -> None:
-    carol = await sign_in(usage_stack, "acme/carol")
+    carol = await sign_in(usage_stack, "umbra/carol")
     await usage_stack.audit.stop()
     try:
         page = await carol.get("/usage")
         assert page.status_code == 503 and "Usage is unavailable" in page.text and "audit service" in page.text
         assert "total-tokens" not in page.text
-        api = await carol.get("/api/usage", headers={"authorization": f"Bearer {usage_stack.token('acme', 'carol')}"})
+        api = await carol.get("/api/usage", headers={"authorization": f"Bearer {usage_stack.token('umbra', 'carol')}"})
         assert api.status_code == 503
     finally:
         usage_stack.audit = build_audit(quick_settings(usage_stack.nats_url, usage_stack.db_url,

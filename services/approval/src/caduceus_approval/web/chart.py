@@ -41,7 +41,7 @@ def usage_chart(series: list[DayUsage]) -> Markup:
     for value in (0, top // 2, top):
         y = TOP + plot_h - plot_h * value / top
         parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}" stroke="#eaeef2"/>')
-        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" fill="#5b6571">'
+        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="13" fill="#5b6571">'
                      f"{escape(f'{value:,}')}</text>")
     for n, day in enumerate(series):
         x = LEFT + n * column + (column - bar_w) / 2
@@ -54,8 +54,8 @@ def usage_chart(series: list[DayUsage]) -> Markup:
         if day.refusals:
             parts.append(f'<circle class="refusal" cx="{x + bar_w / 2:.1f}" cy="{TOP + plot_h - height - 6:.1f}" '
                          f'r="4" fill="#b42318"><title>{escape(tip)}</title></circle>')
-        if n % 7 == 0 or n == len(series) - 1:
-            parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{HEIGHT - 10}" text-anchor="middle" font-size="11" '
+        if (len(series) - 1 - n) % 7 == 0:  # today, and every week back from it
+            parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{HEIGHT - 10}" text-anchor="middle" font-size="13" '
                          f'fill="#5b6571">{escape(day.day.strftime("%m-%d"))}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
