@@ -6,9 +6,11 @@ drawn with JavaScript off (it is server-rendered SVG)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,20 @@ async def test_the_tenant_admin_reads_usage_and_its_chart_in_the_browser(stack, 
             await context.close()
         finally:
             await browser.close()
+
+
+async def test_only_the_approval_service_may_ask_audit_for_usage_on_the_locked_down_bus(stack) -> None:
+    """A chat integration's bus credentials cannot ask audit for a tenant's usage: NATS refuses the request."""
+    from caduceus_bus import EventConnection
+    from caduceus_contracts import UsageAnswer, UsageQuery, subjects, utcnow
+
+    conn = await EventConnection.connect(stack.info.bus_settings("client"), "usage-snoop")
+    try:
+        query = UsageQuery(tenant="acme", by=("person",), since=utcnow() - timedelta(days=30))
+        answered: UsageAnswer | None = None
+        with contextlib.suppress(Exception):  # refused by the server: no responder ever sees it, so it times out
+            reply = await conn.nc.request(subjects.audit_usage("acme"), query.model_dump_json().encode(), timeout=3)
+            answered = UsageAnswer.model_validate_json(reply.data)
+        assert answered is None, "a chat integration read a tenant's usage from audit"
+    finally:
+        await conn.close()
