@@ -307,3 +307,15 @@ async def test_with_audit_down_the_page_says_unavailable_rather_than_zero(usage_
                                                        usage_stack.base / "audit-state"))
         await usage_stack.audit.start()
     assert (await carol.get("/usage")).status_code == 200
+
+
+async def test_the_api_groups_by_several_dimensions_like_the_cli_and_refuses_unknown_ones(
+        usage_stack: UsageStack) -> None:
+    async with httpx.AsyncClient(base_url=usage_stack.ui_url, timeout=15) as client:
+        headers = {"authorization": f"Bearer {usage_stack.token('umbra', 'carol')}"}
+        api = await client.get("/api/usage", params={"by": "day,model"}, headers=headers)
+        assert api.status_code == 200 and api.json()["rows"] == cli_usage(usage_stack, "day,model", "umbra")["rows"]
+        for by in ("colour", "person,colour", "", ",".join(["person"] * 9) + ",tenant;drop"):
+            refused = await client.get("/api/usage", params={"by": by}, headers=headers)
+            assert refused.status_code == 400 and "group by any of" in refused.json()["error"], by
+        assert (await client.get("/api/usage", params={"by": "person,person"}, headers=headers)).status_code == 200

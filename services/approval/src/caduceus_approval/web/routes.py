@@ -33,11 +33,19 @@ from caduceus_approval.desk import AnswerRefused, ApprovalDesk
 from caduceus_approval.directory import TenantDirectory
 from caduceus_approval.domain import human_duration, who_may_not_answer
 from caduceus_approval.inbox import Inbox, Person, visible_to
-from caduceus_approval.usage import DIMENSIONS, AuditUsage, UsageUnavailable, UsageWindow, by_day, totals
+from caduceus_approval.usage import (
+    DIMENSIONS,
+    AuditUsage,
+    DayUsage,
+    UsageUnavailable,
+    UsageWindow,
+    by_day,
+    totals,
+)
 from caduceus_approval.web.chart import usage_chart
 from caduceus_approval.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJar, ForgedCookie, SignedIn
 from caduceus_bus import Publisher
-from caduceus_contracts import ApprovalView, utcnow
+from caduceus_contracts import ApprovalView, UsageDimension, UsageTotals, utcnow
 from caduceus_oidc import OidcClient, OidcVerifier, SignInFailed, TokenRefused, pkce_pair
 from caduceus_redaction import redact_value
 
@@ -267,13 +275,16 @@ def build_app(ui: UiContext) -> Starlette:
 
     # --- usage (tenant admins only, their own tenant only) -------------------------------------------------
 
-    async def usage_of(tenant: str, by: tuple[str, ...]) -> tuple[UsageWindow, tuple, list]:
-        """The tenant's rows grouped by `by` and its days, over the window; UsageUnavailable when audit is not
-        there to count them."""
+    async def usage_of(tenant: str, by: tuple[UsageDimension, ...], *,
+                       chart: bool = True) -> tuple[UsageWindow, tuple[UsageTotals, ...], list[DayUsage]]:
+        """The tenant's rows grouped by `by` over the window, and (for the chart) its days; UsageUnavailable when
+        audit is not there to count them."""
         if ui.usage is None:
             raise UsageUnavailable("this approval service has no bus connection to ask the audit service")
         window = UsageWindow.ending(utcnow())
-        rows = await ui.usage.report(tenant, by, window.since)  # type: ignore[arg-type]
+        rows = await ui.usage.report(tenant, by, window.since)
+        if not chart:
+            return window, rows, []
         days = rows if by == ("day",) else await ui.usage.report(tenant, ("day",), window.since)
         return window, rows, by_day(days, window)
 
@@ -290,8 +301,8 @@ def build_app(ui: UiContext) -> Starlette:
             return strict(page("message.html", 403, session=session, title="Usage is for admins",
                                text=f"Model usage of {session.tenant} is shown to its admins and owners only.",
                                link=("/", "Back to the inbox")))
-        by = request.query_params.get("by", "person")
-        if by not in DIMENSIONS:
+        by = next((d for d in DIMENSIONS if d == request.query_params.get("by", "person")), None)
+        if by is None:
             return strict(page("message.html", 400, session=session, title="No such grouping",
                                text=f"Group usage by one of {', '.join(DIMENSIONS)}.", link=("/usage", "Usage")))
         try:
@@ -366,12 +377,13 @@ def build_app(ui: UiContext) -> Starlette:
         if not ui.directory.is_admin(person.tenant, person.user):
             return JSONResponse({"error": f"model usage of {person.tenant} is for its admins and owners only"},
                                 status_code=403)
-        by = tuple(d.strip() for d in request.query_params.get("by", "person").split(",") if d.strip())
-        if not by or any(d not in DIMENSIONS for d in by):
+        asked = dict.fromkeys(d.strip() for d in request.query_params.get("by", "person").split(",") if d.strip())
+        by = tuple(d for d in asked if d in DIMENSIONS)  # as asked, each once: `caduceus usage --by`'s grouping
+        if not by or len(by) != len(asked):
             return JSONResponse({"error": f"group by any of {', '.join(DIMENSIONS)}, e.g. ?by=person,day"},
                                 status_code=400)
         try:
-            window, rows, _ = await usage_of(person.tenant, by)
+            window, rows, _ = await usage_of(person.tenant, by, chart=False)
         except UsageUnavailable as exc:
             return JSONResponse({"error": f"usage is unavailable: {exc}"}, status_code=503)
         # The shape of `caduceus usage --json`.
