@@ -894,6 +894,7 @@ class UsageQuery(Model):
     tenant: Tenant
     by: tuple[UsageDimension, ...] = Field(default=("person",), min_length=1, max_length=5)
     since: AwareDatetime
+    days: bool = False  # also the totals of each day (for a chart), counted in the same pass
 
 
 class UsageTotals(Model):
@@ -910,6 +911,7 @@ class UsageTotals(Model):
 
 class UsageAnswer(Model):
     rows: tuple[UsageTotals, ...] = ()
+    days: tuple[UsageTotals, ...] = ()
     problem: str = ""
 
 

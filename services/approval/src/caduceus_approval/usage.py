@@ -80,9 +80,11 @@ class AuditUsage:
         self._request = request
         self.timeout_s = timeout_s
 
-    async def report(self, tenant: str, by: tuple[UsageDimension, ...], since: datetime) -> tuple[UsageTotals, ...]:
-        """The tenant's rows grouped by `by` since `since`; UsageUnavailable when audit does not answer."""
-        query = UsageQuery(tenant=tenant, by=by, since=since)
+    async def report(self, tenant: str, by: tuple[UsageDimension, ...], since: datetime,
+                     *, days: bool = False) -> UsageAnswer:
+        """The tenant's rows grouped by `by` since `since` (and its days, when asked); UsageUnavailable when audit
+        does not answer."""
+        query = UsageQuery(tenant=tenant, by=by, since=since, days=days)
         try:
             data = await self._request(subjects.audit_usage(tenant), query.model_dump_json().encode(), self.timeout_s)
         except Exception as exc:  # no responders, a timeout, a closed connection: all mean no numbers
@@ -93,4 +95,4 @@ class AuditUsage:
             raise UsageUnavailable("the audit service's answer could not be read") from None
         if answer.problem:
             raise UsageUnavailable(answer.problem)
-        return answer.rows
+        return answer

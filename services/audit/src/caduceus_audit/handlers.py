@@ -32,7 +32,7 @@ from caduceus_audit.adapters.store import (
 from caduceus_audit.adapters.stream import CONSUMER_NAME, StreamMessage
 from caduceus_audit.checkpointing import Checkpointer
 from caduceus_audit.domain.entries import AuditEntry, entry_for_message, rejected_entry
-from caduceus_audit.usage import usage_report
+from caduceus_audit.usage import UsageRow, usage_report
 from caduceus_bus import Delivery, Pull, Route, RouteTable
 from caduceus_contracts import (
     AuditCheckpointed,
@@ -222,11 +222,28 @@ async def store_batch(intake: AuditIntake, batch: list[Delivery]) -> None:
         await intake.checkpointer.tick()
 
 
+def _folded(rows: list[UsageRow], by: tuple[str, ...]) -> tuple[UsageTotals, ...]:
+    """Rows grouped more finely, summed into groups of `by` (ordered by key, as `usage_report` orders them)."""
+    groups: dict[tuple[str, ...], UsageRow] = {}
+    for row in rows:
+        key = {dimension: row.key[dimension] for dimension in by}
+        group = groups.setdefault(tuple(key.values()), UsageRow(key))
+        group.prompt_tokens += row.prompt_tokens
+        group.completion_tokens += row.completion_tokens
+        group.cost_usd += row.cost_usd
+        group.calls += row.calls
+        group.refusals += row.refusals
+    return tuple(UsageTotals(key=group.key, **{k: v for k, v in group.as_dict().items() if k not in group.key})
+                 for _, group in sorted(groups.items()))
+
+
 def usage_answer(store: AuditStore, query: UsageQuery) -> UsageAnswer:
-    """The query's tenant's usage, the numbers `caduceus usage --json` prints for the same store and options."""
-    report = usage_report(store, by=query.by, tenant=query.tenant, since=query.since)
-    return UsageAnswer(rows=tuple(UsageTotals(key=row.key, **{k: v for k, v in row.as_dict().items()
-                                                              if k not in row.key}) for row in report.rows))
+    """The query's tenant's usage, the numbers `caduceus usage --json` prints for the same store and options, and
+    (when asked) its days: both from one pass over the trail."""
+    finest = query.by if not query.days or "day" in query.by else (*query.by, "day")
+    report = usage_report(store, by=finest, tenant=query.tenant, since=query.since)
+    return UsageAnswer(rows=_folded(report.rows, query.by),
+                       days=_folded(report.rows, ("day",)) if query.days else ())
 
 
 async def answer_usage(store: AuditStore, msg: Msg) -> None:

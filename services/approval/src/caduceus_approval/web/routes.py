@@ -282,11 +282,8 @@ def build_app(ui: UiContext) -> Starlette:
         if ui.usage is None:
             raise UsageUnavailable("this approval service has no bus connection to ask the audit service")
         window = UsageWindow.ending(utcnow())
-        rows = await ui.usage.report(tenant, by, window.since)
-        if not chart:
-            return window, rows, []
-        days = rows if by == ("day",) else await ui.usage.report(tenant, ("day",), window.since)
-        return window, rows, by_day(days, window)
+        answer = await ui.usage.report(tenant, by, window.since, days=chart)
+        return window, answer.rows, by_day(answer.days, window) if chart else []
 
     def strict(response: Response) -> Response:
         response.headers["Content-Security-Policy"] = USAGE_CSP
