@@ -69,6 +69,10 @@ from caduceus_contracts.models import (
     TurnAssigned,
     TurnRequested,
     TurnStopped,
+    UsageAnswer,
+    UsageDimension,
+    UsageQuery,
+    UsageTotals,
     Vouch,
     VouchExpired,
     WorkerLifecycle,
@@ -104,4 +108,5 @@ __all__ = [
     "McpToolsAnswer", "McpToolsQuery", "ToolsReachAnswer", "ToolsReachQuery",
     "DataClassSpec", "ModelCallCompleted", "ModelCallDecided", "ModelCallRequested", "ModelDecision",
     "SignedModelDecision",
+    "UsageAnswer", "UsageDimension", "UsageQuery", "UsageTotals",
 ]
