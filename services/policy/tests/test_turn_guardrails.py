@@ -158,6 +158,22 @@ def test_tokens_and_model_calls_stop_the_turn_before_the_call() -> None:
     assert stop.limit == "model_calls"
 
 
+def test_a_turns_record_stays_small_whatever_the_agent_asks() -> None:
+    from caduceus_policy.turns import MAX_TRACKED_CALLS
+
+    limits = limits_for(("member",))
+    full = TurnRecord(calls={f"d{i}": 1 for i in range(MAX_TRACKED_CALLS)})
+    _, stop = tool_call(full, limits, tenant="acme", tool="terminal", digest="d7", elapsed_s=1)
+    assert stop is None  # a call it already follows
+    _, stop = tool_call(full, limits, tenant="acme", tool="terminal", digest="new", elapsed_s=1)
+    assert stop is not None and f"it asked {MAX_TRACKED_CALLS:,} different calls" in stop.reason
+    # without a same_call limit nothing is followed per call
+    plain = parse_pack(pack("    guardrails:\n      - {id: g, tool_calls: 5}\n")).tenants["acme"].guardrails
+    record, _ = tool_call(TurnRecord(), turn_limits(plain, ("member",), "default"), tenant="acme", tool="terminal",
+                          digest="d", elapsed_s=1)
+    assert record.calls == {} and record.tool_calls == 1
+
+
 def test_a_model_calls_usage_delivered_twice_counts_once() -> None:
     record = used_tokens(used_tokens(TurnRecord(), 300, "m1"), 300, "m1")
     assert used_tokens(record, 200, "m2").tokens == 500

@@ -20,6 +20,8 @@ STOPPED = "this turn was stopped: "
 FAILED_STATUSES = ("error", "denied", "refused")
 # A model call's prompt digest among the turn's call digests (tool-call digests are bare hex).
 MODEL_PROMPT = "prompt:"
+# Distinct calls and prompts one turn's record follows for `same_call` (about 100 KB of KV value at most).
+MAX_TRACKED_CALLS = 1500
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,19 @@ def tool_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, tool: str,
                         f"it was looping without progress: it asked for the same {tool} call "
                         f"{_count(record.calls[digest] + 1)} times ({_count(same[0])} is the limit per turn for "
                         f"{same[1].scope(tenant)})")
-    return replace(record, tool_calls=record.tool_calls + 1,
-                   calls={**record.calls, digest: record.calls.get(digest, 0) + 1}), None
+    if same and (stopped := _too_many_to_track(record, digest, same[1], tenant)):
+        return stopped
+    calls = {**record.calls, digest: record.calls.get(digest, 0) + 1} if same else record.calls
+    return replace(record, tool_calls=record.tool_calls + 1, calls=calls), None
+
+
+def _too_many_to_track(record: TurnRecord, key: str, entry: Guardrail,
+                       tenant: str) -> tuple[TurnRecord, Stop] | None:
+    """A turn's record stays one small KV value: a turn asking more distinct calls than it can hold is stopped."""
+    if key in record.calls or len(record.calls) < MAX_TRACKED_CALLS:
+        return None
+    return _stopped(record, "same_call", entry, f"it asked {_count(len(record.calls))} different calls, more than "
+                                                f"Caduceus follows in one turn for {entry.scope(tenant)}")
 
 
 def model_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, estimated_tokens: int, elapsed_s: float,
@@ -135,14 +148,15 @@ def model_call(record: TurnRecord, limits: TurnLimits, *, tenant: str, estimated
         return _stopped(record, "tokens", tokens[1],
                         f"{_count(tokens[0])} tokens is the limit per turn for {tokens[1].scope(tenant)} (it used "
                         f"{_count(record.tokens)} and the next model call needs about {_count(estimated_tokens)})")
-    key = f"{MODEL_PROMPT}{prompt_digest}"
-    if prompt_digest and (same := limits.get("same_call")) and record.calls.get(key, 0) >= same[0]:
+    key, same = f"{MODEL_PROMPT}{prompt_digest}", limits.get("same_call")
+    if prompt_digest and same and record.calls.get(key, 0) >= same[0]:
         return _stopped(record, "same_call", same[1],
                         f"it was looping without progress: it sent the model the same prompt "
                         f"{_count(record.calls[key] + 1)} times ({_count(same[0])} is the limit per turn for "
                         f"{same[1].scope(tenant)})")
-    calls = {**record.calls, key: record.calls.get(key, 0) + 1} if prompt_digest and limits.get("same_call") \
-        else record.calls
+    if prompt_digest and same and (stopped := _too_many_to_track(record, key, same[1], tenant)):
+        return stopped
+    calls = {**record.calls, key: record.calls.get(key, 0) + 1} if prompt_digest and same else record.calls
     return replace(record, model_calls=record.model_calls + 1, calls=calls), None
 
 
