@@ -7,7 +7,9 @@ import json
 import time
 
 import pytest
+from typer.testing import CliRunner
 
+from caduceus.cli import app
 from caduceus_audit.adapters.store import AuditStore
 from caduceus_client import ChatClient
 from caduceus_identity.devtoken import mint_dev_token
@@ -45,6 +47,12 @@ async def test_a_looping_agent_is_stopped_by_the_pack_and_the_person_reads_why(s
         time.sleep(0.2)
     assert [(s["limit"], s["guardrail"], s["user"], s["tool_calls"]) for s in stopped] == [
         ("same_call", "acme-turns", "alice", 5)]
+    # and the operator reads it in the session's timeline
+    timeline = CliRunner().invoke(app, ["audit", "timeline", "--session", transcript.session_id, "--state-dir",
+                                        str(stack.layout.root)], catch_exceptions=False)
+    assert timeline.exit_code == 0, timeline.output
+    said = " ".join(timeline.stdout.split())
+    assert "policy stopped alice (" in said and "'s turn at guardrail:acme-turns:same_call (5 tool calls" in said
 
 
 async def test_the_next_message_is_a_fresh_turn(stack, client):
