@@ -8,10 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -142,6 +147,8 @@ class Env:
     identity: Signer
     replicas: list[PolicyService]
     start_replica: Callable[[], Any]
+    nats_url: str
+    keys: Path
 
     async def ask(self, grant: SignedGrant, tool: str, args: dict[str, Any]) -> ToolCallRequested:
         inner = grant.grant
@@ -230,7 +237,7 @@ async def env(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Asy
     await conn.subscribe("cad.v1.tool.decided.acme", recorder.on_event)
     await conn.subscribe(subjects.turn_stopped("acme"), recorder.on_event)
     await conn.nc.flush()
-    yield Env(gateway, conn, recorder, identity, replicas, start_replica)
+    yield Env(gateway, conn, recorder, identity, replicas, start_replica, nats_server.url, keys)
     await conn.close()
     await gateway.stop()
     for replica in replicas:
@@ -392,6 +399,43 @@ async def test_an_outside_mcp_clients_calls_are_not_a_turn(env: Env) -> None:
     verdicts = [(await env.recorder.decision((await env.ask(grant, "terminal", {"command": "ls"})).call_id)).verdict
                 for _ in range(6)]
     assert verdicts == ["allow"] * 6
+
+
+async def test_a_policy_replica_killed_mid_turn_loses_no_count(env: Env, tmp_path: Path) -> None:
+    # the turn's first calls are decided by a replica in a process of its own, alone; it is then SIGKILLed
+    (tmp_path / "policy.yaml").write_text(PACK)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caduceus_policy"], stdout=(tmp_path / "policy.log").open("wb"),
+        stderr=subprocess.STDOUT, env={
+            **os.environ, "CADUCEUS_NATS_URL": env.nats_url, "CADUCEUS_STATE_DIR": str(tmp_path),
+            "CADUCEUS_KEYS_DIR": str(env.keys), "CADUCEUS_PACKS_BUCKET": "guardrails_test_packs",
+            "CADUCEUS_LIMITS_BUCKET": "guardrails_test_limits", "CADUCEUS_TURNS_BUCKET": "guardrails_test_turns",
+            "CADUCEUS_USAGE_CONSUMER": "guardrails-test-usage"})
+    try:
+        for replica in env.replicas:
+            if replica.connection is not None:
+                await replica.stop()
+        probe = env.grant(user="probe")
+        for attempt in range(60):  # until the process decides
+            try:
+                request = await env.ask(probe, "terminal", {"command": f"echo {attempt}"})
+                await env.recorder.decision(request.call_id, timeout=1)
+                break
+            except TimeoutError:
+                continue
+        grant = env.grant(user="nia")
+        for i in range(3):
+            decided = await env.recorder.decision((await env.ask(grant, "terminal", {"command": f"echo {i}"})).call_id)
+            assert decided.verdict == "allow"
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await env.start_replica()  # a fresh replica, nothing in its memory, carries on from the shared record
+    verdicts = [(await env.recorder.decision((await env.ask(grant, "terminal", {"command": f"echo {i}"})).call_id,
+                                             timeout=10)).verdict for i in range(3, 6)]
+    assert verdicts == ["allow", "deny", "deny"]
 
 
 async def test_guardrails_that_cannot_be_read_deny_the_call(env: Env, nats_server: Any) -> None:
