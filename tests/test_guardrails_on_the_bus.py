@@ -69,6 +69,7 @@ PACK = textwrap.dedent("""\
           - {id: research-is-quick, workspaces: [research], wall_time: 2s}
           - {id: tokens-are-scarce, roles: [frugal], tokens: 40}
           - {id: lab-is-quick, workspaces: [lab], wall_time: 2s}
+          - {id: chatty-is-brief, roles: [chatty], model_calls: 2}
     """)
 
 
@@ -364,6 +365,13 @@ async def test_a_model_call_still_answering_when_the_turn_runs_out_is_cut_with_t
     else:
         assert response.json()["choices"][0]["message"]["content"] == stop
     assert took < 10  # cut at the turn's limit, not the upstream's minute
+
+
+async def test_the_model_call_past_the_limit_is_refused_with_the_reason(env: Env) -> None:
+    turn = await env.turn(env.grant(user="ned", roles=("chatty", "member")), "count to ten")
+    assert turn.reply == ("this turn was stopped: 2 model calls is the limit per turn for role chatty in acme. "
+                          "Send a new message to go on.")
+    assert [d.verdict for d in turn.decisions] == ["allow", "allow"] and turn.model_calls == 3
 
 
 async def test_tokens_per_turn_count_the_models_real_usage(env: Env) -> None:
