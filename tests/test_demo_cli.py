@@ -1,5 +1,5 @@
-"""`caduceus demo`, the README's first command, played against a running embedded stack: both scenarios, every
-step checked by the demo itself, and exit 0 only when all of them happened."""
+"""`caduceus demo`, the README's first command, played against a running embedded stack: every scenario (the
+MCP gateway's too), every step checked by the demo itself, and exit 0 only when all of them happened."""
 
 from __future__ import annotations
 
@@ -22,7 +22,13 @@ async def test_the_demo_plays_both_governed_turns_on_a_running_stack(stack) -> N
     assert "✗" not in output
     for step in ("the terminal call ran in the executor process", "the denied write never ran",
                  "carol approved it through the approvals API",
-                 "the approved command ran in the executor and the turn finished with its result"):
+                 "the approved command ran in the executor and the turn finished with its result",
+                 # the MCP scenario: the demo's own MCP server, registered for acme's workspace
+                 "alice's agent called mcp__warehouse__stock; its first use waited for an admin's approval",
+                 "carol approved the first use, which pinned the tool's definition",
+                 "the MCP gateway ran the approved call and alice's reply carries the tool's result",
+                 "the next call of the pinned tool ran without asking",
+                 "after the server changed the tool's description, the call was withheld and alice was told why"):
         assert f"✓ {step}" in output, output
     # The next steps run as printed: they name the state dir the demo used.
     root = stack.layout.root

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -139,8 +140,12 @@ class McpGateway:
     max_result_bytes: int = 100_000
     # Which of these tool names the policy could ever allow for this grant's person (None: no filter).
     may_use: Callable[[SignedGrant, list[str]], Awaitable[set[str]]] | None = None
+    # How long a listing answers tool lists and policy's facts (refresh_listings keeps it younger than that).
+    listing_ttl_s: float = 30.0
     # Definition changes already reported: (tenant, workspace, server, tool, served digest).
     _reported: set[tuple[str, str, str, str, str]] = field(default_factory=set)
+    # The last listing of each server: (tenant, server) -> (when, the server as registered, its definitions).
+    _listings: dict[tuple[str, str], tuple[float, Server, list[Definition]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         METADATA.create_all(self.pins.engine)
@@ -191,9 +196,45 @@ class McpGateway:
         return entries, problems
 
     async def _server_entries(self, server: Server, workspace: str) -> list[Entry]:
-        async with self.upstream(server).session() as client:
-            definitions = await list_definitions(client, self.list_timeout_s)
-        return [await self.entry(server, workspace, d) for d in definitions]
+        return [await self.entry(server, workspace, d) for d in await self.definitions(server)]
+
+    async def definitions(self, server: Server) -> list[Definition]:
+        """The server's tool definitions for lists and policy's facts: its listing of the last `listing_ttl_s`,
+        else a new one. Starting a stdio server (and the SDK) takes seconds, longer than a planner's turn or
+        policy's decision may wait; the call itself always checks the definition it calls, in its own session."""
+        key = (server.tenant, server.name)
+        listed = self._listings.get(key)
+        if listed is not None and listed[1] == server and time.monotonic() - listed[0] < self.listing_ttl_s:
+            return listed[2]
+        return await self._list(server)
+
+    async def _list(self, server: Server) -> list[Definition]:
+        key = (server.tenant, server.name)
+        try:
+            async with self.upstream(server).session() as client:
+                definitions = await list_definitions(client, self.list_timeout_s)
+        except BaseException:
+            self._listings.pop(key, None)  # unreachable now: nothing listed or vouched for from memory
+            raise
+        self._remember(server, definitions)
+        return definitions
+
+    def _remember(self, server: Server, definitions: list[Definition]) -> None:
+        self._listings[(server.tenant, server.name)] = (time.monotonic(), server, definitions)
+
+    async def refresh_listings(self, older_than_s: float = 0.0) -> int:
+        """List every registered server again whose listing is older than `older_than_s` (and forget servers no
+        longer registered), so lists and facts answer from memory with what the servers serve now. Returns how
+        many servers could not be listed."""
+        self.registry.refresh()
+        servers = {(t, n): s for t, named in self.registry.registry.servers.items() for n, s in named.items()}
+        for key in set(self._listings) - set(servers):
+            del self._listings[key]
+        now = time.monotonic()
+        due = [s for key, s in servers.items()
+               if key not in self._listings or now - self._listings[key][0] >= older_than_s]
+        results = await asyncio.gather(*(self._list(s) for s in due), return_exceptions=True)
+        return sum(1 for r in results if isinstance(r, BaseException))
 
     async def entry(self, server: Server, workspace: str, definition: Definition) -> Entry:
         """The definition's pin state; a changed definition is reported (audited) once."""
@@ -216,14 +257,15 @@ class McpGateway:
         policy could ever allow for this person (`may_use` answers which names; None lists every one)."""
         may_use = self.may_use
         entries, problems = await self.catalog(grant.tenant, grant.workspace)
-        visible = [e for e in entries if e.state != "changed"]
         if may_use is not None:
-            allowed = await may_use(signed, [e.name for e in visible]) if signed is not None else set()
-            visible = [e for e in visible if e.name in allowed]
+            allowed = await may_use(signed, [e.name for e in entries]) if signed is not None else set()
+            entries = [e for e in entries if e.name in allowed]
+        visible = [e for e in entries if e.state != "changed"]
         return McpToolsAnswer(tools=tuple(McpToolView(name=e.name, description=e.definition.description,
                                                        input_schema=e.definition.input_schema,
                                                        pinned=e.state == "pinned") for e in visible),
-                              problems=tuple(problems))
+                              problems=tuple(problems),
+                              withheld=tuple(e.name for e in entries if e.state == "changed"))
 
     async def facts(self, query: McpFactsQuery) -> McpToolFacts:
         """What policy decides on: the server, the tool, its annotations and whether its definition is pinned."""
@@ -244,8 +286,7 @@ class McpGateway:
         if server is None or not server.serves(workspace):
             return f"no MCP server {split[0]!r} is registered for {tenant}/{workspace}"
         try:
-            async with self.upstream(server).session() as client:
-                definitions = await list_definitions(client, self.list_timeout_s)
+            definitions = await self.definitions(server)
         except (UpstreamError, TimeoutError) as exc:
             return f"MCP server {server.name} is unavailable: {exc or 'timed out'}"
         definition = next((d for d in definitions if d.name == split[1]), None)
@@ -313,6 +354,7 @@ class McpGateway:
         try:
             async with self.upstream(server).session() as client:
                 definitions = await list_definitions(client, self.list_timeout_s)
+                self._remember(server, definitions)
                 definition = next((d for d in definitions if d.name == split[1]), None)
                 if definition is None:
                     raise CallRefused(f"MCP server {server.name} serves no tool {split[1]!r}")
