@@ -86,6 +86,8 @@ def demo(
             info = _start_stack(state_dir, stack_scope)
             started = True
         existed_before = OUTSIDE_PATH.exists()
+        # Registered first: the gateway has listed it again (honest) by the time the MCP scenario plays.
+        mcp_server = _register_mcp_server(state_dir)
         token = mint_token(info.dev_issuer_url, TENANT, USER)
         transcript = _play(info, token, timeout)
         render_transcript(console, transcript, USER)
@@ -99,7 +101,7 @@ def demo(
         approval_turn, approved = _play_approval(info, token, timeout)
         render_transcript(console, approval_turn, USER)
         checks += evaluate_approval(approval_turn, approved)
-        mcp_checks, mcp_sessions = _mcp_scenario(info, state_dir, token, timeout)
+        mcp_checks, mcp_sessions = _mcp_scenario(info, mcp_server, token, timeout)
         checks += mcp_checks
     failed = [c for c in checks if not c.ok]
     if as_json:
@@ -228,9 +230,11 @@ def register_demo_mcp_server(state_dir: Path) -> Path:
     description = state_dir / "mcp-demo" / "description"
     description.parent.mkdir(parents=True, exist_ok=True)
     description.write_text("")
+    # A new registration each run (the run's id in its environment): the gateway lists it afresh instead of
+    # answering from its listing of the last run's server, which served the changed description.
     server = Server(tenant=TENANT, name=MCP_SERVER, transport="stdio", workspaces=("default",), approvers="admin",
                     command=(sys.executable, str(demo_mcp_server()), str(description)),
-                    description="the Caduceus demo's warehouse (caduceus demo)")
+                    env={"CADUCEUS_DEMO_RUN": new_id()[:12]}, description="the Caduceus demo's warehouse")
     save_registry(settings.registry_file, load_registry(settings.registry_file).with_server(server))
     pins = PinStore(settings.pins_url)
     try:
@@ -240,16 +244,22 @@ def register_demo_mcp_server(state_dir: Path) -> Path:
     return description
 
 
-def _mcp_scenario(info: StackInfo, state_dir: Path, token: str, timeout: float) -> tuple[list[Check], list[str]]:
+def _register_mcp_server(state_dir: Path) -> Path | Exception:
+    try:
+        return register_demo_mcp_server(state_dir)
+    except Exception as exc:  # a broken mcp.yaml of the user's, say: the MCP scenario reports it as a step not done
+        return exc
+
+
+def _mcp_scenario(info: StackInfo, description: Path | Exception, token: str,
+                  timeout: float) -> tuple[list[Check], list[str]]:
     """alice's agent and an MCP tool: first use approved by carol (pinned), then without asking, then a rug pull."""
     console.print()
-    console.print(f"[bold]the demo registers its MCP server `{MCP_SERVER}` for {TENANT}'s workspace[/bold] "
+    if isinstance(description, Exception):
+        err.print(f"[red]could not register the demo's MCP server: {str(description).splitlines()[0]}[/red]")
+        return [Check(f"the demo registered its MCP server `{MCP_SERVER}`", False, str(description)[:200])], []
+    console.print(f"[bold]the demo's MCP server `{MCP_SERVER}` is registered for {TENANT}'s workspace[/bold] "
                   "(a real MCP server over stdio, run by the MCP gateway in bubblewrap)")
-    try:
-        description = register_demo_mcp_server(state_dir)
-    except Exception as exc:  # a broken mcp.yaml of the user's, say: say so, and count it as a step not done
-        err.print(f"[red]could not register the demo's MCP server: {str(exc).splitlines()[0]}[/red]")
-        return [Check(f"the demo registered its MCP server `{MCP_SERVER}`", False, str(exc)[:200])], []
     first, approved = _play_approval(info, token, timeout, MCP_MESSAGES[0], comment="the warehouse server is ours")
     render_transcript(console, first, USER)
     second = _with_client(info, lambda client: client.send(tenant=TENANT, token=token, text=MCP_MESSAGES[1],

@@ -209,18 +209,19 @@ class McpGateway:
         return await self._list(server)
 
     async def _list(self, server: Server) -> list[Definition]:
-        key = (server.tenant, server.name)
+        key, started = (server.tenant, server.name), time.monotonic()
         try:
             async with self.upstream(server).session() as client:
                 definitions = await list_definitions(client, self.list_timeout_s)
         except BaseException:
             self._listings.pop(key, None)  # unreachable now: nothing listed or vouched for from memory
             raise
-        self._remember(server, definitions)
+        self._remember(server, definitions, started)
         return definitions
 
-    def _remember(self, server: Server, definitions: list[Definition]) -> None:
-        self._listings[(server.tenant, server.name)] = (time.monotonic(), server, definitions)
+    def _remember(self, server: Server, definitions: list[Definition], started: float) -> None:
+        """Keep a listing, as of when its session started (what the server served is no newer than that)."""
+        self._listings[(server.tenant, server.name)] = (started, server, definitions)
 
     async def refresh_listings(self, older_than_s: float = 0.0) -> int:
         """List every registered server again whose listing is older than `older_than_s` (and forget servers no
@@ -231,8 +232,8 @@ class McpGateway:
         for key in set(self._listings) - set(servers):
             del self._listings[key]
         now = time.monotonic()
-        due = [s for key, s in servers.items()
-               if key not in self._listings or now - self._listings[key][0] >= older_than_s]
+        due = [s for key, s in servers.items() if key not in self._listings or self._listings[key][1] != s
+               or now - self._listings[key][0] >= older_than_s]
         results = await asyncio.gather(*(self._list(s) for s in due), return_exceptions=True)
         return sum(1 for r in results if isinstance(r, BaseException))
 
@@ -352,9 +353,10 @@ class McpGateway:
         self.claim(decision)
         timeout_s = server.timeout_s or self.call_timeout_s
         try:
+            started = time.monotonic()
             async with self.upstream(server).session() as client:
                 definitions = await list_definitions(client, self.list_timeout_s)
-                self._remember(server, definitions)
+                self._remember(server, definitions, started)
                 definition = next((d for d in definitions if d.name == split[1]), None)
                 if definition is None:
                     raise CallRefused(f"MCP server {server.name} serves no tool {split[1]!r}")
@@ -380,6 +382,8 @@ class McpGateway:
         approver = decision.reason.split(" by ", 1)[-1][:256] if " by " in decision.reason else "approval"
         pin = self.pins.pin(entry.server.tenant, entry.server.pin_workspace(decision.workspace), entry.server.name,
                             entry.definition.name, entry.definition.digest, entry.definition.as_dict(), approver)
+        # A definition approved again: a later change of it is news again (and audited again).
+        self._reported = {k for k in self._reported if k[:4] != (pin.tenant, pin.workspace, pin.server, pin.tool)}
         await self.publish(subjects.mcp_event("pin", pin.tenant), McpPinChanged(
             tenant=pin.tenant, action="pinned", actor=approver, server=pin.server, tool=pin.tool,
             workspace=pin.workspace, digest=pin.digest))
