@@ -60,6 +60,32 @@ async def test_a_changed_definition_is_withheld_denied_and_reported_with_the_dif
     assert "mcp__files__add" in {t.name for t in listed.tools}
 
 
+async def test_lists_and_facts_answer_from_the_listing_but_a_call_checks_what_is_served_then(
+        gateway, keys, tmp_path) -> None:
+    await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
+    assert (await gateway.refresh_listings()) == 0
+    (tmp_path / "rug").touch()  # changed after the last listing: lists and facts do not know yet
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "pinned"
+    done = await gateway.call(dispatched(keys, ECHO, {"text": "hi"}))  # allowed on those stale facts
+    assert done.status == "denied" and "changed since it was approved" in done.reason
+    # The call's own listing is now what lists and facts answer from: withheld, denied, and named as withheld.
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "changed"
+    listed = await gateway.tools_for(grant(keys).grant)
+    assert ECHO not in {t.name for t in listed.tools} and listed.withheld == (ECHO,)
+    assert "evil.example" not in listed.model_dump_json()
+
+
+async def test_a_server_that_stops_answering_is_forgotten_not_vouched_for_from_memory(gateway, keys, tmp_path) -> None:
+    await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
+    write_registry(gateway.registry.path, stdio_server("files", tmp_path / "rug").replace(
+        "command: [", "command: [/nonexistent/python, "))
+    assert (await gateway.refresh_listings()) == 1
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "unknown"  # policy denies: the gateway cannot vouch for it
+
+
 @pytest.mark.parametrize("tamper", ["args", "expired", "deny", "replay", "other-workspace"])
 async def test_a_call_without_a_valid_unused_decision_for_exactly_it_never_reaches_the_upstream(
         gateway, keys, tamper) -> None:
