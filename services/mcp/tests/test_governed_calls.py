@@ -3,6 +3,7 @@ for the exact call, only once, only for an approved (pinned) definition, with cr
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -84,6 +85,20 @@ async def test_a_server_that_stops_answering_is_forgotten_not_vouched_for_from_m
     assert (await gateway.refresh_listings()) == 1
     facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
     assert facts.pin == "unknown"  # policy denies: the gateway cannot vouch for it
+
+
+async def test_an_idle_server_is_not_started_again_in_the_background_until_it_is_asked_for(
+        gateway, keys, tmp_path) -> None:
+    await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
+    gateway.idle_after_s = 0.5
+    await asyncio.sleep(0.6)  # nobody asks for it any more
+    (tmp_path / "rug").touch()
+    await gateway.refresh_listings()  # idle: not started again
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "pinned"  # from the last listing (a call would still be checked)
+    await gateway.refresh_listings()  # asked for just now: listed again
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "changed"
 
 
 @pytest.mark.parametrize("tamper", ["args", "expired", "deny", "replay", "other-workspace"])

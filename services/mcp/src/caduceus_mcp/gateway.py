@@ -144,8 +144,13 @@ class McpGateway:
     listing_ttl_s: float = 30.0
     # Definition changes already reported: (tenant, workspace, server, tool, served digest).
     _reported: set[tuple[str, str, str, str, str]] = field(default_factory=set)
+    # A server nobody asked for (lists, facts, calls) for this long is not listed in the background.
+    idle_after_s: float = 600.0
     # The last listing of each server: (tenant, server) -> (when, the server as registered, its definitions).
     _listings: dict[tuple[str, str], tuple[float, Server, list[Definition]]] = field(default_factory=dict)
+    # The last attempt to list each server, and when it was last asked for.
+    _tried: dict[tuple[str, str], tuple[float, Server]] = field(default_factory=dict)
+    _asked: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         METADATA.create_all(self.pins.engine)
@@ -203,6 +208,7 @@ class McpGateway:
         else a new one. Starting a stdio server (and the SDK) takes seconds, longer than a planner's turn or
         policy's decision may wait; the call itself always checks the definition it calls, in its own session."""
         key = (server.tenant, server.name)
+        self._asked[key] = time.monotonic()
         listed = self._listings.get(key)
         if listed is not None and listed[1] == server and time.monotonic() - listed[0] < self.listing_ttl_s:
             return listed[2]
@@ -210,6 +216,7 @@ class McpGateway:
 
     async def _list(self, server: Server) -> list[Definition]:
         key, started = (server.tenant, server.name), time.monotonic()
+        self._tried[key] = (started, server)
         try:
             async with self.upstream(server).session() as client:
                 definitions = await list_definitions(client, self.list_timeout_s)
@@ -224,16 +231,25 @@ class McpGateway:
         self._listings[(server.tenant, server.name)] = (started, server, definitions)
 
     async def refresh_listings(self, older_than_s: float = 0.0) -> int:
-        """List every registered server again whose listing is older than `older_than_s` (and forget servers no
-        longer registered), so lists and facts answer from memory with what the servers serve now. Returns how
-        many servers could not be listed."""
+        """List again every registered server in use (asked for within `idle_after_s`) last tried more than
+        `older_than_s` ago, and every new or changed registration; forget servers no longer registered. So lists
+        and facts answer from memory with what the servers serve now, and an idle server is not started over and
+        over. Returns how many servers could not be listed."""
         self.registry.refresh()
         servers = {(t, n): s for t, named in self.registry.registry.servers.items() for n, s in named.items()}
-        for key in set(self._listings) - set(servers):
-            del self._listings[key]
+        for table in (self._listings, self._tried, self._asked):
+            for key in set(table) - set(servers):
+                del table[key]
         now = time.monotonic()
-        due = [s for key, s in servers.items() if key not in self._listings or self._listings[key][1] != s
-               or now - self._listings[key][0] >= older_than_s]
+
+        def is_due(key: tuple[str, str], server: Server) -> bool:
+            tried = self._tried.get(key)
+            if tried is None or tried[1] != server:
+                return True
+            in_use = now - self._asked.get(key, -self.idle_after_s) < self.idle_after_s
+            return in_use and now - tried[0] >= older_than_s
+
+        due = [s for key, s in servers.items() if is_due(key, s)]
         results = await asyncio.gather(*(self._list(s) for s in due), return_exceptions=True)
         return sum(1 for r in results if isinstance(r, BaseException))
 
@@ -351,6 +367,7 @@ class McpGateway:
         if server is None or not server.serves(event.workspace):
             raise CallRefused(f"no MCP server {split[0]!r} is registered for {event.tenant}/{event.workspace}")
         self.claim(decision)
+        self._asked[(server.tenant, server.name)] = time.monotonic()
         timeout_s = server.timeout_s or self.call_timeout_s
         try:
             started = time.monotonic()
