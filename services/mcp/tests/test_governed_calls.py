@@ -101,6 +101,19 @@ async def test_an_idle_server_is_not_started_again_in_the_background_until_it_is
     assert facts.pin == "changed"
 
 
+async def test_the_same_change_after_a_new_approval_is_reported_again(gateway, keys, tmp_path) -> None:
+    rug = tmp_path / "rug"
+    for _ in range(2):  # approve, rug pull, revoke and put the server back: the same change is news again
+        await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
+        rug.touch()
+        assert (await gateway.call(dispatched(keys, ECHO, {"text": "hi"}))).status == "denied"
+        gateway.pins.revoke("acme", "files", "echo", actor="test")
+        rug.unlink()
+        await gateway.refresh_listings()  # what the gateway's background listing does within seconds
+    changes = [e for _, e in gateway.published if isinstance(e, McpDefinitionChanged)]
+    assert len(changes) == 2 and changes[0].served_digest == changes[1].served_digest
+
+
 @pytest.mark.parametrize("tamper", ["args", "expired", "deny", "replay", "other-workspace"])
 async def test_a_call_without_a_valid_unused_decision_for_exactly_it_never_reaches_the_upstream(
         gateway, keys, tamper) -> None:
