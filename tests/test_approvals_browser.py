@@ -87,6 +87,23 @@ async def test_approver_signs_in_sees_the_request_live_and_approves_it(stack) ->
                 await expect(page.locator('link[rel="stylesheet"]')).to_have_attribute("href", "/static/approvals.css")
                 assert await page.evaluate("getComputedStyle(document.querySelector('header')).display") == "flex"
                 assert violations == [], violations
+
+                # Markup an attacker got into the page (a missed escape, say) runs nothing: the browser refuses an
+                # inline event handler and an inline script, and says so.
+                await page.evaluate("""() => {
+                  document.querySelector("main").insertAdjacentHTML("beforeend",
+                    '<img src="/static/no-such.png" onerror="window.pwned = 1">');
+                  const script = document.createElement("script");
+                  script.textContent = "window.pwned = 2";
+                  document.body.appendChild(script);
+                }""")
+                for _ in range(100):
+                    if len(violations) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await page.evaluate("window.pwned") is None
+                assert any("script-src-attr" in v for v in violations), violations
+                assert any("script-src-elem" in v for v in violations), violations
             finally:
                 await browser.close()
         transcript = await turn
