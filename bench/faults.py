@@ -53,8 +53,11 @@ from caduceus_identity import mint_dev_token
 
 RESULTS = Path(__file__).parent / "results"
 LEDGER = "fault-ledger.txt"
-# (tenant, member who sends the calls): acme ships with the stack, globex is added for these runs.
-TENANTS = (("acme", "alice"), ("globex", "gina"))
+# (tenant, the members who send its calls, one caller each): acme ships with the stack, globex is added here.
+TENANTS = (("acme", ("alice", "bob")), ("globex", ("gina", "hank")))
+# The shipped policy allows a member 120 terminal calls a minute: each caller stays under it, so every denial
+# the table shows is the fault's doing.
+CALLER_INTERVAL_S = 0.6
 # The gateway's limits: a decision within 10 s (else denied), a result within 30 s (else an error), no call
 # waits for people. Every call is answered within their sum plus its own slack: the bound checked.
 TIMEOUTS = GatewayTimeouts(decision_s=10.0, completion_s=30.0, approval_s=5.0)
@@ -71,7 +74,8 @@ def add_second_tenant(state_dir: Path) -> None:
     path = state_dir / "tenants.yaml"
     tenants = yaml.safe_load(path.read_text())
     tenants["tenants"]["globex"] = {"display_name": "Globex", "workspaces": ["default"], "memory": "user",
-                                    "users": {"gina": {"email": "gina@globex.example", "roles": ["member"]}}}
+                                    "users": {user: {"email": f"{user}@globex.example", "roles": ["member"]}
+                                              for user in dict(TENANTS)["globex"]}}
     path.write_text(yaml.safe_dump(tenants, sort_keys=False))
     path = state_dir / "policy.yaml"
     policy = yaml.safe_load(path.read_text())
@@ -102,11 +106,10 @@ class Sent:
 
 @dataclass
 class Load:
-    """Steady governed calls from each tenant, `per_tenant` callers each, until paused or stopped."""
+    """Steady governed calls from each tenant's members (one caller each), until paused or stopped."""
 
     stack: EmbeddedStack
-    per_tenant: int = 2
-    pause_s: float = 0.05
+    interval_s: float = CALLER_INTERVAL_S
     calls: list[Sent] = field(default_factory=list)
     turns: list[tuple[str, float, str]] = field(default_factory=list)  # tenant, seconds, "ok" or what failed
 
@@ -117,43 +120,50 @@ class Load:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._gateways: dict[str, ToolGateway] = {}
+        self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
         self._counter = 0
 
     def start(self) -> None:
-        """One chat turn per tenant first (it starts the tenant's planner and executor), then the callers."""
-        for tenant, user in TENANTS:
-            seconds, problem = self.turn(tenant, user)
+        """One chat turn per tenant first (it starts the tenant's planner and executor), then the callers.
+
+        Tokens for the turns are minted now: the dev issuer runs in the first identity replica only, which a
+        fault kills.
+        """
+        for tenant, users in TENANTS:
+            self._tokens[tenant] = mint_dev_token(self.stack.info.dev_issuer_url, tenant, users[0])
+            seconds, problem = self.turn(tenant)
             if problem != "ok":
                 raise RuntimeError(f"the warm-up turn for {tenant} failed: {problem}")
         self._loop_thread.start()
         identity = ensure_signer(self.stack.layout.keys, "identity")
-        for tenant, user in TENANTS:
-            self._gateways[tenant] = self._on_loop(self._gateway(tenant, user, identity)).result(30)
+        for tenant, users in TENANTS:
+            self._gateways[tenant] = self._on_loop(self._gateway(tenant, users, identity)).result(30)
         self._running.set()
-        for tenant, _ in TENANTS:
-            for n in range(self.per_tenant):
-                thread = threading.Thread(target=self._call_forever, args=(tenant,), name=f"faults-{tenant}-{n}",
-                                          daemon=True)
+        for tenant, users in TENANTS:
+            for user in users:
+                thread = threading.Thread(target=self._call_forever, args=(tenant, user),
+                                          name=f"faults-{tenant}-{user}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
     def _on_loop(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    async def _gateway(self, tenant: str, user: str, identity) -> ToolGateway:
+    async def _gateway(self, tenant: str, users: tuple[str, ...], identity) -> ToolGateway:
         conn = await EventConnection.connect(
             self.stack.worker_bus_settings("planner", tenant, "default", "faults"), f"faults-planner-{tenant}")
         gateway = ToolGateway(conn, self._loop, tenant=tenant, workspace="default",
                               keyring=load_keyring(self.stack.layout.keys), timeouts=TIMEOUTS)
         await gateway.start()
-        grant = SignedGrant.issue(identity, SessionGrant(
-            tenant=tenant, workspace="default", user=user, roles=("member",), channel="faults",
-            session_id=f"faults-{tenant}", issued_at=utcnow(), expires_at=utcnow() + timedelta(hours=2)))
-        gateway.bind_session(f"faults-{tenant}", grant)
+        for user in users:  # one session per member, as a planner binds each turn's session
+            grant = SignedGrant.issue(identity, SessionGrant(
+                tenant=tenant, workspace="default", user=user, roles=("member",), channel="faults",
+                session_id=f"faults-{user}", issued_at=utcnow(), expires_at=utcnow() + timedelta(hours=2)))
+            gateway.bind_session(f"faults-{user}", grant)
         return gateway
 
-    def _call_forever(self, tenant: str) -> None:
+    def _call_forever(self, tenant: str, user: str) -> None:
         gateway = self._gateways[tenant]
         while not self._stopping.is_set():
             if not self._running.wait(0.2):
@@ -163,16 +173,16 @@ class Load:
                 sent = Sent(tenant, f"{tenant}-{self._counter}", time.monotonic())
                 self.calls.append(sent)
             outcome = gateway.request_call("terminal", {"command": f"echo {sent.tag} >> {LEDGER}"},
-                                           session_id=f"faults-{tenant}")
+                                           session_id=f"faults-{user}")
             sent.status, sent.reason, sent.answered_at = outcome.status, outcome.reason or "", time.monotonic()
-            time.sleep(self.pause_s)
+            time.sleep(max(0.0, sent.sent_at + self.interval_s - time.monotonic()))
 
-    def turn(self, tenant: str, user: str) -> tuple[float, str]:
+    def turn(self, tenant: str) -> tuple[float, str]:
         """One chat turn (`noop`: one tool call, then a reply); how long it took and "ok" or what went wrong."""
         async def one() -> str:
             client = await ChatClient.connect(self.stack.info.bus_settings("client"))
             try:
-                token = await asyncio.to_thread(mint_dev_token, self.stack.info.dev_issuer_url, tenant, user)
+                token = self._tokens[tenant]
                 transcript = await client.send(tenant=tenant, token=token, text="noop", timeout=TURN_BOUND_S)
                 return "ok" if transcript.reply is not None and transcript.reply.text else "no reply text"
             finally:
@@ -226,6 +236,7 @@ class Phase:
     stream_events: int
     stored_events: int
     not_ok: dict[str, int] = field(default_factory=dict)  # "status: reason" -> calls answered so
+    turn_problems: list[str] = field(default_factory=list)
 
     @property
     def holds(self) -> bool:
@@ -316,18 +327,23 @@ def kill(stack: EmbeddedStack, fault: str) -> Callable[[], bool]:
 
 def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
               say: Callable[[str], None] = print) -> Phase:
-    """Kill, keep the load on for phase_s (and until the process is back), pause, check."""
+    """Kill, keep the load on for phase_s and until the process is back and every tenant had a call succeed
+    (calls in flight at the kill may take up to BOUND_S to be answered), pause, check."""
     first = len(load.calls)
     turns_before = len(load.turns)
     killed_at = time.monotonic()
     back = kill(stack, fault)
     say(f"killed {fault}; load continues for {phase_s:g} s")
-    for tenant, user in TENANTS:
-        threading.Thread(target=load.turn, args=(tenant, user), daemon=True).start()
-    deadline = killed_at + phase_s
-    while time.monotonic() < deadline or not back():
-        if time.monotonic() > killed_at + phase_s + 120:
-            break
+    for tenant, _ in TENANTS:
+        threading.Thread(target=load.turn, args=(tenant,), daemon=True).start()
+
+    def recovered() -> bool:
+        return all(any(c.tenant == tenant and c.sent_at >= killed_at and c.status == "ok" for c in load.calls[first:])
+                   for tenant, _ in TENANTS)
+
+    while time.monotonic() < killed_at + phase_s or not back() or not recovered():
+        if time.monotonic() > killed_at + phase_s + BOUND_S + 60:
+            break  # the phase's checks say what did not come back
         time.sleep(0.2)
     turn_deadline = time.monotonic() + TURN_BOUND_S
     while len(load.turns) < turns_before + len(TENANTS) and time.monotonic() < turn_deadline:
@@ -356,6 +372,7 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
         slowest_s=max((c.answered_at - c.sent_at for c in answered), default=0.0),
         recovered_s=recovered,
         turns=f"{sum(p == 'ok' for _, _, p in turns)}/{len(turns)}",
+        turn_problems=[f"{tenant}: {problem[:200]}" for tenant, _, problem in turns if problem != "ok"],
         audit_verify=audit_verify(stack), stream_events=stream, stored_events=stored,
         not_ok=dict(collections.Counter(f"{c.status}: {c.reason[:120]}" for c in answered if c.status != "ok")),
     )
@@ -363,10 +380,10 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
     return phase
 
 
-def run(stack: EmbeddedStack, faults: tuple[str, ...], phase_s: float, say: Callable[[str], None] = print,
-        per_tenant: int = 2) -> list[Phase]:
-    """The whole suite on a running stack: a baseline phase with no fault, then each fault in turn."""
-    load = Load(stack, per_tenant=per_tenant)
+def run(stack: EmbeddedStack, faults: tuple[str, ...], phase_s: float,
+        say: Callable[[str], None] = print) -> list[Phase]:
+    """The whole suite on a running stack: each fault in turn, under the load."""
+    load = Load(stack)
     load.start()
     phases = []
     try:
@@ -404,6 +421,7 @@ def table(phases: list[Phase]) -> str:
 def answers_not_ok(phases: list[Phase]) -> str:
     """The answers that were a denial or an error, by fault: what a requester was told instead of a result."""
     lines = [f"- kill -9 {p.fault}: {count} x {what}" for p in phases for what, count in sorted(p.not_ok.items())]
+    lines += [f"- kill -9 {p.fault}: chat turn failed, {problem}" for p in phases for problem in p.turn_problems]
     return "\n".join(lines) or "- none: every call got its result"
 
 
@@ -436,7 +454,8 @@ def main() -> None:
         f"- command: `.venv/bin/python bench/faults.py --replicas {options.replicas} --phase-s {options.phase_s:g} "
         f"--rounds {options.rounds}`",
         f"- the embedded stack, {options.replicas} replicas of each service but the broker; tenants "
-        f"{', '.join(t for t, _ in TENANTS)}, 2 callers each; every call answered within {BOUND_S:g} s "
+        f"{', '.join(t for t, _ in TENANTS)}, one caller per member ({sum(len(u) for _, u in TENANTS)}), each at "
+        f"most one call per {CALLER_INTERVAL_S:g} s; every call answered within {BOUND_S:g} s "
         f"(the gateway's limits); run took {time.monotonic() - started:.0f} s",
         "",
         table(phases),
