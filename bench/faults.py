@@ -12,7 +12,9 @@ gateway). A phase kills one process, keeps the load on for `phase_s`, then pause
 - ran without a decision: tags in a ledger with no `allow` decision for their call's digest in audit: must be 0;
 - every call answered within BOUND_S (the gateway's own limits; the slowest answer is shown);
 - `caduceus audit verify` passes, and the stream holds as many events as audit stored;
-- time to recover: from the kill until a call sent after it succeeded for every tenant.
+- time to recover: from the kill until a call sent after it succeeded for every tenant;
+- web ports: right after the kill, the approvals UI, web chat, MCP endpoint and inference gateway each answer new
+  connections (their replicas share the port).
 
 Short form: tests/test_faults.py. Long form (longer phases, every fault twice):
 
@@ -33,6 +35,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -237,12 +241,13 @@ class Phase:
     stored_events: int
     not_ok: dict[str, int] = field(default_factory=dict)  # "status: reason" -> calls answered so
     turn_problems: list[str] = field(default_factory=list)
+    web_ports: str = "ok"
 
     @property
     def holds(self) -> bool:
         return (self.lost == 0 and self.executed_twice == 0 and self.ran_without_decision == 0
                 and self.slowest_s <= BOUND_S and self.recovered_s is not None and self.audit_verify == "ok"
-                and self.stream_events == self.stored_events)
+                and self.stream_events == self.stored_events and self.web_ports == "ok")
 
 
 def ledger(stack: EmbeddedStack) -> collections.Counter[str]:
@@ -306,6 +311,30 @@ def audit_verify(stack: EmbeddedStack) -> str:
     return "ok" if done.returncode == 0 else f"exit {done.returncode}: {(done.stdout + done.stderr)[-800:]}"
 
 
+def web_ports(stack: EmbeddedStack, tries: int = 8) -> str:
+    """"ok" when the stack's shared web ports each answer `tries` new connections (any HTTP status below 500):
+    with one replica killed, the kernel hands them to the live one. Else which did not."""
+    ports = stack.ports
+    urls = {"approvals UI": f"http://127.0.0.1:{ports.approval_ui}/", "web chat": f"http://127.0.0.1:{ports.webchat}/",
+            "MCP endpoint": f"http://127.0.0.1:{ports.mcp_endpoint}/mcp/acme",
+            "inference": f"http://127.0.0.1:{ports.inference}/v1/models"}
+    failed = []
+    for what, url in urls.items():
+        for _ in range(tries):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError as exc:
+                failed.append(f"{what}: {exc}")
+                break
+            if status >= 500:
+                failed.append(f"{what}: HTTP {status}")
+                break
+    return "ok" if not failed else "; ".join(failed)
+
+
 def kill(stack: EmbeddedStack, fault: str) -> Callable[[], bool]:
     """SIGKILL what the fault names; returns a check that says when it is back (restarted by the stack, or by us)."""
     if fault == "temporal":
@@ -333,6 +362,7 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
     turns_before = len(load.turns)
     killed_at = time.monotonic()
     back = kill(stack, fault)
+    web = web_ports(stack)  # at once, while the killed replica is down
     say(f"killed {fault}; load continues for {phase_s:g} s")
     for tenant, _ in TENANTS:
         threading.Thread(target=load.turn, args=(tenant,), daemon=True).start()
@@ -372,6 +402,7 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
         slowest_s=max((c.answered_at - c.sent_at for c in answered), default=0.0),
         recovered_s=recovered,
         turns=f"{sum(p == 'ok' for _, _, p in turns)}/{len(turns)}",
+        web_ports=web,
         turn_problems=[f"{tenant}: {problem[:200]}" for tenant, _, problem in turns if problem != "ok"],
         audit_verify=audit_verify(stack), stream_events=stream, stored_events=stored,
         not_ok=dict(collections.Counter(f"{c.status}: {c.reason[:120]}" for c in answered if c.status != "ok")),
@@ -407,14 +438,15 @@ def faults_of(replicas: int, rounds: int = 1) -> tuple[str, ...]:
 
 def table(phases: list[Phase]) -> str:
     lines = ["| fault | calls sent | answered | lost | executed twice | ran without decision | ran after an error "
-             "answer | slowest answer s | time to recover s | turns ok | audit verify | stream = stored |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "answer | slowest answer s | time to recover s | turns ok | web ports | audit verify | stream = stored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in phases:
         recovered = f"{p.recovered_s:.1f}" if p.recovered_s is not None else "never"
         verify = "ok" if p.audit_verify == "ok" else "FAILED"
         lines.append(f"| kill -9 {p.fault} | {p.sent} | {p.answered} | {p.lost} | {p.executed_twice} | "
                      f"{p.ran_without_decision} | {p.ran_after_an_error_answer} | {p.slowest_s:.1f} | {recovered} | "
-                     f"{p.turns} | {verify} | {p.stream_events} = {p.stored_events} |")
+                     f"{p.turns} | {'ok' if p.web_ports == 'ok' else 'FAILED'} | {verify} | "
+                     f"{p.stream_events} = {p.stored_events} |")
     return "\n".join(lines)
 
 
@@ -422,6 +454,7 @@ def answers_not_ok(phases: list[Phase]) -> str:
     """The answers that were a denial or an error, by fault: what a requester was told instead of a result."""
     lines = [f"- kill -9 {p.fault}: {count} x {what}" for p in phases for what, count in sorted(p.not_ok.items())]
     lines += [f"- kill -9 {p.fault}: chat turn failed, {problem}" for p in phases for problem in p.turn_problems]
+    lines += [f"- kill -9 {p.fault}: web ports: {p.web_ports}" for p in phases if p.web_ports != "ok"]
     return "\n".join(lines) or "- none: every call got its result"
 
 

@@ -4,7 +4,8 @@ the Temporal dev server, which is restarted). The harness is bench/faults.py; it
 
 After each kill: no call lost (each got a result, a denial or an error), none ran twice (the tool's own ledger in
 the workspace), none ran without an `allow` decision for its digest, every answer within the gateway's bound,
-`caduceus audit verify` passes, and the stream holds as many events as audit stored."""
+`caduceus audit verify` passes, the stream holds as many events as audit stored, a chat turn per tenant is
+answered, and the shared web ports (approvals UI, web chat, MCP endpoint, inference) answer while a replica is down."""
 
 from __future__ import annotations
 
@@ -68,5 +69,6 @@ def test_each_kill_leaves_every_call_answered_once_and_the_audit_trail_whole(rep
         assert p.audit_verify == "ok", f"{p.fault}: {p.audit_verify}"
         assert p.stream_events == p.stored_events, f"{p.fault}: stream {p.stream_events}, stored {p.stored_events}"
         assert p.turns == f"{len(faults.TENANTS)}/{len(faults.TENANTS)}", f"{p.fault}: chat turns {p.turns}"
+        assert p.web_ports == "ok", f"{p.fault}: {p.web_ports}"
     # the load got results, not only denials: a kill is survived by the other replica, not by refusing everything
     assert sum(p.ok for p in phases) > sum(p.sent for p in phases) // 2
