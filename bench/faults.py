@@ -128,8 +128,8 @@ class Load:
         self._lock = threading.Lock()
         self._counter = 0
 
-    def start(self) -> None:
-        """One chat turn per tenant first (it starts the tenant's planner and executor), then the callers.
+    def warm_up(self) -> None:
+        """One chat turn per tenant: it starts the tenant's planner and executor, as in production.
 
         Tokens for the turns are minted now: the dev issuer runs in the first identity replica only, which a
         fault kills.
@@ -139,6 +139,10 @@ class Load:
             seconds, problem = self.turn(tenant)
             if problem != "ok":
                 raise RuntimeError(f"the warm-up turn for {tenant} failed: {problem}")
+
+    def start(self) -> None:
+        """Warm up, then start one caller per member."""
+        self.warm_up()
         self._loop_thread.start()
         identity = ensure_signer(self.stack.layout.keys, "identity")
         for tenant, users in TENANTS:
@@ -311,9 +315,15 @@ def audit_verify(stack: EmbeddedStack) -> str:
     return "ok" if done.returncode == 0 else f"exit {done.returncode}: {(done.stdout + done.stderr)[-800:]}"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a redirect (to sign in) is the port's answer
+        return None
+
+
 def web_ports(stack: EmbeddedStack, tries: int = 8) -> str:
-    """"ok" when the stack's shared web ports each answer `tries` new connections (any HTTP status below 500):
-    with one replica killed, the kernel hands them to the live one. Else which did not."""
+    """"ok" when the stack's shared web ports each answer `tries` new connections (any HTTP status below 500,
+    redirects not followed): with one replica killed, the kernel hands them to the live one. Else which did not."""
+    opener = urllib.request.build_opener(_NoRedirects)
     ports = stack.ports
     urls = {"approvals UI": f"http://127.0.0.1:{ports.approval_ui}/", "web chat": f"http://127.0.0.1:{ports.webchat}/",
             "MCP endpoint": f"http://127.0.0.1:{ports.mcp_endpoint}/mcp/acme",
@@ -322,7 +332,7 @@ def web_ports(stack: EmbeddedStack, tries: int = 8) -> str:
     for what, url in urls.items():
         for _ in range(tries):
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:
+                with opener.open(url, timeout=5) as response:
                     status = response.status
             except urllib.error.HTTPError as exc:
                 status = exc.code
