@@ -126,9 +126,10 @@ def main() -> None:
         f"Ratio (two over one): calls/s {two['calls_per_s'] / one['calls_per_s']:.2f}x, "
         f"p50 {two['p50_ms'] / one['p50_ms']:.2f}x.",
         "",
-        "How to read it: every process of both stacks shares this machine's cores, so a second replica adds "
-        "processes competing for the same CPUs; the broker and each workspace's executor are one process in both "
-        "configurations. Replicas here buy surviving a killed process (bench/faults.py), not throughput.",
+        "How to read it: both stacks run every process on this machine's cores, so a second replica of each "
+        "service is more processes competing for the same CPUs, not more CPUs; the broker and each workspace's "
+        "executor are one process in both configurations. On one machine, replicas are for surviving a killed "
+        "process (bench/faults.py); whether they add throughput needs more machines than this benchmark has.",
     ]
     report = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
