@@ -18,7 +18,7 @@ gateway). A phase kills one process, keeps the load on for `phase_s`, then pause
 
 Short form: tests/test_faults.py. Long form (longer phases, every fault twice):
 
-    .venv/bin/python bench/faults.py [--replicas 2] [--phase-s 20] [--rounds 2]
+    .venv/bin/python bench/faults.py [--replicas 2] [--phase-s 20] [--rounds 2] [--first-replica 1]
 
 It writes bench/results/faults-<date>.md (machine and command recorded) and prints the table.
 """
@@ -437,11 +437,11 @@ def run(stack: EmbeddedStack, faults: tuple[str, ...], phase_s: float,
     return phases
 
 
-def faults_of(replicas: int, rounds: int = 1) -> tuple[str, ...]:
-    """Round r kills replica r (of each service, wrapping around), then Temporal."""
+def faults_of(replicas: int, rounds: int = 1, first_replica: int = 1) -> tuple[str, ...]:
+    """Round r kills replica first_replica + r (of each service, wrapping around), then Temporal."""
     chosen = []
     for r in range(rounds):
-        replica = r % replicas + 1
+        replica = (first_replica - 1 + r) % replicas + 1
         chosen += [name if replica == 1 else f"{name}-{replica}" for name in SERVICE_FAULTS] + ["temporal"]
     return tuple(chosen)
 
@@ -481,21 +481,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=2, help="processes of each service but the broker")
     parser.add_argument("--phase-s", type=float, default=20.0, help="seconds of load after each kill")
-    parser.add_argument("--rounds", type=int, default=2, help="times through the faults (round r kills replica r)")
+    parser.add_argument("--rounds", type=int, default=2, help="times through the faults (each round kills the "
+                                                              "next replica)")
+    parser.add_argument("--first-replica", type=int, default=1, help="the replica the first round kills")
     options = parser.parse_args()
     os.environ.pop("CADUCEUS_MODEL_BASE_URL", None)  # the scripted model
     os.environ.setdefault("CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S", "2")
     say = lambda line: print(f"  {line}", file=sys.stderr)  # noqa: E731
     started = time.monotonic()
     with replicated_stack(Path(tempfile.mkdtemp(prefix="bench-faults-")), options.replicas, say) as stack:
-        phases = run(stack, faults_of(options.replicas, options.rounds), options.phase_s, say)
+        phases = run(stack, faults_of(options.replicas, options.rounds, options.first_replica), options.phase_s, say)
     lines = [
         "# Fault injection: kill -9 under a steady load of governed calls",
         "",
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}",
         f"- command: `.venv/bin/python bench/faults.py --replicas {options.replicas} --phase-s {options.phase_s:g} "
-        f"--rounds {options.rounds}`",
+        f"--rounds {options.rounds} --first-replica {options.first_replica}`",
         f"- the embedded stack, {options.replicas} replicas of each service but the broker; tenants "
         f"{', '.join(t for t, _ in TENANTS)}, one caller per member ({sum(len(u) for _, u in TENANTS)}), each at "
         f"most one call per {CALLER_INTERVAL_S:g} s; every call answered within {BOUND_S:g} s "
