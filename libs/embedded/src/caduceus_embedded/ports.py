@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 
 class PortBusy(RuntimeError):
@@ -19,13 +21,25 @@ def free_port() -> int:
 
 
 def free_block(count: int, avoid: set[int] = frozenset(), attempts: int = 200) -> int:
-    """The first of `count` consecutive loopback ports nothing uses right now (for tests)."""
+    """The first of `count` consecutive loopback ports nothing uses right now (for tests).
+
+    Chosen below the kernel's ephemeral range: there, the stack's own outgoing connections (each takes a local
+    port from that range) could take one of the block before the service that needs it binds it.
+    """
+    low = min(_ephemeral_low(), 65535) - count
     for _ in range(attempts):
-        first = free_port()
+        first = random.randrange(10_000, low) if low > 10_000 else free_port()
         ports = range(first, first + count)
-        if first + count <= 65535 and not avoid.intersection(ports) and all(_is_free(p) for p in ports[1:]):
+        if first + count <= 65535 and not avoid.intersection(ports) and all(_is_free(p) for p in ports):
             return first
     raise PortBusy(f"found no {count} consecutive free ports")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _is_free(port: int) -> bool:
