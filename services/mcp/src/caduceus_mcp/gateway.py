@@ -42,7 +42,7 @@ from caduceus_contracts import (
     subjects,
 )
 from caduceus_mcp.definitions import Definition, definition_diff
-from caduceus_mcp.pins import METADATA, Pin, PinStore
+from caduceus_mcp.pins import METADATA, Pin, PinStore, create_tables
 from caduceus_mcp.registry import (
     Registry,
     RegistryError,
@@ -143,7 +143,7 @@ class McpGateway:
     _reported: set[tuple[str, str, str, str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        METADATA.create_all(self.pins.engine)
+        create_tables(self.pins.engine)
 
     async def audit_changes(self, snapshot: Path | None = None) -> int:
         """Publish what changed since the last audit: servers added, changed or removed in the registry (compared
