@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +20,7 @@ from caduceus_embedded.layout import StateLayout
 from caduceus_embedded.ports import SERVICE_HTTP_ORDER, PortBusy, StackPorts
 from caduceus_embedded.services import SINGLE_INSTANCE, default_services
 from caduceus_embedded.settings import ModelSettings
+from caduceus_embedded.stackinfo import read_stack_info
 
 
 @pytest.fixture()
@@ -77,3 +85,46 @@ def test_up_refuses_fewer_than_one_replica(replicas: str, tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["up", "--state-dir", str(tmp_path), "--replicas", replicas])
     assert result.exit_code == 2
     assert "--replicas" in result.output
+
+
+@pytest.mark.timeout(240)
+def test_up_with_two_replicas_lists_each_in_status_and_ctrl_c_stops_them_all(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    ports = StackPorts.free(2)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "caduceus.cli", "up", "--replicas", "2", "--state-dir", str(state),
+         "--nats-port", str(ports.nats), "--temporal-port", str(ports.temporal),
+         "--temporal-ui-port", str(ports.temporal_ui), "--issuer-port", str(ports.issuer),
+         "--model-port", str(ports.model), "--webchat-port", str(ports.webchat),
+         "--approval-ui-port", str(ports.approval_ui), "--mcp-port", str(ports.mcp_endpoint),
+         "--inference-port", str(ports.inference), "--http-port", str(ports.http)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k != "CADUCEUS_MODEL_BASE_URL"})
+    output = ""
+    try:
+        deadline = time.monotonic() + 180
+        while read_stack_info(state) is None:
+            assert up.poll() is None and time.monotonic() < deadline, up.communicate()[0]
+            time.sleep(0.2)
+        status = CliRunner().invoke(app, ["status", "--state-dir", str(state), "--json"])
+        assert status.exit_code == 0, status.output
+        listed = {s["name"]: s["pid"] for s in json.loads(status.stdout)["services"]}
+        replicated = [name for name in SERVICE_HTTP_ORDER if name not in SINGLE_INSTANCE]
+        assert set(listed) == {"model", "broker", *replicated, *(f"{name}-2" for name in replicated)}
+        # each replica answers on its own health port
+        for name in replicated:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports.http_port(name, 2)}/readyz", timeout=5) as ready:
+                assert ready.status == 200
+        pids = set(listed.values())
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=90)
+    finally:
+        if up.poll() is None:  # a failed assertion: stop the stack the way an operator would, so nothing is left
+            up.send_signal(signal.SIGINT)
+            try:
+                up.communicate(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+    assert up.returncode == 0, output
+    assert "policy-2" in output and "stopped" in output
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "replicas outlived caduceus up"
