@@ -484,20 +484,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="times through the faults (each round kills the "
                                                               "next replica)")
     parser.add_argument("--first-replica", type=int, default=1, help="the replica the first round kills")
+    parser.add_argument("--faults", default="", help="comma-separated processes to kill instead (e.g. `broker`, "
+                                                     "`policy-2,temporal`), as `caduceus status` names them")
     options = parser.parse_args()
     os.environ.pop("CADUCEUS_MODEL_BASE_URL", None)  # the scripted model
     os.environ.setdefault("CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S", "2")
     say = lambda line: print(f"  {line}", file=sys.stderr)  # noqa: E731
     started = time.monotonic()
     with replicated_stack(Path(tempfile.mkdtemp(prefix="bench-faults-")), options.replicas, say) as stack:
-        phases = run(stack, faults_of(options.replicas, options.rounds, options.first_replica), options.phase_s, say)
+        chosen = (tuple(options.faults.split(",")) if options.faults
+                  else faults_of(options.replicas, options.rounds, options.first_replica))
+        phases = run(stack, chosen, options.phase_s, say)
     lines = [
         "# Fault injection: kill -9 under a steady load of governed calls",
         "",
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}",
         f"- command: `.venv/bin/python bench/faults.py --replicas {options.replicas} --phase-s {options.phase_s:g} "
-        f"--rounds {options.rounds} --first-replica {options.first_replica}`",
+        f"--rounds {options.rounds} --first-replica {options.first_replica}"
+        + (f" --faults {options.faults}`" if options.faults else "`"),
         f"- the embedded stack, {options.replicas} replicas of each service but the broker; tenants "
         f"{', '.join(t for t, _ in TENANTS)}, one caller per member ({sum(len(u) for _, u in TENANTS)}), each at "
         f"most one call per {CALLER_INTERVAL_S:g} s; every call answered within {BOUND_S:g} s "
