@@ -47,7 +47,7 @@ import yaml
 
 from caduceus_audit import AuditStore
 from caduceus_bus import EventConnection
-from caduceus_client import ChatClient
+from caduceus_client import ApprovalsClient, ChatClient
 from caduceus_contracts import SessionGrant, SignedGrant, ensure_signer, load_keyring, parse_event, utcnow
 from caduceus_embedded.layout import copy_default_files
 from caduceus_embedded.ports import StackPorts
@@ -62,9 +62,13 @@ TENANTS = (("acme", ("alice", "bob")), ("globex", ("gina", "hank")))
 # The shipped policy allows a member 120 terminal calls a minute: each caller stays under it, so every denial
 # the table shows is the fault's doing.
 CALLER_INTERVAL_S = 0.6
+# Every APPROVAL_INTERVAL_S, each tenant's first member also asks for a call policy sends to an admin (`rm -rf`),
+# which the tenant's admin approves through the approvals API as soon as it is listed.
+APPROVERS = {"acme": "carol", "globex": "greta"}
+APPROVAL_INTERVAL_S = 3.0
 # The gateway's limits: a decision within 10 s (else denied), a result within 30 s (else an error), no call
 # waits for people. Every call is answered within their sum plus its own slack: the bound checked.
-TIMEOUTS = GatewayTimeouts(decision_s=10.0, completion_s=30.0, approval_s=5.0)
+TIMEOUTS = GatewayTimeouts(decision_s=10.0, completion_s=30.0, approval_s=30.0)
 BOUND_S = TIMEOUTS.decision_s * 2 + TIMEOUTS.approval_s + TIMEOUTS.completion_s + 5
 TURN_BOUND_S = 120.0
 # What is killed, in order: one replica of each replicated service, then the Temporal dev server (and its restart).
@@ -78,8 +82,10 @@ def add_second_tenant(state_dir: Path) -> None:
     path = state_dir / "tenants.yaml"
     tenants = yaml.safe_load(path.read_text())
     tenants["tenants"]["globex"] = {"display_name": "Globex", "workspaces": ["default"], "memory": "user",
-                                    "users": {user: {"email": f"{user}@globex.example", "roles": ["member"]}
-                                              for user in dict(TENANTS)["globex"]}}
+                                    "users": {**{user: {"email": f"{user}@globex.example", "roles": ["member"]}
+                                                 for user in dict(TENANTS)["globex"]},
+                                              APPROVERS["globex"]: {"email": "greta@globex.example",
+                                                                    "roles": ["admin"]}}}
     path.write_text(yaml.safe_dump(tenants, sort_keys=False))
     path = state_dir / "policy.yaml"
     policy = yaml.safe_load(path.read_text())
@@ -106,6 +112,7 @@ class Sent:
     answered_at: float | None = None
     status: str | None = None
     reason: str = ""
+    needs_approval: bool = False
 
 
 @dataclass
@@ -136,6 +143,8 @@ class Load:
         """
         for tenant, users in TENANTS:
             self._tokens[tenant] = mint_dev_token(self.stack.info.dev_issuer_url, tenant, users[0])
+            self._tokens[APPROVERS[tenant]] = mint_dev_token(self.stack.info.dev_issuer_url, tenant,
+                                                             APPROVERS[tenant])
             seconds, problem = self.turn(tenant)
             if problem != "ok":
                 raise RuntimeError(f"the warm-up turn for {tenant} failed: {problem}")
@@ -154,6 +163,31 @@ class Load:
                                           name=f"faults-{tenant}-{user}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
+            asker = threading.Thread(target=self._call_forever, args=(tenant, users[0], True),
+                                     name=f"faults-{tenant}-asks", daemon=True)
+            asker.start()
+            self._threads.append(asker)
+        approver = threading.Thread(target=lambda: asyncio.run(self._approve_forever()), name="faults-approvers",
+                                    daemon=True)
+        approver.start()
+        self._threads.append(approver)
+
+    async def _approve_forever(self) -> None:
+        """Each tenant's admin approves every call listed for them, through the approvals API (any replica)."""
+        clients = {tenant: ApprovalsClient(self.stack.info.approval_ui_url, self._tokens[APPROVERS[tenant]])
+                   for tenant, _ in TENANTS}
+        try:
+            while not self._stopping.is_set():
+                for client in clients.values():
+                    try:
+                        for view in await client.pending():
+                            await client.answer(view.call_id, "approve", digest=view.digest)
+                    except Exception:  # a replica killed under the request: ask again on the next round
+                        pass
+                await asyncio.sleep(0.3)
+        finally:
+            for client in clients.values():
+                await client.close()
 
     def _on_loop(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -171,19 +205,22 @@ class Load:
             gateway.bind_session(f"faults-{user}", grant)
         return gateway
 
-    def _call_forever(self, tenant: str, user: str) -> None:
+    def _call_forever(self, tenant: str, user: str, needs_approval: bool = False) -> None:
         gateway = self._gateways[tenant]
+        interval = APPROVAL_INTERVAL_S if needs_approval else self.interval_s
         while not self._stopping.is_set():
             if not self._running.wait(0.2):
                 continue
             with self._lock:
                 self._counter += 1
-                sent = Sent(tenant, f"{tenant}-{self._counter}", time.monotonic())
+                sent = Sent(tenant, f"{tenant}-{self._counter}", time.monotonic(), needs_approval=needs_approval)
                 self.calls.append(sent)
-            outcome = gateway.request_call("terminal", {"command": f"echo {sent.tag} >> {LEDGER}"},
-                                           session_id=f"faults-{user}")
+            command = f"echo {sent.tag} >> {LEDGER}"
+            if needs_approval:  # destructive: policy asks an admin first
+                command = f"rm -rf scratch-{sent.tag} && {command}"
+            outcome = gateway.request_call("terminal", {"command": command}, session_id=f"faults-{user}")
             sent.status, sent.reason, sent.answered_at = outcome.status, outcome.reason or "", time.monotonic()
-            time.sleep(max(0.0, sent.sent_at + self.interval_s - time.monotonic()))
+            time.sleep(max(0.0, sent.sent_at + interval - time.monotonic()))
 
     def turn(self, tenant: str) -> tuple[float, str]:
         """One chat turn (`noop`: one tool call, then a reply); how long it took and "ok" or what went wrong."""
@@ -240,6 +277,7 @@ class Phase:
     slowest_s: float
     recovered_s: float | None
     turns: str
+    approved: str  # calls that needed an admin: "ran/asked"
     audit_verify: str
     stream_events: int
     stored_events: int
@@ -275,7 +313,7 @@ def allowed_tags(stack: EmbeddedStack) -> set[str]:
                 event = parse_event(record.body)
                 command = str(event.args.get("command", ""))
                 if command.endswith(f">> {LEDGER}"):
-                    requested[event.call_id] = (command.split()[1], event.digest)
+                    requested[event.call_id] = (command.split()[-3], event.digest)
             elif record.kind == "tool.decided":
                 decision = parse_event(record.body).decision.decision
                 if decision.verdict == "allow":
@@ -367,8 +405,10 @@ def kill(stack: EmbeddedStack, fault: str) -> Callable[[], bool]:
 def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
               say: Callable[[str], None] = print) -> Phase:
     """Kill, keep the load on for phase_s and until the process is back and every tenant had a call succeed
-    (calls in flight at the kill may take up to BOUND_S to be answered), pause, check."""
-    first = len(load.calls)
+    (calls in flight at the kill may take up to BOUND_S to be answered), pause, check. The phase's calls are those
+    in flight at the kill and those sent after it."""
+    with load._lock:
+        first = next((i for i, c in enumerate(load.calls) if c.answered_at is None), len(load.calls))
     turns_before = len(load.turns)
     killed_at = time.monotonic()
     back = kill(stack, fault)
@@ -412,6 +452,7 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
         slowest_s=max((c.answered_at - c.sent_at for c in answered), default=0.0),
         recovered_s=recovered,
         turns=f"{sum(p == 'ok' for _, _, p in turns)}/{len(turns)}",
+        approved=f"{sum(c.needs_approval and c.status == 'ok' for c in calls)}/{sum(c.needs_approval for c in calls)}",
         web_ports=web,
         turn_problems=[f"{tenant}: {problem[:200]}" for tenant, _, problem in turns if problem != "ok"],
         audit_verify=audit_verify(stack), stream_events=stream, stored_events=stored,
@@ -448,14 +489,15 @@ def faults_of(replicas: int, rounds: int = 1, first_replica: int = 1) -> tuple[s
 
 def table(phases: list[Phase]) -> str:
     lines = ["| fault | calls sent | answered | lost | executed twice | ran without decision | ran after an error "
-             "answer | slowest answer s | time to recover s | turns ok | web ports | audit verify | stream = stored |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "answer | slowest answer s | time to recover s | turns ok | approved calls ran | web ports | audit verify | "
+             "stream = stored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in phases:
         recovered = f"{p.recovered_s:.1f}" if p.recovered_s is not None else "never"
         verify = "ok" if p.audit_verify == "ok" else "FAILED"
         lines.append(f"| kill -9 {p.fault} | {p.sent} | {p.answered} | {p.lost} | {p.executed_twice} | "
                      f"{p.ran_without_decision} | {p.ran_after_an_error_answer} | {p.slowest_s:.1f} | {recovered} | "
-                     f"{p.turns} | {'ok' if p.web_ports == 'ok' else 'FAILED'} | {verify} | "
+                     f"{p.turns} | {p.approved} | {'ok' if p.web_ports == 'ok' else 'FAILED'} | {verify} | "
                      f"{p.stream_events} = {p.stored_events} |")
     return "\n".join(lines)
 

@@ -1,6 +1,7 @@
 """Fault injection, short form: the embedded stack with two replicas of every service but the broker, a steady load
 of governed calls from two tenants, and one process killed with SIGKILL at a time (one replica of each service, then
-the Temporal dev server, which is restarted). The harness is bench/faults.py; its long form runs there.
+the Temporal dev server, which is restarted); some calls need an admin's approval, given through the approvals API.
+The harness is bench/faults.py; its long form runs there.
 
 After each kill: no call lost (each got a result, a denial or an error), none ran twice (the tool's own ledger in
 the workspace), none ran without an `allow` decision for its digest, every answer within the gateway's bound,
