@@ -547,7 +547,8 @@ def main() -> None:
         + (f" --faults {options.faults}`" if options.faults else "`"),
         f"- the embedded stack, {options.replicas} replicas of each service but the broker; tenants "
         f"{', '.join(t for t, _ in TENANTS)}, one caller per member ({sum(len(u) for _, u in TENANTS)}), each at "
-        f"most one call per {CALLER_INTERVAL_S:g} s; every call answered within {BOUND_S:g} s "
+        f"most one call per {CALLER_INTERVAL_S:g} s, and per tenant one call every {APPROVAL_INTERVAL_S:g} s that an "
+        f"admin approves; every call answered within {BOUND_S:g} s "
         f"(the gateway's limits); run took {time.monotonic() - started:.0f} s",
         "",
         table(phases),
