@@ -30,6 +30,8 @@ FAILING_TESTS = ("pack: policy.yaml\ncases:\n  - {name: alice reads her notes, t
                  "roles: [member], tool: read_file, args: {path: notes.md}, expect: deny}\n")
 BAD_TENANTS = "tenants:\n  acme:\n    display_name: Acme\n    users:\n      dana: {email: d@x, roles: [boss]}\n"
 BAD_SANDBOX = "version: 1\nname: broken\nnetwork: {egress: everywhere}\n"
+SLACK_YAML = ("workspaces:\n  T0ACME:\n    tenant: acme\n    bot_token: {secret}\n    signing_secret: {secret}\n"
+              "    service_account_key: {secret}\n")
 
 
 def filled(args: list, state: Path, files: Path) -> list[str]:
@@ -67,6 +69,9 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "bad-pack.yaml").write_text(BAD_PACK)
     (tmp_path / "bad-tenants.yaml").write_text(BAD_TENANTS)
     (tmp_path / "bad-sandbox.yaml").write_text(BAD_SANDBOX)
+    (tmp_path / "slack-acme.key").write_text("cad_sa_key\n")
+    (tmp_path / "slack.yaml").write_text(SLACK_YAML.format(secret="file:slack-acme.key"))
+    (tmp_path / "bad-slack.yaml").write_text(SLACK_YAML.format(secret="xoxb-pasted-here"))
     shutil.copy(DEFAULTS / "tenants.yaml", tmp_path / "tenants.yaml")
     return tmp_path
 
@@ -87,6 +92,8 @@ JSON_COMMANDS = [
     (["policy", "diff", "{files}/policy.yaml", "{files}/policy.yaml", "--state-dir", "{state}"], 0, "changes"),
     (["sandbox", "check", SANDBOX], 0, "enforceable_here"),
     (["sandbox", "check", "{files}/bad-sandbox.yaml"], 1, "problem"),
+    (["slack", "check", "{files}/slack.yaml"], 0, "workspaces"),
+    (["slack", "check", "{files}/bad-slack.yaml"], 1, "problem"),
     (["audit", "verify", "--state-dir", "{state}"], 0, "tenants"),
     (["audit", "replay", "--pack", "{files}/bad-pack.yaml", "--state-dir", "{state}"], 2, None),
     (["audit", "replay", "--pack", "{files}/policy.yaml", "--state-dir", "{state}"], 1, "changed"),
@@ -101,6 +108,16 @@ JSON_COMMANDS = [
     (["identity", "pairing", "list", "--tenant", "acme", "--state-dir", "{state}"], 0, "links"),
     (["identity", "service-account", "create", "--tenant", "acme", "--name", "ci-bot", "--platform", "slack",
       "--state-dir", "{state}"], 0, "key"),
+    (["mcp", "servers", "add", "acme", "files", "--command", "python -m files_server", "--state-dir", "{state}"],
+     0, "server"),
+    (["mcp", "servers", "add", "acme", "bad__name", "--url", "ftp://x", "--state-dir", "{state}"], 1, None),
+    (["mcp", "servers", "list", "--state-dir", "{state}"], 0, "servers"),
+    (["mcp", "servers", "show", "acme", "nowhere", "--state-dir", "{state}"], 1, None),
+    (["mcp", "pins", "list", "--state-dir", "{state}"], 0, "pins"),
+    (["mcp", "pins", "revoke", "acme", "files", "--state-dir", "{state}"], 1, "revoked"),
+    (["usage", "--by", "person,day", "--state-dir", "{state}"], 0, "rows"),
+    (["policy", "eval", "--tenant", "acme", "--user", "alice", "--prompt", "hello", "--state-dir", "{state}"], 0,
+     "upstream"),
 ]
 
 
@@ -138,6 +155,9 @@ EXIT_CODES = [
     (["sandbox", "check", SANDBOX], 0),
     (["sandbox", "check", "{files}/bad-sandbox.yaml"], 1),
     (["sandbox", "check", "{files}/missing.yaml"], 2),
+    (["slack", "check", "{files}/slack.yaml"], 0),
+    (["slack", "check", "{files}/bad-slack.yaml"], 1),
+    (["slack", "check", "{files}/missing.yaml"], 2),
     (["tenants", "apply", "{files}/tenants.yaml", "--state-dir", "{state}"], 0),
     (["tenants", "apply", "{files}/bad-tenants.yaml", "--state-dir", "{state}"], 1),
     (["tenants", "apply", "{files}/missing.yaml", "--state-dir", "{state}"], 2),
@@ -154,6 +174,8 @@ EXIT_CODES = [
     (["approvals", "list", "--state-dir", "{files}/nowhere"], 2),
     (["identity", "token", "--tenant", "acme", "--user", "alice", "--state-dir", "{files}/nowhere"], 2),
     (["policy", "stop-shadow", "--nats-url", "nats://127.0.0.1:1"], 2),
+    (["usage", "--state-dir", "{state}"], 0),
+    (["usage", "--state-dir", "{files}/nowhere"], 2),
 ]
 
 

@@ -28,13 +28,17 @@ from caduceus_embedded.binaries import engine_versions
 from caduceus_embedded.ports import free_port
 from caduceus_embedded.servers import start_nats
 from caduceus_embedded.testing import connect_recording_errors
+from caduceus_gateway.settings import GatewaySettings
 from caduceus_identity.settings import IdentitySettings
+from caduceus_inference.settings import InferenceSettings
+from caduceus_mcp.settings import McpSettings
 from caduceus_policy.settings import PolicySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SETTINGS: list[type[BaseSettings]] = [ApprovalSettings, AuditSettings, BrokerSettings, ModelSettings, WorkerSettings,
-                                      IdentitySettings, PolicySettings]
+                                      IdentitySettings, PolicySettings, GatewaySettings, McpSettings,
+                                      InferenceSettings]
 
 
 def known_variables() -> set[str]:
@@ -52,7 +56,7 @@ def caduceus_services() -> dict[str, dict]:
 
 def test_every_caduceus_service_runs_a_module_that_exists() -> None:
     services = caduceus_services()
-    assert {"identity", "policy", "approval", "broker", "audit", "model"} <= set(services)
+    assert {"identity", "policy", "approval", "broker", "audit", "model", "inference"} <= set(services)
     for name, spec in services.items():
         command = spec["command"]
         assert command[:2] == ["python", "-m"], (name, command)
@@ -73,7 +77,8 @@ def test_services_reach_the_engines_by_their_compose_names() -> None:
     services = COMPOSE["services"]
     assert "@postgres:5432/" in services["audit"]["environment"]["CADUCEUS_AUDIT_DB_URL"]
     assert services["approval"]["environment"]["CADUCEUS_TEMPORAL_ADDRESS"] == "temporal:7233"
-    assert services["broker"]["environment"]["CADUCEUS_MODEL_BASE_URL"].endswith("model:8901/v1}")
+    assert services["broker"]["environment"]["CADUCEUS_MODEL_BASE_URL"] == "http://inference:8905/v1"
+    assert "http://model:8901/v1" in services["inference"]["environment"]["CADUCEUS_INFERENCE_UPSTREAMS"]
 
 
 def nats_services() -> dict[str, dict]:

@@ -58,18 +58,24 @@ async def test_demo_turn_runs_the_allowed_call_and_never_the_denied_one(stack, c
     assert "workspace" in transcript.reply.text.lower() or "hello from the executor" in transcript.reply.text
 
 
-async def test_each_turn_reports_its_model_usage_for_budgets(stack, client):
+async def test_each_model_call_of_a_turn_goes_through_the_gateway_and_reports_its_usage(stack, client):
     transcript = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, timeout=180)
     store = AuditStore(stack.info.audit_db_url)
     deadline = time.monotonic() + 15
-    usage = []
-    while not usage and time.monotonic() < deadline:
-        usage = [json.loads(r.body) for r in store.records(tenant="acme", session_id=transcript.session_id)
-                 if r.kind == "model.usage"]
+    usage, decided = [], []
+    while time.monotonic() < deadline:
+        records = list(store.records(tenant="acme", session_id=transcript.session_id))
+        decided = [json.loads(r.body) for r in store.records(tenant="acme") if r.kind == "model.decided"]
+        usage = [json.loads(r.body) for r in records if r.kind == "model.usage"]
+        if len(usage) >= 2:
+            break
         time.sleep(0.2)
-    assert len(usage) == 1, "the planner reported no model usage for the turn"
-    assert usage[0]["user"] == "alice" and usage[0]["model"] == "scripted"
-    assert usage[0]["prompt_tokens"] > 0 and usage[0]["completion_tokens"] > 0
+    # the demo turn is three model calls (two tool calls, then the answer), each decided by policy first
+    assert len(usage) >= 2, "the gateway reported no model usage for the turn"
+    calls = {u["call_id"] for u in usage}
+    assert calls <= {d["call_id"] for d in decided}
+    assert all(u["user"] == "alice" and u["upstream"] == "default" for u in usage)
+    assert all(u["prompt_tokens"] > 0 and u["completion_tokens"] > 0 for u in usage)
 
 
 async def test_invalid_token_is_refused_with_a_reason(stack, client):
@@ -126,8 +132,15 @@ async def test_slow_policy_denies_the_call_and_a_late_decision_never_runs(stack,
     async def on_dispatch(msg: Msg) -> None:
         dispatched.append(parse_event(msg.data, expect=ToolCallDispatched).call_id)
 
+    async def on_request(msg: Msg) -> None:
+        # hung, not dead (the stack will not restart it), once the model call that asked for this tool was decided
+        if not hung:
+            hung.append(True)
+            os.kill(policy.pid, signal.SIGSTOP)
+
+    hung: list[bool] = []
     await conn.subscribe("cad.v1.tool.dispatched.acme.>", on_dispatch)
-    os.kill(policy.pid, signal.SIGSTOP)  # hung, not dead: the stack will not restart it
+    await conn.subscribe("cad.v1.tool.requested.acme", on_request)
     try:
         transcript = await client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, watch=True,
                                        timeout=120)
@@ -135,6 +148,8 @@ async def test_slow_policy_denies_the_call_and_a_late_decision_never_runs(stack,
         os.kill(policy.pid, signal.SIGCONT)
     assert transcript.reply.status == "ok"
     assert transcript.calls, "the agent asked for no tool call"
+    # the model call after the denied tool call is refused too: the gateway cannot ask policy (fail closed)
+    assert "policy did not decide this model call" in transcript.reply.text
     for call in transcript.calls.values():
         assert call.outcome is not None and call.outcome.status == "denied", call
         assert "did not decide within" in call.outcome.reason
@@ -175,9 +190,15 @@ async def test_policy_killed_mid_turn_denies_the_call_and_the_restarted_policy_d
             os.kill(policy.pid, signal.SIGKILL)  # it holds this request undecided, and dies with it
             in_flight.set_result(request.call_id)
 
+    async def on_model_decided(msg: Msg) -> None:
+        if not stopped:  # so the kill lands after the tool request reached it, before any decision
+            stopped.append(True)
+            os.kill(policy.pid, signal.SIGSTOP)
+
+    stopped: list[bool] = []
     await conn.subscribe("cad.v1.tool.dispatched.acme.>", on_dispatch)
     await conn.subscribe("cad.v1.tool.requested.acme", on_request)
-    os.kill(policy.pid, signal.SIGSTOP)  # so the kill lands after the request reached it, before any decision
+    await conn.subscribe("cad.v1.model.decided.acme", on_model_decided)
     turn = asyncio.create_task(client.send(tenant="acme", token=token_for(stack), text=DEMO_MESSAGE, watch=True,
                                            timeout=120))
     try:

@@ -115,8 +115,10 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     made = CliRunner().invoke(app, ["deployment", "secrets", "--out", str(overlay / "secrets")])
     assert made.exit_code == 0, made.output
     (overlay / "secrets" / "audit-db.env").write_text("url=postgresql+psycopg2://caduceus:pw@db:5432/caduceus\n")
+    (overlay / "secrets" / "mcp-db.env").write_text("url=postgresql+psycopg2://caduceus:pw@db:5432/caduceus\n")
     (overlay / "secrets" / "approval-oidc.env").write_text("oidc-client-secret=\n")
-    (overlay / "secrets" / "broker-model.env").write_text("api-key=sk-test\n")
+    (overlay / "secrets" / "inference-upstreams.env").write_text(
+        'upstreams={"default": {"base_url": "https://models.example.com/v1", "api_key": "sk-test"}}\n')
     (overlay / "config").mkdir()
     for name in ("tenants.yaml", "policy.yaml"):
         shutil.copy(DEFAULTS / name, overlay / "config" / name)
@@ -290,10 +292,18 @@ def test_network_policies_allow_only_the_bus_the_database_temporal_and_each_serv
     assert ports("policy", "egress") == {53, 4222}
     assert ports("identity", "egress") == {53, 4222, 443}
     assert ports("approval", "egress") == {53, 4222, 7233, 443}
-    assert ports("broker", "egress") == {53, 4222, 443}
+    assert ports("broker", "egress") == {53, 4222, 443, 8905}
+    assert ports("inference", "egress") == {53, 4222, 443}
     assert ports("audit", "egress") == {53, 4222, 5432}
-    assert {service for service in SERVICES if rules(service, "ingress")} == {"approval"}
+    assert ports("gateway", "egress") == {53, 4222, 443, 8902}  # the approvals API, for approvers in the chat
+    assert {service for service in SERVICES if rules(service, "ingress")} == {"approval", "gateway", "inference"}
     assert ports("approval", "ingress") == {8902}
+    assert ports("gateway", "ingress") == {8903}
+    # only the broker's pods (the planners) reach the inference gateway
+    (gateway_in,) = rules("inference", "ingress")
+    assert gateway_in["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "broker",
+                                                                   "app.kubernetes.io/part-of": "caduceus"}}}]
+    assert ports("inference", "ingress") == {8905}
     (database,) = [rule for rule in rules("audit", "egress") if rule["ports"][0]["port"] == 5432]
     assert database["to"] == [{"ipBlock": {"cidr": "10.20.30.40/32"}}], "the overlay sets the database's address"
 

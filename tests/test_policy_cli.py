@@ -101,7 +101,7 @@ def test_check_reports_file_line_and_fix_and_test_runs_the_cases(tmp_path: Path)
     assert result.exit_code == 1
     assert f"{bad}:5: tenant 'acme', rule 'x' (#1): unknown fact 'destrutive'" in result.stderr
     passed = run("test", str(DEFAULT_PACK))
-    assert passed.exit_code == 0 and "24 passed, 0 failed" in passed.stdout
+    assert passed.exit_code == 0 and "26 passed, 0 failed" in passed.stdout
 
 
 def test_check_reports_every_bad_rule_tenant_and_case_of_a_pack_in_one_run(tmp_path: Path) -> None:
@@ -212,3 +212,34 @@ def test_publish_puts_a_tested_pack_live_or_in_shadow_and_refuses_a_failing_one(
     assert live.version == candidate.version == "2026-12-04.1" and "policy.yaml" in live.files
     assert run("stop-shadow", "--nats-url", nats_server.url).exit_code == 0
     assert asyncio.run(stored())[1] is None
+
+
+def test_eval_prompt_shows_the_route_data_classes_and_redaction_of_a_model_call(state: Path) -> None:
+    state.mkdir()
+    (state / "policy.yaml").write_text(
+        'version: "models-1"\ntenants:\n  acme:\n'
+        "    classifiers: {classified: {words: [top secret]}, customer_data: {patterns: ['CUST-[0-9]{6}']}}\n"
+        "    models:\n      default: outside\n"
+        "      routes: [{id: classified-stays-home, upstream: self-hosted, data_classes: [classified]}]\n"
+        "      prompt_rules: {secret: redact, customer_data: deny}\n")
+    def evaluate(prompt: str) -> dict:
+        result = run("eval", "--tenant", "acme", "--user", "alice", "--prompt", prompt, "--json",
+                     "--state-dir", str(state))
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    home = evaluate("summarise this TOP SECRET memo; key AKIAIOSFODNN7EXAMPLE")
+    assert (home["decision"], home["upstream"]) == ("allow", "self-hosted")
+    assert home["data_classes"] == ["secret", "classified"] and home["redact_prompt"] == ["secret"]
+    assert home["policy_ids"][0] == "model-route:classified-stays-home"
+    assert evaluate("plan my week")["upstream"] == "outside"
+    denied = evaluate("who is CUST-123456")
+    assert (denied["decision"], denied["upstream"]) == ("deny", None) and "customer_data" in denied["reason"]
+    text = run("eval", "--tenant", "acme", "--user", "alice", "--prompt", "TOP SECRET", "--state-dir", str(state))
+    assert text.stdout.startswith("allow (model call): allowed to upstream self-hosted by route classified-stays")
+
+
+def test_eval_wants_a_tool_or_a_prompt_not_both(state: Path) -> None:
+    for args in ([], ["--tool", "terminal", "--prompt", "hi"]):
+        result = run("eval", "--tenant", "acme", "--user", "alice", "--state-dir", str(state), *args)
+        assert result.exit_code == 2 and "give --tool (a tool call) or --prompt (a model call)" in result.stderr

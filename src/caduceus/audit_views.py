@@ -48,6 +48,9 @@ def render_replay(console: Console, report: ReplayReport, pack: str, version: st
         call = change.call
         recorded = f"{call.policy_verdict} {', '.join(call.policy_ids)}".strip()
         new = f"{change.verdict} {', '.join(change.policy_ids)}".strip()
+        if call.tool == "model":  # where the call would go, beside where it went
+            recorded += f" to {call.upstream or '-'}"
+            new += f" to {change.upstream or '-'}"
         table.add_row(call.occurred_at.strftime("%Y-%m-%d %H:%M:%S"), call.tenant, call.user, call.tool,
                       _clip(json.dumps(call.args, ensure_ascii=False, sort_keys=True), 120),
                       Text(recorded, style=VERDICT_STYLE.get(call.policy_verdict or "", "")),

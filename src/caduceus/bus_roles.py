@@ -11,15 +11,19 @@ from caduceus_broker import EXECUTOR_ROUTES, PLANNER_ROUTES
 from caduceus_broker import ROUTES as BROKER
 from caduceus_bus import Grant, PermissionFile, Role, RouteTable, kv_bucket_subjects, permissions_from_tables
 from caduceus_contracts import subjects
+from caduceus_gateway import ROUTES as GATEWAY
 from caduceus_hermes_plugin import GATEWAY_ROUTES
 from caduceus_identity import ROUTES as IDENTITY
+from caduceus_inference import ROUTES as INFERENCE
+from caduceus_mcp import ENDPOINT_ROUTES as MCP_ENDPOINT
+from caduceus_mcp import ROUTES as MCP
 from caduceus_policy import PACKS_BUCKET
 from caduceus_policy import ROUTES as POLICY
 
 STREAM = "CADUCEUS"
 
 TABLES: tuple[RouteTable, ...] = (IDENTITY, POLICY, APPROVAL, BROKER, AUDIT, PLANNER_ROUTES, GATEWAY_ROUTES,
-                                  EXECUTOR_ROUTES)
+                                  EXECUTOR_ROUTES, GATEWAY, MCP, MCP_ENDPOINT, INFERENCE)
 
 GRANTS = {
     # Every service makes sure the event stream exists at start (same config: creating it again is a no-op).

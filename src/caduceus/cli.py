@@ -14,10 +14,13 @@ from caduceus.commands import (
     demo,
     deployment,
     identity,
+    mcp,
     policy,
     sandbox,
+    slack,
     tenants,
     up,
+    usage,
     whoami,
 )
 from caduceus.scripting import EXIT_CODES
@@ -46,6 +49,9 @@ bus.register(app)
 backup.register(app)
 config.register(app)
 deployment.register(app)
+slack.register(app)
+mcp.register(app)
+usage.register(app)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ from caduceus_broker import BrokerSettings, WorkerSettings
 from caduceus_broker import ModelSettings as BrokerModelSettings
 from caduceus_bus import BusSettings, default_state_dir
 from caduceus_embedded.settings import ModelSettings as EmbeddedModelSettings
+from caduceus_gateway import GatewaySettings
 from caduceus_hermes_plugin.plugin import PluginSettings
 from caduceus_identity import IdentitySettings
+from caduceus_inference import InferenceSettings
+from caduceus_mcp import McpSettings
 from caduceus_policy import PolicySettings
 from caduceus_telemetry import TelemetrySettings
 
@@ -58,6 +61,9 @@ SECTIONS: list[Section] = [
     Section("broker: the planners' model endpoint", BrokerModelSettings,
             "Read by the broker and handed to each planner (`caduceus_broker.settings.ModelSettings`)."),
     Section("audit", AuditSettings, "`python -m caduceus_audit` (`caduceus_audit.settings`).", BusSettings),
+    Section("inference", InferenceSettings, "`python -m caduceus_inference` (`caduceus_inference.settings`); "
+            "each upstream in `CADUCEUS_INFERENCE_UPSTREAMS` takes base_url, api_key, model, usd_per_1k_prompt, "
+            "usd_per_1k_completion.", BusSettings),
     Section("workers (set by the broker)", WorkerSettings,
             "The broker sets these for each planner and executor it starts "
             "(`caduceus_broker.settings.WorkerSettings`); operators do not set them."),
@@ -69,6 +75,9 @@ SECTIONS: list[Section] = [
     Section("OpenTelemetry (every process)", TelemetrySettings,
             "Standard OpenTelemetry names, without the CADUCEUS_ prefix (`caduceus_telemetry`); the OTLP exporter "
             "also reads the other `OTEL_EXPORTER_OTLP_*` variables itself."),
+    Section("gateway", GatewaySettings, "`python -m caduceus_gateway` (`caduceus_gateway.settings`): the web chat "
+            "and the chat integrations.", BusSettings),
+    Section("mcp", McpSettings, "`python -m caduceus_mcp` (`caduceus_mcp.settings`): the MCP gateway.", BusSettings),
 ]
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from caduceus_contracts import ensure_signer
 # The bus credential inside each service's directory (CADUCEUS_NATS_CREDENTIALS points at it).
 BUS_CREDENTIALS = "bus.creds"
 APPROVAL_UI_SECRET = "approval-ui.secret"
+GATEWAY_WEB_SECRET = "gateway-web.secret"
 # Who signs what: grants (identity), decisions (policy, approval), approvers' actions (the approval desk),
 # audit checkpoints (audit).
 ISSUERS = ("identity", "policy", "approval", DESK_ISSUER, "audit")
@@ -34,6 +35,12 @@ SERVICE_FILES: dict[str, tuple[str, ...]] = {
     "broker": ("identity.pub", "policy.pub", "approval.pub", BUS_CREDENTIALS, WORKER_SIGNING_FILE),
     # Signs checkpoints and verifies its own chain.
     "audit": ("audit.key", "audit.pub", BUS_CREDENTIALS),
+    # Signs the web chat's cookies. No signing key: it decides nothing.
+    "gateway": (GATEWAY_WEB_SECRET, BUS_CREDENTIALS),
+    # Verifies grants (tool lists) and decisions (calls) before it calls an upstream. No private key.
+    "mcp": ("identity.pub", "policy.pub", "approval.pub", BUS_CREDENTIALS),
+    # Verifies the planners' grants (their API keys) and policy's model decisions. No private key.
+    "inference": ("identity.pub", "policy.pub", BUS_CREDENTIALS),
 }
 # nats-server's authorization (public JWTs only), for the NATS deployment's Secret.
 NATS_FILES = (SERVER_CONFIG_FILE,)
@@ -52,9 +59,11 @@ def write_service_secrets(out_dir: Path, permissions: PermissionFile) -> dict[st
     for issuer in ISSUERS:
         ensure_signer(signing, issuer)
     load_or_create_secret(signing / APPROVAL_UI_SECRET)
+    load_or_create_secret(signing / GATEWAY_WEB_SECRET)
     sources = {name: signing / name for name in (*(f"{i}.key" for i in ISSUERS), *(f"{i}.pub" for i in ISSUERS),
                                                  APPROVAL_UI_SECRET)}
     sources[WORKER_SIGNING_FILE] = authority / "bus" / WORKER_SIGNING_FILE
+    sources[GATEWAY_WEB_SECRET] = signing / GATEWAY_WEB_SECRET
     sources[SERVER_CONFIG_FILE] = authority / "bus" / SERVER_CONFIG_FILE
     written = {}
     for service, files in {**SERVICE_FILES, "nats": NATS_FILES}.items():

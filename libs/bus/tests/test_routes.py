@@ -230,11 +230,13 @@ async def test_a_queue_group_gives_each_message_to_one_replica(settings, connect
 
 
 class Ledger:
-    """A pull route's handler: fails the first time it sees a message marked `flaky`."""
+    """A pull route's handler: fails the first time it sees a message marked `flaky`; the first time it sees one
+    marked `cut`, a future it awaits is cancelled under it (as nats-py does to a fetch when its connection goes)."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, int | None]] = []
         self.failed_once = False
+        self.cut_once = False
         self.problems: list[str] = []
 
     async def handle(self, batch: list[Delivery]) -> None:
@@ -246,6 +248,11 @@ class Ledger:
             if delivery.event.text == "flaky" and not self.failed_once:
                 self.failed_once = True
                 raise RuntimeError("the store is down")
+            if delivery.event.text == "cut" and not self.cut_once:
+                self.cut_once = True
+                waited = asyncio.get_running_loop().create_future()
+                waited.cancel()
+                await waited
             self.seen.append((delivery.event.text, delivery.stream_seq))
 
 
@@ -276,6 +283,22 @@ async def test_a_pull_route_gets_stored_events_and_a_failed_batch_again(settings
         await service.stop()
     info = await connection.js.consumer_info(settings.stream_name, f"puller-{tenant}")
     assert info.num_ack_pending == 0 and info.num_pending == 0  # everything handled was acknowledged
+
+
+async def test_a_pull_loop_outlives_a_cancellation_it_did_not_ask_for(settings, connection, tenant, caplog):
+    service = pull_service(settings, tenant)
+    await service.start()
+    try:
+        for text in ("one", "cut", "after"):
+            await connection.publish(subjects.chat_in(tenant), ChatMessageIn(tenant=tenant, session_id="s", token="t",
+                                                                              text=text))
+        # Before, the loop ended there in silence: "cut" and everything after it was never handled.
+        await until(lambda: {"one", "cut", "after"} <= {text for text, _ in service.ledger.seen}, timeout=15)
+        assert service.ledger.cut_once
+        assert any("pull loop of consumer" in r.getMessage() and "starting it again" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        await service.stop()
 
 
 async def test_a_pull_route_refuses_malformed_messages_or_delivers_them_when_asked(settings, connection, tenant):

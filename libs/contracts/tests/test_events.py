@@ -18,15 +18,26 @@ from caduceus_contracts import (
     ApprovalView,
     ApprovalVote,
     ApprovalVoted,
+    ApprovalVouched,
+    ApprovalVouchRequested,
     AuditCheckpointed,
     ChainCheckpoint,
     ChatMessageIn,
     ChatNotice,
     ChatReply,
     ContractError,
+    DataClassSpec,
     Decision,
     ErrorEvent,
+    GrantRequested,
     IdentityChanged,
+    McpDefinitionChanged,
+    McpPinChanged,
+    McpServerChanged,
+    ModelCallCompleted,
+    ModelCallDecided,
+    ModelCallRequested,
+    ModelDecision,
     ModelUsage,
     PolicyShadowDisagreed,
     RiskyFact,
@@ -34,6 +45,8 @@ from caduceus_contracts import (
     SignedCheckpoint,
     SignedDecision,
     SignedGrant,
+    SignedModelDecision,
+    SignedVouch,
     Signer,
     ToolCallCompleted,
     ToolCallDecided,
@@ -41,6 +54,7 @@ from caduceus_contracts import (
     ToolCallRequested,
     TurnAssigned,
     TurnRequested,
+    Vouch,
     WorkerLifecycle,
     call_digest,
     decision_ttl,
@@ -101,7 +115,37 @@ SAMPLES += [
     ChatNotice(tenant="acme", session_id="s-1", call_id="c-1", text="waiting for approval from admin"),
     IdentityChanged(tenant="acme", action="service-account.created", actor="carol", subject="slack-bot",
                     detail="for slack"),
+    ApprovalVouchRequested(tenant="acme", call_id="c-1", digest=DIGEST, answer="approve", token="cad_sa_...",
+                           channel="slack:T1:U1", platform="slack", platform_user="T1:U1"),
+    ApprovalVouched(tenant="acme", call_id="c-1", vouch=SignedVouch.issue(IDENTITY, Vouch(
+        tenant="acme", user="carol", platform="slack", platform_user="T1:U1", vouched_by="slack-bot", call_id="c-1",
+        digest=DIGEST, answer="approve", channel="slack:T1:U1", issued_at=NOW, expires_at=NOW + timedelta(minutes=1)))),
+    GrantRequested(tenant="acme", session_id="mcp-alice", token="eyJ..."),
+    McpServerChanged(tenant="acme", action="added", actor="operator", server="files", scope="workspaces:default",
+                     transport="stdio", target="python -m files_server", credentials=("files-token",)),
+    McpPinChanged(tenant="acme", action="pinned", actor="carol", server="files", tool="read", workspace="default",
+                  digest="ab" * 32),
+    McpDefinitionChanged(tenant="acme", server="files", tool="read", pinned_digest="ab" * 32,
+                         served_digest="cd" * 32, diff="-  \"description\": \"Read\"\n+  \"description\": \"x\""),
 ]
+MODEL_DECISION = ModelDecision(tenant="acme", workspace="default", session_id="s-1", call_id="mc-1",
+                               prompt_digest=DIGEST, verdict="allow", reason="default route", upstream="default",
+                               redact_prompt=(DataClassSpec(name="secret"),), expires_at=decision_ttl())
+SAMPLES += [
+    ModelCallRequested(tenant="acme", call_id="mc-1", grant=GRANT, workspace="default", session_id="s-1",
+                       prompt="hello", prompt_digest=DIGEST, estimated_tokens=2),
+    ModelCallDecided(tenant="acme", call_id="mc-1", workspace="default",
+                     decision=SignedModelDecision.issue(POLICY, MODEL_DECISION)),
+    ModelCallCompleted(tenant="acme", call_id="mc-1", workspace="default", session_id="s-1", user="alice",
+                       upstream="default", status="ok"),
+]
+
+
+def test_a_session_grant_round_trips_as_an_api_key_and_nothing_else_passes_as_one():
+    assert SignedGrant.from_api_key(GRANT.as_api_key()) == GRANT
+    for key in ("sk-abc", "cadgrant_", "cadgrant_!!!", "cadgrant_" + "A" * 100):
+        with pytest.raises(ContractError):
+            SignedGrant.from_api_key(key)
 
 
 def body(event, **changes) -> bytes:

@@ -121,6 +121,14 @@ def test_memory_scope_is_the_tenants_choice(tenants_file: Path) -> None:
     assert globex.memory_scope == "channel:general"
 
 
+def test_with_per_user_memory_a_shared_channel_keeps_its_own_so_it_never_reaches_a_dm(tenants_file: Path) -> None:
+    scopes = {channel: grant_for(tenants_file, identity("alice"), message(channel=channel)).memory_scope
+              for channel in ("cli", "web:alice", "dm:slack:T1:U1", "channel:slack:T1:C1", "channel:slack:T1:C2")}
+    assert scopes["cli"] == scopes["web:alice"] == scopes["dm:slack:T1:U1"] == "user:alice"
+    assert scopes["channel:slack:T1:C1"] == "user:alice@channel:slack:T1:C1"
+    assert len({scopes["cli"], scopes["channel:slack:T1:C1"], scopes["channel:slack:T1:C2"]}) == 3
+
+
 def test_a_verified_email_names_a_listed_user(tenants_file: Path) -> None:
     grant = grant_for(tenants_file, identity("00u1a2b3", email="Bob@acme.example", email_verified=True))
     assert grant.user == "bob"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -337,7 +338,7 @@ def test_a_configured_model_endpoint_replaces_the_scripted_model(monkeypatch: py
     broker = next(spec for spec in table if spec.name == "broker")
     assert broker.env["CADUCEUS_MODEL_BASE_URL"] == "https://llm.example.com/v1"
     assert broker.env["CADUCEUS_MODEL_NAME"] == "big-model"
-    assert {spec.name for spec in table} == {"audit", "identity", "policy", "approval", "broker"}
+    assert {spec.name for spec in table} == {"audit", "identity", "policy", "approval", "broker", "gateway"}
 
 
 def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
@@ -346,7 +347,7 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) 
     up = subprocess.Popen(
         [sys.executable, "-m", "caduceus.cli", "up", "--state-dir", str(state), "--nats-port", str(ports.nats),
          "--temporal-port", str(ports.temporal), "--temporal-ui-port", str(ports.temporal_ui),
-         "--issuer-port", str(ports.issuer), "--model-port", str(ports.model)],
+         "--issuer-port", str(ports.issuer), "--model-port", str(ports.model), "--webchat-port", str(ports.webchat)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={k: v for k, v in os.environ.items() if k != "CADUCEUS_MODEL_BASE_URL"})
     try:
@@ -355,7 +356,7 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) 
             assert up.poll() is None and time.monotonic() < deadline, up.communicate()[0]
             time.sleep(0.2)
         info = read_stack_info(state)
-        assert set(info.services) == {"model", "audit", "identity", "policy", "approval", "broker"}
+        assert set(info.services) == {"model", "audit", "identity", "policy", "approval", "broker", "gateway"}
         pids = set(info.services.values())
         up.send_signal(signal.SIGINT)
         output, _ = up.communicate(timeout=60)
@@ -366,6 +367,7 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) 
     for line in ("Caduceus is up", f"nats://127.0.0.1:{ports.nats}", f"http://127.0.0.1:{ports.temporal_ui}",
                  str(state), "stopped"):
         assert line in output
+    assert re.search(rf"web chat +http://127\.0\.0\.1:{ports.webchat} ", output), output
     # The hint runs as printed: it names the state dir this stack is in.
     assert f"try: caduceus chat --tenant acme --user alice --state-dir {state} hello" in output
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "services outlived caduceus up"

@@ -350,3 +350,53 @@ def test_each_tool_call_becomes_an_execute_tool_span_with_its_guardrail_decision
     assert [event.attributes["gen_ai.evaluation.name"] for event in patch_events] == ["caduceus-policy",
                                                                                       "caduceus-approval"]
     assert all(tools["patch"].start_time <= event.timestamp <= tools["patch"].end_time for event in patch_events)
+
+
+def test_model_calls_are_in_the_timeline_and_ocsf_like_tool_decisions(tmp_path: Path) -> None:
+    from caduceus_contracts import (
+        ModelCallCompleted,
+        ModelCallDecided,
+        ModelCallRequested,
+        ModelDecision,
+        SessionGrant,
+        SignedGrant,
+        SignedModelDecision,
+        Signer,
+    )
+
+    at = STORY_START + timedelta(minutes=5)
+    grant = SignedGrant.issue(Signer.generate("identity"), SessionGrant(
+        tenant="acme", workspace="default", user="alice", roles=("member",), channel="cli", session_id="s9",
+        issued_at=at, expires_at=at + timedelta(hours=1)))
+    digest = "ab" * 32
+    events = [
+        (subjects.model_requested("acme"), ModelCallRequested(
+            tenant="acme", call_id="m1", grant=grant, workspace="default", session_id="s9", model="scripted",
+            prompt="key AKIAIOSFODNN7EXAMPLE", prompt_digest=digest, estimated_tokens=6, occurred_at=at)),
+        (subjects.model_decided("acme"), ModelCallDecided(
+            tenant="acme", call_id="m1", workspace="default", occurred_at=at, decision=SignedModelDecision.issue(
+                Signer.generate("policy"), ModelDecision(
+                    tenant="acme", workspace="default", session_id="s9", call_id="m1", prompt_digest=digest,
+                    verdict="deny", reason="over budget (tokens-per-person)", policy_ids=("budget:tokens-per-person",),
+                    pack_version="v7", expires_at=at + timedelta(minutes=1))))),
+        (subjects.model_completed("acme"), ModelCallCompleted(
+            tenant="acme", call_id="m2", workspace="default", session_id="s9", user="alice", upstream="outside",
+            status="upstream-failed", detail="HTTP 503", occurred_at=at)),
+    ]
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    try:
+        record_published(store, [Published(subject, event, {"Nats-Msg-Id": event.event_id})
+                                 for subject, event in events])
+        records = [json.loads(line) for line in export_lines(store, "ocsf")]
+        raw = "\n".join(line for line in export_lines(store, "jsonl"))
+    finally:
+        store.close()
+    requested, decided, completed = records
+    assert requested["actor"]["user"]["name"] == "alice" and requested["activity_name"] == "model.requested"
+    assert decided["api"]["operation"] == "model" and (decided["action_id"], decided["disposition"]) == (2, "Blocked")
+    assert decided["policy"]["uid"] == "budget:tokens-per-person" and "over budget" in decided["message"]
+    assert decided["actor"]["user"]["name"] == "alice"  # known from the request, as for a tool call
+    assert "upstream-failed" in completed["message"] and completed["severity"] == "Medium"
+    for event in records:
+        assert ocsf_problems(event, OCSF["class"], "api_activity", set(event["metadata"]["profiles"])) == []
+    assert "AKIAIOSFODNN7EXAMPLE" not in raw and "key [REDACTED:aws_access_key]" in raw  # stored redacted

@@ -107,6 +107,41 @@ async def test_replayed_decision_is_refused(worker_env):
     assert counter.read_text().count("x") == 1
 
 
+WIPE_HOME = r"""
+import os, sqlite3
+for top in {os.environ.get("HERMES_HOME"), os.environ.get("HOME")} - {None}:
+    for folder, _dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                db = sqlite3.connect(path)
+                for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                    db.execute(f'DELETE FROM "{table}"')
+                db.commit()
+                db.close()
+                print("emptied", path)
+            except Exception:
+                pass
+            if any(word in name for word in ("decision", "ledger", "used", "sqlite")):
+                os.remove(path)
+                print("removed", path)
+"""
+
+
+async def test_a_tool_that_wipes_what_it_finds_in_its_home_cannot_make_a_decision_usable_twice(worker_env, tmp_path):
+    conn, policy, completed, workspace_dir, *_ = worker_env
+    script = workspace_dir / "wipe_home.py"
+    script.write_text(WIPE_HOME)
+    event = dispatched(policy, "terminal", {"command": "python3 wipe_home.py && echo wiped >> wiped.txt"})
+    first = await send_and_wait(conn, completed, event)
+    assert first.status == "ok", first
+    assert "wiped" in (workspace_dir / "wiped.txt").read_text()
+    redelivered = event.model_copy(update={"event_id": "redelivery-" + event.event_id})
+    second = await send_and_wait(conn, completed, redelivered)
+    assert second.status == "refused" and "already used" in second.reason, second
+    assert (workspace_dir / "wiped.txt").read_text().count("wiped") == 1
+
+
 async def test_expired_decision_is_refused(worker_env):
     conn, policy, completed, workspace_dir, *_ = worker_env
     marker = workspace_dir / "expired.txt"

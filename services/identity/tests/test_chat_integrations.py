@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from caduceus_contracts import ChatMessageIn
 from caduceus_directory import DirectorySource
@@ -34,11 +37,27 @@ class NoTokens:
         raise TokenRefused("not an OIDC test")
 
 
-@pytest.fixture()
-def store(tmp_path: Path):
-    store = IdentityStore(tmp_path / "identity.db")
-    yield store
-    store.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """The identity store on a SQLite file, and on a fresh database of the real PostgreSQL fixture."""
+    if request.param == "sqlite":
+        store = IdentityStore(tmp_path / "identity.db")
+        yield store
+        store.close()
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = f"identity_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    store = IdentityStore(make_url(server.url).set(database=name).render_as_string(hide_password=False))
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture()
@@ -214,3 +233,33 @@ def test_a_change_that_fails_leaves_no_trace_in_the_outbox(store: IdentityStore)
     with pytest.raises(ValueError, match="already has a service account named 'slack-bot'"):
         store.create_service_account("acme", "slack-bot", ("slack",), START, "carol")
     assert [c.action for c in store.unpublished_changes()] == ["service-account.created"]
+
+
+def answer_from(key: str, who: str = "U123", tenant: str = "acme", platform: str = "slack"):
+    from caduceus_contracts import ApprovalVouchRequested
+
+    return ApprovalVouchRequested(tenant=tenant, call_id="c1", digest="ab" * 32, answer="approve", token=key,
+                                  channel=f"{platform}:T1:{who}", platform=platform, platform_user=who)
+
+
+def test_an_answer_is_vouched_for_only_for_a_linked_user_and_never_pairs_anyone(gate: Gatekeeper,
+                                                                                store: IdentityStore,
+                                                                                slack_key: str) -> None:
+    with pytest.raises(Refused, match="not linked to a person.*does not count"):
+        gate.vouch(answer_from(slack_key, "U-stranger"))
+    assert store.link("acme", "slack", "U-stranger") is None
+    store.add_link("acme", "slack", "U-carol", "carol", "pairing", START)
+    account, user = gate.vouch(answer_from(slack_key, "U-carol"))
+    assert (account.name, user) == ("slack-bot", "carol")
+
+
+def test_a_key_vouches_only_in_its_tenant_and_for_its_platforms(gate: Gatekeeper, store: IdentityStore,
+                                                                 slack_key: str) -> None:
+    store.add_link("acme", "slack", "U-carol", "carol", "pairing", START)
+    store.add_link("acme", "line", "U-carol", "carol", "pairing", START)
+    with pytest.raises(Refused, match="belongs to tenant 'acme', not 'globex'"):
+        gate.vouch(answer_from(slack_key, "U-carol", tenant="globex"))
+    with pytest.raises(Refused, match="may not speak for line users"):
+        gate.vouch(answer_from(slack_key, "U-carol", platform="line"))
+    with pytest.raises(TokenRefused):
+        gate.vouch(answer_from("cad_sa_0123456789abcdef_" + "x" * 43, "U-carol"))

@@ -336,7 +336,8 @@ def _sink(fmt: ExportFormat, to: str | None, otlp_endpoint: str | None, output: 
 # --- replay ---------------------------------------------------------------------------------------------------------
 
 
-@app.command("replay", help="Decide recorded tool calls again with a candidate policy pack and list every decision that would "
+@app.command("replay", help="Decide recorded tool and model calls again with a candidate policy pack and list "
+                            "every decision that would "
                   "change (recorded verdict and rules, new verdict and rules, why).\n\n"
                   "Calls are compared with what policy decided when they were recorded (not with a person's later "
                   "approval). Exit 0: no decision would change; 1: some would; 2: the pack or the store could not be "
@@ -352,7 +353,7 @@ def replay_calls(
     db: DbOption = None,
     state_dir: StateDirOption = None,
 ) -> None:
-    from caduceus_policy import load_engine, request_facts
+    from caduceus_policy import decide_model_call, load_engine, request_facts
 
     try:
         engine = load_engine(pack)
@@ -361,6 +362,10 @@ def replay_calls(
     workspaces = workspaces_dir or layout(state_dir).workspaces
 
     def decide(call: RecordedCall) -> Any:
+        if call.tool == "model":  # a model call: the pack's routes and data rules, on the prompt as stored
+            pack_of = getattr(engine, "pack", None)
+            return decide_model_call(pack_of.tenants.get(call.tenant) if pack_of is not None else None,
+                                     roles=call.roles, workspace=call.workspace, prompt=str(call.args.get("prompt")))
         # The request exactly as the policy service builds it: the workspace root <workspaces dir>/<tenant>/<workspace>,
         # and who asked, with the approval mode their grant carried.
         root = PurePosixPath(workspaces.absolute()) / call.tenant / call.workspace
@@ -369,7 +374,7 @@ def replay_calls(
 
     store = open_store(db, state_dir)
     start = parse_time(since, "--since") if since else None
-    report = guarded(lambda: replay(recorded_calls(store, tenant=tenant, since=start), decide))
+    report = guarded(lambda: replay(recorded_calls(store, tenant=tenant, since=start, models=True), decide))
     version = str(getattr(engine, "version", "?"))
     if as_json:
         print(json.dumps({"pack": str(pack), "version": version, "replayed": report.replayed,
@@ -380,7 +385,9 @@ def replay_calls(
                                "recorded": {"verdict": c.call.policy_verdict, "policy_ids": list(c.call.policy_ids),
                                             "pack_version": c.call.pack_version},
                                "replayed": {"verdict": c.verdict, "policy_ids": list(c.policy_ids),
-                                            "reason": c.reason}} for c in report.changed]}, indent=2))
+                                            "reason": c.reason},
+                               **({"upstream": {"recorded": c.call.upstream, "replayed": c.upstream}}
+                                  if c.call.tool == "model" else {})} for c in report.changed]}, indent=2))
     else:
         render_replay(console, report, str(pack), version)
     raise typer.Exit(BAD if report.changed else 0)

@@ -47,6 +47,9 @@ def token(
                                                             "they count only where the tenant's `groups:` maps "
                                                             "them to roles."),
     ttl_s: int | None = typer.Option(None, "--ttl", help="Lifetime in seconds (default 3600, at most 86400)."),
+    audience: str | None = typer.Option(None, "--audience", help="The resource the token is for (default: chat, "
+                                                                  "`caduceus`); the MCP endpoint wants "
+                                                                  "`caduceus-mcp`."),
     issuer_url: str | None = typer.Option(None, "--issuer-url", help="Dev issuer URL (default: the running "
                                                                       "stack's)."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="State dir of the running stack "
@@ -66,7 +69,7 @@ def token(
         issuer_url = stack.dev_issuer_url
     role_list = [role.strip() for role in roles.split(",") if role.strip()] if roles is not None else None
     try:
-        minted = mint_dev_token(issuer_url, tenant, user, role_list, ttl_s)
+        minted = mint_dev_token(issuer_url, tenant, user, role_list, ttl_s, audience=audience)
     except DevTokenError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(USAGE) from None

@@ -26,6 +26,7 @@ from caduceus_policy import (
     HostPaths,
     PackError,
     Verdict,
+    decide_model_call,
     load_engine,
     parse_duration,
     parse_test_file,
@@ -196,7 +197,11 @@ def _verdict_json(verdict: Verdict) -> dict[str, Any]:
 def evaluate(
     tenant: str = typer.Option(..., "--tenant", help="Tenant of the user, e.g. acme."),
     user: str = typer.Option(..., "--user", help="User name in that tenant; their roles come from tenants.yaml."),
-    tool: str = typer.Option(..., "--tool", help="Tool name as Hermes calls it, e.g. terminal, write_file."),
+    tool: str | None = typer.Option(None, "--tool", help="Tool name as Hermes calls it, e.g. terminal, write_file."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Decide a model call with this prompt instead of a tool "
+                                                             "call: the upstream the pack routes it to, the data "
+                                                             "classes found, what is redacted or denied (budgets are "
+                                                             "checked by the running service)."),
     args: str = typer.Option("{}", "--args", help='The call\'s arguments as a JSON object, e.g. \'{"command": "ls"}\'.'),
     pack: Path | None = typer.Option(None, "--pack", help="Pack to decide with (default: the state dir's "
                                                           "policy.yaml, else the shipped default pack)."),
@@ -210,8 +215,16 @@ def evaluate(
 ) -> None:
     """Decide one call without a running stack, and explain why: the decision, the policies that made it, the facts.
 
-    Example: caduceus policy eval --tenant acme --user alice --tool terminal --args '{"command": "rm -rf build"}'
+    Examples: caduceus policy eval --tenant acme --user alice --tool terminal --args '{"command": "rm -rf build"}'
+              caduceus policy eval --tenant acme --user alice --prompt "summarise this TOP SECRET memo"
     """
+    if (tool is None) == (prompt is None):
+        err.print("[red]give --tool (a tool call) or --prompt (a model call)[/red], one of them")
+        raise typer.Exit(2)
+    if prompt is not None:
+        _evaluate_prompt(tenant, user, prompt, pack, as_json, workspace, tenants_file, state_dir)
+        return
+    assert tool is not None
     try:
         arguments = json.loads(args)
     except json.JSONDecodeError as exc:
@@ -244,6 +257,33 @@ def evaluate(
     facts = _shown_facts(dict(verdict.facts))
     if facts:
         console.print("  facts: " + escape(", ".join(f"{k}={v}" for k, v in facts.items())))
+
+
+def _evaluate_prompt(tenant: str, user: str, prompt: str, pack: Path | None, as_json: bool, workspace: str,
+                     tenants_file: Path | None, state_dir: Path | None) -> None:
+    """`policy eval --prompt`: a model call decided from the pack alone, as the service decides it after budgets."""
+    roles = _roles(tenants_file or _state_file(state_dir, "tenants.yaml"), tenant, user)
+    pack_path = pack or _state_file(state_dir, "policy.yaml")
+    engine = _engine(pack_path)
+    verdict = decide_model_call(engine.pack.tenants.get(tenant), roles=roles, workspace=workspace, prompt=prompt)
+    redact = [spec.name for spec in verdict.redact_prompt]
+    if as_json:
+        print_json({"decision": verdict.verdict, "reason": verdict.reason, "policy_ids": list(verdict.policy_ids),
+                    "upstream": verdict.upstream or None, "data_classes": list(verdict.data_classes),
+                    "redact_prompt": redact,
+                    "response_rules": {**{s.name: "redact" for s in verdict.redact_response},
+                                       **{s.name: "deny" for s in verdict.deny_response}},
+                    "pack_version": engine.version, "pack": str(pack_path), "tenant": tenant, "user": user,
+                    "roles": list(roles), "workspace": workspace})
+        return
+    color = COLORS[verdict.verdict]
+    console.print(f"[bold {color}]{verdict.verdict}[/bold {color}] (model call): {escape(verdict.reason)}")
+    console.print(f"  policies: {', '.join(verdict.policy_ids) or '(none)'}")
+    console.print(f"  data classes in the prompt: {', '.join(verdict.data_classes) or '(none)'}")
+    if redact:
+        console.print(f"  redacted before it leaves: {', '.join(redact)}")
+    console.print(f"  pack: {escape(engine.version)} ({escape(str(pack_path))}); {user}@{tenant} roles: "
+                  f"{', '.join(roles) or '(none)'}; budgets are checked by the running service")
 
 
 def _clipped(text: str, limit: int = 200) -> str:

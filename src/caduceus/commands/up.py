@@ -26,6 +26,7 @@ from caduceus_embedded import (
     default_state_dir,
     read_stack_info,
 )
+from caduceus_embedded.ports import SERVICE_HTTP_ORDER
 
 DEFAULTS = StackPorts()
 
@@ -50,13 +51,21 @@ def up(
                                                  "CADUCEUS_MODEL_BASE_URL is set).")] = DEFAULTS.model,
     approval_ui_port: Annotated[int, typer.Option(help="Approvals web UI port (approvers sign in there).")]
     = DEFAULTS.approval_ui,
-    http_port: Annotated[int, typer.Option(help="The first of five ports (audit, identity, policy, approval, "
-                                                "broker) where each service serves /healthz, /readyz and "
+    webchat_port: Annotated[int, typer.Option(help="Web chat port (people sign in and chat with the agent there).")]
+    = DEFAULTS.webchat,
+    mcp_port: Annotated[int, typer.Option(help="The MCP endpoint for other MCP clients (the MCP gateway's).")]
+    = DEFAULTS.mcp_endpoint,
+    inference_port: Annotated[int, typer.Option(help="Inference gateway port: the planners' only way to a model "
+                                                     "(OpenAI-compatible /v1).")] = DEFAULTS.inference,
+    http_port: Annotated[int, typer.Option(help=f"The first of {len(SERVICE_HTTP_ORDER)} ports "
+                                                f"({', '.join(SERVICE_HTTP_ORDER)}) where each service serves "
+                                                "/healthz, /readyz and "
                                                 "Prometheus /metrics.")] = DEFAULTS.http,
 ) -> None:
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
-                       model=model_port, approval_ui=approval_ui_port, http=http_port)
+                       model=model_port, approval_ui=approval_ui_port, webchat=webchat_port,
+                       mcp_endpoint=mcp_port, inference=inference_port, http=http_port)
     stack = EmbeddedStack(state_dir or default_state_dir(), ports,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))
@@ -130,6 +139,7 @@ def _show(stack: EmbeddedStack, state_dir: Path | None) -> None:
         ("Temporal Web UI", info.temporal_ui_url),
         ("dev issuer", info.dev_issuer_url),
         ("approvals UI", f"{info.approval_ui_url} (sign in as an approver, e.g. carol@acme)"),
+        ("web chat", f"{info.webchat_url} (sign in and chat, e.g. as alice@acme)"),
         ("model endpoint", f"{info.model_base_url} ({model_source}, model {stack.model.name})"),
         ("state dir", info.state_dir),
         ("logs", str(stack.layout.logs)),

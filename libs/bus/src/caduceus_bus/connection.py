@@ -77,6 +77,18 @@ async def publish_stored(js: JetStreamContext, subject: str, body: bytes, header
             delay = min(delay * 2, 1.0)
 
 
+async def settle(nc: Client) -> None:
+    """Return once the server has processed everything this connection sent so far (subscriptions, unsubscribes,
+    publishes), and this connection has read everything the server sent before that.
+
+    nats-py's `flush()` alone does not promise it: it writes its PING straight to the socket, ahead of commands
+    still buffered for its flusher task, so the PONG can come back before the server has seen a SUB, an UNSUB or
+    the last PUBs (a stopping service then dropped the messages that arrived after its drain).
+    """
+    await nc._flush_pending(force_flush=True)  # private: the one way to wait until the buffer is written
+    await nc.flush()
+
+
 class Publisher(Protocol):
     """What handlers publish with: an EventConnection, or a BusService (which publishes on its connection)."""
 
@@ -131,7 +143,7 @@ class EventConnection:
     async def subscribe(self, subject: str, handler: RawHandler, queue: str = "") -> Subscription:
         """A raw subscription, in place on the server when this returns (for clients and tests)."""
         subscription = await self.nc.subscribe(subject, queue=queue, cb=handler)
-        await self.nc.flush()
+        await settle(self.nc)
         return subscription
 
     async def close(self) -> None:

@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from caduceus_bus.connection import EventConnection
+from caduceus_bus.connection import EventConnection, settle
 from caduceus_bus.observability import MESSAGE_SECONDS, MESSAGES
 from caduceus_bus.routes import Pull, Route, RouteTable
 from caduceus_bus.tracing import extract_context
@@ -84,6 +84,8 @@ class Router:
     subscriptions: list[Subscription] = field(default_factory=list)
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     pullers: list[asyncio.Task[None]] = field(default_factory=list)
+    _pulling: dict[asyncio.Task[None], Route] = field(default_factory=dict)
+    _replaced: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Set once a stopping router's subscriptions are gone from the server: nothing more is delivered after it.
     unsubscribed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -93,11 +95,49 @@ class Router:
         nc = self.connection.nc
         for route in self.table.routes:
             if isinstance(route.delivery, Pull):
-                self.pullers.append(asyncio.create_task(self._pull(route), name=f"pull {route.delivery.durable}"))
+                self._start_puller(route)
             else:
                 self.subscriptions.append(await nc.subscribe(route.subject, queue=route.queue or "",
                                                              cb=self._core_callback(route)))
-        await nc.flush()
+        await settle(nc)
+
+    def _start_puller(self, route: Route) -> None:
+        assert isinstance(route.delivery, Pull)
+        task = asyncio.create_task(self._pull(route), name=f"pull {route.delivery.durable}")
+        self.pullers.append(task)
+        self._pulling[task] = route
+        task.add_done_callback(self._puller_ended)
+
+    def _puller_ended(self, task: asyncio.Task[None]) -> None:
+        """A pull loop only ends when the router stops or replaces it: any other end is said and mended."""
+        route = self._pulling.pop(task, None)
+        if task in self.pullers:
+            self.pullers.remove(task)
+        if self._stopping.is_set() or route is None:
+            return
+        if task in self._replaced:
+            self._replaced.discard(task)
+            return
+        problem = "was cancelled" if task.cancelled() else f"raised {task.exception()!r}"
+        log.error("%s: the pull loop of consumer %r ended (it %s); starting it again", self.table.role,
+                  route.delivery.durable, problem, exc_info=None if task.cancelled() else task.exception())
+        self._start_puller(route)
+
+    def restart_pulls(self, reason: str) -> int:
+        """Replace every pull loop with a new one that binds its consumer afresh (for a watchdog that saw no
+        progress). A batch in hand is left unacknowledged: JetStream delivers it again. Returns how many."""
+        if self._stopping.is_set():
+            return 0
+        restarted = 0
+        for task, route in list(self._pulling.items()):
+            assert isinstance(route.delivery, Pull)
+            log.warning("%s: restarting the pull loop of consumer %r: %s", self.table.role, route.delivery.durable,
+                        reason)
+            self._replaced.add(task)
+            task.cancel()
+            self._start_puller(route)
+            restarted += 1
+        return restarted
 
     def _core_callback(self, route: Route):
         if route.concurrency == 1:
@@ -177,35 +217,47 @@ class Router:
         pull = route.delivery
         assert isinstance(pull, Pull)
         subscription = None
-        while not self._stopping.is_set():
-            try:
-                if subscription is None:
-                    subscription = await self._bind(route)
-                msgs = await subscription.fetch(pull.batch, timeout=pull.fetch_timeout_s)
-            except TimeoutError:  # nothing to fetch (nats-py raises the builtin TimeoutError since 3.11)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bus error or anything else: never leave the consumer dead and quiet
-                log.warning("%s: fetching from consumer %r failed (%s: %s); binding it again", self.table.role,
-                            pull.durable, type(exc).__name__, exc)
-                subscription = await _drop(subscription)
-                await asyncio.sleep(BUS_RETRY_S)
-                continue
-            started = time.perf_counter()
-            try:
-                batch = await self._accepted(route, [self._delivery(route, msg) for msg in msgs])
-                await route.handler(self.deps, batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # left unacknowledged: JetStream delivers the batch again
-                self._count(route, "failed", messages=len(msgs))
-                log.exception("%s failed to handle a batch of %d from %r", self.table.role, len(msgs), pull.durable)
-                continue
-            self._count(route, "handled", time.perf_counter() - started, messages=len(batch))
-            for delivery in batch:
-                await delivery.ack()
-        await _drop(subscription)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if subscription is None:
+                        subscription = await self._bind(route)
+                    msgs = await subscription.fetch(pull.batch, timeout=pull.fetch_timeout_s)
+                except TimeoutError:  # nothing to fetch (nats-py raises the builtin TimeoutError since 3.11)
+                    continue
+                except asyncio.CancelledError:
+                    if self._stopping.is_set() or _cancelling():
+                        raise
+                    # nats-py cancels a fetch's wait under it (the connection closing, a reconnect): not this loop's
+                    # end. Ending here, quietly, left a consumer with events and nobody fetching them.
+                    log.warning("%s: a fetch from consumer %r was cancelled under it; binding it again", self.table.role,
+                                pull.durable)
+                    subscription = await _drop(subscription)
+                    await asyncio.sleep(BUS_RETRY_S)
+                    continue
+                except Exception as exc:  # a bus error or anything else: never leave the consumer dead and quiet
+                    log.warning("%s: fetching from consumer %r failed (%s: %s); binding it again", self.table.role,
+                                pull.durable, type(exc).__name__, exc)
+                    subscription = await _drop(subscription)
+                    await asyncio.sleep(BUS_RETRY_S)
+                    continue
+                if not msgs:  # a pull request the server ended with a status (e.g. 408) and no message: idle
+                    continue
+                started = time.perf_counter()
+                try:
+                    batch = await self._accepted(route, [self._delivery(route, msg) for msg in msgs])
+                    await route.handler(self.deps, batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # left unacknowledged: JetStream delivers the batch again
+                    self._count(route, "failed", messages=len(msgs))
+                    log.exception("%s failed to handle a batch of %d from %r", self.table.role, len(msgs), pull.durable)
+                    continue
+                self._count(route, "handled", time.perf_counter() - started, messages=len(batch))
+                for delivery in batch:
+                    await delivery.ack()
+        finally:  # also when replaced or stopped mid-fetch: the inbox subscription goes with the loop
+            await _drop(subscription)
 
     async def _accepted(self, route: Route, batch: list[Delivery]) -> list[Delivery]:
         """The batch for the handler: malformed messages refused (and acknowledged) unless the route wants them."""
@@ -231,7 +283,12 @@ class Router:
         pull = route.delivery
         assert isinstance(pull, Pull)
         js, stream = self.connection.js, self.connection.settings.stream_name
-        await js.add_consumer(stream, consumer_config(route.subject, pull))
+        info = await js.add_consumer(stream, consumer_config(route.subject, pull))
+        if info.paused:
+            # A paused consumer answers no fetch and says nothing: the route's consumer must deliver.
+            log.warning("%s: consumer %r was paused (until %s); resuming it", self.table.role, pull.durable,
+                        info.config.pause_until)
+            await js.resume_consumer(stream, pull.durable)
         return await js.pull_subscribe_bind(durable=pull.durable, stream=stream)
 
     def _delivery(self, route: Route, msg: Msg) -> Delivery:
@@ -252,11 +309,14 @@ class Router:
         """
         self._stopping.set()
         subscriptions, self.subscriptions = self.subscriptions, []
-        drains = [asyncio.create_task(_drain(subscription)) for subscription in subscriptions]
-        await asyncio.sleep(0)  # each drain sends its UNSUB ...
+        nc = self.connection.nc
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await nc._send_unsubscribe(subscription._id)  # private: UNSUB without dropping what is queued
         with contextlib.suppress(Exception):
-            await self.connection.nc.flush()  # ... and once the server has them all, nothing more arrives
+            await settle(nc)  # the server has every UNSUB, and what it sent before them is read and queued
         self.unsubscribed.set()
+        drains = [asyncio.create_task(_drain(subscription)) for subscription in subscriptions]
         if drains:
             await asyncio.wait(drains, timeout=grace_s)
         if self.in_flight:
@@ -276,8 +336,16 @@ def consumer_config(subject: str, pull: Pull) -> ConsumerConfig:
                           ack_wait=pull.ack_wait_s, max_deliver=-1)
 
 
+def _cancelling() -> bool:
+    """Whether this task itself is being cancelled (not just an awaited future inside it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _drain(subscription: Subscription) -> None:
-    """Unsubscribe on the server, then handle what was already delivered (the handler in progress included)."""
+    """Handle what was already delivered (the handler in progress included), then drop the subscription. Its
+    UNSUB was sent and settled before (nats-py's own drain would round trip before its UNSUB is even written,
+    and drop what arrives after)."""
     try:
         await subscription.drain()
     except Exception:  # the connection is gone or closing: nothing more can be handled

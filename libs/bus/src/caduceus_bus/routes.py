@@ -157,6 +157,7 @@ def pull_consumer_subjects(stream: str, pull: Pull) -> list[str]:
         f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}",
         f"$JS.API.CONSUMER.INFO.{stream}.{name}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+        f"$JS.API.CONSUMER.PAUSE.{stream}.{name}",  # to resume it when found paused
         f"$JS.ACK.{stream}.{name}.>",
     ]
     if pull.reads_back:

@@ -61,10 +61,13 @@ class ApprovalsClient:
         return ApprovalView.model_validate((await self._call("GET", f"/api/approvals/{call_id}"))["approval"])
 
     async def answer(self, call_id: str, answer: Literal["approve", "deny"], *, digest: str,
-                     comment: str = "") -> ApprovalView:
-        """Approve or deny exactly the call with this digest; ApprovalsError (status 409) says why it did not count."""
+                     comment: str = "", channel: str = "api") -> ApprovalView:
+        """Approve or deny exactly the call with this digest; ApprovalsError (status 409) says why it did not count.
+
+        `channel` names where the approver answered (recorded with the vote): `api`, `web-chat`, ...
+        """
         body = await self._call("POST", f"/api/approvals/{call_id}/{answer}",
-                                json={"digest": digest, "comment": comment, "channel": "api"})
+                                json={"digest": digest, "comment": comment, "channel": channel})
         return ApprovalView.model_validate(body["approval"])
 
     async def wait_for(self, predicate, *, timeout_s: float, poll_s: float = 0.2) -> ApprovalView:

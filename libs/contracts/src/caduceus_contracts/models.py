@@ -7,6 +7,7 @@ versions and malformed bodies with a `ContractError` naming what was wrong.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
@@ -143,6 +144,24 @@ class SignedGrant(Signed[SessionGrant]):
         if now >= self.grant.expires_at:
             raise GrantExpired(f"session grant {self.grant.grant_id} expired at {self.grant.expires_at.isoformat()}")
 
+    def as_api_key(self) -> str:
+        """The grant as the API key a planner sends the inference gateway (`cadgrant_` + base64url JSON)."""
+        return API_KEY_PREFIX + base64.urlsafe_b64encode(self.model_dump_json().encode()).decode().rstrip("=")
+
+    @classmethod
+    def from_api_key(cls, key: str) -> SignedGrant:
+        """The grant an API key carries (not yet verified); ContractError when it is not one."""
+        if not key.startswith(API_KEY_PREFIX) or len(key) > 64 * 1024:
+            raise ContractError("the API key is not a Caduceus session grant (it starts with cadgrant_)")
+        raw = key[len(API_KEY_PREFIX):]
+        try:
+            return cls.model_validate_json(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        except (ValueError, ValidationError) as exc:
+            raise ContractError(f"the API key is not a readable session grant: {type(exc).__name__}") from None
+
+
+API_KEY_PREFIX = "cadgrant_"
+
 
 class GrantExpired(Exception):
     """A session grant is past its expiry."""
@@ -239,6 +258,34 @@ class ChatMessageIn(Event):
     platform: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     platform_user: str | None = Field(default=None, min_length=1, max_length=256)
     platform_email: str | None = Field(default=None, max_length=320)
+
+
+class GrantRequested(Event):
+    """A client other than chat (the MCP endpoint) asks identity to turn a person's OIDC access token into a
+    session grant. Sent as a core NATS request on `caduceus.identity.grant.<tenant>` (never stored, since it
+    carries the token); identity answers with a GrantAnswer. `purpose` chooses the audience the token must
+    carry: a token for another audience is refused.
+    """
+
+    kind: Literal["identity.grant.requested"] = "identity.grant.requested"
+    purpose: Literal["mcp"] = "mcp"
+    workspace: Workspace = "default"
+    channel: str = Field(default="mcp", min_length=1, max_length=256)
+    session_id: SessionId
+    token: str = Field(max_length=16_384, repr=False)
+
+
+class GrantAnswer(Model):
+    """Identity's answer to a GrantRequested: the signed grant, or why not (`refused`, `remedy`).
+
+    `unavailable` is set when identity could not check the token at all (its provider did not answer): the
+    client says "try again", not "your token is bad".
+    """
+
+    grant: SignedGrant | None = None
+    refused: str = ""
+    remedy: str = ""
+    unavailable: bool = False
 
 
 class TurnRequested(Event):
@@ -358,6 +405,91 @@ class ModelUsage(Event):
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    # Added for the inference gateway (defaults keep older events valid): the call it measured and where it went.
+    call_id: str = Field(default="", max_length=128)
+    upstream: str = Field(default="", max_length=128)
+
+
+# --- inference gateway -----------------------------------------------------
+
+
+class DataClassSpec(Model):
+    """A tenant's data class as the gateway applies it to text: regexes and words (`secret` is built in)."""
+
+    name: str = Field(min_length=1, max_length=128)
+    patterns: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+
+
+class ModelCallRequested(Event):
+    """The inference gateway asks policy whether one model call may go, and to which upstream.
+
+    `grant` is the planner's session grant (its API key at the gateway); `prompt` is the prompt's
+    text, which policy classifies (routing and data rules) and audit stores redacted.
+    """
+
+    kind: Literal["model.requested"] = "model.requested"
+    call_id: str = Field(default_factory=new_id, min_length=1, max_length=128)
+    grant: SignedGrant
+    workspace: Workspace
+    session_id: SessionId
+    model: str = Field(default="", max_length=256)
+    prompt: str = Field(default="", max_length=512 * 1024)
+    prompt_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    estimated_tokens: int = Field(default=0, ge=0)
+    stream: bool = False
+
+
+class ModelDecision(Model):
+    """Policy's verdict on one model call (by prompt digest): the upstream, and the data rules to apply."""
+
+    decision_id: str = Field(default_factory=new_id)
+    tenant: Tenant
+    workspace: Workspace
+    session_id: SessionId
+    call_id: str
+    prompt_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    verdict: Literal["allow", "deny"]
+    reason: str
+    policy_ids: tuple[str, ...] = ()
+    pack_version: str = ""
+    upstream: str = ""
+    data_classes: tuple[str, ...] = ()
+    redact_prompt: tuple[DataClassSpec, ...] = ()
+    redact_response: tuple[DataClassSpec, ...] = ()
+    deny_response: tuple[DataClassSpec, ...] = ()
+    issued_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class SignedModelDecision(Signed[ModelDecision]):
+    """A model decision policy signed; the gateway checks it is for its own call and unexpired."""
+
+    payload_field: ClassVar[str] = "decision"
+    signed_by: ClassVar[frozenset[str]] = frozenset({"policy"})
+    decision: ModelDecision
+    key_id: str
+    signature: str
+
+
+class ModelCallDecided(Event):
+    kind: Literal["model.decided"] = "model.decided"
+    call_id: str
+    workspace: Workspace
+    decision: SignedModelDecision
+
+
+class ModelCallCompleted(Event):
+    """What happened to a decided model call: answered, refused by a response rule, or the upstream failed."""
+
+    kind: Literal["model.completed"] = "model.completed"
+    call_id: str
+    workspace: Workspace
+    session_id: SessionId
+    user: str = Field(min_length=1, max_length=256)
+    upstream: str = Field(default="", max_length=128)
+    status: Literal["ok", "refused", "upstream-failed"]
+    detail: str = Field(default="", max_length=2000)
 
 
 class PolicyShadowDisagreed(Event):
@@ -520,6 +652,74 @@ class ApprovalRefused(Event):
     reason: str
 
 
+class ApprovalVouchRequested(Event):
+    """A chat integration asks identity to vouch for a platform user's answer (e.g. a Slack button press).
+
+    `token` is the integration's service-account key; identity resolves the platform user to a person by
+    their link (never by pairing) and publishes ApprovalVouched, which the approval desk then counts or refuses.
+    """
+
+    kind: Literal["approval.vouch-requested"] = "approval.vouch-requested"
+    call_id: str = Field(min_length=1, max_length=256)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    answer: Answer
+    comment: str = Field(default="", max_length=2000)
+    channel: str = Field(default="chat", min_length=1, max_length=256)
+    token: str = Field(max_length=16_384, repr=False)
+    platform: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    platform_user: str = Field(min_length=1, max_length=256)
+
+
+class VouchExpired(ValueError):
+    """A vouch is past its expiry: the answer it carries no longer counts."""
+
+
+class Vouch(Model):
+    """Identity's word that a linked platform user, who is `user` of `tenant`, gave this answer to this call."""
+
+    vouch_id: str = Field(default_factory=new_id)
+    tenant: Tenant
+    user: str = Field(min_length=1, max_length=256)
+    platform: str
+    platform_user: str
+    vouched_by: str = Field(description="the service account that spoke for the platform user")
+    call_id: str
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    answer: Answer
+    comment: str = ""
+    channel: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+class SignedVouch(Signed[Vouch]):
+    """A vouch identity signed; `verify()` also refuses it once expired (VouchExpired)."""
+
+    payload_field: ClassVar[str] = "vouch"
+    signed_by: ClassVar[frozenset[str]] = frozenset({"identity"})
+    vouch: Vouch
+    key_id: str
+    signature: str
+
+    def check_current(self, now: datetime) -> None:
+        if now >= self.vouch.expires_at:
+            raise VouchExpired(f"the vouch for call {self.vouch.call_id} expired at {self.vouch.expires_at}")
+
+
+class ApprovalVouched(Event):
+    """Identity vouches for a platform user's answer; the approval desk counts it like any approver's."""
+
+    kind: Literal["approval.vouched"] = "approval.vouched"
+    call_id: str
+    vouch: SignedVouch
+
+    @model_validator(mode="after")
+    def _same_call(self) -> Self:
+        if (self.vouch.vouch.tenant, self.vouch.vouch.call_id) != (self.tenant, self.call_id):
+            raise ValueError("the vouch names another tenant or call than the event")
+        return self
+
+
 class ChatNotice(Event):
     """A message for the person in a conversation that is not the turn's reply (e.g. waiting for approval)."""
 
@@ -598,12 +798,114 @@ class AuditCheckpointed(Event):
                    occurred_at=checkpoint.issued_at, checkpoint=signed)
 
 
+# --- MCP gateway -----------------------------------------------------------
+
+McpServerAction = Literal["added", "changed", "removed"]
+McpPinAction = Literal["pinned", "revoked"]
+
+
+class McpServerChanged(Event):
+    """An MCP server was registered, changed or removed for a tenant (audited). Never carries a credential:
+    `credentials` names the secret references only."""
+
+    kind: Literal["mcp.server.changed"] = "mcp.server.changed"
+    action: McpServerAction
+    actor: str = Field(min_length=1, max_length=256)
+    server: str = Field(min_length=1, max_length=64)
+    scope: str = Field(default="tenant", max_length=1000)
+    transport: Literal["stdio", "http"] = "stdio"
+    target: str = Field(default="", max_length=2000)
+    credentials: tuple[str, ...] = ()
+
+
+class McpPinChanged(Event):
+    """A tool definition was pinned (approved) or its pin revoked for a tenant or one of its workspaces."""
+
+    kind: Literal["mcp.pin.changed"] = "mcp.pin.changed"
+    action: McpPinAction
+    actor: str = Field(min_length=1, max_length=256)
+    server: str = Field(min_length=1, max_length=64)
+    tool: str = Field(min_length=1, max_length=256)
+    workspace: str = Field(default="", max_length=63)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class McpDefinitionChanged(Event):
+    """An upstream serves another definition than the pinned one: the tool is withheld until approved again.
+    `diff` shows what changed (a unified diff of the two definitions' canonical JSON)."""
+
+    kind: Literal["mcp.definition.changed"] = "mcp.definition.changed"
+    server: str = Field(min_length=1, max_length=64)
+    tool: str = Field(min_length=1, max_length=256)
+    workspace: str = Field(default="", max_length=63)
+    pinned_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    served_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    diff: str = Field(default="", max_length=20000)
+
+
+class McpToolView(Model):
+    """One upstream tool as the planner sees it: its governed name, description and input schema."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    pinned: bool = False
+
+
+class McpToolsQuery(Model):
+    """A planner asks which MCP tools it may see (request on `caduceus.mcp.tools.<tenant>.<workspace>`)."""
+
+    grant: SignedGrant
+
+
+class McpToolsAnswer(Model):
+    tools: tuple[McpToolView, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+class McpFactsQuery(Model):
+    """Policy asks for the facts of one MCP tool (request on `caduceus.mcp.facts.<tenant>`)."""
+
+    tenant: Tenant
+    workspace: Workspace
+    tool: str = Field(min_length=1, max_length=256)
+
+
+class ToolsReachQuery(Model):
+    """Which of these tools could the live policy ever allow for this grant's person (request on
+    `caduceus.policy.reachable.<tenant>`)? The MCP gateway asks it so a planner lists no tool it can never use."""
+
+    grant: SignedGrant
+    tools: tuple[str, ...]
+
+
+class ToolsReachAnswer(Model):
+    tools: tuple[str, ...] = ()
+
+
+McpPinState = Literal["pinned", "unpinned", "changed", "unknown"]
+
+
+class McpToolFacts(Model):
+    """What the gateway knows of one tool: where it comes from, its annotations and whether its definition is pinned."""
+
+    server: str = ""
+    tool: str = ""
+    pin: McpPinState = "unknown"
+    annotations: dict[str, Any] = Field(default_factory=dict)
+    approvers: str = ""
+    digest: str = ""
+    definition: dict[str, Any] = Field(default_factory=dict)
+
+
 EVENT_MODELS: tuple[type[Event], ...] = (
     ChatMessageIn, TurnRequested, TurnAssigned, ToolCallRequested, ToolCallDecided, ToolCallDispatched,
     ToolCallCompleted, ChatReply, WorkerLifecycle, ErrorEvent, ModelUsage, PolicyShadowDisagreed,
     ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved, ApprovalAnswered,
     ApprovalRefused, ChatNotice, IdentityChanged,
-    AuditCheckpointed,
+    AuditCheckpointed, ApprovalVouchRequested, ApprovalVouched, GrantRequested,
+    McpServerChanged, McpPinChanged, McpDefinitionChanged,
+    ModelCallRequested, ModelCallDecided, ModelCallCompleted,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

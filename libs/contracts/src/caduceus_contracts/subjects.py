@@ -88,6 +88,18 @@ def model_usage(tenant: str) -> str:
     return f"{PREFIX}.model.usage.{token(tenant)}"
 
 
+def model_requested(tenant: str) -> str:
+    return f"{PREFIX}.model.requested.{token(tenant)}"
+
+
+def model_decided(tenant: str) -> str:
+    return f"{PREFIX}.model.decided.{token(tenant)}"
+
+
+def model_completed(tenant: str) -> str:
+    return f"{PREFIX}.model.completed.{token(tenant)}"
+
+
 def policy_shadow(tenant: str) -> str:
     return f"{PREFIX}.policy.shadow.{token(tenant)}"
 
@@ -114,14 +126,47 @@ def error(tenant: str, service: str) -> str:
     return f"{PREFIX}.error.{tenant_token}.{token(service, 'service')}"
 
 
+def identity_grant(tenant: str) -> str:
+    """Request subject (core NATS, never stored: it carries a token): a verified OIDC token in, a session grant out."""
+    return f"caduceus.identity.grant.{token(tenant)}"
+
+
+def mcp_event(event: str, tenant: str) -> str:
+    """`cad.v1.mcp.<event>.<tenant>`: server, pin, definition (the MCP gateway's audited changes)."""
+    return f"{PREFIX}.mcp.{token(event, 'mcp event')}.{token(tenant)}"
+
+
+def mcp_dispatched(tenant: str, workspace: str) -> str:
+    """Where the broker sends a decided `mcp__<server>__<tool>` call: to the MCP gateway, never an executor."""
+    return f"{PREFIX}.mcp.dispatched.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def mcp_tools(tenant: str, workspace: str) -> str:
+    """Request subject (core NATS, not stored): which MCP tools a planner of tenant/workspace may see."""
+    return f"caduceus.mcp.tools.{token(tenant)}.{token(workspace, 'workspace')}"
+
+
+def mcp_facts(tenant: str) -> str:
+    """Request subject (core NATS, not stored): policy asks the gateway for one MCP tool's facts."""
+    return f"caduceus.mcp.facts.{token(tenant)}"
+
+
+def policy_reachable(tenant: str) -> str:
+    """Request subject (core NATS, not stored): which tools the live policy could ever allow for a person."""
+    return f"caduceus.policy.reachable.{token(tenant)}"
+
+
 def _tenant_index(parts: list[str]) -> int:
     # Error subjects have no event token: cad.v1.error.<tenant>.<service>.
     return 3 if parts[2] == "error" else 4
 
 
 def tenant_of(subject: str) -> str | None:
-    """The tenant token of a `cad.v1` subject, or None when it has none or it is invalid."""
+    """The tenant token of a `cad.v1` subject (or of a request subject `caduceus.<domain>.<verb>.<tenant>`),
+    or None when it has none or it is invalid."""
     parts = subject.split(".")
+    if parts[0] == "caduceus" and len(parts) >= 4 and parts[1] != "health":
+        return parts[3] if TOKEN_RE.match(parts[3]) else None
     if len(parts) < 5 or parts[0] != "cad" or parts[1] != "v1":
         return None
     tenant = parts[_tenant_index(parts)]
@@ -153,4 +198,17 @@ IDENTITY_CHANGED_ALL = f"{PREFIX}.identity.changed.*"
 CHAT_NOTICE_ALL = f"{PREFIX}.chat.notice.*.*"
 POLICY_EVENTS = f"{PREFIX}.policy.>"
 APPROVAL_EVENTS = f"{PREFIX}.approval.>"
+# A chat integration's request that identity vouch for a platform user's answer, and identity's signed vouch.
+APPROVAL_VOUCH_ALL = f"{PREFIX}.approval.vouch.*"
+APPROVAL_VOUCHED_ALL = f"{PREFIX}.approval.vouched.*"
+APPROVAL_REFUSED_ALL = f"{PREFIX}.approval.refused.*"
 AUDIT_EVENTS = f"{PREFIX}.audit.>"
+IDENTITY_GRANT_ALL = "caduceus.identity.grant.*"
+MCP_EVENTS = f"{PREFIX}.mcp.>"
+MCP_DISPATCHED_ALL = f"{PREFIX}.mcp.dispatched.*.*"
+MCP_TOOLS_ALL = "caduceus.mcp.tools.*.*"
+MCP_FACTS_ALL = "caduceus.mcp.facts.*"
+POLICY_REACHABLE_ALL = "caduceus.policy.reachable.*"
+MODEL_REQUESTED_ALL = f"{PREFIX}.model.requested.*"
+MODEL_DECIDED_ALL = f"{PREFIX}.model.decided.*"
+MODEL_COMPLETED_ALL = f"{PREFIX}.model.completed.*"

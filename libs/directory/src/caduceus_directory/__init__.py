@@ -5,6 +5,7 @@ answer) and the CLI (`caduceus tenants`). One definition of the file, so they ne
 from caduceus_directory.model import (
     ADMIN_ROLES,
     DIRECTORY_FORMAT,
+    SHARED_CHANNEL_PREFIX,
     TIERS,
     ApprovalMode,
     CustomRole,
@@ -24,6 +25,7 @@ from caduceus_directory.source import DirectorySource, load_directory
 
 __all__ = [
     "ADMIN_ROLES", "DIRECTORY_FORMAT", "TIERS", "ApprovalMode", "CustomRole", "Directory", "DirectoryError",
-    "DirectorySource", "DirectoryUnreadable", "Issuer", "Member", "MemoryScope", "Problem", "Tenant", "User", "load_directory",
+    "DirectorySource", "DirectoryUnreadable", "Issuer", "Member", "MemoryScope", "Problem", "SHARED_CHANNEL_PREFIX",
+    "Tenant", "User", "load_directory",
     "memory_scope", "parse_directory",
 ]

@@ -233,38 +233,55 @@ class Directory(_Entry):
     def admit(self, identity: VerifiedIdentity, message: ChatMessageIn, *, now: datetime,
               ttl: timedelta) -> SessionGrant:
         """The session grant for one chat message from a verified person, or Refused saying why not."""
-        if identity.tenant != message.tenant:
+        return self.grant(identity, message.tenant, message.workspace, message.channel, message.session_id,
+                          now=now, ttl=ttl, sent_to="the message was sent to")
+
+    def grant(self, identity: VerifiedIdentity, tenant_name: str, workspace: str, channel: str, session_id: str, *,
+              now: datetime, ttl: timedelta, sent_to: str = "it was used for") -> SessionGrant:
+        """The session grant of a verified person in a tenant's workspace, or Refused saying why not."""
+        if identity.tenant != tenant_name:
             raise Refused(
-                f"token is for tenant {identity.tenant!r}, but the message was sent to tenant {message.tenant!r}",
-                f"send it to tenant {identity.tenant!r}, or get a token for {message.tenant!r}",
+                f"token is for tenant {identity.tenant!r}, but {sent_to} tenant {tenant_name!r}",
+                f"send it to tenant {identity.tenant!r}, or get a token for {tenant_name!r}",
             )
-        tenant = self.tenant(message.tenant)
+        tenant = self.tenant(tenant_name)
         member = self.member(identity)
-        if message.workspace not in tenant.workspaces:
+        if workspace not in tenant.workspaces:
             raise Refused(
-                f"workspace {message.workspace!r} is not one of tenant {message.tenant!r}'s workspaces "
+                f"workspace {workspace!r} is not one of tenant {tenant_name!r}'s workspaces "
                 f"({', '.join(tenant.workspaces)})",
                 "choose one of those workspaces",
             )
         return SessionGrant(
-            tenant=message.tenant,
-            workspace=message.workspace,
+            tenant=tenant_name,
+            workspace=workspace,
             user=member.name,
             roles=member.roles,
-            channel=message.channel,
-            session_id=message.session_id,
+            channel=channel,
+            session_id=session_id,
             issued_at=now,
             expires_at=now + ttl,
             approval_mode=member.approval_mode,
-            memory_scope=memory_scope(tenant.memory, member.name, message.channel),
+            memory_scope=memory_scope(tenant.memory, member.name, channel),
         )
 
 
+# A channel several people share is named `channel:<platform>:...` by the integration that carries it (e.g.
+# `channel:slack:T024BE7LD:C0123`); a person's own channels (the CLI, `web:<user>`, a DM) are named otherwise.
+SHARED_CHANNEL_PREFIX = "channel:"
+
+
 def memory_scope(kind: MemoryScope, user: str, channel: str) -> str:
-    """The grant's memory scope: the whole tenant, this user, or this channel."""
+    """The grant's memory scope: the whole tenant, this user, or this channel.
+
+    With per-user memory, what a person says in a shared channel is kept apart from their own memory
+    (`user:<name>@<channel>`), so a channel's context never reaches their DMs, the web chat or the CLI.
+    """
     if kind == "tenant":
         return "tenant"
-    return f"user:{user}" if kind == "user" else f"channel:{channel}"
+    if kind == "channel":
+        return f"channel:{channel}"
+    return f"user:{user}@{channel}" if channel.startswith(SHARED_CHANNEL_PREFIX) else f"user:{user}"
 
 
 def _not_a_member(tenant: str, user: str) -> Refused:

@@ -72,6 +72,9 @@ class StackPorts:
     issuer: int = 8900
     model: int = 8901
     approval_ui: int = 8902
+    webchat: int = 8903
+    mcp_endpoint: int = 8904
+    inference: int = 8905
     # The first of one port per Caduceus service for /healthz, /readyz and /metrics (in SERVICE_HTTP_ORDER).
     http: int = 8910
 
@@ -104,7 +107,7 @@ class StackPorts:
 
 
 # The services that serve health and metrics over HTTP, in the order of their ports from StackPorts.http.
-SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker")
+SERVICE_HTTP_ORDER = ("audit", "identity", "policy", "approval", "broker", "gateway", "mcp", "inference")
 
 PORT_USES = {
     "nats": ("NATS", "--nats-port"),
@@ -113,4 +116,7 @@ PORT_USES = {
     "issuer": ("the dev OIDC issuer", "--issuer-port"),
     "model": ("the scripted model", "--model-port"),
     "approval_ui": ("the approvals UI", "--approval-ui-port"),
+    "webchat": ("the web chat", "--webchat-port"),
+    "mcp_endpoint": ("the MCP endpoint for other MCP clients", "--mcp-port"),
+    "inference": ("the inference gateway", "--inference-port"),
 }

@@ -6,6 +6,7 @@ logs/<name>.log. The table is data so tests (and other deployments) can run thei
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -104,6 +105,14 @@ def approval_ui_url(ports: StackPorts) -> str:
     return f"http://127.0.0.1:{ports.approval_ui}"
 
 
+def webchat_url(ports: StackPorts) -> str:
+    """Where people chat with the agent in a browser: the gateway's web chat."""
+    return f"http://127.0.0.1:{ports.webchat}"
+def inference_url(ports: StackPorts) -> str:
+    """The OpenAI-compatible endpoint of the inference gateway: the planners' only way to a model."""
+    return f"http://127.0.0.1:{ports.inference}/v1"
+
+
 def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings) -> list[ServiceSpec]:
     """Caduceus's own services, plus the scripted model when no model endpoint is configured."""
     endpoint = model.for_stack(ports.model)
@@ -136,8 +145,27 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
         ServiceSpec("broker", "caduceus_broker", {
             "CADUCEUS_WORKSPACES_DIR": str(layout.workspaces),
             "CADUCEUS_WORKERS_DIR": str(layout.workers),
-            **endpoint.env(),
+            # planners reach a model only through the inference gateway, which alone holds the model's key
+            "CADUCEUS_MODEL_BASE_URL": inference_url(ports), "CADUCEUS_MODEL_API_KEY": "",
+            "CADUCEUS_MODEL_NAME": endpoint.name,
         }),
+        ServiceSpec("gateway", "caduceus_gateway", {
+            "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
+            "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
+            "CADUCEUS_WEB_PORT": str(ports.webchat),
+            "CADUCEUS_APPROVALS_URL": approval_ui_url(ports),
+        }, url=webchat_url(ports)),
+        ServiceSpec("mcp", "caduceus_mcp", {
+            "CADUCEUS_SANDBOX_FILE": str(layout.sandbox_file),
+            "CADUCEUS_ENDPOINT_PORT": str(ports.mcp_endpoint),
+            "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
+            "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
+        }, url=f"http://127.0.0.1:{ports.mcp_endpoint}/mcp/<tenant>"),
+        ServiceSpec("inference", "caduceus_inference", {
+            "CADUCEUS_INFERENCE_PORT": str(ports.inference),
+            "CADUCEUS_INFERENCE_UPSTREAMS": json.dumps({"default": {
+                "base_url": endpoint.base_url, "api_key": endpoint.api_key}}),
+        }, url=inference_url(ports)),
     ]
     # Each serves /healthz, /readyz and /metrics on a port of its own.
     table += [replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": str(ports.http_port(spec.name))},

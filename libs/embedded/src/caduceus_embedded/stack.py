@@ -53,6 +53,7 @@ from caduceus_embedded.services import (
     approval_ui_url,
     default_services,
     start_service,
+    webchat_url,
 )
 from caduceus_embedded.settings import ModelSettings
 from caduceus_embedded.stackinfo import (
@@ -138,7 +139,9 @@ class EmbeddedStack:
         return {"CADUCEUS_NATS_URL": self.nats_url, "CADUCEUS_STATE_DIR": str(self.layout.root),
                 "CADUCEUS_KEYS_DIR": str(self.layout.keys), "CADUCEUS_STREAM_REPLICAS": str(self.stream_replicas),
                 # On a cluster, a publish waits out a stream leader's election rather than failing.
-                **({"CADUCEUS_PUBLISH_RETRY_S": "15"} if self.nats_cluster_ports else {})}
+                **({"CADUCEUS_PUBLISH_RETRY_S": "15"} if self.nats_cluster_ports else {}),
+                # The broker's ledger of used decisions at as many copies as the stream.
+                "CADUCEUS_USED_DECISIONS_REPLICAS": str(self.stream_replicas)}
 
     def service_env(self, spec: ServiceSpec) -> dict[str, str]:
         """The common environment plus the service's own bus credential (a service with no role gets none)."""
@@ -218,6 +221,7 @@ class EmbeddedStack:
             temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
             audit_db_url=self.layout.audit_db_url, services={name: s.pid for name, s in self.services.items()},
             approval_ui_url=approval_ui_url(self.ports) if "approval" in self.services else "",
+            webchat_url=webchat_url(self.ports) if "gateway" in self.services else "",
             metrics_urls={name: s.spec.metrics_url for name, s in self.services.items() if s.spec.metrics_url},
             client_credentials=_if_exists(self.layout.bus_credentials("client")),
             operator_credentials=str(self.layout.bus_credentials("operator")),

@@ -30,6 +30,7 @@ class StackInfo(BaseModel):
     services: dict[str, int] = {}  # service name -> pid
     down: dict[str, str] = {}  # service name -> why the stack left it down (a crash loop)
     approval_ui_url: str = ""
+    webchat_url: str = ""  # the gateway's web chat (empty: no gateway)
     # service name -> where it serves /healthz, /readyz and /metrics
     metrics_urls: dict[str, str] = {}
     # The bus credentials a chat client and the operator connect with (empty: the bus needs none).

@@ -17,12 +17,11 @@ from caduceus_approval.handlers import RESOLVED, ROUTES, ApprovalDeps, Approvals
 from caduceus_approval.inbox import Inbox
 from caduceus_approval.settings import ApprovalSettings
 from caduceus_approval.temporal_link import TemporalLink
-from caduceus_approval.web.oidc_client import OidcClient
 from caduceus_approval.web.routes import UiContext, build_app
 from caduceus_approval.web.sessions import CookieJar, load_or_create_secret
 from caduceus_bus import BusService, EventConnection
 from caduceus_contracts import ReloadingKeyring, ensure_signer
-from caduceus_oidc import OidcVerifier
+from caduceus_oidc import OidcClient, OidcVerifier
 from caduceus_web import HttpServer
 
 SERVICE = ROUTES.role

@@ -352,6 +352,8 @@ def decided_event(request: ApprovalRequest, outcome: ApprovalOutcome, signer: Si
         reason=outcome.reason, policy_ids=request.policy_ids, pack_version=request.pack_version,
         approver_group=request.approver_group, quorum=request.panel.quorum, issued_at=now,
         expires_at=now + timedelta(seconds=ttl_s),
+        # What the approvers saw (an MCP tool's definition digest among them: the gateway pins only that one).
+        facts=tuple(RiskyFact(name=f.name, value=f.value, argument=f.argument) for f in request.facts),
         **ids,
     )
     return ToolCallDecided(tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,

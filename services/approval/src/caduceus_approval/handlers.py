@@ -33,6 +33,7 @@ from caduceus_contracts import (
     ApprovalRequested,
     ApprovalResolved,
     ApprovalVoted,
+    ApprovalVouched,
     Event,
     ReloadingKeyring,
     SignatureError,
@@ -40,6 +41,7 @@ from caduceus_contracts import (
     ToolCallDecided,
     ToolCallRequested,
     TurnRequested,
+    VouchExpired,
     subjects,
     utcnow,
 )
@@ -184,6 +186,32 @@ async def answer_from_chat(deps: ApprovalDeps, answered: ApprovalAnswered, deliv
         pass  # already audited as ApprovalRefused
 
 
+async def answer_vouched(deps: ApprovalDeps, vouched: ApprovalVouched) -> None:
+    """An answer identity vouches for (a chat platform user linked to a person): count it like any other.
+
+    Only identity's signature, unexpired, makes the person who they are; the desk then checks that they
+    are an approver of this exact call (its digest), as for every answer.
+    """
+    desk = deps.desk
+    claimed = vouched.vouch.vouch
+    try:
+        vouch = vouched.vouch.verify(deps.approvals.keys, issuers={"identity"})
+    except (SignatureError, VouchExpired) as exc:
+        await desk.refuse(Person(vouched.tenant, "(unverified)"), vouched.call_id, claimed.answer, claimed.channel,
+                          f"the vouch for this answer is not valid: {exc}")
+        return
+    person = Person(vouch.tenant, vouch.user)
+    if not deps.directory.is_member(vouch.tenant, vouch.user):
+        await desk.refuse(person, vouch.call_id, vouch.answer, vouch.channel,
+                          f"{vouch.user} is not a user of tenant {vouch.tenant}")
+        return
+    try:
+        await desk.answer(person, vouch.call_id, vouch.answer, digest=vouch.digest, comment=vouch.comment,
+                          channel=vouch.channel)
+    except AnswerRefused:
+        pass  # already audited as ApprovalRefused
+
+
 _VIEW_EVENTS = (ApprovalRequested, ApprovalVoted, ApprovalEscalated, ApprovalReminded, ApprovalResolved)
 
 # Every message the approval service handles. Every replica remembers every request and turn (the decision
@@ -200,6 +228,7 @@ ROUTES = RouteTable(
         Route(subjects.TURN_REQUESTED_ALL, TurnRequested, remember_turn, malformed="ignore"),
         Route(subjects.APPROVAL_ALL, None, follow_approval, malformed="ignore"),  # the audit trail keeps bad ones
         Route(subjects.APPROVAL_ANSWERED_ALL, ApprovalAnswered, answer_from_chat, queue="approval", concurrency=8),
+        Route(subjects.APPROVAL_VOUCHED_ALL, ApprovalVouched, answer_vouched, queue="approval", concurrency=8),
     ),
     publishes=(subjects.TOOL_DECIDED_ALL, subjects.APPROVAL_EVENTS, subjects.CHAT_NOTICE_ALL),
     grants=("stream-setup",),

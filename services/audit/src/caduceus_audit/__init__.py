@@ -30,10 +30,13 @@ from caduceus_audit.replay import ReplayReport, replay
 from caduceus_audit.retention import RetentionError, archive_before, verify_archive
 from caduceus_audit.settings import AuditSettings
 from caduceus_audit.timeline_html import render_html
+from caduceus_audit.usage import DIMENSIONS as USAGE_DIMENSIONS
+from caduceus_audit.usage import UsageReport, UsageRow, usage_report
 from caduceus_audit.verify import HeldCheckpoint, MissingAuditKey, verify_trail
 from caduceus_schema import SchemaTooNew
 
 __all__ = [
+    "USAGE_DIMENSIONS", "UsageReport", "UsageRow", "usage_report",
     "ROUTES", "AuditSettings", "AppendOutcome", "AuditRecord", "AuditStore", "CallStory", "ChainVerdict",
     "CheckpointSourceError", "DeliveryError", "Export", "Formatter", "HeldCheckpoint", "LineSink", "MissingAuditKey",
     "Moment", "Narrator", "OtlpSink", "RecordFilter", "RecordedCall", "ReplayReport", "RetentionError", "SchemaTooNew",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from nats.js.errors import NotFoundError
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from caduceus_audit.adapters.store import AuditStore, StoreUnavailable
 from caduceus_audit.adapters.stream import CONSUMER_NAME, in_doubt
@@ -19,12 +20,14 @@ from caduceus_audit.checkpointing import Checkpointer
 from caduceus_audit.handlers import ROUTES, AuditIntake, AuditRecorder
 from caduceus_audit.settings import AuditSettings
 from caduceus_bus import BusService, EventConnection, Pull
-from caduceus_contracts import AuditCheckpointed, Keyring, ensure_signer, subjects
+from caduceus_contracts import AuditCheckpointed, ErrorEvent, Keyring, ensure_signer, subjects
 
 log = logging.getLogger("caduceus_audit")
 
 HEALTH_SUBJECT = ROUTES.health_subject
 LAG = Gauge("caduceus_audit_lag_events", "Events in the stream the audit trail has not stored yet")
+STALLS = Counter("caduceus_audit_stalls_total", "Times audit found itself not storing waiting events and restarted "
+                 "its consumer")
 
 
 class AuditService(BusService):
@@ -41,6 +44,7 @@ class AuditService(BusService):
         self.checkpointer = checkpointer
         self.intake = AuditIntake(recorder, checkpointer)
         self._database_problem: str | None = None
+        self._prepared = False
         self.routes = self.routes.tuned(subjects.ALL, delivery=Pull(
             CONSUMER_NAME, batch=settings.audit_batch_size, ack_wait_s=settings.audit_ack_wait_s,
             fetch_timeout_s=settings.audit_fetch_timeout_s, reads_back=True))
@@ -51,7 +55,8 @@ class AuditService(BusService):
         await asyncio.to_thread(self.checkpointer.load)
         await self._recover(connection)
         self.background(self._checkpoint_when_due(), "audit-checkpoints")
-        self.background(self._measure_lag(connection), "audit-lag")
+        self.background(self._measure_lag(connection), "audit-lag-and-stalls")
+        self._prepared = True
         log.info("audit ready: consumer %r on stream %s, store %s", CONSUMER_NAME, self.settings.stream_name,
                  self.store.database.display_url)
         return self.intake
@@ -61,8 +66,14 @@ class AuditService(BusService):
         await self.publish(subjects.audit_checkpoint(event.tenant), event)
 
     async def cleanup(self) -> None:
-        """Release the database. Messages fetched but not acknowledged are delivered again."""
-        self.store.close()
+        """Sign the head of every chain with unsigned records (so a tail deleted after the stop is detected), then
+        release the database. Messages fetched but not acknowledged are delivered again."""
+        try:
+            if self._prepared:  # the store answered at start: there is something to sign
+                async with self.intake.lock:
+                    await self.checkpointer.seal()
+        finally:
+            self.store.close()
 
     async def _checkpoint_when_due(self) -> None:
         """Checkpoints due by time, when no batch arrives to trigger them (as often as an idle fetch returns)."""
@@ -70,12 +81,20 @@ class AuditService(BusService):
             await asyncio.sleep(self.settings.audit_fetch_timeout_s)
             await self.intake.checkpoint_due()
 
-    async def _measure_lag(self, connection: EventConnection, every_s: float = 5.0) -> None:
-        """How many events the stream holds that are not stored yet, and whether the database answers."""
+    async def _measure_lag(self, connection: EventConnection) -> None:
+        """How many events the stream holds that are not stored yet, whether the database answers, and whether
+        storing has stalled: events waiting while nothing is acknowledged for `audit_stall_after_s`, the database
+        answering all the while. A stall restarts the pull loop (its consumer bound afresh), said in the log and
+        in an audited error event."""
+        every_s = min(5.0, self.settings.audit_stall_after_s / 4)
+        progress: tuple[int, int] | None = None
+        since = time.monotonic()
         while True:
+            lag: int | None = None
             try:
                 info = await connection.js.consumer_info(self.settings.stream_name, CONSUMER_NAME)
-                LAG.set(info.num_pending + info.num_ack_pending)
+                lag = info.num_pending + info.num_ack_pending
+                LAG.set(lag)
             except Exception as exc:  # the consumer is made by the route: not there in the first moments
                 log.debug("audit lag unknown: %s", exc)
             try:
@@ -83,7 +102,31 @@ class AuditService(BusService):
                 self._database_problem = None
             except StoreUnavailable as exc:
                 self._database_problem = f"the audit database is unavailable: {exc}"
+            now = time.monotonic()
+            if lag is not None:
+                # Progress: acknowledged or newly delivered (to any replica).
+                seen = (info.ack_floor.stream_seq if info.ack_floor else 0,
+                        info.delivered.stream_seq if info.delivered else 0)
+                if not lag or seen != progress or self._database_problem is not None:
+                    progress, since = seen, now  # storing, idle, or waiting for the database: not a stall
+                elif now - since >= self.settings.audit_stall_after_s:
+                    await self._recover_from_stall(lag, now - since)
+                    since = now
             await asyncio.sleep(every_s)
+
+    async def _recover_from_stall(self, lag: int, stalled_s: float) -> None:
+        reason = (f"audit stalled: {lag} events in the stream not stored and nothing acknowledged for "
+                  f"{stalled_s:.0f}s while the database answered; restarting its consumer")
+        log.warning("%s", reason)
+        STALLS.inc()
+        if self.router is not None:
+            self.router.restart_pulls(reason)
+        try:
+            await self.publish(subjects.error(subjects.SYSTEM_TENANT, ROUTES.role),
+                               ErrorEvent(tenant=subjects.SYSTEM_TENANT, service=ROUTES.role, subject=subjects.ALL,
+                                          reason=reason))
+        except Exception as exc:  # the log line stands; the bus may be what is wrong
+            log.warning("could not publish the stall event: %s", exc)
 
     def readiness(self) -> dict[str, str | None]:
         return {**super().readiness(), "database": self._database_problem}

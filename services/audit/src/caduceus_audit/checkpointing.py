@@ -6,6 +6,11 @@ marked published only once JetStream confirmed it; one that could not be
 published (bus down, service stopped) is published at the next tick. Its event
 id is derived from (tenant, seq), so a re-publish is stored once.
 
+On a graceful stop (`seal`), every chain with unsigned records is signed whether due or not, so
+records deleted from a chain's tail after the stop are caught by `caduceus audit verify` (truncated).
+Replicas sharing one database each sign what they see: a checkpoint starts after the last one stored
+by any replica, so they tile the chain rather than overlap.
+
 Checkpoint events come back to the audit consumer like every `cad.v1` event; they
 are kept in the checkpoint table, never appended to a chain (see handlers), so
 a checkpoint never causes another one: an idle trail stays idle.
@@ -87,6 +92,30 @@ class Checkpointer:
         await self._publish_pending()
         return made
 
+    async def seal(self) -> int:
+        """Sign every chain with unsigned records now, due or not, then publish (a graceful stop); how many made.
+
+        Reads every head from the store first: on replicas, what the others appended is signed too."""
+        try:
+            await asyncio.to_thread(self.load)
+        except (StoreUnavailable, StoreRefused) as exc:
+            log.error("could not sign the chains' heads before stopping: the store is unavailable (%s)", exc)
+            return 0
+        made = 0
+        for tenant in [tenant for tenant, head in self._heads.items() if head > self._checkpointed.get(tenant, 0)]:
+            try:
+                made += await asyncio.to_thread(self._catch_up, tenant)
+            except (StoreUnavailable, StoreRefused) as exc:
+                log.error("could not sign %s's head before stopping: the store is unavailable (%s)", tenant, exc)
+                break
+            except ChainDamaged as exc:
+                log.error("not checkpointing %s: %s; run `caduceus audit verify --tenant %s`", tenant, exc, tenant)
+            except Exception:
+                log.exception("checkpoint of %s failed; run `caduceus audit verify --tenant %s`", tenant, tenant)
+        await self._publish_pending()
+        log.info("signed the head of every chain before stopping (%d checkpoint%s)", made, "" if made == 1 else "s")
+        return made
+
     def _give_up_until_appended(self, tenant: str) -> None:
         self._waiting_since.pop(tenant, None)
         self._checkpointed[tenant] = self._heads[tenant]
@@ -100,7 +129,12 @@ class Checkpointer:
         return made
 
     def _make(self, tenant: str) -> AuditCheckpointed | None:
-        prev = self._checkpointed.get(tenant, 0)
+        # Another replica may have signed past what this one knows: start after the last stored checkpoint.
+        prev = max(self._checkpointed.get(tenant, 0), self.store.checkpoints.latest_of(tenant))
+        if prev >= self._heads[tenant]:
+            self._checkpointed[tenant] = prev
+            self._waiting_since.pop(tenant, None)
+            return None
         head = min(self._heads[tenant], prev + self.every)
         checkpoint = checkpoint_for(tenant, prev, self.store.hashes(tenant, prev, head), utcnow())
         event = AuditCheckpointed.of(SignedCheckpoint.issue(self.signer, checkpoint))

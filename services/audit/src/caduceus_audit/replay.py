@@ -1,4 +1,4 @@
-"""Replay: recorded tool calls decided again by a candidate policy, and every decision that would change.
+"""Replay: recorded tool calls (and model calls) decided again by a candidate policy, and every decision that would change.
 
 The candidate is any function from a recorded call to a verdict (the CLI wires
 `caduceus_policy.load_engine(pack)` into it), so replay knows nothing of how a pack is
@@ -39,6 +39,7 @@ class ChangedDecision:
     verdict: str
     reason: str
     policy_ids: tuple[str, ...]
+    upstream: str = ""  # a model call's new upstream
 
 
 @dataclass
@@ -58,6 +59,8 @@ def replay(calls: Iterable[RecordedCall], decide: Decide) -> ReplayReport:
             report.undecided += 1
             continue
         again = decide(call)
-        if again.verdict != call.policy_verdict:
-            report.changed.append(ChangedDecision(call, again.verdict, again.reason, tuple(again.policy_ids)))
+        # a model call routed to another upstream is a changed decision too
+        if again.verdict != call.policy_verdict or getattr(again, "upstream", call.upstream) != call.upstream:
+            report.changed.append(ChangedDecision(call, again.verdict, again.reason, tuple(again.policy_ids),
+                                                  str(getattr(again, "upstream", ""))))
     return report

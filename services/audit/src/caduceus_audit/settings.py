@@ -40,6 +40,10 @@ class AuditSettings(BusSettings):
     audit_checkpoint_interval_s: float = Field(default=60.0, gt=0, description=(
         "How long after its first record since the last checkpoint a tenant's chain is checkpointed at the latest."))
 
+    audit_stall_after_s: float = Field(default=120.0, gt=0, description=(
+        "When the stream holds events audit has not stored and nothing is acknowledged for this long while the "
+        "database answers, audit restarts its consumer, says so in its log and in an audited error event."))
+
     @model_validator(mode="before")
     @classmethod
     def _derive_db_url(cls, data: Any) -> Any:

@@ -11,13 +11,12 @@ import asyncio
 import ctypes
 import json
 import logging
-from pathlib import Path
 
 from opentelemetry import trace
 
 from caduceus_broker.domain import DispatchRefused, check_dispatch
 from caduceus_broker.executor_secrets import ExecutorSecrets
-from caduceus_broker.ledger import DecisionLedger
+from caduceus_broker.ledger import USED_DECISIONS_BUCKET, DecisionLedger, LedgerUnavailable
 from caduceus_broker.settings import WorkerSettings
 from caduceus_broker.worker_process import WorkerProcess, require_plugin
 from caduceus_bus import (
@@ -60,7 +59,7 @@ class Executor:
         with tracer.start_as_current_span(execute_tool_span_name(event.tool),
                                           attributes=execute_tool_attributes(event.tool, event.call_id)):
             try:
-                decision = self._verify(event)
+                decision = await self._verify(event)
             except DispatchRefused as exc:
                 log.warning("refused %s (%s): %s", event.call_id, event.tool, exc)
                 await self._complete(event, "refused", reason=str(exc))
@@ -72,10 +71,14 @@ class Executor:
             log.info("ran %s for %s under decision %s: %s", event.tool, event.call_id, decision.decision_id, status)
             await self._complete(event, status, result=result)
 
-    def _verify(self, event: ToolCallDispatched):
+    async def _verify(self, event: ToolCallDispatched):
         decision = check_dispatch(event, tenant=self.settings.tenant, workspace=self.settings.workspace,
                                   keyring=self.keyring, now=utcnow())
-        if not self.ledger.claim(decision.decision_id, event.call_id):
+        try:
+            claimed = await self.ledger.claim(decision.decision_id, event.call_id)
+        except LedgerUnavailable as exc:
+            raise DispatchRefused(str(exc)) from None
+        if not claimed:
             raise DispatchRefused(f"decision {decision.decision_id} was already used (replay)")
         return decision
 
@@ -107,7 +110,12 @@ ROUTES = RouteTable(
         Route("cad.v1.tool.dispatched.{tenant}.{workspace}", ToolCallDispatched, Executor.on_dispatched,
               concurrency=8),
     ),
-    publishes=("cad.v1.tool.completed.{tenant}.{workspace}",),
+    publishes=(
+        "cad.v1.tool.completed.{tenant}.{workspace}",
+        # The ledger of used decisions: bind the bucket, write its own tenant/workspace's keys (never read back).
+        f"$JS.API.STREAM.INFO.KV_{USED_DECISIONS_BUCKET}",
+        f"$KV.{USED_DECISIONS_BUCKET}.{{tenant}}.{{workspace}}.>",
+    ),
 )
 
 
@@ -122,13 +130,10 @@ class ExecutorProcess(WorkerProcess):
         self.ledger: DecisionLedger | None = None
 
     async def prepare(self, connection: EventConnection) -> Executor:
-        self.ledger = DecisionLedger(_ledger_path())
+        self.ledger = await DecisionLedger.open(connection.js, self.settings.tenant, self.settings.workspace)
         log.info("executor %s ready for %s/%s", self.settings.worker_id, self.settings.tenant, self.settings.workspace)
         return Executor(self.settings, connection, self.ledger, self.secrets)
 
-    async def cleanup(self) -> None:
-        if self.ledger is not None:
-            self.ledger.close()
 
 
 def build() -> ExecutorProcess:
@@ -152,13 +157,7 @@ def _keep_memory_private() -> None:
         raise SystemExit("cannot make the executor's memory private (prctl PR_SET_DUMPABLE failed)")
 
 
-def _ledger_path() -> Path:
-    from hermes_constants import get_hermes_home
-
-    return get_hermes_home() / "caduceus-used-decisions.sqlite3"
-
-
-main = main_of("executor", build, (CredentialsUnreadable,))
+main = main_of("executor", build, (CredentialsUnreadable, LedgerUnavailable))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from caduceus_broker.domain import Routing, route_decision
+from caduceus_broker.ledger import USED_DECISIONS_BUCKET
 from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
-from caduceus_bus import Delivery, EventConnection, Route, RouteTable
+from caduceus_bus import Delivery, EventConnection, Route, RouteTable, kv_bucket_subjects
 from caduceus_contracts import (
     ChatReply,
     GrantExpired,
@@ -28,6 +29,8 @@ from caduceus_contracts import (
 )
 
 log = logging.getLogger("caduceus.broker")
+# `mcp__<server>__<tool>`: calls the MCP gateway runs.
+MCP_TOOL_PREFIX = "mcp__"
 DISPATCHED = Counter("caduceus_broker_calls_dispatched_total", "Decided calls dispatched to an executor")
 CALL_OUTCOMES = Counter("caduceus_broker_call_outcomes_total", "Outcomes of governed calls (ok, error, denied, "
                         "refused)", ["status"])
@@ -138,7 +141,10 @@ class BrokerHandlers:
             worker = self.pool.find(request.tenant, request.workspace)
             if worker is not None:
                 worker.calls[request.call_id] = dispatched
-            await self.publisher.publish(subjects.tool_dispatched(request.tenant, request.workspace), dispatched)
+            # An MCP tool runs at the MCP gateway (which verifies the decision again), never in an executor.
+            subject = (subjects.mcp_dispatched if request.tool.startswith(MCP_TOOL_PREFIX)
+                       else subjects.tool_dispatched)(request.tenant, request.workspace)
+            await self.publisher.publish(subject, dispatched)
             DISPATCHED.inc()
         elif routing.route in ("deny", "refuse"):
             status = "denied" if routing.route == "deny" else "refused"
@@ -197,10 +203,12 @@ ROUTES = RouteTable(
     publishes=(
         subjects.TURN_ASSIGNED_ALL,
         subjects.TOOL_DISPATCHED_ALL,
+        subjects.MCP_DISPATCHED_ALL,
         subjects.TOOL_COMPLETED_ALL,
         subjects.CHAT_REPLY_ALL,
         subjects.WORKER_LIFECYCLE_ALL,
         "caduceus.health.worker.>",  # asks its workers whether they are ready
+        *kv_bucket_subjects(USED_DECISIONS_BUCKET),  # creates the bucket its executors claim decisions in
     ),
     grants=("stream-setup",),
 )

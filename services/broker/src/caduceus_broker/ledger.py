@@ -1,31 +1,69 @@
-"""The executor's record of decisions already used: each decision authorizes one execution, ever."""
+"""The ledger of decisions already used: each decision authorizes one execution, ever.
+
+It lives in a JetStream key-value bucket (`caduceus_used_decisions`), not in the executor's home: tool calls run
+as the executor's user and can rewrite anything in that home, so a ledger kept there could be emptied by a tool
+and a decision used again. The bucket is reached only with the executor's bus credential, which the executor
+takes (and removes from its home) before any tool runs. A key is written once: claiming is a write that
+JetStream accepts only if the key's subject was never written (expected last subject sequence 0), so the first
+use wins, on any executor of any replica of the broker, and even a delete marker cannot reopen a key.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from pathlib import Path
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+USED_DECISIONS_BUCKET = "caduceus_used_decisions"
+
+
+class LedgerUnavailable(Exception):
+    """The ledger could not say whether a decision was used: the call must not run."""
+
+
+async def ensure_used_decisions(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create the bucket if it is not there (the broker does, before it starts any executor)."""
+    try:
+        await js.key_value(USED_DECISIONS_BUCKET)
+    except BucketNotFoundError:
+        config = KeyValueConfig(bucket=USED_DECISIONS_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas,
+                                description="Decisions executors have used: one key per decision, written once")
+        try:
+            await js.create_key_value(config)
+        except Exception:
+            await js.key_value(USED_DECISIONS_BUCKET)  # another broker replica created it first
+
+
+def used_decision_key(tenant: str, workspace: str, decision_id: str) -> str:
+    return f"{tenant}.{workspace}.{decision_id}"
 
 
 class DecisionLedger:
-    """A SQLite file in the executor's home; survives executor restarts."""
+    """One executor's view of the bucket: its own tenant and workspace's keys (its credential allows no others)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS used_decision (decision_id TEXT PRIMARY KEY, call_id TEXT, "
-                         "used_at TEXT DEFAULT CURRENT_TIMESTAMP)")
-        self._lock = threading.Lock()
+    def __init__(self, kv: KeyValue, tenant: str, workspace: str) -> None:
+        self.kv = kv
+        self.tenant = tenant
+        self.workspace = workspace
 
-    def claim(self, decision_id: str, call_id: str) -> bool:
-        """Mark a decision used; False if it was used before (a replay)."""
-        with self._lock:
-            try:
-                self._db.execute("INSERT INTO used_decision (decision_id, call_id) VALUES (?, ?)", (decision_id, call_id))
-                return True
-            except sqlite3.IntegrityError:
-                return False
+    @classmethod
+    async def open(cls, js: JetStreamContext, tenant: str, workspace: str) -> "DecisionLedger":
+        """Bind the bucket the broker created. Raises LedgerUnavailable when it is not there."""
+        try:
+            return cls(await js.key_value(USED_DECISIONS_BUCKET), tenant, workspace)
+        except Exception as exc:
+            raise LedgerUnavailable(f"the bucket {USED_DECISIONS_BUCKET} of used decisions cannot be read "
+                                    f"({type(exc).__name__}: {exc})") from None
 
-    def close(self) -> None:
-        self._db.close()
+    async def claim(self, decision_id: str, call_id: str) -> bool:
+        """Mark a decision used; False if it was used before (a replay). Raises LedgerUnavailable."""
+        try:
+            await self.kv.update(used_decision_key(self.tenant, self.workspace, decision_id), call_id.encode(),
+                                 last=0)
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+        except Exception as exc:  # cannot tell: fail closed
+            raise LedgerUnavailable(f"the ledger of used decisions did not answer ({type(exc).__name__}: "
+                                    f"{exc})") from None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -29,26 +28,16 @@ from caduceus_bus import (
 from caduceus_contracts import (
     ChatReply,
     GrantExpired,
-    ModelUsage,
     ReloadingKeyring,
     SessionGrant,
     SignatureError,
     TurnAssigned,
     subjects,
 )
-from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway, install_gateway
+from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway, fetch_mcp_tools, install_gateway, offer_mcp_tools
 
 log = logging.getLogger("caduceus.planner")
 tracer = trace.get_tracer("caduceus.planner")
-
-
-@dataclass(frozen=True)
-class TurnUsage:
-    """Tokens and estimated cost of every model call in one turn, as Hermes counted them."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
 
 
 class Planner:
@@ -77,8 +66,9 @@ class Planner:
             self.gateway.bind_session(session, turn.grant, parent)
             try:
                 with tracer.start_as_current_span("chat turn", context=parent):
-                    text, usage = await asyncio.to_thread(self._run_agent, grant, turn.text)
-                await self._report_usage(turn, grant, usage)
+                    mcp_tools = await fetch_mcp_tools(self.conn.nc, turn.grant, self.settings.decision_timeout_s * 2)
+                    text = await asyncio.to_thread(self._run_agent, grant, turn.grant.as_api_key(), turn.text,
+                                                   mcp_tools)
                 await self._reply(turn, "ok", text)
             except Exception as exc:
                 log.exception("turn failed")
@@ -86,27 +76,29 @@ class Planner:
             finally:
                 self.gateway.unbind_session(session)
 
-    def _run_agent(self, grant: SessionGrant, text: str) -> tuple[str, TurnUsage]:
+    def _run_agent(self, grant: SessionGrant, api_key: str, text: str, mcp_tools: tuple = ()) -> str:
         """One turn of Hermes in the grant's memory scope (its own Hermes home, for this thread only)."""
         from hermes_constants import get_process_hermes_home, reset_hermes_home_override, set_hermes_home_override
 
         home = scope_home(get_process_hermes_home(), grant.memory_scope)
         scoped = set_hermes_home_override(home)
         try:
-            return self._converse(grant.user, grant.session_id, text)
+            return self._converse(grant.user, grant.session_id, api_key, text, offer_mcp_tools(mcp_tools))
         finally:
             reset_hermes_home_override(scoped)
 
-    def _converse(self, user: str, session: str, text: str) -> tuple[str, TurnUsage]:
+    def _converse(self, user: str, session: str, api_key: str, text: str, mcp_toolsets: list[str] = ()) -> str:
+        """One turn of Hermes; its model calls go to the inference gateway with the turn's grant as the API key
+        (the gateway asks policy for each call and reports the upstream's real usage)."""
         from run_agent import AIAgent
 
         agent = AIAgent(
             base_url=self.model.base_url,
-            api_key=self.model.api_key,
+            api_key=api_key,
             provider="custom",
             api_mode="chat_completions",
             model=self.model.name,
-            enabled_toolsets=list(self.settings.toolsets),
+            enabled_toolsets=[*self.settings.toolsets, *mcp_toolsets],
             session_id=session,
             quiet_mode=True,
             max_iterations=self.settings.max_iterations,
@@ -117,19 +109,7 @@ class Planner:
         messages = result.get("messages")
         if isinstance(messages, list):
             self.histories[(user, session)] = messages
-        usage = TurnUsage(int(agent.session_prompt_tokens or 0), int(agent.session_completion_tokens or 0),
-                          max(0.0, float(agent.session_estimated_cost_usd or 0.0)))
-        return str(result.get("final_response") or ""), usage
-
-    async def _report_usage(self, turn: TurnAssigned, grant: SessionGrant, usage: TurnUsage) -> None:
-        """What the turn's model calls cost, for policy's token and cost budgets (a lost report never fails a turn)."""
-        event = ModelUsage(tenant=turn.tenant, workspace=grant.workspace, session_id=grant.session_id, user=grant.user,
-                           model=self.model.name, prompt_tokens=usage.prompt_tokens,
-                           completion_tokens=usage.completion_tokens, cost_usd=usage.cost_usd)
-        try:
-            await self.conn.publish(subjects.model_usage(turn.tenant), event)
-        except Exception:
-            log.exception("could not report the model usage of a turn in session %s", grant.session_id)
+        return str(result.get("final_response") or "")
 
     async def _reply(self, turn: TurnAssigned, status: str, text: str) -> None:
         session = turn.grant.grant.session_id
@@ -145,7 +125,8 @@ ROUTES = RouteTable(
         # several conversations at once; one conversation's turns wait for each other (Planner's session locks)
         Route("cad.v1.turn.assigned.{tenant}.{workspace}", TurnAssigned, Planner.on_turn, concurrency=8),
     ),
-    publishes=("cad.v1.model.usage.{tenant}", "cad.v1.chat.reply.{tenant}.*"),
+    publishes=("cad.v1.chat.reply.{tenant}.*",
+               "caduceus.mcp.tools.{tenant}.{workspace}"),  # asks the MCP gateway which MCP tools to offer
 )
 
 

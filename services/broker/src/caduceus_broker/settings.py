@@ -13,13 +13,16 @@ DEFAULT_TOOLSETS = ["terminal", "file", "todo", "memory"]
 
 
 class ModelSettings(BaseSettings):
-    """The model endpoint planners use: the scripted model in the embedded stack, or a real one."""
+    """The model endpoint planners use: the inference gateway (which holds the upstreams' credentials)."""
 
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_MODEL_", extra="ignore")
 
-    base_url: str = Field(default="http://127.0.0.1:8901/v1", description=(
-        "The OpenAI-compatible endpoint planners call (the planner's sandbox reaches only this)."))
-    api_key: str = Field(default="scripted", repr=False, description="The API key planners send to it.")
+    base_url: str = Field(default="http://127.0.0.1:8905/v1", description=(
+        "The OpenAI-compatible endpoint planners call: the inference gateway (the planner's sandbox reaches only "
+        "this; each turn's session grant is its API key)."))
+    api_key: str = Field(default="", repr=False, description=(
+        "Unused by planners since the inference gateway (they send their session grant); kept so older "
+        "environments still parse."))
     name: str = Field(default="scripted", description="The model name planners ask for.")
 
 
@@ -57,6 +60,9 @@ class BrokerSettings(BaseSettings):
         "A planner/executor pair idle this long is stopped."))
     max_workers_per_tenant: int = Field(default=8, ge=1, description=(
         "A tenant runs at most this many pairs; a turn beyond it is refused."))
+    used_decisions_replicas: int = Field(default=1, ge=1, le=5, description=(
+        "Replicas of the JetStream bucket of used decisions (`caduceus_used_decisions`), set when the broker "
+        "creates it: 3 on a 3-node NATS cluster."))
     nats_worker_signing: Path | None = Field(default=None, description=(
         "The scoped signing keys the broker mints each worker's bus credential with (`worker-signing.json` from "
         "`caduceus bus authority`; the embedded stack sets it)."))

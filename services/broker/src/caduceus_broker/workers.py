@@ -23,6 +23,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from caduceus_broker.bus_access import WorkerBusAccess
+from caduceus_broker.ledger import ensure_used_decisions
 from caduceus_broker.profiles import worker_paths, write_profile
 from caduceus_broker.sandboxing import SandboxedProcess, Sandboxes, WorkerEndpoints
 from caduceus_broker.settings import BrokerSettings, ModelSettings
@@ -102,6 +103,7 @@ class WorkerPool:
         self.bus_access = WorkerBusAccess(bus, settings.nats_worker_signing)
         self.workers: dict[tuple[str, str], Worker] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._ledger_ready = False
 
     async def ensure(self, tenant: str, workspace: str) -> Worker:
         """The running worker of a tenant/workspace, started (or restarted) if needed.
@@ -134,6 +136,14 @@ class WorkerPool:
 
     async def _start(self, tenant: str, workspace: str) -> Worker:
         worker = Worker(tenant, workspace, new_id()[:12])
+        if not self._ledger_ready:  # executors bind the bucket of used decisions; it must exist before them
+            try:
+                await ensure_used_decisions(self.nc.jetstream(), replicas=self.settings.used_decisions_replicas)
+            except Exception as exc:
+                detail = f"the bucket of used decisions cannot be created ({type(exc).__name__}: {exc})"
+                await self.report(worker, "executor", "refused", detail)
+                raise WorkerStartFailed(detail) from None
+            self._ledger_ready = True
         try:
             policy, worker.policy_path = self.policies.policy_for(tenant, workspace)
             self.backend.available()

@@ -63,6 +63,7 @@ class IdentityService(BusService):
             directory=self.directory,
             signer=ensure_signer(self.settings.keys_dir, SERVICE),
             grant_ttl=timedelta(seconds=self.settings.grant_ttl_s),
+            mcp_audience=self.settings.mcp_audience,
         )
         self.background(self.relay_changes(connection), "identity-changes-relay")
         return self.admission
@@ -109,4 +110,5 @@ def bootstrap(settings: IdentitySettings) -> IdentityService:
         issuer = DevIssuer(load_or_create_key(settings.dev_issuer_key_path), settings.dev_issuer_url,
                            settings.oidc_audience, directory)
         dev_issuer = DevIssuerServer(issuer, settings.dev_issuer_host, settings.dev_issuer_port)
-    return IdentityService(settings, directory, issuers, IdentityStore(settings.identity_db), dev_issuer)
+    store = IdentityStore(settings.identity_db_url or settings.identity_db)
+    return IdentityService(settings, directory, issuers, store, dev_issuer)

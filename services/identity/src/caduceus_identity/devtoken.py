@@ -12,13 +12,16 @@ class DevTokenError(RuntimeError):
 
 
 def mint_dev_token(issuer_url: str, tenant: str, user: str, roles: Sequence[str] | None = None,
-                   ttl_s: int | None = None, *, timeout_s: float = 5.0) -> str:
-    """A signed token for `user` of `tenant` from the dev issuer at `issuer_url` (roles default to tenants.yaml)."""
+                   ttl_s: int | None = None, *, timeout_s: float = 5.0, audience: str | None = None) -> str:
+    """A signed token for `user` of `tenant` from the dev issuer at `issuer_url` (roles default to tenants.yaml;
+    `audience` asks for another resource's audience, e.g. the MCP endpoint's)."""
     body: dict = {"tenant": tenant, "user": user}
     if roles is not None:
         body["roles"] = list(roles)
     if ttl_s is not None:
         body["ttl_s"] = ttl_s
+    if audience is not None:
+        body["audience"] = audience
     url = f"{issuer_url.rstrip('/')}/dev/token"
     try:
         response = httpx.post(url, json=body, timeout=timeout_s)

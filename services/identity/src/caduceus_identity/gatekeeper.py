@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
-from caduceus_contracts import ChatMessageIn
+from caduceus_contracts import ApprovalVouchRequested, ChatMessageIn
 from caduceus_directory import Directory, Member
 from caduceus_identity.adapters.store import IdentityStore
 from caduceus_identity.linking import (
@@ -30,7 +30,8 @@ KEY_REMEDY = ("ask an administrator of the tenant for a service-account key "
 
 
 class TokenVerifier(Protocol):
-    async def verify(self, token: str, tenant: str | None = None) -> VerifiedIdentity: ...
+    async def verify(self, token: str, tenant: str | None = None, *,
+                     audience: str | None = None) -> VerifiedIdentity: ...
 
 
 class Gatekeeper:
@@ -49,7 +50,20 @@ class Gatekeeper:
             return self._platform_user(self._account(message), message)
         return await self.tokens.verify(message.token, message.tenant)
 
-    def _account(self, message: ChatMessageIn) -> ServiceAccount:
+    def vouch(self, request: ApprovalVouchRequested) -> tuple[ServiceAccount, str]:
+        """The integration's account and the person its platform user is linked to, or Refused.
+
+        Only an existing link counts: an answer to an approval never pairs or links anyone.
+        """
+        account = self._account(request)
+        link = self.store.link(request.tenant, request.platform, request.platform_user)
+        if link is None:
+            raise Refused(f"{request.platform} user {request.platform_user!r} is not linked to a person in tenant "
+                          f"{request.tenant!r}, so their answer does not count",
+                          "pair the account first: send the bot a message and have an administrator approve the code")
+        return account, link.user
+
+    def _account(self, message: ChatMessageIn | ApprovalVouchRequested) -> ServiceAccount:
         account = self.store.authenticate(message.token)
         if account is None:
             raise TokenRefused("the service-account key is unknown or revoked", KEY_REMEDY)

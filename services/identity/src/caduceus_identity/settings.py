@@ -29,6 +29,9 @@ class IdentitySettings(BusSettings):
     tenants_file: Path = Field(description="Tenants, their users, groups, roles and issuers (`caduceus tenants "
                                            "apply` replaces it; read again on the next message).")
     identity_db: Path = Field(description="Service accounts, platform links and pairing codes (SQLite).")
+    identity_db_url: str | None = Field(default=None, description=(
+        "A PostgreSQL URL (`postgresql+psycopg2://user:pass@host/db`) for the same records, used instead of "
+        "`identity_db` so identity replicas share them."))
     dev_issuer_host: str = Field(default="127.0.0.1", description="The address the dev OIDC issuer listens on.")
     dev_issuer_port: int = Field(default=8900, ge=0, le=65535, description=(
         "The dev OIDC issuer's port: 0 disables it (production uses the organization's provider)."))
@@ -39,6 +42,9 @@ class IdentitySettings(BusSettings):
         "unset: the dev issuer. Tenants add their own providers in tenants.yaml (`issuers:`)."))
     oidc_audience: str = Field(default="caduceus", description="The `aud` the deployment-wide issuer's tokens "
                                                                "must carry.")
+    mcp_audience: str = Field(default="caduceus-mcp", description=(
+        "The `aud` an access token must carry to be used at the MCP endpoint (any issuer the tenant trusts); "
+        "a token for the chat audience, or any other, is refused there."))
     oidc_tenant_claim: str = Field(default="tenant", description="The claim naming the tenant in the "
                                                                  "deployment-wide issuer's tokens.")
     oidc_username_claim: str = Field(default="sub", description="The claim naming the person.")

@@ -11,6 +11,7 @@ from caduceus_policy.domain import PolicyEngine, Verdict
 from caduceus_policy.engine import CedarEngine, engine_from_files, load_engine
 from caduceus_policy.facts import KNOWN_FACTS, HostPaths, RequestFacts, extract_facts, request_facts
 from caduceus_policy.handlers import PACKS_BUCKET, ROUTES
+from caduceus_policy.model_calls import ModelVerdict, decide_model_call
 from caduceus_policy.pack import Pack, PackError, load_pack
 from caduceus_policy.pack.cases import run_cases
 from caduceus_policy.pack.loader import parse_duration, parse_test_file
@@ -23,5 +24,5 @@ __all__ = [
     "PACKS_BUCKET", "ROUTES", "PolicySettings",
     "KNOWN_FACTS", "CedarEngine", "HostPaths", "Pack", "PackError", "PackStore", "PolicyEngine", "RequestFacts",
     "RuleFileError", "Verdict", "engine_from_files", "extract_facts", "load_engine", "load_pack", "parse_duration",
-    "parse_test_file", "request_facts", "run_cases",
+    "parse_test_file", "request_facts", "run_cases", "ModelVerdict", "decide_model_call",
 ]

@@ -6,6 +6,7 @@ Built the same way by `__main__` and tests: `build(settings)` then `await servic
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from caduceus_bus import BusService, EventConnection, Pull
 from caduceus_contracts import ensure_signer, subjects
@@ -13,7 +14,7 @@ from caduceus_policy.adapters.counters import SharedCounters
 from caduceus_policy.adapters.packs import LIVE, PackStore, PublishedPack
 from caduceus_policy.domain import PolicyEngine
 from caduceus_policy.engine import load_engine
-from caduceus_policy.handlers import ROUTES, Decider, DecisionService
+from caduceus_policy.handlers import ROUTES, Decider, DecisionService, answer_reachable
 from caduceus_policy.keys import TrustedKeys
 from caduceus_policy.settings import PolicySettings
 
@@ -34,7 +35,8 @@ class PolicyService(BusService):
         self.decider = Decider(engine, TrustedKeys(settings.keys_dir), ensure_signer(settings.keys_dir, SERVICE),
                                settings.workspaces_dir, settings.decision_ttl_s,
                                follow_symlinks=settings.follow_symlinks)
-        self.decisions = DecisionService(self.decider, None, deadline_s=settings.decide_timeout_ms / 1000)  # type: ignore[arg-type]
+        self.decisions = DecisionService(self.decider, None, deadline_s=settings.decide_timeout_ms / 1000,  # type: ignore[arg-type]
+                                         mcp_timeout_s=settings.mcp_facts_timeout_s)
         self.routes = (self.routes
                        .tuned(subjects.TOOL_REQUESTED_ALL, concurrency=settings.decide_concurrency)
                        .tuned(subjects.MODEL_USAGE_ALL, delivery=Pull(settings.usage_consumer, batch=64)))
@@ -60,6 +62,8 @@ class PolicyService(BusService):
         if self.settings.packs_from_bus:
             await sync_packs(self, await PackStore.open(connection.js, self.settings.packs_bucket,
                                                             replicas=self.settings.stream_replicas))
+        await connection.nc.subscribe(subjects.POLICY_REACHABLE_ALL, queue="policy",
+                                      cb=partial(answer_reachable, self.decider))
         return self.decisions
 
     async def cleanup(self) -> None:

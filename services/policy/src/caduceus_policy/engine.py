@@ -170,7 +170,8 @@ class CedarEngine:
                     facts["outbound_data"] = set(facts.get("outbound_data", ())) | set(found)
                     sent = f"classified data ({', '.join(sorted(found))}) to {', '.join(sorted(facts['outbound_to']))}"
                     evidence["outbound_data"] = "; ".join(filter(None, (evidence.get("outbound_data"), sent)))[:200]
-        if facts.get("family") == "mcp":
+        # The pack's annotations for a server win; else the pinned definition's, as the MCP gateway served them.
+        if facts.get("family") == "mcp" and (facts["mcp_server"] in policy.mcp or "mcp_read_only" not in facts):
             notes = policy.mcp_annotations(facts["mcp_server"], facts["mcp_tool"])
             facts["mcp_read_only"], facts["mcp_destructive"] = notes.read_only, notes.destructive
         risky = is_risky(facts)

@@ -9,6 +9,10 @@ bug, is a signed deny with the reason, never a crash and never an allow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,15 +30,23 @@ from caduceus_contracts import (
     CanonicalizationError,
     Decision,
     GrantExpired,
+    McpFactsQuery,
+    McpToolFacts,
+    ModelCallDecided,
+    ModelCallRequested,
+    ModelDecision,
     ModelUsage,
     PolicyShadowDisagreed,
     RiskyFact,
     SessionGrant,
     SignatureError,
     SignedDecision,
+    SignedModelDecision,
     Signer,
     ToolCallDecided,
     ToolCallRequested,
+    ToolsReachAnswer,
+    ToolsReachQuery,
     subjects,
     utcnow,
 )
@@ -45,7 +57,11 @@ from caduceus_policy.envelope import CallRef, salvage_request
 from caduceus_policy.facts import HostPaths, LexicalPaths, request_facts
 from caduceus_policy.facts.tools import family_of
 from caduceus_policy.keys import TrustedKeys
+from caduceus_policy.limits import counter_key
+from caduceus_policy.model_calls import ModelVerdict, decide_model_call
+from caduceus_policy.pack.model import Approval
 from caduceus_policy.packs import LivePacks
+from caduceus_policy.reach import could_allow
 
 log = logging.getLogger(__name__)
 DEADLINE_POLICY_ID = "caduceus:deadline"
@@ -97,14 +113,23 @@ class Decider:
             return Verdict("deny", "digest does not match the call's arguments")
         return grant
 
-    def evaluate(self, engine: PolicyEngine, request: ToolCallRequested, grant: SessionGrant) -> Verdict:
-        """The engine's verdict on a checked request (an engine failure is a deny saying so)."""
+    def evaluate(self, engine: PolicyEngine, request: ToolCallRequested, grant: SessionGrant,
+                 mcp: McpToolFacts | None = None) -> Verdict:
+        """The engine's verdict on a checked request (an engine failure is a deny saying so). `mcp` is what the
+        MCP gateway says of an `mcp__` tool: its annotations become facts, its pin state may hold the call."""
         try:
             root = workspace_root(self.workspaces_dir, request.tenant, request.workspace)
             facts = request_facts(request.tenant, grant.roles, request.tool, request.args, root, user=grant.user,
                                   workspace=request.workspace, resolver=self.resolver,
                                   approval_mode=grant.approval_mode)
-            return engine.decide(facts)
+            if mcp is not None and mcp.pin != "unknown":
+                annotations = mcp.annotations
+                facts = dataclasses.replace(facts, facts={
+                    **facts.facts, "mcp_read_only": bool(annotations.get("readOnlyHint")),
+                    "mcp_destructive": not annotations.get("readOnlyHint") and annotations.get("destructiveHint",
+                                                                                               True) is not False})
+            verdict = engine.decide(facts)
+            return verdict if mcp is None else mcp_gate(verdict, mcp, request.tool)
         except Exception as exc:
             log.exception("policy evaluation failed for call %s", request.call_id)
             return Verdict("deny", f"policy evaluation failed: {type(exc).__name__}: {exc}")
@@ -144,25 +169,26 @@ class DecisionService:
     deadline_s: float = 0.5
     pool: ThreadPoolExecutor | None = None
     bound: InlineBound = field(default_factory=InlineBound)
+    mcp_timeout_s: float = 3.0
 
     def __post_init__(self) -> None:
         self.pool = self.pool or ThreadPoolExecutor(max_workers=4, thread_name_prefix="policy-decide")
 
     async def evaluate_within_bound(self, engine: PolicyEngine, request: ToolCallRequested,
-                                    grant: SessionGrant) -> Verdict | None:
+                                    grant: SessionGrant, mcp: McpToolFacts | None = None) -> Verdict | None:
         """The engine's verdict, or None when it was not reached within the deadline.
 
         In place under a timer when the loop runs on the main thread (see bound.py), else in the worker pool.
         """
         if self.bound.available():
             try:
-                return self.bound.run(partial(self.decider.evaluate, engine, request, grant), self.deadline_s)
+                return self.bound.run(partial(self.decider.evaluate, engine, request, grant, mcp), self.deadline_s)
             except DecisionOverdue:
                 return None
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(self.pool, self.decider.evaluate, engine, request, grant), self.deadline_s)
+                loop.run_in_executor(self.pool, self.decider.evaluate, engine, request, grant, mcp), self.deadline_s)
         except TimeoutError:
             return None
 
@@ -172,7 +198,8 @@ class DecisionService:
         if isinstance(checked, Verdict):
             return self.decider.sign(request, checked, live.version)
         grant = checked
-        verdict = await self.evaluate_within_bound(live, request, grant)
+        mcp = await self.mcp_facts(request) if request.tool.startswith(MCP_PREFIX) else None
+        verdict = await self.evaluate_within_bound(live, request, grant, mcp)
         if verdict is None:
             verdict = Verdict("deny", f"policy could not decide within {self.deadline_s * 1000:.0f} ms; denied "
                                       "(fail closed)", (DEADLINE_POLICY_ID,))
@@ -182,6 +209,17 @@ class DecisionService:
         if shadow is not None:
             await self.compare(shadow, request, grant, decided)
         return decided
+
+    async def mcp_facts(self, request: ToolCallRequested) -> McpToolFacts:
+        """The MCP gateway's facts about the call's tool; `unknown` (the call is then denied) when it is down."""
+        query = McpFactsQuery(tenant=request.tenant, workspace=request.workspace, tool=request.tool)
+        try:
+            reply = await self.publisher.nc.request(subjects.mcp_facts(request.tenant),
+                                                    query.model_dump_json().encode(), timeout=self.mcp_timeout_s)
+            return McpToolFacts.model_validate_json(reply.data)
+        except Exception as exc:
+            log.warning("no MCP facts for %s (%s): %s", request.tool, request.call_id, type(exc).__name__)
+            return McpToolFacts(pin="unknown")
 
     async def charge(self, verdict: Verdict, request: ToolCallRequested, grant: SessionGrant) -> Verdict:
         if self.counters is None:
@@ -214,6 +252,33 @@ class DecisionService:
             shadow_version=shadow.version, shadow_verdict=candidate.verdict, shadow_policy_ids=candidate.policy_ids,
             shadow_reason=candidate.reason[:1000])
         await self.publisher.publish(subjects.policy_shadow(request.tenant), event)
+
+
+MCP_PREFIX = "mcp__"
+# The risky fact that carries an MCP tool's definition digest to the approvers and back to the gateway.
+MCP_DEFINITION_FACT = "mcp_definition"
+
+
+def mcp_gate(verdict: Verdict, mcp: McpToolFacts, tool: str) -> Verdict:
+    """What the MCP gateway's pin state does to a verdict: an unknown tool or a changed definition is denied,
+    a first use (no pin yet) waits for the server's approvers, who are shown the definition."""
+    if verdict.verdict == "deny":
+        return verdict
+    if mcp.pin == "unknown":
+        return Verdict("deny", f"the MCP gateway cannot vouch for {tool} (not registered here, or the gateway or "
+                               "its server is unreachable); denied (fail closed)", ("caduceus:mcp-unknown",),
+                       facts=verdict.facts)
+    if mcp.pin == "changed":
+        return Verdict("deny", f"{tool}'s definition changed since it was approved; withheld until its new "
+                               "definition is approved", ("caduceus:mcp-definition-changed",), facts=verdict.facts)
+    if mcp.pin == "unpinned":
+        shown = json.dumps(mcp.definition, sort_keys=True)[:400]
+        approval = verdict.approval or Approval(approvers=mcp.approvers or "admin")
+        approval = dataclasses.replace(approval, approvers=mcp.approvers or approval.approvers)
+        return Verdict("approve", f"first use of MCP tool {tool}: approving pins this definition: {shown}",
+                       (*verdict.policy_ids, "caduceus:mcp-first-use"), approval=approval, limits=verdict.limits,
+                       facts=verdict.facts, risky=((MCP_DEFINITION_FACT, mcp.digest), *verdict.risky))
+    return verdict
 
 
 # Which argument of a tool family the risky facts are about, so approvers see the value highlighted.
@@ -293,6 +358,97 @@ async def on_model_usage(usage: ModelUsage, decider: Decider, counters: SharedCo
                                 tokens=usage.prompt_tokens + usage.completion_tokens, cost_usd=usage.cost_usd)
 
 
+async def answer_reachable(decider: Decider, msg: Any) -> None:
+    """Which of the asked tools the live pack could ever allow for the grant's person (none for a bad grant)."""
+    allowed: tuple[str, ...] = ()
+    try:
+        query = ToolsReachQuery.model_validate_json(msg.data)
+        grant = decider.keys.verify_grant(query.grant)
+        if msg.subject == subjects.policy_reachable(grant.tenant):
+            pack = getattr(decider.engine, "pack", None)
+            policy = pack.tenants.get(grant.tenant) if pack is not None else None
+            allowed = tuple(t for t in query.tools if could_allow(policy, t, user=grant.user, roles=grant.roles))
+    except Exception as exc:
+        log.warning("tool reach question refused: %s", exc)
+    with contextlib.suppress(Exception):
+        await msg.respond(ToolsReachAnswer(tools=allowed).model_dump_json().encode())
+BUDGET_POLICY_PREFIX = "budget:"
+
+
+async def budget_refusal(counters: SharedCounters | None, policy: Any, grant: SessionGrant,
+                         estimated_tokens: int) -> ModelVerdict | None:
+    """A deny when a token or cost budget of the person or tenant cannot take this call, saying what is left."""
+    if policy is None or counters is None:
+        return None
+    budgets = [limit for limit in policy.limits if limit.kind != "calls" and limit.applies("", grant.roles)]
+    shares, exhausted = [], []
+    for limit in budgets:
+        key = counter_key(grant.tenant, limit.id, limit.scope(tenant=grant.tenant, user=grant.user, tool="",
+                                                              workspace=grant.workspace))
+        used = await counters.total(key, limit.window_s)
+        remaining = max(0.0, limit.maximum - used)
+        unit = "tokens" if limit.kind == "tokens" else "USD"
+        shares.append(f"{limit.id}: {remaining:g} {unit} of {limit.describe()} left")
+        need = float(estimated_tokens) if limit.kind == "tokens" else 0.0
+        if used >= limit.maximum or (need and used + need > limit.maximum):
+            exhausted.append(limit)
+    if not exhausted:
+        return None
+    names = ", ".join(limit.id for limit in exhausted)
+    return ModelVerdict("deny", f"over budget ({names}): {'; '.join(shares)}; this call needs about "
+                                f"{estimated_tokens} tokens. Ask an admin for more, or wait for the window to pass",
+                        tuple(f"{BUDGET_POLICY_PREFIX}{limit.id}" for limit in exhausted))
+
+
+async def decide_model_request(service: DecisionService, request: ModelCallRequested) -> None:
+    """Decide one model call (grant, prompt digest, budgets before the call, data rules, route) and publish it."""
+    decider = service.decider
+    engine = decider.engine
+    verdict: ModelVerdict
+    try:
+        grant = decider.keys.verify_grant(request.grant)
+        mismatch = next((f"session grant is for {what} {granted!r}, not {asked!r}" for what, granted, asked in (
+            ("tenant", grant.tenant, request.tenant), ("workspace", grant.workspace, request.workspace),
+            ("session", grant.session_id, request.session_id)) if granted != asked), None)
+        if mismatch:
+            verdict = ModelVerdict("deny", mismatch)
+        elif hashlib.sha256(request.prompt.encode("utf-8", "surrogatepass")).hexdigest() != request.prompt_digest:
+            verdict = ModelVerdict("deny", "prompt digest does not match the prompt")
+        else:
+            pack = getattr(engine, "pack", None)
+            policy = pack.tenants.get(request.tenant) if pack is not None else None
+            try:
+                refusal = await budget_refusal(service.counters, policy, grant, request.estimated_tokens)
+            except Exception as exc:
+                log.exception("budgets unavailable for model call %s", request.call_id)
+                refusal = ModelVerdict("deny", f"budgets cannot be checked ({type(exc).__name__}); denied (fail "
+                                               "closed)", ("caduceus:limits-unavailable",))
+            verdict = refusal or decide_model_call(policy, roles=grant.roles, workspace=request.workspace,
+                                                   prompt=request.prompt)
+    except SignatureError as exc:
+        verdict = ModelVerdict("deny", f"session grant signature does not verify: {exc}")
+    except GrantExpired as exc:
+        verdict = ModelVerdict("deny", str(exc))
+    except Exception as exc:
+        log.exception("model call %s could not be decided", request.call_id)
+        verdict = ModelVerdict("deny", f"policy evaluation failed: {type(exc).__name__}: {exc}")
+    now = utcnow()
+    decision = ModelDecision(
+        tenant=request.tenant, workspace=request.workspace, session_id=request.session_id, call_id=request.call_id,
+        prompt_digest=request.prompt_digest, verdict=verdict.verdict, reason=verdict.reason[:2000],
+        policy_ids=verdict.policy_ids, pack_version=engine.version, upstream=verdict.upstream,
+        data_classes=verdict.data_classes, redact_prompt=verdict.redact_prompt,
+        redact_response=verdict.redact_response, deny_response=verdict.deny_response, issued_at=now,
+        expires_at=now + timedelta(seconds=decider.decision_ttl_s))
+    for rule in decision.policy_ids or ("(none)",):
+        DECISIONS.labels(decision.verdict, rule).inc()
+    log.info("model call %s in %s: %s %s", request.call_id, request.tenant, decision.verdict,
+             ",".join(decision.policy_ids))
+    await service.publisher.publish(subjects.model_decided(request.tenant), ModelCallDecided(
+        tenant=request.tenant, call_id=request.call_id, workspace=request.workspace,
+        decision=SignedModelDecision.issue(decider.signer, decision)))
+
+
 LIMITS_BUCKET = "caduceus_policy_limits"
 PACKS_BUCKET = "caduceus_policy_packs"
 USAGE_CONSUMER = "policy-usage"
@@ -305,12 +461,18 @@ ROUTES = RouteTable(
         Route(subjects.TOOL_REQUESTED_ALL, ToolCallRequested, decide_request, queue="policy", concurrency=16,
               salvage=deny_unreadable),
         Route(subjects.MODEL_USAGE_ALL, ModelUsage, count_model_usage, delivery=Pull(USAGE_CONSUMER, batch=64)),
+        Route(subjects.MODEL_REQUESTED_ALL, ModelCallRequested, decide_model_request, queue="policy",
+              concurrency=16),
     ),
     publishes=(
         subjects.TOOL_DECIDED_ALL,
+        subjects.MODEL_DECIDED_ALL,
         subjects.POLICY_EVENTS,
+        subjects.MCP_FACTS_ALL,  # asks the MCP gateway about an mcp__ tool (request/reply)
         # rate limits and budgets shared by every replica
         *kv_bucket_subjects(LIMITS_BUCKET),
     ),
     grants=("stream-setup", "policy-packs"),
+    # Requests answered by app.py: which tools a person could ever be allowed (asked by the MCP gateway).
+    extra_subscribes=(subjects.POLICY_REACHABLE_ALL,),
 )

@@ -33,11 +33,10 @@ from caduceus_approval.desk import AnswerRefused, ApprovalDesk
 from caduceus_approval.directory import TenantDirectory
 from caduceus_approval.domain import human_duration, who_may_not_answer
 from caduceus_approval.inbox import Inbox, Person, visible_to
-from caduceus_approval.web.oidc_client import OidcClient, SignInFailed, pkce_pair
 from caduceus_approval.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJar, ForgedCookie, SignedIn
 from caduceus_bus import Publisher
 from caduceus_contracts import ApprovalView, utcnow
-from caduceus_oidc import OidcVerifier, TokenRefused
+from caduceus_oidc import OidcClient, OidcVerifier, SignInFailed, TokenRefused, pkce_pair
 from caduceus_redaction import redact_value
 
 TEMPLATES = Path(__file__).parent / "templates"

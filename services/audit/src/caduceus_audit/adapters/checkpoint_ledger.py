@@ -87,6 +87,12 @@ class CheckpointLedger:
                 latest[tenant] = max((seq for seq in seqs if isinstance(seq, int)), default=0)
         return latest
 
+    def latest_of(self, tenant: str) -> int:
+        """The tenant's last checkpointed seq (0 when none)."""
+        query = select(CHECKPOINTS.c.seq).where(CHECKPOINTS.c.tenant == tenant)
+        with self.database.reading() as conn:
+            return max((seq for seq in conn.execute(query).scalars() if isinstance(seq, int)), default=0)
+
     def unpublished(self) -> list[AuditCheckpointed]:
         """Checkpoints stored but not yet confirmed on the bus (the bus was down, or the service stopped)."""
         query = select(CHECKPOINTS.c.id, CHECKPOINTS.c.tenant, CHECKPOINTS.c.seq, CHECKPOINTS.c.signed).where(

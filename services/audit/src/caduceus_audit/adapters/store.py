@@ -1,9 +1,13 @@
 """The audit store: per-tenant hash chains in SQL (SQLite by default, PostgreSQL by URL).
 
-Appends are batched, one transaction per batch. Each tenant's next seq and
-previous hash are read inside the transaction; the unique (tenant, seq) and
-event_id constraints make a concurrent writer's append fail instead of forking
-a chain, and the batch is then retried on the new head.
+Appends are batched, one transaction per batch. Appends to one tenant's chain
+are serialized in the database, so replicas of the audit service sharing it
+take turns: on SQLite the transaction holds the write lock from its start
+(BEGIN IMMEDIATE), on PostgreSQL it takes a transaction-scoped advisory lock
+per chain (`pg_advisory_xact_lock`, in tenant order so two batches never wait
+on each other) before it reads the chain's head. The unique (tenant, seq) and
+event_id constraints stay as the last guard: a concurrent append that got past
+them anyway fails instead of forking a chain, and the batch is retried.
 
 `AuditStore(url)` is the one entry point: records here, signed checkpoints in
 `store.checkpoints`, archived ranges in `store.archives`.
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, type_coerce
+from sqlalchemy import Row, func, insert, select, text, type_coerce
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -112,6 +116,7 @@ class AuditStore:
     def _append_once(self, entries: Sequence[AuditEntry], recorded_at: datetime) -> AppendOutcome:
         unique = _first_of_each_event(entries)
         with self.database.writing() as conn:
+            _lock_chains(conn, {entry.tenant for entry in unique})
             ids = [entry.event_id for entry in unique]
             stored = set(conn.execute(select(RECORDS.c.event_id).where(RECORDS.c.event_id.in_(ids))).scalars())
             fresh = [entry for entry in unique if entry.event_id not in stored]
@@ -214,6 +219,22 @@ def _raw_time(column: Any) -> Any:
     if column.name in ("occurred_at", "recorded_at"):
         return type_coerce(column, StoredDateTime()).label(column.name)
     return column
+
+
+# The first key of the advisory locks on audit chains (the second is the tenant's hash): "cadu".
+CHAIN_LOCK_CLASS = 0x63616475
+
+
+def _lock_chains(conn: Any, tenants: set[str]) -> None:
+    """Hold each tenant's chain until the transaction ends (PostgreSQL; SQLite's write lock is already held).
+
+    Taken before the event ids and heads are read, so a replica reads a head no other writer can move, and
+    sees the events another replica committed just before."""
+    if conn.dialect.name != "postgresql":
+        return
+    for tenant in sorted(tenants):
+        conn.execute(text("SELECT pg_advisory_xact_lock(:cls, hashtext(:tenant))"),
+                     {"cls": CHAIN_LOCK_CLASS, "tenant": tenant})
 
 
 class _ChainMoved(Exception):

@@ -191,6 +191,41 @@ class Narrator:
                           f"${float(body.get('cost_usd') or 0):.4f}", "info", actor=actor,
                           workspace=body.get("workspace"))
 
+    def _model_requested(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor = self._granted(record, body)
+        call = CallFacts("model", {"model": str(body.get("model") or ""),
+                                   "estimated_tokens": body.get("estimated_tokens", 0)}, body.get("prompt_digest"))
+        self._remember(self._calls, (record.tenant, record.call_id or ""), (actor, call))
+        return RecordView(record, body, f"{_who(actor)} asked the model gateway for a model call "
+                          f"(about {body.get('estimated_tokens', 0)} prompt tokens)", "info", actor=actor, call=call,
+                          workspace=body.get("workspace"))
+
+    def _model_decided(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor, call = self._call_context(record, body)
+        call = CallFacts("model", call.args, call.digest) if call.tool != "model" else call
+        signed = body.get("decision") or {}
+        inner = signed.get("decision") or {}
+        decision = DecisionFacts(
+            verdict=str(inner.get("verdict", "?")), reason=str(inner.get("reason", "")),
+            decided_by=str(signed.get("key_id", "?")).split(":", 1)[0], policy_ids=tuple(inner.get("policy_ids") or ()),
+            pack_version=str(inner.get("pack_version") or ""))
+        rules = f" ({', '.join(decision.policy_ids)})" if decision.policy_ids else ""
+        upstream = f" to upstream {inner['upstream']}" if inner.get("upstream") else ""
+        words = VERDICT_WORDS.get(decision.verdict, decision.verdict)
+        severity: Severity = "warning" if decision.verdict == "deny" else "info"
+        return RecordView(record, body, f"model call {words}{upstream} by {decision.decided_by}{rules}: "
+                          f"{decision.reason}", severity, actor=actor, call=call, decision=decision,
+                          workspace=body.get("workspace"))
+
+    def _model_completed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor, call = self._call_context(record, body)
+        status = str(body.get("status", "?"))
+        detail = f": {_short(str(body['detail']))}" if body.get("detail") else ""
+        return RecordView(record, body, f"model call via {body.get('upstream') or '?'} {status}{detail}",
+                          "info" if status == "ok" else "warning", actor=actor or self._actor_of(record),
+                          call=CallFacts("model", call.args, call.digest), status=status,
+                          workspace=body.get("workspace"))
+
     def _chat_notice(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
         text = str(body.get("text", ""))
         actor = self._actor_of(record)

@@ -19,10 +19,13 @@ SEVERITY = {1: "Informational", 3: "Medium", 4: "High"}
 # Who publishes each kind of event: the source of the API activity.
 PUBLISHER = {"chat.message.in": "chat", "turn.requested": "identity", "turn.assigned": "broker",
              "tool.requested": "planner", "tool.decided": "policy", "tool.dispatched": "broker",
-             "tool.completed": "planner", "chat.reply": "planner", "worker.lifecycle": "broker", "error": "caduceus"}
+             "tool.completed": "planner", "chat.reply": "planner", "worker.lifecycle": "broker", "error": "caduceus",
+             "model.requested": "inference", "model.decided": "policy", "model.completed": "inference",
+             "model.usage": "inference"}
 # OCSF message_context.ai_role_id: who speaks in the conversation.
 AI_ROLE = {"chat.message.in": (1, "User"), "turn.requested": (1, "User"), "chat.reply": (2, "Assistant"),
-           "model.usage": (2, "Assistant")}
+           "model.usage": (2, "Assistant"), "model.requested": (1, "User"), "model.decided": (2, "Assistant"),
+           "model.completed": (2, "Assistant")}
 TOOL_ROLE = (3, "Tool")
 # security_control action_id and disposition_id per verdict (an approval's allow is "Approved").
 ACTION = {"allow": (1, "Allowed"), "deny": (2, "Denied"), "approve": (OTHER, "Held for approval")}

@@ -52,6 +52,8 @@ class TokenRequest(BaseModel):
     user: str = Field(min_length=1, max_length=256)
     roles: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = None
     ttl_s: int | None = Field(default=None, ge=1, le=MAX_TTL_S)
+    # Another resource's audience, e.g. the MCP endpoint's (`caduceus-mcp`); unset: the deployment's.
+    audience: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -135,7 +137,7 @@ class DevIssuer:
         issued = int(now if now is not None else time.time())
         claims = {
             "iss": self.issuer_url,
-            "aud": self.audience,
+            "aud": request.audience or self.audience,
             "sub": request.user,
             "tenant": request.tenant,
             "groups": list(request.roles or ()),

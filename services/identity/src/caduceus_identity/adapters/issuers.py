@@ -54,11 +54,15 @@ class IssuerRegistry:
             urls += [issuer.url.rstrip("/") for issuer in tenant.issuers]
         return sorted(set(urls))
 
-    async def verify(self, token: str, tenant: str | None = None) -> VerifiedIdentity:
-        """The identity a token proves; `tenant` (the message's) picks among tenants that trust the same issuer."""
+    async def verify(self, token: str, tenant: str | None = None, *,
+                     audience: str | None = None) -> VerifiedIdentity:
+        """The identity a token proves; `tenant` (the message's) picks among tenants that trust the same issuer.
+
+        `audience` replaces the issuer's usual audience (the MCP endpoint's tokens are for another resource).
+        """
         issuer = unverified_issuer(token)
         if self.deployment is not None and issuer == self.deployment.url.rstrip("/"):
-            return await self._deployment_verifier().verify(token)
+            return await self._deployment_verifier(audience).verify(token)
         trusting = [(name, entry) for name, config in self.directory().tenants.items()
                     for entry in config.issuers if entry.url.rstrip("/") == issuer]
         if tenant is not None:
@@ -74,18 +78,20 @@ class IssuerRegistry:
             raise TokenRefused(f"token was issued by {issuer!r}, which tenants {names} all trust",
                                "say which tenant you mean (for whoami: --tenant)")
         name, entry = trusting[0]
-        return await self._tenant_verifier(name, entry).verify(token)
+        return await self._tenant_verifier(name, entry, audience).verify(token)
 
-    def _deployment_verifier(self) -> OidcVerifier:
+    def _deployment_verifier(self, audience: str | None = None) -> OidcVerifier:
         assert self.deployment is not None
         d = self.deployment
-        return self._verifier(("deployment", d.url, d.audience, d.tenant_claim, d.username_claim, d.groups_claim),
-                              d.url, d.audience, tenant_claim=d.tenant_claim, username_claim=d.username_claim,
+        aud = audience or d.audience
+        return self._verifier(("deployment", d.url, aud, d.tenant_claim, d.username_claim, d.groups_claim),
+                              d.url, aud, tenant_claim=d.tenant_claim, username_claim=d.username_claim,
                               groups_claim=d.groups_claim)
 
-    def _tenant_verifier(self, tenant: str, issuer: Issuer) -> OidcVerifier:
-        key = (tenant, issuer.url, issuer.audience, issuer.username_claim, issuer.groups_claim)
-        return self._verifier(key, issuer.url, issuer.audience, tenant=tenant, username_claim=issuer.username_claim,
+    def _tenant_verifier(self, tenant: str, issuer: Issuer, audience: str | None = None) -> OidcVerifier:
+        aud = audience or issuer.audience
+        key = (tenant, issuer.url, aud, issuer.username_claim, issuer.groups_claim)
+        return self._verifier(key, issuer.url, aud, tenant=tenant, username_claim=issuer.username_claim,
                               groups_claim=issuer.groups_claim)
 
     def _verifier(self, key: tuple, url: str, audience: str, **claims: str) -> OidcVerifier:

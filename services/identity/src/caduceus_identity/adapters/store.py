@@ -1,4 +1,5 @@
-"""Identity's own records in SQLite (CADUCEUS_IDENTITY_DB, default `<state_dir>/identity.db`):
+"""Identity's own records in SQLite (CADUCEUS_IDENTITY_DB, default `<state_dir>/identity.db`) or PostgreSQL
+(CADUCEUS_IDENTITY_DB_URL, for replicas sharing one database):
 service accounts (key hashes only), platform links, pairing codes (salted hashes) and lockouts.
 
 The identity service reads it on every integration message; the admin CLI writes it. Its schema is migrated to
@@ -14,10 +15,16 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import psycopg2
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 from caduceus_contracts import IdentityChanged, new_id
 from caduceus_identity.linking import (
@@ -35,6 +42,9 @@ from caduceus_identity.linking import (
 )
 from caduceus_schema import Migrations, upgrade_sqlite_file
 
+UPSERT_LINK = ("INSERT INTO platform_links VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, platform, platform_user) "
+               'DO UPDATE SET "user" = excluded."user", linked_by = excluded.linked_by, linked_at = excluded.linked_at')
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg2.IntegrityError)
 MIGRATIONS = Migrations(store="identity", script_location="caduceus_identity:migrations",
                         version_table="identity_schema_version", baseline="0001", baseline_table="service_accounts")
 
@@ -47,17 +57,56 @@ def _at(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-class IdentityStore:
-    """Service accounts, platform links and pairing codes; safe to use from several threads."""
+# Writers on PostgreSQL take this transaction-scoped advisory lock, as SQLite writers take its write lock.
+WRITE_LOCK = zlib.crc32(b"caduceus_identity_write")
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        upgrade_sqlite_file(MIGRATIONS, path)  # SchemaTooNew when a newer release migrated it
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 5000")
+
+class _Postgres:
+    """A psycopg2 connection speaking like sqlite3's (`execute` with `?` placeholders, returning the cursor)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url, poolclass=NullPool)
+        with self.engine.begin() as conn:
+            MIGRATIONS.upgrade(conn, self.engine.url.render_as_string(hide_password=True))
+        self.raw = self.engine.raw_connection()  # kept: the pool closes the driver's connection with it
+        self.conn = self.raw.driver_connection
+        self.conn.autocommit = True  # transactions in hand (BEGIN ... COMMIT), as on SQLite
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cursor = self.conn.cursor()
+        if sql == "BEGIN IMMEDIATE":
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            return cursor
+        cursor.execute(sql.replace("?", "%s"), tuple(params))
+        return cursor
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.cursor().executemany(sql.replace("?", "%s"), [tuple(row) for row in rows])
+
+    def close(self) -> None:
+        self.raw.close()
+        self.engine.dispose()
+
+
+class IdentityStore:
+    """Service accounts, platform links and pairing codes; safe to use from several threads.
+
+    `where` is a SQLite file, or a PostgreSQL URL (`postgresql+psycopg2://user:pass@host/db`)."""
+
+    def __init__(self, where: Path | str) -> None:
+        self.path = where if isinstance(where, Path) else None
+        if isinstance(where, str) and where.startswith("postgresql"):
+            self._db: Any = _Postgres(where)
+        else:
+            path = Path(where)
+            self.path = path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            upgrade_sqlite_file(MIGRATIONS, path)  # SchemaTooNew when a newer release migrated it
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 5000")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -110,7 +159,7 @@ class IdentityStore:
                                  (account_id, tenant, name, json.dumps(list(platforms)), hash_secret(secret),
                                   _iso(now)))
                 self._record(tenant, "service-account.created", actor, name, now, f"for {', '.join(platforms)}")
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise ValueError(f"tenant {tenant!r} already has a service account named {name!r}; revoke it "
                              "first or choose another name") from None
         return ServiceAccount(account_id, tenant, name, platforms, now), key
@@ -156,7 +205,7 @@ class IdentityStore:
     def add_link(self, tenant: str, platform: str, platform_user: str, user: str, linked_by: str,
                  now: datetime) -> PlatformLink:
         with self._changing():
-            self._db.execute("INSERT OR REPLACE INTO platform_links VALUES (?, ?, ?, ?, ?, ?)",
+            self._db.execute(UPSERT_LINK,
                              (tenant, platform, platform_user, user, linked_by, _iso(now)))
             self._db.execute("DELETE FROM pairing_codes WHERE tenant = ? AND platform = ? AND platform_user = ?",
                              (tenant, platform, platform_user))
@@ -213,7 +262,7 @@ class IdentityStore:
             locked = self._locked_until(tenant, platform, now, rules)
             rows = self._db.execute("SELECT platform_user, code_hash, salt FROM pairing_codes WHERE tenant = ? "
                                     "AND platform = ?", (tenant, platform)).fetchall()
-            match = next((row[0] for row in rows if same_hash(row[1], hash_secret(typed, row[2]))), None)
+            match = next((row[0] for row in rows if same_hash(row[1], hash_secret(typed, bytes(row[2])))), None)
             if locked is not None:
                 refused = PairingRefused(f"pairing for {platform} in tenant {tenant!r} is locked until "
                                          f"{locked.isoformat(timespec='seconds')} after {rules.max_failures} wrong "
@@ -231,7 +280,7 @@ class IdentityStore:
             else:
                 self._db.execute("DELETE FROM pairing_codes WHERE tenant = ? AND platform = ? AND platform_user = ?",
                                  (tenant, platform, match))
-                self._db.execute("INSERT OR REPLACE INTO platform_links VALUES (?, ?, ?, ?, ?, ?)",
+                self._db.execute(UPSERT_LINK,
                                  (tenant, platform, match, user, f"pairing approved by {approver}", _iso(now)))
                 self._record(tenant, "pairing.approved", approver, f"{platform}:{match}", now, f"linked to {user}")
         if refused is not None:

@@ -22,6 +22,8 @@ from caduceus_policy.pack.model import (
     Approval,
     Limit,
     McpAnnotations,
+    ModelPolicy,
+    ModelRoute,
     Pack,
     RawCedar,
     Rule,
@@ -33,10 +35,13 @@ from caduceus_policy.pack.model import (
 ALL_TENANTS = "*"  # a pack of raw Cedar alone applies to every tenant (its policies can test context.tenant)
 APPROVAL_KEYS = ("approvers", "quorum", "timeout", "escalate_to", "escalate_after", "remind_every", "self_approval")
 RULE_KEYS = ("id", "effect", "tools", "roles", "users", "when", "unless", "reason", *APPROVAL_KEYS)
-TENANT_KEYS = ("rules", "approvals", "approval_modes", "classifiers", "mcp_servers", "limits", "cedar")
+TENANT_KEYS = ("rules", "approvals", "approval_modes", "classifiers", "mcp_servers", "limits", "cedar", "models")
+MODELS_KEYS = ("default", "routes", "prompt_rules", "response_rules")
+ROUTE_KEYS = ("id", "upstream", "roles", "workspaces", "data_classes")
 TOP_KEYS = ("version", "tenants", "tests")
 LIMIT_KEYS = ("id", "tools", "roles", "per", "max_calls", "max_tokens", "max_cost_usd", "window")
-TEST_KEYS = ("name", "tenant", "user", "roles", "workspace", "tool", "args", "expect", "expect_ids")
+TEST_KEYS = ("name", "tenant", "user", "roles", "workspace", "tool", "args", "expect", "expect_ids", "prompt",
+             "expect_upstream")
 OPERATORS = ("any_of", "all_in", "none_of", "not_all_in", "like", "empty")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _TOOL_GLOB = re.compile(r"^[A-Za-z0-9_.*-]{1,256}$")
@@ -294,7 +299,47 @@ class _Part:
             mcp=self.mcp(body.get("mcp_servers", {}), body.key_lines.get("mcp_servers", line), where),
             limits=tuple(limits),
             cedar=self.cedar(body.get("cedar", []), body.key_lines.get("cedar", line), where),
+            **({"models": self.models(body["models"], body.key_lines["models"], where)} if "models" in body else {}),
         )
+
+    def models(self, raw: Any, line: int, where: str) -> ModelPolicy:
+        example = ("{default: outside, routes: [{id: classified-stays-home, upstream: self-hosted, data_classes: "
+                   "[classified]}], prompt_rules: {secret: redact, classified: deny}}")
+        if not isinstance(raw, _Mapping):
+            raise self.fail(line, where, f"`models` is a mapping, e.g. {example}")
+        what = f"{where}, models"
+        self.unknown(raw, MODELS_KEYS, what, "`models`")
+        default = raw.get("default")
+        if default is not None and (not isinstance(default, str) or not _ID.match(default)):
+            raise self.fail(raw.key_lines.get("default", raw.line), what, "`default` names an upstream of the "
+                                                                          "inference gateway, e.g. default")
+        routes_raw = raw.get("routes", [])
+        if not isinstance(routes_raw, list):
+            raise self.fail(raw.key_lines.get("routes", raw.line), what, f"`routes` is a list, e.g. {example}")
+        routes: list[ModelRoute] = []
+        for index, item in enumerate(routes_raw, 1):
+            if not isinstance(item, _Mapping):
+                raise self.fail(raw.line, f"{what}, route #{index}", "each route is a mapping")
+            at = f"{what}, route {item.get('id', f'#{index}')!r}"
+            self.unknown(item, ROUTE_KEYS, at, "a model route")
+            route_id, upstream = item.get("id"), item.get("upstream")
+            if not isinstance(route_id, str) or not _ID.match(route_id):
+                raise self.fail(item.line, at, "give the route an `id` (letters, digits, '-', '_')")
+            if not isinstance(upstream, str) or not _ID.match(upstream):
+                raise self.fail(item.line, at, "give the route an `upstream`: a name the inference gateway knows")
+            routes.append(ModelRoute(id=route_id, upstream=upstream, source=Source(self.source, item.line),
+                                     roles=self.names(item, "roles", at), workspaces=self.names(item, "workspaces", at),
+                                     data_classes=self.names(item, "data_classes", at)))
+        rules = {key: self.data_rules(raw.get(key, {}), raw.key_lines.get(key, raw.line), what, key)
+                 for key in ("prompt_rules", "response_rules")}
+        return ModelPolicy(default=default, routes=tuple(routes), source=Source(self.source, line), **rules)
+
+    def data_rules(self, raw: Any, line: int, where: str, key: str) -> dict[str, Any]:
+        if not isinstance(raw, Mapping) or not all(isinstance(k, str) and v in ("deny", "redact")
+                                                   for k, v in raw.items()):
+            raise self.fail(line, where, f"`{key}` maps a data class (secret, or a classifier's name) to deny or "
+                                         "redact, e.g. {secret: redact, classified: deny}")
+        return {str(k): v for k, v in raw.items()}
 
     def approval(self, raw: Any, line: int, where: str, *, required: bool,
                  defaults: Approval | None = None) -> Approval:
@@ -569,9 +614,15 @@ class _Part:
                                               "expect}")
         where = f"test {raw.get('name', f'#{index}')!r}"
         self.unknown(raw, TEST_KEYS, where, "a test")
-        for key in ("tenant", "tool", "expect"):
+        prompt = raw.get("prompt")
+        if prompt is not None and (not isinstance(prompt, str) or "tool" in raw):
+            raise self.fail(raw.line, where, "a model-call test gives `prompt` (text) and no `tool`")
+        for key in ("tenant", "expect") if prompt is not None else ("tenant", "tool", "expect"):
             if not isinstance(raw.get(key), str):
                 raise self.fail(raw.line, where, f"give `{key}`")
+        upstream = raw.get("expect_upstream")
+        if upstream is not None and (prompt is None or not isinstance(upstream, str)):
+            raise self.fail(raw.line, where, "`expect_upstream` names an upstream, in a test with a `prompt`")
         if raw["expect"] not in ("allow", "deny", "approve"):
             raise self.fail(raw.key_lines["expect"], where, "`expect` is allow, deny or approve")
         args = raw.get("args", {})
@@ -583,7 +634,8 @@ class _Part:
         ids = raw.get("expect_ids")
         if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
             raise self.fail(raw.key_lines["expect_ids"], where, "`expect_ids` is a list of rule ids")
-        return TestCase(name=str(raw.get("name", f"test #{index}")), tenant=raw["tenant"], tool=raw["tool"],
+        return TestCase(name=str(raw.get("name", f"test #{index}")), tenant=raw["tenant"],
+                        tool=raw["tool"] if prompt is None else "model", prompt=prompt, expect_upstream=upstream,
                         args=_plain(args), expect=raw["expect"], source=Source(self.source, raw.line),
                         user=str(raw.get("user", "test-user")), roles=tuple(roles),
                         workspace=str(raw.get("workspace", "default")),

@@ -108,6 +108,45 @@ class RawCedar:
     source: Source
 
 
+DataAction = Literal["deny", "redact"]
+# The built-in data class: credentials found by their shapes (facts/content.py); tenants' classifiers add others.
+SECRET_CLASS = "secret"
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Model calls matching every given condition go to `upstream` (a name the inference gateway knows)."""
+
+    id: str
+    upstream: str
+    source: Source
+    roles: tuple[str, ...] | None = None
+    workspaces: tuple[str, ...] | None = None
+    data_classes: tuple[str, ...] | None = None  # any of them present in the prompt
+
+    def matches(self, roles: tuple[str, ...], workspace: str, present: set[str]) -> bool:
+        if self.roles is not None and not set(self.roles) & set(roles):
+            return False
+        if self.workspaces is not None and workspace not in self.workspaces:
+            return False
+        return self.data_classes is None or bool(set(self.data_classes) & present)
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """A tenant's `models:` section: routes (first match wins), the default upstream, and data rules."""
+
+    default: str | None = None
+    routes: tuple[ModelRoute, ...] = ()
+    prompt_rules: Mapping[str, DataAction] = field(default_factory=dict)
+    response_rules: Mapping[str, DataAction] = field(default_factory=dict)
+    source: Source | None = None
+
+
+# A tenant without a `models:` section: the gateway's `default` upstream, credentials redacted from prompts.
+DEFAULT_MODEL_POLICY = ModelPolicy(default="default", prompt_rules={SECRET_CLASS: "redact"})
+
+
 @dataclass(frozen=True)
 class TenantPolicy:
     name: str
@@ -118,6 +157,7 @@ class TenantPolicy:
     mcp: Mapping[str, Mapping[str, McpAnnotations]] = field(default_factory=dict)
     limits: tuple[Limit, ...] = ()
     cedar: tuple[RawCedar, ...] = ()
+    models: ModelPolicy = DEFAULT_MODEL_POLICY
 
     def mcp_annotations(self, server: str, tool: str) -> McpAnnotations:
         tools = self.mcp.get(server, {})
@@ -138,6 +178,9 @@ class TestCase:
     roles: tuple[str, ...] = ()
     workspace: str = "default"
     expect_ids: tuple[str, ...] | None = None
+    # A model-call case: the prompt (then `tool` is "model") and the upstream the pack must route it to.
+    prompt: str | None = None
+    expect_upstream: str | None = None
 
 
 @dataclass(frozen=True)

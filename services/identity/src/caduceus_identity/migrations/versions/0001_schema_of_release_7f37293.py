@@ -32,5 +32,8 @@ STATEMENTS = [
 
 
 def upgrade() -> None:
+    postgres = op.get_bind().dialect.name == "postgresql"
     for statement in STATEMENTS:
+        if postgres:  # `user` is a reserved word there, and binary is BYTEA; SQLite files keep their schema as is
+            statement = statement.replace(" user TEXT", ' "user" TEXT').replace("BLOB", "BYTEA")
         op.execute(statement)

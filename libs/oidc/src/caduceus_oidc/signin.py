@@ -1,8 +1,8 @@
 """Signing people in with OpenID Connect: the authorization-code flow with PKCE, state and nonce.
 
 Works with any provider that publishes a discovery document (Keycloak, Okta, Entra ID, the dev
-issuer of the embedded stack). The ID token is checked by identity's OidcVerifier, the same
-code that checks chat tokens.
+issuer of the embedded stack). The ID token is checked by OidcVerifier, the same code that checks chat
+tokens. Shared by the web pages people sign in to: the approvals UI and the web chat.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from urllib.parse import urlencode
 import httpx
 import jwt
 
-from caduceus_oidc import OidcVerifier, ProviderUnavailable, TokenRefused, VerifiedIdentity
+from caduceus_oidc.identity import TokenRefused, VerifiedIdentity
+from caduceus_oidc.verifier import OidcVerifier, ProviderUnavailable
 
 
 class SignInFailed(Exception):
@@ -30,6 +31,8 @@ def pkce_pair() -> tuple[str, str]:
 
 
 class OidcClient:
+    """One web page's sign-in at one provider: the authorization URL to send a browser to, and the code exchange."""
+
     def __init__(self, issuer_url: str, client_id: str, client_secret: str | None, redirect_uri: str, scopes: str,
                  verifier: OidcVerifier, http: httpx.AsyncClient) -> None:
         self.issuer_url = issuer_url.rstrip("/")
@@ -62,6 +65,10 @@ class OidcClient:
 
     async def sign_in(self, code: str, code_verifier: str, nonce: str) -> VerifiedIdentity:
         """Exchange the code for an ID token and verify it (signature, issuer, audience, times, nonce)."""
+        return (await self.sign_in_with_token(code, code_verifier, nonce))[0]
+
+    async def sign_in_with_token(self, code: str, code_verifier: str, nonce: str) -> tuple[VerifiedIdentity, str]:
+        """As `sign_in`, also returning the verified ID token (a page that speaks for the person keeps it)."""
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
                 "client_id": self.client_id, "code_verifier": code_verifier}
         if self.client_secret:
@@ -85,4 +92,4 @@ class OidcClient:
         claims = jwt.decode(id_token, options={"verify_signature": False})
         if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
             raise SignInFailed("the ID token was issued for another sign-in (nonce mismatch); sign in again")
-        return identity
+        return identity, id_token

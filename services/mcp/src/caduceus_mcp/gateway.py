@@ -1,0 +1,411 @@
+"""The governed path to upstream MCP tools: what a person may see, the facts policy decides on, and the call.
+
+A call reaches an upstream only through `McpGateway.call`, which first verifies the signed decision for the
+exact digest (signed by policy or approval, allow, this call, unexpired, never used before), then checks the
+tool's definition against its pin in the same upstream session it calls in. Everything that fails is an
+error or denied result saying why: never an unchecked call, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from sqlalchemy import Column, DateTime, String, Table
+from sqlalchemy.exc import IntegrityError
+
+from caduceus_contracts import (
+    CanonicalizationError,
+    Decision,
+    Event,
+    Keyring,
+    McpDefinitionChanged,
+    McpFactsQuery,
+    McpPinChanged,
+    McpServerChanged,
+    McpToolFacts,
+    McpToolsAnswer,
+    McpToolView,
+    SessionGrant,
+    SignatureError,
+    SignedGrant,
+    ToolCallCompleted,
+    ToolCallDispatched,
+    call_digest,
+    subjects,
+)
+from caduceus_mcp.definitions import Definition, definition_diff
+from caduceus_mcp.pins import METADATA, Pin, PinStore
+from caduceus_mcp.registry import (
+    Registry,
+    RegistryError,
+    Server,
+    load_registry,
+    save_registry,
+    split_tool_name,
+    tool_name,
+)
+from caduceus_mcp.upstream import Launcher, SecretStore, Upstream, UpstreamError, call, list_definitions, plain_launcher
+from caduceus_redaction import redact_text
+
+log = logging.getLogger(__name__)
+EXECUTED_BY = "mcp-gateway"
+# The fact name under which policy shows an approver the definition digest they approve (see facts()).
+DEFINITION_FACT = "mcp_definition"
+PinState = Literal["pinned", "unpinned", "changed"]
+
+USED = Table("mcp_used_decisions", METADATA,
+             Column("decision_id", String(128), primary_key=True),
+             Column("call_id", String(128), nullable=False),
+             Column("used_at", DateTime(timezone=True), nullable=False))
+
+
+class CallRefused(Exception):
+    """The call cannot go upstream; the message says why (it becomes a denied result)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One upstream tool for one tenant/workspace: its definition as served now and its pin state."""
+
+    server: Server
+    definition: Definition
+    state: PinState
+    pin: Pin | None
+
+    @property
+    def name(self) -> str:
+        return tool_name(self.server.name, self.definition.name)
+
+
+class RegistryFile:
+    """The registry file, read again when it changes; a broken edit keeps the last good registry (and says so)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.registry = Registry()
+        self.problem: str | None = None
+        self._stamp: tuple[int, int] | None = None
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Read the file again when it changed; True when the registry in use changed."""
+        try:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp and self._stamp is not None:
+            return False
+        self._stamp = stamp
+        try:
+            registry = load_registry(self.path)
+        except RegistryError as exc:
+            self.problem = str(exc)
+            log.error("MCP registry not reloaded, keeping the last good one: %s", exc)
+            return False
+        self.problem = None
+        changed = registry != self.registry
+        self.registry = registry
+        return changed
+
+
+Publish = Callable[[str, Event], Awaitable[None]]
+
+
+async def _no_publish(subject: str, event: Event) -> None:
+    log.debug("not connected: %s not published", event.kind)
+
+
+@dataclass
+class McpGateway:
+    """Registry, pins, secrets and keys: everything a governed MCP call needs."""
+
+    registry: RegistryFile
+    pins: PinStore
+    secrets: SecretStore
+    keyring: Keyring
+    publish: Publish = _no_publish
+    launcher: Launcher = plain_launcher
+    call_timeout_s: float = 30.0
+    list_timeout_s: float = 10.0
+    max_result_bytes: int = 100_000
+    # Which of these tool names the policy could ever allow for this grant's person (None: no filter).
+    may_use: Callable[[SignedGrant, list[str]], Awaitable[set[str]]] | None = None
+    # Definition changes already reported: (tenant, workspace, server, tool, served digest).
+    _reported: set[tuple[str, str, str, str, str]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        METADATA.create_all(self.pins.engine)
+
+    async def audit_changes(self, snapshot: Path | None = None) -> int:
+        """Publish what changed since the last audit: servers added, changed or removed in the registry (compared
+        with the registry last audited, kept in `snapshot`), and pins revoked outside the gateway. Returns how many
+        events were published; an event not published stays due for the next round."""
+        published = 0
+        self.registry.refresh()
+        current = self.registry.registry
+        if snapshot is not None:
+            try:
+                before = load_registry(snapshot)
+            except RegistryError:
+                before = Registry()
+            for event in registry_changes(before, current):
+                await self.publish(subjects.mcp_event("server", event.tenant), event)
+                published += 1
+            if before != current:
+                save_registry(snapshot, current)
+        for revocation in self.pins.pending_revocations():
+            pin = revocation.pin
+            await self.publish(subjects.mcp_event("pin", pin.tenant), McpPinChanged(
+                tenant=pin.tenant, action="revoked", actor=revocation.actor, server=pin.server, tool=pin.tool,
+                workspace=pin.workspace, digest=pin.digest))
+            self.pins.published(revocation.id)
+            published += 1
+        return published
+
+    def upstream(self, server: Server) -> Upstream:
+        return Upstream(server, self.secrets, self.launcher, connect_timeout_s=self.list_timeout_s)
+
+    # --- what a person sees -------------------------------------------------
+
+    async def catalog(self, tenant: str, workspace: str) -> tuple[list[Entry], list[str]]:
+        """Every tool the tenant's workspace is registered for, with its pin state, and the servers that failed."""
+        self.registry.refresh()
+        servers = self.registry.registry.for_workspace(tenant, workspace)
+        results = await asyncio.gather(*(self._server_entries(s, workspace) for s in servers), return_exceptions=True)
+        entries: list[Entry] = []
+        problems: list[str] = []
+        for server, result in zip(servers, results, strict=True):
+            if isinstance(result, BaseException):
+                problems.append(f"{server.name}: {result}")
+            else:
+                entries += result
+        return entries, problems
+
+    async def _server_entries(self, server: Server, workspace: str) -> list[Entry]:
+        async with self.upstream(server).session() as client:
+            definitions = await list_definitions(client, self.list_timeout_s)
+        return [await self.entry(server, workspace, d) for d in definitions]
+
+    async def entry(self, server: Server, workspace: str, definition: Definition) -> Entry:
+        """The definition's pin state; a changed definition is reported (audited) once."""
+        pin = self.pins.get(server.tenant, server.pin_workspace(workspace), server.name, definition.name)
+        if pin is None:
+            return Entry(server, definition, "unpinned", None)
+        if pin.digest == definition.digest:
+            return Entry(server, definition, "pinned", pin)
+        key = (server.tenant, pin.workspace, server.name, definition.name, definition.digest)
+        if key not in self._reported:
+            self._reported.add(key)
+            await self.publish(subjects.mcp_event("definition", server.tenant), McpDefinitionChanged(
+                tenant=server.tenant, server=server.name, tool=definition.name, workspace=pin.workspace,
+                pinned_digest=pin.digest, served_digest=definition.digest,
+                diff=definition_diff(pin.definition, definition.as_dict())))
+        return Entry(server, definition, "changed", pin)
+
+    async def tools_for(self, grant: SessionGrant, signed: SignedGrant | None = None) -> McpToolsAnswer:
+        """The tools a planner of this grant may list: not withheld (changed definitions), and only those the
+        policy could ever allow for this person (`may_use` answers which names; None lists every one)."""
+        may_use = self.may_use
+        entries, problems = await self.catalog(grant.tenant, grant.workspace)
+        visible = [e for e in entries if e.state != "changed"]
+        if may_use is not None:
+            allowed = await may_use(signed, [e.name for e in visible]) if signed is not None else set()
+            visible = [e for e in visible if e.name in allowed]
+        return McpToolsAnswer(tools=tuple(McpToolView(name=e.name, description=e.definition.description,
+                                                       input_schema=e.definition.input_schema,
+                                                       pinned=e.state == "pinned") for e in visible),
+                              problems=tuple(problems))
+
+    async def facts(self, query: McpFactsQuery) -> McpToolFacts:
+        """What policy decides on: the server, the tool, its annotations and whether its definition is pinned."""
+        found = await self.find(query.tenant, query.workspace, query.tool)
+        if isinstance(found, str):
+            return McpToolFacts(pin="unknown")
+        return McpToolFacts(server=found.server.name, tool=found.definition.name, pin=found.state,
+                            annotations=found.definition.annotations, approvers=found.server.approvers,
+                            digest=found.definition.digest, definition=found.definition.as_dict())
+
+    async def find(self, tenant: str, workspace: str, name: str) -> Entry | str:
+        """The entry of one governed tool name, or why there is none."""
+        split = split_tool_name(name)
+        if split is None:
+            return f"{name!r} is not an MCP tool name (mcp__<server>__<tool>)"
+        self.registry.refresh()
+        server = self.registry.registry.server(tenant, split[0])
+        if server is None or not server.serves(workspace):
+            return f"no MCP server {split[0]!r} is registered for {tenant}/{workspace}"
+        try:
+            async with self.upstream(server).session() as client:
+                definitions = await list_definitions(client, self.list_timeout_s)
+        except (UpstreamError, TimeoutError) as exc:
+            return f"MCP server {server.name} is unavailable: {exc or 'timed out'}"
+        definition = next((d for d in definitions if d.name == split[1]), None)
+        if definition is None:
+            return f"MCP server {server.name} serves no tool {split[1]!r}"
+        return await self.entry(server, workspace, definition)
+
+    # --- the governed call --------------------------------------------------
+
+    def verify(self, event: ToolCallDispatched, now: datetime | None = None) -> tuple[Decision, str]:
+        """The decision and its issuer, if it allows exactly this call now; CallRefused otherwise."""
+        try:
+            decision = event.decision.verify(self.keyring)
+        except SignatureError as exc:
+            raise CallRefused(f"decision signature rejected: {exc}") from None
+        issuer = (self.keyring.keys.get(event.decision.key_id) or ("?",))[0]
+        if decision.verdict != "allow":
+            raise CallRefused(f"the decision is {decision.verdict!r}, not allow")
+        if (decision.tenant, decision.workspace) != (event.tenant, event.workspace):
+            raise CallRefused("the decision is for another tenant or workspace")
+        if decision.call_id != event.call_id or decision.tool != event.tool or decision.session_id != event.session_id:
+            raise CallRefused("the decision names another call")
+        try:
+            digest = call_digest(tenant=event.tenant, workspace=event.workspace, session=event.session_id,
+                                 tool=event.tool, args=event.args)
+        except CanonicalizationError as exc:
+            raise CallRefused(f"the arguments cannot be digested: {exc}") from None
+        if digest != decision.digest:
+            raise CallRefused("the arguments differ from the ones decided (digest mismatch)")
+        if (now or datetime.now(UTC)) >= decision.expires_at:
+            raise CallRefused(f"the decision expired at {decision.expires_at.isoformat()}")
+        return decision, issuer
+
+    def claim(self, decision: Decision) -> None:
+        """Use the decision up (in the shared pins database, so no replica runs it twice)."""
+        try:
+            with self.pins.engine.begin() as db:
+                db.execute(USED.insert().values(decision_id=decision.decision_id, call_id=decision.call_id,
+                                                used_at=datetime.now(UTC)))
+        except IntegrityError:
+            raise CallRefused(f"decision {decision.decision_id} was already used (replay)") from None
+
+    async def call(self, event: ToolCallDispatched) -> ToolCallCompleted:
+        """Run one dispatched call upstream, governed; always returns the outcome (never raises)."""
+        try:
+            return await self._call(event)
+        except CallRefused as exc:
+            return ToolCallCompleted.of(event, "denied", reason=str(exc), executed_by=EXECUTED_BY)
+        except Exception as exc:  # a bug must still answer the planner, as an error, never run anything
+            log.exception("MCP call %s failed", event.call_id)
+            return ToolCallCompleted.of(event, "error", reason=f"MCP gateway error: {type(exc).__name__}",
+                                        executed_by=EXECUTED_BY)
+
+    async def _call(self, event: ToolCallDispatched) -> ToolCallCompleted:
+        decision, issuer = self.verify(event)
+        split = split_tool_name(event.tool)
+        if split is None:
+            raise CallRefused(f"{event.tool!r} is not an MCP tool")
+        self.registry.refresh()
+        server = self.registry.registry.server(event.tenant, split[0])
+        if server is None or not server.serves(event.workspace):
+            raise CallRefused(f"no MCP server {split[0]!r} is registered for {event.tenant}/{event.workspace}")
+        self.claim(decision)
+        timeout_s = server.timeout_s or self.call_timeout_s
+        try:
+            async with self.upstream(server).session() as client:
+                definitions = await list_definitions(client, self.list_timeout_s)
+                definition = next((d for d in definitions if d.name == split[1]), None)
+                if definition is None:
+                    raise CallRefused(f"MCP server {server.name} serves no tool {split[1]!r}")
+                entry = await self.entry(server, event.workspace, definition)
+                await self._check_pin(entry, decision, issuer)
+                result = await call(client, definition.name, event.args, timeout_s)
+        except UpstreamError as exc:
+            return ToolCallCompleted.of(event, "error", reason=f"MCP server {server.name}: {exc}",
+                                        executed_by=EXECUTED_BY)
+        return self._outcome(event, server, definition, result)
+
+    async def _check_pin(self, entry: Entry, decision: Decision, issuer: str) -> None:
+        if entry.state == "pinned":
+            return
+        if entry.state == "changed":
+            raise CallRefused(f"the definition of {entry.name} changed since it was approved (pinned "
+                              f"{entry.pin.digest[:12] if entry.pin else '?'}, served {entry.definition.digest[:12]}); "
+                              "withheld until someone approves the new definition")
+        # Unpinned: only a person's approval of exactly this definition may pin it.
+        shown = {f.value for f in decision.facts if f.name == DEFINITION_FACT}
+        if issuer != "approval" or entry.definition.digest not in shown:
+            raise CallRefused(f"{entry.name} has not been approved for first use (its definition is not pinned)")
+        approver = decision.reason.split(" by ", 1)[-1][:256] if " by " in decision.reason else "approval"
+        pin = self.pins.pin(entry.server.tenant, entry.server.pin_workspace(decision.workspace), entry.server.name,
+                            entry.definition.name, entry.definition.digest, entry.definition.as_dict(), approver)
+        await self.publish(subjects.mcp_event("pin", pin.tenant), McpPinChanged(
+            tenant=pin.tenant, action="pinned", actor=approver, server=pin.server, tool=pin.tool,
+            workspace=pin.workspace, digest=pin.digest))
+
+    def _outcome(self, event: ToolCallDispatched, server: Server, definition: Definition, result: Any) -> ToolCallCompleted:
+        secrets = self.secrets.values(server.tenant, server.credentials.secret_names())
+        text = result_text(result)
+        if definition.output_schema and not result.is_error:
+            problem = schema_problem(definition.output_schema, result.structured_content)
+            if problem is not None:
+                return ToolCallCompleted.of(event, "error", reason=f"MCP server {server.name} returned a result "
+                                            f"that does not match the tool's output schema: {problem}",
+                                            executed_by=EXECUTED_BY)
+        text = scrub(text, secrets)
+        limit = min(server.max_result_bytes or self.max_result_bytes, self.max_result_bytes)
+        encoded = text.encode()
+        if len(encoded) > limit:
+            text = encoded[:limit].decode(errors="ignore") + f"\n[result cut to {limit} bytes by the MCP gateway]"
+        status = "error" if result.is_error else "ok"
+        return ToolCallCompleted.of(event, status, result=text,
+                                    reason=f"MCP server {server.name} reported an error" if result.is_error else "",
+                                    executed_by=EXECUTED_BY)
+
+
+def registry_changes(before: Registry, after: Registry) -> list[McpServerChanged]:
+    """One event per server added, changed or removed between two registries (credential names, never values)."""
+    events = []
+    keys = {(t, n) for t, named in before.servers.items() for n in named} | \
+           {(t, n) for t, named in after.servers.items() for n in named}
+    for tenant, name in sorted(keys):
+        old, new = before.server(tenant, name), after.server(tenant, name)
+        if old == new:
+            continue
+        server = new or old
+        assert server is not None
+        action = "added" if old is None else "removed" if new is None else "changed"
+        events.append(McpServerChanged(tenant=tenant, action=action, actor="mcp.yaml", server=name,
+                                       scope=server.scope, transport=server.transport, target=server.target[:2000],
+                                       credentials=server.credentials.secret_names()))
+    return events
+
+
+def result_text(result: Any) -> str:
+    """The result as the agent reads it: the content blocks' text, else the structured content as JSON."""
+    parts = []
+    for block in result.content:
+        text = getattr(block, "text", None)
+        parts.append(text if text is not None else f"[{getattr(block, 'type', 'content')} omitted]")
+    if not parts and result.structured_content is not None:
+        return json.dumps(result.structured_content, ensure_ascii=False, sort_keys=True)
+    return "\n".join(parts)
+
+
+def schema_problem(schema: dict[str, Any], value: Any) -> str | None:
+    if value is None:
+        return "no structured content"
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        return exc.message[:300]
+    except jsonschema.SchemaError as exc:
+        return f"the tool's output schema is invalid: {exc.message[:200]}"
+    return None
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """Upstream credentials by value, then every secret-looking pattern (libs/redaction)."""
+    for value in secrets:
+        if len(value) >= 4:
+            text = text.replace(value, "[REDACTED:credential]")
+    return redact_text(text)

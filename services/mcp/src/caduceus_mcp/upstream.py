@@ -1,0 +1,161 @@
+"""Talking to one upstream MCP server with the official SDK: list its tools, call one, within a bound.
+
+The gateway is the only process that connects upstream. A stdio server is started per session (inside
+bubblewrap when a launcher is given: see sandbox.py), an HTTP server is reached by its URL; credentials are
+resolved from the secret store here, at connect time, and never leave this module except to the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from caduceus_mcp.definitions import Definition
+from caduceus_mcp.registry import SECRET_REF_RE, Server
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamError(RuntimeError):
+    """The upstream could not be reached, did not answer in time, or answered with a protocol error."""
+
+
+class SecretMissing(UpstreamError):
+    """A credential the registry names is not in the secret store."""
+
+
+@dataclass(frozen=True)
+class SecretStore:
+    """`<root>/<tenant>/<name>`: one file per secret, readable by the gateway alone."""
+
+    root: Path
+
+    def read(self, tenant: str, name: str) -> str:
+        try:
+            return (self.root / tenant / name).read_text().rstrip("\n")
+        except OSError:
+            raise SecretMissing(f"credential {name!r} of tenant {tenant} is not in the gateway's secret store "
+                                f"(add it with `caduceus mcp secrets set {tenant} {name}`)") from None
+
+    def write(self, tenant: str, name: str, value: str) -> Path:
+        directory = self.root / tenant
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(value)
+        return path
+
+    def values(self, tenant: str, names: tuple[str, ...]) -> list[str]:
+        """The values of `names` that exist (for redacting results)."""
+        found = []
+        for name in names:
+            with contextlib.suppress(SecretMissing):
+                found.append(self.read(tenant, name))
+        return found
+
+
+# Turns a server's argv and environment into the argv that runs it sandboxed (or returns them unchanged).
+Launcher = Callable[[Server, tuple[str, ...], dict[str, str]], tuple[tuple[str, ...], dict[str, str]]]
+
+
+def plain_launcher(server: Server, argv: tuple[str, ...], env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    return argv, env
+
+
+@dataclass
+class Upstream:
+    """How to open a session with one registered server."""
+
+    server: Server
+    secrets: SecretStore
+    launcher: Launcher = plain_launcher
+    connect_timeout_s: float = 10.0
+
+    def _headers(self) -> dict[str, str]:
+        headers = {}
+        for header, template in self.server.credentials.headers.items():
+            headers[header] = SECRET_REF_RE.sub(lambda m: self.secrets.read(self.server.tenant, m.group(1)), template)
+        return headers
+
+    def _env(self) -> dict[str, str]:
+        env = dict(self.server.env)
+        for variable, secret in self.server.credentials.env.items():
+            env[variable] = self.secrets.read(self.server.tenant, secret)
+        return env
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Client]:
+        """An initialized SDK client for this server; closing it ends a stdio server."""
+        if self.server.transport == "http":
+            http = httpx2.AsyncClient(headers=self._headers(), timeout=httpx2.Timeout(30.0, read=300.0))
+            transport = streamable_http_client(self.server.url, http_client=http)
+        else:
+            argv, env = self.launcher(self.server, self.server.command, self._env())
+            params = StdioServerParameters(command=argv[0], args=list(argv[1:]), env=env)
+            transport = stdio_client(params, errlog=_errlog())
+        client = Client(transport, cache=None, client_info=None)
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await client.__aenter__()
+        except TimeoutError:
+            with contextlib.suppress(BaseException):
+                await client.__aexit__(None, None, None)
+            raise UpstreamError(f"MCP server {self.server.name} did not start within {self.connect_timeout_s:g} s") from None
+        except Exception as exc:
+            raise UpstreamError(f"MCP server {self.server.name} cannot be reached: {_why(exc)}") from None
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(BaseException):
+                await client.__aexit__(None, None, None)
+
+
+async def list_definitions(client: Client, timeout_s: float) -> list[Definition]:
+    """Every tool the server serves now (following pagination)."""
+    definitions: list[Definition] = []
+    cursor = None
+    async with asyncio.timeout(timeout_s):
+        while True:
+            listed = await client.list_tools(cursor=cursor)
+            definitions += [Definition.of(tool) for tool in listed.tools]
+            cursor = listed.next_cursor
+            if not cursor:
+                return definitions
+
+
+async def call(client: Client, tool: str, args: dict[str, Any], timeout_s: float) -> Any:
+    """The raw CallToolResult, or UpstreamError when it takes longer than `timeout_s` or fails."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await client.call_tool(tool, args)
+    except TimeoutError:
+        raise UpstreamError(f"the MCP server did not answer within {timeout_s:g} s") from None
+    except Exception as exc:
+        if "Invalid structured content" in str(exc):  # the SDK client checks the output schema too
+            raise UpstreamError("the result does not match the tool's output schema: "
+                                f"{str(exc).splitlines()[-1].strip()[:200]}") from None
+        raise UpstreamError(f"the MCP server failed the call: {_why(exc)}") from None
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_why(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _errlog():
+    # A stdio server's stderr goes to a scratch file, not the gateway's log (it may echo what it was given).
+    return tempfile.TemporaryFile(mode="w+")
