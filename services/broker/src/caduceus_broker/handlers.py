@@ -182,8 +182,8 @@ class BrokerHandlers:
         seen = self._seen(request.tenant, request.workspace)
         seen.expire(now)
         seen.calls.setdefault(request.call_id, CallSeen(request, now))
-        if not self.owns(request.tenant, request.workspace):
-            return
+        if not await self._claim(request.tenant, request.workspace):
+            return  # its owner routes it
         self.pending.expire(now)
         early = self.pending.early.pop(request.call_id, None)
         self.pending.requests[request.call_id] = (now, request)
@@ -202,7 +202,7 @@ class BrokerHandlers:
         call = seen.calls.get(decided.call_id) if seen is not None else None
         if call is not None:
             call.decided = decided
-        if self.leases is not None and not self.owns(decision.tenant, decision.workspace):
+        if not await self._claim(decision.tenant, decision.workspace):
             return
         entry = self.pending.requests.get(decided.call_id)
         if entry is None:
@@ -253,6 +253,24 @@ class BrokerHandlers:
                     await self._claim(tenant, workspace)
                 except Exception:
                     log.exception("taking over %s/%s failed", tenant, workspace)
+            try:
+                await self.release_idle()
+            except Exception:
+                log.exception("releasing idle workspaces failed")
+
+    async def release_idle(self) -> None:
+        """Give up the lease of every owned workspace (held for a while) whose pair was stopped (idle) and that has
+        nothing in flight: its next turn goes to whichever replica takes it first, and this one stops renewing it."""
+        if self.leases is None:
+            return
+        for (tenant, workspace), held in list(self.leases.held.items()):
+            if time.monotonic() - held.taken_at < self.leases.ttl_s * 2:
+                continue  # just taken: its first turn or call may not have started the pair yet
+            async with self._takeovers.setdefault((tenant, workspace), asyncio.Lock()):
+                seen = self.in_flight.get((tenant, workspace))
+                if self.pool.find(tenant, workspace) is None and (seen is None or seen.empty):
+                    await self.leases.release(tenant, workspace)
+                    self.in_flight.pop((tenant, workspace), None)
 
     async def _take_over(self, tenant: str, workspace: str) -> None:
         """This replica just took the workspace's lease: answer what the last owner left in flight.
@@ -265,8 +283,8 @@ class BrokerHandlers:
         seen = self._seen(tenant, workspace)
         if seen.empty:
             return
-        log.warning("took over %s/%s with %d turn(s) and %d call(s) in flight", tenant, workspace,
-                    len(seen.turns), len(seen.calls))
+        log.warning("owner of %s/%s now; answering the %d turn(s) and %d call(s) seen before (its last owner's, "
+                    "if it had one)", tenant, workspace, len(seen.turns), len(seen.calls))
         for message_id, (_, turn, assigned) in list(seen.turns.items()):
             if assigned:
                 seen.turns.pop(message_id, None)

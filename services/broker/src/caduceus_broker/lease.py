@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -48,6 +48,7 @@ def broker_id() -> str:
 class Held:
     revision: int
     renewed_at: float
+    taken_at: float = field(default_factory=time.monotonic)
 
 
 class LeaseUnavailable(RuntimeError):
@@ -63,6 +64,9 @@ class Leases:
         self.ttl_s = ttl_s
         self.on_lost = on_lost
         self.held: dict[tuple[str, str], Held] = {}
+        # Workspaces found held by another replica, and until when not to ask again (one KV read per event would
+        # be one per call per replica).
+        self._others: dict[tuple[str, str], float] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     @classmethod
@@ -99,14 +103,18 @@ class Leases:
         async with self._locks.setdefault(key, asyncio.Lock()):
             if self.owns(tenant, workspace):
                 return True
+            if self._others.get(key, 0.0) > time.monotonic():
+                return False
             value = json.dumps({"broker": self.owner, "since": utcnow().isoformat()}).encode()
             try:
                 revision = await self.kv.create(lease_key(tenant, workspace), value)
-            except KeyWrongLastSequenceError:
-                return False  # a live lease: its owner's, or a stale one of ours being taken over
+            except KeyWrongLastSequenceError:  # a live lease: another replica's, or a stale one of ours
+                self._others[key] = time.monotonic() + self.ttl_s / RENEWALS_PER_TTL
+                return False
             except Exception as exc:
                 raise LeaseUnavailable(f"{type(exc).__name__}: {exc}") from None
             self.held[key] = Held(revision, time.monotonic())
+            self._others.pop(key, None)
             log.info("took the lease on %s/%s (revision %d)", tenant, workspace, revision)
             return True
 
