@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -195,3 +196,85 @@ def stored_equals_stream(stack: Any, timeout: float = 30.0) -> tuple[int, int]:
             time.sleep(0.5)
     finally:
         store.close()
+
+
+# Broker replicas: a second broker process beside the stack's, and who owns a workspace.
+
+
+def start_second_broker(stack: Any, name: str = "broker-2") -> Any:
+    """Another broker process on the stack's bus and state (no health port of its own), once it says ready."""
+    import dataclasses
+
+    from caduceus_embedded.services import start_service
+
+    spec = stack.services["broker"].spec
+    spec = dataclasses.replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": "0"})
+    second = start_service(spec, stack.service_env(spec), stack.layout.logs / f"{name}.log")
+    wait_until_ready(stack, second)
+    return second
+
+
+def wait_until_ready(stack: Any, second: Any, timeout: float = 60.0) -> None:
+    """Both replicas answer `caduceus.health.broker` (the second one said so in its log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert second.exit_code() is None, second.log_path.read_text()[-3000:]
+        if "broker ready" in second.log_path.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the second broker did not become ready: {second.log_path.read_text()[-3000:]}")
+
+
+async def _holder(stack: Any, key: str) -> str | None:
+    from caduceus_bus import EventConnection
+
+    conn = await EventConnection.connect(stack.bus_settings("operator"), "lease-test", role="operator")
+    try:
+        kv = await conn.js.key_value("caduceus_broker_leases")
+        try:
+            entry = await kv.get(key)
+        except Exception:
+            return None
+        return json.loads(entry.value)["broker"] if entry.value else None
+    finally:
+        await conn.nc.close()
+
+
+def holder_pid(stack: Any, tenant: str = "acme", workspace: str = "default") -> int | None:
+    """The pid of the broker holding a workspace's lease (a broker's id is host-pid-random)."""
+    holder = asyncio.run(_holder(stack, f"{tenant}.{workspace}"))
+    return int(holder.rsplit("-", 2)[1]) if holder else None
+
+
+def parents() -> dict[int, int]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    tree = parents()
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in tree.items() if parent in frontier} - out
+        out |= frontier
+    return out
+
+
+def planners_under(pid: int) -> int:
+    """Planner processes a broker runs (in their sandboxes, below it in the process tree)."""
+    count = 0
+    for child in descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        count += argv[1:3] == [b"-m", b"caduceus_broker.planner"]  # the planner itself, not its bwrap or launcher
+    return count
+
+

@@ -5,8 +5,6 @@ executed twice, the dead owner's sandboxes gone with it."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import os
 import signal
 import sys
@@ -15,13 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from caduceus_bus import EventConnection
 from caduceus_embedded.ports import StackPorts
-from caduceus_embedded.services import RunningService, start_service
 from caduceus_embedded.stack import EmbeddedStack
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite imports in importlib mode: the shared harness
-from ha_harness import GovernedLoad, stored_equals_stream
+from ha_harness import (
+    GovernedLoad,
+    descendants,
+    holder_pid,
+    planners_under,
+    start_second_broker,
+    stored_equals_stream,
+)
 
 pytestmark = pytest.mark.timeout(300)
 LEASE_TTL_S = 4.0
@@ -37,13 +40,9 @@ def two_brokers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("CADUCEUS_MODEL_BASE_URL", raising=False)
     stack = EmbeddedStack(tmp_path / "state", StackPorts.free())
     stack.start()
-    second: RunningService | None = None
+    second = None
     try:
-        spec = stack.services["broker"].spec
-        # No health port of its own (0): the stack's broker holds the one in the spec.
-        spec = dataclasses.replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": "0"})
-        second = start_service(spec, stack.service_env(spec), stack.layout.logs / "broker-2.log")
-        wait_until_ready(stack, second)
+        second = start_second_broker(stack)
         yield stack, second
     finally:
         if second is not None:
@@ -53,68 +52,6 @@ def two_brokers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             except Exception:
                 second.kill()
         stack.stop()
-
-
-def wait_until_ready(stack: EmbeddedStack, second: RunningService, timeout: float = 60.0) -> None:
-    """Both replicas answer `caduceus.health.broker` (the second one said so in its log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert second.exit_code() is None, second.log_path.read_text()[-3000:]
-        if "broker ready" in second.log_path.read_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the second broker did not become ready: {second.log_path.read_text()[-3000:]}")
-
-
-async def _holder(stack: EmbeddedStack) -> str | None:
-    conn = await EventConnection.connect(stack.bus_settings("operator"), "lease-test", role="operator")
-    try:
-        kv = await conn.js.key_value("caduceus_broker_leases")
-        try:
-            entry = await kv.get("acme.default")
-        except Exception:
-            return None
-        return json.loads(entry.value)["broker"] if entry.value else None
-    finally:
-        await conn.nc.close()
-
-
-def holder_pid(stack: EmbeddedStack) -> int | None:
-    """The pid of the broker holding acme/default's lease (its id is host-pid-random)."""
-    holder = asyncio.run(_holder(stack))
-    return int(holder.rsplit("-", 2)[1]) if holder else None
-
-
-def parents() -> dict[int, int]:
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                found[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    return found
-
-
-def descendants(pid: int) -> set[int]:
-    tree = parents()
-    out, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in tree.items() if parent in frontier} - out
-        out |= frontier
-    return out
-
-
-def planners_under(pid: int) -> int:
-    """Planner processes a broker runs (in their sandboxes, below it in the process tree)."""
-    count = 0
-    for child in descendants(pid):
-        try:
-            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        count += argv[1:3] == [b"-m", b"caduceus_broker.planner"]  # the planner itself, not its bwrap or launcher
-    return count
 
 
 def chat_turn(stack: EmbeddedStack, text: str = "noop") -> str:

@@ -76,8 +76,8 @@ class Leases:
         return cls(await open_bucket(js, LEASES_BUCKET, max_age_s=ttl_s, replicas=replicas), owner, ttl_s, on_lost)
 
     def owns(self, tenant: str, workspace: str) -> bool:
-        held = self.held.get((tenant, workspace))
-        return held is not None and time.monotonic() - held.renewed_at < self.ttl_s * FENCE_FRACTION
+        """Held: taken and not given up (renew() gives a lease up before anyone else could take it)."""
+        return (tenant, workspace) in self.held
 
     async def holder(self, tenant: str, workspace: str) -> str | None:
         """The broker id holding the lease now (None: nobody). Raises LeaseUnavailable."""
@@ -123,10 +123,15 @@ class Leases:
         for (tenant, workspace), held in list(self.held.items()):
             value = json.dumps({"broker": self.owner, "renewed": utcnow().isoformat()}).encode()
             try:
-                held.revision = await self.kv.update(lease_key(tenant, workspace), value, last=held.revision)
+                # Bounded: a renewal waiting on an election must not outlast the time left to renew.
+                held.revision = await asyncio.wait_for(
+                    self.kv.update(lease_key(tenant, workspace), value, last=held.revision),
+                    self.ttl_s / RENEWALS_PER_TTL)
                 held.renewed_at = time.monotonic()
                 continue
             except KeyWrongLastSequenceError:
+                if await self._wrote_last(tenant, workspace, held):
+                    continue  # an earlier renewal that timed out here was stored after all
                 reason = "another broker holds it now (it expired before this broker could renew it)"
             except Exception as exc:
                 if time.monotonic() - held.renewed_at < self.ttl_s * FENCE_FRACTION:
@@ -136,6 +141,17 @@ class Leases:
                 reason = (f"not renewed for {time.monotonic() - held.renewed_at:.1f} s "
                           f"({type(exc).__name__}: {exc})")
             await self._lose(tenant, workspace, reason)
+
+    async def _wrote_last(self, tenant: str, workspace: str, held: Held) -> bool:
+        """Whether the key's live value is this broker's own (then adopt its revision)."""
+        try:
+            entry = await self.kv.get(lease_key(tenant, workspace))
+            if entry.value and json.loads(entry.value).get("broker") == self.owner and entry.revision:
+                held.revision = entry.revision
+                return True
+        except Exception:
+            pass
+        return False
 
     async def _lose(self, tenant: str, workspace: str, reason: str) -> None:
         if self.held.pop((tenant, workspace), None) is None:
