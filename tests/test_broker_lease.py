@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def test_two_brokers_one_owner_and_a_takeover_within_seconds_when_the_owner_is_k
         def kill_the_owner() -> None:
             os.kill(owner, signal.SIGKILL)
             killed_at = time.monotonic()
+            # A chat turn sent while the workspace has no live owner: the broker that takes it over runs it.
+            turn.start()
             while time.monotonic() - killed_at < TAKEOVER_BOUND_S + 20:
                 holder = holder_pid(stack)
                 if holder is not None and holder != owner:
@@ -97,12 +100,16 @@ def test_two_brokers_one_owner_and_a_takeover_within_seconds_when_the_owner_is_k
                     return
                 time.sleep(0.2)
 
+        turn_status: list[str] = []
+        turn = threading.Thread(target=lambda: turn_status.append(chat_turn(stack)), daemon=True)
         during = load.tally(load.run(12, concurrency=2, during=kill_the_owner))
+        turn.join(120)
         after = load.tally(load.run(3, concurrency=2))
     finally:
         load.close()
     assert took_over, "no broker took the workspace over after its owner was killed"
     assert took_over["s"] < TAKEOVER_BOUND_S, took_over
+    assert turn_status == ["ok"], "the turn sent while the owner was dead was not run by the new owner"
     # Every call got an answer, none waited for the gateway's own timeout, none ran twice.
     assert during.answered == during.sent, during
     assert during.slowest_s < TAKEOVER_BOUND_S + 30, during
