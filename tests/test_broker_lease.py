@@ -55,6 +55,39 @@ def two_brokers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         stack.stop()
 
 
+def waiting_for_approval(stack: EmbeddedStack, timeout: float = 60.0) -> bool:
+    """Once policy has asked people about a call (the turn that made it waits in its planner)."""
+    from caduceus_audit.adapters.store import AuditStore
+
+    store = AuditStore(stack.info.audit_db_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if any(r.kind == "tool.decided" and '"verdict":"approve"' in r.body.replace(" ", "")
+                   for r in store.records(tenant="acme")):
+                return True
+            time.sleep(0.3)
+        return False
+    finally:
+        store.close()
+
+
+def chat_reply(stack: EmbeddedStack, text: str) -> tuple[str, str]:
+    from caduceus_client import ChatClient
+    from caduceus_identity.devtoken import mint_dev_token
+
+    async def send() -> tuple[str, str]:
+        client = await ChatClient.connect(stack.info.bus_settings("client"))
+        try:
+            token = mint_dev_token(stack.info.dev_issuer_url, "acme", "alice")  # carol may approve
+            reply = (await client.send(tenant="acme", token=token, text=text, timeout=120)).reply
+            return reply.status, reply.text
+        finally:
+            await client.close()
+
+    return asyncio.run(send())
+
+
 def chat_turn(stack: EmbeddedStack, text: str = "noop") -> str:
     from caduceus_client import ChatClient
     from caduceus_identity.devtoken import mint_dev_token
@@ -85,6 +118,12 @@ def test_two_brokers_one_owner_and_a_takeover_within_seconds_when_the_owner_is_k
         assert (planners_under(owner), planners_under(other)) == (1, 0)
         before = load.tally(load.run(2, concurrency=2))
         assert before.ok == before.sent > 0, before
+        # A turn in the owner's planner, waiting for an approval, when the owner dies: answered, never left hanging.
+        waiting_reply: list[tuple[str, str]] = []
+        waiting = threading.Thread(target=lambda: waiting_reply.append(
+            chat_reply(stack, "clean up the build directory")), daemon=True)
+        waiting.start()
+        assert waiting_for_approval(stack), "the cleanup turn never reached its approval"
         sandboxes = descendants(owner)
         assert sandboxes, "the owner runs no sandbox"
 
@@ -104,12 +143,15 @@ def test_two_brokers_one_owner_and_a_takeover_within_seconds_when_the_owner_is_k
         turn = threading.Thread(target=lambda: turn_status.append(chat_turn(stack)), daemon=True)
         during = load.tally(load.run(12, concurrency=2, during=kill_the_owner))
         turn.join(120)
+        waiting.join(60)
         after = load.tally(load.run(3, concurrency=2))
     finally:
         load.close()
     assert took_over, "no broker took the workspace over after its owner was killed"
     assert took_over["s"] < TAKEOVER_BOUND_S, took_over
     assert turn_status == ["ok"], "the turn sent while the owner was dead was not run by the new owner"
+    assert len(waiting_reply) == 1 and waiting_reply[0][0] == "error", waiting_reply
+    assert "send it again" in waiting_reply[0][1]
     # Every call got an answer, none waited for the gateway's own timeout, none ran twice.
     assert during.answered == during.sent, during
     assert during.slowest_s < TAKEOVER_BOUND_S + 30, during
