@@ -72,16 +72,16 @@ def waiting_for_approval(stack: EmbeddedStack, timeout: float = 60.0) -> bool:
         store.close()
 
 
-def chat_reply(stack: EmbeddedStack, text: str) -> tuple[str, str]:
+def chat_reply(stack: EmbeddedStack, text: str) -> tuple[str, str, list]:
     from caduceus_client import ChatClient
     from caduceus_identity.devtoken import mint_dev_token
 
-    async def send() -> tuple[str, str]:
+    async def send() -> tuple[str, str, list]:
         client = await ChatClient.connect(stack.info.bus_settings("client"))
         try:
             token = mint_dev_token(stack.info.dev_issuer_url, "acme", "alice")  # carol may approve
-            reply = (await client.send(tenant="acme", token=token, text=text, timeout=120)).reply
-            return reply.status, reply.text
+            transcript = await client.send(tenant="acme", token=token, text=text, watch=True, timeout=120)
+            return transcript.reply.status, transcript.reply.text, list(transcript.calls.values())
         finally:
             await client.close()
 
@@ -119,7 +119,7 @@ def test_two_brokers_one_owner_and_a_takeover_within_seconds_when_the_owner_is_k
         before = load.tally(load.run(2, concurrency=2))
         assert before.ok == before.sent > 0, before
         # A turn in the owner's planner, waiting for an approval, when the owner dies: answered, never left hanging.
-        waiting_reply: list[tuple[str, str]] = []
+        waiting_reply: list[tuple[str, str, list]] = []
         waiting = threading.Thread(target=lambda: waiting_reply.append(
             chat_reply(stack, "clean up the build directory")), daemon=True)
         waiting.start()
@@ -152,6 +152,8 @@ def test_two_brokers_one_owner_and_a_takeover_within_seconds_when_the_owner_is_k
     assert turn_status == ["ok"], "the turn sent while the owner was dead was not run by the new owner"
     assert len(waiting_reply) == 1 and waiting_reply[0][0] == "error", waiting_reply
     assert "send it again" in waiting_reply[0][1]
+    [waiting_call] = waiting_reply[0][2]  # and its call, waiting for approval, is closed: no approval can run it now
+    assert waiting_call.outcome is not None and waiting_call.outcome.status == "error", waiting_call
     # Every call got an answer, none waited for the gateway's own timeout, none ran twice.
     assert during.answered == during.sent, during
     assert during.slowest_s < TAKEOVER_BOUND_S + 30, during

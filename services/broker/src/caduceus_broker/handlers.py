@@ -275,23 +275,17 @@ class BrokerHandlers:
     async def _take_over(self, tenant: str, workspace: str) -> None:
         """This replica just took the workspace's lease: answer what the last owner left in flight.
 
-        Its sandboxes died with it (or were stopped when it lost the lease): a turn it had given to its planner
-        and a call it had dispatched to its executor get an error (the call may have run partly; the ledger of used
-        decisions keeps it from running again); a turn it never assigned and a call it never dispatched are
-        handled here as if they had just arrived (a decision older than the bound is refused).
+        Its sandboxes died with it (or were stopped when it lost the lease): a turn it had given to its planner,
+        a call it had dispatched to its executor and a call waiting for approval get an error (a dispatched call
+        may have run partly; the ledger of used decisions keeps it from running again; a later approval finds the
+        call closed); a turn it never assigned and a call it never dispatched are handled here as if they had just
+        arrived (a decision older than the bound is refused).
         """
         seen = self._seen(tenant, workspace)
         if seen.empty:
             return
         log.warning("owner of %s/%s now; answering the %d turn(s) and %d call(s) seen before (its last owner's, "
                     "if it had one)", tenant, workspace, len(seen.turns), len(seen.calls))
-        for message_id, (_, turn, assigned) in list(seen.turns.items()):
-            if assigned:
-                seen.turns.pop(message_id, None)
-                await self._reply(turn, "error", "the broker running this agent stopped before the turn was "
-                                                 "completed; send it again to continue with a fresh agent")
-            else:
-                await self._assign(turn)
         for call_id, call in list(seen.calls.items()):
             if call.dispatched:
                 seen.calls.pop(call_id, None)
@@ -302,9 +296,27 @@ class BrokerHandlers:
                         "the broker that dispatched this call stopped while it ran; it may have run partly and "
                         "will not run again")))
                 continue
+            if call.decided is not None and call.decided.decision.decision.verdict == "approve":
+                # Its requester waited in the dead pair's planner (its turn is answered below): an approval
+                # given later must not run it for nobody.
+                seen.calls.pop(call_id, None)
+                self.pending.close(call_id)
+                await self.publisher.publish(
+                    subjects.tool_completed(tenant, workspace),
+                    ToolCallCompleted.of(call.request, "error", reason=(
+                        "the broker running the agent that asked for this call stopped while it waited for "
+                        "approval; it will not run (ask again)")))
+                continue
             self.pending.requests[call_id] = (call.at, call.request)
             if call.decided is not None:
                 await self._route(call.request, call.decided)
+        for message_id, (_, turn, assigned) in list(seen.turns.items()):
+            if assigned:
+                seen.turns.pop(message_id, None)
+                await self._reply(turn, "error", "the broker running this agent stopped before the turn was "
+                                                 "completed; send it again to continue with a fresh agent")
+            else:
+                await self._assign(turn)
 
     async def on_lease_lost(self, tenant: str, workspace: str, reason: str) -> None:
         """Another replica may own the workspace now: stop its workers here at once (it answers their work)."""
