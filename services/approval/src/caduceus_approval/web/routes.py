@@ -33,14 +33,27 @@ from caduceus_approval.desk import AnswerRefused, ApprovalDesk
 from caduceus_approval.directory import TenantDirectory
 from caduceus_approval.domain import human_duration, who_may_not_answer
 from caduceus_approval.inbox import Inbox, Person, visible_to
+from caduceus_approval.usage import (
+    DIMENSIONS,
+    AuditUsage,
+    DayUsage,
+    UsageUnavailable,
+    UsageWindow,
+    by_day,
+    totals,
+)
+from caduceus_approval.web.chart import usage_chart
 from caduceus_approval.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJar, ForgedCookie, SignedIn
 from caduceus_bus import Publisher
-from caduceus_contracts import ApprovalView, utcnow
+from caduceus_contracts import ApprovalView, UsageDimension, UsageTotals, utcnow
 from caduceus_oidc import OidcClient, OidcVerifier, SignInFailed, TokenRefused, pkce_pair
 from caduceus_redaction import redact_value
 
 TEMPLATES = Path(__file__).parent / "templates"
 KEEPALIVE_S = 15.0
+# The usage page needs no script at all: its chart is server-rendered SVG, its style the page's own.
+USAGE_CSP = ("default-src 'none'; script-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
 @dataclass
@@ -57,6 +70,7 @@ class UiContext:
     secure_cookies: bool = False
     temporal_ui_url: str | None = None
     temporal_namespace: str = "default"
+    usage: AuditUsage | None = None
 
 
 def _time_left(expires_at: datetime) -> str:
@@ -86,6 +100,7 @@ def build_app(ui: UiContext) -> Starlette:
     env.filters["time_left"] = _time_left
     env.filters["shown"] = _shown
     env.filters["when"] = lambda at: at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else ""
+    env.globals["is_admin"] = lambda session: ui.directory.is_admin(session.tenant, session.user)
 
     def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(name).render(**context), status_code=status_code)
@@ -258,6 +273,44 @@ def build_app(ui: UiContext) -> Starlette:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    # --- usage (tenant admins only, their own tenant only) -------------------------------------------------
+
+    async def usage_of(tenant: str, by: tuple[UsageDimension, ...], *,
+                       chart: bool = True) -> tuple[UsageWindow, tuple[UsageTotals, ...], list[DayUsage]]:
+        """The tenant's rows grouped by `by` over the window, and (for the chart) its days; UsageUnavailable when
+        audit is not there to count them."""
+        if ui.usage is None:
+            raise UsageUnavailable("this approval service has no bus connection to ask the audit service")
+        window = UsageWindow.ending(utcnow())
+        answer = await ui.usage.report(tenant, by, window.since, days=chart)
+        return window, answer.rows, by_day(answer.days, window) if chart else []
+
+    def strict(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = USAGE_CSP
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def usage_page(request: Request) -> Response:
+        session = await signed_in(request)
+        if session is None:
+            return to_login(request)
+        if not ui.directory.is_admin(session.tenant, session.user):
+            return strict(page("message.html", 403, session=session, title="Usage is for admins",
+                               text=f"Model usage of {session.tenant} is shown to its admins and owners only.",
+                               link=("/", "Back to the inbox")))
+        by = next((d for d in DIMENSIONS if d == request.query_params.get("by", "person")), None)
+        if by is None:
+            return strict(page("message.html", 400, session=session, title="No such grouping",
+                               text=f"Group usage by one of {', '.join(DIMENSIONS)}.", link=("/usage", "Usage")))
+        try:
+            window, rows, series = await usage_of(session.tenant, (by,))
+        except UsageUnavailable as exc:
+            return strict(page("message.html", 503, session=session, title="Usage is unavailable",
+                               text=f"{exc}. Nothing is shown rather than numbers that may be wrong; try again "
+                                    "in a moment.", link=("/usage", "Try again")))
+        return strict(page("usage.html", session=session, by=by, dimensions=DIMENSIONS, rows=rows,
+                           total=totals(rows), window=window, chart=usage_chart(series)))
+
     # --- JSON API (bearer tokens from the same OIDC provider) ----------------------------------------------
 
     async def api_person(request: Request) -> Person | JSONResponse:
@@ -314,6 +367,26 @@ def build_app(ui: UiContext) -> Starlette:
             return JSONResponse({"error": str(exc)}, status_code=409)
         return JSONResponse({"approval": _public(view)})
 
+    async def api_usage(request: Request) -> Response:
+        person = await api_person(request)
+        if isinstance(person, JSONResponse):
+            return person
+        if not ui.directory.is_admin(person.tenant, person.user):
+            return JSONResponse({"error": f"model usage of {person.tenant} is for its admins and owners only"},
+                                status_code=403)
+        asked = dict.fromkeys(d.strip() for d in request.query_params.get("by", "person").split(",") if d.strip())
+        by = tuple(d for d in asked if d in DIMENSIONS)  # as asked, each once: `caduceus usage --by`'s grouping
+        if not by or len(by) != len(asked):
+            return JSONResponse({"error": f"group by any of {', '.join(DIMENSIONS)}, e.g. ?by=person,day"},
+                                status_code=400)
+        try:
+            window, rows, _ = await usage_of(person.tenant, by, chart=False)
+        except UsageUnavailable as exc:
+            return JSONResponse({"error": f"usage is unavailable: {exc}"}, status_code=503)
+        # The shape of `caduceus usage --json`.
+        return JSONResponse({"by": list(by), "since": window.since.isoformat(), "tenant": person.tenant,
+                             "rows": [{**row.key, **row.model_dump(exclude={"key"})} for row in rows]})
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/login", login),
@@ -325,6 +398,8 @@ def build_app(ui: UiContext) -> Starlette:
         Route("/events", events),
         Route("/approvals/{call_id}", detail_page),
         Route("/approvals/{call_id}", answer_form, methods=["POST"]),
+        Route("/usage", usage_page),
+        Route("/api/usage", api_usage),
         Route("/api/approvals", api_list),
         Route("/api/approvals/{call_id}", api_show),
         Route("/api/approvals/{call_id}/{answer:str}", api_answer, methods=["POST"]),
