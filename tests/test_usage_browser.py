@@ -1,7 +1,8 @@
 """Usage in a real browser (headless Debian chromium driven by Playwright) on the embedded stack: alice chats (her
 model calls go through the inference gateway, which records them), then carol, the demo tenant's admin, signs in
 to the approvals UI and reads the usage page: alice's tokens as `caduceus usage` counts them, and the 30-day chart,
-drawn with JavaScript off (it is server-rendered SVG)."""
+drawn with JavaScript off (it is server-rendered SVG). Under the page's strict CSP (its style is a file, not
+inline): the browser reports no violation."""
 
 from __future__ import annotations
 
@@ -26,6 +27,28 @@ pytestmark = pytest.mark.timeout(300)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 PHONE = {"width": 390, "height": 844}
+
+
+# Told to Python by every page of the context, from before the page's own script runs (Playwright's init scripts
+# and bindings are the browser's, not the page's, so the page's CSP does not stop them).
+REPORT_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) => window.cspViolation(
+  [e.documentURI, e.effectiveDirective, e.blockedURI, e.sourceFile + ":" + e.lineNumber].join(" ")));"""
+
+
+async def watch_csp(context, origin: str) -> list[str]:
+    """Every CSP violation the browser reports on `origin`'s pages: the DOM event (with JavaScript on), and the
+    console's error (with it off too)."""
+    seen: list[str] = []
+    await context.expose_function("cspViolation", lambda text: seen.append(f"event: {text}")
+                                  if text.startswith(origin) else None)
+    await context.add_init_script(REPORT_VIOLATIONS)
+
+    def on_console(message) -> None:
+        if "Content Security Policy" in message.text and message.location.get("url", "").startswith(origin):
+            seen.append(f"console: {message.location.get('url')}: {message.text}")
+
+    context.on("console", on_console)
+    return seen
 
 
 def chromium_path() -> str:
@@ -73,6 +96,7 @@ async def test_the_tenant_admin_reads_usage_and_its_chart_in_the_browser(stack, 
         try:
             # JavaScript off: everything on the page, the chart included, is drawn by the server.
             context = await browser.new_context(viewport=PHONE, java_script_enabled=False)
+            violations = await watch_csp(context, stack.info.approval_ui_url)
             page = await context.new_page()
             await page.goto(f"{stack.info.approval_ui_url}/usage")
             await expect(page.get_by_text("Development only")).to_be_visible()
@@ -94,16 +118,21 @@ async def test_the_tenant_admin_reads_usage_and_its_chart_in_the_browser(stack, 
             shot = tmp_path / "usage-phone.png"
             await page.screenshot(path=str(shot), full_page=True)
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5_000
+            # Styled by its stylesheet (the table scrolls inside its card), which the CSP let through.
+            assert await page.locator(".usage-wrap").evaluate("e => getComputedStyle(e).overflowX") == "auto"
+            assert violations == [], violations
             await context.close()
 
             # With JavaScript on, the page still fits a phone: nothing wider than the screen.
             context = await browser.new_context(viewport=PHONE)
+            violations = await watch_csp(context, stack.info.approval_ui_url)
             page = await context.new_page()
             await page.goto(f"{stack.info.approval_ui_url}/usage?by=day")
             await page.get_by_role("button", name="carol@acme").click()
             await expect(page.get_by_role("heading", name="Model usage of acme")).to_be_visible()
             overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"the usage page is {overflow}px wider than a phone"
+            assert violations == [], violations
             await context.close()
         finally:
             await browser.close()

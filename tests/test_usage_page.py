@@ -274,7 +274,9 @@ async def test_hostile_names_are_escaped_and_the_page_runs_no_script(usage_stack
         hostile = HOSTILE_PERSON if by == "person" else HOSTILE_MODEL
         assert str(escape(hostile)) in page.text and hostile in table_rows(page.text)
         csp = page.headers["content-security-policy"]
-        assert "script-src 'none'" in csp and "default-src 'none'" in csp
+        assert "script-src 'none'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+        assert "<style" not in page.text and " style=" not in page.text  # the style is /static/approvals.css
+        assert page.headers["x-content-type-options"] == "nosniff" and page.headers["x-frame-options"] == "DENY"
 
 
 async def test_audit_answers_only_about_the_tenant_of_the_subject(usage_stack: UsageStack) -> None:

@@ -862,6 +862,9 @@ class McpToolsQuery(Model):
 class McpToolsAnswer(Model):
     tools: tuple[McpToolView, ...] = ()
     problems: tuple[str, ...] = ()
+    # Tools this person could use whose definition changed since it was approved: withheld (their new
+    # definition is never shown), named so a planner can tell the agent why a call of one is denied.
+    withheld: tuple[str, ...] = ()
 
 
 class McpFactsQuery(Model):

@@ -1,6 +1,9 @@
 """The approver web UI (server-rendered HTML, a little progressive JavaScript) and the JSON API the CLI,
 the demo and scripts use. Both take the same path to an answer: a verified person, then the desk.
 
+Every response carries a strict Content-Security-Policy and the other security headers (`SecurityHeaders`): the
+pages' script and style are files under /static, never inline, so an injected `<script>` or `onerror=` cannot run.
+
 Nothing but /healthz answers without a signed-in person; every page and API call sees only the
 person's own tenant, and only approvals they are on the panel of.
 """
@@ -18,6 +21,8 @@ from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -27,7 +32,9 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caduceus_approval.desk import AnswerRefused, ApprovalDesk
 from caduceus_approval.directory import TenantDirectory
@@ -50,10 +57,62 @@ from caduceus_oidc import OidcClient, OidcVerifier, SignInFailed, TokenRefused, 
 from caduceus_redaction import redact_value
 
 TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
-# The usage page needs no script at all: its chart is server-rendered SVG, its style the page's own.
-USAGE_CSP = ("default-src 'none'; script-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# Nothing but this site's own files: script and style only from /static (no 'unsafe-inline', no eval), fetch and
+# the event stream only to this site, no plugins, no <base>, forms only post here, and no other site may frame
+# a page (clickjacking an Approve button).
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "object-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# The usage page needs no script at all: its chart is server-rendered SVG.
+USAGE_CSP = ("default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self'; connect-src 'none'; "
+             "object-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+ERROR_PAGE = (b"<!doctype html><title>Something went wrong \xc2\xb7 Caduceus</title>"
+              b"<p>Something went wrong in the approvals UI; it is logged. Try again in a moment.</p>")
+
+
+class SecurityHeaders:
+    """Every response gets the security headers, a route's own CSP kept (plain ASGI, so the event stream is not
+    buffered). A route that raises still answers with them: a plain 500 page, the exception passed on to be
+    logged."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope["path"].startswith("/static/")
+        started = False
+
+        async def with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if not static:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception:
+            if not started:
+                await with_headers({"type": "http.response.start", "status": 500,
+                                    "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                                                (b"content-length", str(len(ERROR_PAGE)).encode())]})
+                await send({"type": "http.response.body", "body": ERROR_PAGE})
+            raise
 
 
 @dataclass
@@ -105,6 +164,10 @@ def build_app(ui: UiContext) -> Starlette:
     def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(name).render(**context), status_code=status_code)
 
+    def forget(response: Response, cookie: str) -> None:
+        """Expire a cookie with the flags it was set with (HttpOnly, SameSite=Lax, Secure over https)."""
+        response.delete_cookie(cookie, httponly=True, samesite="lax", secure=ui.secure_cookies)
+
     async def audit_forgery(request: Request, reason: str) -> None:
         await ui.publisher.refuse(f"http:{request.method}:{request.url.path}"[:200], b"", reason)
 
@@ -122,7 +185,7 @@ def build_app(ui: UiContext) -> Starlette:
     def to_login(request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         response = RedirectResponse(f"/login?next={quote(target)}", status_code=303)
-        response.delete_cookie(SESSION_COOKIE)
+        forget(response, SESSION_COOKIE)
         return response
 
     async def healthz(request: Request) -> Response:
@@ -168,7 +231,7 @@ def build_app(ui: UiContext) -> Starlette:
         response.set_cookie(SESSION_COOKIE, ui.cookies.session(identity.tenant, identity.subject),
                             max_age=int(ui.cookies.session_ttl_s), httponly=True, samesite="lax",
                             secure=ui.secure_cookies)
-        response.delete_cookie(LOGIN_COOKIE)
+        forget(response, LOGIN_COOKIE)
         return response
 
     async def logout(request: Request) -> Response:
@@ -177,7 +240,7 @@ def build_app(ui: UiContext) -> Starlette:
         if session is not None and not session.csrf_ok(form.get("csrf")):
             return page("message.html", 403, title="Not signed out", text="The form was not from this site.")
         response = page("message.html", title="Signed out", text="You are signed out.", link=("/login", "Sign in"))
-        response.delete_cookie(SESSION_COOKIE)
+        forget(response, SESSION_COOKIE)
         return response
 
     # --- pages -------------------------------------------------------------------------------------------
@@ -287,7 +350,6 @@ def build_app(ui: UiContext) -> Starlette:
 
     def strict(response: Response) -> Response:
         response.headers["Content-Security-Policy"] = USAGE_CSP
-        response.headers["Cache-Control"] = "no-store"
         return response
 
     async def usage_page(request: Request) -> Response:
@@ -403,4 +465,5 @@ def build_app(ui: UiContext) -> Starlette:
         Route("/api/approvals", api_list),
         Route("/api/approvals/{call_id}", api_show),
         Route("/api/approvals/{call_id}/{answer:str}", api_answer, methods=["POST"]),
-    ])
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ], middleware=[Middleware(SecurityHeaders)])
