@@ -27,7 +27,7 @@ async def wait_ready(bus: BusSettings, services: Sequence[RunningService], timeo
 
     Returns False when cancelled (the stack is stopping), True when all are ready.
     """
-    nc = await nats.connect(bus.nats_url, name="caduceus-up-health", connect_timeout=5, max_reconnect_attempts=-1,
+    nc = await nats.connect(bus.nats_servers, name="caduceus-up-health", connect_timeout=5, max_reconnect_attempts=-1,
                             **auth_options(bus))
     try:
         pending = list(services)

@@ -33,13 +33,19 @@ from caduceus_bus import (
     WorkerCredentialIssuer,
     load_permissions,
 )
-from caduceus_bus.authority import WORKER_SIGNING_FILE
+from caduceus_bus.authority import SERVER_CONFIG_FILE, WORKER_SIGNING_FILE
 from caduceus_embedded.binaries import find_binary
 from caduceus_embedded.health import wait_ready
 from caduceus_embedded.layout import StateLayout
 from caduceus_embedded.outages import OutageNotReported, left_down_event, report_left_down
-from caduceus_embedded.ports import StackPorts
-from caduceus_embedded.servers import ServerProcess, start_nats, start_temporal
+from caduceus_embedded.ports import StackPorts, free_port
+from caduceus_embedded.servers import (
+    ServerProcess,
+    start_nats,
+    start_nats_cluster,
+    start_nats_node,
+    start_temporal,
+)
 from caduceus_embedded.services import (
     RunningService,
     ServiceFailed,
@@ -82,7 +88,7 @@ class EmbeddedStack:
                  ready_timeout: float = 60.0, stop_grace: float = 10.0, crash_loop_s: float = CRASH_LOOP_S,
                  on_progress: Callable[[str], None] | None = None,
                  on_problem: Callable[[str], None] | None = None,
-                 bus_permissions: PermissionFile | None = None, replicas: int = 1) -> None:
+                 bus_permissions: PermissionFile | None = None, replicas: int = 1, nats_nodes: int = 1) -> None:
         self.layout = StateLayout(Path(state_dir).expanduser().resolve())
         self.ports = ports or StackPorts()
         configured = model or ModelSettings()
@@ -101,6 +107,10 @@ class EmbeddedStack:
         self.say = on_progress or log.info
         self.warn = on_problem or log.warning
         self.nats: ServerProcess | None = None
+        # A cluster (nats_nodes > 1): node 1 on ports.nats, the others and the route ports free ones.
+        self.nats_ports = [self.ports.nats] + [free_port() for _ in range(nats_nodes - 1)]
+        self.nats_cluster_ports = [free_port() for _ in range(nats_nodes)] if nats_nodes > 1 else []
+        self.nats_cluster: list[ServerProcess] = []
         self.temporal: ServerProcess | None = None
         self.services: dict[str, RunningService] = {}
         self._info: StackInfo | None = None
@@ -109,7 +119,13 @@ class EmbeddedStack:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.ports.nats}"
+        """The bus URL: every node of a cluster, comma-separated."""
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.nats_ports)
+
+    @property
+    def stream_replicas(self) -> int:
+        """Copies of the event stream and KV buckets: one per node, at most 3."""
+        return min(3, len(self.nats_ports))
 
     @property
     def temporal_address(self) -> str:
@@ -125,7 +141,11 @@ class EmbeddedStack:
     def common_env(self) -> dict[str, str]:
         """The environment every service gets, on top of its own spec."""
         return {"CADUCEUS_NATS_URL": self.nats_url, "CADUCEUS_STATE_DIR": str(self.layout.root),
-                "CADUCEUS_KEYS_DIR": str(self.layout.keys)}
+                "CADUCEUS_KEYS_DIR": str(self.layout.keys), "CADUCEUS_STREAM_REPLICAS": str(self.stream_replicas),
+                # On a cluster, a publish waits out a stream leader's election rather than failing.
+                **({"CADUCEUS_PUBLISH_RETRY_S": "15"} if self.nats_cluster_ports else {}),
+                # The broker's ledger of used decisions at as many copies as the stream.
+                "CADUCEUS_USED_DECISIONS_REPLICAS": str(self.stream_replicas)}
 
     def service_env(self, spec: ServiceSpec) -> dict[str, str]:
         """The common environment plus the service's own bus credential (a service with no role gets none)."""
@@ -138,7 +158,8 @@ class EmbeddedStack:
 
     def bus_settings(self, role: str = "operator") -> BusSettings:
         """How this process connects to the stack's bus with one of the service roles' credentials."""
-        return BusSettings(nats_url=self.nats_url, nats_credentials=self.layout.bus_credentials(role))
+        return BusSettings(nats_url=self.nats_url, nats_credentials=self.layout.bus_credentials(role),
+                           stream_replicas=self.stream_replicas)
 
     def worker_bus_settings(self, role: str, tenant: str, workspace: str, worker_id: str = "outside") -> BusSettings:
         """A worker's credential, minted as the broker would, for a test or benchmark that plays a worker."""
@@ -174,8 +195,13 @@ class EmbeddedStack:
     def _start(self, nats_binary: Path, temporal_binary: Path) -> None:
         self.say(f"state dir {self.layout.root}")
         self.layout.prepare()
-        self.nats = start_nats(self.ports.nats, self.layout.nats_store, self.layout.log("nats"),
-                               config_file=self._prepare_bus())
+        if self.nats_cluster_ports:
+            self.nats_cluster = start_nats_cluster(self.nats_ports, self.nats_cluster_ports, self._cluster_dir,
+                                                   authorization=self._prepare_bus())
+            self.nats = self.nats_cluster[0]
+        else:
+            self.nats = start_nats(self.ports.nats, self.layout.nats_store, self.layout.log("nats"),
+                                   config_file=self._prepare_bus())
         self.say(f"nats-server {nats_binary} listening on {self.nats_url} (JetStream store {self.layout.nats_store}; "
                  f"authorization on, credentials in {self.layout.bus_keys})")
         stream = BusSettings(nats_url=self.nats_url).stream_name
@@ -227,10 +253,27 @@ class EmbeddedStack:
                 self.warn(f"{service.key} did not stop within {self.stop_grace:.0f}s; killing it")
             service.kill()
         self.services.clear()
-        for server in (self.temporal, self.nats):
+        for server in (self.temporal, *(self.nats_cluster or [self.nats])):
             if server is not None:
                 server.stop()
         self.temporal = self.nats = None
+        self.nats_cluster = []
+
+    @property
+    def _cluster_dir(self) -> Path:
+        return self.layout.nats_store.parent / "nats-cluster"
+
+    def kill_nats_node(self, number: int) -> None:
+        """kill -9 node `number` (0-based) of the stack's NATS cluster (for fault tests and benchmarks)."""
+        self.nats_cluster[number].kill()
+
+    def start_nats_node(self, number: int) -> None:
+        """Start node `number` of the cluster again on its own store; it catches up from the others."""
+        self.nats_cluster[number] = start_nats_node(number, self.nats_ports, self.nats_cluster_ports,
+                                                    self._cluster_dir,
+                                                    authorization=self.layout.bus_keys / SERVER_CONFIG_FILE)
+        if number == 0:
+            self.nats = self.nats_cluster[0]
 
     def restart_temporal(self) -> None:
         """Start the Temporal dev server again on its ports and database, after it died or was stopped.
@@ -254,7 +297,7 @@ class EmbeddedStack:
         """Say when a child dies; restart a service that dies, leave one that crash-loops down."""
         reported: set[str] = set()
         while not self._stopping.wait(WATCH_INTERVAL_S):
-            for server in (self.nats, self.temporal):
+            for server in (*(self.nats_cluster or [self.nats]), self.temporal):
                 if server is not None and server.name not in reported and server.process.poll() is not None:
                     reported.add(server.name)
                     self.warn(f"{server.name} exited with code {server.process.returncode} "
