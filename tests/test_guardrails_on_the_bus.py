@@ -454,6 +454,6 @@ async def test_guardrails_that_cannot_be_read_deny_the_call(env: Env, nats_serve
         assert "turn guardrails cannot be checked" in turn.reply and "fail closed" in turn.reply
         assert turn.decisions == []  # the very first model call was refused
     finally:
-        from caduceus_policy.adapters.counters import open_bucket
+        from caduceus_bus import open_bucket
         await open_bucket(env.conn.js, "guardrails_test_turns", max_age_s=86400)
 

@@ -276,3 +276,20 @@ def test_a_permission_file_cannot_give_a_service_a_placeholder() -> None:
     with pytest.raises(ValueError, match="only workers have them"):
         PermissionFile.model_validate({"stream": "CADUCEUS",
                                        "services": {"policy": {"publish": ["cad.v1.tool.decided.{tenant}"]}}})
+
+
+async def test_only_the_broker_may_take_a_workspace_lease(bus: SecuredBus, connect) -> None:
+    """A worker that could write `caduceus_broker_leases` could keep its own workspace from being taken over
+    (or hand another to a broker of its choosing): only the broker's credential reaches the bucket."""
+    from nats.js.api import KeyValueConfig
+
+    broker = await connect("broker")
+    kv = await broker.nc.jetstream().create_key_value(KeyValueConfig(bucket="caduceus_broker_leases", ttl=30))
+    await kv.create("acme.default", b'{"broker": "replica-1"}')
+    for role in ("planner", "executor"):
+        worker = await connect(role)
+        await worker.nc.publish("$KV.caduceus_broker_leases.acme.default", b'{"broker": "mine"}')
+        await worker.nc.publish("$JS.API.STREAM.PURGE.KV_caduceus_broker_leases", b"{}")
+        assert len(await worker.violations()) == 2, role
+    assert (await kv.get("acme.default")).value == b'{"broker": "replica-1"}'
+    assert await broker.violations() == []

@@ -391,7 +391,7 @@ async def _publish(bus: BusSettings, key: str, version: str | None, files: dict[
     async with asyncio.timeout(BUS_CONNECT_TIMEOUT_S):
         conn = await EventConnection.connect(bus, "caduceus-policy-cli")
     try:
-        store = await PackStore.open(conn.js)
+        store = await PackStore.open(conn.js, replicas=bus.stream_replicas)
         if files is None:
             await store.clear(key)
         else:

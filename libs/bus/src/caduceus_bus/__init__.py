@@ -34,8 +34,8 @@ from caduceus_bus.routes import (
 )
 from caduceus_bus.runner import ConfigurationError, main_of, serve
 from caduceus_bus.service import BusService
-from caduceus_bus.settings import BusSettings, default_state_dir, with_state_paths
-from caduceus_bus.streams import ensure_stream, stream_config
+from caduceus_bus.settings import BusSettings, default_state_dir, nats_servers, with_state_paths
+from caduceus_bus.streams import ensure_stream, open_bucket, stream_config
 from caduceus_bus.tracing import extract_context, inject_headers
 
 __all__ = [
@@ -45,7 +45,9 @@ __all__ = [
     "CredentialsUnreadable", "Delivery", "EventConnection", "Grant", "PermissionFile", "PermissionsError",
     "Publisher", "Pull", "Role", "Route", "RouteTable", "Router", "WorkerCredential", "WorkerCredentialIssuer",
     "auth_options", "default_state_dir", "ensure_stream", "event_headers", "excerpt", "extract_context",
-    "inject_headers", "kv_bucket_subjects", "load_permissions", "main_of", "permissions_from_tables",
-    "pull_consumer_subjects", "render_permissions", "serve", "settle", "stop_event", "stream_config", "take_credentials",
+    "inject_headers", "kv_bucket_subjects", "load_permissions", "main_of", "nats_servers", "open_bucket",
+    "permissions_from_tables",
+    "pull_consumer_subjects", "render_permissions", "serve", "settle", "stop_event", "stream_config",
+    "take_credentials",
     "with_state_paths", "worker_health_subject",
 ]

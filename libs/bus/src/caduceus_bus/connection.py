@@ -7,7 +7,9 @@ event (`refuse`), never a silent drop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -15,6 +17,14 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    StaleConnectionError,
+)
+from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 from opentelemetry import trace
 
 from caduceus_bus.connect import auth_options
@@ -38,6 +48,33 @@ def event_headers(event: Event, extra: Mapping[str, str] | None = None) -> dict[
 def excerpt(body: bytes, limit: int = 256) -> str:
     """A short, printable excerpt of a refused body (never the whole thing: it may hold secrets)."""
     return body[:limit].decode("utf-8", "replace")
+
+
+# What a publish meets while a cluster elects a new stream leader or the client moves to another node
+# (nats' TimeoutError is a subclass of the builtin one).
+RETRYABLE = (NoStreamResponseError, NoRespondersError, TimeoutError, ConnectionClosedError, StaleConnectionError,
+             ConnectionReconnectingError)
+
+
+async def publish_stored(js: JetStreamContext, subject: str, body: bytes, headers: dict[str, str],
+                         settings: BusSettings) -> None:
+    """Publish until JetStream confirms it stored the event, retrying for `publish_retry_s`.
+
+    The Nats-Msg-Id header makes every retry of one event stored once (within the duplicate window).
+    """
+    deadline = time.monotonic() + settings.publish_retry_s
+    delay = 0.05
+    while True:
+        try:
+            await js.publish(subject, body, headers=headers, stream=settings.stream_name,
+                             timeout=settings.publish_timeout_s)
+            return
+        except RETRYABLE as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("publish to %s not confirmed (%s); retrying", subject, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 async def settle(nc: Client) -> None:
@@ -80,11 +117,11 @@ class EventConnection:
         if on_reconnect is not None:
             options["reconnected_cb"] = on_reconnect
         options.update(auth_options(settings))
-        nc = await nats.connect(settings.nats_url, **options)
+        nc = await nats.connect(settings.nats_servers, **options)
         return cls(nc, settings, role)
 
     async def ensure_stream(self) -> None:
-        await ensure_stream(self.js, self.settings.stream_name)
+        await ensure_stream(self.js, self.settings.stream_name, self.settings.stream_replicas)
 
     async def publish(self, subject: str, event: Event) -> None:
         """Publish to JetStream and wait for the stream to store it, in a producer span of the current trace."""
@@ -92,8 +129,8 @@ class EventConnection:
                                           attributes={"messaging.system": "nats", "messaging.destination.name": subject,
                                                       "messaging.operation.type": "publish",
                                                       "messaging.message.id": event.event_id}):
-            await self.js.publish(subject, event.model_dump_json().encode(), headers=event_headers(event),
-                                  stream=self.settings.stream_name, timeout=self.settings.publish_timeout_s)
+            await publish_stored(self.js, subject, event.model_dump_json().encode(), event_headers(event),
+                                 self.settings)
 
     async def refuse(self, subject: str, body: bytes, reason: str) -> None:
         """Publish the error event for a message this process cannot accept (audited like any event)."""

@@ -31,7 +31,9 @@ def with_state_paths(data: Any, **relative: str) -> Any:
 class BusSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADUCEUS_", extra="ignore")
 
-    nats_url: str = Field(default="nats://127.0.0.1:4222", description="The NATS server (or cluster) to connect to.")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description=(
+        "The NATS server to connect to; for a cluster, every node's URL separated by commas (a client moves to "
+        "another node when its node dies)."))
     nats_user: str | None = Field(default=None, description="User name, for a bus with plain user/password "
                                                             "authorization instead of credentials.")
     nats_password: str | None = Field(default=None, repr=False, description="Password for `nats_user`.")
@@ -43,10 +45,31 @@ class BusSettings(BaseSettings):
     nats_inbox_prefix: str | None = Field(default=None, description=(
         "The inbox this credential may read (replies, JetStream acks); by default the one its `.creds` file names."))
     stream_name: str = Field(default="CADUCEUS", description="The JetStream stream that keeps every event.")
+    stream_replicas: int = Field(default=1, ge=1, le=5, description=(
+        "Copies JetStream keeps of the event stream and of every key-value bucket (limits, policy packs, leases): "
+        "3 on a 3-node cluster, so losing one node loses nothing; 1 on a single nats-server."))
     publish_timeout_s: float = Field(default=5.0, description=(
         "How long a publisher waits for JetStream to confirm an event is stored."))
+    publish_retry_s: float = Field(default=0.0, ge=0, description=(
+        "How long a publisher keeps retrying an event JetStream did not confirm (a stream leader lost with its "
+        "node, a reconnect to another node): the event id makes a retry stored once; then the publish fails. "
+        "0 fails at once; on a cluster set it above the leader election time (15 on the embedded cluster)."))
     http_port: int | None = Field(default=None, ge=0, le=65535, description=(
         "Where a service serves /healthz, /readyz and Prometheus /metrics over HTTP; unset, it serves none (its "
         "health is still asked on the bus, `caduceus.health.<service>`)."))
     http_host: str = Field(default="127.0.0.1", description=(
         "The address the health and metrics endpoint listens on: 0.0.0.0 in a container."))
+    shared_ports: bool = Field(default=False, description=(
+        "Let replicas of this service on one machine listen on the same web port (SO_REUSEPORT; the kernel "
+        "spreads connections over the live ones). `caduceus up --replicas N` sets it; the health port stays "
+        "one per process."))
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The node URLs of `nats_url`, for `nats.connect(servers=...)`."""
+        return nats_servers(self.nats_url)
+
+
+def nats_servers(url: str) -> list[str]:
+    """Every node URL of a comma-separated NATS URL list."""
+    return [part.strip() for part in url.split(",") if part.strip()]

@@ -27,6 +27,8 @@ from caduceus_embedded.scripted_model.scenarios import default_scenarios_path
 from caduceus_embedded.servers import (
     ServerProcess,
     start_nats,
+    start_nats_cluster,
+    start_nats_node,
     start_scripted_model,
     start_temporal,
 )
@@ -87,6 +89,51 @@ def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
     yield handle
     if handle.process is not None:
         handle.process.stop()
+
+
+@dataclass
+class NatsCluster:
+    """A 3-node nats-server cluster on loopback with clustered JetStream (streams and KV buckets at R3)."""
+
+    ports: list[int]
+    cluster_ports: list[int]
+    base_dir: Path
+    nodes: list[ServerProcess]
+    authorization: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma-separated: what CADUCEUS_NATS_URL holds for a cluster."""
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.ports)
+
+    def kill(self, number: int) -> None:
+        """kill -9 node `number` (0-based)."""
+        self.nodes[number].kill()
+
+    def start(self, number: int) -> None:
+        """Start node `number` again on its own store; it catches up from the others."""
+        self.nodes[number] = start_nats_node(number, self.ports, self.cluster_ports, self.base_dir,
+                                             authorization=self.authorization)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_cluster(base_dir: Path, nodes: int = 3, authorization: Path | None = None) -> NatsCluster:
+    """Start a loopback cluster of `nodes` nats-servers on free ports under base_dir."""
+    ports = [free_port() for _ in range(nodes)]
+    cluster_ports = [free_port() for _ in range(nodes)]
+    started = start_nats_cluster(ports, cluster_ports, base_dir, authorization=authorization)
+    return NatsCluster(ports, cluster_ports, base_dir, started, authorization)
+
+
+@pytest.fixture()
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A 3-node nats-server cluster of the test's own (no authorization), for tests that kill nodes."""
+    cluster = start_cluster(tmp_path / "nats-cluster")
+    yield cluster
+    cluster.stop()
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Gauge
 
 from caduceus_broker.handlers import ROUTES, BrokerHandlers
+from caduceus_broker.lease import Leases, broker_id
 from caduceus_broker.settings import BrokerSettings, ModelSettings
 from caduceus_broker.workers import Worker, WorkerPool
 from caduceus_bus import BusService, BusSettings, EventConnection
@@ -23,13 +24,25 @@ class BrokerApp(BusService):
         self.settings = settings
         self.model = model
         self.handlers: BrokerHandlers | None = None
+        self.leases: Leases | None = None
+        self.broker_id = broker_id()
 
     async def prepare(self, connection: EventConnection) -> BrokerHandlers:
         pool = WorkerPool(self.settings, self.bus, self.model, connection.nc, self._report_worker)
-        self.handlers = BrokerHandlers(connection, pool, self.settings.keys, self.settings.decision_timeout_s)
+        # Exactly one replica runs each workspace's planner and executor: the one holding its lease.
+        self.leases = await Leases.open(connection.js, self.broker_id, self.settings.lease_ttl_s,
+                                        replicas=self.bus.stream_replicas, on_lost=self._lease_lost)
+        self.handlers = BrokerHandlers(connection, pool, self.settings.keys, self.settings.decision_timeout_s,
+                                       self.leases)
         WORKERS_RUNNING.set_function(lambda: len(pool.workers))
         self.background(pool.watch(), "broker-worker-watch")
+        self.background(self.leases.keep(), "broker-lease-renewal")
+        self.background(self.handlers.watch_leases(), "broker-lease-watch")
         return self.handlers
+
+    async def _lease_lost(self, tenant: str, workspace: str, reason: str) -> None:
+        assert self.handlers is not None
+        await self.handlers.on_lease_lost(tenant, workspace, reason)
 
     async def _report_worker(self, worker: Worker, role: str, state: str, detail: str) -> None:
         assert self.handlers is not None
@@ -38,6 +51,8 @@ class BrokerApp(BusService):
     async def cleanup(self) -> None:
         if self.handlers is not None:
             await self.handlers.pool.stop_all()
+        if self.leases is not None:  # the workers are stopped: another replica may take their workspaces now
+            await self.leases.release_all()
 
 
 def build() -> BrokerApp:

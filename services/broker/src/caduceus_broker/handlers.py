@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from caduceus_broker.domain import Routing, route_decision
+from caduceus_broker.lease import LEASES_BUCKET, Leases, LeaseUnavailable
 from caduceus_broker.ledger import USED_DECISIONS_BUCKET
 from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
 from caduceus_bus import Delivery, EventConnection, Route, RouteTable, kv_bucket_subjects
@@ -61,8 +63,43 @@ class PendingCalls:
         self.awaiting_approval.discard(call_id)
 
 
+@dataclass
+class CallSeen:
+    """A governed call as every broker replica sees it on the bus, until its outcome."""
+
+    request: ToolCallRequested
+    at: float
+    decided: ToolCallDecided | None = None
+    dispatched: bool = False
+
+
+@dataclass
+class WorkspaceInFlight:
+    """One tenant/workspace's turns and calls that have no answer yet, whichever replica owns it.
+
+    A replica that takes the workspace over from an owner that died answers from this: the turns and calls the
+    dead owner held get an error, the ones it never started are started by the new owner.
+    """
+
+    turns: dict[str, tuple[float, TurnRequested, bool]] = field(default_factory=dict)  # (seen at, turn, assigned)
+    calls: dict[str, CallSeen] = field(default_factory=dict)
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, (at, _, _) in self.turns.items() if now - at > PENDING_TTL_S]:
+            del self.turns[key]
+        for key in [k for k, c in self.calls.items() if now - c.at > AWAITING_APPROVAL_TTL_S
+                    or (now - c.at > PENDING_TTL_S and not (c.decided and c.decided.decision.decision.verdict
+                                                            == "approve"))]:
+            del self.calls[key]
+
+    @property
+    def empty(self) -> bool:
+        return not self.turns and not self.calls
+
+
 class BrokerHandlers:
-    def __init__(self, publisher: EventConnection, pool: WorkerPool, keys_dir, decision_timeout_s: float) -> None:
+    def __init__(self, publisher: EventConnection, pool: WorkerPool, keys_dir, decision_timeout_s: float,
+                 leases: Leases | None = None) -> None:
         self.publisher = publisher
         self.pool = pool
         self.keys_dir = keys_dir
@@ -70,26 +107,83 @@ class BrokerHandlers:
         self.decision_timeout_s = decision_timeout_s
         self.keyring = ReloadingKeyring(keys_dir)
         self.pending = PendingCalls()
+        # Which workspaces this replica owns (None: the only broker, it owns every workspace).
+        self.leases = leases
+        self.in_flight: dict[tuple[str, str], WorkspaceInFlight] = {}
+        self._takeovers: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def owns(self, tenant: str, workspace: str) -> bool:
+        return self.leases is None or self.leases.owns(tenant, workspace)
+
+    def _seen(self, tenant: str, workspace: str) -> WorkspaceInFlight:
+        return self.in_flight.setdefault((tenant, workspace), WorkspaceInFlight())
+
+    async def _claim(self, tenant: str, workspace: str) -> bool:
+        """Own the workspace (already, or by taking its lease now; a fresh owner first answers what the last
+        one left). False: another replica owns it, or nobody can tell (the bucket of leases does not answer)."""
+        if self.leases is None:
+            return True
+        key = (tenant, workspace)
+        async with self._takeovers.setdefault(key, asyncio.Lock()):
+            if self.leases.owns(tenant, workspace):
+                return True
+            try:
+                if not await self.leases.acquire(tenant, workspace):
+                    return False
+            except LeaseUnavailable as exc:
+                log.warning("cannot tell who owns %s/%s: %s", tenant, workspace, exc)
+                return False
+            await self._take_over(tenant, workspace)
+            return True
 
     async def on_turn_requested(self, turn: TurnRequested, delivery: Delivery) -> None:
         try:
             grant = turn.grant.verify(self.keyring)
         except (SignatureError, GrantExpired) as exc:
-            await delivery.refuse(f"turn refused: {exc}")
-            await self._reply(turn, "refused", f"this turn was refused: {exc}")
+            # Every replica sees the turn; the first to claim its message id answers it.
+            if self.leases is None or await self.leases.once(f"refused.{turn.message_id}"):
+                await delivery.refuse(f"turn refused: {exc}")
+                await self._reply(turn, "refused", f"this turn was refused: {exc}")
             return
+        seen = self._seen(grant.tenant, grant.workspace)
+        seen.expire(time.monotonic())
+        seen.turns[turn.message_id] = (time.monotonic(), turn, False)
+        if await self._claim(grant.tenant, grant.workspace):
+            await self._assign(turn)
+        # else: its owner assigns it; if the owner dies first, the replica that takes the workspace over does
+
+    async def _assign(self, turn: TurnRequested) -> None:
+        """Start (or find) the workspace's planner and executor here, and hand the turn to the planner."""
+        grant = turn.grant.grant
+        entry = self._seen(grant.tenant, grant.workspace).turns.get(turn.message_id)
+        if entry is not None and entry[2]:
+            return  # already assigned
         try:
             worker = await self.pool.ensure(grant.tenant, grant.workspace)
         except WorkerStartFailed as exc:
             await self._reply(turn, "error", f"the agent could not start: {exc}")
             return
         worker.turns[turn.message_id] = turn
+        self._seen(grant.tenant, grant.workspace).turns[turn.message_id] = (time.monotonic(), turn, True)
         assigned = TurnAssigned(tenant=turn.tenant, message_id=turn.message_id, grant=turn.grant, text=turn.text,
                                 worker_id=worker.worker_id)
         await self.publisher.publish(subjects.turn_assigned(grant.tenant, grant.workspace), assigned)
 
+    async def on_turn_assigned(self, assigned: TurnAssigned) -> None:
+        """Another replica (the owner) gave a turn to its planner."""
+        grant = assigned.grant.grant
+        seen = self.in_flight.get((grant.tenant, grant.workspace))
+        if seen is not None and assigned.message_id in seen.turns:
+            at, turn, _ = seen.turns[assigned.message_id]
+            seen.turns[assigned.message_id] = (at, turn, True)
+
     async def on_tool_requested(self, request: ToolCallRequested) -> None:
         now = time.monotonic()
+        seen = self._seen(request.tenant, request.workspace)
+        seen.expire(now)
+        seen.calls.setdefault(request.call_id, CallSeen(request, now))
+        if not await self._claim(request.tenant, request.workspace):
+            return  # its owner routes it
         self.pending.expire(now)
         early = self.pending.early.pop(request.call_id, None)
         self.pending.requests[request.call_id] = (now, request)
@@ -100,7 +194,15 @@ class BrokerHandlers:
         try:
             decided.decision.verify(self.keyring)
         except SignatureError as exc:
-            await delivery.refuse(f"decision for call {decided.call_id} rejected: {exc}")
+            if self.leases is None or await self.leases.once(f"rejected.{decided.decision.decision.decision_id}"):
+                await delivery.refuse(f"decision for call {decided.call_id} rejected: {exc}")
+            return
+        decision = decided.decision.decision
+        seen = self.in_flight.get((decision.tenant, decision.workspace))
+        call = seen.calls.get(decided.call_id) if seen is not None else None
+        if call is not None:
+            call.decided = decided
+        if not await self._claim(decision.tenant, decision.workspace):
             return
         entry = self.pending.requests.get(decided.call_id)
         if entry is None:
@@ -108,7 +210,19 @@ class BrokerHandlers:
             return
         await self._route(entry[1], decided)
 
+    async def on_tool_dispatched(self, dispatched: ToolCallDispatched) -> None:
+        """The owner handed a call to its executor (or the MCP gateway)."""
+        seen = self.in_flight.get((dispatched.tenant, dispatched.workspace))
+        call = seen.calls.get(dispatched.call_id) if seen is not None else None
+        if call is not None:
+            call.dispatched = True
+
     async def on_tool_completed(self, completed: ToolCallCompleted) -> None:
+        seen = self.in_flight.get((completed.tenant, completed.workspace))
+        if seen is not None:
+            seen.calls.pop(completed.call_id, None)
+        if not self.owns(completed.tenant, completed.workspace):
+            return
         CALL_OUTCOMES.labels(completed.status).inc()
         self.pending.close(completed.call_id)
         worker = self.pool.find(completed.tenant, completed.workspace)
@@ -116,9 +230,104 @@ class BrokerHandlers:
             worker.touch()
 
     async def on_chat_reply(self, reply: ChatReply) -> None:
+        for (tenant, _), seen in self.in_flight.items():
+            if tenant == reply.tenant:
+                seen.turns.pop(reply.message_id, None)
         for worker in list(self.pool.workers.values()):
             if worker.tenant == reply.tenant and worker.turns.pop(reply.message_id, None) is not None:
                 worker.touch()
+
+    async def watch_leases(self, interval: float = 1.0) -> None:
+        """Take over a workspace with turns or calls waiting whose owner's lease lapsed (the owner died)."""
+        while True:
+            await asyncio.sleep(interval)
+            for (tenant, workspace), seen in list(self.in_flight.items()):
+                seen.expire(time.monotonic())
+                if seen.empty:
+                    if not self.owns(tenant, workspace):
+                        self.in_flight.pop((tenant, workspace), None)
+                    continue
+                if self.owns(tenant, workspace):
+                    continue
+                try:
+                    await self._claim(tenant, workspace)
+                except Exception:
+                    log.exception("taking over %s/%s failed", tenant, workspace)
+            try:
+                await self.release_idle()
+            except Exception:
+                log.exception("releasing idle workspaces failed")
+
+    async def release_idle(self) -> None:
+        """Give up the lease of every owned workspace (held for a while) whose pair was stopped (idle) and that has
+        nothing in flight: its next turn goes to whichever replica takes it first, and this one stops renewing it."""
+        if self.leases is None:
+            return
+        for (tenant, workspace), held in list(self.leases.held.items()):
+            if time.monotonic() - held.taken_at < self.leases.ttl_s * 2:
+                continue  # just taken: its first turn or call may not have started the pair yet
+            async with self._takeovers.setdefault((tenant, workspace), asyncio.Lock()):
+                seen = self.in_flight.get((tenant, workspace))
+                if self.pool.find(tenant, workspace) is None and (seen is None or seen.empty):
+                    await self.leases.release(tenant, workspace)
+                    self.in_flight.pop((tenant, workspace), None)
+
+    async def _take_over(self, tenant: str, workspace: str) -> None:
+        """This replica just took the workspace's lease: answer what the last owner left in flight.
+
+        Its sandboxes died with it (or were stopped when it lost the lease): a turn it had given to its planner,
+        a call it had dispatched to its executor and a call waiting for approval get an error (a dispatched call
+        may have run partly; the ledger of used decisions keeps it from running again; a later approval finds the
+        call closed); a turn it never assigned and a call it never dispatched are handled here as if they had just
+        arrived (a decision older than the bound is refused).
+        """
+        seen = self._seen(tenant, workspace)
+        if seen.empty:
+            return
+        log.warning("owner of %s/%s now; answering the %d turn(s) and %d call(s) seen before (its last owner's, "
+                    "if it had one)", tenant, workspace, len(seen.turns), len(seen.calls))
+        for call_id, call in list(seen.calls.items()):
+            if call.dispatched:
+                seen.calls.pop(call_id, None)
+                self.pending.close(call_id)
+                await self.publisher.publish(
+                    subjects.tool_completed(tenant, workspace),
+                    ToolCallCompleted.of(call.request, "error", reason=(
+                        "the broker that dispatched this call stopped while it ran; it may have run partly and "
+                        "will not run again")))
+                continue
+            if call.decided is not None and call.decided.decision.decision.verdict == "approve":
+                # Its requester waited in the dead pair's planner (its turn is answered below): an approval
+                # given later must not run it for nobody.
+                seen.calls.pop(call_id, None)
+                self.pending.close(call_id)
+                await self.publisher.publish(
+                    subjects.tool_completed(tenant, workspace),
+                    ToolCallCompleted.of(call.request, "error", reason=(
+                        "the broker running the agent that asked for this call stopped while it waited for "
+                        "approval; it will not run (ask again)")))
+                continue
+            self.pending.requests[call_id] = (call.at, call.request)
+            if call.decided is not None:
+                await self._route(call.request, call.decided)
+        for message_id, (_, turn, assigned) in list(seen.turns.items()):
+            if assigned:
+                seen.turns.pop(message_id, None)
+                await self._reply(turn, "error", "the broker running this agent stopped before the turn was "
+                                                 "completed; send it again to continue with a fresh agent")
+            else:
+                await self._assign(turn)
+
+    async def on_lease_lost(self, tenant: str, workspace: str, reason: str) -> None:
+        """Another replica may own the workspace now: stop its workers here at once (it answers their work)."""
+        worker = self.pool.find(tenant, workspace)
+        if worker is not None:
+            worker.calls.clear()
+            worker.turns.clear()
+            await self.pool.retire(worker, "stopped", f"this broker lost the workspace's lease: {reason}")
+        for call_id in [c for c, (_, r) in self.pending.requests.items()
+                        if (r.tenant, r.workspace) == (tenant, workspace)]:
+            self.pending.close(call_id)
 
     async def _route(self, request: ToolCallRequested, decided: ToolCallDecided) -> None:
         decision = decided.decision.decision
@@ -139,6 +348,14 @@ class BrokerHandlers:
                                             workspace=request.workspace, session_id=request.session_id,
                                             tool=request.tool, args=request.args, decision=decided.decision)
             worker = self.pool.find(request.tenant, request.workspace)
+            if worker is None and not request.tool.startswith(MCP_TOOL_PREFIX):
+                try:  # a new owner, or a pair stopped while idle: the call needs an executor listening
+                    worker = await self.pool.ensure(request.tenant, request.workspace)
+                except WorkerStartFailed as exc:
+                    await self.publisher.publish(
+                        subjects.tool_completed(request.tenant, request.workspace),
+                        ToolCallCompleted.of(request, "error", reason=f"the agent could not start: {exc}"))
+                    return
             if worker is not None:
                 worker.calls[request.call_id] = dispatched
             # An MCP tool runs at the MCP gateway (which verifies the decision again), never in an executor.
@@ -185,19 +402,24 @@ class BrokerHandlers:
         worker.turns.clear()
 
 
-# Every message the broker handles. Each turn, request, decision and outcome goes to one broker replica (a queue
-# group); every replica sees every chat reply, because each tracks the turns its own workers have in flight.
+# Every message the broker handles. Every replica sees every turn, call and outcome (no queue group): the replica
+# holding a workspace's lease acts on it, the others keep track of what is in flight, so that whoever takes the
+# workspace over when its owner dies can answer it.
 ROUTES = RouteTable(
     role="broker",
     routes=(
-        Route(subjects.TURN_REQUESTED_ALL, TurnRequested, BrokerHandlers.on_turn_requested, queue="broker",
+        Route(subjects.TURN_REQUESTED_ALL, TurnRequested, BrokerHandlers.on_turn_requested,
               concurrency=16, malformed="ignore"),  # identity's own output: the audit trail keeps a bad one
-        Route(subjects.TOOL_REQUESTED_ALL, ToolCallRequested, BrokerHandlers.on_tool_requested, queue="broker",
+        Route(subjects.TURN_ASSIGNED_ALL, TurnAssigned, BrokerHandlers.on_turn_assigned, concurrency=16,
+              malformed="ignore"),  # a broker's own output
+        Route(subjects.TOOL_REQUESTED_ALL, ToolCallRequested, BrokerHandlers.on_tool_requested,
               concurrency=16, malformed="ignore"),  # policy refuses (and answers) a malformed request
-        Route(subjects.TOOL_DECIDED_ALL, ToolCallDecided, BrokerHandlers.on_tool_decided, queue="broker",
-              concurrency=16),
-        Route(subjects.TOOL_COMPLETED_ALL, ToolCallCompleted, BrokerHandlers.on_tool_completed, queue="broker",
-              concurrency=16),
+        Route(subjects.TOOL_DECIDED_ALL, ToolCallDecided, BrokerHandlers.on_tool_decided, concurrency=16),
+        Route(subjects.TOOL_DISPATCHED_ALL, ToolCallDispatched, BrokerHandlers.on_tool_dispatched, concurrency=16,
+              malformed="ignore"),  # a broker's own output
+        Route(subjects.MCP_DISPATCHED_ALL, ToolCallDispatched, BrokerHandlers.on_tool_dispatched, concurrency=16,
+              malformed="ignore"),
+        Route(subjects.TOOL_COMPLETED_ALL, ToolCallCompleted, BrokerHandlers.on_tool_completed, concurrency=16),
         Route(subjects.CHAT_REPLY_ALL, ChatReply, BrokerHandlers.on_chat_reply, concurrency=16, malformed="ignore"),
     ),
     publishes=(
@@ -209,6 +431,7 @@ ROUTES = RouteTable(
         subjects.WORKER_LIFECYCLE_ALL,
         "caduceus.health.worker.>",  # asks its workers whether they are ready
         *kv_bucket_subjects(USED_DECISIONS_BUCKET),  # creates the bucket its executors claim decisions in
+        *kv_bucket_subjects(LEASES_BUCKET),  # which replica owns which workspace
     ),
     grants=("stream-setup",),
 )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from caduceus_broker.profiles import PROTECTED_IN_HOME
+from caduceus_bus import nats_servers
 from caduceus_sandbox import (
     BwrapBackend,
     Channel,
@@ -177,8 +178,13 @@ class Sandboxes:
         """The channels of one worker, and its environment with every endpoint pointed at them."""
         env = dict(env)
         channels = []
-        nats, env["CADUCEUS_NATS_URL"] = relay_channel("nats", self.endpoints.nats_url, len(channels))
-        channels.append(nats)
+        inside_urls = []
+        # One channel per node of a NATS cluster, so the worker moves to another node when its node dies.
+        for number, node_url in enumerate(nats_servers(self.endpoints.nats_url)):
+            nats, inside_url = relay_channel("nats" if number == 0 else f"nats{number + 1}", node_url, len(channels))
+            channels.append(nats)
+            inside_urls.append(inside_url)
+        env["CADUCEUS_NATS_URL"] = ",".join(inside_urls)
         if self.endpoints.otlp_endpoint:
             otlp, env["OTEL_EXPORTER_OTLP_ENDPOINT"] = relay_channel("otlp", self.endpoints.otlp_endpoint,
                                                                      len(channels))

@@ -63,6 +63,10 @@ class BrokerSettings(BaseSettings):
     used_decisions_replicas: int = Field(default=1, ge=1, le=5, description=(
         "Replicas of the JetStream bucket of used decisions (`caduceus_used_decisions`), set when the broker "
         "creates it: 3 on a 3-node NATS cluster."))
+    lease_ttl_s: float = Field(default=10.0, ge=1.0, le=300.0, description=(
+        "How long a broker replica's lease on a tenant/workspace lasts unrenewed (the max age of the KV bucket "
+        "`caduceus_broker_leases`, set when the first broker creates it): the owner renews it every quarter of "
+        "this, and when the owner dies another replica takes the workspace over about this long later."))
     nats_worker_signing: Path | None = Field(default=None, description=(
         "The scoped signing keys the broker mints each worker's bus credential with (`worker-signing.json` from "
         "`caduceus bus authority`; the embedded stack sets it)."))

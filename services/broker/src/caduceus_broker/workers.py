@@ -254,6 +254,10 @@ class WorkerPool:
         log.warning("worker %s for %s/%s crashed: %s", worker.worker_id, worker.tenant, worker.workspace, detail)
         await self.report(worker, detail.split(" ")[1], "crashed", detail)
 
+    async def retire(self, worker: Worker, state: str, detail: str) -> None:
+        """Stop a pair on purpose (idle, lease lost, shutting down) and report it."""
+        await self._retire(worker, state, detail)
+
     async def _retire(self, worker: Worker, state: str, detail: str) -> None:
         self.workers.pop((worker.tenant, worker.workspace), None)
         await worker.stop()

@@ -58,10 +58,13 @@ class PolicyService(BusService):
     async def prepare(self, connection: EventConnection) -> DecisionService:
         """Make sure the KV buckets exist, sync packs, then hand the routes the decision service."""
         self.decisions.publisher = connection
-        self.decisions.counters = await SharedCounters.open(connection.js, self.settings.limits_bucket)
-        self.decisions.turns = await TurnRecords.open(connection.js, self.settings.turns_bucket)
+        self.decisions.counters = await SharedCounters.open(connection.js, self.settings.limits_bucket,
+                                                           replicas=self.settings.stream_replicas)
+        self.decisions.turns = await TurnRecords.open(connection.js, self.settings.turns_bucket,
+                                                      replicas=self.settings.stream_replicas)
         if self.settings.packs_from_bus:
-            await sync_packs(self, await PackStore.open(connection.js, self.settings.packs_bucket))
+            await sync_packs(self, await PackStore.open(connection.js, self.settings.packs_bucket,
+                                                            replicas=self.settings.stream_replicas))
         await connection.nc.subscribe(subjects.POLICY_REACHABLE_ALL, queue="policy",
                                       cb=partial(answer_reachable, self.decider))
         return self.decisions

@@ -63,7 +63,7 @@ async def read_bus_checkpoints(settings: BusSettings, tenant: str | None = None)
         raise CheckpointSourceError(str(exc)) from None
     try:
         # One attempt, not the services' reconnect-forever: a verifier must say it cannot reach the bus.
-        nc = await nats.connect(settings.nats_url, name="caduceus-audit-verify", allow_reconnect=False,
+        nc = await nats.connect(settings.nats_servers, name="caduceus-audit-verify", allow_reconnect=False,
                                 max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=_quiet,
                                 connect_timeout=BUS_READ_TIMEOUT_S, **credentials)
     except (OSError, TimeoutError, nats.errors.Error) as exc:

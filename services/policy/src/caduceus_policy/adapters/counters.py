@@ -18,10 +18,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from caduceus_bus import open_bucket
 from caduceus_policy.limits import SlidingWindow, counter_key
 from caduceus_policy.pack.model import Limit
 
@@ -30,18 +30,6 @@ BUCKET = "caduceus_policy_limits"
 CAS_ATTEMPTS = 50
 MAX_REMEMBERED_COUNTERS = 10_000
 MAX_WINDOW_S = 31 * 86400
-
-
-async def open_bucket(js: JetStreamContext, bucket: str, *, max_age_s: float = 0, history: int = 1) -> KeyValue:
-    """The KV bucket, created on first use (every replica may race to create it: that is fine)."""
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        config = KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, ttl=max_age_s or None)
-        try:
-            return await js.create_key_value(config)
-        except Exception:
-            return await js.key_value(bucket)  # another replica created it first
 
 
 class LimitExceeded(Exception):
@@ -63,8 +51,8 @@ class SharedCounters:
         self._known: OrderedDict[str, tuple[SlidingWindow, int]] = OrderedDict()
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str = BUCKET) -> SharedCounters:
-        return cls(await open_bucket(js, bucket, max_age_s=MAX_WINDOW_S))
+    async def open(cls, js: JetStreamContext, bucket: str = BUCKET, *, replicas: int = 1) -> SharedCounters:
+        return cls(await open_bucket(js, bucket, max_age_s=MAX_WINDOW_S, replicas=replicas))
 
     async def _read(self, key: str, window_s: float) -> tuple[SlidingWindow, int]:
         try:

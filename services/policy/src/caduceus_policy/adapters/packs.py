@@ -16,8 +16,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from caduceus_bus import open_bucket
 from caduceus_contracts import utcnow
-from caduceus_policy.adapters.counters import open_bucket
 
 log = logging.getLogger(__name__)
 BUCKET = "caduceus_policy_packs"
@@ -56,8 +56,8 @@ class PackStore:
         self._watch: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str = BUCKET) -> PackStore:
-        return cls(await open_bucket(js, bucket, history=10))
+    async def open(cls, js: JetStreamContext, bucket: str = BUCKET, *, replicas: int = 1) -> PackStore:
+        return cls(await open_bucket(js, bucket, history=10, replicas=replicas))
 
     async def get(self, key: str) -> PublishedPack | None:
         """The stored pack; None when there is none. Raises ValueError when what is stored is not a pack."""

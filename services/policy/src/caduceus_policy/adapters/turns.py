@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from caduceus_policy.adapters.counters import open_bucket
+from caduceus_bus import open_bucket
 from caduceus_policy.turns import TurnRecord
 
 BUCKET = "caduceus_policy_turns"
@@ -53,8 +53,8 @@ class TurnRecords:
         self._known: OrderedDict[str, tuple[TurnRecord, int]] = OrderedDict()
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str = BUCKET) -> TurnRecords:
-        return cls(await open_bucket(js, bucket, max_age_s=RECORD_AGE_S))
+    async def open(cls, js: JetStreamContext, bucket: str = BUCKET, *, replicas: int = 1) -> TurnRecords:
+        return cls(await open_bucket(js, bucket, max_age_s=RECORD_AGE_S, replicas=replicas))
 
     async def change(self, key: str, step: Callable[[TurnRecord], tuple[TurnRecord, T]]) -> tuple[TurnRecord, T]:
         """Apply `step` to the shared record (retrying on a concurrent change); the new record and its result."""
