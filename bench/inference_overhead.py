@@ -45,6 +45,12 @@ from caduceus_embedded.servers import start_nats, start_scripted_model
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_PACK = Path(__file__).parents[1] / "libs/embedded/src/caduceus_embedded/defaults/policy.yaml"
 BODY = {"model": "scripted", "messages": [{"role": "user", "content": "hello"}]}
+SENT = iter(range(1 << 62))
+
+
+def body() -> dict:
+    """BODY with a numbered prompt: the same prompt sent again and again is a loop to the pack's turn guardrails."""
+    return {**BODY, "messages": [{"role": "user", "content": f"hello {next(SENT)}"}]}
 BLOCK = 25
 # Back to back, every process on this machine is busy (usage counted, counters updated between calls); paced,
 # each call finds the services idle, as a planner's calls (seconds apart) do.
@@ -72,7 +78,7 @@ async def wait_for_gateway(client: httpx.AsyncClient, url: str, key: str, timeou
 
 async def one_call(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> float:
     start = time.perf_counter()
-    reply = await client.post(f"{url}/chat/completions", json=BODY, headers=headers)
+    reply = await client.post(f"{url}/chat/completions", json=body(), headers=headers)
     elapsed = time.perf_counter() - start
     assert reply.status_code == 200 and "x-caduceus-refused" not in reply.headers, reply.text
     return elapsed
@@ -80,7 +86,7 @@ async def one_call(client: httpx.AsyncClient, url: str, headers: dict[str, str])
 
 async def first_event(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> float:
     start = time.perf_counter()
-    async with client.stream("POST", f"{url}/chat/completions", json={**BODY, "stream": True},
+    async with client.stream("POST", f"{url}/chat/completions", json={**body(), "stream": True},
                              headers=headers) as reply:
         assert "x-caduceus-refused" not in reply.headers
         elapsed = None

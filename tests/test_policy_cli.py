@@ -101,7 +101,7 @@ def test_check_reports_file_line_and_fix_and_test_runs_the_cases(tmp_path: Path)
     assert result.exit_code == 1
     assert f"{bad}:5: tenant 'acme', rule 'x' (#1): unknown fact 'destrutive'" in result.stderr
     passed = run("test", str(DEFAULT_PACK))
-    assert passed.exit_code == 0 and "28 passed, 0 failed" in passed.stdout
+    assert passed.exit_code == 0 and "32 passed, 0 failed" in passed.stdout
 
 
 def test_check_reports_every_bad_rule_tenant_and_case_of_a_pack_in_one_run(tmp_path: Path) -> None:
@@ -243,3 +243,13 @@ def test_eval_wants_a_tool_or_a_prompt_not_both(state: Path) -> None:
     for args in ([], ["--tool", "terminal", "--prompt", "hi"]):
         result = run("eval", "--tenant", "acme", "--user", "alice", "--state-dir", str(state), *args)
         assert result.exit_code == 2 and "give --tool (a tool call) or --prompt (a model call)" in result.stderr
+
+
+def test_eval_shows_the_turn_guardrails_that_hold_for_the_person(state: Path) -> None:
+    admin = run("eval", "--tenant", "acme", "--user", "carol", "--tool", "terminal", "--args", '{"command": "ls"}',
+                "--state-dir", str(state))
+    assert admin.exit_code == 0, admin.output
+    assert "turn guardrails: tool_calls 100 (admins-do-more), wall_time 30m (acme-turns), same_call 5" in admin.stdout
+    member = json.loads(run("eval", "--tenant", "acme", "--user", "alice", "--prompt", "hi", "--json",
+                            "--state-dir", str(state)).stdout)
+    assert member["turn_guardrails"]["tool_calls"] == {"limit": 50, "guardrail": "acme-turns"}

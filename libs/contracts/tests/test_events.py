@@ -54,6 +54,7 @@ from caduceus_contracts import (
     ToolCallRequested,
     TurnAssigned,
     TurnRequested,
+    TurnStopped,
     Vouch,
     WorkerLifecycle,
     call_digest,
@@ -138,6 +139,11 @@ SAMPLES += [
                      decision=SignedModelDecision.issue(POLICY, MODEL_DECISION)),
     ModelCallCompleted(tenant="acme", call_id="mc-1", workspace="default", session_id="s-1", user="alice",
                        upstream="default", status="ok"),
+]
+SAMPLES += [
+    TurnStopped(tenant="acme", turn_id="g-1", workspace="default", session_id="s-1", user="alice", limit="tool_calls",
+                guardrail="acme-turns", reason="this turn was stopped: 12 tool calls is the limit per turn for acme",
+                call_id="c-13", tool="terminal", tool_calls=12, model_calls=13, tokens=900),
 ]
 
 

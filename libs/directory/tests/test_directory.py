@@ -206,3 +206,10 @@ def test_workspace_of_no_tenant_is_refused(tenants_file: Path) -> None:
         load_directory(tenants_file).admit(identity(), message(workspace="research"), now=NOW,
                                            ttl=timedelta(minutes=10))
     assert refused.value.reason == "workspace 'research' is not one of tenant 'acme''s workspaces (default)"
+
+
+def test_a_chat_message_cannot_take_the_mcp_endpoints_channel(tenants_file: Path) -> None:
+    # grants on that channel are an outside MCP client's, which turn guardrails do not count
+    with pytest.raises(Refused) as refused:
+        grant_for(tenants_file, identity("alice"), message(channel="mcp"))
+    assert "reserved for the MCP endpoint" in str(refused.value)

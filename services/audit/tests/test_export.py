@@ -400,3 +400,30 @@ def test_model_calls_are_in_the_timeline_and_ocsf_like_tool_decisions(tmp_path: 
     for event in records:
         assert ocsf_problems(event, OCSF["class"], "api_activity", set(event["metadata"]["profiles"])) == []
     assert "AKIAIOSFODNN7EXAMPLE" not in raw and "key [REDACTED:aws_access_key]" in raw  # stored redacted
+
+
+def test_a_turn_stopped_by_a_guardrail_is_a_denial_in_the_timeline_and_ocsf(tmp_path: Path) -> None:
+    from caduceus_contracts import TurnStopped
+
+    at = STORY_START + timedelta(minutes=7)
+    stopped = TurnStopped(tenant="acme", turn_id="g1", workspace="default", session_id="s1", user="alice",
+                          limit="tool_calls", guardrail="acme-turns", call_id="c13", tool="terminal", tool_calls=12,
+                          model_calls=13, tokens=900, occurred_at=at,
+                          reason="this turn was stopped: 12 tool calls is the limit per turn for acme. Send a new "
+                                 "message to go on.")
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    try:
+        record_published(store, [Published(subjects.turn_stopped("acme"), stopped,
+                                           {"Nats-Msg-Id": stopped.event_id})])
+        [record] = list(store.records(tenant="acme"))
+        view = Narrator().view(record)
+        [event] = [json.loads(line) for line in export_lines(store, "ocsf")]
+    finally:
+        store.close()
+    assert view.severity == "warning" and view.actor is not None and view.actor.user == "alice"
+    assert view.summary.startswith("policy stopped alice's turn at guardrail:acme-turns:tool_calls (12 tool calls")
+    assert "12 tool calls is the limit per turn for acme" in view.summary
+    assert (event["activity_name"], event["action_id"], event["disposition"]) == ("turn.stopped", 2, "Blocked")
+    assert event["policy"]["uid"] == "guardrail:acme-turns:tool_calls"
+    assert event["src_endpoint"]["name"] == "policy" and event["actor"]["user"]["name"] == "alice"
+    assert ocsf_problems(event, OCSF["class"], "api_activity", set(event["metadata"]["profiles"])) == []

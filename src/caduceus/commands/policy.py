@@ -32,6 +32,7 @@ from caduceus_policy import (
     parse_test_file,
     request_facts,
     run_cases,
+    turn_limits,
 )
 
 console = Console(highlight=False, soft_wrap=True)
@@ -240,9 +241,11 @@ def evaluate(
     root = StateLayout(state_dir or default_state_dir()).workspaces / tenant / workspace
     verdict = engine.decide(request_facts(tenant, roles, tool, arguments, PurePosixPath(root), user=user,
                                           workspace=workspace, resolver=HostPaths()))
+    guardrails = _turn_limits(engine, tenant, roles, workspace)
     if as_json:
         print_json({**_verdict_json(verdict), "pack_version": engine.version, "pack": str(pack_path),
-                     "tenant": tenant, "user": user, "roles": list(roles), "tool": tool})
+                     "tenant": tenant, "user": user, "roles": list(roles), "tool": tool,
+                     "turn_guardrails": guardrails.as_json()})
         return
     color = COLORS[verdict.verdict]
     console.print(f"[bold {color}]{verdict.verdict}[/bold {color}]: {escape(verdict.reason)}")
@@ -254,6 +257,7 @@ def evaluate(
                       f"{verdict.approval_timeout_s:g} s")
     for limit in verdict.limits:
         console.print(f"  limit {limit.id}: {limit.describe()} (checked by the running service)")
+    console.print(f"  turn guardrails: {escape(guardrails.describe())} (per turn, counted by the running service)")
     facts = _shown_facts(dict(verdict.facts))
     if facts:
         console.print("  facts: " + escape(", ".join(f"{k}={v}" for k, v in facts.items())))
@@ -267,6 +271,7 @@ def _evaluate_prompt(tenant: str, user: str, prompt: str, pack: Path | None, as_
     engine = _engine(pack_path)
     verdict = decide_model_call(engine.pack.tenants.get(tenant), roles=roles, workspace=workspace, prompt=prompt)
     redact = [spec.name for spec in verdict.redact_prompt]
+    guardrails = _turn_limits(engine, tenant, roles, workspace)
     if as_json:
         print_json({"decision": verdict.verdict, "reason": verdict.reason, "policy_ids": list(verdict.policy_ids),
                     "upstream": verdict.upstream or None, "data_classes": list(verdict.data_classes),
@@ -274,7 +279,7 @@ def _evaluate_prompt(tenant: str, user: str, prompt: str, pack: Path | None, as_
                     "response_rules": {**{s.name: "redact" for s in verdict.redact_response},
                                        **{s.name: "deny" for s in verdict.deny_response}},
                     "pack_version": engine.version, "pack": str(pack_path), "tenant": tenant, "user": user,
-                    "roles": list(roles), "workspace": workspace})
+                    "roles": list(roles), "workspace": workspace, "turn_guardrails": guardrails.as_json()})
         return
     color = COLORS[verdict.verdict]
     console.print(f"[bold {color}]{verdict.verdict}[/bold {color}] (model call): {escape(verdict.reason)}")
@@ -284,6 +289,13 @@ def _evaluate_prompt(tenant: str, user: str, prompt: str, pack: Path | None, as_
         console.print(f"  redacted before it leaves: {', '.join(redact)}")
     console.print(f"  pack: {escape(engine.version)} ({escape(str(pack_path))}); {user}@{tenant} roles: "
                   f"{', '.join(roles) or '(none)'}; budgets are checked by the running service")
+    console.print(f"  turn guardrails: {escape(guardrails.describe())} (per turn, counted by the running service)")
+
+
+def _turn_limits(engine: Any, tenant: str, roles: tuple[str, ...], workspace: str) -> Any:
+    """The per-turn limits of the pack's `guardrails:` that hold for this person in this workspace."""
+    policy = engine.pack.tenants.get(tenant) if getattr(engine, "pack", None) is not None else None
+    return turn_limits(policy.guardrails if policy is not None else (), roles, workspace)
 
 
 def _clipped(text: str, limit: int = 200) -> str:

@@ -11,6 +11,7 @@ from caduceus_contracts.canonical import (
 )
 from caduceus_contracts.models import (
     EVENT_KINDS,
+    MCP_ENDPOINT_CHANNEL,
     ApprovalAnswered,
     ApprovalEscalated,
     ApprovalRefused,
@@ -67,6 +68,7 @@ from caduceus_contracts.models import (
     ToolsReachQuery,
     TurnAssigned,
     TurnRequested,
+    TurnStopped,
     UsageAnswer,
     UsageDimension,
     UsageQuery,
@@ -90,6 +92,7 @@ from caduceus_contracts.signing import (
 )
 
 __all__ = [
+    "MCP_ENDPOINT_CHANNEL",
     "EVENT_KINDS", "ApprovalAnswered", "ApprovalEscalated", "ApprovalRefused", "ApprovalReminded",
     "ApprovalRequested", "ApprovalResolved", "ApprovalTerms", "ApprovalView", "ApprovalVote", "ApprovalVoted",
     "ChatNotice", "RiskyFact", "CanonicalizationError", "ChatMessageIn", "ChatReply", "ContractError", "Decision",
@@ -97,7 +100,7 @@ __all__ = [
     "ReloadingKeyring",
     "SignatureError", "Signed", "SignedDecision",
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
-    "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
+    "TurnAssigned", "TurnRequested", "TurnStopped", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
     "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow", "write_once",
     "AuditCheckpointed", "ChainCheckpoint", "SignedCheckpoint",
     "ApprovalVouchRequested", "ApprovalVouched", "SignedVouch", "Vouch", "VouchExpired",

@@ -261,6 +261,11 @@ class ChatMessageIn(Event):
     platform_email: str | None = Field(default=None, max_length=320)
 
 
+# The channel of grants the MCP endpoint asks for outside MCP clients; reserved: no chat message may use it (turn
+# guardrails leave these grants' calls to rate limits, since they serve another agent's loop, not a turn).
+MCP_ENDPOINT_CHANNEL = "mcp"
+
+
 class GrantRequested(Event):
     """A client other than chat (the MCP endpoint) asks identity to turn a person's OIDC access token into a
     session grant. Sent as a core NATS request on `caduceus.identity.grant.<tenant>` (never stored, since it
@@ -271,7 +276,7 @@ class GrantRequested(Event):
     kind: Literal["identity.grant.requested"] = "identity.grant.requested"
     purpose: Literal["mcp"] = "mcp"
     workspace: Workspace = "default"
-    channel: str = Field(default="mcp", min_length=1, max_length=256)
+    channel: str = Field(default=MCP_ENDPOINT_CHANNEL, min_length=1, max_length=256)
     session_id: SessionId
     token: str = Field(max_length=16_384, repr=False)
 
@@ -409,6 +414,8 @@ class ModelUsage(Event):
     # Added for the inference gateway (defaults keep older events valid): the call it measured and where it went.
     call_id: str = Field(default="", max_length=128)
     upstream: str = Field(default="", max_length=128)
+    # Added for turn guardrails: the turn (its grant's id) whose per-turn token count this call adds to.
+    turn_id: str = Field(default="", max_length=128)
 
 
 # --- inference gateway -----------------------------------------------------
@@ -461,6 +468,9 @@ class ModelDecision(Model):
     deny_response: tuple[DataClassSpec, ...] = ()
     issued_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
+    # Turn guardrails: when the turn's wall time runs out; a call still running then is cut, `turn_stop` its reply.
+    turn_deadline: datetime | None = None
+    turn_stop: str = Field(default="", max_length=2000)
 
 
 class SignedModelDecision(Signed[ModelDecision]):
@@ -491,6 +501,25 @@ class ModelCallCompleted(Event):
     upstream: str = Field(default="", max_length=128)
     status: Literal["ok", "refused", "upstream-failed"]
     detail: str = Field(default="", max_length=2000)
+
+
+class TurnStopped(Event):
+    """Policy stopped a turn at a per-turn guardrail of the pack (calls, tokens, wall time, or a loop making no
+    progress); every later call of the turn is refused, and `reason` is what the person reads as the reply."""
+
+    kind: Literal["turn.stopped"] = "turn.stopped"
+    turn_id: str = Field(max_length=128)
+    workspace: Workspace
+    session_id: SessionId
+    user: str = Field(min_length=1, max_length=256)
+    limit: str = Field(max_length=64)
+    guardrail: str = Field(max_length=128)
+    reason: str = Field(max_length=2000)
+    call_id: str = Field(default="", max_length=128)  # the call that was refused when the turn stopped
+    tool: str = Field(default="", max_length=256)  # its tool, or "" for a model call
+    tool_calls: int = Field(default=0, ge=0)
+    model_calls: int = Field(default=0, ge=0)
+    tokens: int = Field(default=0, ge=0)
 
 
 class PolicyShadowDisagreed(Event):
@@ -941,6 +970,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     AuditCheckpointed, ApprovalVouchRequested, ApprovalVouched, GrantRequested,
     McpServerChanged, McpPinChanged, McpDefinitionChanged,
     ModelCallRequested, ModelCallDecided, ModelCallCompleted,
+    TurnStopped,
 )
 AnyEvent = Annotated[Union[EVENT_MODELS], Field(discriminator="kind")]  # noqa: UP007 - a union built from a tuple
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

@@ -104,6 +104,11 @@ def policy_shadow(tenant: str) -> str:
     return f"{PREFIX}.policy.shadow.{token(tenant)}"
 
 
+def turn_stopped(tenant: str) -> str:
+    """Policy stopped a turn at a guardrail (under POLICY_EVENTS, which policy publishes)."""
+    return f"{PREFIX}.policy.turn-stopped.{token(tenant)}"
+
+
 def approval(event: str, tenant: str) -> str:
     """`cad.v1.approval.<event>.<tenant>`: requested, voted, escalated, reminded, resolved, answered, refused."""
     return f"{PREFIX}.approval.{token(event, 'approval event')}.{token(tenant)}"

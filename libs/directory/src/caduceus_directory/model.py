@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from caduceus_contracts import ChatMessageIn, SessionGrant, subjects
+from caduceus_contracts import MCP_ENDPOINT_CHANNEL, ChatMessageIn, SessionGrant, subjects
 from caduceus_oidc import Refused, VerifiedIdentity
 
 DIRECTORY_FORMAT = """\
@@ -233,6 +233,9 @@ class Directory(_Entry):
     def admit(self, identity: VerifiedIdentity, message: ChatMessageIn, *, now: datetime,
               ttl: timedelta) -> SessionGrant:
         """The session grant for one chat message from a verified person, or Refused saying why not."""
+        if message.channel == MCP_ENDPOINT_CHANNEL:
+            raise Refused(f"channel {MCP_ENDPOINT_CHANNEL!r} is reserved for the MCP endpoint's grants, not chat",
+                          "send the message on another channel name, e.g. cli or web:<user>")
         return self.grant(identity, message.tenant, message.workspace, message.channel, message.session_id,
                           now=now, ttl=ttl, sent_to="the message was sent to")
 

@@ -57,6 +57,9 @@ from caduceus_inference.settings import InferenceSettings, Upstream
 
 log = logging.getLogger("caduceus.inference")
 REFUSED_HEADER = "x-caduceus-refused"
+# Policy ids of a turn stopped by a guardrail of the pack (policy's caduceus_policy.turns).
+GUARDRAIL_PREFIX = "guardrail:"
+TURN_RAN_OUT = "the turn's wall time (a guardrail of the pack) ran out while the model was answering"
 
 CALLS = Counter("caduceus_inference_calls_total", "Model calls through the gateway, by outcome",
                 ["outcome"])
@@ -141,7 +144,7 @@ class Gateway:
             events.insert(0, (subjects.model_usage(grant.tenant), ModelUsage(
                 tenant=grant.tenant, workspace=grant.workspace, session_id=grant.session_id, user=grant.user,
                 model=model[:256], prompt_tokens=usage[0], completion_tokens=usage[1], cost_usd=cost,
-                call_id=decision.call_id, upstream=decision.upstream)))
+                call_id=decision.call_id, upstream=decision.upstream, turn_id=grant.grant_id)))
         for subject, event in events:
             try:
                 await self.publish(subject, event)
@@ -168,6 +171,8 @@ class Gateway:
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         try:
             decision = await self.decide(signed, grant, model, prompt_text(messages), stream)
+            if decision.verdict != "allow" and any(p.startswith(GUARDRAIL_PREFIX) for p in decision.policy_ids):
+                raise Refused(decision.reason)  # "this turn was stopped: ...": the turn's reply, as policy put it
             if decision.verdict != "allow":
                 raise Refused(f"Caduceus refused this model call: {decision.reason}")
             upstream = self.upstream_of(decision)
@@ -193,11 +198,14 @@ class Gateway:
                         body: dict[str, Any], completion_id: str, created: int, started: float) -> Response:
         model = body["model"]
         try:
-            reply = await self.client.send(self._upstream_request(upstream, body))
+            reply = await asyncio.wait_for(self.client.send(self._upstream_request(upstream, body)),
+                                           _time_left(decision))
             FIRST_BYTE.observe(time.perf_counter() - started)
             answer = reply.json()
             if reply.status_code >= 400 or not isinstance(answer, dict):
                 raise ValueError(f"HTTP {reply.status_code}")
+        except TimeoutError:
+            return await self._turn_ran_out(grant, decision, model, completion_id, created, False)
         except (httpx.HTTPError, ValueError) as exc:
             return await self._upstream_failed(grant, decision, model, exc, completion_id, created, False)
         usage = usage_of(answer)
@@ -219,7 +227,10 @@ class Gateway:
                       body: dict[str, Any], completion_id: str, created: int, started: float) -> Response:
         model = body["model"]
         try:
-            reply = await self.client.send(self._upstream_request(upstream, body), stream=True)
+            reply = await asyncio.wait_for(self.client.send(self._upstream_request(upstream, body), stream=True),
+                                           _time_left(decision))
+        except TimeoutError:
+            return await self._turn_ran_out(grant, decision, model, completion_id, created, True)
         except httpx.HTTPError as exc:
             return await self._upstream_failed(grant, decision, model, exc, completion_id, created, True)
         if reply.status_code >= 400:
@@ -235,8 +246,18 @@ class Gateway:
         """The upstream's events as they come, each content delta through the response rules."""
         usage: tuple[int, int] | None = None
         status, detail = "ok", ""
+        lines = reply.aiter_lines()
         try:
-            async for line in reply.aiter_lines():
+            while True:
+                try:
+                    line = await asyncio.wait_for(anext(lines), _time_left(decision))
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    status, detail = "refused", TURN_RAN_OUT
+                    for piece in refusal_chunks(model, f"\n[{decision.turn_stop}]", completion_id, created):
+                        yield piece
+                    return
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -264,6 +285,14 @@ class Gateway:
             await reply.aclose()
             CALLS.labels(status).inc()
             await self.finished(grant, decision, model, usage, status, detail)
+
+    async def _turn_ran_out(self, grant: SessionGrant, decision: ModelDecision, model: str, completion_id: str,
+                            created: int, stream: bool) -> Response:
+        """The turn's wall time (a guardrail of the pack) ended while the upstream was still answering."""
+        log.info("model call %s cut: %s", decision.call_id, TURN_RAN_OUT)
+        CALLS.labels("refused").inc()
+        await self.finished(grant, decision, model, None, "refused", TURN_RAN_OUT)
+        return _refusal(model, decision.turn_stop, completion_id, created, stream)
 
     async def _upstream_failed(self, grant: SessionGrant, decision: ModelDecision, model: str, exc: Exception,
                                completion_id: str, created: int, stream: bool) -> Response:
@@ -305,6 +334,13 @@ def _apply_response_rules(chunk: Any, decision: ModelDecision) -> str | None:
                 return denied
             delta["content"] = redact_all(delta["content"], decision.redact_response)
     return None
+
+
+def _time_left(decision: ModelDecision) -> float | None:
+    """Seconds until the turn's wall time ends (None: the pack sets none)."""
+    if decision.turn_deadline is None:
+        return None
+    return max(0.0, (decision.turn_deadline - utcnow()).total_seconds())
 
 
 def _cost(upstream: Upstream | None, prompt_tokens: int, completion_tokens: int) -> float:

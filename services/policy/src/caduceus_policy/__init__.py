@@ -15,6 +15,7 @@ from caduceus_policy.model_calls import ModelVerdict, decide_model_call
 from caduceus_policy.pack import Pack, PackError, load_pack
 from caduceus_policy.pack.cases import run_cases
 from caduceus_policy.pack.loader import parse_duration, parse_test_file
+from caduceus_policy.pack.model import TurnLimits, turn_limits
 from caduceus_policy.settings import PolicySettings
 
 # The skeleton's name for a pack that cannot be used; kept so callers written against it still catch it.
@@ -25,4 +26,5 @@ __all__ = [
     "KNOWN_FACTS", "CedarEngine", "HostPaths", "Pack", "PackError", "PackStore", "PolicyEngine", "RequestFacts",
     "RuleFileError", "Verdict", "engine_from_files", "extract_facts", "load_engine", "load_pack", "parse_duration",
     "parse_test_file", "request_facts", "run_cases", "ModelVerdict", "decide_model_call",
+    "TurnLimits", "turn_limits",
 ]

@@ -12,6 +12,7 @@ from caduceus_bus import BusService, EventConnection, Pull
 from caduceus_contracts import ensure_signer, subjects
 from caduceus_policy.adapters.counters import SharedCounters
 from caduceus_policy.adapters.packs import LIVE, PackStore, PublishedPack
+from caduceus_policy.adapters.turns import TurnRecords
 from caduceus_policy.domain import PolicyEngine
 from caduceus_policy.engine import load_engine
 from caduceus_policy.handlers import ROUTES, Decider, DecisionService, answer_reachable
@@ -59,6 +60,8 @@ class PolicyService(BusService):
         self.decisions.publisher = connection
         self.decisions.counters = await SharedCounters.open(connection.js, self.settings.limits_bucket,
                                                            replicas=self.settings.stream_replicas)
+        self.decisions.turns = await TurnRecords.open(connection.js, self.settings.turns_bucket,
+                                                      replicas=self.settings.stream_replicas)
         if self.settings.packs_from_bus:
             await sync_packs(self, await PackStore.open(connection.js, self.settings.packs_bucket,
                                                             replicas=self.settings.stream_replicas))

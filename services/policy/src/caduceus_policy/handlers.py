@@ -26,6 +26,7 @@ from prometheus_client import Counter, Histogram
 
 from caduceus_bus import Delivery, EventConnection, Pull, Route, RouteTable, kv_bucket_subjects
 from caduceus_contracts import (
+    MCP_ENDPOINT_CHANNEL,
     ApprovalTerms,
     CanonicalizationError,
     Decision,
@@ -43,14 +44,17 @@ from caduceus_contracts import (
     SignedDecision,
     SignedModelDecision,
     Signer,
+    ToolCallCompleted,
     ToolCallDecided,
     ToolCallRequested,
     ToolsReachAnswer,
     ToolsReachQuery,
+    TurnStopped,
     subjects,
     utcnow,
 )
 from caduceus_policy.adapters.counters import LimitExceeded, SharedCounters
+from caduceus_policy.adapters.turns import TurnRecords, turn_key
 from caduceus_policy.bound import DecisionOverdue, InlineBound
 from caduceus_policy.domain import PolicyEngine, Verdict
 from caduceus_policy.envelope import CallRef, salvage_request
@@ -59,13 +63,24 @@ from caduceus_policy.facts.tools import family_of
 from caduceus_policy.keys import TrustedKeys
 from caduceus_policy.limits import counter_key
 from caduceus_policy.model_calls import ModelVerdict, decide_model_call
-from caduceus_policy.pack.model import Approval
+from caduceus_policy.pack.model import Approval, TenantPolicy, TurnLimits, turn_limits
 from caduceus_policy.packs import LivePacks
 from caduceus_policy.reach import could_allow
+from caduceus_policy.turns import (
+    FAILED_STATUSES,
+    Stop,
+    TurnRecord,
+    failed,
+    model_call,
+    tool_call,
+    used_tokens,
+    wall_time_stop,
+)
 
 log = logging.getLogger(__name__)
 DEADLINE_POLICY_ID = "caduceus:deadline"
 LIMIT_POLICY_PREFIX = "limit:"
+GUARDRAILS_UNAVAILABLE = "caduceus:guardrails-unavailable"
 
 
 def workspace_root(workspaces_dir: Path, tenant: str, workspace: str) -> PurePosixPath:
@@ -170,6 +185,7 @@ class DecisionService:
     pool: ThreadPoolExecutor | None = None
     bound: InlineBound = field(default_factory=InlineBound)
     mcp_timeout_s: float = 3.0
+    turns: TurnRecords | None = None
 
     def __post_init__(self) -> None:
         self.pool = self.pool or ThreadPoolExecutor(max_workers=4, thread_name_prefix="policy-decide")
@@ -198,6 +214,9 @@ class DecisionService:
         if isinstance(checked, Verdict):
             return self.decider.sign(request, checked, live.version)
         grant = checked
+        stopped = await self.guard_tool_call(request, grant)
+        if stopped is not None:
+            return self.decider.sign(request, stopped, live.version)
         mcp = await self.mcp_facts(request) if request.tool.startswith(MCP_PREFIX) else None
         verdict = await self.evaluate_within_bound(live, request, grant, mcp)
         if verdict is None:
@@ -209,6 +228,79 @@ class DecisionService:
         if shadow is not None:
             await self.compare(shadow, request, grant, decided)
         return decided
+
+    # --- turn guardrails ---------------------------------------------------------------------------
+
+    def tenant_policy(self, tenant: str) -> TenantPolicy | None:
+        pack = getattr(self.decider.engine, "pack", None)
+        return pack.tenants.get(tenant) if pack is not None else None
+
+    def limits_of(self, grant: SessionGrant) -> TurnLimits:
+        if grant.channel == MCP_ENDPOINT_CHANNEL:  # an outside MCP client's grant (identity reserves the channel)
+            return TurnLimits()
+        policy = self.tenant_policy(grant.tenant)
+        return turn_limits(policy.guardrails, grant.roles, grant.workspace) if policy is not None else TurnLimits()
+
+    async def guarded(self, grant: SessionGrant, step: Any, *, call_id: str, tool: str = "") -> Stop | None:
+        """Apply one call to the turn's shared record; the stop when the call must not go (published once, when
+        the turn stops). Raises when the record cannot be read or written (the caller fails closed)."""
+        assert self.turns is not None
+
+        def changed(record: TurnRecord) -> tuple[TurnRecord, tuple[Stop | None, bool]]:
+            updated, stop = step(record)
+            return updated, (stop, record.stop is None and stop is not None)
+
+        record, (stop, newly) = await self.turns.change(turn_key(grant.tenant, grant.grant_id), changed)
+        if newly:
+            assert stop is not None
+            log.info("turn %s of %s/%s stopped at %s", grant.grant_id, grant.tenant, grant.user, stop.policy_id)
+            try:
+                await self.publisher.publish(subjects.turn_stopped(grant.tenant), TurnStopped(
+                    tenant=grant.tenant, turn_id=grant.grant_id, workspace=grant.workspace,
+                    session_id=grant.session_id, user=grant.user, limit=stop.limit, guardrail=stop.guardrail,
+                    reason=stop.reason[:2000], call_id=call_id, tool=tool, tool_calls=record.tool_calls,
+                    model_calls=record.model_calls, tokens=record.tokens))
+            except Exception:  # the stop holds in the record; the refused call's decision still names it
+                log.exception("could not publish the stop of turn %s", grant.grant_id)
+        return stop
+
+    async def guard_tool_call(self, request: ToolCallRequested, grant: SessionGrant) -> Verdict | None:
+        """A deny when the call's turn is stopped or this call stops it (limits, wall time, a loop). Without turn
+        records (a DecisionService used without the bus, as with the rate-limit counters) nothing is counted."""
+        limits = self.limits_of(grant)
+        if not limits or self.turns is None:
+            return None
+        elapsed = (utcnow() - grant.issued_at).total_seconds()
+        try:
+            stop = await self.guarded(grant, lambda record: tool_call(
+                record, limits, tenant=grant.tenant, tool=request.tool, digest=request.digest, elapsed_s=elapsed),
+                call_id=request.call_id, tool=request.tool)
+            if stop is None and limits.get("same_failing_call"):
+                assert self.turns is not None
+                await self.turns.remember_call(request.tenant, request.call_id,
+                                               turn_key(grant.tenant, grant.grant_id), request.digest)
+        except Exception as exc:
+            log.exception("turn guardrails unavailable for call %s", request.call_id)
+            return Verdict("deny", f"turn guardrails cannot be checked ({type(exc).__name__}); denied (fail closed)",
+                           (GUARDRAILS_UNAVAILABLE,))
+        return None if stop is None else Verdict("deny", stop.reason, (stop.policy_id,))
+
+    async def guard_model_call(self, request: ModelCallRequested, grant: SessionGrant) -> ModelVerdict | None:
+        """The same for a model call: the turn's model calls, tokens and wall time."""
+        limits = self.limits_of(grant)
+        if not limits or self.turns is None:
+            return None
+        elapsed = (utcnow() - grant.issued_at).total_seconds()
+        try:
+            stop = await self.guarded(grant, lambda record: model_call(
+                record, limits, tenant=grant.tenant, estimated_tokens=request.estimated_tokens, elapsed_s=elapsed,
+                prompt_digest=request.prompt_digest),
+                call_id=request.call_id)
+        except Exception as exc:
+            log.exception("turn guardrails unavailable for model call %s", request.call_id)
+            return ModelVerdict("deny", f"turn guardrails cannot be checked ({type(exc).__name__}); denied (fail "
+                                        "closed)", (GUARDRAILS_UNAVAILABLE,))
+        return None if stop is None else ModelVerdict("deny", stop.reason, (stop.policy_id,))
 
     async def mcp_facts(self, request: ToolCallRequested) -> McpToolFacts:
         """The MCP gateway's facts about the call's tool; `unknown` (the call is then denied) when it is down."""
@@ -340,10 +432,37 @@ async def count_model_usage(service: DecisionService, batch: list[Delivery]) -> 
         usage = delivery.event
         assert isinstance(usage, ModelUsage)
         try:
+            # the turn first: it counts a call once, so a redelivery after the budgets failed adds nothing there
+            await count_turn_tokens(service, usage)
             await on_model_usage(usage, service.decider, service.counters)
         except Exception:
             log.exception("could not count usage event %s", usage.event_id)
             await delivery.nak(1.0)
+
+
+async def count_turn_tokens(service: DecisionService, usage: ModelUsage) -> None:
+    """Add a model call's real tokens to its turn, when the tenant limits tokens per turn."""
+    policy = service.tenant_policy(usage.tenant)
+    if not usage.turn_id or policy is None or not any(g.tokens for g in policy.guardrails):
+        return
+    assert service.turns is not None
+    tokens = usage.prompt_tokens + usage.completion_tokens
+    await service.turns.change(turn_key(usage.tenant, usage.turn_id),
+                               lambda record: (used_tokens(record, tokens, usage.call_id), None))
+
+
+async def count_failed_call(service: DecisionService, completed: ToolCallCompleted) -> None:
+    """A failed, denied or refused call counts against its turn's `same_failing_call` limit."""
+    if completed.status not in FAILED_STATUSES or service.turns is None:
+        return
+    policy = service.tenant_policy(completed.tenant)
+    if policy is None or not any(g.same_failing_call for g in policy.guardrails):
+        return
+    charged = await service.turns.call_of(completed.tenant, completed.call_id)
+    if charged is None:
+        return  # not a call of a guarded turn (or one this policy never charged)
+    key, digest = charged
+    await service.turns.change(key, lambda record: (failed(record, digest), None))
 
 
 async def on_model_usage(usage: ModelUsage, decider: Decider, counters: SharedCounters) -> None:
@@ -406,6 +525,7 @@ async def decide_model_request(service: DecisionService, request: ModelCallReque
     decider = service.decider
     engine = decider.engine
     verdict: ModelVerdict
+    deadline: dict[str, Any] = {}
     try:
         grant = decider.keys.verify_grant(request.grant)
         mismatch = next((f"session grant is for {what} {granted!r}, not {asked!r}" for what, granted, asked in (
@@ -415,7 +535,11 @@ async def decide_model_request(service: DecisionService, request: ModelCallReque
             verdict = ModelVerdict("deny", mismatch)
         elif hashlib.sha256(request.prompt.encode("utf-8", "surrogatepass")).hexdigest() != request.prompt_digest:
             verdict = ModelVerdict("deny", "prompt digest does not match the prompt")
+        elif (stopped := await service.guard_model_call(request, grant)) is not None:
+            verdict = stopped
         else:
+            if wall := wall_time_stop(service.limits_of(grant), grant.tenant):
+                deadline = {"turn_deadline": grant.issued_at + timedelta(seconds=wall[0]), "turn_stop": wall[1]}
             pack = getattr(engine, "pack", None)
             policy = pack.tenants.get(request.tenant) if pack is not None else None
             try:
@@ -440,7 +564,7 @@ async def decide_model_request(service: DecisionService, request: ModelCallReque
         policy_ids=verdict.policy_ids, pack_version=engine.version, upstream=verdict.upstream,
         data_classes=verdict.data_classes, redact_prompt=verdict.redact_prompt,
         redact_response=verdict.redact_response, deny_response=verdict.deny_response, issued_at=now,
-        expires_at=now + timedelta(seconds=decider.decision_ttl_s))
+        expires_at=now + timedelta(seconds=decider.decision_ttl_s), **deadline)
     for rule in decision.policy_ids or ("(none)",):
         DECISIONS.labels(decision.verdict, rule).inc()
     log.info("model call %s in %s: %s %s", request.call_id, request.tenant, decision.verdict,
@@ -451,6 +575,7 @@ async def decide_model_request(service: DecisionService, request: ModelCallReque
 
 
 LIMITS_BUCKET = "caduceus_policy_limits"
+TURNS_BUCKET = "caduceus_policy_turns"
 PACKS_BUCKET = "caduceus_policy_packs"
 USAGE_CONSUMER = "policy-usage"
 
@@ -464,6 +589,9 @@ ROUTES = RouteTable(
         Route(subjects.MODEL_USAGE_ALL, ModelUsage, count_model_usage, delivery=Pull(USAGE_CONSUMER, batch=64)),
         Route(subjects.MODEL_REQUESTED_ALL, ModelCallRequested, decide_model_request, queue="policy",
               concurrency=16),
+        # outcomes of tool calls, for turn guardrails' failing-call loops (the broker reports malformed ones)
+        Route(subjects.TOOL_COMPLETED_ALL, ToolCallCompleted, count_failed_call, queue="policy", concurrency=16,
+              malformed="ignore"),
     ),
     publishes=(
         subjects.TOOL_DECIDED_ALL,
@@ -472,6 +600,8 @@ ROUTES = RouteTable(
         subjects.MCP_FACTS_ALL,  # asks the MCP gateway about an mcp__ tool (request/reply)
         # rate limits and budgets shared by every replica
         *kv_bucket_subjects(LIMITS_BUCKET),
+        # per-turn guardrail records shared by every replica
+        *kv_bucket_subjects(TURNS_BUCKET),
     ),
     grants=("stream-setup", "policy-packs"),
     # Requests answered by app.py: which tools a person could ever be allowed (asked by the MCP gateway).

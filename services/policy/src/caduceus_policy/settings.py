@@ -41,6 +41,9 @@ class PolicySettings(BusSettings):
         "The JetStream KV bucket of published packs, shared by every replica of one deployment."))
     limits_bucket: str = Field(default="caduceus_policy_limits", description=(
         "The JetStream KV bucket of rate-limit and budget counters, shared by every replica."))
+    turns_bucket: str = Field(default="caduceus_policy_turns", description=(
+        "The JetStream KV bucket of per-turn guardrail records (calls, tokens, repeated calls of each turn), "
+        "shared by every replica; records expire after a day."))
     mcp_facts_timeout_s: float = Field(default=3.0, gt=0, description=(
         "How long policy waits for the MCP gateway's facts about an `mcp__` tool (server, annotations, pin "
         "state); without them the call is denied (fail closed)."))

@@ -271,6 +271,17 @@ class Narrator:
                           f"{body.get('tool', '?')} (live pack {body.get('live_version', '?')}: {live})", "info",
                           actor=self._actor_of(record), workspace=body.get("workspace"))
 
+    def _turn_stopped(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        actor = self._actor_of(record) or Actor(str(body.get("user", "?")), ())
+        rule = f"guardrail:{body.get('guardrail', '?')}:{body.get('limit', '?')}"
+        decision = DecisionFacts(verdict="deny", reason=str(body.get("reason", "")), decided_by="policy",
+                                 policy_ids=(rule,))
+        used = (f"{body.get('tool_calls', 0)} tool calls, {body.get('model_calls', 0)} model calls, "
+                f"{body.get('tokens', 0)} tokens")
+        return RecordView(record, body, f"policy stopped {_who(actor)}'s turn at {rule} ({used}): "
+                          f"{decision.reason}", "warning", actor=actor, decision=decision,
+                          workspace=body.get("workspace"))
+
     def _error(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
         return RecordView(record, body, f"{body.get('service', '?')} refused a message on {body.get('subject', '?')}: "
                           f"{body.get('reason', '')}", "high")

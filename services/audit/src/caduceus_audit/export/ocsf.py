@@ -21,7 +21,7 @@ PUBLISHER = {"chat.message.in": "chat", "turn.requested": "identity", "turn.assi
              "tool.requested": "planner", "tool.decided": "policy", "tool.dispatched": "broker",
              "tool.completed": "planner", "chat.reply": "planner", "worker.lifecycle": "broker", "error": "caduceus",
              "model.requested": "inference", "model.decided": "policy", "model.completed": "inference",
-             "model.usage": "inference"}
+             "model.usage": "inference", "turn.stopped": "policy"}
 # OCSF message_context.ai_role_id: who speaks in the conversation.
 AI_ROLE = {"chat.message.in": (1, "User"), "turn.requested": (1, "User"), "chat.reply": (2, "Assistant"),
            "model.usage": (2, "Assistant"), "model.requested": (1, "User"), "model.decided": (2, "Assistant"),

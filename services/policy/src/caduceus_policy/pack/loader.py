@@ -20,6 +20,7 @@ from caduceus_policy.facts import KNOWN_FACTS
 from caduceus_policy.facts.content import Classifier
 from caduceus_policy.pack.model import (
     Approval,
+    Guardrail,
     Limit,
     McpAnnotations,
     ModelPolicy,
@@ -35,13 +36,19 @@ from caduceus_policy.pack.model import (
 ALL_TENANTS = "*"  # a pack of raw Cedar alone applies to every tenant (its policies can test context.tenant)
 APPROVAL_KEYS = ("approvers", "quorum", "timeout", "escalate_to", "escalate_after", "remind_every", "self_approval")
 RULE_KEYS = ("id", "effect", "tools", "roles", "users", "when", "unless", "reason", *APPROVAL_KEYS)
-TENANT_KEYS = ("rules", "approvals", "approval_modes", "classifiers", "mcp_servers", "limits", "cedar", "models")
+TENANT_KEYS = ("rules", "approvals", "approval_modes", "classifiers", "mcp_servers", "limits", "cedar", "models",
+               "guardrails")
 MODELS_KEYS = ("default", "routes", "prompt_rules", "response_rules")
 ROUTE_KEYS = ("id", "upstream", "roles", "workspaces", "data_classes")
 TOP_KEYS = ("version", "tenants", "tests")
+GUARDRAIL_KEYS = ("id", "roles", "workspaces", "model_calls", "tool_calls", "tokens", "wall_time", "same_call",
+                  "same_failing_call")
+GUARDRAIL_COUNTS = ("model_calls", "tool_calls", "tokens", "same_call", "same_failing_call")
 LIMIT_KEYS = ("id", "tools", "roles", "per", "max_calls", "max_tokens", "max_cost_usd", "window")
 TEST_KEYS = ("name", "tenant", "user", "roles", "workspace", "tool", "args", "expect", "expect_ids", "prompt",
-             "expect_upstream")
+             "expect_upstream", "turn")
+# A test's `turn:`: what the call's turn did before it (`ran` is a duration, the rest counts).
+TURN_KEYS = ("tool_calls", "model_calls", "tokens", "ran", "same_call", "same_failed")
 OPERATORS = ("any_of", "all_in", "none_of", "not_all_in", "like", "empty")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _TOOL_GLOB = re.compile(r"^[A-Za-z0-9_.*-]{1,256}$")
@@ -270,7 +277,8 @@ class _Part:
             raise self.fail(line, where, "tenant names use 1-63 lowercase letters, digits, '-' or '_'")
         if not isinstance(body, _Mapping):
             raise self.fail(line, where, "give the tenant a mapping with `rules: [...]` (and optionally approvals, "
-                                         "approval_modes, classifiers, mcp_servers, limits, cedar)")
+                                         "approval_modes, classifiers, mcp_servers, limits, cedar, models, "
+                                         "guardrails)")
         self.unknown(body, TENANT_KEYS, where, "a tenant")
         approval = None
         if "approvals" in body:
@@ -300,7 +308,45 @@ class _Part:
             limits=tuple(limits),
             cedar=self.cedar(body.get("cedar", []), body.key_lines.get("cedar", line), where),
             **({"models": self.models(body["models"], body.key_lines["models"], where)} if "models" in body else {}),
+            guardrails=self.guardrails(body.get("guardrails", []), body.key_lines.get("guardrails", line), where),
         )
+
+    def guardrails(self, raw: Any, line: int, where: str) -> tuple[Guardrail, ...]:
+        example = ("[{id: acme-turns, tool_calls: 12, model_calls: 20, tokens: 50000, wall_time: 5m, same_call: 3, "
+                   "same_failing_call: 2}, {id: admins-do-more, roles: [admin], tool_calls: 40}]")
+        if not isinstance(raw, list):
+            raise self.fail(line, where, f"`guardrails` is a list of per-turn limits, e.g. {example}")
+        found: list[Guardrail] = []
+        for index, item in enumerate(raw, 1):
+            if not isinstance(item, _Mapping):
+                raise self.fail(line, f"{where}, guardrail #{index}", f"each guardrail is a mapping, e.g. {example}")
+            what = f"{where}, guardrail {item.get('id', f'#{index}')!r}"
+            self.unknown(item, GUARDRAIL_KEYS, what, "a guardrail")
+            guardrail_id = item.get("id")
+            if not isinstance(guardrail_id, str) or not _ID.match(guardrail_id):
+                raise self.fail(item.line, what, "give the guardrail an `id` (letters, digits, '-', '_')")
+            if any(existing.id == guardrail_id for existing in found):
+                raise self.fail(item.line, what, "guardrail ids must be unique within a tenant: rename it")
+            roles, workspaces = self.names(item, "roles", what), self.names(item, "workspaces", what)
+            counts: dict[str, int] = {}
+            for key in GUARDRAIL_COUNTS:
+                if key in item:
+                    value = item[key]
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                        raise self.fail(item.key_lines[key], what, f"`{key}` must be a whole number of at least 1")
+                    counts[key] = value
+            wall_time = None
+            if "wall_time" in item:
+                wall_time = parse_duration(item["wall_time"])
+                if wall_time is None or wall_time > 86400:
+                    raise self.fail(item.key_lines["wall_time"], what, "`wall_time` is how long a turn may run, "
+                                                                       "e.g. 90s, 5m (at most 24h)")
+            if not counts and wall_time is None:
+                raise self.fail(item.line, what, "set at least one of model_calls, tool_calls, tokens, wall_time, "
+                                                 "same_call, same_failing_call")
+            found.append(Guardrail(id=guardrail_id, source=Source(self.source, item.line), roles=roles,
+                                   workspaces=workspaces, wall_time_s=wall_time, **counts))
+        return tuple(found)
 
     def models(self, raw: Any, line: int, where: str) -> ModelPolicy:
         example = ("{default: outside, routes: [{id: classified-stays-home, upstream: self-hosted, data_classes: "
@@ -639,7 +685,26 @@ class _Part:
                         args=_plain(args), expect=raw["expect"], source=Source(self.source, raw.line),
                         user=str(raw.get("user", "test-user")), roles=tuple(roles),
                         workspace=str(raw.get("workspace", "default")),
-                        expect_ids=tuple(ids) if ids is not None else None)
+                        expect_ids=tuple(ids) if ids is not None else None,
+                        turn=self.turn_state(raw["turn"], raw.key_lines["turn"], where) if "turn" in raw else None)
+
+    def turn_state(self, raw: Any, line: int, where: str) -> dict[str, float]:
+        example = "{tool_calls: 50, ran: 10m, same_call: 2}"
+        if not isinstance(raw, _Mapping):
+            raise self.fail(line, where, f"`turn` says what the call's turn did before it, e.g. {example}")
+        self.unknown(raw, TURN_KEYS, f"{where}, turn", "`turn`")
+        state: dict[str, float] = {}
+        for key, value in raw.items():
+            if key == "ran":
+                seconds = parse_duration(value)
+                if seconds is None:
+                    raise self.fail(raw.key_lines[key], where, "`ran` is how long the turn has run, e.g. 90s, 10m")
+                state["ran_s"] = seconds
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self.fail(raw.key_lines[key], where, f"`{key}` is a count (0 or more), e.g. {example}")
+            else:
+                state[key] = float(value)
+        return state
 
 
 def _plain(value: Any) -> Any:

@@ -147,6 +147,81 @@ class ModelPolicy:
 DEFAULT_MODEL_POLICY = ModelPolicy(default="default", prompt_rules={SECRET_CLASS: "redact"})
 
 
+GuardrailLimit = Literal["model_calls", "tool_calls", "tokens", "wall_time_s", "same_call", "same_failing_call"]
+GUARDRAIL_LIMITS: tuple[GuardrailLimit, ...] = ("model_calls", "tool_calls", "tokens", "wall_time_s", "same_call",
+                                                "same_failing_call")
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """One entry of a tenant's `guardrails:` list: per-turn limits for everyone (no `roles`/`workspaces`), or for
+    the people with one of `roles` and/or the turns in one of `workspaces`. `None` leaves a limit to a less
+    specific entry."""
+
+    id: str
+    source: Source
+    roles: tuple[str, ...] | None = None
+    workspaces: tuple[str, ...] | None = None
+    model_calls: int | None = None
+    tool_calls: int | None = None
+    tokens: int | None = None
+    wall_time_s: float | None = None
+    same_call: int | None = None  # the same call (same digest) at most this many times in a turn
+    same_failing_call: int | None = None  # a call that failed this many times is not tried again in the turn
+
+    def matches(self, roles: tuple[str, ...], workspace: str) -> bool:
+        if self.roles is not None and not set(self.roles) & set(roles):
+            return False
+        return self.workspaces is None or workspace in self.workspaces
+
+    @property
+    def specificity(self) -> int:
+        return (2 if self.workspaces is not None else 0) + (1 if self.roles is not None else 0)
+
+    def scope(self, tenant: str) -> str:
+        """Whom the entry is for, in words: `acme`, `role admin in acme`, `workspace research of acme`."""
+        parts = []
+        if self.roles is not None:
+            parts.append(f"role{'s' if len(self.roles) > 1 else ''} {', '.join(self.roles)}")
+        if self.workspaces is not None:
+            parts.append(f"workspace{'s' if len(self.workspaces) > 1 else ''} {', '.join(self.workspaces)}")
+        return f"{' in '.join(parts)} in {tenant}" if parts else tenant
+
+
+@dataclass(frozen=True)
+class TurnLimits:
+    """The per-turn limits that hold for one turn, each with the guardrail entry that set it."""
+
+    values: Mapping[str, tuple[float, Guardrail]] = field(default_factory=dict)
+
+    def get(self, limit: str) -> tuple[float, Guardrail] | None:
+        return self.values.get(limit)
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+    def as_json(self) -> dict[str, dict[str, Any]]:
+        return {name: {"limit": value, "guardrail": entry.id} for name, (value, entry) in self.values.items()}
+
+    def describe(self) -> str:
+        """`tool_calls 50 (acme-turns), wall_time 30m (acme-turns), ...`, or `none`."""
+        return ", ".join(f"{name.removesuffix('_s')} {format_duration(value) if name == 'wall_time_s' else f'{value:g}'}"
+                         f" ({entry.id})" for name, (value, entry) in self.values.items()) or "none"
+
+
+def turn_limits(guardrails: tuple[Guardrail, ...], roles: tuple[str, ...], workspace: str) -> TurnLimits:
+    """Each limit from the most specific matching entry that sets it (workspace and role, then workspace, then
+    role, then the tenant's own); among equally specific entries, the first in the pack."""
+    matching = sorted((g for g in guardrails if g.matches(roles, workspace)), key=lambda g: -g.specificity)
+    values: dict[str, tuple[float, Guardrail]] = {}
+    for entry in matching:
+        for name in GUARDRAIL_LIMITS:
+            value = getattr(entry, name)
+            if value is not None and name not in values:
+                values[name] = (float(value), entry)
+    return TurnLimits(values)
+
+
 @dataclass(frozen=True)
 class TenantPolicy:
     name: str
@@ -158,6 +233,7 @@ class TenantPolicy:
     limits: tuple[Limit, ...] = ()
     cedar: tuple[RawCedar, ...] = ()
     models: ModelPolicy = DEFAULT_MODEL_POLICY
+    guardrails: tuple[Guardrail, ...] = ()
 
     def mcp_annotations(self, server: str, tool: str) -> McpAnnotations:
         tools = self.mcp.get(server, {})
@@ -181,6 +257,9 @@ class TestCase:
     # A model-call case: the prompt (then `tool` is "model") and the upstream the pack must route it to.
     prompt: str | None = None
     expect_upstream: str | None = None
+    # What the call's turn did before it (tool_calls, model_calls, tokens, ran_s, same_call, same_failed), so the
+    # case tests the pack's turn guardrails; None: a fresh turn, guardrails not consulted.
+    turn: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
