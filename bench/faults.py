@@ -198,12 +198,17 @@ class Load:
         gateway = ToolGateway(conn, self._loop, tenant=tenant, workspace="default",
                               keyring=load_keyring(self.stack.layout.keys), timeouts=TIMEOUTS)
         await gateway.start()
-        for user in users:  # one session per member, as a planner binds each turn's session
-            grant = SignedGrant.issue(identity, SessionGrant(
-                tenant=tenant, workspace="default", user=user, roles=("member",), channel="faults",
-                session_id=f"faults-{user}", issued_at=utcnow(), expires_at=utcnow() + timedelta(hours=2)))
-            gateway.bind_session(f"faults-{user}", grant)
+        self._identity = identity
         return gateway
+
+    def _bind_turn(self, gateway: ToolGateway, tenant: str, user: str) -> str:
+        """A fresh grant for one call, as identity signs one per chat message: each call is a turn of its own, so
+        the pack's per-turn guardrails (a turn's tool calls) do not stop the load; the session stays the member's."""
+        grant = SignedGrant.issue(self._identity, SessionGrant(
+            tenant=tenant, workspace="default", user=user, roles=("member",), channel="faults",
+            session_id=f"faults-{user}", issued_at=utcnow(), expires_at=utcnow() + timedelta(hours=2)))
+        gateway.bind_session(f"faults-{user}", grant)
+        return f"faults-{user}"
 
     def _call_forever(self, tenant: str, user: str, needs_approval: bool = False) -> None:
         gateway = self._gateways[tenant]
@@ -218,7 +223,8 @@ class Load:
             command = f"echo {sent.tag} >> {LEDGER}"
             if needs_approval:  # destructive: policy asks an admin first
                 command = f"rm -rf scratch-{sent.tag} && {command}"
-            outcome = gateway.request_call("terminal", {"command": command}, session_id=f"faults-{user}")
+            outcome = gateway.request_call("terminal", {"command": command},
+                                           session_id=self._bind_turn(gateway, tenant, user))
             sent.status, sent.reason, sent.answered_at = outcome.status, outcome.reason or "", time.monotonic()
             time.sleep(max(0.0, sent.sent_at + interval - time.monotonic()))
 

@@ -104,11 +104,9 @@ class GovernedLoad:
                               keyring=load_keyring(keys),
                               timeouts=GatewayTimeouts(self.decision_s, self.completion_s))
         await gateway.start()
-        for number, session in enumerate(self.sessions):
-            gateway.bind_session(session, SignedGrant.issue(signer, SessionGrant(
-                tenant=self.tenant, workspace=self.workspace, user=f"ha-user-{number}", roles=("member",),
-                channel="ha-test", session_id=session, issued_at=utcnow(),
-                expires_at=utcnow() + timedelta(hours=1))))
+        self._grant_for = lambda number, session: SignedGrant.issue(signer, SessionGrant(
+            tenant=self.tenant, workspace=self.workspace, user=f"ha-user-{number}", roles=("member",),
+            channel="ha-test", session_id=session, issued_at=utcnow(), expires_at=utcnow() + timedelta(hours=1)))
         return gateway
 
     def call(self) -> CallRecord:
@@ -116,7 +114,11 @@ class GovernedLoad:
         record = CallRecord(uuid.uuid4().hex[:12], time.monotonic())
         with self._lock:
             self.records.append(record)
-        session = self.sessions[next(self._next) % len(self.sessions)]
+        number = next(self._next) % len(self.sessions)
+        session = self.sessions[number]
+        # a fresh grant per call, as identity signs one per chat message: each call is a turn of its own, so the
+        # pack's per-turn guardrails do not stop the load
+        self.gateway.bind_session(session, self._grant_for(number, session))
         outcome = self.gateway.request_call("terminal", {"command": f"echo {record.call_id} >> {LEDGER}"},
                                             session_id=session)
         record.answered_at = time.monotonic()
