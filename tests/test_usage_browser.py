@@ -130,6 +130,9 @@ async def test_the_tenant_admin_reads_usage_and_its_chart_in_the_browser(stack, 
             await page.goto(f"{stack.info.approval_ui_url}/usage?by=day")
             await page.get_by_role("button", name="carol@acme").click()
             await expect(page.get_by_role("heading", name="Model usage of acme")).to_be_visible()
+            # the stylesheet is a file now (the CSP allows no inline style): measure once it has been applied
+            await page.wait_for_load_state("load")
+            await expect(page.locator(".usage-wrap")).to_have_css("overflow-x", "auto")
             overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"the usage page is {overflow}px wider than a phone"
             assert violations == [], violations
