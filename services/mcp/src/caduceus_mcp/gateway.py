@@ -42,6 +42,7 @@ from caduceus_contracts import (
     subjects,
 )
 from caduceus_mcp.definitions import Definition, definition_diff
+from caduceus_mcp.egress import UpstreamEgress
 from caduceus_mcp.pins import METADATA, Pin, PinStore
 from caduceus_mcp.registry import (
     Registry,
@@ -134,6 +135,8 @@ class McpGateway:
     keyring: Keyring
     publish: Publish = _no_publish
     launcher: Launcher = plain_launcher
+    # The tenants' egress rules for HTTP upstreams (default: none reached, like a tenant without a policy).
+    egress: UpstreamEgress = field(default_factory=UpstreamEgress)
     call_timeout_s: float = 30.0
     list_timeout_s: float = 10.0
     max_result_bytes: int = 100_000
@@ -171,8 +174,11 @@ class McpGateway:
             published += 1
         return published
 
-    def upstream(self, server: Server) -> Upstream:
-        return Upstream(server, self.secrets, self.launcher, connect_timeout_s=self.list_timeout_s)
+    def upstream(self, server: Server, workspace: str) -> Upstream:
+        """How to reach `server` for a call or listing in `workspace` (whose egress rules an HTTP server is
+        reached by)."""
+        return Upstream(server, self.secrets, self.launcher, connect_timeout_s=self.list_timeout_s,
+                        egress=self.egress, workspace=workspace)
 
     # --- what a person sees -------------------------------------------------
 
@@ -191,7 +197,7 @@ class McpGateway:
         return entries, problems
 
     async def _server_entries(self, server: Server, workspace: str) -> list[Entry]:
-        async with self.upstream(server).session() as client:
+        async with self.upstream(server, workspace).session() as client:
             definitions = await list_definitions(client, self.list_timeout_s)
         return [await self.entry(server, workspace, d) for d in definitions]
 
@@ -244,7 +250,7 @@ class McpGateway:
         if server is None or not server.serves(workspace):
             return f"no MCP server {split[0]!r} is registered for {tenant}/{workspace}"
         try:
-            async with self.upstream(server).session() as client:
+            async with self.upstream(server, workspace).session() as client:
                 definitions = await list_definitions(client, self.list_timeout_s)
         except (UpstreamError, TimeoutError) as exc:
             return f"MCP server {server.name} is unavailable: {exc or 'timed out'}"
@@ -311,7 +317,7 @@ class McpGateway:
         self.claim(decision)
         timeout_s = server.timeout_s or self.call_timeout_s
         try:
-            async with self.upstream(server).session() as client:
+            async with self.upstream(server, event.workspace).session() as client:
                 definitions = await list_definitions(client, self.list_timeout_s)
                 definition = next((d for d in definitions if d.name == split[1]), None)
                 if definition is None:
