@@ -113,9 +113,19 @@ def http_upstream(tmp_path: Path):
     log = (tmp_path / "http-upstream.log").open("w")
     process = subprocess.Popen([sys.executable, str(UPSTREAMS), "http", str(port)], stdout=log, stderr=log,
                                env={**os.environ, "MCP_TEST_TOKEN": TOKEN})
+    processes[tmp_path] = process
     try:
         assert wait_for_port(port, 20), (tmp_path / "http-upstream.log").read_text()
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.terminate()
         process.wait(10)
+
+
+processes: dict[Path, subprocess.Popen] = {}
+
+
+@pytest.fixture()
+def http_process(http_upstream, tmp_path: Path) -> subprocess.Popen:
+    """The process serving `http_upstream` (to kill it)."""
+    return processes[tmp_path]
