@@ -41,7 +41,10 @@ HTTP_TOKEN = "vault-bearer-" + os.urandom(12).hex()
 STDIO_TOKEN = "envy-env-" + os.urandom(12).hex()
 SECRETS = (HTTP_TOKEN, STDIO_TOKEN)
 # The calls carol makes: every one echoes the server's credential back, as a result or as an error result.
-CALLS = ("mcp__vault__whoami", "mcp__vault__headers", "mcp__vault__leak", "mcp__envy__whoami", "mcp__envy__leak")
+# `confide` names the credential in its description (which approvers are shown and the audit keeps), `refuse` in a
+# protocol error.
+CALLS = ("mcp__vault__whoami", "mcp__vault__headers", "mcp__vault__leak", "mcp__vault__confide", "mcp__envy__whoami",
+         "mcp__envy__leak", "mcp__envy__refuse")
 
 
 def cli(*args: str, stdin: str | None = None) -> str:
@@ -203,7 +206,13 @@ async def test_upstream_credentials_never_reach_the_bus_the_audit_the_state_dir_
     # The error results (which the upstreams filled with their credentials) come back as errors.
     assert by_tool["mcp__vault__leak"] == (True, "error: MCP server vault reported an error")
     assert by_tool["mcp__envy__leak"] == (True, "error: MCP server envy reported an error")
+    assert by_tool["mcp__vault__confide"] == (False, "nothing more to say")
+    assert by_tool["mcp__envy__refuse"][0] and "[REDACTED:credential]" in by_tool["mcp__envy__refuse"][1]
     assert not leaks(repr(answers).encode()), "a credential reached the MCP client"
+    async with client(endpoint, carol) as mcp:
+        described = {tool.name: tool.description for tool in (await mcp.list_tools()).tools}
+    assert described["mcp__vault__confide"].startswith("Configured with token [REDACTED:credential]")
+    assert not leaks(repr(described).encode()), "a credential reached the tool list"
 
     root = stack.layout.root
     records = await asyncio.to_thread(audited_calls, root, len(CALLS))

@@ -4,7 +4,8 @@
 - `echo` (read-only), `add` (structured, with an output schema), `wrong_shape` (breaks its own output schema),
   `whoami` (answers with the credential it was given: the gateway must redact it), `big` (a long result),
   `hang` (never answers), `die` (exits mid-call), `headers` (answers with the HTTP request headers it got),
-  `leak` (fails with an error naming its credential and headers).
+  `leak` (fails with an error naming its credential and headers), `refuse` (a protocol error naming it), `confide`
+  (its description names it).
 - Hostile: when the file named by MCP_TEST_RUG exists at start, `echo` describes itself differently (a definition
   changed after approval). Each stdio session is a new process, so touching the file changes what is served.
 - HTTP: every request must carry `Authorization: Bearer <MCP_TEST_TOKEN>` when that is set.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
@@ -73,6 +75,17 @@ def leak(ctx: Context) -> CallToolResult:
     text = (f"refused with token {os.environ.get('MCP_TEST_TOKEN', 'none')} and headers "
             f"{json.dumps(_request_headers(ctx))}")
     return CallToolResult(content=[TextContent(text=text)], is_error=True)
+
+
+@server.tool(description="Fail the request itself (a JSON-RPC error, not a tool result) naming its credential.")
+def refuse() -> str:
+    raise MCPError(code=-32001, message=f"upstream refused token {os.environ.get('MCP_TEST_TOKEN', 'none')}")
+
+
+@server.tool(description=f"Configured with token {os.environ.get('MCP_TEST_TOKEN', 'none')} (a description that "
+                         "gives away its credential).")
+def confide() -> str:
+    return "nothing more to say"
 
 
 @server.tool(description="Read a file (to show what the sandbox lets a server see).")

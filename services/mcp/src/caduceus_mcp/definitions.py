@@ -15,6 +15,9 @@ from typing import Any
 
 from caduceus_contracts import canonical_json
 
+# What an upstream credential's value is replaced with wherever an upstream hands it back.
+REDACTED = "[REDACTED:credential]"
+
 
 @dataclass(frozen=True)
 class Definition:
@@ -32,6 +35,28 @@ class Definition:
         annotations = tool.annotations.model_dump(mode="json", by_alias=True, exclude_none=True) if tool.annotations else {}
         return cls(name=tool.name, description=tool.description or "", input_schema=dict(tool.input_schema or {}),
                    output_schema=dict(tool.output_schema) if tool.output_schema else None, annotations=annotations)
+
+    def without(self, values: list[str]) -> Definition:
+        """This definition with every credential value in it replaced: a server can echo what it was given in a
+        description or schema, which approvers are shown, the audit keeps and planners list."""
+        values = [v for v in values if len(v) >= 4]
+        if not values:
+            return self
+
+        def clean(item: Any) -> Any:
+            if isinstance(item, str):
+                for value in values:
+                    item = item.replace(value, REDACTED)
+                return item
+            if isinstance(item, dict):
+                return {clean(k): clean(v) for k, v in item.items()}
+            if isinstance(item, list):
+                return [clean(v) for v in item]
+            return item
+
+        return Definition(name=clean(self.name), description=clean(self.description),
+                          input_schema=clean(self.input_schema), output_schema=clean(self.output_schema),
+                          annotations=clean(self.annotations))
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "inputSchema": self.input_schema,

@@ -41,7 +41,7 @@ from caduceus_contracts import (
     call_digest,
     subjects,
 )
-from caduceus_mcp.definitions import Definition, definition_diff
+from caduceus_mcp.definitions import REDACTED, Definition, definition_diff
 from caduceus_mcp.egress import UpstreamEgress
 from caduceus_mcp.pins import METADATA, Pin, PinStore
 from caduceus_mcp.registry import (
@@ -180,6 +180,15 @@ class McpGateway:
         return Upstream(server, self.secrets, self.launcher, connect_timeout_s=self.list_timeout_s,
                         egress=self.egress, workspace=workspace)
 
+    def credentials(self, server: Server) -> list[str]:
+        """The values of the server's credentials (to take them out of whatever the server sends back)."""
+        return self.secrets.values(server.tenant, server.credentials.secret_names())
+
+    async def served(self, server: Server, client: Any) -> list[Definition]:
+        """The server's tool definitions as served, without its credentials' values (see Definition.without)."""
+        credentials = self.credentials(server)
+        return [d.without(credentials) for d in await list_definitions(client, self.list_timeout_s)]
+
     # --- what a person sees -------------------------------------------------
 
     async def catalog(self, tenant: str, workspace: str) -> tuple[list[Entry], list[str]]:
@@ -191,14 +200,14 @@ class McpGateway:
         problems: list[str] = []
         for server, result in zip(servers, results, strict=True):
             if isinstance(result, BaseException):
-                problems.append(f"{server.name}: {result}")
+                problems.append(scrub(f"{server.name}: {result}", self.credentials(server)))
             else:
                 entries += result
         return entries, problems
 
     async def _server_entries(self, server: Server, workspace: str) -> list[Entry]:
         async with self.upstream(server, workspace).session() as client:
-            definitions = await list_definitions(client, self.list_timeout_s)
+            definitions = await self.served(server, client)
         return [await self.entry(server, workspace, d) for d in definitions]
 
     async def entry(self, server: Server, workspace: str, definition: Definition) -> Entry:
@@ -251,7 +260,7 @@ class McpGateway:
             return f"no MCP server {split[0]!r} is registered for {tenant}/{workspace}"
         try:
             async with self.upstream(server, workspace).session() as client:
-                definitions = await list_definitions(client, self.list_timeout_s)
+                definitions = await self.served(server, client)
         except (UpstreamError, TimeoutError) as exc:
             return f"MCP server {server.name} is unavailable: {exc or 'timed out'}"
         definition = next((d for d in definitions if d.name == split[1]), None)
@@ -318,15 +327,16 @@ class McpGateway:
         timeout_s = server.timeout_s or self.call_timeout_s
         try:
             async with self.upstream(server, event.workspace).session() as client:
-                definitions = await list_definitions(client, self.list_timeout_s)
+                definitions = await self.served(server, client)
                 definition = next((d for d in definitions if d.name == split[1]), None)
                 if definition is None:
                     raise CallRefused(f"MCP server {server.name} serves no tool {split[1]!r}")
                 entry = await self.entry(server, event.workspace, definition)
                 await self._check_pin(entry, decision, issuer)
                 result = await call(client, definition.name, event.args, timeout_s)
-        except UpstreamError as exc:
-            return ToolCallCompleted.of(event, "error", reason=f"MCP server {server.name}: {exc}",
+        except UpstreamError as exc:  # its text may come from the upstream: it is scrubbed like a result
+            return ToolCallCompleted.of(event, "error", reason=scrub(f"MCP server {server.name}: {exc}",
+                                                                     self.credentials(server)),
                                         executed_by=EXECUTED_BY)
         return self._outcome(event, server, definition, result)
 
@@ -349,7 +359,7 @@ class McpGateway:
             workspace=pin.workspace, digest=pin.digest))
 
     def _outcome(self, event: ToolCallDispatched, server: Server, definition: Definition, result: Any) -> ToolCallCompleted:
-        secrets = self.secrets.values(server.tenant, server.credentials.secret_names())
+        secrets = self.credentials(server)
         text = result_text(result)
         if definition.output_schema and not result.is_error:
             problem = schema_problem(definition.output_schema, result.structured_content)
@@ -413,5 +423,5 @@ def scrub(text: str, secrets: list[str]) -> str:
     """Upstream credentials by value, then every secret-looking pattern (libs/redaction)."""
     for value in secrets:
         if len(value) >= 4:
-            text = text.replace(value, "[REDACTED:credential]")
+            text = text.replace(value, REDACTED)
     return redact_text(text)
