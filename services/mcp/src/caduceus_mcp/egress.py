@@ -29,6 +29,11 @@ class EgressDenied(Exception):
     allow it."""
 
 
+def scope(tenant: str, workspace: str) -> str:
+    """Whose rules: a workspace's (`acme/research`) or, for "", the tenant's own (`acme`)."""
+    return f"{tenant}/{workspace}" if workspace else tenant
+
+
 def url_target(url: str) -> tuple[str, int]:
     """The host and port a URL connects to."""
     parts = urlsplit(url)
@@ -59,11 +64,12 @@ class UpstreamEgress:
     _lock: asyncio.Lock | None = None
 
     def network(self, tenant: str, workspace: str) -> tuple[Network, Path | None]:
-        """The egress rules for the tenant's workspace and the file they come from (None: the built-in default)."""
+        """The egress rules for the tenant's workspace ("": the tenant's own) and the file they come from (None:
+        the built-in default)."""
         try:
             policy, path = self.policies.policy_for(tenant, workspace)
         except (PolicyError, OSError) as exc:
-            raise EgressDenied(f"the sandbox policy of {tenant}/{workspace} cannot be read ({exc}); no HTTP MCP "
+            raise EgressDenied(f"the sandbox policy of {scope(tenant, workspace)} cannot be read ({exc}); no HTTP MCP "
                                "server is reached until it is fixed") from None
         return policy.network, path
 
@@ -73,14 +79,14 @@ class UpstreamEgress:
         where = str(path) if path is not None else "the built-in sandbox policy"
         refusal = allowlist_refusal(network, url)
         if refusal is not None:
-            raise EgressDenied(f"{url} is refused by the egress rules of {tenant}/{workspace} ({where}): {refusal}; "
+            raise EgressDenied(f"{url} is refused by the egress rules of {scope(tenant, workspace)} ({where}): {refusal}; "
                                "allow its host and port under network.allow to reach it")
         proxy, _, proxy_url = await self._proxy(network)
         host, port = url_target(url)
         try:
             await proxy.admit(host, port)
         except EgressRefused as exc:
-            raise EgressDenied(f"{url} is refused by the egress rules of {tenant}/{workspace} ({where}): {exc}") \
+            raise EgressDenied(f"{url} is refused by the egress rules of {scope(tenant, workspace)} ({where}): {exc}") \
                 from None
         return proxy_url
 
@@ -111,7 +117,7 @@ def registration_warnings(policies: PolicyFiles, server: Server) -> list[str]:
         return []
     warnings = []
     for workspace in server.workspaces or ("",):
-        where = f"{server.tenant}/{workspace}" if workspace else server.tenant
+        where = scope(server.tenant, workspace)
         try:
             policy, path = policies.policy_for(server.tenant, workspace)
         except (PolicyError, OSError) as exc:

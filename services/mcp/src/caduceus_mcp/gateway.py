@@ -174,9 +174,9 @@ class McpGateway:
             published += 1
         return published
 
-    def upstream(self, server: Server, workspace: str) -> Upstream:
-        """How to reach `server` for a call or listing in `workspace` (whose egress rules an HTTP server is
-        reached by)."""
+    def upstream(self, server: Server, workspace: str = "") -> Upstream:
+        """How to reach `server` for a call or listing in `workspace`, whose egress rules an HTTP server is reached
+        by ("": the tenant's own rules)."""
         return Upstream(server, self.secrets, self.launcher, connect_timeout_s=self.list_timeout_s,
                         egress=self.egress, workspace=workspace)
 

@@ -88,9 +88,9 @@ class Upstream:
     secrets: SecretStore
     launcher: Launcher = plain_launcher
     connect_timeout_s: float = 10.0
-    # HTTP servers are reached through these egress rules, those of `workspace` (see egress.py).
+    # HTTP servers are reached through these egress rules, those of `workspace` ("": the tenant's; egress.py).
     egress: UpstreamEgress = field(default_factory=UpstreamEgress)
-    workspace: str = "default"
+    workspace: str = ""
 
     def _headers(self) -> dict[str, str]:
         headers = {}
