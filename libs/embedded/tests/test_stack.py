@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -325,20 +326,29 @@ def test_default_table_runs_the_scripted_model_when_no_endpoint_is_set(monkeypat
     assert model.module == "caduceus_embedded.scripted_model"
     assert model.ready_url == f"http://127.0.0.1:{ports.model}/v1/models"
     broker = next(spec for spec in table if spec.name == "broker")
-    assert broker.env["CADUCEUS_MODEL_BASE_URL"] == f"http://127.0.0.1:{ports.model}/v1"
+    # the planners reach the model only through the inference gateway, which alone knows where the model is
+    assert broker.env["CADUCEUS_MODEL_BASE_URL"] == f"http://127.0.0.1:{ports.inference}/v1"
     assert broker.env["CADUCEUS_MODEL_NAME"] == "scripted"
+    inference = next(spec for spec in table if spec.name == "inference")
+    upstreams = json.loads(inference.env["CADUCEUS_INFERENCE_UPSTREAMS"])
+    assert upstreams["default"]["base_url"] == f"http://127.0.0.1:{ports.model}/v1"
 
 
 def test_a_configured_model_endpoint_replaces_the_scripted_model(monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     monkeypatch.setenv("CADUCEUS_MODEL_BASE_URL", "https://llm.example.com/v1")
     monkeypatch.setenv("CADUCEUS_MODEL_NAME", "big-model")
-    table = default_services(StateLayout(tmp_path), StackPorts.free(), ModelSettings())
+    ports = StackPorts.free()
+    table = default_services(StateLayout(tmp_path), ports, ModelSettings())
     assert "model" not in {spec.name for spec in table}
     broker = next(spec for spec in table if spec.name == "broker")
-    assert broker.env["CADUCEUS_MODEL_BASE_URL"] == "https://llm.example.com/v1"
+    assert broker.env["CADUCEUS_MODEL_BASE_URL"] == f"http://127.0.0.1:{ports.inference}/v1"
     assert broker.env["CADUCEUS_MODEL_NAME"] == "big-model"
-    assert {spec.name for spec in table} == {"audit", "identity", "policy", "approval", "broker", "gateway"}
+    inference = next(spec for spec in table if spec.name == "inference")
+    assert json.loads(inference.env["CADUCEUS_INFERENCE_UPSTREAMS"])["default"]["base_url"] == \
+        "https://llm.example.com/v1"
+    assert {spec.name for spec in table} == {"audit", "identity", "policy", "approval", "broker", "gateway", "mcp",
+                                             "inference"}
 
 
 def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
@@ -347,7 +357,9 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) 
     up = subprocess.Popen(
         [sys.executable, "-m", "caduceus.cli", "up", "--state-dir", str(state), "--nats-port", str(ports.nats),
          "--temporal-port", str(ports.temporal), "--temporal-ui-port", str(ports.temporal_ui),
-         "--issuer-port", str(ports.issuer), "--model-port", str(ports.model), "--webchat-port", str(ports.webchat)],
+         "--issuer-port", str(ports.issuer), "--model-port", str(ports.model), "--webchat-port", str(ports.webchat),
+         "--approval-ui-port", str(ports.approval_ui), "--mcp-port", str(ports.mcp_endpoint),
+         "--inference-port", str(ports.inference), "--http-port", str(ports.http)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={k: v for k, v in os.environ.items() if k != "CADUCEUS_MODEL_BASE_URL"})
     try:
@@ -356,13 +368,18 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) 
             assert up.poll() is None and time.monotonic() < deadline, up.communicate()[0]
             time.sleep(0.2)
         info = read_stack_info(state)
-        assert set(info.services) == {"model", "audit", "identity", "policy", "approval", "broker", "gateway"}
+        assert set(info.services) == {"model", "audit", "identity", "policy", "approval", "broker", "gateway", "mcp",
+                                      "inference"}
         pids = set(info.services.values())
         up.send_signal(signal.SIGINT)
         output, _ = up.communicate(timeout=60)
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
+        if up.poll() is None:  # a failed assertion: stop the stack the way an operator would, so nothing is left
+            up.send_signal(signal.SIGINT)
+            try:
+                up.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
     assert up.returncode == 0, output
     for line in ("Caduceus is up", f"nats://127.0.0.1:{ports.nats}", f"http://127.0.0.1:{ports.temporal_ui}",
                  str(state), "stopped"):
