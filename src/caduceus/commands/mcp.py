@@ -94,7 +94,9 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 def add(tenant: Tenant, name: ServerName,
         command: Annotated[str | None, typer.Option(help="A stdio server: the command line the gateway runs "
                                                          "(in a sandbox), e.g. 'python -m files_server'.")] = None,
-        url: Annotated[str | None, typer.Option(help="A streamable HTTP server: its URL.")] = None,
+        url: Annotated[str | None, typer.Option(help="A streamable HTTP server: its URL, reached through the "
+                                                     "tenant's egress rules (its sandbox policy's network.allow); "
+                                                     "a warning says when they refuse it.")] = None,
         workspace: Annotated[list[str] | None, typer.Option(help="Only for this workspace (repeat); default: the "
                                                                   "whole tenant.")] = None,
         approvers: Annotated[str, typer.Option(help="The group that approves first use and changed "
