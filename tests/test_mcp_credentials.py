@@ -40,6 +40,8 @@ UPSTREAMS = Path(__file__).parents[1] / "services" / "mcp" / "tests" / "upstream
 HTTP_TOKEN = "vault-bearer-" + os.urandom(12).hex()
 STDIO_TOKEN = "envy-env-" + os.urandom(12).hex()
 SECRETS = (HTTP_TOKEN, STDIO_TOKEN)
+# Fail-closed answers of a machine too loaded to decide in time (nothing ran): the call is asked again.
+SLOW = ("cannot vouch", "policy did not decide within")
 # The calls carol makes: every one echoes the server's credential back, as a result or as an error result.
 # `confide` names the credential in its description (which approvers are shown and the audit keeps), `refuse` in a
 # protocol error.
@@ -192,14 +194,14 @@ async def test_upstream_credentials_never_reach_the_bus_the_audit_the_state_dir_
         for _attempt in range(3):
             result = await first_use(stack, endpoint, carol, tool)
             # On a loaded machine a sandboxed stdio server can take longer to start than policy waits for the
-            # gateway's facts: that call is denied (fail closed) and nothing ran; ask again.
-            if "cannot vouch" not in result.content[0].text:
+            # gateway's facts, or the endpoint for policy: that call is denied (fail closed), nothing ran; ask again.
+            if not any(slow in result.content[0].text for slow in SLOW):
                 break
         answers.append((tool, result.is_error, result.content[0].text))
     logs = "\n".join(stack.layout.log(name).read_text()[-3000:] for name in ("mcp", "policy"))
     # The upstreams did get their credentials (they answered, and echoed them), and the agent saw them redacted.
     by_tool = {tool: (is_error, text) for tool, is_error, text in answers}
-    assert not any("cannot vouch" in text for _, _, text in answers), f"{answers}\n{logs}"
+    assert not any(slow in text for _, _, text in answers for slow in SLOW), f"{answers}\n{logs}"
     assert by_tool["mcp__vault__whoami"] == (False, "my token is [REDACTED:credential]")
     assert by_tool["mcp__envy__whoami"] == (False, "my token is [REDACTED:credential]")
     assert "[REDACTED:credential]" in by_tool["mcp__vault__headers"][1]

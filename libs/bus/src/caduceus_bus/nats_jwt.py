@@ -22,8 +22,9 @@ ROLE_PREFIXES = {"operator": nkeys.PREFIX_BYTE_OPERATOR, "account": nkeys.PREFIX
 UNLIMITED = {"subs": -1, "data": -1, "payload": -1}
 ACCOUNT_LIMITS = {**UNLIMITED, "imports": -1, "exports": -1, "wildcards": True, "conn": -1, "leaf": -1}
 JETSTREAM_LIMITS = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
-# Answering a request: one reply, within a few seconds of receiving it.
-RESPONSES = {"max": 1, "ttl": 5_000_000_000}
+# Answering a request: one reply, within 30 s of receiving it (the MCP gateway's answer to a planner may wait
+# for an MCP server to start and list its tools; the asker's own timeout is usually shorter).
+RESPONSES = {"max": 1, "ttl": 30_000_000_000}
 
 
 class NKey:

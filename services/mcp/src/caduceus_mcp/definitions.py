@@ -19,6 +19,11 @@ from caduceus_contracts import canonical_json
 REDACTED = "[REDACTED:credential]"
 
 
+def credential_marker(values: list[str]) -> str:
+    """REDACTED, unless a credential is part of that text itself (a value like "cred"): then one without letters."""
+    return "[…]" if any(v in REDACTED for v in values) else REDACTED
+
+
 @dataclass(frozen=True)
 class Definition:
     """One upstream tool as served (the five fields that are pinned)."""
@@ -42,11 +47,12 @@ class Definition:
         values = [v for v in values if len(v) >= 4]
         if not values:
             return self
+        marker = credential_marker(values)
 
         def clean(item: Any) -> Any:
             if isinstance(item, str):
                 for value in values:
-                    item = item.replace(value, REDACTED)
+                    item = item.replace(value, marker)
                 return item
             if isinstance(item, dict):
                 return {clean(k): clean(v) for k, v in item.items()}

@@ -41,7 +41,7 @@ from caduceus_contracts import (
     call_digest,
     subjects,
 )
-from caduceus_mcp.definitions import REDACTED, Definition, definition_diff
+from caduceus_mcp.definitions import Definition, credential_marker, definition_diff
 from caduceus_mcp.egress import UpstreamEgress
 from caduceus_mcp.pins import METADATA, Pin, PinStore
 from caduceus_mcp.registry import (
@@ -421,7 +421,8 @@ def schema_problem(schema: dict[str, Any], value: Any) -> str | None:
 
 def scrub(text: str, secrets: list[str]) -> str:
     """Upstream credentials by value, then every secret-looking pattern (libs/redaction)."""
+    marker = credential_marker(secrets)
     for value in secrets:
         if len(value) >= 4:
-            text = text.replace(value, REDACTED)
+            text = text.replace(value, marker)
     return redact_text(text)
