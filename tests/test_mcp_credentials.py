@@ -206,8 +206,11 @@ async def test_upstream_credentials_never_reach_the_bus_the_audit_the_state_dir_
     assert by_tool["mcp__envy__whoami"] == (False, "my token is [REDACTED:credential]")
     assert "[REDACTED:credential]" in by_tool["mcp__vault__headers"][1]
     # The error results (which the upstreams filled with their credentials) come back as errors.
-    assert by_tool["mcp__vault__leak"] == (True, "error: MCP server vault reported an error")
-    assert by_tool["mcp__envy__leak"] == (True, "error: MCP server envy reported an error")
+    assert by_tool["mcp__vault__leak"][0] and by_tool["mcp__vault__leak"][1].startswith(
+        "error: MCP server vault reported an error: refused with token [REDACTED:credential] and headers")
+    assert by_tool["mcp__vault__leak"][1].count("[REDACTED:credential]") == 2  # the env token and the header
+    assert by_tool["mcp__envy__leak"] == (
+        True, "error: MCP server envy reported an error: refused with token [REDACTED:credential] and headers {}")
     assert by_tool["mcp__vault__confide"] == (False, "nothing more to say")
     assert by_tool["mcp__envy__refuse"][0] and "[REDACTED:credential]" in by_tool["mcp__envy__refuse"][1]
     assert not leaks(repr(answers).encode()), "a credential reached the MCP client"
