@@ -1,5 +1,6 @@
 """An approver in a real browser (headless Debian chromium driven by Playwright) on the embedded stack: sign in
-through the dev issuer, see alice's request appear live, approve it, and alice's turn finishes with the result."""
+through the dev issuer, see alice's request appear live, approve it, and alice's turn finishes with the result.
+All of it under the UI's strict Content-Security-Policy: the browser reports no violation on the way."""
 
 from __future__ import annotations
 
@@ -18,6 +19,27 @@ pytestmark = pytest.mark.timeout(240)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+# Told to Python by every page of the context, from before the page's own script runs (Playwright's init scripts
+# and bindings are the browser's, not the page's, so the page's CSP does not stop them).
+REPORT_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) => window.cspViolation(
+  [e.documentURI, e.effectiveDirective, e.blockedURI, e.sourceFile + ":" + e.lineNumber].join(" ")));"""
+
+
+async def watch_csp(context, origin: str) -> list[str]:
+    """Every CSP violation the browser reports on `origin`'s pages: the DOM event, and the console's error."""
+    seen: list[str] = []
+    await context.expose_function("cspViolation", lambda text: seen.append(f"event: {text}")
+                                  if text.startswith(origin) else None)
+    await context.add_init_script(REPORT_VIOLATIONS)
+
+    def on_console(message) -> None:
+        if "Content Security Policy" in message.text and message.location.get("url", "").startswith(origin):
+            seen.append(f"console: {message.location.get('url')}: {message.text}")
+
+    context.on("console", on_console)
+    return seen
 
 
 def chromium_path() -> str:
@@ -40,6 +62,7 @@ async def test_approver_signs_in_sees_the_request_live_and_approves_it(stack) ->
                 profile, executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True,
                 viewport={"width": 390, "height": 844})  # a phone
             try:
+                violations = await watch_csp(browser, stack.info.approval_ui_url)
                 page = browser.pages[0] if browser.pages else await browser.new_page()
                 await page.goto(stack.info.approval_ui_url)
                 await expect(page.get_by_text("Development only")).to_be_visible()
@@ -59,6 +82,28 @@ async def test_approver_signs_in_sees_the_request_live_and_approves_it(stack) ->
                 await page.get_by_role("button", name="Approve").click()
                 await expect(page.locator("#status")).to_have_text("approved")
                 await expect(page.get_by_text("approved by carol (carol: the build directory is scratch)")).to_be_visible()
+                # The page's script and style are its own files: the live inbox, the countdown and the answer
+                # all worked, and nothing on the way was refused by the CSP.
+                await expect(page.locator('link[rel="stylesheet"]')).to_have_attribute("href", "/static/approvals.css")
+                assert await page.evaluate("getComputedStyle(document.querySelector('header')).display") == "flex"
+                assert violations == [], violations
+
+                # Markup an attacker got into the page (a missed escape, say) runs nothing: the browser refuses an
+                # inline event handler and an inline script, and says so.
+                await page.evaluate("""() => {
+                  document.querySelector("main").insertAdjacentHTML("beforeend",
+                    '<img src="/static/no-such.png" onerror="window.pwned = 1">');
+                  const script = document.createElement("script");
+                  script.textContent = "window.pwned = 2";
+                  document.body.appendChild(script);
+                }""")
+                for _ in range(100):
+                    if len(violations) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await page.evaluate("window.pwned") is None
+                assert any("script-src-attr" in v for v in violations), violations
+                assert any("script-src-elem" in v for v in violations), violations
             finally:
                 await browser.close()
         transcript = await turn

@@ -307,7 +307,7 @@ async def test_an_exhausted_token_budget_refuses_before_the_call_and_says_what_i
     refused = await call(gateway, key, "one more")
     assert refused.headers[REFUSED_HEADER] == "1"
     text = answer(refused)
-    assert "over budget (tokens-per-person)" in text and "0 tokens of 400 tokens per user per 1h left" in text
+    assert "over budget (tokens-per-person)" in text and "0 tokens of 400 tokens per user per 1h left (0%)" in text
     assert len(provider.requests) == before
     # another person's budget is their own
     assert REFUSED_HEADER not in (await call(gateway, grant(identity, user="saver").as_api_key(), "hi")).headers

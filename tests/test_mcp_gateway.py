@@ -68,6 +68,11 @@ class Stack:
                                            McpToolsQuery(grant=grant).model_dump_json().encode(), timeout=30)
         return {t.name for t in McpToolsAnswer.model_validate_json(reply.data).tools}
 
+    async def withheld(self, grant: SignedGrant) -> set[str]:
+        reply = await self.conn.nc.request(subjects.mcp_tools("acme", "default"),
+                                           McpToolsQuery(grant=grant).model_dump_json().encode(), timeout=30)
+        return set(McpToolsAnswer.model_validate_json(reply.data).withheld)
+
     async def decide(self, grant: SignedGrant, tool: str, args: dict) -> tuple[ToolCallRequested, Decision, ToolCallDecided]:
         g = grant.grant
         request = ToolCallRequested(tenant="acme", grant=grant, workspace="default", session_id=g.session_id,
@@ -103,7 +108,8 @@ async def stack(tmp_path: Path, nats_server):
     (tmp_path / "policy.yaml").write_text(PACK)
     policy = build_policy(PolicySettings(nats_url=nats_server.url, state_dir=tmp_path, keys_dir=keys,
                                          packs_from_bus=False, decide_timeout_ms=2000, mcp_facts_timeout_s=20))
-    mcp_settings = McpSettings(nats_url=nats_server.url, state_dir=tmp_path, keys_dir=keys, list_timeout_s=20)
+    mcp_settings = McpSettings(nats_url=nats_server.url, state_dir=tmp_path, keys_dir=keys, list_timeout_s=20,
+                               listing_refresh_s=1)
     # The hostile server looks for its marker in a directory the tenant's sandbox policy lets it read.
     (tmp_path / "marker").mkdir()
     rug = tmp_path / "marker" / "rug"
@@ -170,9 +176,13 @@ async def test_first_use_waits_for_approval_then_runs_without_asking_until_the_d
     assert (done.status, done.result) == ("ok", "again")
 
     stack.rug.touch()  # the server now describes echo differently
+    # The gateway lists its servers again every few seconds (a call is checked against what is served then).
+    async with asyncio.timeout(60):
+        while "mcp__files__echo" in await stack.listed(alice):
+            await asyncio.sleep(0.5)
     _, decision, _ = await stack.decide(alice, "mcp__files__echo", {"text": "once more"})
     assert decision.verdict == "deny" and "definition changed" in decision.reason
-    assert "mcp__files__echo" not in await stack.listed(alice)
+    assert await stack.withheld(alice) == {"mcp__files__echo"}  # named, its new definition never shown
 
 
 async def test_an_mcp_call_is_denied_when_the_gateway_cannot_vouch_for_the_tool(stack) -> None:

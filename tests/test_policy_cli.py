@@ -101,7 +101,7 @@ def test_check_reports_file_line_and_fix_and_test_runs_the_cases(tmp_path: Path)
     assert result.exit_code == 1
     assert f"{bad}:5: tenant 'acme', rule 'x' (#1): unknown fact 'destrutive'" in result.stderr
     passed = run("test", str(DEFAULT_PACK))
-    assert passed.exit_code == 0 and "26 passed, 0 failed" in passed.stdout
+    assert passed.exit_code == 0 and "28 passed, 0 failed" in passed.stdout
 
 
 def test_check_reports_every_bad_rule_tenant_and_case_of_a_pack_in_one_run(tmp_path: Path) -> None:

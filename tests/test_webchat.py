@@ -238,3 +238,64 @@ def apply_tenants(stack, tmp_path, data: dict) -> None:
     source.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(app, ["tenants", "apply", str(source), "--state-dir", str(stack.layout.root)])
     assert result.exit_code == 0, result.output
+
+
+async def test_a_turn_refused_for_budget_tells_the_person_what_share_is_left(stack, tmp_path) -> None:
+    """dora's model calls have a small token budget (a limit for her `auditor` role only): her turn is refused
+    before any model call, and the reply she reads, in the web chat and in `caduceus chat`, says what is left."""
+    from caduceus_contracts import new_id
+
+    tenants = stack.layout.root / "tenants.yaml"
+    before = tenants.read_text()
+    data = yaml.safe_load(before)
+    data["tenants"]["acme"]["users"]["dora"] = {"email": "dora@acme.example", "roles": ["member", "auditor"]}
+    shipped = (stack.layout.root / "policy.yaml").read_text()
+    limit = "      - {id: terminal-calls-per-user, tools: [terminal], per: user, max_calls: 120, window: 1m}\n"
+    assert limit in shipped
+    metered = re.sub(r'^version: "[^"]*"', 'version: "budget-reply.1"', shipped, count=1, flags=re.M).replace(
+        limit, limit + "      - {id: auditor-tokens, max_tokens: 50, window: 1h, per: user, roles: [auditor]}\n")
+    candidate = tmp_path / "policy.yaml"
+    candidate.write_text(metered)
+    dora = Browser(stack.info.webchat_url)
+    try:
+        apply_tenants(stack, tmp_path, data)
+        published = await asyncio.to_thread(CliRunner().invoke, app, ["policy", "publish", str(candidate),
+                                                                      "--state-dir", str(stack.layout.root)])
+        assert published.exit_code == 0, published.output
+        await dora.sign_in("acme", "dora")
+        conversation = await dora.new_conversation("default")
+        reply: dict = {}
+        for _ in range(30):  # the published pack is live within moments
+            reply = (await dora.turn(conversation, "hello"))[-1]
+            if "over budget" in reply.get("text", ""):
+                break
+            await asyncio.sleep(0.5)
+        text = reply["text"]
+        assert "over budget (auditor-tokens)" in text, text
+        assert "auditor-tokens: 50 tokens of 50 tokens per user per 1h left (100%)" in text
+        assert "this call needs about" in text and "Ask an admin for more" in text
+
+        client = await ChatClient.connect(stack.info.bus_settings("client"))
+        try:
+            transcript = await client.send(tenant="acme", token=mint_dev_token(stack.info.dev_issuer_url, "acme",
+                                                                               "dora"),
+                                           text="hello again", session_id=f"s-{new_id()[:16]}", timeout=120)
+        finally:
+            await client.close()
+        assert transcript.reply is not None and "50 tokens of 50 tokens per user per 1h left (100%)" in \
+            transcript.reply.text
+        # alice, without the role, is not metered by it
+        alice = await ChatClient.connect(stack.info.bus_settings("client"))
+        try:
+            hers = await alice.send(tenant="acme", token=mint_dev_token(stack.info.dev_issuer_url, "acme", "alice"),
+                                    text="hello", session_id=f"s-{new_id()[:16]}", timeout=120)
+        finally:
+            await alice.close()
+        assert hers.reply is not None and "over budget" not in hers.reply.text
+    finally:
+        restored = tmp_path / "shipped.yaml"
+        restored.write_text(re.sub(r'^version: "[^"]*"', 'version: "budget-reply.2"', shipped, count=1, flags=re.M))
+        await asyncio.to_thread(CliRunner().invoke, app, ["policy", "publish", str(restored), "--state-dir",
+                                                          str(stack.layout.root)])
+        apply_tenants(stack, tmp_path, yaml.safe_load(before))
+        await dora.close()

@@ -3,6 +3,7 @@ for the exact call, only once, only for an approved (pinned) definition, with cr
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -58,6 +59,59 @@ async def test_a_changed_definition_is_withheld_denied_and_reported_with_the_dif
     listed = await gateway.tools_for(grant(keys).grant)
     assert ECHO not in {t.name for t in listed.tools}
     assert "mcp__files__add" in {t.name for t in listed.tools}
+
+
+async def test_lists_and_facts_answer_from_the_listing_but_a_call_checks_what_is_served_then(
+        gateway, keys, tmp_path) -> None:
+    await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
+    assert (await gateway.refresh_listings()) == 0
+    (tmp_path / "rug").touch()  # changed after the last listing: lists and facts do not know yet
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "pinned"
+    done = await gateway.call(dispatched(keys, ECHO, {"text": "hi"}))  # allowed on those stale facts
+    assert done.status == "denied" and "changed since it was approved" in done.reason
+    # The call's own listing is now what lists and facts answer from: withheld, denied, and named as withheld.
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "changed"
+    listed = await gateway.tools_for(grant(keys).grant)
+    assert ECHO not in {t.name for t in listed.tools} and listed.withheld == (ECHO,)
+    assert "evil.example" not in listed.model_dump_json()
+
+
+async def test_a_server_that_stops_answering_is_forgotten_not_vouched_for_from_memory(gateway, keys, tmp_path) -> None:
+    await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
+    write_registry(gateway.registry.path, stdio_server("files", tmp_path / "rug").replace(
+        "command: [", "command: [/nonexistent/python, "))
+    assert (await gateway.refresh_listings()) == 1
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "unknown"  # policy denies: the gateway cannot vouch for it
+
+
+async def test_an_idle_server_is_not_started_again_in_the_background_until_it_is_asked_for(
+        gateway, keys, tmp_path) -> None:
+    await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
+    gateway.idle_after_s = 0.5
+    await asyncio.sleep(0.6)  # nobody asks for it any more
+    (tmp_path / "rug").touch()
+    await gateway.refresh_listings()  # idle: not started again
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "pinned"  # from the last listing (a call would still be checked)
+    await gateway.refresh_listings()  # asked for just now: listed again
+    facts = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool=ECHO))
+    assert facts.pin == "changed"
+
+
+async def test_the_same_change_after_a_new_approval_is_reported_again(gateway, keys, tmp_path) -> None:
+    rug = tmp_path / "rug"
+    for _ in range(2):  # approve, rug pull, revoke and put the server back: the same change is news again
+        await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
+        rug.touch()
+        assert (await gateway.call(dispatched(keys, ECHO, {"text": "hi"}))).status == "denied"
+        gateway.pins.revoke("acme", "files", "echo", actor="test")
+        rug.unlink()
+        await gateway.refresh_listings()  # what the gateway's background listing does within seconds
+    changes = [e for _, e in gateway.published if isinstance(e, McpDefinitionChanged)]
+    assert len(changes) == 2 and changes[0].served_digest == changes[1].served_digest
 
 
 @pytest.mark.parametrize("tamper", ["args", "expired", "deny", "replay", "other-workspace"])

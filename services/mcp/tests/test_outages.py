@@ -33,9 +33,11 @@ async def test_an_http_server_gone_after_approval_is_unlisted_unvouched_and_its_
     assert (first.status, first.result) == ("ok", "up")
     http_process.terminate()
     http_process.wait(10)
+    done = await gateway.call(dispatched(keys, "mcp__web__echo", {"text": "down"}))  # pinned, allowed by policy
+    assert done.status == "error" and "cannot be reached" in done.reason and done.result == ""
+    # The next listing fails: nothing is listed or vouched for from memory any more.
+    assert await gateway.refresh_listings() == 1
     listed = await gateway.tools_for(grant(keys).grant)
     assert listed.tools == () and "web:" in listed.problems[0]
     gone = await gateway.facts(McpFactsQuery(tenant="acme", workspace="default", tool="mcp__web__echo"))
     assert gone.pin == "unknown"  # policy denies: the gateway cannot vouch for it
-    done = await gateway.call(dispatched(keys, "mcp__web__echo", {"text": "down"}))  # pinned, allowed by policy
-    assert done.status == "error" and "cannot be reached" in done.reason and done.result == ""

@@ -42,7 +42,8 @@ def usage(
     """Model usage people can read: tokens (the upstreams' own counts), cost, calls and refusals, per group.
 
     Counted from what the inference gateway and policy recorded in the audit trail. Exit 0; 2 when the audit
-    store cannot be read or an option is wrong.
+    store cannot be read or an option is wrong. Tenant admins see the same numbers, with a 30-day chart, on the
+    approvals UI's Usage page (/usage).
 
     Examples: caduceus usage --by person,day --tenant acme
               caduceus usage --by model --since 7d --csv > usage.csv

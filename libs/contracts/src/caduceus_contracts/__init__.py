@@ -67,6 +67,10 @@ from caduceus_contracts.models import (
     ToolsReachQuery,
     TurnAssigned,
     TurnRequested,
+    UsageAnswer,
+    UsageDimension,
+    UsageQuery,
+    UsageTotals,
     Vouch,
     VouchExpired,
     WorkerLifecycle,
@@ -101,4 +105,5 @@ __all__ = [
     "McpToolsAnswer", "McpToolsQuery", "ToolsReachAnswer", "ToolsReachQuery",
     "DataClassSpec", "ModelCallCompleted", "ModelCallDecided", "ModelCallRequested", "ModelDecision",
     "SignedModelDecision",
+    "UsageAnswer", "UsageDimension", "UsageQuery", "UsageTotals",
 ]

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, Union
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -861,6 +862,9 @@ class McpToolsQuery(Model):
 class McpToolsAnswer(Model):
     tools: tuple[McpToolView, ...] = ()
     problems: tuple[str, ...] = ()
+    # Tools this person could use whose definition changed since it was approved: withheld (their new
+    # definition is never shown), named so a planner can tell the agent why a call of one is denied.
+    withheld: tuple[str, ...] = ()
 
 
 class McpFactsQuery(Model):
@@ -881,6 +885,37 @@ class ToolsReachQuery(Model):
 
 class ToolsReachAnswer(Model):
     tools: tuple[str, ...] = ()
+
+
+UsageDimension = Literal["tenant", "person", "workspace", "model", "day"]
+
+
+class UsageQuery(Model):
+    """Model usage of one tenant, counted from the audit trail (request on `caduceus.audit.usage.<tenant>`).
+    The approval service asks it for a tenant admin's usage page; only audit reads its store."""
+
+    tenant: Tenant
+    by: tuple[UsageDimension, ...] = Field(default=("person",), min_length=1, max_length=5)
+    since: AwareDatetime
+    days: bool = False  # also the totals of each day (for a chart), counted in the same pass
+
+
+class UsageTotals(Model):
+    """One group's totals, as `caduceus usage --json` prints a row: the group's key, then the numbers."""
+
+    key: dict[str, str] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+    refusals: int = 0
+
+
+class UsageAnswer(Model):
+    rows: tuple[UsageTotals, ...] = ()
+    days: tuple[UsageTotals, ...] = ()
+    problem: str = ""
 
 
 McpPinState = Literal["pinned", "unpinned", "changed", "unknown"]

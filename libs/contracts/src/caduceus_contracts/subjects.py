@@ -156,6 +156,11 @@ def policy_reachable(tenant: str) -> str:
     return f"caduceus.policy.reachable.{token(tenant)}"
 
 
+def audit_usage(tenant: str) -> str:
+    """Request subject (core NATS, not stored): the approval UI asks audit for one tenant's model usage."""
+    return f"caduceus.audit.usage.{token(tenant)}"
+
+
 def _tenant_index(parts: list[str]) -> int:
     # Error subjects have no event token: cad.v1.error.<tenant>.<service>.
     return 3 if parts[2] == "error" else 4
@@ -212,3 +217,4 @@ POLICY_REACHABLE_ALL = "caduceus.policy.reachable.*"
 MODEL_REQUESTED_ALL = f"{PREFIX}.model.requested.*"
 MODEL_DECIDED_ALL = f"{PREFIX}.model.decided.*"
 MODEL_COMPLETED_ALL = f"{PREFIX}.model.completed.*"
+AUDIT_USAGE_ALL = "caduceus.audit.usage.*"

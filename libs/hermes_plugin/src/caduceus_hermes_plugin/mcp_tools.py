@@ -4,6 +4,10 @@ Each turn asks the gateway (`caduceus.mcp.tools.<tenant>.<workspace>`, with the 
 `mcp__<server>__<tool>` tools its person may list, and registers each in Hermes's tool registry as a toolset of
 its own, so that turn's agent enables exactly those. Calling one goes through the governed middleware like any
 tool; the registered handler only answers if something bypassed it. No answer from the gateway: no MCP tools.
+
+A tool withheld because its definition changed since it was approved is offered with a description of ours
+(never the server's new one, which may carry instructions to the agent) saying it is withheld: a call of it is
+decided like any call, policy denies it, and the agent can tell the person why.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from caduceus_contracts import McpToolsAnswer, McpToolsQuery, McpToolView, Signe
 
 log = logging.getLogger(__name__)
 TOOLSET_PREFIX = "caduceus-mcp:"
+WITHHELD = ("Withheld by the Caduceus MCP gateway: this tool's definition changed since it was approved, so its "
+            "calls are denied until an approver approves the new definition.")
 
 
 async def fetch_mcp_tools(nc: Any, grant: SignedGrant, timeout_s: float = 10.0) -> tuple[McpToolView, ...]:
@@ -30,7 +36,9 @@ async def fetch_mcp_tools(nc: Any, grant: SignedGrant, timeout_s: float = 10.0) 
         return ()
     for problem in answer.problems:
         log.warning("MCP gateway: %s", problem)
-    return answer.tools
+    withheld = tuple(McpToolView(name=name, description=WITHHELD, input_schema={"type": "object"})
+                     for name in answer.withheld)
+    return answer.tools + withheld
 
 
 def _not_here(args: Any = None, **_: Any) -> str:

@@ -17,6 +17,7 @@ from caduceus_approval.handlers import RESOLVED, ROUTES, ApprovalDeps, Approvals
 from caduceus_approval.inbox import Inbox
 from caduceus_approval.settings import ApprovalSettings
 from caduceus_approval.temporal_link import TemporalLink
+from caduceus_approval.usage import AuditUsage
 from caduceus_approval.web.routes import UiContext, build_app
 from caduceus_approval.web.sessions import CookieJar, load_or_create_secret
 from caduceus_bus import BusService, EventConnection
@@ -54,6 +55,7 @@ class ApprovalService(BusService):
                                    desk_key=desk_signer.public_pem().decode(), window_s=settings.approval_window_s,
                                    decision_ttl_s=settings.decision_ttl_s, request_wait_s=settings.request_wait_s)
         self.desk = ApprovalDesk(self.inbox, self.temporal, desk_signer, self.publish)
+        self.usage = AuditUsage(self._request, settings.usage_timeout_s)
         self.http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
         self.verifier = (OidcVerifier(settings.oidc_issuer_url, settings.oidc_audience or settings.oidc_client_id,
                                       client=self.http) if settings.oidc_issuer_url else None)
@@ -62,6 +64,12 @@ class ApprovalService(BusService):
     @property
     def publisher(self) -> "ApprovalService":
         return self
+
+    async def _request(self, subject: str, data: bytes, timeout_s: float) -> bytes:
+        """One core-NATS request and its answer's body (the usage page asking audit)."""
+        if self.connection is None:
+            raise ConnectionError("not connected to the bus")
+        return (await self.connection.nc.request(subject, data, timeout=timeout_s)).data
 
     def _ui(self) -> HttpServer | None:
         settings = self.settings
@@ -75,7 +83,8 @@ class ApprovalService(BusService):
         context = UiContext(inbox=self.inbox, desk=self.desk, directory=self.directory, cookies=cookies, oidc=oidc,
                             api_verifier=self.verifier, publisher=self.publisher,
                             secure_cookies=settings.ui_url.startswith("https://"),
-                            temporal_ui_url=settings.temporal_ui_url, temporal_namespace=settings.temporal_namespace)
+                            temporal_ui_url=settings.temporal_ui_url, temporal_namespace=settings.temporal_namespace,
+                            usage=self.usage)
         return HttpServer(build_app(context), settings.ui_host, settings.ui_port, what="the approvals UI",
                           port_setting="CADUCEUS_UI_PORT")
 

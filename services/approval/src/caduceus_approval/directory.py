@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from caduceus_directory import DirectorySource
+from caduceus_directory import ADMIN_ROLES, DirectorySource
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,8 @@ class TenantDirectory:
     def is_member(self, tenant: str, user: str) -> bool:
         known = self._current().tenants.get(tenant)
         return known is not None and user in known.users
+
+    def is_admin(self, tenant: str, user: str) -> bool:
+        """True for a listed user of the tenant whose effective roles include admin or owner."""
+        people = self.people(tenant)
+        return people is not None and bool(ADMIN_ROLES & set(people.users.get(user, ())))

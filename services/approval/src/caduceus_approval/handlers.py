@@ -230,6 +230,7 @@ ROUTES = RouteTable(
         Route(subjects.APPROVAL_ANSWERED_ALL, ApprovalAnswered, answer_from_chat, queue="approval", concurrency=8),
         Route(subjects.APPROVAL_VOUCHED_ALL, ApprovalVouched, answer_vouched, queue="approval", concurrency=8),
     ),
-    publishes=(subjects.TOOL_DECIDED_ALL, subjects.APPROVAL_EVENTS, subjects.CHAT_NOTICE_ALL),
+    publishes=(subjects.TOOL_DECIDED_ALL, subjects.APPROVAL_EVENTS, subjects.CHAT_NOTICE_ALL,
+               subjects.AUDIT_USAGE_ALL),  # asks audit for a tenant's model usage (request/reply, the usage page)
     grants=("stream-setup",),
 )

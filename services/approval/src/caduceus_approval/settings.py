@@ -53,6 +53,8 @@ class ApprovalSettings(BusSettings):
         "The UI's OIDC client secret (unset: a public client)."))
     oidc_audience: str | None = Field(default=None, description=(
         "The `aud` of the provider's ID tokens: the client id unless the provider says otherwise."))
+    usage_timeout_s: float = Field(default=10.0, gt=0, description=(
+        "How long the usage page waits for the audit service to count a tenant's model usage."))
     oidc_scopes: str = Field(default="openid email profile", description="The scopes the UI asks for at sign-in.")
 
     @model_validator(mode="before")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
@@ -17,7 +18,7 @@ from prometheus_client import Counter, Gauge
 from caduceus_audit.adapters.store import AuditStore, StoreUnavailable
 from caduceus_audit.adapters.stream import CONSUMER_NAME, in_doubt
 from caduceus_audit.checkpointing import Checkpointer
-from caduceus_audit.handlers import ROUTES, AuditIntake, AuditRecorder
+from caduceus_audit.handlers import ROUTES, AuditIntake, AuditRecorder, answer_usage
 from caduceus_audit.settings import AuditSettings
 from caduceus_bus import BusService, EventConnection, Pull
 from caduceus_contracts import AuditCheckpointed, ErrorEvent, Keyring, ensure_signer, subjects
@@ -56,6 +57,7 @@ class AuditService(BusService):
         await self._recover(connection)
         self.background(self._checkpoint_when_due(), "audit-checkpoints")
         self.background(self._measure_lag(connection), "audit-lag-and-stalls")
+        await connection.nc.subscribe(subjects.AUDIT_USAGE_ALL, queue="audit", cb=partial(answer_usage, self.store))
         self._prepared = True
         log.info("audit ready: consumer %r on stream %s, store %s", CONSUMER_NAME, self.settings.stream_name,
                  self.store.database.display_url)

@@ -32,12 +32,16 @@ from caduceus_audit.adapters.store import (
 from caduceus_audit.adapters.stream import CONSUMER_NAME, StreamMessage
 from caduceus_audit.checkpointing import Checkpointer
 from caduceus_audit.domain.entries import AuditEntry, entry_for_message, rejected_entry
+from caduceus_audit.usage import UsageRow, usage_report
 from caduceus_bus import Delivery, Pull, Route, RouteTable
 from caduceus_contracts import (
     AuditCheckpointed,
     ContractError,
     Keyring,
     SignatureError,
+    UsageAnswer,
+    UsageQuery,
+    UsageTotals,
     parse_event,
     subjects,
 )
@@ -218,6 +222,48 @@ async def store_batch(intake: AuditIntake, batch: list[Delivery]) -> None:
         await intake.checkpointer.tick()
 
 
+def _folded(rows: list[UsageRow], by: tuple[str, ...]) -> tuple[UsageTotals, ...]:
+    """Rows grouped more finely, summed into groups of `by` (ordered by key, as `usage_report` orders them)."""
+    groups: dict[tuple[str, ...], UsageRow] = {}
+    for row in rows:
+        key = {dimension: row.key[dimension] for dimension in by}
+        group = groups.setdefault(tuple(key.values()), UsageRow(key))
+        group.prompt_tokens += row.prompt_tokens
+        group.completion_tokens += row.completion_tokens
+        group.cost_usd += row.cost_usd
+        group.calls += row.calls
+        group.refusals += row.refusals
+    return tuple(UsageTotals(key=group.key, **{k: v for k, v in group.as_dict().items() if k not in group.key})
+                 for _, group in sorted(groups.items()))
+
+
+def usage_answer(store: AuditStore, query: UsageQuery) -> UsageAnswer:
+    """The query's tenant's usage, the numbers `caduceus usage --json` prints for the same store and options, and
+    (when asked) its days: both from one pass over the trail."""
+    finest = query.by if not query.days or "day" in query.by else (*query.by, "day")
+    report = usage_report(store, by=finest, tenant=query.tenant, since=query.since)
+    return UsageAnswer(rows=_folded(report.rows, query.by),
+                       days=_folded(report.rows, ("day",)) if query.days else ())
+
+
+async def answer_usage(store: AuditStore, msg: Msg) -> None:
+    """Answer a usage question about the tenant of its subject only; a question about another tenant, or one
+    that does not parse, gets a problem and no numbers (the asker reads it as unavailable: fail closed)."""
+    try:
+        query = UsageQuery.model_validate_json(msg.data)
+        if msg.subject != subjects.audit_usage(query.tenant):
+            answer = UsageAnswer(problem=f"a usage question about {query.tenant!r} asked on {msg.subject!r}")
+        else:
+            answer = await asyncio.to_thread(usage_answer, store, query)
+    except StoreUnavailable as exc:
+        answer = UsageAnswer(problem=f"the audit store is unavailable: {exc}")
+    except Exception as exc:
+        log.warning("usage question refused: %s", exc)
+        answer = UsageAnswer(problem=f"usage question refused ({type(exc).__name__})")
+    with contextlib.suppress(Exception):
+        await msg.respond(answer.model_dump_json().encode())
+
+
 # Every `cad.v1` event, from the durable consumer `audit`, in stream order: stored, then acknowledged. A message
 # that does not parse is delivered too, and kept as a rejected record; stored messages are read back by
 # position when a previous run left some unacknowledged.
@@ -229,4 +275,6 @@ ROUTES = RouteTable(
     ),
     publishes=(subjects.AUDIT_EVENTS,),
     grants=("stream-setup",),
+    # Requests answered by app.py: one tenant's model usage (asked by the approval UI for a tenant admin).
+    extra_subscribes=(subjects.AUDIT_USAGE_ALL,),
 )

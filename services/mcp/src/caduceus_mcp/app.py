@@ -39,7 +39,8 @@ class McpService(BusService):
             secrets=SecretStore(settings.secrets_dir), keyring=self.keyring, publish=self._publish,
             launcher=launcher or stdio_launcher(settings), egress=UpstreamEgress(sandbox_policies(settings)),
             may_use=self.may_use, call_timeout_s=settings.call_timeout_s,
-            list_timeout_s=settings.list_timeout_s, max_result_bytes=settings.max_result_bytes)
+            list_timeout_s=settings.list_timeout_s, max_result_bytes=settings.max_result_bytes,
+            listing_ttl_s=max(30.0, 6 * settings.listing_refresh_s))
         self.endpoint: McpEndpoint | None = None
         # An upstream call in hand when stopping is answered: it can take the whole call bound.
         self.drain_s = settings.call_timeout_s + settings.list_timeout_s + 5
@@ -65,6 +66,7 @@ class McpService(BusService):
         await nc.subscribe(subjects.MCP_TOOLS_ALL, queue="mcp", cb=partial(answer_tools, self.gateway, self.keyring))
         await nc.subscribe(subjects.MCP_FACTS_ALL, queue="mcp", cb=partial(answer_facts, self.gateway))
         self.background(self._audit_loop(), "mcp audit of registry and pin changes")
+        self.background(self._listing_loop(), "mcp listings of the registered servers")
         if self.settings.endpoint_port is not None:
             self.endpoint = await self._serve_endpoint(connection)
         return self.gateway
@@ -77,6 +79,15 @@ class McpService(BusService):
                 await self.gateway.audit_changes(snapshot)
             except Exception:
                 log.exception("could not audit MCP registry or pin changes; trying again")
+            await asyncio.sleep(self.settings.reload_interval_s)
+
+    async def _listing_loop(self) -> None:
+        """Every registered server listed again every `listing_refresh_s` (a new one within a second)."""
+        while True:
+            try:
+                await self.gateway.refresh_listings(older_than_s=self.settings.listing_refresh_s)
+            except Exception:
+                log.exception("could not list the registered MCP servers; trying again")
             await asyncio.sleep(self.settings.reload_interval_s)
 
     async def _serve_endpoint(self, connection: EventConnection) -> McpEndpoint:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +43,7 @@ from caduceus_contracts import (
     subjects,
 )
 from caduceus_mcp.definitions import Definition, credential_marker, definition_diff
-from caduceus_mcp.egress import UpstreamEgress
+from caduceus_mcp.egress import EgressDenied, UpstreamEgress
 from caduceus_mcp.pins import METADATA, Pin, PinStore
 from caduceus_mcp.registry import (
     Registry,
@@ -53,7 +54,16 @@ from caduceus_mcp.registry import (
     split_tool_name,
     tool_name,
 )
-from caduceus_mcp.upstream import Launcher, SecretStore, Upstream, UpstreamError, call, list_definitions, plain_launcher
+from caduceus_mcp.upstream import (
+    EgressError,
+    Launcher,
+    SecretStore,
+    Upstream,
+    UpstreamError,
+    call,
+    list_definitions,
+    plain_launcher,
+)
 from caduceus_redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -142,8 +152,17 @@ class McpGateway:
     max_result_bytes: int = 100_000
     # Which of these tool names the policy could ever allow for this grant's person (None: no filter).
     may_use: Callable[[SignedGrant, list[str]], Awaitable[set[str]]] | None = None
+    # How long a listing answers tool lists and policy's facts (refresh_listings keeps it younger than that).
+    listing_ttl_s: float = 30.0
     # Definition changes already reported: (tenant, workspace, server, tool, served digest).
     _reported: set[tuple[str, str, str, str, str]] = field(default_factory=set)
+    # A server nobody asked for (lists, facts, calls) for this long is not listed in the background.
+    idle_after_s: float = 600.0
+    # The last listing of each server: (tenant, server) -> (when, the server as registered, its definitions).
+    _listings: dict[tuple[str, str], tuple[float, Server, list[Definition]]] = field(default_factory=dict)
+    # The last attempt to list each server, and when it was last asked for.
+    _tried: dict[tuple[str, str], tuple[float, Server]] = field(default_factory=dict)
+    _asked: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         METADATA.create_all(self.pins.engine)
@@ -206,9 +225,67 @@ class McpGateway:
         return entries, problems
 
     async def _server_entries(self, server: Server, workspace: str) -> list[Entry]:
-        async with self.upstream(server, workspace).session() as client:
-            definitions = await self.served(server, client)
-        return [await self.entry(server, workspace, d) for d in definitions]
+        await self.check_egress(server, workspace)
+        return [await self.entry(server, workspace, d) for d in await self.definitions(server, workspace)]
+
+    async def check_egress(self, server: Server, workspace: str) -> None:
+        """EgressError when the workspace's egress rules refuse this HTTP server: it is then neither listed nor
+        vouched for there, even though its listing (kept per server, made under the tenant's rules) exists."""
+        if server.transport == "http":
+            try:
+                await self.egress.proxy_for(server.tenant, workspace, server.url)
+            except EgressDenied as exc:
+                raise EgressError(f"MCP server {server.name} is not reached: {exc}") from None
+
+    async def definitions(self, server: Server, workspace: str = "") -> list[Definition]:
+        """The server's tool definitions for lists and policy's facts: its listing of the last `listing_ttl_s`,
+        else a new one. Starting a stdio server (and the SDK) takes seconds, longer than a planner's turn or
+        policy's decision may wait; the call itself always checks the definition it calls, in its own session."""
+        key = (server.tenant, server.name)
+        self._asked[key] = time.monotonic()
+        listed = self._listings.get(key)
+        if listed is not None and listed[1] == server and time.monotonic() - listed[0] < self.listing_ttl_s:
+            return listed[2]
+        return await self._list(server, workspace)
+
+    async def _list(self, server: Server, workspace: str = "") -> list[Definition]:
+        key, started = (server.tenant, server.name), time.monotonic()
+        self._tried[key] = (started, server)
+        try:
+            async with self.upstream(server, workspace).session() as client:
+                definitions = await self.served(server, client)
+        except BaseException:
+            self._listings.pop(key, None)  # unreachable now: nothing listed or vouched for from memory
+            raise
+        self._remember(server, definitions, started)
+        return definitions
+
+    def _remember(self, server: Server, definitions: list[Definition], started: float) -> None:
+        """Keep a listing, as of when its session started (what the server served is no newer than that)."""
+        self._listings[(server.tenant, server.name)] = (started, server, definitions)
+
+    async def refresh_listings(self, older_than_s: float = 0.0) -> int:
+        """List again every registered server in use (asked for within `idle_after_s`) last tried more than
+        `older_than_s` ago, and every new or changed registration; forget servers no longer registered. So lists
+        and facts answer from memory with what the servers serve now, and an idle server is not started over and
+        over. Returns how many servers could not be listed."""
+        self.registry.refresh()
+        servers = {(t, n): s for t, named in self.registry.registry.servers.items() for n, s in named.items()}
+        for table in (self._listings, self._tried, self._asked):
+            for key in set(table) - set(servers):
+                del table[key]
+        now = time.monotonic()
+
+        def is_due(key: tuple[str, str], server: Server) -> bool:
+            tried = self._tried.get(key)
+            if tried is None or tried[1] != server:
+                return True
+            in_use = now - self._asked.get(key, -self.idle_after_s) < self.idle_after_s
+            return in_use and now - tried[0] >= older_than_s
+
+        due = [s for key, s in servers.items() if is_due(key, s)]
+        results = await asyncio.gather(*(self._list(s) for s in due), return_exceptions=True)
+        return sum(1 for r in results if isinstance(r, BaseException))
 
     async def entry(self, server: Server, workspace: str, definition: Definition) -> Entry:
         """The definition's pin state; a changed definition is reported (audited) once."""
@@ -231,14 +308,15 @@ class McpGateway:
         policy could ever allow for this person (`may_use` answers which names; None lists every one)."""
         may_use = self.may_use
         entries, problems = await self.catalog(grant.tenant, grant.workspace)
-        visible = [e for e in entries if e.state != "changed"]
         if may_use is not None:
-            allowed = await may_use(signed, [e.name for e in visible]) if signed is not None else set()
-            visible = [e for e in visible if e.name in allowed]
+            allowed = await may_use(signed, [e.name for e in entries]) if signed is not None else set()
+            entries = [e for e in entries if e.name in allowed]
+        visible = [e for e in entries if e.state != "changed"]
         return McpToolsAnswer(tools=tuple(McpToolView(name=e.name, description=e.definition.description,
                                                        input_schema=e.definition.input_schema,
                                                        pinned=e.state == "pinned") for e in visible),
-                              problems=tuple(problems))
+                              problems=tuple(problems),
+                              withheld=tuple(e.name for e in entries if e.state == "changed"))
 
     async def facts(self, query: McpFactsQuery) -> McpToolFacts:
         """What policy decides on: the server, the tool, its annotations and whether its definition is pinned."""
@@ -259,8 +337,8 @@ class McpGateway:
         if server is None or not server.serves(workspace):
             return f"no MCP server {split[0]!r} is registered for {tenant}/{workspace}"
         try:
-            async with self.upstream(server, workspace).session() as client:
-                definitions = await self.served(server, client)
+            await self.check_egress(server, workspace)
+            definitions = await self.definitions(server, workspace)
         except (UpstreamError, TimeoutError) as exc:
             return f"MCP server {server.name} is unavailable: {exc or 'timed out'}"
         definition = next((d for d in definitions if d.name == split[1]), None)
@@ -324,10 +402,13 @@ class McpGateway:
         if server is None or not server.serves(event.workspace):
             raise CallRefused(f"no MCP server {split[0]!r} is registered for {event.tenant}/{event.workspace}")
         self.claim(decision)
+        self._asked[(server.tenant, server.name)] = time.monotonic()
         timeout_s = server.timeout_s or self.call_timeout_s
         try:
+            started = time.monotonic()
             async with self.upstream(server, event.workspace).session() as client:
                 definitions = await self.served(server, client)
+                self._remember(server, definitions, started)
                 definition = next((d for d in definitions if d.name == split[1]), None)
                 if definition is None:
                     raise CallRefused(f"MCP server {server.name} serves no tool {split[1]!r}")
@@ -354,6 +435,8 @@ class McpGateway:
         approver = decision.reason.split(" by ", 1)[-1][:256] if " by " in decision.reason else "approval"
         pin = self.pins.pin(entry.server.tenant, entry.server.pin_workspace(decision.workspace), entry.server.name,
                             entry.definition.name, entry.definition.digest, entry.definition.as_dict(), approver)
+        # A definition approved again: a later change of it is news again (and audited again).
+        self._reported = {k for k in self._reported if k[:4] != (pin.tenant, pin.workspace, pin.server, pin.tool)}
         await self.publish(subjects.mcp_event("pin", pin.tenant), McpPinChanged(
             tenant=pin.tenant, action="pinned", actor=approver, server=pin.server, tool=pin.tool,
             workspace=pin.workspace, digest=pin.digest))

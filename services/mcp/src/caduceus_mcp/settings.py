@@ -43,6 +43,11 @@ class McpSettings(BusSettings):
         "A result longer than this is cut to it (and says so); a server may set a lower bound."))
     reload_interval_s: float = Field(default=1.0, gt=0, description=(
         "How often the gateway checks the registry file for changes."))
+    listing_refresh_s: float = Field(default=5.0, gt=0, description=(
+        "How often the gateway lists the tools of every registered server in use (asked for in the last 10 "
+        "minutes) again: planners' tool lists and policy's facts are answered from a listing about this recent "
+        "(starting a stdio server takes seconds). A call is always checked against the definition the server "
+        "serves at that moment."))
     sandbox_file: Path | None = Field(default=None, description=(
         "The tenants' sandbox policy (the broker's `sandbox.yaml`): stdio servers run under bubblewrap with a "
         "profile made from it. Unset, `<state_dir>/sandbox.yaml` when it exists."))

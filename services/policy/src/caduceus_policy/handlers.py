@@ -388,7 +388,8 @@ async def budget_refusal(counters: SharedCounters | None, policy: Any, grant: Se
         used = await counters.total(key, limit.window_s)
         remaining = max(0.0, limit.maximum - used)
         unit = "tokens" if limit.kind == "tokens" else "USD"
-        shares.append(f"{limit.id}: {remaining:g} {unit} of {limit.describe()} left")
+        share = remaining / limit.maximum if limit.maximum > 0 else 0.0
+        shares.append(f"{limit.id}: {remaining:g} {unit} of {limit.describe()} left ({share:.0%})")
         need = float(estimated_tokens) if limit.kind == "tokens" else 0.0
         if used >= limit.maximum or (need and used + need > limit.maximum):
             exhausted.append(limit)

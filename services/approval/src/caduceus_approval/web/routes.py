@@ -1,6 +1,9 @@
 """The approver web UI (server-rendered HTML, a little progressive JavaScript) and the JSON API the CLI,
 the demo and scripts use. Both take the same path to an answer: a verified person, then the desk.
 
+Every response carries a strict Content-Security-Policy and the other security headers (`SecurityHeaders`): the
+pages' script and style are files under /static, never inline, so an injected `<script>` or `onerror=` cannot run.
+
 Nothing but /healthz answers without a signed-in person; every page and API call sees only the
 person's own tenant, and only approvals they are on the panel of.
 """
@@ -18,6 +21,8 @@ from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -27,20 +32,87 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caduceus_approval.desk import AnswerRefused, ApprovalDesk
 from caduceus_approval.directory import TenantDirectory
 from caduceus_approval.domain import human_duration, who_may_not_answer
 from caduceus_approval.inbox import Inbox, Person, visible_to
+from caduceus_approval.usage import (
+    DIMENSIONS,
+    AuditUsage,
+    DayUsage,
+    UsageUnavailable,
+    UsageWindow,
+    by_day,
+    totals,
+)
+from caduceus_approval.web.chart import usage_chart
 from caduceus_approval.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJar, ForgedCookie, SignedIn
 from caduceus_bus import Publisher
-from caduceus_contracts import ApprovalView, utcnow
+from caduceus_contracts import ApprovalView, UsageDimension, UsageTotals, utcnow
 from caduceus_oidc import OidcClient, OidcVerifier, SignInFailed, TokenRefused, pkce_pair
 from caduceus_redaction import redact_value
 
 TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
+# Nothing but this site's own files: script and style only from /static (no 'unsafe-inline', no eval), fetch and
+# the event stream only to this site, no plugins, no <base>, forms only post here, and no other site may frame
+# a page (clickjacking an Approve button).
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "object-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# The usage page needs no script at all: its chart is server-rendered SVG.
+USAGE_CSP = ("default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self'; connect-src 'none'; "
+             "object-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+ERROR_PAGE = (b"<!doctype html><title>Something went wrong \xc2\xb7 Caduceus</title>"
+              b"<p>Something went wrong in the approvals UI; it is logged. Try again in a moment.</p>")
+
+
+class SecurityHeaders:
+    """Every response gets the security headers, a route's own CSP kept (plain ASGI, so the event stream is not
+    buffered). A route that raises still answers with them: a plain 500 page, the exception passed on to be
+    logged."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope["path"].startswith("/static/")
+        started = False
+
+        async def with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if not static:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception:
+            if not started:
+                await with_headers({"type": "http.response.start", "status": 500,
+                                    "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                                                (b"content-length", str(len(ERROR_PAGE)).encode())]})
+                await send({"type": "http.response.body", "body": ERROR_PAGE})
+            raise
 
 
 @dataclass
@@ -57,6 +129,7 @@ class UiContext:
     secure_cookies: bool = False
     temporal_ui_url: str | None = None
     temporal_namespace: str = "default"
+    usage: AuditUsage | None = None
 
 
 def _time_left(expires_at: datetime) -> str:
@@ -86,9 +159,14 @@ def build_app(ui: UiContext) -> Starlette:
     env.filters["time_left"] = _time_left
     env.filters["shown"] = _shown
     env.filters["when"] = lambda at: at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else ""
+    env.globals["is_admin"] = lambda session: ui.directory.is_admin(session.tenant, session.user)
 
     def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(name).render(**context), status_code=status_code)
+
+    def forget(response: Response, cookie: str) -> None:
+        """Expire a cookie with the flags it was set with (HttpOnly, SameSite=Lax, Secure over https)."""
+        response.delete_cookie(cookie, httponly=True, samesite="lax", secure=ui.secure_cookies)
 
     async def audit_forgery(request: Request, reason: str) -> None:
         await ui.publisher.refuse(f"http:{request.method}:{request.url.path}"[:200], b"", reason)
@@ -107,7 +185,7 @@ def build_app(ui: UiContext) -> Starlette:
     def to_login(request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         response = RedirectResponse(f"/login?next={quote(target)}", status_code=303)
-        response.delete_cookie(SESSION_COOKIE)
+        forget(response, SESSION_COOKIE)
         return response
 
     async def healthz(request: Request) -> Response:
@@ -153,7 +231,7 @@ def build_app(ui: UiContext) -> Starlette:
         response.set_cookie(SESSION_COOKIE, ui.cookies.session(identity.tenant, identity.subject),
                             max_age=int(ui.cookies.session_ttl_s), httponly=True, samesite="lax",
                             secure=ui.secure_cookies)
-        response.delete_cookie(LOGIN_COOKIE)
+        forget(response, LOGIN_COOKIE)
         return response
 
     async def logout(request: Request) -> Response:
@@ -162,7 +240,7 @@ def build_app(ui: UiContext) -> Starlette:
         if session is not None and not session.csrf_ok(form.get("csrf")):
             return page("message.html", 403, title="Not signed out", text="The form was not from this site.")
         response = page("message.html", title="Signed out", text="You are signed out.", link=("/login", "Sign in"))
-        response.delete_cookie(SESSION_COOKIE)
+        forget(response, SESSION_COOKIE)
         return response
 
     # --- pages -------------------------------------------------------------------------------------------
@@ -258,6 +336,43 @@ def build_app(ui: UiContext) -> Starlette:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    # --- usage (tenant admins only, their own tenant only) -------------------------------------------------
+
+    async def usage_of(tenant: str, by: tuple[UsageDimension, ...], *,
+                       chart: bool = True) -> tuple[UsageWindow, tuple[UsageTotals, ...], list[DayUsage]]:
+        """The tenant's rows grouped by `by` over the window, and (for the chart) its days; UsageUnavailable when
+        audit is not there to count them."""
+        if ui.usage is None:
+            raise UsageUnavailable("this approval service has no bus connection to ask the audit service")
+        window = UsageWindow.ending(utcnow())
+        answer = await ui.usage.report(tenant, by, window.since, days=chart)
+        return window, answer.rows, by_day(answer.days, window) if chart else []
+
+    def strict(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = USAGE_CSP
+        return response
+
+    async def usage_page(request: Request) -> Response:
+        session = await signed_in(request)
+        if session is None:
+            return to_login(request)
+        if not ui.directory.is_admin(session.tenant, session.user):
+            return strict(page("message.html", 403, session=session, title="Usage is for admins",
+                               text=f"Model usage of {session.tenant} is shown to its admins and owners only.",
+                               link=("/", "Back to the inbox")))
+        by = next((d for d in DIMENSIONS if d == request.query_params.get("by", "person")), None)
+        if by is None:
+            return strict(page("message.html", 400, session=session, title="No such grouping",
+                               text=f"Group usage by one of {', '.join(DIMENSIONS)}.", link=("/usage", "Usage")))
+        try:
+            window, rows, series = await usage_of(session.tenant, (by,))
+        except UsageUnavailable as exc:
+            return strict(page("message.html", 503, session=session, title="Usage is unavailable",
+                               text=f"{exc}. Nothing is shown rather than numbers that may be wrong; try again "
+                                    "in a moment.", link=("/usage", "Try again")))
+        return strict(page("usage.html", session=session, by=by, dimensions=DIMENSIONS, rows=rows,
+                           total=totals(rows), window=window, chart=usage_chart(series)))
+
     # --- JSON API (bearer tokens from the same OIDC provider) ----------------------------------------------
 
     async def api_person(request: Request) -> Person | JSONResponse:
@@ -314,6 +429,26 @@ def build_app(ui: UiContext) -> Starlette:
             return JSONResponse({"error": str(exc)}, status_code=409)
         return JSONResponse({"approval": _public(view)})
 
+    async def api_usage(request: Request) -> Response:
+        person = await api_person(request)
+        if isinstance(person, JSONResponse):
+            return person
+        if not ui.directory.is_admin(person.tenant, person.user):
+            return JSONResponse({"error": f"model usage of {person.tenant} is for its admins and owners only"},
+                                status_code=403)
+        asked = dict.fromkeys(d.strip() for d in request.query_params.get("by", "person").split(",") if d.strip())
+        by = tuple(d for d in asked if d in DIMENSIONS)  # as asked, each once: `caduceus usage --by`'s grouping
+        if not by or len(by) != len(asked):
+            return JSONResponse({"error": f"group by any of {', '.join(DIMENSIONS)}, e.g. ?by=person,day"},
+                                status_code=400)
+        try:
+            window, rows, _ = await usage_of(person.tenant, by, chart=False)
+        except UsageUnavailable as exc:
+            return JSONResponse({"error": f"usage is unavailable: {exc}"}, status_code=503)
+        # The shape of `caduceus usage --json`.
+        return JSONResponse({"by": list(by), "since": window.since.isoformat(), "tenant": person.tenant,
+                             "rows": [{**row.key, **row.model_dump(exclude={"key"})} for row in rows]})
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/login", login),
@@ -325,7 +460,10 @@ def build_app(ui: UiContext) -> Starlette:
         Route("/events", events),
         Route("/approvals/{call_id}", detail_page),
         Route("/approvals/{call_id}", answer_form, methods=["POST"]),
+        Route("/usage", usage_page),
+        Route("/api/usage", api_usage),
         Route("/api/approvals", api_list),
         Route("/api/approvals/{call_id}", api_show),
         Route("/api/approvals/{call_id}/{answer:str}", api_answer, methods=["POST"]),
-    ])
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ], middleware=[Middleware(SecurityHeaders)])
