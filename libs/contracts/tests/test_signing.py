@@ -210,3 +210,21 @@ def test_envelopes_recorded_before_the_generic_type_still_verify_byte_for_byte(i
     assert payload == signed.payload == getattr(signed, envelope.payload_field)
     assert signed.model_dump_json() == recorded
     assert envelope.issue(seeded(issuer), payload) == signed  # Ed25519 signatures are deterministic
+
+
+def _signer_key_id(keys_dir: str) -> str:
+    from caduceus_contracts import ensure_signer as ensure
+
+    return ensure(Path(keys_dir), "audit").key_id
+
+
+def test_replicas_starting_together_make_one_key_and_all_use_it(tmp_path) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    for attempt in range(5):
+        keys = tmp_path / f"keys-{attempt}"
+        with ProcessPoolExecutor(6) as pool:
+            ids = set(pool.map(_signer_key_id, [str(keys)] * 12))
+        assert len(ids) == 1, ids
+        assert (keys / "audit.pub").read_bytes() == ensure_signer(keys, "audit").public_pem()
+        assert oct((keys / "audit.key").stat().st_mode & 0o777) == "0o600"

@@ -61,12 +61,20 @@ def up(
                                                 f"({', '.join(SERVICE_HTTP_ORDER)}) where each service serves "
                                                 "/healthz, /readyz and "
                                                 "Prometheus /metrics.")] = DEFAULTS.http,
+    replicas: Annotated[int, typer.Option(min=1, max=8, help=(
+        "Processes of each service (identity, policy, approval, audit, gateway, mcp, inference), on the one bus "
+        "and the one store: kill one and the others keep answering. Each replica gets its own health port "
+        "(replica n uses the n-th block of ports from --http-port) and they share the web ports. The broker "
+        "stays at one: two would both start a planner for one workspace."))] = 1,
 ) -> None:
-    """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C."""
+    """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C.
+
+    With --replicas 2, every service but the broker runs twice; `caduceus status` lists each replica.
+    """
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
                        model=model_port, approval_ui=approval_ui_port, webchat=webchat_port,
                        mcp_endpoint=mcp_port, inference=inference_port, http=http_port)
-    stack = EmbeddedStack(state_dir or default_state_dir(), ports,
+    stack = EmbeddedStack(state_dir or default_state_dir(), ports, replicas=replicas,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))
     _stop_on(signal.SIGINT, signal.SIGTERM)

@@ -50,3 +50,7 @@ class BusSettings(BaseSettings):
         "health is still asked on the bus, `caduceus.health.<service>`)."))
     http_host: str = Field(default="127.0.0.1", description=(
         "The address the health and metrics endpoint listens on: 0.0.0.0 in a container."))
+    shared_ports: bool = Field(default=False, description=(
+        "Let replicas of this service on one machine listen on the same web port (SO_REUSEPORT; the kernel "
+        "spreads connections over the live ones). `caduceus up --replicas N` sets it; the health port stays "
+        "one per process."))

@@ -86,6 +86,7 @@ from caduceus_contracts.signing import (
     Signer,
     ensure_signer,
     load_keyring,
+    write_once,
 )
 
 __all__ = [
@@ -97,7 +98,7 @@ __all__ = [
     "SignatureError", "Signed", "SignedDecision",
     "SignedGrant", "Signer", "ToolCallCompleted", "ToolCallDecided", "ToolCallDispatched", "ToolCallRequested",
     "TurnAssigned", "TurnRequested", "WorkerLifecycle", "call_digest", "canonical_json", "decision_ttl",
-    "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow",
+    "ensure_signer", "load_keyring", "new_id", "parse_event", "subjects", "utcnow", "write_once",
     "AuditCheckpointed", "ChainCheckpoint", "SignedCheckpoint",
     "ApprovalVouchRequested", "ApprovalVouched", "SignedVouch", "Vouch", "VouchExpired",
     "GrantAnswer", "GrantRequested",

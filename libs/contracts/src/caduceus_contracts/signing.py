@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,17 +151,42 @@ class ReloadingKeyring(Keyring):
         return super().verify_bytes(signed, key_id=key_id, signature=signature, issuers=issuers)
 
 
+def write_once(path: Path, data: bytes) -> bytes:
+    """Create `path` (mode 0600) holding `data` unless it exists; what the file holds afterwards.
+
+    Replicas starting together may race to create one key: the file appears whole or not at all (written aside,
+    then linked), so none reads a half-written key and all use the one that was linked first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(aside)
+    return path.read_bytes()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(aside, 0o644)
+    os.replace(aside, path)
+
+
 def ensure_signer(keys_dir: Path, issuer: str) -> Signer:
     """Load `<issuer>.key` from keys_dir, creating it (and `<issuer>.pub`) on first use."""
     keys_dir.mkdir(parents=True, exist_ok=True)
     key_path = keys_dir / f"{issuer}.key"
-    if key_path.exists():
-        signer = Signer.load(issuer, key_path)
-    else:
-        signer = Signer.generate(issuer)
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(signer.private_pem())
+    if not key_path.exists():
+        write_once(key_path, Signer.generate(issuer).private_pem())
+    signer = Signer.load(issuer, key_path)
     pub_path = keys_dir / f"{issuer}.pub"
     if not pub_path.exists() or pub_path.read_bytes() != signer.public_pem():
-        pub_path.write_bytes(signer.public_pem())
+        _replace(pub_path, signer.public_pem())  # whole or not at all: keyrings read it meanwhile
     return signer

@@ -38,14 +38,14 @@ async def wait_ready(bus: BusSettings, services: Sequence[RunningService], timeo
                     return False
                 code = service.exit_code()
                 if code is not None:
-                    raise ServiceFailed(service.name, f"exited with code {code} while starting", service.log_path)
+                    raise ServiceFailed(service.key, f"exited with code {code} while starting", service.log_path)
                 if await _answers(nc, service):
                     pending.remove(service)
                     on_ready(service)
             if pending and time.monotonic() > deadline:
                 late = pending[0]
                 how = late.spec.ready_url or late.spec.health_subject
-                raise ServiceFailed(late.name, f"was not ready within {timeout:.0f}s (no answer on {how})",
+                raise ServiceFailed(late.key, f"was not ready within {timeout:.0f}s (no answer on {how})",
                                     late.log_path)
             if pending:
                 await asyncio.sleep(0.1)

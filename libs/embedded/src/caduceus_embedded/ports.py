@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 
 class PortBusy(RuntimeError):
@@ -19,13 +21,25 @@ def free_port() -> int:
 
 
 def free_block(count: int, avoid: set[int] = frozenset(), attempts: int = 200) -> int:
-    """The first of `count` consecutive loopback ports nothing uses right now (for tests)."""
+    """The first of `count` consecutive loopback ports nothing uses right now (for tests).
+
+    Chosen below the kernel's ephemeral range: there, the stack's own outgoing connections (each takes a local
+    port from that range) could take one of the block before the service that needs it binds it.
+    """
+    low = min(_ephemeral_low(), 65535) - count
     for _ in range(attempts):
-        first = free_port()
+        first = random.randrange(10_000, low) if low > 10_000 else free_port()
         ports = range(first, first + count)
-        if first + count <= 65535 and not avoid.intersection(ports) and all(_is_free(p) for p in ports[1:]):
+        if first + count <= 65535 and not avoid.intersection(ports) and all(_is_free(p) for p in ports):
             return first
     raise PortBusy(f"found no {count} consecutive free ports")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _is_free(port: int) -> bool:
@@ -75,28 +89,30 @@ class StackPorts:
     webchat: int = 8903
     mcp_endpoint: int = 8904
     inference: int = 8905
-    # The first of one port per Caduceus service for /healthz, /readyz and /metrics (in SERVICE_HTTP_ORDER).
+    # The first of one port per Caduceus service for /healthz, /readyz and /metrics (in SERVICE_HTTP_ORDER);
+    # with replicas, one such block per replica, one after the other.
     http: int = 8910
 
     @classmethod
-    def free(cls) -> "StackPorts":
+    def free(cls, replicas: int = 1) -> "StackPorts":
         """Ports nothing uses right now, so tests can run beside a real stack."""
         ports = {f.name: free_port() for f in fields(cls) if f.name != "http"}
-        return cls(**ports, http=free_block(len(SERVICE_HTTP_ORDER), avoid=set(ports.values())))
+        return cls(**ports, http=free_block(len(SERVICE_HTTP_ORDER) * replicas, avoid=set(ports.values())))
 
-    def http_port(self, service: str) -> int:
-        """Where `service` serves its health and metrics."""
-        return self.http + SERVICE_HTTP_ORDER.index(service)
+    def http_port(self, service: str, replica: int = 1) -> int:
+        """Where replica `replica` (from 1) of `service` serves its health and metrics."""
+        return self.http + len(SERVICE_HTTP_ORDER) * (replica - 1) + SERVICE_HTTP_ORDER.index(service)
 
-    def check(self, *, model: bool = True) -> None:
+    def check(self, *, model: bool = True, replicas: int = 1) -> None:
         """Fail before anything starts when a port is busy or asked for twice.
 
-        model=False skips the scripted model's port (an external endpoint is configured).
+        model=False skips the scripted model's port (an external endpoint is configured); replicas is how many
+        health ports each service needs.
         """
         wanted = [(getattr(self, name), what, flag) for name, (what, flag) in PORT_USES.items()
                   if model or name != "model"]
-        wanted += [(self.http_port(service), f"{service}'s health and metrics", "--http-port")
-                   for service in SERVICE_HTTP_ORDER]
+        wanted += [(self.http_port(service, replica), f"{service}'s health and metrics", "--http-port")
+                   for replica in range(1, replicas + 1) for service in SERVICE_HTTP_ORDER]
         seen: dict[int, str] = {}
         for port, _, flag in wanted:
             if port in seen:

@@ -28,7 +28,8 @@ class ServiceSpec:
 
     A service is ready when it answers the core-NATS request `caduceus.health.<name>` with b"ok",
     or, when ready_url is set, when an HTTP GET of ready_url answers 200. url is what the
-    operator is shown for it (the dev issuer, the model endpoint).
+    operator is shown for it (the dev issuer, the model endpoint). replica numbers the processes of one
+    service from 1; `key` names one of them ("policy", then "policy-2", ...) in logs, stack.json and status.
     """
 
     name: str
@@ -38,10 +39,15 @@ class ServiceSpec:
     ready_url: str | None = None
     url: str | None = None
     metrics_url: str | None = None
+    replica: int = 1
 
     @property
     def health_subject(self) -> str:
         return f"caduceus.health.{self.name}"
+
+    @property
+    def key(self) -> str:
+        return self.name if self.replica == 1 else f"{self.name}-{self.replica}"
 
 
 class ServiceFailed(RuntimeError):
@@ -71,6 +77,11 @@ class RunningService:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def key(self) -> str:
+        """The service's name, or `<name>-<n>` for its n-th replica."""
+        return self.spec.key
 
     @property
     def pid(self) -> int:
@@ -113,8 +124,18 @@ def inference_url(ports: StackPorts) -> str:
     return f"http://127.0.0.1:{ports.inference}/v1"
 
 
-def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings) -> list[ServiceSpec]:
-    """Caduceus's own services, plus the scripted model when no model endpoint is configured."""
+# One process only, whatever --replicas says: two brokers would both start a planner for one workspace, as
+# nothing yet gives a workspace a single owner (a lease); the scripted model is a test double.
+SINGLE_INSTANCE = frozenset({"broker", "model"})
+
+
+def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings,
+                     replicas: int = 1) -> list[ServiceSpec]:
+    """Caduceus's own services, plus the scripted model when no model endpoint is configured.
+
+    replicas > 1 runs that many processes of every service not in SINGLE_INSTANCE, on the one bus and the one
+    store: each has its own health port, and they share their web ports (CADUCEUS_SHARED_PORTS).
+    """
     endpoint = model.for_stack(ports.model)
     issuer_url = f"http://127.0.0.1:{ports.issuer}"
     table: list[ServiceSpec] = []
@@ -170,4 +191,22 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
     # Each serves /healthz, /readyz and /metrics on a port of its own.
     table += [replace(spec, env={**spec.env, "CADUCEUS_HTTP_PORT": str(ports.http_port(spec.name))},
                       metrics_url=f"http://127.0.0.1:{ports.http_port(spec.name)}") for spec in services]
+    if replicas > 1:
+        table = [spec for first in table for spec in _replicas_of(first, ports, replicas)]
     return table
+
+
+def _replicas_of(first: ServiceSpec, ports: StackPorts, replicas: int) -> list[ServiceSpec]:
+    """The processes of one service: each ready when its own /readyz answers (the bus health request is
+    answered by whichever replica is quickest), each with its own health port, all sharing the web port."""
+    if first.name in SINGLE_INSTANCE:
+        return [first]
+    specs = []
+    for replica in range(1, replicas + 1):
+        http = f"http://127.0.0.1:{ports.http_port(first.name, replica)}"
+        env = {**first.env, "CADUCEUS_HTTP_PORT": str(ports.http_port(first.name, replica)),
+               "CADUCEUS_SHARED_PORTS": "true"}
+        if first.name == "identity" and replica > 1:
+            env["CADUCEUS_DEV_ISSUER_PORT"] = "0"  # the dev issuer keeps sign-in codes in memory: the first only
+        specs.append(replace(first, env=env, replica=replica, metrics_url=http, ready_url=f"{http}/readyz"))
+    return specs

@@ -82,13 +82,17 @@ class EmbeddedStack:
                  ready_timeout: float = 60.0, stop_grace: float = 10.0, crash_loop_s: float = CRASH_LOOP_S,
                  on_progress: Callable[[str], None] | None = None,
                  on_problem: Callable[[str], None] | None = None,
-                 bus_permissions: PermissionFile | None = None) -> None:
+                 bus_permissions: PermissionFile | None = None, replicas: int = 1) -> None:
         self.layout = StateLayout(Path(state_dir).expanduser().resolve())
         self.ports = ports or StackPorts()
         configured = model or ModelSettings()
         self.model_is_scripted = configured.is_scripted
         self.model = configured.for_stack(self.ports.model)
-        self.specs = list(services) if services is not None else default_services(self.layout, self.ports, configured)
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, not {replicas}")
+        self.replicas = replicas
+        self.specs = (list(services) if services is not None
+                      else default_services(self.layout, self.ports, configured, replicas))
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
         self.crash_loop_s = crash_loop_s
@@ -157,7 +161,7 @@ class EmbeddedStack:
         running = read_stack_info(self.layout.root)
         if running is not None:
             raise StackAlreadyRunning(running)
-        self.ports.check(model=self.model_is_scripted)
+        self.ports.check(model=self.model_is_scripted, replicas=self.replicas)
         binaries = find_binary("nats-server"), find_binary("temporal")
         self._stopping.clear()
         try:
@@ -184,19 +188,19 @@ class EmbeddedStack:
         if not self.model_is_scripted:
             self.say(f"model endpoint {self.model.base_url} (from CADUCEUS_MODEL_BASE_URL), model {self.model.name}")
         for spec in self.specs:
-            self.services[spec.name] = start_service(spec, self.service_env(spec), self.layout.log(spec.name))
+            self.services[spec.key] = start_service(spec, self.service_env(spec), self.layout.log(spec.key))
         self.say(f"starting {', '.join(self.services)}")
         _run(wait_ready(self.bus_settings("operator"), list(self.services.values()), self.ready_timeout,
-                        on_ready=lambda s: self.say(f"{s.name} ready (pid {s.pid})"),
+                        on_ready=lambda s: self.say(f"{s.key} ready (pid {s.pid})"),
                         cancelled=self._stopping.is_set))
         self._info = StackInfo(
             state_dir=str(self.layout.root), pid=os.getpid(), nats_url=self.nats_url,
             dev_issuer_url=f"http://127.0.0.1:{self.ports.issuer}", temporal_address=self.temporal_address,
             temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
-            audit_db_url=self.layout.audit_db_url, services={name: s.pid for name, s in self.services.items()},
+            audit_db_url=self.layout.audit_db_url, services={key: s.pid for key, s in self.services.items()},
             approval_ui_url=approval_ui_url(self.ports) if "approval" in self.services else "",
             webchat_url=webchat_url(self.ports) if "gateway" in self.services else "",
-            metrics_urls={name: s.spec.metrics_url for name, s in self.services.items() if s.spec.metrics_url},
+            metrics_urls={key: s.spec.metrics_url for key, s in self.services.items() if s.spec.metrics_url},
             client_credentials=_if_exists(self.layout.bus_credentials("client")),
             operator_credentials=str(self.layout.bus_credentials("operator")),
         )
@@ -220,13 +224,24 @@ class EmbeddedStack:
             try:
                 service.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.warn(f"{service.name} did not stop within {self.stop_grace:.0f}s; killing it")
+                self.warn(f"{service.key} did not stop within {self.stop_grace:.0f}s; killing it")
             service.kill()
         self.services.clear()
         for server in (self.temporal, self.nats):
             if server is not None:
                 server.stop()
         self.temporal = self.nats = None
+
+    def restart_temporal(self) -> None:
+        """Start the Temporal dev server again on its ports and database, after it died or was stopped.
+
+        Workflows it kept in its database go on; services reconnect by themselves (ServerFailed if it cannot start).
+        """
+        if self.temporal is not None:
+            self.temporal.stop()
+        self.temporal = start_temporal(self.ports.temporal, self.ports.temporal_ui, self.layout.temporal_db,
+                                       self.layout.log("temporal"))
+        self.say(f"Temporal dev server restarted on {self.temporal_address}")
 
     def __enter__(self) -> "EmbeddedStack":
         self.start()
@@ -246,24 +261,24 @@ class EmbeddedStack:
                               f"(log: {server.log_path}); restart the stack")
             for service in list(self.services.values()):
                 code = service.exit_code()
-                if code is None or service.name in reported or self._stopping.is_set():
+                if code is None or service.key in reported or self._stopping.is_set():
                     continue
                 if service.restarts >= 1 and service.uptime() < self.crash_loop_s:
-                    reported.add(service.name)
-                    self._leave_down(service, f"{service.name} exited again with code {code} within "
+                    reported.add(service.key)
+                    self._leave_down(service, f"{service.key} exited again with code {code} within "
                                      f"{self.crash_loop_s:g} s of its restart (log: {service.log_path}); not "
                                      "restarting it")
                     continue
-                self.warn(f"{service.name} exited unexpectedly with code {code} (log: {service.log_path}); "
+                self.warn(f"{service.key} exited unexpectedly with code {code} (log: {service.log_path}); "
                           f"restarting it")
                 if not self._restart(service):
-                    reported.add(service.name)
+                    reported.add(service.key)
 
     def _restart(self, old: RunningService) -> bool:
         """Start the service again and wait for it; False when it did not come back."""
         fresh = start_service(old.spec, self.service_env(old.spec), old.log_path)
         fresh.restarts = old.restarts + 1
-        self.services[old.name] = fresh
+        self.services[old.key] = fresh
         try:
             ready = _run(wait_ready(self.bus_settings("operator"), [fresh], self.ready_timeout,
                                     cancelled=self._stopping.is_set))
@@ -271,9 +286,9 @@ class EmbeddedStack:
             self._leave_down(fresh, f"{str(exc).splitlines()[0]}; not restarting it again")
             return False
         if ready and self._info is not None:
-            self.say(f"{fresh.name} is back (pid {fresh.pid})")
+            self.say(f"{fresh.key} is back (pid {fresh.pid})")
             self._info = self._info.model_copy(update={
-                "services": {name: s.pid for name, s in self.services.items()}})
+                "services": {key: s.pid for key, s in self.services.items()}})
             write_stack_info(self._info)
         return True
 
@@ -281,13 +296,13 @@ class EmbeddedStack:
         """A service stays down: say so on the console, in stack.json (`caduceus status`) and on the bus (audited)."""
         self.warn(problem)
         if self._info is not None:
-            self._info = self._info.model_copy(update={"down": {**self._info.down, service.name: problem}})
+            self._info = self._info.model_copy(update={"down": {**self._info.down, service.key: problem}})
             write_stack_info(self._info)
         event = left_down_event(service.name, service.spec.health_subject, problem)
         try:
             _run(report_left_down(self.bus_settings("operator"), event))
         except OutageNotReported as exc:
-            self.warn(f"could not report {service.name} down on the bus: {exc}")
+            self.warn(f"could not report {service.key} down on the bus: {exc}")
 
 
 def _if_exists(path: Path) -> str:

@@ -21,14 +21,19 @@ class _LoopServer(uvicorn.Server):
 
 
 class HttpServer:
-    """Serves `app` on host:port until `stop()`. `what` names it and `port_setting` is how to move it, in errors."""
+    """Serves `app` on host:port until `stop()`. `what` names it and `port_setting` is how to move it, in errors.
 
-    def __init__(self, app, host: str, port: int, *, what: str, port_setting: str) -> None:
+    shared=True lets replicas of one service listen on the same port (SO_REUSEPORT): the kernel spreads new
+    connections over the live ones, so one replica killed leaves the port served by the others.
+    """
+
+    def __init__(self, app, host: str, port: int, *, what: str, port_setting: str, shared: bool = False) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.what = what
         self.port_setting = port_setting
+        self.shared = shared
         self._server: _LoopServer | None = None
         self._task: asyncio.Task | None = None
 
@@ -37,6 +42,8 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((self.host, self.port))
         except OSError as exc:

@@ -86,7 +86,7 @@ class ApprovalService(BusService):
                             temporal_ui_url=settings.temporal_ui_url, temporal_namespace=settings.temporal_namespace,
                             usage=self.usage)
         return HttpServer(build_app(context), settings.ui_host, settings.ui_port, what="the approvals UI",
-                          port_setting="CADUCEUS_UI_PORT")
+                          port_setting="CADUCEUS_UI_PORT", shared=settings.shared_ports)
 
     async def prepare(self, connection: EventConnection) -> ApprovalDeps:
         """Serve the UI, begin reaching for Temporal (health says so until it is there), hand the routes their deps."""

@@ -115,7 +115,7 @@ class GatewayService(BusService):
                              approvals_url=settings.approvals_url,
                              secure_cookies=settings.web_url.startswith("https://"))
         return HttpServer(build_app(context), settings.web_host, settings.web_port, what="the web chat",
-                          port_setting="CADUCEUS_WEB_PORT")
+                          port_setting="CADUCEUS_WEB_PORT", shared=settings.shared_ports)
 
     async def prepare(self, connection: EventConnection) -> Relay:
         await self._start_slack(connection)

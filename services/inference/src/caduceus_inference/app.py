@@ -33,7 +33,8 @@ class InferenceService(BusService):
         self.gateway = Gateway(settings, ReloadingKeyring(settings.keys_dir), self.publish, self.pending,
                                self.client)
         self.http = HttpServer(self.gateway.app(), settings.inference_host, settings.inference_port,
-                               what="the inference gateway", port_setting="CADUCEUS_INFERENCE_PORT")
+                               what="the inference gateway", port_setting="CADUCEUS_INFERENCE_PORT",
+                               shared=settings.shared_ports)
 
     @property
     def url(self) -> str:

@@ -98,7 +98,7 @@ class McpService(BusService):
             connection, self.keyring, self.gateway.tools_for, host=s.endpoint_host, port=s.endpoint_port,
             public_url=s.endpoint_url, issuer_for=issuer_lookup(DirectorySource(s.tenants_file), s.oidc_issuer_url),
             decision_timeout_s=s.endpoint_decision_timeout_s, approval_wait_s=s.endpoint_approval_wait_s,
-            call_timeout_s=s.call_timeout_s + 15)
+            call_timeout_s=s.call_timeout_s + 15, shared=s.shared_ports)
 
     async def cleanup(self) -> None:
         if self.endpoint is not None:

@@ -363,7 +363,7 @@ class McpEndpoint:
         async with self.manager.run():
             yield
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, shared: bool = False) -> None:
         """Serve on host:port in the running loop (HttpUnavailable when the port is taken) until stop()."""
         ready, self._stopping = asyncio.Event(), asyncio.Event()
 
@@ -374,7 +374,8 @@ class McpEndpoint:
 
         self._manager_task = asyncio.create_task(run_manager(), name="mcp-endpoint-sessions")
         await ready.wait()
-        self.http = HttpServer(self, host, port, what="the MCP endpoint", port_setting="CADUCEUS_MCP_ENDPOINT_PORT")
+        self.http = HttpServer(self, host, port, what="the MCP endpoint", port_setting="CADUCEUS_MCP_ENDPOINT_PORT",
+                               shared=shared)
         await self.http.start()
         log.info("MCP endpoint for other clients at %s%s/<tenant>[/<workspace>]", self.base, PATH_PREFIX)
 
@@ -489,12 +490,13 @@ def issuer_lookup(directory: Callable[[], Any], deployment_issuer: str | None) -
 
 async def start_endpoint(connection: EventConnection, keyring: Keyring, list_tools: ToolLister, *, host: str,
                          port: int, public_url: str, issuer_for: Callable[[str], str | None],
-                         decision_timeout_s: float, approval_wait_s: float, call_timeout_s: float) -> McpEndpoint:
+                         decision_timeout_s: float, approval_wait_s: float, call_timeout_s: float,
+                         shared: bool = False) -> McpEndpoint:
     """The endpoint of a running gateway: grants from identity and calls on `connection`, served on host:port."""
     calls = GovernedCalls(connection.publish, decision_timeout_s=decision_timeout_s,
                           approval_wait_s=approval_wait_s, call_timeout_s=call_timeout_s)
     await follow_calls(connection, calls)
     endpoint = McpEndpoint(EndpointConfig(public_url, issuer_for), GrantDesk(ask_identity(connection), keyring),
                            mcp_server(list_tools, calls))
-    await endpoint.start(host, port)
+    await endpoint.start(host, port, shared=shared)
     return endpoint

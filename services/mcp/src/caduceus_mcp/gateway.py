@@ -44,7 +44,7 @@ from caduceus_contracts import (
 )
 from caduceus_mcp.definitions import Definition, credential_marker, definition_diff
 from caduceus_mcp.egress import EgressDenied, UpstreamEgress
-from caduceus_mcp.pins import METADATA, Pin, PinStore
+from caduceus_mcp.pins import METADATA, Pin, PinStore, create_tables
 from caduceus_mcp.registry import (
     Registry,
     RegistryError,
@@ -165,7 +165,7 @@ class McpGateway:
     _asked: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        METADATA.create_all(self.pins.engine)
+        create_tables(self.pins.engine)
 
     async def audit_changes(self, snapshot: Path | None = None) -> int:
         """Publish what changed since the last audit: servers added, changed or removed in the registry (compared

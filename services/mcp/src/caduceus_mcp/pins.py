@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, create_engine, delete, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 METADATA = MetaData()
 PINS = Table(
@@ -39,6 +40,15 @@ REVOCATIONS = Table(
     Column("digest", String(64), nullable=False),
     Column("actor", String(256), nullable=False),
 )
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the tables that are missing. Replicas starting together on a new database race to create them: the
+    loser's CREATE fails with "already exists", and a second look finds them there."""
+    try:
+        METADATA.create_all(engine)
+    except DBAPIError:
+        METADATA.create_all(engine)
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,7 @@ class PinStore:
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
-        METADATA.create_all(self.engine)
+        create_tables(self.engine)
 
     def get(self, tenant: str, workspace: str, server: str, tool: str) -> Pin | None:
         with self.engine.connect() as db:

@@ -7,12 +7,13 @@ a cookie that does not verify is a forgery or tampering, never a session.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from caduceus_contracts import write_once
 
 SESSION_COOKIE = "caduceus_approvals"
 LOGIN_COOKIE = "caduceus_approvals_login"
@@ -34,14 +35,10 @@ class SignedIn:
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The cookie-signing key, made (mode 0600) on first start."""
+    """The cookie-signing key, made (mode 0600) on first start; replicas starting together share one."""
     if path.exists():
         return path.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secrets.token_bytes(32))
-    return path.read_bytes()
+    return write_once(path, secrets.token_bytes(32))
 
 
 class CookieJar:

@@ -9,13 +9,14 @@ person's own, in their own browser; identity verifies it again on every message.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from caduceus_contracts import write_once
 
 SESSION_COOKIE = "caduceus_chat"
 LOGIN_COOKIE = "caduceus_chat_login"
@@ -45,17 +46,11 @@ class SignedIn:
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The cookie-signing key, made (mode 0600) on first start."""
+    """The cookie-signing key, made (mode 0600) on first start; replicas starting together share one (an O_EXCL
+    file could be read empty by the second replica, before the first wrote it)."""
     if path.exists():
         return path.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another replica made it first
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secrets.token_bytes(32))
-    return path.read_bytes()
+    return write_once(path, secrets.token_bytes(32))
 
 
 class CookieJar:

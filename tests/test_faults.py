@@ -1,0 +1,75 @@
+"""Fault injection, short form: the embedded stack with two replicas of every service but the broker, a steady load
+of governed calls from two tenants, and one process killed with SIGKILL at a time (one replica of each service, then
+the Temporal dev server, which is restarted); some calls need an admin's approval, given through the approvals API.
+The harness is bench/faults.py; its long form runs there.
+
+After each kill: no call lost (each got a result, a denial or an error), none ran twice (the tool's own ledger in
+the workspace), none ran without an `allow` decision for its digest, every answer within the gateway's bound,
+`caduceus audit verify` passes, the stream holds as many events as audit stored, a chat turn per tenant is
+answered, and the shared web ports (approvals UI, web chat, MCP endpoint, inference) answer while a replica is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from caduceus.cli import app
+from caduceus_embedded.stack import EmbeddedStack
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+import faults  # bench/faults.py: the harness both forms share
+
+pytestmark = pytest.mark.timeout(600)
+PHASE_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    saved = {k: os.environ.get(k) for k in ("CADUCEUS_MODEL_BASE_URL", "CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S")}
+    os.environ.pop("CADUCEUS_MODEL_BASE_URL", None)  # the scripted model
+    os.environ["CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S"] = "2"
+    try:
+        with faults.replicated_stack(tmp_path_factory.mktemp("faults"), replicas=2) as stack:
+            yield stack
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_status_lists_every_replica_with_a_process_of_its_own(replicated: EmbeddedStack) -> None:
+    result = CliRunner().invoke(app, ["status", "--state-dir", str(replicated.layout.root), "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {s["name"]: s for s in json.loads(result.stdout)["services"]}
+    for name in faults.SERVICE_FAULTS:
+        assert listed[name]["up"] and listed[f"{name}-2"]["up"], sorted(listed)
+    assert "broker" in listed and "broker-2" not in listed  # one broker: nothing yet gives a workspace one owner
+    pids = [s["pid"] for s in listed.values()]
+    assert len(pids) == len(set(pids))
+
+
+def test_each_kill_leaves_every_call_answered_once_and_the_audit_trail_whole(replicated: EmbeddedStack) -> None:
+    phases = faults.run(replicated, faults.faults_of(replicas=2), PHASE_S, say=print)
+    print("\n" + faults.table(phases) + "\n\n" + faults.answers_not_ok(phases))
+    assert [p.fault for p in phases] == [*faults.SERVICE_FAULTS, "temporal"]
+    for p in phases:
+        assert p.sent > 0, f"{p.fault}: no load during the phase"
+        assert p.lost == 0, f"{p.fault}: {p.lost} calls never answered"
+        assert p.executed_twice == 0, f"{p.fault}: {p.executed_twice} calls ran twice"
+        assert p.ran_without_decision == 0, f"{p.fault}: {p.ran_without_decision} ran without an allow decision"
+        assert p.slowest_s <= faults.BOUND_S, f"{p.fault}: an answer took {p.slowest_s:.1f} s"
+        assert p.recovered_s is not None, f"{p.fault}: no call succeeded for every tenant after the kill"
+        assert p.audit_verify == "ok", f"{p.fault}: {p.audit_verify}"
+        assert p.stream_events == p.stored_events, f"{p.fault}: stream {p.stream_events}, stored {p.stored_events}"
+        assert p.turns == f"{len(faults.TENANTS)}/{len(faults.TENANTS)}", f"{p.fault}: chat turns {p.turns}"
+        assert p.web_ports == "ok", f"{p.fault}: {p.web_ports}"
+    # the load got results, not only denials: a kill is survived by the other replica, not by refusing everything
+    assert sum(p.ok for p in phases) > sum(p.sent for p in phases) // 2
