@@ -164,6 +164,11 @@ def main() -> None:
         tenants = yaml.safe_load(stack.layout.tenants_file.read_text())
         tenants["tenants"]["acme"]["users"]["dan"] = {"email": "dan@acme.example", "roles": ["admin"]}
         stack.layout.tenants_file.write_text(yaml.safe_dump(tenants))
+        # acme's egress rules let the gateway reach the upstream on loopback (HTTP upstreams go through them).
+        (state / "sandboxes").mkdir(exist_ok=True)
+        (state / "sandboxes" / "acme.yaml").write_text(
+            f"version: 1\nnetwork:\n  egress: allowlist\n  allow: [{{host: 127.0.0.1, ports: [{port}]}}]\n"
+            "  allow_addresses: [127.0.0.1/32]\n")
         (state / "mcp.yaml").write_text(
             "tenants:\n  acme:\n    servers:\n      bench:\n        scope: tenant\n"
             f"        url: {upstream_url}\n        approvers: admin\n")

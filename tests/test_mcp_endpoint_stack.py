@@ -37,11 +37,16 @@ def notes(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Ite
     log = (tmp_path_factory.mktemp("upstream") / "notes.log").open("w")
     env = {k: v for k, v in os.environ.items() if k not in ("MCP_TEST_TOKEN", "MCP_TEST_RUG")}
     process = subprocess.Popen([sys.executable, str(UPSTREAMS), "http", str(port)], stdout=log, stderr=log, env=env)
+    egress = stack.layout.root / "sandboxes" / "acme.yaml"
     try:
         assert wait_for_port(port, 30)
         tenants = yaml.safe_load(stack.layout.tenants_file.read_text())
         tenants["tenants"]["acme"]["users"]["dan"] = {"email": "dan@acme.example", "roles": ["admin"]}
         stack.layout.tenants_file.write_text(yaml.safe_dump(tenants))
+        # acme's egress rules let the gateway reach the upstream on loopback (HTTP upstreams go through them).
+        egress.parent.mkdir(exist_ok=True)
+        egress.write_text(f"version: 1\nnetwork:\n  egress: allowlist\n  allow: [{{host: 127.0.0.1, ports: [{port}]}}]\n"
+                          "  allow_addresses: [127.0.0.1/32]\n")
         (stack.layout.root / "mcp.yaml").write_text(
             "tenants:\n  acme:\n    servers:\n      notes:\n        scope: tenant\n"
             f"        url: http://127.0.0.1:{port}/mcp\n        approvers: admin\n")
@@ -49,6 +54,7 @@ def notes(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Ite
     finally:
         process.terminate()
         process.wait(10)
+        egress.unlink(missing_ok=True)
 
 
 def token(stack: EmbeddedStack, user: str) -> str:

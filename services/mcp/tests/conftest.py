@@ -24,7 +24,8 @@ from caduceus_contracts import (
     utcnow,
 )
 from caduceus_embedded.ports import free_port, wait_for_port
-from caduceus_mcp import DEFINITION_FACT, McpGateway, PinStore, RegistryFile, SecretStore
+from caduceus_mcp import DEFINITION_FACT, McpGateway, PinStore, RegistryFile, SecretStore, UpstreamEgress
+from caduceus_sandbox import PolicyFiles
 
 UPSTREAMS = Path(__file__).with_name("upstreams.py")
 TOKEN = "tok-3f9a61c2e8d54b7a"
@@ -71,7 +72,8 @@ def gateway(tmp_path: Path, keys: Keys) -> McpGateway:
         published.append((subject, event))
 
     gw = McpGateway(RegistryFile(registry), PinStore(f"sqlite:///{tmp_path / 'pins.db'}"), secrets, keys.keyring,
-                    publish=publish, list_timeout_s=20, max_result_bytes=5000)
+                    publish=publish, list_timeout_s=20, max_result_bytes=5000,
+                    egress=UpstreamEgress(PolicyFiles(None, tmp_path / "sandboxes")))
     gw.published = published  # type: ignore[attr-defined]
     return gw
 
@@ -96,16 +98,34 @@ def dispatched(keys: Keys, tool: str, args: dict, *, signer: Signer | None = Non
                               args=args, decision=SignedDecision.issue(signer or keys.policy, decision))
 
 
+def allow_egress(tmp_path: Path, rules: str, addresses: str = "[127.0.0.1/32]") -> None:
+    """acme's egress rules (its sandbox policy), which HTTP upstreams are reached through."""
+    (tmp_path / "sandboxes").mkdir(exist_ok=True)
+    (tmp_path / "sandboxes" / "acme.yaml").write_text(
+        f"version: 1\nnetwork:\n  egress: allowlist\n  allow: {rules}\n  allow_addresses: {addresses}\n")
+
+
 @pytest.fixture()
 def http_upstream(tmp_path: Path):
-    """The same server over streamable HTTP, requiring the bearer token."""
+    """The same server over streamable HTTP, requiring the bearer token; acme's egress rules allow it."""
     port = free_port()
+    allow_egress(tmp_path, f"[{{host: 127.0.0.1, ports: [{port}]}}]")
     log = (tmp_path / "http-upstream.log").open("w")
     process = subprocess.Popen([sys.executable, str(UPSTREAMS), "http", str(port)], stdout=log, stderr=log,
                                env={**os.environ, "MCP_TEST_TOKEN": TOKEN})
+    processes[tmp_path] = process
     try:
         assert wait_for_port(port, 20), (tmp_path / "http-upstream.log").read_text()
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.terminate()
         process.wait(10)
+
+
+processes: dict[Path, subprocess.Popen] = {}
+
+
+@pytest.fixture()
+def http_process(http_upstream, tmp_path: Path) -> subprocess.Popen:
+    """The process serving `http_upstream` (to kill it)."""
+    return processes[tmp_path]

@@ -99,6 +99,17 @@ async def test_a_denied_call_says_why(bus: Bus) -> None:
     assert outcome.is_error and outcome.text == "denied: deleting notes is not allowed"
 
 
+async def test_an_upstream_error_result_tells_the_client_what_the_upstream_said(bus: Bus) -> None:
+    assert bus.calls is not None
+    call = asyncio.create_task(bus.calls.call(*grant(), "mcp__notes__echo", {"text": "x"}))
+    request = await first_request(bus)
+    bus.decide(request, "allow")
+    bus.complete(request, "error", result="note store is read-only", reason="MCP server notes reported an error")
+    outcome = await call
+    assert outcome.is_error
+    assert outcome.text == "error: MCP server notes reported an error: note store is read-only"
+
+
 async def test_no_decision_denies_and_nothing_is_left_waiting(bus: Bus) -> None:
     assert bus.calls is not None
     outcome = await bus.calls.call(*grant(), "mcp__notes__read", {})

@@ -3,7 +3,9 @@
 
 - `echo` (read-only), `add` (structured, with an output schema), `wrong_shape` (breaks its own output schema),
   `whoami` (answers with the credential it was given: the gateway must redact it), `big` (a long result),
-  `hang` (never answers).
+  `hang` (never answers), `die` (exits mid-call), `headers` (answers with the HTTP request headers it got),
+  `leak` (fails with an error naming its credential and headers), `refuse` (a protocol error naming it), `confide`
+  (its description names it).
 - Hostile: when the file named by MCP_TEST_RUG exists at start, `echo` describes itself differently (a definition
   changed after approval). Each stdio session is a new process, so touching the file changes what is served.
 - HTTP: every request must carry `Authorization: Bearer <MCP_TEST_TOKEN>` when that is set.
@@ -12,12 +14,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
@@ -56,6 +60,34 @@ def whoami() -> str:
     return f"my token is {os.environ.get('MCP_TEST_TOKEN', 'none')}"
 
 
+def _request_headers(ctx: Context) -> dict[str, str]:
+    request = ctx.request_context.request
+    return dict(request.headers) if request is not None and hasattr(request, "headers") else {}
+
+
+@server.tool(description="Say which HTTP headers this server was sent.")
+def headers(ctx: Context) -> str:
+    return json.dumps(_request_headers(ctx), sort_keys=True)
+
+
+@server.tool(description="Fail, naming the credential and headers it was given.")
+def leak(ctx: Context) -> CallToolResult:
+    text = (f"refused with token {os.environ.get('MCP_TEST_TOKEN', 'none')} and headers "
+            f"{json.dumps(_request_headers(ctx))}")
+    return CallToolResult(content=[TextContent(text=text)], is_error=True)
+
+
+@server.tool(description="Fail the request itself (a JSON-RPC error, not a tool result) naming its credential.")
+def refuse() -> str:
+    raise MCPError(code=-32001, message=f"upstream refused token {os.environ.get('MCP_TEST_TOKEN', 'none')}")
+
+
+@server.tool(description=f"Configured with token {os.environ.get('MCP_TEST_TOKEN', 'none')} (a description that "
+                         "gives away its credential).")
+def confide() -> str:
+    return "nothing more to say"
+
+
 @server.tool(description="Read a file (to show what the sandbox lets a server see).")
 def peek(path: str) -> str:
     try:
@@ -67,6 +99,11 @@ def peek(path: str) -> str:
 @server.tool(description="A long answer.")
 def big(size: int) -> str:
     return "x" * size
+
+
+@server.tool(description="Dies in the middle of the call (a crashed server).")
+def die() -> str:
+    os._exit(3)
 
 
 @server.tool(description="Never answers.")

@@ -31,6 +31,8 @@ from caduceus_mcp import (
     Server,
     load_registry,
     parse_registry,
+    registration_warnings,
+    sandbox_policies,
     save_registry,
 )
 
@@ -92,7 +94,9 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 def add(tenant: Tenant, name: ServerName,
         command: Annotated[str | None, typer.Option(help="A stdio server: the command line the gateway runs "
                                                          "(in a sandbox), e.g. 'python -m files_server'.")] = None,
-        url: Annotated[str | None, typer.Option(help="A streamable HTTP server: its URL.")] = None,
+        url: Annotated[str | None, typer.Option(help="A streamable HTTP server: its URL, reached through the "
+                                                     "tenant's egress rules (its sandbox policy's network.allow); "
+                                                     "a warning says when they refuse it.")] = None,
         workspace: Annotated[list[str] | None, typer.Option(help="Only for this workspace (repeat); default: the "
                                                                   "whole tenant.")] = None,
         approvers: Annotated[str, typer.Option(help="The group that approves first use and changed "
@@ -129,12 +133,15 @@ def add(tenant: Tenant, name: ServerName,
     assert server is not None
     replaced = registry.server(tenant, name) is not None
     save_registry(settings.registry_file, registry.with_server(server))
+    warnings = registration_warnings(sandbox_policies(settings), server)
     if as_json:
-        print_json({"ok": True, "replaced": replaced, "server": server_json(server)})
+        print_json({"ok": True, "replaced": replaced, "server": server_json(server), "warnings": warnings})
         return
     out.print(f"{'replaced' if replaced else 'added'} MCP server {name} for {tenant} ({server.transport}: "
               f"{escape(server.target)}, {server.scope}); its tools are mcp__{name}__<tool>, each waiting for "
               f"{server.approvers}'s approval on first use")
+    for warning in warnings:
+        err.print(f"[yellow]warning: {escape(warning)}[/yellow]")
     missing = [s for s in server.credentials.secret_names()
                if not (settings.secrets_dir / tenant / s).exists()]
     for secret in missing:

@@ -8,8 +8,9 @@ The public API (the CLI, and the MCP endpoint for other clients, call the same g
     answer = await gateway.tools_for(grant)         # what this person's planner may list
 """
 
-from caduceus_mcp.app import McpService, build
+from caduceus_mcp.app import McpService, build, sandbox_policies
 from caduceus_mcp.definitions import Definition, definition_diff
+from caduceus_mcp.egress import EgressDenied, UpstreamEgress, registration_warnings
 from caduceus_mcp.endpoint import ENDPOINT_ROUTES, McpEndpoint
 from caduceus_mcp.gateway import DEFINITION_FACT, EXECUTED_BY, CallRefused, Entry, McpGateway, RegistryFile
 from caduceus_mcp.handlers import ROUTES
@@ -29,7 +30,8 @@ from caduceus_mcp.settings import McpSettings
 from caduceus_mcp.upstream import SecretMissing, SecretStore, Upstream, UpstreamError
 
 __all__ = [
-    "DEFINITION_FACT", "ENDPOINT_ROUTES", "EXECUTED_BY", "McpEndpoint",
+    "DEFINITION_FACT", "ENDPOINT_ROUTES", "EXECUTED_BY", "EgressDenied", "McpEndpoint", "UpstreamEgress",
+    "registration_warnings", "sandbox_policies",
     "ROUTES", "CallRefused", "Credentials", "Definition", "Entry", "McpGateway",
     "McpService", "McpSettings", "Pin", "PinStore", "Registry", "RegistryError", "RegistryFile", "SecretMissing",
     "SecretStore", "Server", "Upstream", "UpstreamError", "build", "definition_diff", "load_registry",

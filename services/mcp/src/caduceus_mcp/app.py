@@ -12,6 +12,7 @@ from functools import partial
 from caduceus_bus import BusService, EventConnection
 from caduceus_contracts import Event, ReloadingKeyring, SignedGrant, ToolsReachAnswer, ToolsReachQuery, subjects
 from caduceus_directory import DirectorySource
+from caduceus_mcp.egress import UpstreamEgress
 from caduceus_mcp.endpoint import McpEndpoint, issuer_lookup, start_endpoint
 from caduceus_mcp.gateway import McpGateway, RegistryFile
 from caduceus_mcp.handlers import ROUTES, answer_facts, answer_tools
@@ -36,7 +37,8 @@ class McpService(BusService):
         self.gateway = McpGateway(
             registry=RegistryFile(settings.registry_file), pins=PinStore(settings.pins_url),
             secrets=SecretStore(settings.secrets_dir), keyring=self.keyring, publish=self._publish,
-            launcher=launcher or stdio_launcher(settings), may_use=self.may_use, call_timeout_s=settings.call_timeout_s,
+            launcher=launcher or stdio_launcher(settings), egress=UpstreamEgress(sandbox_policies(settings)),
+            may_use=self.may_use, call_timeout_s=settings.call_timeout_s,
             list_timeout_s=settings.list_timeout_s, max_result_bytes=settings.max_result_bytes,
             listing_ttl_s=max(30.0, 6 * settings.listing_refresh_s))
         self.endpoint: McpEndpoint | None = None
@@ -101,6 +103,7 @@ class McpService(BusService):
     async def cleanup(self) -> None:
         if self.endpoint is not None:
             await self.endpoint.stop()
+        await self.gateway.egress.close()
         self.gateway.pins.close()
 
 
@@ -109,9 +112,14 @@ def stdio_launcher(settings: McpSettings) -> Launcher:
     if not settings.sandbox_stdio:
         log.warning("stdio MCP servers run without a sandbox (CADUCEUS_SANDBOX_STDIO=false)")
         return plain_launcher
+    return StdioSandbox(sandbox_policies(settings))
+
+
+def sandbox_policies(settings: McpSettings) -> PolicyFiles:
+    """The tenants' sandbox policies (the broker's): stdio servers' sandboxes and HTTP servers' egress rules."""
     default = settings.sandbox_file or settings.state_dir / "sandbox.yaml"
     per_tenant = (settings.sandbox_file.parent if settings.sandbox_file else settings.state_dir) / "sandboxes"
-    return StdioSandbox(PolicyFiles(default, per_tenant))
+    return PolicyFiles(default, per_tenant)
 
 
 def build(settings: McpSettings | None = None) -> McpService:

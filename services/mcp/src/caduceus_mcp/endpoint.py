@@ -258,7 +258,9 @@ class GovernedCalls:
         self._forget(action)
         if completed.status == "ok":
             return CallOutcome("ok", completed.result)
-        return CallOutcome(completed.status, f"{completed.status}: {completed.reason or completed.result}")
+        # An upstream's error result says what went wrong (redacted and cut by the gateway): the client reads it.
+        detail = ": ".join(part for part in (completed.reason, completed.result) if part)
+        return CallOutcome(completed.status, f"{completed.status}: {detail}")
 
     def _forget(self, action: tuple) -> None:
         pending = self._by_action.pop(action, None)

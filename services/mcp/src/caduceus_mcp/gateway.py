@@ -42,7 +42,8 @@ from caduceus_contracts import (
     call_digest,
     subjects,
 )
-from caduceus_mcp.definitions import Definition, definition_diff
+from caduceus_mcp.definitions import Definition, credential_marker, definition_diff
+from caduceus_mcp.egress import EgressDenied, UpstreamEgress
 from caduceus_mcp.pins import METADATA, Pin, PinStore, create_tables
 from caduceus_mcp.registry import (
     Registry,
@@ -53,7 +54,16 @@ from caduceus_mcp.registry import (
     split_tool_name,
     tool_name,
 )
-from caduceus_mcp.upstream import Launcher, SecretStore, Upstream, UpstreamError, call, list_definitions, plain_launcher
+from caduceus_mcp.upstream import (
+    EgressError,
+    Launcher,
+    SecretStore,
+    Upstream,
+    UpstreamError,
+    call,
+    list_definitions,
+    plain_launcher,
+)
 from caduceus_redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -135,6 +145,8 @@ class McpGateway:
     keyring: Keyring
     publish: Publish = _no_publish
     launcher: Launcher = plain_launcher
+    # The tenants' egress rules for HTTP upstreams (default: none reached, like a tenant without a policy).
+    egress: UpstreamEgress = field(default_factory=UpstreamEgress)
     call_timeout_s: float = 30.0
     list_timeout_s: float = 10.0
     max_result_bytes: int = 100_000
@@ -181,8 +193,20 @@ class McpGateway:
             published += 1
         return published
 
-    def upstream(self, server: Server) -> Upstream:
-        return Upstream(server, self.secrets, self.launcher, connect_timeout_s=self.list_timeout_s)
+    def upstream(self, server: Server, workspace: str = "") -> Upstream:
+        """How to reach `server` for a call or listing in `workspace`, whose egress rules an HTTP server is reached
+        by ("": the tenant's own rules)."""
+        return Upstream(server, self.secrets, self.launcher, connect_timeout_s=self.list_timeout_s,
+                        egress=self.egress, workspace=workspace)
+
+    def credentials(self, server: Server) -> list[str]:
+        """The values of the server's credentials (to take them out of whatever the server sends back)."""
+        return self.secrets.values(server.tenant, server.credentials.secret_names())
+
+    async def served(self, server: Server, client: Any) -> list[Definition]:
+        """The server's tool definitions as served, without its credentials' values (see Definition.without)."""
+        credentials = self.credentials(server)
+        return [d.without(credentials) for d in await list_definitions(client, self.list_timeout_s)]
 
     # --- what a person sees -------------------------------------------------
 
@@ -195,15 +219,25 @@ class McpGateway:
         problems: list[str] = []
         for server, result in zip(servers, results, strict=True):
             if isinstance(result, BaseException):
-                problems.append(f"{server.name}: {result}")
+                problems.append(scrub(f"{server.name}: {result}", self.credentials(server)))
             else:
                 entries += result
         return entries, problems
 
     async def _server_entries(self, server: Server, workspace: str) -> list[Entry]:
-        return [await self.entry(server, workspace, d) for d in await self.definitions(server)]
+        await self.check_egress(server, workspace)
+        return [await self.entry(server, workspace, d) for d in await self.definitions(server, workspace)]
 
-    async def definitions(self, server: Server) -> list[Definition]:
+    async def check_egress(self, server: Server, workspace: str) -> None:
+        """EgressError when the workspace's egress rules refuse this HTTP server: it is then neither listed nor
+        vouched for there, even though its listing (kept per server, made under the tenant's rules) exists."""
+        if server.transport == "http":
+            try:
+                await self.egress.proxy_for(server.tenant, workspace, server.url)
+            except EgressDenied as exc:
+                raise EgressError(f"MCP server {server.name} is not reached: {exc}") from None
+
+    async def definitions(self, server: Server, workspace: str = "") -> list[Definition]:
         """The server's tool definitions for lists and policy's facts: its listing of the last `listing_ttl_s`,
         else a new one. Starting a stdio server (and the SDK) takes seconds, longer than a planner's turn or
         policy's decision may wait; the call itself always checks the definition it calls, in its own session."""
@@ -212,14 +246,14 @@ class McpGateway:
         listed = self._listings.get(key)
         if listed is not None and listed[1] == server and time.monotonic() - listed[0] < self.listing_ttl_s:
             return listed[2]
-        return await self._list(server)
+        return await self._list(server, workspace)
 
-    async def _list(self, server: Server) -> list[Definition]:
+    async def _list(self, server: Server, workspace: str = "") -> list[Definition]:
         key, started = (server.tenant, server.name), time.monotonic()
         self._tried[key] = (started, server)
         try:
-            async with self.upstream(server).session() as client:
-                definitions = await list_definitions(client, self.list_timeout_s)
+            async with self.upstream(server, workspace).session() as client:
+                definitions = await self.served(server, client)
         except BaseException:
             self._listings.pop(key, None)  # unreachable now: nothing listed or vouched for from memory
             raise
@@ -303,7 +337,8 @@ class McpGateway:
         if server is None or not server.serves(workspace):
             return f"no MCP server {split[0]!r} is registered for {tenant}/{workspace}"
         try:
-            definitions = await self.definitions(server)
+            await self.check_egress(server, workspace)
+            definitions = await self.definitions(server, workspace)
         except (UpstreamError, TimeoutError) as exc:
             return f"MCP server {server.name} is unavailable: {exc or 'timed out'}"
         definition = next((d for d in definitions if d.name == split[1]), None)
@@ -371,8 +406,8 @@ class McpGateway:
         timeout_s = server.timeout_s or self.call_timeout_s
         try:
             started = time.monotonic()
-            async with self.upstream(server).session() as client:
-                definitions = await list_definitions(client, self.list_timeout_s)
+            async with self.upstream(server, event.workspace).session() as client:
+                definitions = await self.served(server, client)
                 self._remember(server, definitions, started)
                 definition = next((d for d in definitions if d.name == split[1]), None)
                 if definition is None:
@@ -380,8 +415,9 @@ class McpGateway:
                 entry = await self.entry(server, event.workspace, definition)
                 await self._check_pin(entry, decision, issuer)
                 result = await call(client, definition.name, event.args, timeout_s)
-        except UpstreamError as exc:
-            return ToolCallCompleted.of(event, "error", reason=f"MCP server {server.name}: {exc}",
+        except UpstreamError as exc:  # its text may come from the upstream: it is scrubbed like a result
+            return ToolCallCompleted.of(event, "error", reason=scrub(f"MCP server {server.name}: {exc}",
+                                                                     self.credentials(server)),
                                         executed_by=EXECUTED_BY)
         return self._outcome(event, server, definition, result)
 
@@ -406,7 +442,7 @@ class McpGateway:
             workspace=pin.workspace, digest=pin.digest))
 
     def _outcome(self, event: ToolCallDispatched, server: Server, definition: Definition, result: Any) -> ToolCallCompleted:
-        secrets = self.secrets.values(server.tenant, server.credentials.secret_names())
+        secrets = self.credentials(server)
         text = result_text(result)
         if definition.output_schema and not result.is_error:
             problem = schema_problem(definition.output_schema, result.structured_content)
@@ -468,7 +504,8 @@ def schema_problem(schema: dict[str, Any], value: Any) -> str | None:
 
 def scrub(text: str, secrets: list[str]) -> str:
     """Upstream credentials by value, then every secret-looking pattern (libs/redaction)."""
+    marker = credential_marker(secrets)
     for value in secrets:
         if len(value) >= 4:
-            text = text.replace(value, "[REDACTED:credential]")
+            text = text.replace(value, marker)
     return redact_text(text)

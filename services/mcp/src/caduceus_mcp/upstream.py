@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from caduceus_mcp.definitions import Definition
+from caduceus_mcp.egress import EgressDenied, UpstreamEgress
 from caduceus_mcp.registry import SECRET_REF_RE, Server
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class UpstreamError(RuntimeError):
     """The upstream could not be reached, did not answer in time, or answered with a protocol error."""
+
+
+class EgressError(UpstreamError):
+    """The tenant's egress rules do not let the gateway reach this HTTP server: nothing was sent to it."""
 
 
 class SecretMissing(UpstreamError):
@@ -83,6 +88,9 @@ class Upstream:
     secrets: SecretStore
     launcher: Launcher = plain_launcher
     connect_timeout_s: float = 10.0
+    # HTTP servers are reached through these egress rules, those of `workspace` ("": the tenant's; egress.py).
+    egress: UpstreamEgress = field(default_factory=UpstreamEgress)
+    workspace: str = ""
 
     def _headers(self) -> dict[str, str]:
         headers = {}
@@ -100,7 +108,12 @@ class Upstream:
     async def session(self) -> AsyncIterator[Client]:
         """An initialized SDK client for this server; closing it ends a stdio server."""
         if self.server.transport == "http":
-            http = httpx2.AsyncClient(headers=self._headers(), timeout=httpx2.Timeout(30.0, read=300.0))
+            try:
+                proxy = await self.egress.proxy_for(self.server.tenant, self.workspace, self.server.url)
+            except EgressDenied as exc:
+                raise EgressError(f"MCP server {self.server.name} is not reached: {exc}") from None
+            http = httpx2.AsyncClient(headers=self._headers(), timeout=httpx2.Timeout(30.0, read=300.0), proxy=proxy,
+                                      trust_env=False)
             transport = streamable_http_client(self.server.url, http_client=http)
         else:
             argv, env = self.launcher(self.server, self.server.command, self._env())

@@ -44,9 +44,10 @@ class PolicySettings(BusSettings):
     turns_bucket: str = Field(default="caduceus_policy_turns", description=(
         "The JetStream KV bucket of per-turn guardrail records (calls, tokens, repeated calls of each turn), "
         "shared by every replica; records expire after a day."))
-    mcp_facts_timeout_s: float = Field(default=3.0, gt=0, description=(
+    mcp_facts_timeout_s: float = Field(default=10.0, gt=0, description=(
         "How long policy waits for the MCP gateway's facts about an `mcp__` tool (server, annotations, pin "
-        "state); without them the call is denied (fail closed)."))
+        "state); without them the call is denied (fail closed). As long as the gateway may take to start a "
+        "server and list its tools (its `list_timeout_s`): a stdio server starts in a sandbox per session."))
     usage_consumer: str = Field(default="policy-usage", description=(
         "The durable JetStream consumer through which the replicas share model usage (for budgets)."))
 

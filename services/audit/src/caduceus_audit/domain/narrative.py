@@ -21,6 +21,7 @@ VERDICT_WORDS = {"allow": "allowed", "deny": "denied", "approve": "held for appr
 # A session's or call's context is forgotten after this many newer ones (bounded memory in follow mode).
 REMEMBERED = 100_000
 SUMMARY_TEXT = 200
+MCP_PREFIX = "mcp__"
 # The stored columns of a record (an AuditRecord, or a row streamed from the store).
 StoredRecord = ChainLink
 
@@ -160,8 +161,37 @@ class Narrator:
 
     def _tool_dispatched(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
         actor, call = self._call_context(record, body)
-        return RecordView(record, body, f"{call.tool} dispatched to the executor", "info", actor=actor, call=call,
+        to = "the MCP gateway" if call.tool.startswith(MCP_PREFIX) else "the executor"
+        return RecordView(record, body, f"{call.tool} dispatched to {to}", "info", actor=actor, call=call,
                           workspace=body.get("workspace"))
+
+    # The MCP gateway's own events: its registry, the pinned (approved) definitions, and definitions that changed.
+
+    def _mcp_server_changed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        credentials = ", ".join(body.get("credentials") or ()) or "none"
+        summary = (f"MCP server {body.get('server', '?')} {body.get('action', 'changed')} by {body.get('actor', '?')} "
+                   f"({body.get('transport', '?')}: {_short(str(body.get('target', '')))}; scope "
+                   f"{body.get('scope', 'tenant')}; credentials by name: {credentials})")
+        return RecordView(record, body, summary, "warning" if body.get("action") == "removed" else "info",
+                          actor=Actor(str(body.get("actor", "?")), ()),
+                          call=CallFacts(f"{MCP_PREFIX}{body.get('server', '?')}__*", {}))
+
+    def _mcp_pin_changed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        tool = f"{MCP_PREFIX}{body.get('server', '?')}__{body.get('tool', '?')}"
+        where = f" in workspace {body['workspace']}" if body.get("workspace") else ""
+        action = str(body.get("action", "changed"))
+        return RecordView(record, body, f"definition of {tool} {action}{where} by {body.get('actor', '?')} "
+                          f"(digest {str(body.get('digest', ''))[:12]})", "warning" if action == "revoked" else "info",
+                          actor=Actor(str(body.get("actor", "?")), ()), call=CallFacts(tool, {}, body.get("digest")),
+                          workspace=body.get("workspace") or None)
+
+    def _mcp_definition_changed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
+        tool = f"{MCP_PREFIX}{body.get('server', '?')}__{body.get('tool', '?')}"
+        return RecordView(record, body, f"definition of {tool} changed upstream (pinned "
+                          f"{str(body.get('pinned_digest', ''))[:12]}, served {str(body.get('served_digest', ''))[:12]});"
+                          f" withheld until approved again: {_short(str(body.get('diff', '')))}", "high",
+                          call=CallFacts(tool, {}, body.get("served_digest")), text=str(body.get("diff", "")),
+                          workspace=body.get("workspace") or None)
 
     def _tool_completed(self, record: StoredRecord, body: dict[str, Any]) -> RecordView:
         actor, call = self._call_context(record, body)

@@ -21,7 +21,8 @@ PUBLISHER = {"chat.message.in": "chat", "turn.requested": "identity", "turn.assi
              "tool.requested": "planner", "tool.decided": "policy", "tool.dispatched": "broker",
              "tool.completed": "planner", "chat.reply": "planner", "worker.lifecycle": "broker", "error": "caduceus",
              "model.requested": "inference", "model.decided": "policy", "model.completed": "inference",
-             "model.usage": "inference", "turn.stopped": "policy"}
+             "model.usage": "inference", "turn.stopped": "policy", "mcp.server.changed": "mcp",
+             "mcp.pin.changed": "mcp", "mcp.definition.changed": "mcp"}
 # OCSF message_context.ai_role_id: who speaks in the conversation.
 AI_ROLE = {"chat.message.in": (1, "User"), "turn.requested": (1, "User"), "chat.reply": (2, "Assistant"),
            "model.usage": (2, "Assistant"), "model.requested": (1, "User"), "model.decided": (2, "Assistant"),
@@ -148,4 +149,8 @@ def _unmapped(view: RecordView) -> dict[str, Any]:
                                "hash": record.hash, "prev_hash": record.prev_hash}
     if view.call is not None:
         details.update(tool=view.call.tool, args=view.call.args, digest=view.call.digest)
+    if record.kind.startswith("mcp.") and view.body:
+        # The gateway's registry, pin and definition events, field by field (credential names, never values).
+        details["mcp"] = {k: v for k, v in view.body.items() if k not in ("tenant", "kind", "event_id", "occurred_at",
+                                                                        "schema_version")}
     return details

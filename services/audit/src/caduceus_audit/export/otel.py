@@ -69,6 +69,8 @@ class SpanBuilder:
 
     def feed(self, view: RecordView) -> list[ReadableSpan]:
         record = view.record
+        if record.kind.startswith("mcp.") and not record.rejected:
+            return [self._mcp_event(view)]
         if view.call is None or record.call_id is None or record.rejected:
             return []
         key = (record.tenant, record.call_id)
@@ -122,6 +124,30 @@ class SpanBuilder:
                          attributes, record.occurred_at)
         self._open[(record.tenant, record.call_id)] = call
         return call
+
+    def _mcp_event(self, view: RecordView) -> ReadableSpan:
+        """The MCP gateway's registry, pin and definition events: one span each, named for the event and the
+        server or tool, with the event's fields as `caduceus.mcp.*` attributes (credential names, never values)."""
+        record = view.record
+        attributes: dict[str, Any] = {"caduceus.tenant": record.tenant, "caduceus.event": record.kind,
+                                      "caduceus.summary": view.summary, "caduceus.severity": view.severity}
+        for key, value in (view.body or {}).items():
+            if key in ("tenant", "kind", "event_id", "occurred_at", "schema_version"):
+                continue
+            if isinstance(value, list | tuple):
+                attributes[f"caduceus.mcp.{key}"] = [str(v) for v in value]
+            elif isinstance(value, str | int | float | bool):
+                attributes[f"caduceus.mcp.{key}"] = value
+        if view.actor is not None:
+            attributes[ENDUSER_ID] = view.actor.user
+        target = view.call.tool if view.call is not None else ""
+        moment = _ns(record.occurred_at)
+        return ReadableSpan(
+            name=f"{record.kind} {target}".strip(),
+            context=self._context(_derived(32, "mcp", record.tenant, record.event_id),
+                                  _derived(16, "mcp-event", record.tenant, record.event_id)),
+            parent=None, resource=self.resource, attributes=attributes, events=(), kind=SpanKind.INTERNAL,
+            instrumentation_scope=SCOPE, status=Status(StatusCode.UNSET), start_time=moment, end_time=moment)
 
     def _context(self, trace_id: int, span_id: int) -> SpanContext:
         return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
