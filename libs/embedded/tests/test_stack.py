@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -362,24 +363,38 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) 
          "--inference-port", str(ports.inference), "--http-port", str(ports.http)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={k: v for k, v in os.environ.items() if k != "CADUCEUS_MODEL_BASE_URL"})
+    # The operator's cue is the console, not the state file: stack.json is written a moment before the table is
+    # printed, so Ctrl-C is pressed only once the table has ended with its "Ctrl-C stops everything." line.
+    lines: list[str] = []
+    shown = threading.Event()
+
+    def read_console() -> None:
+        for line in up.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                shown.set()
+
+    reader = threading.Thread(target=read_console, daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 90
-        while read_stack_info(state) is None:
-            assert up.poll() is None and time.monotonic() < deadline, up.communicate()[0]
-            time.sleep(0.2)
+        while not shown.wait(0.2):
+            assert up.poll() is None and time.monotonic() < deadline, "".join(lines)
         info = read_stack_info(state)
         assert set(info.services) == {"model", "audit", "identity", "policy", "approval", "broker", "gateway", "mcp",
                                       "inference"}
         pids = set(info.services.values())
         up.send_signal(signal.SIGINT)
-        output, _ = up.communicate(timeout=60)
+        up.wait(timeout=60)
     finally:
         if up.poll() is None:  # a failed assertion: stop the stack the way an operator would, so nothing is left
             up.send_signal(signal.SIGINT)
             try:
-                up.communicate(timeout=60)
+                up.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(up.pid, signal.SIGKILL)
+        reader.join(timeout=10)
+    output = "".join(lines)
     assert up.returncode == 0, output
     for line in ("Caduceus is up", f"nats://127.0.0.1:{ports.nats}", f"http://127.0.0.1:{ports.temporal_ui}",
                  str(state), "stopped"):

@@ -1,6 +1,7 @@
 // A call's page script, served from /static so the page runs under its Content-Security-Policy (script-src
-// 'self', no inline script): the time left counts down, and the page reloads when the call is answered
-// elsewhere (not while the approver is typing a comment).
+// 'self', no inline script): the time left counts down, and the page reloads when the call's status changes
+// elsewhere (not while the approver is typing a comment, and not for the news the page already shows: the
+// answer given on this page comes back on the stream too).
 (function () {
   "use strict";
   var left = document.getElementById("left");
@@ -17,6 +18,6 @@
   new EventSource("/events").addEventListener("approval", function (e) {
     var data = JSON.parse(e.data);
     var typing = document.activeElement && document.activeElement.id === "comment";
-    if (data.call_id === callId && !typing) window.location.reload();
+    if (data.call_id === callId && data.status !== status.dataset.status && !typing) window.location.reload();
   });
 })();
