@@ -57,7 +57,7 @@ PACK = textwrap.dedent("""\
             - {id: classified-stays-home, upstream: self-hosted, data_classes: [classified]}
             - {id: interns-go-small, upstream: outside-small, roles: [intern]}
           prompt_rules: {secret: redact, customer_data: deny}
-          response_rules: {secret: redact}
+          response_rules: {secret: redact, customer_data: deny}
     """)
 OUTSIDE_USAGE = {"prompt_tokens": 37, "completion_tokens": 5, "total_tokens": 42}
 
@@ -84,9 +84,12 @@ class OutsideProvider:
                                  "usage": OUTSIDE_USAGE})
 
         async def events() -> AsyncIterator[bytes]:
-            for word in self.answer.split(" "):
+            # A few characters a chunk, as real providers stream tokens: a secret never arrives in one piece.
+            pieces = [self.answer[i:i + 3] for i in range(0, len(self.answer), 3)]
+            for n, piece in enumerate(pieces):
                 chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+                         "choices": [{"index": 0, "delta": {"content": piece},
+                                      "finish_reason": "stop" if n == len(pieces) - 1 else None}]}
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield f"data: {json.dumps({'id': 'c1', 'choices': [], 'usage': OUTSIDE_USAGE})}\n\n".encode()
@@ -288,6 +291,25 @@ async def test_a_secret_in_the_response_is_redacted(gateway: InferenceService, i
         provider.answer = "the outside model answers"
     for text in (plain, streamed):
         assert "ghp_" not in text and "[REDACTED:github_token]" in text
+
+
+async def test_a_denied_class_in_a_streamed_answer_withholds_the_rest_whatever_its_chunking(
+        gateway: InferenceService, bus: Bus, identity: Signer, outside: tuple[OutsideProvider, str]) -> None:
+    provider, _ = outside
+    provider.answer = "the account you want is CUST-123456, opened in 2019"
+    try:
+        streamed = streamed_text(await call(gateway, grant(identity, user="u-held").as_api_key(), "which?",
+                                            stream=True))
+    finally:
+        provider.answer = "the outside model answers"
+    assert "CUST" not in streamed and "123456" not in streamed
+    assert "withheld the rest of the answer: it held customer_data data" in streamed
+    for _ in range(50):
+        completed = [c for c in bus.of(ModelCallCompleted) if c.user == "u-held"]
+        if completed:
+            break
+        await asyncio.sleep(0.1)
+    assert completed[0].status == "refused" and "customer_data" in completed[0].detail
 
 
 async def test_an_exhausted_token_budget_refuses_before_the_call_and_says_what_is_left(

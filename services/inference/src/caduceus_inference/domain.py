@@ -75,6 +75,58 @@ def redact_all(text: str, specs: Iterable[DataClassSpec]) -> str:
     return text
 
 
+class HeldInResponse(Exception):
+    """A streamed answer reached a data class the pack denies in responses: the rest is withheld."""
+
+    def __init__(self, data_class: str) -> None:
+        super().__init__(data_class)
+        self.data_class = data_class
+
+
+class ResponseStream:
+    """The response rules over one streamed answer, whatever its chunking.
+
+    An upstream streams a few characters at a time, so a secret or a denied word is nearly always split
+    across chunks: rules applied chunk by chunk would see none of it. The text is checked as a whole
+    instead, and the last `holdback` characters are held back until more text shows whether they start a
+    match; a match in progress is held until it ends. So the client gets the same text as if the answer
+    had been checked whole, `holdback` characters later (nothing is held when the pack sets no rule). A
+    match that only becomes recognisable after more than `holdback` characters is the bound of this
+    guarantee (the built-in secret patterns are recognisable within 70).
+    """
+
+    def __init__(self, deny: tuple[DataClassSpec, ...], redact: tuple[DataClassSpec, ...], holdback: int) -> None:
+        self.deny, self.redact, self.holdback = deny, redact, holdback
+        self.held = ""   # received, not sent yet
+        self.sent = ""   # the last `holdback` characters sent, as received: a denied class may span sent and held
+
+    @property
+    def active(self) -> bool:
+        return bool(self.deny or self.redact)
+
+    def feed(self, text: str) -> str:
+        """What may be sent now of the answer so far; raises HeldInResponse for a denied class."""
+        if not self.active:
+            return text
+        self.held += text
+        denied = found_class(self.sent + self.held, self.deny)
+        if denied:
+            raise HeldInResponse(denied)
+        cut = max(0, len(self.held) - self.holdback)
+        whole = redact_all(self.held, self.redact)
+        # Back off from any cut that splits a match: the text before it must redact the same alone.
+        while cut > 0 and redact_all(self.held[:cut], self.redact) + redact_all(self.held[cut:], self.redact) != whole:
+            cut -= 1
+        out, self.held = self.held[:cut], self.held[cut:]
+        self.sent = (self.sent + out)[-self.holdback:]
+        return redact_all(out, self.redact)
+
+    def flush(self) -> str:
+        """The rest, at the end of the answer."""
+        out, self.held = redact_all(self.held, self.redact), ""
+        return out
+
+
 def redact_messages(messages: list[Any], specs: tuple[DataClassSpec, ...]) -> list[Any]:
     """The messages with the data classes' matches replaced in every text the model would read."""
     if not specs:

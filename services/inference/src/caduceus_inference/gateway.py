@@ -42,6 +42,8 @@ from caduceus_contracts import (
     utcnow,
 )
 from caduceus_inference.domain import (
+    HeldInResponse,
+    ResponseStream,
     estimate_tokens,
     found_class,
     prompt_digest,
@@ -243,9 +245,17 @@ class Gateway:
 
     async def _relay(self, grant: SessionGrant, decision: ModelDecision, model: str, reply: httpx.Response,
                      completion_id: str, created: int) -> AsyncIterator[bytes]:
-        """The upstream's events as they come, each content delta through the response rules."""
+        """The upstream's events as they come, their content through the response rules (one filter per choice)."""
         usage: tuple[int, int] | None = None
         status, detail = "ok", ""
+        filters: dict[int, ResponseStream] = {}
+
+        def filter_of(index: int) -> ResponseStream:
+            if index not in filters:
+                filters[index] = ResponseStream(decision.deny_response, decision.redact_response,
+                                                self.settings.inference_stream_holdback_chars)
+            return filters[index]
+
         lines = reply.aiter_lines()
         try:
             while True:
@@ -268,14 +278,19 @@ class Gateway:
                 except json.JSONDecodeError:
                     continue
                 usage = usage_of(chunk) or usage
-                denied = _apply_response_rules(chunk, decision)
-                if denied:
-                    status, detail = "refused", f"response held {denied}"
+                try:
+                    _apply_response_rules(chunk, filter_of)
+                except HeldInResponse as held:
+                    status, detail = "refused", f"response held {held.data_class}"
                     for piece in refusal_chunks(model, f"\n[Caduceus withheld the rest of the answer: it held "
-                                                       f"{denied} data]", completion_id, created):
+                                                       f"{held.data_class} data]", completion_id, created):
                         yield piece
                     return
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
+            # What is still held (an upstream that never said finish_reason) ends the answer.
+            for index, rest in ((i, f.flush()) for i, f in filters.items()):
+                if rest:
+                    yield _content_chunk(completion_id, created, model, index, rest)
             yield b"data: [DONE]\n\n"
         except httpx.HTTPError as exc:
             status, detail = "upstream-failed", f"the upstream stream broke: {type(exc).__name__}"
@@ -324,16 +339,31 @@ class Gateway:
         ])
 
 
-def _apply_response_rules(chunk: Any, decision: ModelDecision) -> str | None:
-    """Redact a chunk's content deltas in place; the denied class when one holds a class the pack denies."""
+def _apply_response_rules(chunk: Any, filter_of: Callable[[int], ResponseStream]) -> None:
+    """Pass a chunk's content deltas through their choice's filter, in place (held text comes out later; a
+    choice that finishes gets the rest of its text). Raises HeldInResponse for a denied class."""
     for choice in chunk.get("choices") or () if isinstance(chunk, dict) else ():
-        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index") if isinstance(choice.get("index"), int) else 0
+        response = filter_of(index)
+        if not response.active:
+            continue
+        delta = choice.get("delta")
         if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            denied = found_class(delta["content"], decision.deny_response)
-            if denied:
-                return denied
-            delta["content"] = redact_all(delta["content"], decision.redact_response)
-    return None
+            delta["content"] = response.feed(delta["content"])
+        if choice.get("finish_reason"):
+            rest = response.flush()
+            if rest:
+                if not isinstance(delta, dict):
+                    delta = choice["delta"] = {}
+                delta["content"] = (delta.get("content") or "") + rest
+
+
+def _content_chunk(completion_id: str, created: int, model: str, index: int, text: str) -> bytes:
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}]}
+    return f"data: {json.dumps(body)}\n\n".encode()
 
 
 def _time_left(decision: ModelDecision) -> float | None:

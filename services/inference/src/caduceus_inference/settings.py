@@ -44,6 +44,11 @@ class InferenceSettings(BusSettings):
     inference_upstream_timeout_s: float = Field(default=120.0, gt=0, description=(
         "The bound on one upstream call (connect and read); past it the call fails with 502."))
 
+    inference_stream_holdback_chars: int = Field(default=128, ge=1, le=65536, description=(
+        "When the pack sets response rules, how many characters of a streamed answer are held back until the "
+        "text after them shows they do not start a secret or a denied word (a match in progress is held until "
+        "it ends). Larger catches longer patterns split across chunks; the first words arrive that much later."))
+
     @model_validator(mode="before")
     @classmethod
     def _derive_paths(cls, data: Any) -> Any:
