@@ -76,3 +76,19 @@ def test_text_is_held_back_only_while_it_could_start_a_match_and_not_at_all_with
     assert stream.feed("ghp_") == "xxxx"
     free = ResponseStream((), (), HOLDBACK)
     assert free.feed("ghp_abc") == "ghp_abc"  # no rule, no delay
+
+
+def test_a_finished_secret_does_not_hold_up_the_rest_of_the_answer():
+    stream = ResponseStream((), (SECRET,), HOLDBACK)
+    text = "use " + SECRETS[0] + " then " + "carry on. " * 100
+    sent = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3))
+    assert len(stream.held) <= HOLDBACK + 3  # streaming went on past the secret
+    assert sent.startswith("use [REDACTED:github_token] then carry on.")
+
+
+def test_a_private_key_holds_everything_after_it_to_the_end():
+    """A key block cut off is redacted to the end of the text, so nothing after its first line goes out."""
+    stream = ResponseStream((), (SECRET,), HOLDBACK)
+    text = "here: -----BEGIN PRIVATE KEY-----\n" + "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n" * 400
+    sent = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3)) + stream.flush()
+    assert sent == "here: [REDACTED:private_key]"

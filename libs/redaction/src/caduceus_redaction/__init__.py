@@ -7,6 +7,8 @@ from caduceus_redaction.rules import (
     redact_event_body,
     redact_text,
     redact_value,
+    secret_spans,
 )
 
-__all__ = ["TOKEN_PLACEHOLDER", "nothing_to_redact", "placeholder", "redact_event_body", "redact_text", "redact_value"]
+__all__ = ["TOKEN_PLACEHOLDER", "nothing_to_redact", "placeholder", "redact_event_body", "redact_text", "redact_value",
+           "secret_spans"]

@@ -143,6 +143,12 @@ def _redact(text: str) -> str:
     return _ASSIGNMENT.sub(lambda m: m.group(1) + placeholder("secret_assignment"), text)
 
 
+def secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where in `text` credential-looking substrings are (start, end): what redact_text would replace, found in
+    one scan (for a caller that must know where a match starts, such as a stream held back until it ends)."""
+    return [match.span() for match in _ANY_RULE.finditer(text)]
+
+
 def redact_value(value: Any) -> Any:
     """Redact a decoded JSON value: strings, dict keys and values, list items, recursively."""
     if isinstance(value, str):

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from caduceus_contracts import DataClassSpec
-from caduceus_redaction import placeholder, redact_text
+from caduceus_redaction import placeholder, redact_text, secret_spans
 
 SECRET_CLASS = "secret"
 # Prompt text sent to policy for classification (the same cap as the contract's field).
@@ -112,19 +112,45 @@ class ResponseStream:
         denied = found_class(self.sent + self.held, self.deny)
         if denied:
             raise HeldInResponse(denied)
-        cut = max(0, len(self.held) - self.holdback)
-        whole = redact_all(self.held, self.redact)
-        # Back off from any cut that splits a match: the text before it must redact the same alone.
-        while cut > 0 and redact_all(self.held[:cut], self.redact) + redact_all(self.held[cut:], self.redact) != whole:
-            cut -= 1
+        cut = self._cut()
         out, self.held = self.held[:cut], self.held[cut:]
         self.sent = (self.sent + out)[-self.holdback:]
         return redact_all(out, self.redact)
+
+    def _cut(self) -> int:
+        """How much of the held text can go: all but the last `holdback` characters, and nothing from the start
+        of a match that crosses that point or may still grow (it reaches the end of what came so far)."""
+        held = self.held
+        cut = max(0, len(held) - self.holdback)
+        if cut == 0:
+            return 0
+        for start, end in sorted(_spans(held, self.redact), reverse=True):
+            if start < cut and (end > cut or end == len(held)):
+                cut = start
+        whole = redact_all(held, self.redact)
+        if redact_all(held[:cut], self.redact) + redact_all(held[cut:], self.redact) == whole:
+            return cut
+        # The spans and the redaction disagree (overlapping rules): back off one character at a time until the
+        # text before the cut redacts the same alone.
+        while cut > 0 and redact_all(held[:cut], self.redact) + redact_all(held[cut:], self.redact) != whole:
+            cut -= 1
+        return cut
 
     def flush(self) -> str:
         """The rest, at the end of the answer."""
         out, self.held = redact_all(self.held, self.redact), ""
         return out
+
+
+def _spans(text: str, specs: Iterable[DataClassSpec]) -> list[tuple[int, int]]:
+    """Where the data classes' matches are in `text`."""
+    spans: list[tuple[int, int]] = []
+    for spec in specs:
+        if spec.name == SECRET_CLASS and not spec.patterns and not spec.words:
+            spans += secret_spans(text)
+        spans += [m.span() for pattern in spec.patterns for m in re.finditer(pattern, text)]
+        spans += [m.span() for word in spec.words for m in _word_pattern(word).finditer(text)]
+    return spans
 
 
 def redact_messages(messages: list[Any], specs: tuple[DataClassSpec, ...]) -> list[Any]:
