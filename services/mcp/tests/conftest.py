@@ -61,7 +61,7 @@ def stdio_server(name: str, rug: Path, extra: str = "", scope: str = "tenant") -
 
 
 @pytest.fixture()
-def gateway(tmp_path: Path, keys: Keys) -> McpGateway:
+async def gateway(tmp_path: Path, keys: Keys):
     registry = tmp_path / "mcp.yaml"
     write_registry(registry, stdio_server("files", tmp_path / "rug", "        timeout_s: 3\n"))
     secrets = SecretStore(tmp_path / "mcp-secrets")
@@ -75,7 +75,8 @@ def gateway(tmp_path: Path, keys: Keys) -> McpGateway:
                     publish=publish, list_timeout_s=20, max_result_bytes=5000,
                     egress=UpstreamEgress(PolicyFiles(None, tmp_path / "sandboxes")))
     gw.published = published  # type: ignore[attr-defined]
-    return gw
+    yield gw
+    await gw.sessions.close_all()  # its stdio servers stay up between calls: stop them
 
 
 def grant(keys: Keys, roles: tuple[str, ...] = ("member",), workspace: str = "default") -> SignedGrant:

@@ -19,7 +19,7 @@ from caduceus_mcp.handlers import ROUTES, answer_facts, answer_tools
 from caduceus_mcp.pins import PinStore
 from caduceus_mcp.sandbox import StdioSandbox
 from caduceus_mcp.settings import McpSettings
-from caduceus_mcp.upstream import Launcher, SecretStore, plain_launcher
+from caduceus_mcp.upstream import Launcher, SecretStore, SessionPool, plain_launcher
 from caduceus_sandbox import PolicyFiles
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class McpService(BusService):
             launcher=launcher or stdio_launcher(settings), egress=UpstreamEgress(sandbox_policies(settings)),
             may_use=self.may_use, call_timeout_s=settings.call_timeout_s,
             list_timeout_s=settings.list_timeout_s, max_result_bytes=settings.max_result_bytes,
-            listing_ttl_s=max(30.0, 6 * settings.listing_refresh_s))
+            listing_ttl_s=max(30.0, 6 * settings.listing_refresh_s), sessions=SessionPool(settings.session_idle_s))
         self.endpoint: McpEndpoint | None = None
         # An upstream call in hand when stopping is answered: it can take the whole call bound.
         self.drain_s = settings.call_timeout_s + settings.list_timeout_s + 5
@@ -86,6 +86,7 @@ class McpService(BusService):
         while True:
             try:
                 await self.gateway.refresh_listings(older_than_s=self.settings.listing_refresh_s)
+                await self.gateway.sessions.close_idle()
             except Exception:
                 log.exception("could not list the registered MCP servers; trying again")
             await asyncio.sleep(self.settings.reload_interval_s)
@@ -103,6 +104,7 @@ class McpService(BusService):
     async def cleanup(self) -> None:
         if self.endpoint is not None:
             await self.endpoint.stop()
+        await self.gateway.sessions.close_all()
         await self.gateway.egress.close()
         self.gateway.pins.close()
 

@@ -58,6 +58,7 @@ from caduceus_mcp.upstream import (
     EgressError,
     Launcher,
     SecretStore,
+    SessionPool,
     Upstream,
     UpstreamError,
     call,
@@ -163,6 +164,8 @@ class McpGateway:
     # The last attempt to list each server, and when it was last asked for.
     _tried: dict[tuple[str, str], tuple[float, Server]] = field(default_factory=dict)
     _asked: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Live sessions with stdio servers, kept between calls (upstream.SessionPool).
+    sessions: SessionPool = field(default_factory=SessionPool)
 
     def __post_init__(self) -> None:
         create_tables(self.pins.engine)
@@ -252,7 +255,7 @@ class McpGateway:
         key, started = (server.tenant, server.name), time.monotonic()
         self._tried[key] = (started, server)
         try:
-            async with self.upstream(server, workspace).session() as client:
+            async with self.sessions.session(self.upstream(server, workspace)) as client:
                 definitions = await self.served(server, client)
         except BaseException:
             self._listings.pop(key, None)  # unreachable now: nothing listed or vouched for from memory
@@ -406,7 +409,7 @@ class McpGateway:
         timeout_s = server.timeout_s or self.call_timeout_s
         try:
             started = time.monotonic()
-            async with self.upstream(server, event.workspace).session() as client:
+            async with self.sessions.session(self.upstream(server, event.workspace)) as client:
                 definitions = await self.served(server, client)
                 self._remember(server, definitions, started)
                 definition = next((d for d in definitions if d.name == split[1]), None)

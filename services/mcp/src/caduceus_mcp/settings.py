@@ -45,9 +45,14 @@ class McpSettings(BusSettings):
         "How often the gateway checks the registry file for changes."))
     listing_refresh_s: float = Field(default=5.0, gt=0, description=(
         "How often the gateway lists the tools of every registered server in use (asked for in the last 10 "
-        "minutes) again: planners' tool lists and policy's facts are answered from a listing about this recent "
-        "(starting a stdio server takes seconds). A call is always checked against the definition the server "
+        "minutes) again: planners' tool lists and policy's facts are answered from a listing about this recent. "
+        "A call is always checked against the definition the server "
         "serves at that moment."))
+    session_idle_s: float = Field(default=300.0, gt=0, description=(
+        "How long a stdio server's session stays open with no call or listing in it. Sessions are kept between "
+        "calls, one per tenant, workspace and server (starting a sandboxed server takes seconds, a call on a live "
+        "session milliseconds); a changed registration, sandbox or credential, or a failed call, starts a new "
+        "one."))
     sandbox_file: Path | None = Field(default=None, description=(
         "The tenants' sandbox policy (the broker's `sandbox.yaml`): stdio servers run under bubblewrap with a "
         "profile made from it. Unset, `<state_dir>/sandbox.yaml` when it exists."))

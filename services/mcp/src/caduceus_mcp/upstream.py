@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +107,12 @@ class Upstream:
             env[variable] = self.secrets.read(self.server.tenant, secret)
         return env
 
+    def fingerprint(self) -> str:
+        """What a running stdio server was started with (command as launched, environment with credentials): a
+        change of any of it needs a new server."""
+        argv, env = self.launcher(self.server, self.server.command, self._env())
+        return hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode()).hexdigest()
+
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Client]:
         """An initialized SDK client for this server; closing it ends a stdio server."""
@@ -134,6 +143,132 @@ class Upstream:
         finally:
             with contextlib.suppress(BaseException):
                 await client.__aexit__(None, None, None)
+
+
+class _Live:
+    """One stdio server's session, opened and closed by a task of its own (the SDK's transports are task-scoped),
+    used by any number of calls meanwhile."""
+
+    def __init__(self, upstream: Upstream, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+        self.users = 0
+        self.last_used = time.monotonic()
+        self.broken = False
+        self._client: asyncio.Future[Client] = asyncio.get_running_loop().create_future()
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(upstream), name=f"mcp session {upstream.server.name}")
+
+    async def _run(self, upstream: Upstream) -> None:
+        try:
+            async with upstream.session() as client:
+                self._client.set_result(client)
+                await self._stop.wait()
+        except BaseException as exc:
+            if not self._client.done():
+                self._client.set_exception(exc if isinstance(exc, Exception) else UpstreamError(_why(exc)))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.broken = True
+
+    async def client(self) -> Client:
+        return await asyncio.shield(self._client)
+
+    @property
+    def alive(self) -> bool:
+        return not self.broken and not self._task.done()
+
+    async def close(self) -> None:
+        self.broken = True
+        self._stop.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(self._task), 10)
+        if not self._task.done():
+            self._task.cancel()
+
+
+class SessionPool:
+    """Live sessions with stdio servers, one per tenant, workspace and server, kept open between calls.
+
+    Starting a sandboxed server and the SDK's handshake takes seconds; a call on a live session takes
+    milliseconds. Every call still lists the server's tools in the session it calls in (so the definition it
+    checks is the one it calls). A session is closed when nobody used it for `idle_s`, when its server's
+    registration, sandbox or credentials change (the next call starts one with the new ones), and when a call
+    or listing on it failed (a call that timed out may still be running in it): the next call starts afresh.
+    HTTP servers get a session per call (cheap, and reached through the egress rules of the moment).
+    """
+
+    def __init__(self, idle_s: float = 300.0) -> None:
+        self.idle_s = idle_s
+        self._live: dict[tuple[str, str, str], _Live] = {}
+        self._retired: list[_Live] = []  # out of use, closed by close_idle once their last call is done
+        self._opening: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def session(self, upstream: Upstream) -> AsyncIterator[Client]:
+        if upstream.server.transport != "stdio":
+            async with upstream.session() as client:
+                yield client
+            return
+        live = await self._live_for(upstream)
+        live.users += 1
+        try:
+            yield await live.client()
+        except Exception:
+            self._retire(live)  # whatever failed in it may have left it unusable, or a timed-out call running
+            raise
+        finally:
+            live.users -= 1
+            live.last_used = time.monotonic()
+
+    async def _live_for(self, upstream: Upstream) -> _Live:
+        server = upstream.server
+        key = (server.tenant, upstream.workspace, server.name)
+        fingerprint = upstream.fingerprint()
+        async with self._opening.setdefault(key, asyncio.Lock()):
+            live = self._live.get(key)
+            if live is not None and live.alive and live.fingerprint == fingerprint:
+                return live
+            if live is not None:
+                self._retire(live)
+            live = self._live[key] = _Live(upstream, fingerprint)
+            try:
+                await live.client()
+            except BaseException:
+                self._retire(live)
+                raise
+            return live
+
+    def _retire(self, live: _Live) -> None:
+        """No new call gets this session; close_idle closes it once its calls are done."""
+        live.broken = True
+        for key, entry in list(self._live.items()):
+            if entry is live:
+                del self._live[key]
+        if live not in self._retired:
+            self._retired.append(live)
+
+    async def close_idle(self) -> int:
+        """Close sessions idle for `idle_s` and retired ones nobody uses any more; how many were closed."""
+        now = time.monotonic()
+        for live in list(self._live.values()):
+            if live.users == 0 and (not live.alive or now - live.last_used > self.idle_s):
+                self._retire(live)
+        closing = [live for live in self._retired if live.users == 0]
+        self._retired = [live for live in self._retired if live.users > 0]
+        for live in closing:
+            await live.close()
+        return len(closing)
+
+    async def close_all(self) -> None:
+        closing = [*self._live.values(), *self._retired]
+        self._live.clear()
+        self._retired.clear()
+        for live in closing:
+            await live.close()
+
+    def __len__(self) -> int:
+        return sum(1 for live in self._live.values() if live.alive)
 
 
 async def list_definitions(client: Client, timeout_s: float) -> list[Definition]:
