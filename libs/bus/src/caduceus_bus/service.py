@@ -108,8 +108,15 @@ class BusService:
         self._tasks.append(task)
         return task
 
+    async def quiesce(self) -> None:
+        """First thing on stop, with the bus still fully working: a service that serves HTTP stops taking requests
+        here and finishes those in progress (they may still need events from the bus). Nothing by default."""
+
     async def stop(self) -> None:
-        """Stop taking messages, answer those in hand, stop background work, release, disconnect."""
+        """Finish HTTP requests in progress (quiesce), stop taking messages, answer those in hand, stop background
+        work, release, disconnect."""
+        with contextlib.suppress(Exception):
+            await self.quiesce()
         if self.router is not None:
             await self.router.stop(self.drain_s)
             self.router = None

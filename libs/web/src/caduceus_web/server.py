@@ -27,8 +27,11 @@ class HttpServer:
     connections over the live ones, so one replica killed leaves the port served by the others.
     """
 
-    def __init__(self, app, host: str, port: int, *, what: str, port_setting: str, shared: bool = False) -> None:
+    def __init__(self, app, host: str, port: int, *, what: str, port_setting: str, shared: bool = False,
+                 grace_s: float = 2.0) -> None:
         self.app = app
+        # On stop: no new connection is taken, and requests in progress get this long to finish.
+        self.grace_s = grace_s
         self.host = host
         self.port = port
         self.what = what
@@ -52,7 +55,7 @@ class HttpServer:
                                   f"stop what uses the port, or choose another with {self.port_setting} (0 "
                                   "disables it)") from None
         config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
+                                timeout_graceful_shutdown=self.grace_s)
         self._server = _LoopServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.what)
         deadline = asyncio.get_running_loop().time() + timeout
@@ -68,7 +71,7 @@ class HttpServer:
         self._server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, SystemExit):
             try:
-                await asyncio.wait_for(self._task, 5)
+                await asyncio.wait_for(self._task, self.grace_s + 3)
             except TimeoutError:
                 self._task.cancel()
         self._server = self._task = None

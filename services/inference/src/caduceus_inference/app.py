@@ -34,7 +34,7 @@ class InferenceService(BusService):
                                self.client)
         self.http = HttpServer(self.gateway.app(), settings.inference_host, settings.inference_port,
                                what="the inference gateway", port_setting="CADUCEUS_INFERENCE_PORT",
-                               shared=settings.shared_ports)
+                               shared=settings.shared_ports, grace_s=settings.inference_drain_s)
 
     @property
     def url(self) -> str:
@@ -46,6 +46,11 @@ class InferenceService(BusService):
         log.info("inference gateway at %s; upstreams %s", self.url, ", ".join(sorted(
             self.settings.inference_upstreams)))
         return self.pending
+
+    async def quiesce(self) -> None:
+        """On SIGTERM: no new model call; those in progress (streams too) finish within `inference_drain_s`,
+        with policy's decisions still arriving and their usage still published."""
+        await self.http.stop()
 
     async def cleanup(self) -> None:
         await self.http.stop()

@@ -44,6 +44,10 @@ class InferenceSettings(BusSettings):
     inference_upstream_timeout_s: float = Field(default=120.0, gt=0, description=(
         "The bound on one upstream call (connect and read); past it the call fails with 502."))
 
+    inference_drain_s: float = Field(default=8.0, gt=0, le=3600, description=(
+        "On SIGTERM, how long model calls in progress (streams too) get to finish before they are cut; no new one "
+        "is taken meanwhile. Keep it under the stop grace period (10 s for docker compose and `caduceus up`, "
+        "terminationGracePeriodSeconds on Kubernetes)."))
     inference_stream_holdback_chars: int = Field(default=128, ge=1, le=65536, description=(
         "When the pack sets response rules, how many characters of a streamed answer are held back until the "
         "text after them shows they do not start a secret or a denied word (a match in progress is held until "
