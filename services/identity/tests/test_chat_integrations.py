@@ -263,3 +263,27 @@ def test_a_key_vouches_only_in_its_tenant_and_for_its_platforms(gate: Gatekeeper
         gate.vouch(answer_from(slack_key, "U-carol", platform="line"))
     with pytest.raises(TokenRefused):
         gate.vouch(answer_from("cad_sa_0123456789abcdef_" + "x" * 43, "U-carol"))
+
+
+def test_the_postgres_store_carries_on_after_postgresql_restarts(request: pytest.FixtureRequest) -> None:
+    """PostgreSQL restarted (every connection dropped): the store connects again, reads and writes go on, and
+    nothing written before is lost."""
+    server = request.getfixturevalue("postgres_server")
+    if server.restart is None:
+        pytest.skip("this PostgreSQL cannot be restarted from the test (a container)")
+    name = f"identity_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    store = IdentityStore(make_url(server.url).set(database=name).render_as_string(hide_password=False))
+    try:
+        _, before = store.create_service_account("acme", "slack-bot", ("slack",), START, "carol")
+        server.restart()
+        assert store.authenticate(before) is not None  # a read on the new connection
+        _, after = store.create_service_account("acme", "web-bot", ("web",), START, "carol")  # a write
+        server.restart()
+        assert {a.name for a in store.service_accounts("acme")} == {"slack-bot", "web-bot"}
+        assert store.authenticate(after) is not None
+    finally:
+        store.close()

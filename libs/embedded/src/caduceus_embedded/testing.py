@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,9 @@ def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripte
 @dataclass
 class PostgresServer:
     url: str  # SQLAlchemy URL
+    # Stop PostgreSQL (a fast shutdown: every connection is dropped) and start it again on the same port and data;
+    # None where it cannot be done (a container).
+    restart: Callable[[], None] | None = None
 
 
 def _as_postgres() -> dict:
@@ -208,21 +211,35 @@ def _local_postgres(base: Path) -> Iterator[PostgresServer]:
     port = free_port()
     argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(base), "-h", "127.0.0.1",
             "-c", "fsync=off"]
-    with open(base / "pg.log", "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
-                                **_as_postgres())
-    try:
+    running: list[subprocess.Popen] = []
+
+    def start() -> None:
+        with open(base / "pg.log", "ab") as log:
+            running.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            cwd=base, **_as_postgres()))
         if not wait_for_port(port, 30):
             raise RuntimeError(f"PostgreSQL did not start: {(base / 'pg.log').read_text()[-2000:]}")
         time.sleep(0.2)
-        yield PostgresServer(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres")
-    finally:
+
+    def stop() -> None:
+        proc = running.pop()
         proc.send_signal(signal.SIGINT)  # a fast shutdown
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    def restart() -> None:
+        stop()
+        start()
+
+    try:
+        start()
+        yield PostgresServer(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres", restart)
+    finally:
+        if running:
+            stop()
 
 
 @dataclass

@@ -11,7 +11,9 @@ one made while the service was down.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -57,35 +59,71 @@ def _at(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+log = logging.getLogger("caduceus.identity")
 # Writers on PostgreSQL take this transaction-scoped advisory lock, as SQLite writers take its write lock.
 WRITE_LOCK = zlib.crc32(b"caduceus_identity_write")
 
 
 class _Postgres:
-    """A psycopg2 connection speaking like sqlite3's (`execute` with `?` placeholders, returning the cursor)."""
+    """A psycopg2 connection speaking like sqlite3's (`execute` with `?` placeholders, returning the cursor).
+
+    The connection is opened again when PostgreSQL dropped it (a restart, a failover, an idle timeout): a statement
+    outside a transaction, or the BEGIN of one, is tried again once on the new connection; a transaction the drop
+    cut short fails (its caller rolls it back and reports the error), and the next one runs on a new connection.
+    """
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url, poolclass=NullPool)
         with self.engine.begin() as conn:
             MIGRATIONS.upgrade(conn, self.engine.url.render_as_string(hide_password=True))
+        self.raw = self.conn = None
+        self.in_transaction = False
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.raw is not None:
+            with contextlib.suppress(Exception):
+                self.raw.close()
         self.raw = self.engine.raw_connection()  # kept: the pool closes the driver's connection with it
         self.conn = self.raw.driver_connection
         self.conn.autocommit = True  # transactions in hand (BEGIN ... COMMIT), as on SQLite
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if sql == "ROLLBACK":
+            self.in_transaction = False
+            try:
+                return self.conn.cursor().execute("ROLLBACK")
+            except psycopg2.Error:  # the connection is gone, and the transaction with it
+                self._connect()
+                return None
+        retry = not self.in_transaction
+        try:
+            return self._run(sql, params)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            if not retry:
+                raise
+            log.warning("the connection to PostgreSQL was lost; connecting again")
+            self._connect()
+            return self._run(sql, params)
+
+    def _run(self, sql: str, params: Sequence[Any]) -> Any:
         cursor = self.conn.cursor()
         if sql == "BEGIN IMMEDIATE":
             cursor.execute("BEGIN")
+            self.in_transaction = True
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             return cursor
         cursor.execute(sql.replace("?", "%s"), tuple(params))
+        if sql == "COMMIT":
+            self.in_transaction = False
         return cursor
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.conn.cursor().executemany(sql.replace("?", "%s"), [tuple(row) for row in rows])
 
     def close(self) -> None:
-        self.raw.close()
+        with contextlib.suppress(Exception):
+            self.raw.close()
         self.engine.dispose()
 
 
