@@ -4,8 +4,13 @@ keeps and the planner lists). The gateway must never pass the value on (issue 14
 
 from __future__ import annotations
 
+import base64
+import codecs
+import contextlib
 import json
+import re
 import string
+import urllib.parse
 
 import pytest
 from hypothesis import given, settings
@@ -100,3 +105,52 @@ def test_no_result_or_error_text_carries_a_credential_out(parts, secrets: list[s
     text = "".join(secrets[p] if isinstance(p, int) else p for p in parts)
     scrubbed = scrub(text, secrets)
     assert not any(secret in scrubbed for secret in secrets), (text, scrubbed)
+
+
+# A hostile server hands its credential back in another form, so that it is not found by its value.
+def _b64_runs(text: str) -> list[bytes]:
+    decoded = []
+    for run in re.findall(r"[A-Za-z0-9+/_-]{8,}", text):
+        for offset in range(4):
+            chunk = run[offset:]
+            chunk = chunk[: len(chunk) // 4 * 4]
+            for alt in (b"+/", b"-_"):
+                with contextlib.suppress(ValueError):
+                    decoded.append(base64.b64decode(chunk, altchars=alt))
+    return decoded
+
+
+def _hex_runs(text: str) -> list[bytes]:
+    return [bytes.fromhex(run[o:][: (len(run) - o) // 2 * 2]) for run in re.findall(r"[0-9a-fA-F]{8,}", text)
+            for o in range(2)]
+
+
+TRANSFORMS = {
+    "base64": (lambda t: base64.b64encode(t.encode()).decode(), lambda s, sec: all(sec.encode() not in b for b in _b64_runs(s))),
+    "base64url": (lambda t: base64.urlsafe_b64encode(t.encode()).decode(),
+                  lambda s, sec: all(sec.encode() not in b for b in _b64_runs(s))),
+    "hex": (lambda t: t.encode().hex(), lambda s, sec: all(sec.encode() not in b for b in _hex_runs(s))),
+    "HEX": (lambda t: t.encode().hex().upper(), lambda s, sec: all(sec.encode() not in b for b in _hex_runs(s))),
+    "reversed": (lambda t: t[::-1], lambda s, sec: sec not in s[::-1]),
+    "upper": (lambda t: t.upper(), lambda s, sec: sec.upper() not in s),
+    "percent": (lambda t: urllib.parse.quote(t, safe=""), lambda s, sec: sec not in urllib.parse.unquote(s)),
+    "rot13": (lambda t: codecs.encode(t, "rot13"), lambda s, sec: sec not in codecs.decode(s, "rot13")),
+    "spaced": (lambda t: " ".join(t), lambda s, sec: re.sub(r"[^A-Za-z0-9]", "", sec)
+               not in re.sub(r"[^A-Za-z0-9]", "", s)),
+}
+_PLAIN = st.text(alphabet=string.ascii_letters + string.digits + " ,:", max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=_SECRET, before=_PLAIN, after=_PLAIN, how=st.sampled_from(sorted(TRANSFORMS)))
+def test_a_credential_handed_back_encoded_cannot_be_decoded_from_what_leaves(secret, before, after, how) -> None:
+    encode, recoverable_not = TRANSFORMS[how]
+    scrubbed = scrub(encode(f"{before}{secret}{after}"), [secret])
+    assert recoverable_not(scrubbed, secret), (how, secret, scrubbed)
+
+
+def test_ordinary_text_around_a_credential_is_kept() -> None:
+    text = ("Deployed build 4f2a9c1 to staging at 10:42 UTC; 3 of 3 checks passed, see https://ci.example.com/runs/"
+            "88123 and the logs in /var/log/app/2026-12-05.log")
+    secret = "tok_Zq8vR2mLx9wK"
+    assert scrub(f"{text} with {secret}", [secret]) == f"{text} with [REDACTED:credential]"

@@ -7,11 +7,16 @@ serves means the tool changed after approval (a "rug pull"): the tool is withhel
 
 from __future__ import annotations
 
+import base64
+import codecs
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 from caduceus_contracts import canonical_json
 
@@ -21,7 +26,51 @@ REDACTED = "[REDACTED:credential]"
 
 def credential_marker(values: list[str]) -> str:
     """REDACTED, unless a credential is part of that text itself (a value like "cred"): then one without letters."""
-    return "[…]" if any(v in REDACTED for v in values) else REDACTED
+    return "[…]" if any(v.lower() in REDACTED.lower() for v in values) else REDACTED
+
+
+# Shorter encoded forms than this would match ordinary text.
+_MIN_FORM = 8
+
+
+def credential_forms(value: str) -> list[str]:
+    """A credential's value and what a server can turn it into so that it is not found by its value: reversed,
+    ROT13, hex, percent-encoded, base64 (standard and URL-safe, at each of the three alignments it can have
+    inside a longer encoded text: the characters that depend on the value alone). Matched in any letter case."""
+    raw = value.encode()
+    forms = {value[::-1], codecs.encode(value, "rot13"), raw.hex(), quote(value, safe=""),
+             "".join(f"%{byte:02X}" for byte in raw)}
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw).decode()
+        core = encoded[4 * ((shift + 2) // 3): 4 * ((shift + len(raw)) // 3)]
+        forms |= {core, core.replace("+", "-").replace("/", "_")}
+    return [value, *sorted((f for f in forms if len(f) >= _MIN_FORM and f != value), key=len, reverse=True)]
+
+
+@lru_cache(maxsize=256)
+def _pattern(values: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = []
+    for value in values:
+        alternatives += [re.escape(form) for form in credential_forms(value)]
+        if len(value) >= _MIN_FORM:  # spelled out with up to two separators between its characters
+            alternatives.append(r"[^A-Za-z0-9]{0,2}".join(re.escape(c) for c in value))
+    return re.compile("|".join(sorted(set(alternatives), key=len, reverse=True)), re.IGNORECASE)
+
+
+def hide_credentials(text: str, values: list[str]) -> str:
+    """`text` with every credential in `values` replaced, as given or in any form of credential_forms."""
+    values = [v for v in values if len(v) >= 4]
+    if not values:
+        return text
+    marker = credential_marker(values)
+    pattern = _pattern(tuple(sorted(set(values))))
+    # Until nothing is left: taking one form out can join the pieces of another around it.
+    for _ in range(8):
+        hidden = pattern.sub(marker, text)
+        if hidden == text:
+            break
+        text = hidden
+    return text
 
 
 @dataclass(frozen=True)
@@ -47,13 +96,10 @@ class Definition:
         values = [v for v in values if len(v) >= 4]
         if not values:
             return self
-        marker = credential_marker(values)
 
         def clean(item: Any) -> Any:
             if isinstance(item, str):
-                for value in values:
-                    item = item.replace(value, marker)
-                return item
+                return hide_credentials(item, values)
             if isinstance(item, dict):
                 return {clean(k): clean(v) for k, v in item.items()}
             if isinstance(item, list):

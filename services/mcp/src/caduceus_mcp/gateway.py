@@ -42,7 +42,7 @@ from caduceus_contracts import (
     call_digest,
     subjects,
 )
-from caduceus_mcp.definitions import Definition, credential_marker, definition_diff
+from caduceus_mcp.definitions import Definition, definition_diff, hide_credentials
 from caduceus_mcp.egress import EgressDenied, UpstreamEgress
 from caduceus_mcp.pins import METADATA, Pin, PinStore, create_tables
 from caduceus_mcp.registry import (
@@ -506,9 +506,6 @@ def schema_problem(schema: dict[str, Any], value: Any) -> str | None:
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    """Upstream credentials by value, then every secret-looking pattern (libs/redaction)."""
-    marker = credential_marker(secrets)
-    for value in secrets:
-        if len(value) >= 4:
-            text = text.replace(value, marker)
-    return redact_text(text)
+    """Upstream credentials by value and in their encoded forms (definitions.credential_forms), then every
+    secret-looking pattern (libs/redaction)."""
+    return redact_text(hide_credentials(text, secrets))

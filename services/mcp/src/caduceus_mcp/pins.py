@@ -44,11 +44,15 @@ REVOCATIONS = Table(
 
 def create_tables(engine: Engine) -> None:
     """Create the tables that are missing. Replicas starting together on a new database race to create them: the
-    loser's CREATE fails with "already exists", and a second look finds them there."""
-    try:
-        METADATA.create_all(engine)
-    except DBAPIError:
-        METADATA.create_all(engine)
+    loser's CREATE fails with "already exists", and another look finds it there. Each table can be lost once, so
+    a look per table (and one more) ends the race."""
+    for attempt in range(len(METADATA.tables) + 1):
+        try:
+            METADATA.create_all(engine)
+            return
+        except DBAPIError:
+            if attempt == len(METADATA.tables):
+                raise
 
 
 @dataclass(frozen=True)
