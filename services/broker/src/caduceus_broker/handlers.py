@@ -7,6 +7,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from prometheus_client import Counter
 
 from caduceus_broker.domain import Routing, route_decision
@@ -33,6 +35,7 @@ from caduceus_contracts import (
 log = logging.getLogger("caduceus.broker")
 # `mcp__<server>__<tool>`: calls the MCP gateway runs.
 MCP_TOOL_PREFIX = "mcp__"
+MCP_HEALTH_SUBJECT = "caduceus.health.mcp"  # answered by every MCP gateway process (BusService)
 DISPATCHED = Counter("caduceus_broker_calls_dispatched_total", "Decided calls dispatched to an executor")
 CALL_OUTCOMES = Counter("caduceus_broker_call_outcomes_total", "Outcomes of governed calls (ok, error, denied, "
                         "refused)", ["status"])
@@ -111,6 +114,7 @@ class BrokerHandlers:
         self.leases = leases
         self.in_flight: dict[tuple[str, str], WorkspaceInFlight] = {}
         self._takeovers: dict[tuple[str, str], asyncio.Lock] = {}
+        self._mcp_seen_at = -1.0  # when an MCP gateway last answered the health request
 
     def owns(self, tenant: str, workspace: str) -> bool:
         return self.leases is None or self.leases.owns(tenant, workspace)
@@ -343,6 +347,16 @@ class BrokerHandlers:
             routing = Routing("refuse", f"the decision came after the {self.decision_timeout_s:g} s bound; "
                                         "the call was already denied")
         self.pending.close(request.call_id)
+        if routing.route == "dispatch" and request.tool.startswith(MCP_TOOL_PREFIX) \
+                and not await self._mcp_gateway_listening():
+            # An MCP dispatch goes to whichever gateway listens now (a queue group, not a stored consumer): with
+            # none, it would be lost and the agent would wait out its whole tool timeout.
+            await self.publisher.publish(
+                subjects.tool_completed(request.tenant, request.workspace),
+                ToolCallCompleted.of(request, "error", reason=(
+                    "no MCP gateway is running to take this call, so it did not run; try again once the mcp "
+                    "service is back (`caduceus status`)")))
+            return
         if routing.route == "dispatch":
             dispatched = ToolCallDispatched(tenant=request.tenant, call_id=request.call_id,
                                             workspace=request.workspace, session_id=request.session_id,
@@ -369,6 +383,20 @@ class BrokerHandlers:
                 subjects.tool_completed(request.tenant, request.workspace),
                 ToolCallCompleted.of(request, status, reason=routing.reason))
         # "in-planner": the planner runs agent-loop tools itself and reports their outcome.
+
+    async def _mcp_gateway_listening(self) -> bool:
+        """False only when no MCP gateway process is subscribed at all (NATS says no responders at once). One that
+        is slow to answer is taken as there; an answer is trusted for a second."""
+        if time.monotonic() - self._mcp_seen_at < 1.0:
+            return True
+        try:
+            await self.publisher.nc.request(MCP_HEALTH_SUBJECT, b"", timeout=1.0)
+        except NoRespondersError:
+            return False
+        except (NatsTimeout, TimeoutError):
+            return True
+        self._mcp_seen_at = time.monotonic()
+        return True
 
     async def _reply(self, turn: TurnRequested, status: str, text: str) -> None:
         session = turn.grant.grant.session_id
@@ -430,6 +458,7 @@ ROUTES = RouteTable(
         subjects.CHAT_REPLY_ALL,
         subjects.WORKER_LIFECYCLE_ALL,
         "caduceus.health.worker.>",  # asks its workers whether they are ready
+        MCP_HEALTH_SUBJECT,  # asks whether any MCP gateway is there before dispatching an MCP call
         *kv_bucket_subjects(USED_DECISIONS_BUCKET),  # creates the bucket its executors claim decisions in
         *kv_bucket_subjects(LEASES_BUCKET),  # which replica owns which workspace
     ),
