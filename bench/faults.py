@@ -478,6 +478,9 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
         time.sleep(0.2)
     load.pause()
     calls = load.calls[first:]
+    # First until audit stored what the stream holds: read earlier, a decision audit had not stored yet made a call
+    # that ran look as if it ran without one.
+    stream, stored = stream_and_stored(stack)
     ran = ledger(stack)
     allowed = allowed_tags(stack)
     recovered: float | None = None
@@ -488,7 +491,6 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
             recovered = None
             break
         recovered = max(recovered or 0.0, first_ok - killed_at)
-    stream, stored = stream_and_stored(stack)
     answered = [c for c in calls if c.answered_at is not None]
     turns = load.turns[turns_before:]
     phase = Phase(
