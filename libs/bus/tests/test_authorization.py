@@ -293,3 +293,25 @@ async def test_only_the_broker_may_take_a_workspace_lease(bus: SecuredBus, conne
         assert len(await worker.violations()) == 2, role
     assert (await kv.get("acme.default")).value == b'{"broker": "replica-1"}'
     assert await broker.violations() == []
+
+
+async def test_the_broker_reads_back_the_subjects_it_routes_and_nothing_else(bus: SecuredBus, connect) -> None:
+    """A starting broker reads back unanswered turns and calls (caduceus_broker.catch_up): its credential creates a
+    consumer filtered on one of its routes' subjects, never one over the rest of the stream (audit, approvals)."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    admin = await connect("operator")
+    await EventConnection(admin.nc, BusSettings(nats_url=bus.url)).ensure_stream()
+    broker = await connect("broker")
+    js = broker.nc.jetstream(timeout=2)
+
+    def reading(name: str, subject: str | None) -> ConsumerConfig:
+        return ConsumerConfig(name=name, filter_subject=subject, deliver_subject=broker.nc.new_inbox(),
+                              deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=5.0)
+
+    await js.add_consumer("CADUCEUS", reading("broker-catch-up-1", subjects.TURN_REQUESTED_ALL))
+    assert await broker.violations() == []
+    for name, subject in (("broker-catch-up-2", "cad.v1.audit.>"), ("broker-catch-up-3", None)):
+        with pytest.raises((TimeoutError, nats.errors.Error)):
+            await js.add_consumer("CADUCEUS", reading(name, subject))
+    assert len(await broker.violations()) == 2

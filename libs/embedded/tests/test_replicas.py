@@ -29,21 +29,37 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> ModelSettings:
     return ModelSettings()
 
 
-def test_two_replicas_run_every_service_twice_but_the_broker_and_the_model(tmp_path: Path, scripted) -> None:
+def test_two_replicas_run_every_service_twice_the_broker_too_but_not_the_model(tmp_path: Path, scripted) -> None:
     table = default_services(StateLayout(tmp_path), StackPorts.free(2), scripted, replicas=2)
     keys = [spec.key for spec in table]
     assert len(keys) == len(set(keys))
     for name in SERVICE_HTTP_ORDER:
         expected = [name] if name in SINGLE_INSTANCE else [name, f"{name}-2"]
         assert [spec.key for spec in table if spec.name == name] == expected
+    assert [spec.key for spec in table if spec.name == "broker"] == ["broker", "broker-2"]
     assert [spec.key for spec in table if spec.name == "model"] == ["model"]
+
+
+def test_broker_replicas_share_the_workspaces_and_worker_homes_and_each_has_its_own_health_port(
+        tmp_path: Path, scripted) -> None:
+    """A workspace's files and its planner's memory must be there for whichever broker takes it over; only the
+    lease owner runs a workspace's pair, so sharing them never puts two pairs on one home."""
+    ports = StackPorts.free(2)
+    brokers = [spec for spec in default_services(StateLayout(tmp_path), ports, scripted, replicas=2)
+               if spec.name == "broker"]
+    assert {spec.env["CADUCEUS_WORKSPACES_DIR"] for spec in brokers} == {str(StateLayout(tmp_path).workspaces)}
+    assert {spec.env["CADUCEUS_WORKERS_DIR"] for spec in brokers} == {str(StateLayout(tmp_path).workers)}
+    assert [spec.env["CADUCEUS_HTTP_PORT"] for spec in brokers] == [
+        str(ports.http_port("broker", r)) for r in (1, 2)]
+    assert [spec.ready_url for spec in brokers] == [
+        f"http://127.0.0.1:{ports.http_port('broker', r)}/readyz" for r in (1, 2)]
 
 
 def test_each_replica_has_its_own_health_port_and_all_share_the_web_ports(tmp_path: Path, scripted) -> None:
     ports = StackPorts.free(3)
     table = default_services(StateLayout(tmp_path), ports, scripted, replicas=3)
     health = [spec.env["CADUCEUS_HTTP_PORT"] for spec in table if "CADUCEUS_HTTP_PORT" in spec.env]
-    assert len(health) == len(set(health)) == 3 * (len(SERVICE_HTTP_ORDER) - 1) + 1
+    assert len(health) == len(set(health)) == 3 * len(SERVICE_HTTP_ORDER)
     # the other ports of the stack are never one of the health ports
     assert not {str(getattr(ports, name)) for name in ("nats", "temporal", "approval_ui", "webchat", "inference")
                 } & set(health)
@@ -110,7 +126,8 @@ def test_up_with_two_replicas_lists_each_in_status_and_ctrl_c_stops_them_all(tmp
         assert status.exit_code == 0, status.output
         listed = {s["name"]: s["pid"] for s in json.loads(status.stdout)["services"]}
         replicated = [name for name in SERVICE_HTTP_ORDER if name not in SINGLE_INSTANCE]
-        assert set(listed) == {"model", "broker", *replicated, *(f"{name}-2" for name in replicated)}
+        assert set(listed) == {"model", *replicated, *(f"{name}-2" for name in replicated)}
+        assert "broker-2" in listed
         # each replica answers on its own health port
         for name in replicated:
             with urllib.request.urlopen(f"http://127.0.0.1:{ports.http_port(name, 2)}/readyz", timeout=5) as ready:

@@ -92,8 +92,9 @@ class RouteTable:
     `role` is the name of its bus credential and of its error subject (`cad.v1.error.<tenant>.<role>`).
     `publishes` lists the subjects it publishes (beyond its error events and health answers); `grants` names
     shared sets from the permission file (e.g. `stream-setup`); `extra_subscribes` are subscriptions made by
-    code that is not a route (e.g. a key-value watch). A worker table's subjects are templates over
-    `{tenant}` and `{workspace}`, filled from the worker's credential.
+    code that is not a route (e.g. a key-value watch); `reads_back` are subjects it reads back from the event
+    stream with short-lived consumers filtered on exactly those subjects (`read_back_subjects`). A worker
+    table's subjects are templates over `{tenant}` and `{workspace}`, filled from the worker's credential.
     """
 
     role: str
@@ -101,6 +102,7 @@ class RouteTable:
     publishes: Sequence[str] = ()
     grants: Sequence[str] = ()
     extra_subscribes: Sequence[str] = ()
+    reads_back: Sequence[str] = ()
     worker: bool = False
 
     @property
@@ -139,6 +141,7 @@ class RouteTable:
                 publish += pull_consumer_subjects(stream, route.delivery)
             else:
                 subscribe.append(route.subject)
+        publish += read_back_subjects(stream, self.reads_back)
         subscribe += [*self.extra_subscribes, self.health_subject]
         return _unique(publish), _unique(subscribe)
 
@@ -163,6 +166,12 @@ def pull_consumer_subjects(stream: str, pull: Pull) -> list[str]:
     if pull.reads_back:
         subjects += [f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
     return subjects
+
+
+def read_back_subjects(stream: str, filters: Sequence[str]) -> list[str]:
+    """The JetStream API subjects to create a consumer (of any name) that reads only `filters` (one each) from the
+    stream; it delivers to the process's inbox, unacknowledged, and goes away by itself when idle."""
+    return [f"$JS.API.CONSUMER.CREATE.{stream}.*.{subject}" for subject in filters]
 
 
 def kv_bucket_subjects(bucket: str, *, watch: bool = False) -> list[str]:

@@ -124,9 +124,9 @@ def inference_url(ports: StackPorts) -> str:
     return f"http://127.0.0.1:{ports.inference}/v1"
 
 
-# One process only, whatever --replicas says: two brokers would both start a planner for one workspace, as
-# nothing yet gives a workspace a single owner (a lease); the scripted model is a test double.
-SINGLE_INSTANCE = frozenset({"broker", "model"})
+# One process only, whatever --replicas says: the scripted model is a test double. (Brokers replicate: a lease per
+# tenant/workspace gives each workspace one owning broker, and the others take it over when the owner dies.)
+SINGLE_INSTANCE = frozenset({"model"})
 
 
 def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from prometheus_client import Gauge
 
-from caduceus_broker.handlers import ROUTES, BrokerHandlers
+from caduceus_broker.catch_up import read_back
+from caduceus_broker.handlers import PENDING_TTL_S, ROUTES, BrokerHandlers
 from caduceus_broker.lease import Leases, broker_id
 from caduceus_broker.settings import BrokerSettings, ModelSettings
 from caduceus_broker.workers import Worker, WorkerPool
 from caduceus_bus import BusService, BusSettings, EventConnection
 
 SERVICE = ROUTES.role
+log = logging.getLogger("caduceus.broker")
 WORKERS_RUNNING = Gauge("caduceus_broker_workers_running", "Planner/executor pairs this broker runs")
 
 
@@ -34,11 +39,34 @@ class BrokerApp(BusService):
                                         replicas=self.bus.stream_replicas, on_lost=self._lease_lost)
         self.handlers = BrokerHandlers(connection, pool, self.settings.keys, self.settings.decision_timeout_s,
                                        self.leases)
+        self.handlers.caught_up.clear()  # until start() has read back what is in flight
         WORKERS_RUNNING.set_function(lambda: len(pool.workers))
         self.background(pool.watch(), "broker-worker-watch")
         self.background(self.leases.keep(), "broker-lease-renewal")
         self.background(self.handlers.watch_leases(), "broker-lease-watch")
         return self.handlers
+
+    async def start(self) -> None:
+        """Subscribe (the routes wait), then read back the turns and calls published before this replica started
+        and not answered yet, so that it can answer them if it takes their workspace over; then handle messages."""
+        await super().start()
+        assert self.handlers is not None and self.connection is not None
+        started = time.monotonic()
+        try:
+            events = await read_back(self.connection.nc, self.connection.js, self.bus.stream_name, PENDING_TTL_S)
+        except Exception as exc:  # not worse than a broker that never read back: it knows what comes from now on
+            log.warning("could not read back what is in flight (%s: %s); handling what comes from now on",
+                        type(exc).__name__, exc)
+            events = []
+        await self.handlers.catch_up(events)
+        waiting = sum(len(seen.turns) + len(seen.calls) for seen in self.handlers.in_flight.values())
+        log.info("read back %d event(s) of the last %g s in %.1f s: %d turn(s) and call(s) not answered yet",
+                 len(events), PENDING_TTL_S, time.monotonic() - started, waiting)
+
+    def health(self) -> str:
+        if self.handlers is not None and not self.handlers.caught_up.is_set():
+            return "reading back the turns and calls in flight"
+        return "ok"
 
     async def _lease_lost(self, tenant: str, workspace: str, reason: str) -> None:
         assert self.handlers is not None

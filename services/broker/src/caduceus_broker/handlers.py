@@ -11,6 +11,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from prometheus_client import Counter
 
+from caduceus_broker.catch_up import READ_BACK
 from caduceus_broker.domain import Routing, route_decision
 from caduceus_broker.lease import LEASES_BUCKET, Leases, LeaseUnavailable
 from caduceus_broker.ledger import USED_DECISIONS_BUCKET
@@ -18,6 +19,7 @@ from caduceus_broker.workers import Worker, WorkerPool, WorkerStartFailed
 from caduceus_bus import Delivery, EventConnection, Route, RouteTable, kv_bucket_subjects
 from caduceus_contracts import (
     ChatReply,
+    Event,
     GrantExpired,
     ReloadingKeyring,
     SignatureError,
@@ -113,8 +115,15 @@ class BrokerHandlers:
         # Which workspaces this replica owns (None: the only broker, it owns every workspace).
         self.leases = leases
         self.in_flight: dict[tuple[str, str], WorkspaceInFlight] = {}
+        # Turns and calls answered (a reply, an outcome), and when: one seen again (read back from the stream at
+        # start, or delivered out of order) is never taken for one still waiting.
+        self.answered: dict[str, float] = {}
         self._takeovers: dict[tuple[str, str], asyncio.Lock] = {}
         self._mcp_seen_at = -1.0  # when an MCP gateway last answered the health request
+        # Set once this replica knows what is in flight (BrokerApp clears it until it has read the stream back):
+        # until then it handles nothing and takes no lease, since it could not answer what its last owner held.
+        self.caught_up = asyncio.Event()
+        self.caught_up.set()
 
     def owns(self, tenant: str, workspace: str) -> bool:
         return self.leases is None or self.leases.owns(tenant, workspace)
@@ -140,18 +149,78 @@ class BrokerHandlers:
             await self._take_over(tenant, workspace)
             return True
 
+    async def catch_up(self, events: list[Event]) -> None:
+        """Remember what was in flight before this replica started (events read back from the stream, in stream
+        order), then start handling: the lease watch takes over a workspace whose owner is gone."""
+        for event in events:
+            try:
+                self.remember(event, at=_seen_at(event))
+            except (SignatureError, GrantExpired):
+                continue  # refused live by whoever saw it
+        self.caught_up.set()
+
+    def remember(self, event: Event, at: float | None = None) -> bool:
+        """Track one event of a workspace's turns and calls (every replica does, owner or not); False when it
+        belongs to a turn or call already answered. Raises SignatureError/GrantExpired for a bad turn or decision."""
+        now = time.monotonic()
+        at = now if at is None else at
+        if isinstance(event, TurnRequested):
+            grant = event.grant.verify(self.keyring)
+            if event.message_id in self.answered:
+                return False
+            seen = self._seen(grant.tenant, grant.workspace)
+            seen.expire(now)
+            seen.turns.setdefault(event.message_id, (at, event, False))
+        elif isinstance(event, TurnAssigned):
+            grant = event.grant.grant
+            seen = self.in_flight.get((grant.tenant, grant.workspace))
+            if seen is not None and event.message_id in seen.turns:
+                first, turn, _ = seen.turns[event.message_id]
+                seen.turns[event.message_id] = (first, turn, True)
+        elif isinstance(event, ChatReply):
+            self.answered[event.message_id] = now
+            for (tenant, _), seen in self.in_flight.items():
+                if tenant == event.tenant:
+                    seen.turns.pop(event.message_id, None)
+        elif isinstance(event, ToolCallRequested):
+            if event.call_id in self.answered:
+                return False
+            seen = self._seen(event.tenant, event.workspace)
+            seen.expire(now)
+            seen.calls.setdefault(event.call_id, CallSeen(event, at))
+        elif isinstance(event, ToolCallDecided):
+            event.decision.verify(self.keyring)
+            decision = event.decision.decision
+            if event.call_id in self.answered:
+                return False
+            seen = self.in_flight.get((decision.tenant, decision.workspace))
+            call = seen.calls.get(event.call_id) if seen is not None else None
+            if call is not None:
+                call.decided = event
+        elif isinstance(event, ToolCallDispatched):
+            seen = self.in_flight.get((event.tenant, event.workspace))
+            call = seen.calls.get(event.call_id) if seen is not None else None
+            if call is not None:
+                call.dispatched = True
+        elif isinstance(event, ToolCallCompleted):
+            self.answered[event.call_id] = now
+            seen = self.in_flight.get((event.tenant, event.workspace))
+            if seen is not None:
+                seen.calls.pop(event.call_id, None)
+        return True
+
     async def on_turn_requested(self, turn: TurnRequested, delivery: Delivery) -> None:
+        await self.caught_up.wait()
         try:
-            grant = turn.grant.verify(self.keyring)
+            if not self.remember(turn):
+                return  # answered already
         except (SignatureError, GrantExpired) as exc:
             # Every replica sees the turn; the first to claim its message id answers it.
             if self.leases is None or await self.leases.once(f"refused.{turn.message_id}"):
                 await delivery.refuse(f"turn refused: {exc}")
                 await self._reply(turn, "refused", f"this turn was refused: {exc}")
             return
-        seen = self._seen(grant.tenant, grant.workspace)
-        seen.expire(time.monotonic())
-        seen.turns[turn.message_id] = (time.monotonic(), turn, False)
+        grant = turn.grant.grant
         if await self._claim(grant.tenant, grant.workspace):
             await self._assign(turn)
         # else: its owner assigns it; if the owner dies first, the replica that takes the workspace over does
@@ -175,17 +244,14 @@ class BrokerHandlers:
 
     async def on_turn_assigned(self, assigned: TurnAssigned) -> None:
         """Another replica (the owner) gave a turn to its planner."""
-        grant = assigned.grant.grant
-        seen = self.in_flight.get((grant.tenant, grant.workspace))
-        if seen is not None and assigned.message_id in seen.turns:
-            at, turn, _ = seen.turns[assigned.message_id]
-            seen.turns[assigned.message_id] = (at, turn, True)
+        await self.caught_up.wait()
+        self.remember(assigned)
 
     async def on_tool_requested(self, request: ToolCallRequested) -> None:
+        await self.caught_up.wait()
         now = time.monotonic()
-        seen = self._seen(request.tenant, request.workspace)
-        seen.expire(now)
-        seen.calls.setdefault(request.call_id, CallSeen(request, now))
+        if not self.remember(request):
+            return  # answered already
         if not await self._claim(request.tenant, request.workspace):
             return  # its owner routes it
         self.pending.expire(now)
@@ -195,17 +261,15 @@ class BrokerHandlers:
             await self._route(request, early[1])
 
     async def on_tool_decided(self, decided: ToolCallDecided, delivery: Delivery) -> None:
+        await self.caught_up.wait()
         try:
-            decided.decision.verify(self.keyring)
+            if not self.remember(decided):
+                return  # the call has its outcome already
         except SignatureError as exc:
             if self.leases is None or await self.leases.once(f"rejected.{decided.decision.decision.decision_id}"):
                 await delivery.refuse(f"decision for call {decided.call_id} rejected: {exc}")
             return
         decision = decided.decision.decision
-        seen = self.in_flight.get((decision.tenant, decision.workspace))
-        call = seen.calls.get(decided.call_id) if seen is not None else None
-        if call is not None:
-            call.decided = decided
         if not await self._claim(decision.tenant, decision.workspace):
             return
         entry = self.pending.requests.get(decided.call_id)
@@ -216,15 +280,12 @@ class BrokerHandlers:
 
     async def on_tool_dispatched(self, dispatched: ToolCallDispatched) -> None:
         """The owner handed a call to its executor (or the MCP gateway)."""
-        seen = self.in_flight.get((dispatched.tenant, dispatched.workspace))
-        call = seen.calls.get(dispatched.call_id) if seen is not None else None
-        if call is not None:
-            call.dispatched = True
+        await self.caught_up.wait()
+        self.remember(dispatched)
 
     async def on_tool_completed(self, completed: ToolCallCompleted) -> None:
-        seen = self.in_flight.get((completed.tenant, completed.workspace))
-        if seen is not None:
-            seen.calls.pop(completed.call_id, None)
+        await self.caught_up.wait()
+        self.remember(completed)
         if not self.owns(completed.tenant, completed.workspace):
             return
         CALL_OUTCOMES.labels(completed.status).inc()
@@ -234,17 +295,20 @@ class BrokerHandlers:
             worker.touch()
 
     async def on_chat_reply(self, reply: ChatReply) -> None:
-        for (tenant, _), seen in self.in_flight.items():
-            if tenant == reply.tenant:
-                seen.turns.pop(reply.message_id, None)
+        await self.caught_up.wait()
+        self.remember(reply)
         for worker in list(self.pool.workers.values()):
             if worker.tenant == reply.tenant and worker.turns.pop(reply.message_id, None) is not None:
                 worker.touch()
 
     async def watch_leases(self, interval: float = 1.0) -> None:
         """Take over a workspace with turns or calls waiting whose owner's lease lapsed (the owner died)."""
+        await self.caught_up.wait()
         while True:
             await asyncio.sleep(interval)
+            now = time.monotonic()
+            for key in [k for k, at in self.answered.items() if now - at > PENDING_TTL_S]:
+                del self.answered[key]
             for (tenant, workspace), seen in list(self.in_flight.items()):
                 seen.expire(time.monotonic())
                 if seen.empty:
@@ -430,6 +494,11 @@ class BrokerHandlers:
         worker.turns.clear()
 
 
+def _seen_at(event: Event) -> float:
+    """When (on this process's monotonic clock) an event read back from the stream was first seen on the bus."""
+    return time.monotonic() - max(0.0, (utcnow() - event.occurred_at).total_seconds())
+
+
 # Every message the broker handles. Every replica sees every turn, call and outcome (no queue group): the replica
 # holding a workspace's lease acts on it, the others keep track of what is in flight, so that whoever takes the
 # workspace over when its owner dies can answer it.
@@ -463,4 +532,5 @@ ROUTES = RouteTable(
         *kv_bucket_subjects(LEASES_BUCKET),  # which replica owns which workspace
     ),
     grants=("stream-setup",),
+    reads_back=READ_BACK,  # at start: what was in flight before this replica started (catch_up.py)
 )
