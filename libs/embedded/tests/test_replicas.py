@@ -104,11 +104,12 @@ def test_up_refuses_fewer_than_one_replica(replicas: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(240)
-def test_up_with_two_replicas_lists_each_in_status_and_ctrl_c_stops_them_all(tmp_path: Path) -> None:
+def test_up_with_two_replicas_on_a_nats_cluster_lists_each_and_ctrl_c_stops_them_all(tmp_path: Path) -> None:
+    """The highly available layout on one machine, as an operator starts it."""
     state = tmp_path / "state"
     ports = StackPorts.free(2)
     up = subprocess.Popen(
-        [sys.executable, "-m", "caduceus.cli", "up", "--replicas", "2", "--state-dir", str(state),
+        [sys.executable, "-m", "caduceus.cli", "up", "--replicas", "2", "--nats-nodes", "3", "--state-dir", str(state),
          "--nats-port", str(ports.nats), "--temporal-port", str(ports.temporal),
          "--temporal-ui-port", str(ports.temporal_ui), "--issuer-port", str(ports.issuer),
          "--model-port", str(ports.model), "--webchat-port", str(ports.webchat),
@@ -124,7 +125,13 @@ def test_up_with_two_replicas_lists_each_in_status_and_ctrl_c_stops_them_all(tmp
             time.sleep(0.2)
         status = CliRunner().invoke(app, ["status", "--state-dir", str(state), "--json"])
         assert status.exit_code == 0, status.output
-        listed = {s["name"]: s["pid"] for s in json.loads(status.stdout)["services"]}
+        shown = json.loads(status.stdout)
+        listed = {s["name"]: s["pid"] for s in shown["services"]}
+        nats_ports = [int(url.rsplit(":", 1)[1]) for url in shown["nats"]]
+        assert len(nats_ports) == 3 and nats_ports[0] == ports.nats, shown["nats"]
+        for port in nats_ports:  # three nodes, each taking clients
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as node:
+                assert node.recv(4).startswith(b"INFO")
         replicated = [name for name in SERVICE_HTTP_ORDER if name not in SINGLE_INSTANCE]
         assert set(listed) == {"model", *replicated, *(f"{name}-2" for name in replicated)}
         assert "broker-2" in listed
@@ -145,3 +152,6 @@ def test_up_with_two_replicas_lists_each_in_status_and_ctrl_c_stops_them_all(tmp
     assert up.returncode == 0, output
     assert "policy-2" in output and "stopped" in output
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "replicas outlived caduceus up"
+    for port in nats_ports:
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"nats node on {port} still answers"

@@ -62,19 +62,24 @@ def up(
                                                 "/healthz, /readyz and "
                                                 "Prometheus /metrics.")] = DEFAULTS.http,
     replicas: Annotated[int, typer.Option(min=1, max=8, help=(
-        "Processes of each service (identity, policy, approval, audit, gateway, mcp, inference), on the one bus "
-        "and the one store: kill one and the others keep answering. Each replica gets its own health port "
-        "(replica n uses the n-th block of ports from --http-port) and they share the web ports. The broker "
-        "stays at one: two would both start a planner for one workspace."))] = 1,
+        "Processes of each service (identity, policy, approval, audit, broker, gateway, mcp, inference), on the "
+        "one bus and the one store: kill one and the others keep answering (each workspace's planner runs at one "
+        "broker at a time, the holder of its lease). Each replica gets its own health port (replica n uses the "
+        "n-th block of ports from --http-port) and they share the web ports."))] = 1,
+    nats_nodes: Annotated[int, typer.Option(min=1, max=5, help=(
+        "nats-servers in a cluster on loopback: node 1 on --nats-port, the others on free ports; the event stream "
+        "and the KV buckets are kept on up to 3 of them, so one node can be lost with nothing lost. Every service "
+        "is given every node's URL."))] = 1,
 ) -> None:
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C.
 
-    With --replicas 2, every service but the broker runs twice; `caduceus status` lists each replica.
+    With --replicas 2, every service runs twice; `caduceus status` lists each replica. With --nats-nodes 3, the
+    bus is a cluster of three nats-servers. Together they are the highly available layout on one machine.
     """
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
                        model=model_port, approval_ui=approval_ui_port, webchat=webchat_port,
                        mcp_endpoint=mcp_port, inference=inference_port, http=http_port)
-    stack = EmbeddedStack(state_dir or default_state_dir(), ports, replicas=replicas,
+    stack = EmbeddedStack(state_dir or default_state_dir(), ports, replicas=replicas, nats_nodes=nats_nodes,
                           on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))
     _stop_on(signal.SIGINT, signal.SIGTERM)
@@ -172,7 +177,7 @@ def status(
                   "(or pass --state-dir DIR where one runs)", style="red")
         raise typer.Exit(USAGE)
     if as_json:
-        print_json({"state_dir": str(root), "ok": not info.down, "services": [
+        print_json({"state_dir": str(root), "ok": not info.down, "nats": info.nats_url.split(","), "services": [
             {"name": name, "pid": pid, "up": name not in info.down, "problem": info.down.get(name)}
             for name, pid in info.services.items()]})
         raise typer.Exit(BAD if info.down else 0)
