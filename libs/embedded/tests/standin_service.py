@@ -1,7 +1,9 @@
 """A stand-in Caduceus service for the stack tests: a real process that connects to NATS and answers its
 health subject, like every service does.
 
-Environment: STANDIN_NAME (its service name), STANDIN_MODE (`ok`, or `exit` to fail at start),
+Environment: STANDIN_NAME (its service name), STANDIN_MODE (`ok`; `exit` to fail at start as a misconfigured
+service does, exit 3; `slow-bus` to fail at start with exit 1 as a service whose bus timed out does, the first
+STANDIN_FAILURES times, counted in the file STANDIN_COUNT),
 CADUCEUS_NATS_CREDENTIALS (its bus credential, which the stack issues for its role). It refuses to
 start when the signing keys are not in CADUCEUS_KEYS_DIR yet (the stack must make them first). A request on
 `standin.crash.<name>` makes it die with exit code 5, as a crashing service would.
@@ -23,6 +25,13 @@ async def main() -> int:
     if os.environ.get("STANDIN_MODE") == "exit":
         print(f"standin {name}: cannot open its database, giving up", flush=True)
         return 3
+    if os.environ.get("STANDIN_MODE") == "slow-bus":
+        count = Path(os.environ["STANDIN_COUNT"])
+        failed = int(count.read_text()) if count.exists() else 0
+        if failed < int(os.environ.get("STANDIN_FAILURES", "1")):
+            count.write_text(str(failed + 1))
+            print(f"standin {name} stopped: nats: timeout", flush=True)
+            return 1
     keys = Path(os.environ["CADUCEUS_KEYS_DIR"])
     missing = [issuer for issuer in ("identity", "policy", "approval") if not (keys / f"{issuer}.pub").exists()]
     if missing:

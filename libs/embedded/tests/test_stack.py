@@ -189,6 +189,33 @@ def test_service_that_exits_at_start_fails_the_start_with_its_log_tail(tmp_path:
     assert child_pids() - before == set()
 
 
+def slow_bus(name: str, count: Path, failures: int) -> ServiceSpec:
+    spec = standin(name, mode="slow-bus")
+    return replace(spec, env={**spec.env, "STANDIN_COUNT": str(count), "STANDIN_FAILURES": str(failures)})
+
+
+def test_a_service_whose_bus_timed_out_while_starting_is_started_again(tmp_path: Path) -> None:
+    """Everything starting at once on a busy machine (a NATS cluster creating its replicated buckets, say): a
+    service whose bus request timed out exits 1, and the stack starts it again instead of giving up."""
+    problems: list[str] = []
+    count = tmp_path / "alpha-failures"
+    with make_stack(tmp_path / "state", slow_bus("alpha", count, failures=2), problems=problems) as stack:
+        assert stack.services["alpha"].exit_code() is None and count.read_text() == "2"
+    said = [line for line in problems if "alpha exited with code 1 while starting (standin alpha stopped: nats: "
+            "timeout); starting it again" in line]
+    assert len(said) == 2, problems
+
+
+def test_a_service_that_keeps_failing_while_starting_fails_the_start(tmp_path: Path) -> None:
+    before = child_pids()
+    stack = make_stack(tmp_path / "state", standin("alpha"), slow_bus("beta", tmp_path / "count", failures=99),
+                       problems=[])
+    with pytest.raises(ServiceFailed, match="service beta exited with code 1 while starting"):
+        stack.start()
+    assert (tmp_path / "count").read_text() == "3"  # the first start and two more
+    assert child_pids() - before == set()
+
+
 async def test_a_crashed_service_is_restarted_but_a_crash_loop_is_left_down(tmp_path: Path) -> None:
     problems: list[str] = []
     with make_stack(tmp_path / "state", standin("alpha"), problems=problems) as stack:

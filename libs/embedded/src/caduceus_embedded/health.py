@@ -22,10 +22,14 @@ PROBE_TIMEOUT_S = 0.5
 
 async def wait_ready(bus: BusSettings, services: Sequence[RunningService], timeout: float, *,
                      on_ready: Callable[[RunningService], None] = lambda _: None,
-                     cancelled: Callable[[], bool] = lambda: False) -> bool:
+                     cancelled: Callable[[], bool] = lambda: False,
+                     start_again: Callable[[RunningService, int], RunningService | None] = lambda _s, _c: None
+                     ) -> bool:
     """Poll every service until each is ready; raise ServiceFailed for the first one that exits or times out.
 
-    Returns False when cancelled (the stack is stopping), True when all are ready.
+    A service that exits while starting is handed to `start_again` with its exit code: the process it returns
+    (started again) is waited for instead; None fails the start. Returns False when cancelled (the stack is
+    stopping), True when all are ready.
     """
     nc = await nats.connect(bus.nats_servers, name="caduceus-up-health", connect_timeout=5, max_reconnect_attempts=-1,
                             **auth_options(bus))
@@ -38,7 +42,11 @@ async def wait_ready(bus: BusSettings, services: Sequence[RunningService], timeo
                     return False
                 code = service.exit_code()
                 if code is not None:
-                    raise ServiceFailed(service.key, f"exited with code {code} while starting", service.log_path)
+                    fresh = start_again(service, code)
+                    if fresh is None:
+                        raise ServiceFailed(service.key, f"exited with code {code} while starting", service.log_path)
+                    pending[pending.index(service)] = fresh
+                    continue
                 if await _answers(nc, service):
                     pending.remove(service)
                     on_ready(service)

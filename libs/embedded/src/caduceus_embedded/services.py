@@ -70,6 +70,8 @@ class RunningService:
     log_path: Path
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    # Times it was started again because it failed while starting (exit 1: the bus slow to answer, say).
+    start_retries: int = 0
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_at

@@ -69,6 +69,8 @@ T = TypeVar("T")
 WATCH_INTERVAL_S = 0.5
 # A restarted service that dies again sooner than this is crash-looping: restarting it would not help.
 CRASH_LOOP_S = 30.0
+# Times a service that failed while the stack starts is started again before the stack gives up.
+START_RETRIES = 2
 
 
 class StackAlreadyRunning(RuntimeError):
@@ -218,7 +220,7 @@ class EmbeddedStack:
         self.say(f"starting {', '.join(self.services)}")
         _run(wait_ready(self.bus_settings("operator"), list(self.services.values()), self.ready_timeout,
                         on_ready=lambda s: self.say(f"{s.key} ready (pid {s.pid})"),
-                        cancelled=self._stopping.is_set))
+                        cancelled=self._stopping.is_set, start_again=self._start_again))
         self._info = StackInfo(
             state_dir=str(self.layout.root), pid=os.getpid(), nats_url=self.nats_url,
             dev_issuer_url=f"http://127.0.0.1:{self.ports.issuer}", temporal_address=self.temporal_address,
@@ -317,6 +319,19 @@ class EmbeddedStack:
                 if not self._restart(service):
                     reported.add(service.key)
 
+    def _start_again(self, failed: RunningService, code: int) -> RunningService | None:
+        """A service that failed while starting (exit 1: the bus or a store too slow to answer while everything
+        starts at once on a busy machine) is started again, up to START_RETRIES times; one that cannot start as
+        configured (exit 2) is not."""
+        if code != 1 or failed.start_retries >= START_RETRIES:
+            return None
+        self.warn(f"{failed.key} exited with code {code} while starting ({_last_line(failed.log_path)}); "
+                  "starting it again")
+        fresh = start_service(failed.spec, self.service_env(failed.spec), failed.log_path)
+        fresh.start_retries = failed.start_retries + 1
+        self.services[failed.key] = fresh
+        return fresh
+
     def _restart(self, old: RunningService) -> bool:
         """Start the service again and wait for it; False when it did not come back."""
         fresh = start_service(old.spec, self.service_env(old.spec), old.log_path)
@@ -346,6 +361,15 @@ class EmbeddedStack:
             _run(report_left_down(self.bus_settings("operator"), event))
         except OutageNotReported as exc:
             self.warn(f"could not report {service.key} down on the bus: {exc}")
+
+
+def _last_line(log: Path) -> str:
+    """The last line a service wrote to its log (why it stopped), or a pointer to the log."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return lines[-1][:200] if lines else f"log: {log}"
 
 
 def _if_exists(path: Path) -> str:
