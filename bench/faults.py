@@ -18,7 +18,7 @@ gateway). A phase kills one process, keeps the load on for `phase_s`, then pause
 
 Short form: tests/test_faults.py. Long form (longer phases, every fault twice):
 
-    .venv/bin/python bench/faults.py [--replicas 2] [--phase-s 20] [--rounds 2] [--first-replica 1]
+    .venv/bin/python bench/faults.py [--replicas 2] [--nats-nodes 3] [--phase-s 20] [--rounds 2] [--first-replica 1]
 
 It writes bench/results/faults-<date>.md (machine and command recorded) and prints the table.
 """
@@ -78,6 +78,11 @@ SERVICE_FAULTS = ("policy", "identity", "approval", "audit", "gateway", "mcp", "
 # other takes the workspace over about one lease TTL later. Not in the suite's short form (it adds the TTL and a
 # pair's start to a phase); bench/faults.py runs it after the services.
 BROKER_OWNER = "broker-owner"
+# The nats-server node leading the event stream, on a 3-node cluster (`--nats-nodes 3`): killed, then started again
+# after NATS_DOWN_S on its own store (it catches up from the others). Not in the suite's short form (a single node
+# there); tests/test_nats_cluster.py kills a node under load in the suite.
+NATS_LEADER = "nats-leader"
+NATS_DOWN_S = 5.0
 
 
 def add_second_tenant(state_dir: Path) -> None:
@@ -99,12 +104,13 @@ def add_second_tenant(state_dir: Path) -> None:
 
 
 @contextmanager
-def replicated_stack(state_dir: Path, replicas: int, say: Callable[[str], None] = lambda _: None
-                     ) -> Iterator[EmbeddedStack]:
-    """The embedded stack with `replicas` of each service (the model stays single), on free ports, two tenants."""
+def replicated_stack(state_dir: Path, replicas: int, say: Callable[[str], None] = lambda _: None,
+                     nats_nodes: int = 1) -> Iterator[EmbeddedStack]:
+    """The embedded stack with `replicas` of each service (the model stays single) on `nats_nodes` nats-servers,
+    on free ports, two tenants."""
     add_second_tenant(state_dir)
-    stack = EmbeddedStack(state_dir, StackPorts.free(replicas), replicas=replicas, ready_timeout=180,
-                          stop_grace=15, on_progress=say, on_problem=say)
+    stack = EmbeddedStack(state_dir, StackPorts.free(replicas), replicas=replicas, nats_nodes=nats_nodes,
+                          ready_timeout=180, stop_grace=15, on_progress=say, on_problem=say)
     with stack:
         yield stack
 
@@ -422,9 +428,34 @@ def lease_owner(stack: EmbeddedStack, tenant: str = TENANTS[0][0], workspace: st
     return next(key for key, running in stack.services.items() if running.name == "broker" and running.pid == pid)
 
 
+def stream_leader(stack: EmbeddedStack) -> int:
+    """The 0-based number of the nats-server node leading the event stream."""
+    async def leader() -> str:
+        conn = await EventConnection.connect(stack.bus_settings("operator"), "faults-leader", role="operator")
+        try:
+            return (await conn.js.stream_info(stack.bus_settings().stream_name)).cluster.leader
+        finally:
+            await conn.close()
+
+    return int(asyncio.run(leader()).rsplit("-", 1)[1]) - 1
+
+
 def kill(stack: EmbeddedStack, fault: str) -> Callable[[], bool]:
-    """SIGKILL what the fault names (a key of `caduceus status`; already resolved for the broker owner); returns a
-    check that says when it is back (restarted by the stack, or by us)."""
+    """SIGKILL what the fault names (a key of `caduceus status`; already resolved for the broker owner and the
+    stream leader's node); returns a check that says when it is back (restarted by the stack, or by us)."""
+    if fault.startswith("nats-"):
+        number = int(fault.removeprefix("nats-")) - 1
+        stack.kill_nats_node(number)
+        down_until = time.monotonic() + NATS_DOWN_S
+        restarted = threading.Event()
+
+        def back() -> bool:  # down for a while under the load, then started again on its own store
+            if not restarted.is_set() and time.monotonic() >= down_until:
+                stack.start_nats_node(number)
+                restarted.set()
+            return restarted.is_set()
+
+        return back
     if fault == "temporal":
         assert stack.temporal is not None
         stack.temporal.kill()
@@ -458,8 +489,10 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
             threading.Thread(target=load.turn, args=(tenant,), daemon=True).start()
         turns_sent += len(TENANTS)
         time.sleep(0.5)
+    if fault == NATS_LEADER:
+        fault = f"nats-{stream_leader(stack) + 1} (stream leader)"
     killed_at = time.monotonic()
-    back = kill(stack, fault.removesuffix(" (owner)"))
+    back = kill(stack, fault.split(" (")[0])
     web = web_ports(stack)  # at once, while the killed replica is down
     say(f"killed {fault}; load continues for {phase_s:g} s")
     for tenant, _ in TENANTS:
@@ -529,15 +562,19 @@ def run(stack: EmbeddedStack, faults: tuple[str, ...], phase_s: float,
     return phases
 
 
-def faults_of(replicas: int, rounds: int = 1, first_replica: int = 1, broker: bool = False) -> tuple[str, ...]:
+def faults_of(replicas: int, rounds: int = 1, first_replica: int = 1, broker: bool = False,
+              nats_nodes: int = 1) -> tuple[str, ...]:
     """Round r kills replica first_replica + r (of each service, wrapping around), then Temporal; with `broker`,
-    then the broker replica owning the load's workspace (when there are several)."""
+    then the broker replica owning the load's workspace (when there are several); on a NATS cluster, then the node
+    leading the event stream."""
     chosen = []
     for r in range(rounds):
         replica = (first_replica - 1 + r) % replicas + 1
         chosen += [name if replica == 1 else f"{name}-{replica}" for name in SERVICE_FAULTS] + ["temporal"]
         if broker and replicas > 1:
             chosen.append(BROKER_OWNER)
+        if nats_nodes > 1:
+            chosen.append(NATS_LEADER)
     return tuple(chosen)
 
 
@@ -581,17 +618,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="times through the faults (each round kills the "
                                                               "next replica)")
     parser.add_argument("--first-replica", type=int, default=1, help="the replica the first round kills")
+    parser.add_argument("--nats-nodes", type=int, default=3, help="nats-servers in the bus's cluster (1: a single "
+                                                                 "server, and no NATS fault)")
     parser.add_argument("--faults", default="", help="comma-separated processes to kill instead (e.g. `broker`, "
                                                      "`policy-2,temporal`), as `caduceus status` names them, or "
-                                                     f"`{BROKER_OWNER}`: the broker holding the load's workspace")
+                                                     f"`{BROKER_OWNER}`: the broker holding the load's workspace, "
+                                                     f"`{NATS_LEADER}`: the node leading the event stream")
     options = parser.parse_args()
     os.environ.pop("CADUCEUS_MODEL_BASE_URL", None)  # the scripted model
     os.environ.setdefault("CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S", "2")
     say = lambda line: print(f"  {line}", file=sys.stderr)  # noqa: E731
     started = time.monotonic()
-    with replicated_stack(Path(tempfile.mkdtemp(prefix="bench-faults-")), options.replicas, say) as stack:
+    with replicated_stack(Path(tempfile.mkdtemp(prefix="bench-faults-")), options.replicas, say,
+                          nats_nodes=options.nats_nodes) as stack:
         chosen = (tuple(options.faults.split(",")) if options.faults
-                  else faults_of(options.replicas, options.rounds, options.first_replica, broker=True))
+                  else faults_of(options.replicas, options.rounds, options.first_replica, broker=True,
+                                 nats_nodes=options.nats_nodes))
         phases = run(stack, chosen, options.phase_s, say)
     lines = [
         "# Fault injection: kill -9 under a steady load of governed calls",
@@ -599,9 +641,10 @@ def main() -> None:
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}",
         f"- command: `.venv/bin/python bench/faults.py --replicas {options.replicas} --phase-s {options.phase_s:g} "
-        f"--rounds {options.rounds} --first-replica {options.first_replica}"
+        f"--rounds {options.rounds} --first-replica {options.first_replica} --nats-nodes {options.nats_nodes}"
         + (f" --faults {options.faults}`" if options.faults else "`"),
-        f"- the embedded stack, {options.replicas} replicas of each service (the brokers too); tenants "
+        f"- the embedded stack, {options.replicas} replicas of each service (the brokers too), on "
+        f"{options.nats_nodes} nats-server{'s' if options.nats_nodes > 1 else ''}; tenants "
         f"{', '.join(t for t, _ in TENANTS)}, one caller per member ({sum(len(u) for _, u in TENANTS)}), each at "
         f"most one call per {CALLER_INTERVAL_S:g} s, and per tenant one call every {APPROVAL_INTERVAL_S:g} s that an "
         f"admin approves; every call answered within {BOUND_S:g} s "

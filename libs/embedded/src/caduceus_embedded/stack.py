@@ -71,6 +71,8 @@ WATCH_INTERVAL_S = 0.5
 CRASH_LOOP_S = 30.0
 # Times a service that failed while the stack starts is started again before the stack gives up.
 START_RETRIES = 2
+# Above a stream leader's election on a loopback cluster (a few seconds).
+CLUSTER_PUBLISH_RETRY_S = 15.0
 
 
 class StackAlreadyRunning(RuntimeError):
@@ -145,7 +147,7 @@ class EmbeddedStack:
         return {"CADUCEUS_NATS_URL": self.nats_url, "CADUCEUS_STATE_DIR": str(self.layout.root),
                 "CADUCEUS_KEYS_DIR": str(self.layout.keys), "CADUCEUS_STREAM_REPLICAS": str(self.stream_replicas),
                 # On a cluster, a publish waits out a stream leader's election rather than failing.
-                **({"CADUCEUS_PUBLISH_RETRY_S": "15"} if self.nats_cluster_ports else {}),
+                **({"CADUCEUS_PUBLISH_RETRY_S": f"{self.publish_retry_s:g}"} if self.publish_retry_s else {}),
                 # The broker's ledger of used decisions at as many copies as the stream.
                 "CADUCEUS_USED_DECISIONS_REPLICAS": str(self.stream_replicas)}
 
@@ -161,7 +163,7 @@ class EmbeddedStack:
     def bus_settings(self, role: str = "operator") -> BusSettings:
         """How this process connects to the stack's bus with one of the service roles' credentials."""
         return BusSettings(nats_url=self.nats_url, nats_credentials=self.layout.bus_credentials(role),
-                           stream_replicas=self.stream_replicas)
+                           stream_replicas=self.stream_replicas, publish_retry_s=self.publish_retry_s)
 
     def worker_bus_settings(self, role: str, tenant: str, workspace: str, worker_id: str = "outside") -> BusSettings:
         """A worker's credential, minted as the broker would, for a test or benchmark that plays a worker."""
@@ -170,7 +172,13 @@ class EmbeddedStack:
         path = self.layout.bus_keys / f"{role}-{tenant}-{workspace}-{worker_id}.creds"
         path.write_text(credential.text)
         path.chmod(0o600)
-        return BusSettings(nats_url=self.nats_url, nats_credentials=path)
+        return BusSettings(nats_url=self.nats_url, nats_credentials=path, publish_retry_s=self.publish_retry_s)
+
+    @property
+    def publish_retry_s(self) -> float:
+        """On a cluster, how long every publisher (services, their workers, clients) waits out a stream leader's
+        election before a publish fails; on one nats-server, 0."""
+        return CLUSTER_PUBLISH_RETRY_S if self.nats_cluster_ports else 0.0
 
     def _prepare_bus(self) -> Path:
         """Write nats-server's authorization and every service role's credential; returns the server config."""
@@ -231,6 +239,7 @@ class EmbeddedStack:
             metrics_urls={key: s.spec.metrics_url for key, s in self.services.items() if s.spec.metrics_url},
             client_credentials=_if_exists(self.layout.bus_credentials("client")),
             operator_credentials=str(self.layout.bus_credentials("operator")),
+            publish_retry_s=self.publish_retry_s,
         )
         write_stack_info(self._info)
         self._watcher = threading.Thread(target=self._watch, name="caduceus-stack-watch", daemon=True)

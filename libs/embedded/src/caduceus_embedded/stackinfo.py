@@ -36,11 +36,14 @@ class StackInfo(BaseModel):
     # The bus credentials a chat client and the operator connect with (empty: the bus needs none).
     client_credentials: str = ""
     operator_credentials: str = ""
+    # How long a publish waits out a stream leader's election (on a cluster) before it fails.
+    publish_retry_s: float = 0.0
 
     def bus_settings(self, role: str = "client") -> BusSettings:
         """How a process on this machine connects to the stack's bus as `client` or `operator`."""
         credentials = {"client": self.client_credentials, "operator": self.operator_credentials}[role]
-        return BusSettings(nats_url=self.nats_url, nats_credentials=Path(credentials) if credentials else None)
+        return BusSettings(nats_url=self.nats_url, nats_credentials=Path(credentials) if credentials else None,
+                           publish_retry_s=self.publish_retry_s)
 
 
 def default_state_dir() -> Path:

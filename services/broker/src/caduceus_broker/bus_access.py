@@ -23,6 +23,8 @@ class WorkerBusAccess:
     def environment(self, role: str, tenant: str, workspace: str, worker_id: str, directory: Path) -> dict[str, str]:
         """CADUCEUS_NATS_* for one worker process; its credential is written (mode 0600) into `directory`."""
         env = {"CADUCEUS_NATS_URL": self.bus.nats_url}
+        if self.bus.publish_retry_s:  # on a cluster its publishes wait out an election, as the broker's do
+            env["CADUCEUS_PUBLISH_RETRY_S"] = f"{self.bus.publish_retry_s:g}"
         if self.issuer is None:
             if self.bus.nats_credentials is not None:
                 # Handing a worker the broker's own credential would give it the broker's powers.
