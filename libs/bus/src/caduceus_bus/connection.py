@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -24,7 +24,7 @@ from nats.errors import (
     StaleConnectionError,
 )
 from nats.js import JetStreamContext
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from opentelemetry import trace
 
 from caduceus_bus.connect import auth_options
@@ -36,6 +36,7 @@ from caduceus_contracts import ErrorEvent, Event, subjects
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("caduceus.bus")
 RawHandler = Callable[[Msg], Awaitable[None]]
+T = TypeVar("T")
 
 
 def event_headers(event: Event, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -75,6 +76,24 @@ async def publish_stored(js: JetStreamContext, subject: str, body: bytes, header
             log.info("publish to %s not confirmed (%s); retrying", subject, type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def through_elections(operation: Callable[[], Awaitable[T]], within_s: float, what: str = "") -> T:
+    """Run a JetStream operation (a KV read or write, say), again while it meets what a cluster electing a new
+    leader answers (a timeout, no responders, JetStream unavailable), for up to `within_s`; then its error.
+
+    For read-modify-write operations that are safe to repeat (a compare-and-set loop re-reads)."""
+    deadline = time.monotonic() + within_s
+    delay = 0.05
+    while True:
+        try:
+            return await operation()
+        except (*RETRYABLE, ServiceUnavailableError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("%s not answered (%s); trying again", what or "a JetStream operation", type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 async def settle(nc: Client) -> None:

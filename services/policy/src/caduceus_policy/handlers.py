@@ -24,7 +24,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from caduceus_bus import Delivery, EventConnection, Pull, Route, RouteTable, kv_bucket_subjects
+from caduceus_bus import Delivery, EventConnection, Pull, Route, RouteTable, kv_bucket_subjects, through_elections
 from caduceus_contracts import (
     MCP_ENDPOINT_CHANNEL,
     ApprovalTerms,
@@ -78,6 +78,9 @@ from caduceus_policy.turns import (
 )
 
 log = logging.getLogger(__name__)
+# How long a decision waits out a NATS cluster electing the leader of a KV bucket (turn records, counters) before
+# it is denied as unable to check them: well inside the planner's 10 s wait for a decision.
+ELECTION_WAIT_S = 3.0
 DEADLINE_POLICY_ID = "caduceus:deadline"
 LIMIT_POLICY_PREFIX = "limit:"
 GUARDRAILS_UNAVAILABLE = "caduceus:guardrails-unavailable"
@@ -250,7 +253,9 @@ class DecisionService:
             updated, stop = step(record)
             return updated, (stop, record.stop is None and stop is not None)
 
-        record, (stop, newly) = await self.turns.change(turn_key(grant.tenant, grant.grant_id), changed)
+        key = turn_key(grant.tenant, grant.grant_id)
+        record, (stop, newly) = await through_elections(lambda: self.turns.change(key, changed), ELECTION_WAIT_S,
+                                                        f"turn record {key}")
         if newly:
             assert stop is not None
             log.info("turn %s of %s/%s stopped at %s", grant.grant_id, grant.tenant, grant.user, stop.policy_id)
@@ -317,8 +322,9 @@ class DecisionService:
         if self.counters is None:
             return verdict
         try:
-            await self.counters.enforce(verdict.limits, tenant=request.tenant, user=grant.user, tool=request.tool,
-                                        workspace=request.workspace)
+            await through_elections(lambda: self.counters.enforce(
+                verdict.limits, tenant=request.tenant, user=grant.user, tool=request.tool, workspace=request.workspace),
+                ELECTION_WAIT_S, f"rate limits of call {request.call_id}")
         except LimitExceeded as exc:
             return Verdict("deny", f"over the limit {exc.limit.id} ({exc.limit.describe()}); try again later",
                            (f"{LIMIT_POLICY_PREFIX}{exc.limit.id}",), facts=verdict.facts)
@@ -543,7 +549,9 @@ async def decide_model_request(service: DecisionService, request: ModelCallReque
             pack = getattr(engine, "pack", None)
             policy = pack.tenants.get(request.tenant) if pack is not None else None
             try:
-                refusal = await budget_refusal(service.counters, policy, grant, request.estimated_tokens)
+                refusal = await through_elections(
+                    lambda: budget_refusal(service.counters, policy, grant, request.estimated_tokens), ELECTION_WAIT_S,
+                    f"budgets of model call {request.call_id}")
             except Exception as exc:
                 log.exception("budgets unavailable for model call %s", request.call_id)
                 refusal = ModelVerdict("deny", f"budgets cannot be checked ({type(exc).__name__}); denied (fail "
