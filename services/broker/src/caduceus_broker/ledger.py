@@ -15,7 +15,11 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from caduceus_bus import through_elections
+
 USED_DECISIONS_BUCKET = "caduceus_used_decisions"
+# How long a claim waits out the bucket's leader election before the call is refused (its requester waits 30 s).
+CLAIM_WAIT_S = 10.0
 
 
 class LedgerUnavailable(Exception):
@@ -57,10 +61,15 @@ class DecisionLedger:
                                     f"({type(exc).__name__}: {exc})") from None
 
     async def claim(self, decision_id: str, call_id: str) -> bool:
-        """Mark a decision used; False if it was used before (a replay). Raises LedgerUnavailable."""
+        """Mark a decision used; False if it was used before (a replay). Raises LedgerUnavailable.
+
+        On a cluster electing the bucket's leader the write is tried again for a while. A write that was stored
+        but not confirmed then meets its own key and is refused like a replay: the call does not run, and its
+        requester is told so (never a run after a refusal, never a second run)."""
+        key = used_decision_key(self.tenant, self.workspace, decision_id)
         try:
-            await self.kv.update(used_decision_key(self.tenant, self.workspace, decision_id), call_id.encode(),
-                                 last=0)
+            await through_elections(lambda: self.kv.update(key, call_id.encode(), last=0), CLAIM_WAIT_S,
+                                    f"the claim of decision {decision_id}")
             return True
         except KeyWrongLastSequenceError:
             return False
