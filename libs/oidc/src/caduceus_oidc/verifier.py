@@ -22,6 +22,8 @@ from jwt import PyJWK
 
 from caduceus_oidc.identity import TokenRefused, VerifiedIdentity
 
+# How long a provider refusing connections is asked again before a token is refused as uncheckable.
+CONNECT_RETRY_S = 8.0
 log = logging.getLogger(__name__)
 
 # Asymmetric only: `none` and HS* (which a public key could "sign") are never accepted.
@@ -235,10 +237,19 @@ class OidcVerifier:
         log.info("fetched %d signing key(s) from %s", len(self._keys), self._jwks_uri)
 
     async def _get_json(self, url: str, what: str) -> Any:
-        try:
-            response = await self._client.get(url)
-        except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"{what} at {url} did not answer ({type(exc).__name__})") from None
+        # A provider that refuses connections may be restarting (the dev issuer with its identity replica, a
+        # provider's pod): ask again for a few seconds before the token is refused as uncheckable.
+        deadline = asyncio.get_running_loop().time() + CONNECT_RETRY_S
+        while True:
+            try:
+                response = await self._client.get(url)
+                break
+            except httpx.ConnectError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ProviderUnavailable(f"{what} at {url} did not answer ({type(exc).__name__})") from None
+                await asyncio.sleep(0.25)
+            except httpx.HTTPError as exc:
+                raise ProviderUnavailable(f"{what} at {url} did not answer ({type(exc).__name__})") from None
         if response.status_code != 200:
             raise ProviderUnavailable(f"{what} at {url} answered HTTP {response.status_code}")
         try:
