@@ -1,15 +1,16 @@
 """The gateway service on a real nats-server with nothing else running: a message nobody answers ends with an
 error the person sees and that is kept with the conversation, never with silence; the conversation store is
-migrated at start and only ever shows a conversation to its owner."""
+migrated at start and only ever shows a conversation to its owner, on SQLite and on PostgreSQL (which replicas share)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import create_engine, text
 
 from caduceus_directory.testing import TENANTS
 from caduceus_gateway import GatewayService, GatewaySettings
@@ -41,16 +42,55 @@ async def test_a_turn_nobody_answers_ends_with_an_error_shown_and_kept(nats_serv
         await gateway.stop()
 
 
-def test_the_store_is_migrated_at_start_and_shows_a_conversation_to_its_owner_only(tmp_path: Path) -> None:
-    store = ConversationStore(tmp_path / "gateway.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """Where the conversations are kept: a SQLite file, and a fresh database of the real PostgreSQL fixture."""
+    if request.param == "sqlite":
+        yield tmp_path / "gateway.db"
+        return
+    with request.getfixturevalue("postgres_server").database("gateway") as url:
+        yield url
+
+
+def test_the_store_is_migrated_at_start_and_shows_a_conversation_to_its_owner_only(where: Path | str) -> None:
+    store = ConversationStore(where)
     store.start("w-a", "acme", "alice", "default", "web:alice", "hello")
     store.start("w-g", "globex", "alice", "default", "web:alice", "same name, other tenant")
+    store.add("w-a", "person", {"text": "hello"})
+    store.add("w-a", "agent", {"text": "hi, alice"})
     assert [c.conversation_id for c in store.of_person("acme", "alice")] == ["w-a"]
     assert store.get("w-a", "acme", "bob") is None and store.get("w-a", "globex", "alice") is None
     store.close()
-    with sqlite3.connect(tmp_path / "gateway.db") as db:
-        (revision,) = db.execute(f"SELECT version_num FROM {MIGRATIONS.version_table}").fetchone()
+    engine = create_engine(where if isinstance(where, str) else f"sqlite:///{where}")
+    with engine.connect() as db:
+        revision = db.execute(text(f"SELECT version_num FROM {MIGRATIONS.version_table}")).scalar_one()
+    engine.dispose()
     assert revision == MIGRATIONS.head()
-    again = ConversationStore(tmp_path / "gateway.db")  # opening at head again changes nothing
-    assert again.get("w-a", "acme", "alice").title == "hello"
+    again = ConversationStore(where)  # opening at head again changes nothing
+    conversation = again.get("w-a", "acme", "alice")
+    assert conversation.title == "hello"
+    assert [(e.kind, e.body["text"]) for e in again.entries(conversation)] == [("person", "hello"),
+                                                                              ("agent", "hi, alice")]
     again.close()
+
+
+def test_two_replicas_on_postgresql_see_each_others_conversations_and_survive_a_restart(
+        request: pytest.FixtureRequest) -> None:
+    """Gateway replicas on one PostgreSQL database: a conversation one replica started is listed and continued by
+    the other (whichever serves the person's page), and both carry on after PostgreSQL restarts."""
+    server = request.getfixturevalue("postgres_server")
+    with server.database("gateway") as url:
+        first, second = ConversationStore(url), ConversationStore(url)
+        try:
+            first.start("w-1", "acme", "alice", "default", "web:alice", "hello")
+            second.add("w-1", "person", {"text": "from the other replica"})
+            assert [c.conversation_id for c in second.of_person("acme", "alice")] == ["w-1"]
+            if server.restart is not None:  # here always; a container cannot be restarted from the test
+                server.restart()
+            first.add("w-1", "agent", {"text": "after the restart"})
+            conversation = second.get("w-1", "acme", "alice")
+            assert [e.body["text"] for e in second.entries(conversation)] == ["from the other replica",
+                                                                              "after the restart"]
+        finally:
+            first.close()
+            second.close()

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from caduceus_contracts import ChatMessageIn
 from caduceus_directory import DirectorySource
@@ -45,19 +42,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
         yield store
         store.close()
         return
-    server = request.getfixturevalue("postgres_server")
-    name = f"identity_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    store = IdentityStore(make_url(server.url).set(database=name).render_as_string(hide_password=False))
-    try:
-        yield store
-    finally:
-        store.close()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with request.getfixturevalue("postgres_server").database("identity") as url:
+        store = IdentityStore(url)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 @pytest.fixture()
@@ -271,19 +261,15 @@ def test_the_postgres_store_carries_on_after_postgresql_restarts(request: pytest
     server = request.getfixturevalue("postgres_server")
     if server.restart is None:
         pytest.skip("this PostgreSQL cannot be restarted from the test (a container)")
-    name = f"identity_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    store = IdentityStore(make_url(server.url).set(database=name).render_as_string(hide_password=False))
-    try:
-        _, before = store.create_service_account("acme", "slack-bot", ("slack",), START, "carol")
-        server.restart()
-        assert store.authenticate(before) is not None  # a read on the new connection
-        _, after = store.create_service_account("acme", "web-bot", ("web",), START, "carol")  # a write
-        server.restart()
-        assert {a.name for a in store.service_accounts("acme")} == {"slack-bot", "web-bot"}
-        assert store.authenticate(after) is not None
-    finally:
-        store.close()
+    with server.database("identity") as url:
+        store = IdentityStore(url)
+        try:
+            _, before = store.create_service_account("acme", "slack-bot", ("slack",), START, "carol")
+            server.restart()
+            assert store.authenticate(before) is not None  # a read on the new connection
+            _, after = store.create_service_account("acme", "web-bot", ("web",), START, "carol")  # a write
+            server.restart()
+            assert {a.name for a in store.service_accounts("acme")} == {"slack-bot", "web-bot"}
+            assert store.authenticate(after) is not None
+        finally:
+            store.close()

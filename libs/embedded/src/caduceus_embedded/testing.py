@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,24 @@ class PostgresServer:
     # None where it cannot be done (a container).
     restart: Callable[[], None] | None = None
 
+    @contextmanager
+    def database(self, prefix: str) -> Iterator[str]:
+        """A fresh database on this server, dropped afterwards (connections and all): its URL, password included."""
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.pool import NullPool
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)  # outlives a restart
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            yield make_url(self.url).set(database=name).render_as_string(hide_password=False)
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+
 
 def _as_postgres() -> dict:
     """Popen options that drop root to the postgres user (initdb and postgres refuse to run as root)."""
@@ -193,6 +212,13 @@ def postgres_server() -> Iterator[PostgresServer]:
         return
     if not (PG_BIN / "initdb").exists():
         pytest.fail(f"PostgreSQL binaries not found in {PG_BIN}: install postgresql-15 or set CADUCEUS_PG_BIN")
+    with running_postgres() as server:
+        yield server
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A throwaway local PostgreSQL (initdb in a temporary directory, removed afterwards), outside pytest too."""
     base = Path(tempfile.mkdtemp(prefix="caduceus-pg-"))
     try:
         yield from _local_postgres(base)
@@ -207,7 +233,7 @@ def _local_postgres(base: Path) -> Iterator[PostgresServer]:
     initdb = subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
                             capture_output=True, text=True, cwd=base, **_as_postgres())
     if initdb.returncode != 0:
-        pytest.fail(f"initdb failed (exit {initdb.returncode}): {initdb.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"initdb failed (exit {initdb.returncode}): {initdb.stderr.strip()[-2000:]}")
     port = free_port()
     argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(base), "-h", "127.0.0.1",
             "-c", "fsync=off"]

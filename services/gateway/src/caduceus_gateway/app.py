@@ -38,7 +38,7 @@ class GatewayService(BusService):
         self.settings = settings
         self.integrations = list(integrations)
         self.relay = Relay(self)
-        self.store = ConversationStore(settings.gateway_db)
+        self.store = ConversationStore(settings.gateway_db_url or settings.gateway_db)
         self._directory = DirectorySource(settings.tenants_file)
         self.http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
         self._turns: set[asyncio.Task[None]] = set()

@@ -24,6 +24,9 @@ class GatewaySettings(BusSettings):
     keys_dir: Path = Field(description="Keys: `gateway-web.secret` signs the web chat's cookies (made on first start).")
     tenants_file: Path = Field(description="Tenants and their workspaces, for the web chat's workspace picker.")
     gateway_db: Path = Field(description="Conversations and their messages (SQLite, schema migrated at start).")
+    gateway_db_url: str | None = Field(default=None, description=(
+        "A PostgreSQL URL (`postgresql+psycopg2://user:pass@host/db`) for the conversations instead of "
+        "`gateway_db`, so gateway replicas share them (a person sees theirs whichever replica serves the page)."))
     turn_timeout_s: float = Field(default=300.0, gt=0, description=(
         "How long a turn may take (approvals included) before the person is told no reply came."))
     web_host: str = Field(default="127.0.0.1", description="The address the web chat listens on.")

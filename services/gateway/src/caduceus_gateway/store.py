@@ -1,4 +1,6 @@
-"""Conversations people had through the gateway, in SQLite (CADUCEUS_GATEWAY_DB, default `<state_dir>/gateway.db`).
+"""Conversations people had through the gateway, in SQLite (CADUCEUS_GATEWAY_DB, default `<state_dir>/gateway.db`)
+or PostgreSQL (CADUCEUS_GATEWAY_DB_URL, for replicas sharing one database: a person's conversations are there
+whichever replica serves the page).
 
 A conversation belongs to one person of one tenant, in one workspace and channel; its entries are what was
 said and done in it (the person's messages, the agent's replies, tool calls with their decisions, notices), in
@@ -9,15 +11,13 @@ The schema is migrated to head when the store opens (caduceus_gateway/migrations
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from caduceus_schema import Migrations, upgrade_sqlite_file
+from caduceus_schema import Migrations, open_store
 
 MIGRATIONS = Migrations(store="gateway", script_location="caduceus_gateway:migrations",
                         version_table="gateway_schema_version", baseline="0001", baseline_table="conversations")
@@ -52,14 +52,9 @@ def _now() -> datetime:
 class ConversationStore:
     """Conversations and their entries; safe to use from several threads."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        upgrade_sqlite_file(MIGRATIONS, path)  # SchemaTooNew when a newer release migrated it
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 5000")
+    def __init__(self, where: Path | str) -> None:
+        """`where` is a SQLite file, or a PostgreSQL URL (`postgresql+psycopg2://user:pass@host/db`)."""
+        self._db: Any = open_store(where, MIGRATIONS)  # SchemaTooNew when a newer release migrated it
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -97,7 +92,7 @@ class ConversationStore:
 
     def of_person(self, tenant: str, user: str, channel: str | None = None, limit: int = 100) -> list[Conversation]:
         """The person's conversations, most recent first (only those of `channel` when given)."""
-        query = "SELECT * FROM conversations WHERE tenant = ? AND user = ?"
+        query = 'SELECT * FROM conversations WHERE tenant = ? AND "user" = ?'
         params: list[Any] = [tenant, user]
         if channel is not None:
             query += " AND channel = ?"
@@ -109,7 +104,7 @@ class ConversationStore:
     def get(self, conversation_id: str, tenant: str, user: str) -> Conversation | None:
         """The conversation when it is this person's; None for anyone else's, exactly as for one that does not exist."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM conversations WHERE conversation_id = ? AND tenant = ? AND user = ?",
+            row = self._db.execute('SELECT * FROM conversations WHERE conversation_id = ? AND tenant = ? AND "user" = ?',
                                    (conversation_id, tenant, user)).fetchone()
         return _conversation(row) if row else None
 

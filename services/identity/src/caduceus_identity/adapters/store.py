@@ -11,22 +11,14 @@ one made while the service was down.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import sqlite3
 import threading
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import psycopg2
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
 
 from caduceus_contracts import IdentityChanged, new_id
 from caduceus_identity.linking import (
@@ -42,11 +34,10 @@ from caduceus_identity.linking import (
     parse_api_key,
     same_hash,
 )
-from caduceus_schema import Migrations, upgrade_sqlite_file
+from caduceus_schema import INTEGRITY_ERRORS, Migrations, is_postgres, open_store
 
 UPSERT_LINK = ("INSERT INTO platform_links VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, platform, platform_user) "
                'DO UPDATE SET "user" = excluded."user", linked_by = excluded.linked_by, linked_at = excluded.linked_at')
-INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg2.IntegrityError)
 MIGRATIONS = Migrations(store="identity", script_location="caduceus_identity:migrations",
                         version_table="identity_schema_version", baseline="0001", baseline_table="service_accounts")
 
@@ -59,92 +50,16 @@ def _at(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-log = logging.getLogger("caduceus.identity")
-# Writers on PostgreSQL take this transaction-scoped advisory lock, as SQLite writers take its write lock.
-WRITE_LOCK = zlib.crc32(b"caduceus_identity_write")
-
-
-class _Postgres:
-    """A psycopg2 connection speaking like sqlite3's (`execute` with `?` placeholders, returning the cursor).
-
-    The connection is opened again when PostgreSQL dropped it (a restart, a failover, an idle timeout): a statement
-    outside a transaction, or the BEGIN of one, is tried again once on the new connection; a transaction the drop
-    cut short fails (its caller rolls it back and reports the error), and the next one runs on a new connection.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.engine = create_engine(url, poolclass=NullPool)
-        with self.engine.begin() as conn:
-            MIGRATIONS.upgrade(conn, self.engine.url.render_as_string(hide_password=True))
-        self.raw = self.conn = None
-        self.in_transaction = False
-        self._connect()
-
-    def _connect(self) -> None:
-        if self.raw is not None:
-            with contextlib.suppress(Exception):
-                self.raw.close()
-        self.raw = self.engine.raw_connection()  # kept: the pool closes the driver's connection with it
-        self.conn = self.raw.driver_connection
-        self.conn.autocommit = True  # transactions in hand (BEGIN ... COMMIT), as on SQLite
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if sql == "ROLLBACK":
-            self.in_transaction = False
-            try:
-                return self.conn.cursor().execute("ROLLBACK")
-            except psycopg2.Error:  # the connection is gone, and the transaction with it
-                self._connect()
-                return None
-        retry = not self.in_transaction
-        try:
-            return self._run(sql, params)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            if not retry:
-                raise
-            log.warning("the connection to PostgreSQL was lost; connecting again")
-            self._connect()
-            return self._run(sql, params)
-
-    def _run(self, sql: str, params: Sequence[Any]) -> Any:
-        cursor = self.conn.cursor()
-        if sql == "BEGIN IMMEDIATE":
-            cursor.execute("BEGIN")
-            self.in_transaction = True
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            return cursor
-        cursor.execute(sql.replace("?", "%s"), tuple(params))
-        if sql == "COMMIT":
-            self.in_transaction = False
-        return cursor
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.conn.cursor().executemany(sql.replace("?", "%s"), [tuple(row) for row in rows])
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.raw.close()
-        self.engine.dispose()
-
-
 class IdentityStore:
     """Service accounts, platform links and pairing codes; safe to use from several threads.
 
     `where` is a SQLite file, or a PostgreSQL URL (`postgresql+psycopg2://user:pass@host/db`)."""
 
     def __init__(self, where: Path | str) -> None:
-        self.path = where if isinstance(where, Path) else None
-        if isinstance(where, str) and where.startswith("postgresql"):
-            self._db: Any = _Postgres(where)
-        else:
-            path = Path(where)
-            self.path = path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-            upgrade_sqlite_file(MIGRATIONS, path)  # SchemaTooNew when a newer release migrated it
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout = 5000")
+        self.path = None if is_postgres(where) else Path(where)
+        # Writers read then write (a pairing's lockout count, a code's use): on PostgreSQL they take the store's
+        # lock, as SQLite writers take its write lock.
+        self._db: Any = open_store(where, MIGRATIONS, serialize_writes=True)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -24,5 +24,9 @@ STATEMENTS = [
 
 
 def upgrade() -> None:
+    postgres = op.get_bind().dialect.name == "postgresql"
     for statement in STATEMENTS:
+        if postgres:  # `user` is a reserved word there, and a counter is an identity column; SQLite files keep theirs
+            statement = (statement.replace(" user TEXT", ' "user" TEXT').replace("(tenant, user,", '(tenant, "user",')
+                         .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"))
         op.execute(statement)
