@@ -2,17 +2,20 @@
 
 What a backup holds (the layout is StateLayout's):
 - keys/: every signing key and bus credential, restored with mode 0600 (keys/ and keys/nats/ 0700);
-- the SQLite stores (audit.db, identity.db, temporal/temporal.db), each copied with SQLite's online backup API,
+- the SQLite stores (audit.db, identity.db, gateway.db with the web chat's conversations, mcp-pins.db with the
+  MCP tool definitions approvers pinned, temporal/temporal.db), each copied with SQLite's online backup API,
   so the copy is consistent even while a service writes; the row count of each table goes in the manifest and
   is checked again after a restore;
 - the operator's files: tenants.yaml, policy.yaml (a file or a pack directory), scenarios.yaml, sandbox.yaml,
-  sandboxes/;
+  sandboxes/, the MCP registry (mcp.yaml) and its credentials (mcp-secrets/, mode 0600 like keys/), slack.yaml,
+  database.url;
 - nats/, the JetStream store: the event stream, its consumers' positions and the policy-pack and limit buckets.
   It is copied as files while no nats-server runs, which needs nothing to connect to and restores the stream
   exactly (same sequences, consumers carry on where they were); a stack running in the state dir is therefore
   refused unless the stream is left out.
 Not in it: workspaces/ and workers/ (tenants' files and Hermes homes with their memory: copy them as files), logs/,
-stack.json. An audit store on PostgreSQL is not copied either; the manifest says how to dump it.
+stack.json. Stores on PostgreSQL (an audit store given with --audit-db, or every store of a stack started with
+`--database-url`) are not copied either; the manifest says how to dump them.
 
 The file is a gzipped tar with manifest.json first (every file's SHA-256, size and mode); a restore checks every
 file against it before anything lands in the state dir.
@@ -34,13 +37,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from sqlalchemy.engine import make_url
+
 from caduceus_embedded.layout import DEFAULT_FILES, StateLayout
 from caduceus_embedded.stackinfo import read_stack_info
 
 FORMAT = "caduceus-backup/1"
 MANIFEST = "manifest.json"
-SQLITE_STORES = ("audit.db", "identity.db", "temporal/temporal.db")
-OPERATOR_FILES = (*DEFAULT_FILES, "sandboxes")
+SQLITE_STORES = ("audit.db", "identity.db", "gateway.db", "mcp-pins.db", "temporal/temporal.db")
+# The stores a stack started with --database-url keeps in PostgreSQL instead (Temporal keeps its SQLite).
+IN_DATABASE = ("audit.db", "identity.db", "gateway.db", "mcp-pins.db")
+OPERATOR_FILES = (*DEFAULT_FILES, "sandboxes", "mcp.yaml", "mcp-secrets", "slack.yaml", "database.url")
+SECRET_DIRS = ("keys", "mcp-secrets")
 STREAM_DIR = "nats"
 
 
@@ -162,7 +170,10 @@ def restore(archive: Path, layout: StateLayout, *, force: bool = False, say: Say
             for suffix in ("-wal", "-shm"):  # a replaced SQLite file's old journal would be applied to it
                 target.with_name(target.name + suffix).unlink(missing_ok=True)
             os.replace(Path(scratch) / name, target)
-    _secure_keys(root / "keys")
+    for name in SECRET_DIRS:
+        _secure_keys(root / name)
+    if (root / "database.url").is_file():
+        (root / "database.url").chmod(0o600)  # it may hold the database's password
     for name, rows in manifest.sqlite_rows.items():
         say(f"{name}: restored ({_describe_rows(rows)})")
     say(f"keys: {sum(1 for n in manifest.files if n.startswith('keys/'))} files, mode 0600")
@@ -186,7 +197,17 @@ def table_rows(path: Path) -> dict[str, int]:
 
 
 def _sqlite_sources(layout: StateLayout, audit_db: str | None, manifest: Manifest) -> Iterator[tuple[str, Path]]:
+    database = layout.database_url
+    if database:
+        shown = make_url(database).render_as_string(hide_password=True)
+        manifest.notes.append(
+            f"the audit, identity, web chat and MCP pin stores are in PostgreSQL ({shown}), not in this backup: dump "
+            "that database with `pg_dump --format=custom --file caduceus.dump <database URL>` at the same time, "
+            "restore it with `pg_restore --clean --dbname <database URL> caduceus.dump` (database.url, restored "
+            "with the state dir, points the stack at it)")
     for name in SQLITE_STORES:
+        if database and name in IN_DATABASE:
+            continue
         source = layout.root / name
         if name == "audit.db" and audit_db:
             if audit_db.startswith("sqlite:///"):
