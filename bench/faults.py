@@ -1,5 +1,9 @@
 """Fault injection: the embedded stack with replicas, a steady load of governed calls from two tenants, and one
-process killed (SIGKILL) at a time; after each fault the claims of DESIGN.md are checked.
+process killed (SIGKILL) at a time, or PostgreSQL restarted; after each fault the claims of DESIGN.md are checked.
+
+With --postgres (the default where PostgreSQL's binaries are), the stack keeps every store (audit, identity, the
+web chat's conversations, MCP pins) in a throwaway local PostgreSQL, as `caduceus up --database-url` does, and
+one phase restarts that PostgreSQL (a fast shutdown, down for POSTGRES_DOWN_S, started again on its data).
 
 Every governed call is a `terminal` call `echo <tag> >> fault-ledger.txt` in its tenant's workspace, sent as the
 planner sends it (ToolGateway): policy decides and signs, the broker dispatches, the executor verifies the decision
@@ -19,6 +23,7 @@ gateway). A phase kills one process, keeps the load on for `phase_s`, then pause
 Short form: tests/test_faults.py. Long form (longer phases, every fault twice):
 
     .venv/bin/python bench/faults.py [--replicas 2] [--nats-nodes 3] [--phase-s 20] [--rounds 2] [--first-replica 1]
+                                     [--postgres | --no-postgres]
 
 It writes bench/results/faults-<date>.md (machine and command recorded) and prints the table.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import platform
@@ -53,6 +59,7 @@ from caduceus_contracts import SessionGrant, SignedGrant, ensure_signer, load_ke
 from caduceus_embedded.layout import copy_default_files
 from caduceus_embedded.ports import StackPorts
 from caduceus_embedded.stack import EmbeddedStack
+from caduceus_embedded.testing import PG_BIN, PostgresServer, running_postgres
 from caduceus_hermes_plugin import GatewayTimeouts, ToolGateway
 from caduceus_identity import mint_dev_token
 
@@ -83,6 +90,10 @@ BROKER_OWNER = "broker-owner"
 # there); tests/test_nats_cluster.py kills a node under load in the suite.
 NATS_LEADER = "nats-leader"
 NATS_DOWN_S = 5.0
+# PostgreSQL, when the stack keeps its stores there: stopped (every connection dropped), down for a while under the
+# load, started again on its data. Audit holds events in the stream meanwhile and stores them once it is back.
+POSTGRES = "postgres"
+POSTGRES_DOWN_S = 3.0
 
 
 def add_second_tenant(state_dir: Path) -> None:
@@ -105,12 +116,13 @@ def add_second_tenant(state_dir: Path) -> None:
 
 @contextmanager
 def replicated_stack(state_dir: Path, replicas: int, say: Callable[[str], None] = lambda _: None,
-                     nats_nodes: int = 1) -> Iterator[EmbeddedStack]:
+                     nats_nodes: int = 1, database_url: str | None = None) -> Iterator[EmbeddedStack]:
     """The embedded stack with `replicas` of each service (the model stays single) on `nats_nodes` nats-servers,
-    on free ports, two tenants."""
+    on free ports, two tenants; every store in `database_url` (PostgreSQL) when given, else SQLite files."""
     add_second_tenant(state_dir)
     stack = EmbeddedStack(state_dir, StackPorts.free(replicas), replicas=replicas, nats_nodes=nats_nodes,
-                          ready_timeout=180, stop_grace=15, on_progress=say, on_problem=say)
+                          database_url=database_url, ready_timeout=180, stop_grace=15, on_progress=say,
+                          on_problem=say)
     with stack:
         yield stack
 
@@ -440,9 +452,16 @@ def stream_leader(stack: EmbeddedStack) -> int:
     return int(asyncio.run(leader()).rsplit("-", 1)[1]) - 1
 
 
-def kill(stack: EmbeddedStack, fault: str) -> Callable[[], bool]:
+def kill(stack: EmbeddedStack, fault: str, database: PostgresServer | None = None) -> Callable[[], bool]:
     """SIGKILL what the fault names (a key of `caduceus status`; already resolved for the broker owner and the
-    stream leader's node); returns a check that says when it is back (restarted by the stack, or by us)."""
+    stream leader's node), or restart `database` for POSTGRES; returns a check that says when it is back
+    (restarted by the stack, or by us)."""
+    if fault == POSTGRES:
+        if database is None or database.restart is None:
+            raise ValueError("the postgres fault needs the stack on a PostgreSQL this harness can restart")
+        restarting = threading.Thread(target=database.restart, args=(POSTGRES_DOWN_S,), name="faults-postgres")
+        restarting.start()
+        return lambda: not restarting.is_alive()
     if fault.startswith("nats-"):
         number = int(fault.removeprefix("nats-")) - 1
         stack.kill_nats_node(number)
@@ -474,7 +493,7 @@ def kill(stack: EmbeddedStack, fault: str) -> Callable[[], bool]:
 
 
 def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
-              say: Callable[[str], None] = print) -> Phase:
+              say: Callable[[str], None] = print, database: PostgresServer | None = None) -> Phase:
     """Kill, keep the load on for phase_s and until the process is back and every tenant had a call succeed
     (calls in flight at the kill may take up to BOUND_S to be answered), pause, check. The phase's calls are those
     in flight at the kill and those sent after it."""
@@ -492,7 +511,7 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
     if fault == NATS_LEADER:
         fault = f"nats-{stream_leader(stack) + 1} (stream leader)"
     killed_at = time.monotonic()
-    back = kill(stack, fault.split(" (")[0])
+    back = kill(stack, fault.split(" (")[0], database)
     web = web_ports(stack)  # at once, while the killed replica is down
     say(f"killed {fault}; load continues for {phase_s:g} s")
     for tenant, _ in TENANTS:
@@ -547,14 +566,15 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
 
 
 def run(stack: EmbeddedStack, faults: tuple[str, ...], phase_s: float,
-        say: Callable[[str], None] = print) -> list[Phase]:
-    """The whole suite on a running stack: each fault in turn, under the load."""
+        say: Callable[[str], None] = print, database: PostgresServer | None = None) -> list[Phase]:
+    """The whole suite on a running stack (its stores in `database` for the POSTGRES fault): each fault in turn,
+    under the load."""
     load = Load(stack)
     load.start()
     phases = []
     try:
         for fault in faults:
-            phase = run_phase(stack, load, fault, phase_s, say)
+            phase = run_phase(stack, load, fault, phase_s, say, database)
             say(table([phase]).splitlines()[-1])
             phases.append(phase)
     finally:
@@ -563,10 +583,10 @@ def run(stack: EmbeddedStack, faults: tuple[str, ...], phase_s: float,
 
 
 def faults_of(replicas: int, rounds: int = 1, first_replica: int = 1, broker: bool = False,
-              nats_nodes: int = 1) -> tuple[str, ...]:
+              nats_nodes: int = 1, postgres: bool = False) -> tuple[str, ...]:
     """Round r kills replica first_replica + r (of each service, wrapping around), then Temporal; with `broker`,
     then the broker replica owning the load's workspace (when there are several); on a NATS cluster, then the node
-    leading the event stream."""
+    leading the event stream; with `postgres`, then restarts PostgreSQL."""
     chosen = []
     for r in range(rounds):
         replica = (first_replica - 1 + r) % replicas + 1
@@ -575,6 +595,8 @@ def faults_of(replicas: int, rounds: int = 1, first_replica: int = 1, broker: bo
             chosen.append(BROKER_OWNER)
         if nats_nodes > 1:
             chosen.append(NATS_LEADER)
+        if postgres:
+            chosen.append(POSTGRES)
     return tuple(chosen)
 
 
@@ -586,7 +608,7 @@ def table(phases: list[Phase]) -> str:
     for p in phases:
         recovered = f"{p.recovered_s:.1f}" if p.recovered_s is not None else "never"
         verify = "ok" if p.audit_verify == "ok" else "FAILED"
-        lines.append(f"| kill -9 {p.fault} | {p.sent} | {p.answered} | {p.lost} | {p.executed_twice} | "
+        lines.append(f"| {_fault_name(p.fault)} | {p.sent} | {p.answered} | {p.lost} | {p.executed_twice} | "
                      f"{p.ran_without_decision} | {p.ran_after_an_error_answer} | {p.slowest_s:.1f} | {recovered} | "
                      f"{p.turns} | {p.turns_unanswered} | {p.approved} | "
                      f"{'ok' if p.web_ports == 'ok' else 'FAILED'} | {verify} | "
@@ -596,10 +618,14 @@ def table(phases: list[Phase]) -> str:
 
 def answers_not_ok(phases: list[Phase]) -> str:
     """The answers that were a denial or an error, by fault: what a requester was told instead of a result."""
-    lines = [f"- kill -9 {p.fault}: {count} x {what}" for p in phases for what, count in sorted(p.not_ok.items())]
-    lines += [f"- kill -9 {p.fault}: chat turn failed, {problem}" for p in phases for problem in p.turn_problems]
-    lines += [f"- kill -9 {p.fault}: web ports: {p.web_ports}" for p in phases if p.web_ports != "ok"]
+    lines = [f"- {_fault_name(p.fault)}: {count} x {what}" for p in phases for what, count in sorted(p.not_ok.items())]
+    lines += [f"- {_fault_name(p.fault)}: chat turn failed, {problem}" for p in phases for problem in p.turn_problems]
+    lines += [f"- {_fault_name(p.fault)}: web ports: {p.web_ports}" for p in phases if p.web_ports != "ok"]
     return "\n".join(lines) or "- none: every call got its result"
+
+
+def _fault_name(fault: str) -> str:
+    return f"restart {fault} ({POSTGRES_DOWN_S:g} s down)" if fault == POSTGRES else f"kill -9 {fault}"
 
 
 def machine() -> str:
@@ -620,31 +646,41 @@ def main() -> None:
     parser.add_argument("--first-replica", type=int, default=1, help="the replica the first round kills")
     parser.add_argument("--nats-nodes", type=int, default=3, help="nats-servers in the bus's cluster (1: a single "
                                                                  "server, and no NATS fault)")
+    parser.add_argument("--postgres", action=argparse.BooleanOptionalAction, default=(PG_BIN / "initdb").exists(),
+                        help="keep every store in a throwaway local PostgreSQL and restart it once a round (default: "
+                             f"on when PostgreSQL's binaries are in {PG_BIN}, CADUCEUS_PG_BIN)")
     parser.add_argument("--faults", default="", help="comma-separated processes to kill instead (e.g. `broker`, "
                                                      "`policy-2,temporal`), as `caduceus status` names them, or "
                                                      f"`{BROKER_OWNER}`: the broker holding the load's workspace, "
-                                                     f"`{NATS_LEADER}`: the node leading the event stream")
+                                                     f"`{NATS_LEADER}`: the node leading the event stream, "
+                                                     f"`{POSTGRES}`: restart PostgreSQL (with --postgres)")
     options = parser.parse_args()
     os.environ.pop("CADUCEUS_MODEL_BASE_URL", None)  # the scripted model
     os.environ.setdefault("CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S", "2")
     say = lambda line: print(f"  {line}", file=sys.stderr)  # noqa: E731
     started = time.monotonic()
-    with replicated_stack(Path(tempfile.mkdtemp(prefix="bench-faults-")), options.replicas, say,
-                          nats_nodes=options.nats_nodes) as stack:
+    with contextlib.ExitStack() as running:
+        database = running.enter_context(running_postgres()) if options.postgres else None
+        url = running.enter_context(database.database("caduceus")) if database else None
+        stack = running.enter_context(replicated_stack(Path(tempfile.mkdtemp(prefix="bench-faults-")),
+                                                       options.replicas, say, nats_nodes=options.nats_nodes,
+                                                       database_url=url))
         chosen = (tuple(options.faults.split(",")) if options.faults
                   else faults_of(options.replicas, options.rounds, options.first_replica, broker=True,
-                                 nats_nodes=options.nats_nodes))
-        phases = run(stack, chosen, options.phase_s, say)
+                                 nats_nodes=options.nats_nodes, postgres=options.postgres))
+        phases = run(stack, chosen, options.phase_s, say, database)
     lines = [
         "# Fault injection: kill -9 under a steady load of governed calls",
         "",
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}",
         f"- command: `.venv/bin/python bench/faults.py --replicas {options.replicas} --phase-s {options.phase_s:g} "
-        f"--rounds {options.rounds} --first-replica {options.first_replica} --nats-nodes {options.nats_nodes}"
+        f"--rounds {options.rounds} --first-replica {options.first_replica} --nats-nodes {options.nats_nodes} "
+        f"{'--postgres' if options.postgres else '--no-postgres'}"
         + (f" --faults {options.faults}`" if options.faults else "`"),
         f"- the embedded stack, {options.replicas} replicas of each service (the brokers too), on "
-        f"{options.nats_nodes} nats-server{'s' if options.nats_nodes > 1 else ''}; tenants "
+        f"{options.nats_nodes} nats-server{'s' if options.nats_nodes > 1 else ''}, stores in "
+        f"{'PostgreSQL 15 (local, fsync off)' if options.postgres else 'SQLite files'}; tenants "
         f"{', '.join(t for t, _ in TENANTS)}, one caller per member ({sum(len(u) for _, u in TENANTS)}), each at "
         f"most one call per {CALLER_INTERVAL_S:g} s, and per tenant one call every {APPROVAL_INTERVAL_S:g} s that an "
         f"admin approves; every call answered within {BOUND_S:g} s "
@@ -656,10 +692,10 @@ def main() -> None:
         "",
         answers_not_ok(phases),
         "",
-        "How to read it: each row is one SIGKILL, with the load on for the phase. lost, executed twice and ran "
-        "without decision must be 0; ran after an error answer counts calls whose requester was told of an error "
-        "(a decision or result timeout) while the call still ran once. time to recover is from the kill until a "
-        "call sent after it succeeded for every tenant.",
+        "How to read it: each row is one SIGKILL (or PostgreSQL's restart), with the load on for the phase. lost, "
+        "executed twice and ran without decision must be 0; ran after an error answer counts calls whose requester "
+        "was told of an error (a decision or result timeout) while the call still ran once. time to recover is from "
+        "the kill until a call sent after it succeeded for every tenant.",
     ]
     report = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)

@@ -17,6 +17,7 @@ from caduceus.commands.demo import DEMO_MESSAGE
 from caduceus_audit import AuditStore
 from caduceus_bus import EventConnection
 from caduceus_client import ChatClient, TurnTranscript
+from caduceus_embedded import StateLayout
 from caduceus_embedded.ports import StackPorts
 from caduceus_embedded.stack import EmbeddedStack
 from caduceus_identity.devtoken import mint_dev_token
@@ -109,6 +110,10 @@ def test_a_backup_of_a_governed_turn_restores_into_a_fresh_state_dir_that_verifi
         assert (new / key).read_bytes() == (old / key).read_bytes()
         assert (new / key).stat().st_mode & 0o777 == 0o600, key
     assert (new / "tenants.yaml").read_bytes() == (old / "tenants.yaml").read_bytes()
+    # The stores of the gateways too: the web chat's conversations, the pinned MCP definitions.
+    assert {"gateway.db", "mcp-pins.db"} <= set(summary["stores"]), summary
+    for store in ("gateway.db", "mcp-pins.db"):
+        assert (new / store).is_file(), store
 
     # The restored stream is the old one: a stack started on it serves the checkpoints to verify --bus, and its
     # audit consumer carries on from where it was: the chains go on after the restored records.
@@ -155,3 +160,22 @@ def test_a_postgresql_audit_store_is_left_to_pg_dump_and_the_backup_says_so(tmp_
     assert made.exit_code == 0, made.output
     notes = json.loads(made.stdout)["manifest"]["notes"]
     assert len(notes) == 1 and "pg_dump" in notes[0] and "pg_restore" in notes[0] and "secret" not in notes[0]
+
+
+def test_a_state_dir_on_postgresql_leaves_every_store_there_to_pg_dump(tmp_path: Path) -> None:
+    """A stack started with --database-url keeps audit, identity, the web chat and MCP pins in PostgreSQL: the backup
+    copies none of them (nor an old SQLite file beside), says so once without the password, and keeps database.url."""
+    state = tmp_path / "state"
+    (state / "keys").mkdir(parents=True)
+    StateLayout(state).keep_database_url("postgresql+psycopg2://caduceus:hunter2@db/caduceus")
+    (state / "identity.db").write_bytes(b"")  # left from before the move to PostgreSQL: not the store any more
+    made = caduceus("backup", "--state-dir", state, "--out", tmp_path / "b.tar.gz", "--json")
+    assert made.exit_code == 0, made.output
+    manifest = json.loads(made.stdout)["manifest"]
+    assert not set(manifest["sqlite_rows"]) & {"audit.db", "identity.db", "gateway.db", "mcp-pins.db"}
+    (note,) = manifest["notes"]
+    assert "pg_dump" in note and "db/caduceus" in note and "hunter2" not in note
+    restored = caduceus("restore", "--state-dir", tmp_path / "new", tmp_path / "b.tar.gz", "--json")
+    assert restored.exit_code == 0, restored.output
+    assert StateLayout(tmp_path / "new").database_url == "postgresql+psycopg2://caduceus:hunter2@db/caduceus"
+    assert (tmp_path / "new" / "database.url").stat().st_mode & 0o777 == 0o600

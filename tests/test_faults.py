@@ -1,6 +1,7 @@
-"""Fault injection, short form: the embedded stack with two replicas of every service, a steady load
-of governed calls from two tenants, and one process killed with SIGKILL at a time (one replica of each service, then
-the Temporal dev server, which is restarted); some calls need an admin's approval, given through the approvals API.
+"""Fault injection, short form: the embedded stack with two replicas of every service and every store in one
+PostgreSQL database (`caduceus up --replicas 2 --database-url`), a steady load of governed calls from two tenants,
+and one process killed with SIGKILL at a time (one replica of each service, then the Temporal dev server, which is
+restarted), then PostgreSQL restarted; some calls need an admin's approval, given through the approvals API.
 The harness is bench/faults.py; its long form runs there.
 
 After each kill: no call lost (each got a result, a denial or an error), none ran twice (the tool's own ledger in
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 from caduceus.cli import app
 from caduceus_embedded.stack import EmbeddedStack
+from caduceus_embedded.testing import PostgresServer
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 import faults  # bench/faults.py: the harness both forms share
@@ -30,12 +32,20 @@ PHASE_S = 5.0
 
 
 @pytest.fixture(scope="module")
-def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+def database(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    if postgres_server.restart is None:
+        pytest.skip("the PostgreSQL fault needs a PostgreSQL the test can restart (not a container)")
+    yield postgres_server
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory, database: PostgresServer) -> Iterator[EmbeddedStack]:
     saved = {k: os.environ.get(k) for k in ("CADUCEUS_MODEL_BASE_URL", "CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S")}
     os.environ.pop("CADUCEUS_MODEL_BASE_URL", None)  # the scripted model
     os.environ["CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S"] = "2"
     try:
-        with faults.replicated_stack(tmp_path_factory.mktemp("faults"), replicas=2) as stack:
+        with database.database("faults") as url, \
+                faults.replicated_stack(tmp_path_factory.mktemp("faults"), replicas=2, database_url=url) as stack:
             yield stack
     finally:
         for key, value in saved.items():
@@ -48,17 +58,21 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSta
 def test_status_lists_every_replica_with_a_process_of_its_own(replicated: EmbeddedStack) -> None:
     result = CliRunner().invoke(app, ["status", "--state-dir", str(replicated.layout.root), "--json"])
     assert result.exit_code == 0, result.output
-    listed = {s["name"]: s for s in json.loads(result.stdout)["services"]}
+    status = json.loads(result.stdout)
+    assert status["database"].startswith("postgresql+psycopg2://") and "/faults_" in status["database"]
+    listed = {s["name"]: s for s in status["services"]}
     for name in (*faults.SERVICE_FAULTS, "broker"):
         assert listed[name]["up"] and listed[f"{name}-2"]["up"], sorted(listed)
     pids = [s["pid"] for s in listed.values()]
     assert len(pids) == len(set(pids))
 
 
-def test_each_kill_leaves_every_call_answered_once_and_the_audit_trail_whole(replicated: EmbeddedStack) -> None:
-    phases = faults.run(replicated, faults.faults_of(replicas=2), PHASE_S, say=print)
+def test_each_kill_leaves_every_call_answered_once_and_the_audit_trail_whole(replicated: EmbeddedStack,
+                                                                             database: PostgresServer) -> None:
+    phases = faults.run(replicated, faults.faults_of(replicas=2, postgres=True), PHASE_S, say=print,
+                        database=database)
     print("\n" + faults.table(phases) + "\n\n" + faults.answers_not_ok(phases))
-    assert [p.fault for p in phases] == [*faults.SERVICE_FAULTS, "temporal"]
+    assert [p.fault for p in phases] == [*faults.SERVICE_FAULTS, "temporal", "postgres"]
     for p in phases:
         assert p.sent > 0, f"{p.fault}: no load during the phase"
         assert p.lost == 0, f"{p.fault}: {p.lost} calls never answered"

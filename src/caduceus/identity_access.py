@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from caduceus.scripting import BAD, USAGE
 from caduceus_directory import DirectoryError, DirectorySource, DirectoryUnreadable, Member
-from caduceus_embedded import default_state_dir, read_stack_info
+from caduceus_embedded import StateLayout, default_state_dir, read_stack_info
 from caduceus_identity import (
     DeploymentIssuer,
     IdentitySettings,
@@ -48,7 +48,10 @@ class IdentityAccess:
 
     def store(self) -> IdentityStore:
         try:
-            return IdentityStore(IdentitySettings(state_dir=self.state_dir).identity_db)
+            settings = IdentitySettings(state_dir=self.state_dir)
+            # The stack's database when it keeps its stores in PostgreSQL, as its identity replicas do.
+            return IdentityStore(settings.identity_db_url or StateLayout(self.state_dir).database_url
+                                 or settings.identity_db)
         except SchemaTooNew as exc:
             err.print(f"[red]{escape(str(exc))}[/red]")
             raise typer.Exit(2) from None

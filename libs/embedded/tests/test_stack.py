@@ -33,7 +33,7 @@ from caduceus_bus import auth_options, load_permissions
 from caduceus_bus.permissions import Role
 from caduceus_contracts import subjects
 from caduceus_embedded.layout import StateLayout
-from caduceus_embedded.ports import PortBusy, StackPorts
+from caduceus_embedded.ports import PortBusy, StackPorts, free_port
 from caduceus_embedded.services import ServiceFailed, ServiceSpec, default_services
 from caduceus_embedded.settings import ModelSettings
 from caduceus_embedded.stack import EmbeddedStack
@@ -321,6 +321,28 @@ def test_up_refuses_a_state_dir_where_a_stack_runs(tmp_path: Path) -> None:
     result = run_up(state)
     assert result.returncode == 2  # a usage error: another state dir, or the running stack, is what to use
     assert "already running" in result.stderr
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("sqlite:///somewhere.db", "must name a PostgreSQL database"),
+    ("postgresql+psycopg2://caduceus:hunter2@127.0.0.1:{closed}/caduceus", "cannot use the database"),
+    ("not a url at all", "is not a database URL"),
+])
+def test_up_refuses_a_database_it_cannot_use_before_starting_anything(tmp_path: Path, url: str, said: str) -> None:
+    """A wrong --database-url is one error naming the database (never its password), exit 2, and it is not kept."""
+    free = StackPorts.free()
+    result = run_up(tmp_path / "state", "--database-url", url.format(closed=free_port()),  # refused at once
+                    *(arg for flag, port in (("--nats-port", free.nats), ("--temporal-port", free.temporal),
+                                             ("--temporal-ui-port", free.temporal_ui),
+                                             ("--issuer-port", free.issuer), ("--model-port", free.model),
+                                             ("--approval-ui-port", free.approval_ui),
+                                             ("--webchat-port", free.webchat), ("--mcp-port", free.mcp_endpoint),
+                                             ("--inference-port", free.inference), ("--http-port", free.http))
+                      for arg in (flag, str(port))))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert said in result.stderr and "hunter2" not in result.stdout + result.stderr
+    assert StateLayout(tmp_path / "state").database_url is None
+    assert "nats-server" not in result.stdout  # nothing started past the check
 
 
 def run_up(state_dir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ from rich.table import Table
 from caduceus.identity_access import STATE_DIR_HELP
 from caduceus.scripting import BAD, USAGE, AsJson, print_json
 from caduceus_bus import default_state_dir
+from caduceus_embedded import StateLayout
 from caduceus_mcp import (
     McpSettings,
     Pin,
@@ -61,7 +62,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _settings(state_dir: Path | None) -> McpSettings:
-    return McpSettings(state_dir=state_dir or default_state_dir())
+    settings = McpSettings(state_dir=state_dir or default_state_dir())
+    database = StateLayout(settings.state_dir).database_url  # the stack keeps every store in PostgreSQL
+    if database and not settings.pins_db_url:
+        return settings.model_copy(update={"pins_db_url": database})
+    return settings
 
 
 def _registry(settings: McpSettings) -> Registry:

@@ -70,17 +70,23 @@ def up(
         "nats-servers in a cluster on loopback: node 1 on --nats-port, the others on free ports; the event stream "
         "and the KV buckets are kept on up to 3 of them, so one node can be lost with nothing lost. Every service "
         "is given every node's URL."))] = 1,
+    database_url: Annotated[str | None, typer.Option(metavar="URL", help=(
+        "A PostgreSQL database (postgresql+psycopg2://user:pass@host:5432/db) for every store instead of SQLite "
+        "files in the state dir: the audit chains, identity's records, the web chat's conversations, the MCP "
+        "pins (Temporal keeps its own SQLite). Checked before anything starts, and kept in <state-dir>/database.url "
+        "(0600) so later commands and `caduceus up` on that state dir use it too."))] = None,
 ) -> None:
     """Start NATS, Temporal, the model and every Caduceus service here; keep them up until Ctrl-C.
 
     With --replicas 2, every service runs twice; `caduceus status` lists each replica. With --nats-nodes 3, the
-    bus is a cluster of three nats-servers. Together they are the highly available layout on one machine.
+    bus is a cluster of three nats-servers. With --database-url, every store is in one PostgreSQL database.
+    Together they are the highly available layout on one machine.
     """
     ports = StackPorts(nats=nats_port, temporal=temporal_port, temporal_ui=temporal_ui_port, issuer=issuer_port,
                        model=model_port, approval_ui=approval_ui_port, webchat=webchat_port,
                        mcp_endpoint=mcp_port, inference=inference_port, http=http_port)
     stack = EmbeddedStack(state_dir or default_state_dir(), ports, replicas=replicas, nats_nodes=nats_nodes,
-                          on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
+                          database_url=database_url, on_progress=lambda line: out.print(f"  {escape(line)}", style="dim"),
                           on_problem=lambda line: err.print(escape(line), style="yellow"))
     _stop_on(signal.SIGINT, signal.SIGTERM)
     out.print("starting the Caduceus embedded stack")
@@ -154,6 +160,7 @@ def _show(stack: EmbeddedStack, state_dir: Path | None) -> None:
         ("approvals UI", f"{info.approval_ui_url} (sign in as an approver, e.g. carol@acme)"),
         ("web chat", f"{info.webchat_url} (sign in and chat, e.g. as alice@acme)"),
         ("model endpoint", f"{info.model_base_url} ({model_source}, model {stack.model.name})"),
+        ("stores", f"PostgreSQL {info.database}" if info.database else f"SQLite files in {info.state_dir}"),
         ("state dir", info.state_dir),
         ("logs", str(stack.layout.logs)),
     ]:
@@ -177,7 +184,8 @@ def status(
                   "(or pass --state-dir DIR where one runs)", style="red")
         raise typer.Exit(USAGE)
     if as_json:
-        print_json({"state_dir": str(root), "ok": not info.down, "nats": info.nats_url.split(","), "services": [
+        print_json({"state_dir": str(root), "ok": not info.down, "nats": info.nats_url.split(","),
+                    "database": info.database or "sqlite", "services": [
             {"name": name, "pid": pid, "up": name not in info.down, "problem": info.down.get(name)}
             for name, pid in info.services.items()]})
         raise typer.Exit(BAD if info.down else 0)

@@ -12,11 +12,13 @@
   logs/<name>.log       one log per process
   workspaces/, workers/ the broker's tenant workspaces and Hermes worker homes
   audit.db              the audit chains (SQLite)
+  database.url          the PostgreSQL database of every store instead (`caduceus up --database-url`)
 ```
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -70,7 +72,27 @@ class StateLayout:
 
     @property
     def audit_db_url(self) -> str:
-        return f"sqlite:///{self.audit_db}"
+        return self.database_url or f"sqlite:///{self.audit_db}"
+
+    @property
+    def database_file(self) -> Path:
+        return self.root / "database.url"
+
+    @property
+    def database_url(self) -> str | None:
+        """The PostgreSQL database every store of this state dir lives in (audit, identity, the web chat's
+        conversations, MCP pins), as `caduceus up --database-url` kept it; None: SQLite files here."""
+        try:
+            return self.database_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def keep_database_url(self, url: str) -> None:
+        """Remember the database for every later command on this state dir (0600: the URL may hold a password)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.database_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(url + "\n")
 
     @property
     def tenants_file(self) -> Path:

@@ -132,15 +132,21 @@ SINGLE_INSTANCE = frozenset({"model"})
 
 
 def default_services(layout: StateLayout, ports: StackPorts, model: ModelSettings,
-                     replicas: int = 1) -> list[ServiceSpec]:
+                     replicas: int = 1, database_url: str | None = None) -> list[ServiceSpec]:
     """Caduceus's own services, plus the scripted model when no model endpoint is configured.
 
     replicas > 1 runs that many processes of every service not in SINGLE_INSTANCE, on the one bus and the one
-    store: each has its own health port, and they share their web ports (CADUCEUS_SHARED_PORTS).
+    store: each has its own health port, and they share their web ports (CADUCEUS_SHARED_PORTS). With
+    `database_url` (PostgreSQL), every store is there instead of in SQLite files in the state dir: the audit
+    chains, identity's records, the web chat's conversations and the MCP pins.
     """
     endpoint = model.for_stack(ports.model)
     issuer_url = f"http://127.0.0.1:{ports.issuer}"
     table: list[ServiceSpec] = []
+
+    def in_database(variable: str) -> dict[str, str]:
+        return {variable: database_url} if database_url else {}
+
     if model.is_scripted:
         table.append(ServiceSpec(
             "model", "caduceus_embedded.scripted_model",
@@ -148,8 +154,9 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
             ready_url=f"{endpoint.base_url}/models", url=endpoint.base_url,
         ))
     services = [
-        ServiceSpec("audit", "caduceus_audit", {"CADUCEUS_AUDIT_DB_URL": layout.audit_db_url}),
+        ServiceSpec("audit", "caduceus_audit", {"CADUCEUS_AUDIT_DB_URL": database_url or layout.audit_db_url}),
         ServiceSpec("identity", "caduceus_identity", {
+            **in_database("CADUCEUS_IDENTITY_DB_URL"),
             "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
             "CADUCEUS_DEV_ISSUER_PORT": str(ports.issuer),
             "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
@@ -173,12 +180,14 @@ def default_services(layout: StateLayout, ports: StackPorts, model: ModelSetting
             "CADUCEUS_MODEL_NAME": endpoint.name,
         }),
         ServiceSpec("gateway", "caduceus_gateway", {
+            **in_database("CADUCEUS_GATEWAY_DB_URL"),
             "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),
             "CADUCEUS_OIDC_ISSUER_URL": issuer_url,
             "CADUCEUS_WEB_PORT": str(ports.webchat),
             "CADUCEUS_APPROVALS_URL": approval_ui_url(ports),
         }, url=webchat_url(ports)),
         ServiceSpec("mcp", "caduceus_mcp", {
+            **in_database("CADUCEUS_PINS_DB_URL"),
             "CADUCEUS_SANDBOX_FILE": str(layout.sandbox_file),
             "CADUCEUS_ENDPOINT_PORT": str(ports.mcp_endpoint),
             "CADUCEUS_TENANTS_FILE": str(layout.tenants_file),

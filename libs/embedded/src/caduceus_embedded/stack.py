@@ -35,6 +35,7 @@ from caduceus_bus import (
 )
 from caduceus_bus.authority import SERVER_CONFIG_FILE, WORKER_SIGNING_FILE
 from caduceus_embedded.binaries import find_binary
+from caduceus_embedded.database import check_database
 from caduceus_embedded.health import wait_ready
 from caduceus_embedded.layout import StateLayout
 from caduceus_embedded.outages import OutageNotReported, left_down_event, report_left_down
@@ -92,8 +93,13 @@ class EmbeddedStack:
                  ready_timeout: float = 60.0, stop_grace: float = 10.0, crash_loop_s: float = CRASH_LOOP_S,
                  on_progress: Callable[[str], None] | None = None,
                  on_problem: Callable[[str], None] | None = None,
-                 bus_permissions: PermissionFile | None = None, replicas: int = 1, nats_nodes: int = 1) -> None:
+                 bus_permissions: PermissionFile | None = None, replicas: int = 1, nats_nodes: int = 1,
+                 database_url: str | None = None) -> None:
         self.layout = StateLayout(Path(state_dir).expanduser().resolve())
+        # Every store in this PostgreSQL database (kept in the state dir at start for later commands), else SQLite.
+        self.new_database_url = database_url
+        self.database_url = database_url or self.layout.database_url
+        self.database_shown = ""  # its URL without the password, once checked at start
         self.ports = ports or StackPorts()
         configured = model or ModelSettings()
         self.model_is_scripted = configured.is_scripted
@@ -102,7 +108,7 @@ class EmbeddedStack:
             raise ValueError(f"replicas must be at least 1, not {replicas}")
         self.replicas = replicas
         self.specs = (list(services) if services is not None
-                      else default_services(self.layout, self.ports, configured, replicas))
+                      else default_services(self.layout, self.ports, configured, replicas, self.database_url))
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
         self.crash_loop_s = crash_loop_s
@@ -205,6 +211,12 @@ class EmbeddedStack:
     def _start(self, nats_binary: Path, temporal_binary: Path) -> None:
         self.say(f"state dir {self.layout.root}")
         self.layout.prepare()
+        self.database_shown = ""
+        if self.database_url:
+            self.database_shown = check_database(self.database_url)
+            self.say(f"stores in PostgreSQL {self.database_shown} (audit, identity, web chat, MCP pins)")
+            if self.new_database_url:
+                self.layout.keep_database_url(self.new_database_url)
         if self.nats_cluster_ports:
             self.nats_cluster = start_nats_cluster(self.nats_ports, self.nats_cluster_ports, self._cluster_dir,
                                                    authorization=self._prepare_bus())
@@ -233,7 +245,8 @@ class EmbeddedStack:
             state_dir=str(self.layout.root), pid=os.getpid(), nats_url=self.nats_url,
             dev_issuer_url=f"http://127.0.0.1:{self.ports.issuer}", temporal_address=self.temporal_address,
             temporal_ui_url=f"http://127.0.0.1:{self.ports.temporal_ui}", model_base_url=self.model.base_url or "",
-            audit_db_url=self.layout.audit_db_url, services={key: s.pid for key, s in self.services.items()},
+            audit_db_url=self.database_url or self.layout.audit_db_url, database=self.database_shown,
+            services={key: s.pid for key, s in self.services.items()},
             approval_ui_url=approval_ui_url(self.ports) if "approval" in self.services else "",
             webchat_url=webchat_url(self.ports) if "gateway" in self.services else "",
             metrics_urls={key: s.spec.metrics_url for key, s in self.services.items() if s.spec.metrics_url},

@@ -27,6 +27,7 @@ class StackInfo(BaseModel):
     temporal_ui_url: str
     model_base_url: str
     audit_db_url: str
+    database: str = ""  # the PostgreSQL database of every store, without its password (empty: SQLite files)
     services: dict[str, int] = {}  # service name -> pid
     down: dict[str, str] = {}  # service name -> why the stack left it down (a crash loop)
     approval_ui_url: str = ""
@@ -55,7 +56,11 @@ def default_state_dir() -> Path:
 def write_stack_info(info: StackInfo) -> Path:
     path = Path(info.state_dir) / STACK_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(info.model_dump_json(indent=2))
+    # 0600: audit_db_url may hold the database's password.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(info.model_dump_json(indent=2))
     tmp.replace(path)
     return path
 

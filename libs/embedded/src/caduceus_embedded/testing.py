@@ -171,9 +171,9 @@ def scripted_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripte
 @dataclass
 class PostgresServer:
     url: str  # SQLAlchemy URL
-    # Stop PostgreSQL (a fast shutdown: every connection is dropped) and start it again on the same port and data;
-    # None where it cannot be done (a container).
-    restart: Callable[[], None] | None = None
+    # Stop PostgreSQL (a fast shutdown: every connection is dropped), leave it down for the seconds given (0 by
+    # default), and start it again on the same port and data; None where it cannot be done (a container).
+    restart: Callable[..., None] | None = None
 
     @contextmanager
     def database(self, prefix: str) -> Iterator[str]:
@@ -256,8 +256,9 @@ def _local_postgres(base: Path) -> Iterator[PostgresServer]:
             proc.kill()
             proc.wait()
 
-    def restart() -> None:
+    def restart(down_s: float = 0.0) -> None:
         stop()
+        time.sleep(down_s)
         start()
 
     try:
