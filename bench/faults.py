@@ -476,8 +476,7 @@ def kill(stack: EmbeddedStack, fault: str, database: PostgresServer | None = Non
 
         return back
     if fault == "temporal":
-        assert stack.temporal is not None
-        stack.temporal.kill()
+        stack.kill_temporal()  # held down: the stack's watcher would start it again at once
         time.sleep(2)  # down for a moment: the approval workers lose it and must reconnect
         stack.restart_temporal()
         return lambda: True

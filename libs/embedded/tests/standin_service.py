@@ -37,7 +37,7 @@ async def main() -> int:
     if missing:
         print(f"standin {name}: no public key for {missing} in {keys}", flush=True)
         return 4
-    nc = await nats.connect(os.environ["CADUCEUS_NATS_URL"], name=f"standin-{name}",
+    nc = await nats.connect(os.environ["CADUCEUS_NATS_URL"].split(","), name=f"standin-{name}",
                             user_credentials=os.environ["CADUCEUS_NATS_CREDENTIALS"],
                             inbox_prefix=f"_INBOX.{name}")
     done = asyncio.Event()

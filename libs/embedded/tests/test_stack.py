@@ -33,7 +33,7 @@ from caduceus_bus import auth_options, load_permissions
 from caduceus_bus.permissions import Role
 from caduceus_contracts import subjects
 from caduceus_embedded.layout import StateLayout
-from caduceus_embedded.ports import PortBusy, StackPorts, free_port
+from caduceus_embedded.ports import PortBusy, StackPorts, free_port, wait_for_port
 from caduceus_embedded.services import ServiceFailed, ServiceSpec, default_services
 from caduceus_embedded.settings import ModelSettings
 from caduceus_embedded.stack import EmbeddedStack
@@ -73,9 +73,9 @@ def standin(name: str, mode: str = "ok") -> ServiceSpec:
 
 
 def make_stack(state_dir: Path, *services: ServiceSpec, ports: StackPorts | None = None,
-               problems: list[str] | None = None, crash_loop_s: float = 30.0) -> EmbeddedStack:
+               problems: list[str] | None = None, crash_loop_s: float = 30.0, nats_nodes: int = 1) -> EmbeddedStack:
     return EmbeddedStack(state_dir, ports or StackPorts.free(), services=list(services), model=EXTERNAL_MODEL,
-                         ready_timeout=20, stop_grace=5, crash_loop_s=crash_loop_s,
+                         ready_timeout=20, stop_grace=5, crash_loop_s=crash_loop_s, nats_nodes=nats_nodes,
                          on_problem=problems.append if problems is not None else None, bus_permissions=PERMISSIONS)
 
 
@@ -456,3 +456,45 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_every_process(tmp_path: Path) 
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
     assert read_stack_info(state) is None
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_nats_server_or_temporal_that_dies_is_started_again_on_its_own_store(tmp_path: Path) -> None:
+    """The servers are supervised like the services: killed, each comes back on its store (the stream keeps its
+    messages); killed again at once, it is a crash loop and is left down, saying so."""
+    problems: list[str] = []
+    with make_stack(tmp_path / "state", standin("alpha"), problems=problems) as stack:
+        held = asyncio.run(stream_messages(stack))
+        for name in ("nats", "temporal"):
+            server = getattr(stack, name)
+            server.process.kill()
+            assert wait_until(lambda n=name, s=server: getattr(stack, n) is not s), f"{name} was not started again"
+            assert getattr(stack, name).process.poll() is None
+        assert asyncio.run(stream_messages(stack)) >= held  # the JetStream store was kept
+        assert any("nats exited unexpectedly" in p and "starting it again" in p for p in problems), problems
+        again = stack.temporal
+        again.process.kill()
+        assert wait_until(lambda: any("temporal exited again" in p and "not restarting" in p for p in problems))
+        assert stack.temporal is again  # left down
+
+
+def test_a_cluster_node_that_dies_comes_back_but_one_held_down_stays_down_until_started(tmp_path: Path) -> None:
+    with make_stack(tmp_path / "state", standin("alpha"), nats_nodes=3) as stack:
+        second = stack.nats_cluster[1]
+        second.process.kill()
+        assert wait_until(lambda: stack.nats_cluster[1] is not second), "node 2 was not started again"
+        assert wait_for_port(stack.nats_ports[1], 10)
+        third = stack.nats_cluster[2]
+        stack.kill_nats_node(2)  # on purpose (a fault test): held down
+        time.sleep(2.0)
+        assert stack.nats_cluster[2] is third and third.process.poll() is not None
+        stack.start_nats_node(2)
+        assert stack.nats_cluster[2].process.poll() is None

@@ -10,7 +10,9 @@ service), starts the servers, then the services, and waits until each answers it
 health check; any failure stops everything and raises. A restart on the same state
 dir continues where it stopped. While running, a service that dies is restarted, unless it
 died within CRASH_LOOP_S of its last restart: a crash loop is left down, with its log named, in
-stack.json (`down`) and as an error event on the bus.
+stack.json (`down`) and as an error event on the bus. A nats-server (a node of a cluster, or the only one) or the
+Temporal dev server that dies is started again on its own store the same way, unless it was stopped on purpose
+through kill_nats_node / kill_temporal (fault tests), which hold it down until started again.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from caduceus_embedded.layout import StateLayout
 from caduceus_embedded.outages import OutageNotReported, left_down_event, report_left_down
 from caduceus_embedded.ports import StackPorts, free_port
 from caduceus_embedded.servers import (
+    ServerFailed,
     ServerProcess,
     start_nats,
     start_nats_cluster,
@@ -122,6 +125,11 @@ class EmbeddedStack:
         self.nats_cluster_ports = [free_port() for _ in range(nats_nodes)] if nats_nodes > 1 else []
         self.nats_cluster: list[ServerProcess] = []
         self.temporal: ServerProcess | None = None
+        # Servers stopped on purpose (by name), not restarted by the watcher; the lock keeps the watcher and a
+        # caller from starting one server twice.
+        self._held: set[str] = set()
+        self._servers_lock = threading.RLock()
+        self._server_restarted_at: dict[str, float] = {}
         self.services: dict[str, RunningService] = {}
         self._info: StackInfo | None = None
         self._stopping = threading.Event()
@@ -277,37 +285,53 @@ class EmbeddedStack:
                 self.warn(f"{service.key} did not stop within {self.stop_grace:.0f}s; killing it")
             service.kill()
         self.services.clear()
-        for server in (self.temporal, *(self.nats_cluster or [self.nats])):
-            if server is not None:
-                server.stop()
-        self.temporal = self.nats = None
-        self.nats_cluster = []
+        with self._servers_lock:
+            for server in (self.temporal, *(self.nats_cluster or [self.nats])):
+                if server is not None:
+                    server.stop()
+            self.temporal = self.nats = None
+            self.nats_cluster = []
+            self._held.clear()
 
     @property
     def _cluster_dir(self) -> Path:
         return self.layout.nats_store.parent / "nats-cluster"
 
     def kill_nats_node(self, number: int) -> None:
-        """kill -9 node `number` (0-based) of the stack's NATS cluster (for fault tests and benchmarks)."""
-        self.nats_cluster[number].kill()
+        """kill -9 node `number` (0-based) of the stack's NATS cluster and hold it down until start_nats_node (for
+        fault tests and benchmarks: the watcher would start it again at once)."""
+        with self._servers_lock:
+            self._held.add(self.nats_cluster[number].name)
+            self.nats_cluster[number].kill()
 
     def start_nats_node(self, number: int) -> None:
         """Start node `number` of the cluster again on its own store; it catches up from the others."""
-        self.nats_cluster[number] = start_nats_node(number, self.nats_ports, self.nats_cluster_ports,
-                                                    self._cluster_dir,
-                                                    authorization=self.layout.bus_keys / SERVER_CONFIG_FILE)
-        if number == 0:
-            self.nats = self.nats_cluster[0]
+        with self._servers_lock:
+            node = start_nats_node(number, self.nats_ports, self.nats_cluster_ports, self._cluster_dir,
+                                   authorization=self.layout.bus_keys / SERVER_CONFIG_FILE)
+            self.nats_cluster[number] = node
+            self._held.discard(node.name)
+            if number == 0:
+                self.nats = self.nats_cluster[0]
+
+    def kill_temporal(self) -> None:
+        """kill -9 the Temporal dev server and hold it down until restart_temporal (for fault tests)."""
+        with self._servers_lock:
+            if self.temporal is not None:
+                self._held.add(self.temporal.name)
+                self.temporal.kill()
 
     def restart_temporal(self) -> None:
         """Start the Temporal dev server again on its ports and database, after it died or was stopped.
 
         Workflows it kept in its database go on; services reconnect by themselves (ServerFailed if it cannot start).
         """
-        if self.temporal is not None:
-            self.temporal.stop()
-        self.temporal = start_temporal(self.ports.temporal, self.ports.temporal_ui, self.layout.temporal_db,
-                                       self.layout.log("temporal"))
+        with self._servers_lock:
+            if self.temporal is not None:
+                self.temporal.stop()
+            self.temporal = start_temporal(self.ports.temporal, self.ports.temporal_ui, self.layout.temporal_db,
+                                           self.layout.log("temporal"))
+            self._held.discard(self.temporal.name)
         self.say(f"Temporal dev server restarted on {self.temporal_address}")
 
     def __enter__(self) -> "EmbeddedStack":
@@ -318,14 +342,13 @@ class EmbeddedStack:
         self.stop()
 
     def _watch(self) -> None:
-        """Say when a child dies; restart a service that dies, leave one that crash-loops down."""
+        """Say when a child dies; restart a server or service that dies, leave one that crash-loops down."""
         reported: set[str] = set()
         while not self._stopping.wait(WATCH_INTERVAL_S):
             for server in (*(self.nats_cluster or [self.nats]), self.temporal):
                 if server is not None and server.name not in reported and server.process.poll() is not None:
-                    reported.add(server.name)
-                    self.warn(f"{server.name} exited with code {server.process.returncode} "
-                              f"(log: {server.log_path}); restart the stack")
+                    if not self._start_server_again(server):
+                        reported.add(server.name)
             for service in list(self.services.values()):
                 code = service.exit_code()
                 if code is None or service.key in reported or self._stopping.is_set():
@@ -340,6 +363,34 @@ class EmbeddedStack:
                           f"restarting it")
                 if not self._restart(service):
                     reported.add(service.key)
+
+    def _start_server_again(self, server: ServerProcess) -> bool:
+        """Start a nats-server or Temporal that died again on its own store; False when it is left down (a crash
+        loop, or it cannot start). One held down on purpose is left alone (True: it is not a failure)."""
+        with self._servers_lock:
+            if server.name in self._held or self._stopping.is_set() or server.process.poll() is None:
+                return True
+            code = server.process.returncode
+            last = self._server_restarted_at.get(server.name)
+            if last is not None and time.monotonic() - last < self.crash_loop_s:
+                self.warn(f"{server.name} exited again with code {code} within {self.crash_loop_s:g} s of its "
+                          f"restart (log: {server.log_path}); not restarting it: fix the cause, then restart the stack")
+                return False
+            self.warn(f"{server.name} exited unexpectedly with code {code} (log: {server.log_path}); starting it again")
+            try:
+                if server is self.temporal:
+                    self.restart_temporal()
+                elif self.nats_cluster:
+                    self.start_nats_node(self.nats_cluster.index(server))
+                else:
+                    self.nats = start_nats(self.ports.nats, self.layout.nats_store, self.layout.log("nats"),
+                                           config_file=self.layout.bus_keys / SERVER_CONFIG_FILE)
+            except ServerFailed as exc:
+                self.warn(f"{server.name} did not start again: {str(exc).splitlines()[0]}; restart the stack")
+                return False
+            self._server_restarted_at[server.name] = time.monotonic()
+            self.say(f"{server.name} is back on its own store")
+            return True
 
     def _start_again(self, failed: RunningService, code: int) -> RunningService | None:
         """A service that failed while starting (exit 1: the bus or a store too slow to answer while everything
