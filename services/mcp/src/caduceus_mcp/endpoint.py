@@ -375,7 +375,7 @@ class McpEndpoint:
 
         self._manager_task = asyncio.create_task(run_manager(), name="mcp-endpoint-sessions")
         await ready.wait()
-        self.http = HttpServer(self, host, port, what="the MCP endpoint", port_setting="CADUCEUS_MCP_ENDPOINT_PORT",
+        self.http = HttpServer(self, host, port, what="the MCP endpoint", port_setting="CADUCEUS_ENDPOINT_PORT",
                                shared=shared, grace_s=drain_s)
         await self.http.start()
         log.info("MCP endpoint for other clients at %s%s/<tenant>[/<workspace>]", self.base, PATH_PREFIX)
