@@ -1,6 +1,8 @@
 """SIGTERM while the approval service holds decisions that need a person: every decision that reached it before the
 signal opens its approval (a workflow in Temporal) and the process exits 0; the next process to start announces
-every one of them (`approval.requested`), including those whose announcement the stop cut short."""
+every one of them (`approval.requested`), including those whose announcement the stop cut short. And SIGTERM while
+an approver's answer is on its way in: it is carried out (Temporal's workflow takes it) and acknowledged, the live
+inbox stream ends cleanly at once, and no new request is taken."""
 
 from __future__ import annotations
 
@@ -9,14 +11,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 import nats
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from caduceus_approval.domain import workflow_id
+from caduceus_approval.web.sessions import SESSION_COOKIE, CookieJar, load_or_create_secret
 from caduceus_bus import BusSettings, EventConnection, settle
 from caduceus_contracts import ensure_signer, new_id, parse_event
 from caduceus_embedded.ports import free_port
@@ -92,6 +99,88 @@ async def test_decisions_in_hand_at_sigterm_all_open_their_approval(tmp_path: Pa
                 running.kill()
                 running.wait()
         await conn.close()
+
+
+async def test_an_answer_in_progress_at_sigterm_is_carried_out_and_acknowledged(tmp_path: Path, fresh_nats: Any,
+                                                                               temporal_server: Any) -> None:
+    (tmp_path / "tenants.yaml").write_text(TENANTS_YAML)
+    identity, policy = ensure_signer(tmp_path / "keys", "identity"), ensure_signer(tmp_path / "keys", "policy")
+    jar = CookieJar(load_or_create_secret(tmp_path / "keys" / "approval-ui.secret"), 3600)
+    cookie = jar.session(TENANT, "carol")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    queue = f"approvals-{new_id()}"
+    env = {**os.environ, "CADUCEUS_NATS_URL": fresh_nats.url, "CADUCEUS_STATE_DIR": str(tmp_path),
+           "CADUCEUS_TEMPORAL_ADDRESS": temporal_server.address, "CADUCEUS_UI_PORT": str(port),
+           "CADUCEUS_APPROVAL_TASK_QUEUE": queue}
+    conn = await EventConnection.connect(BusSettings(nats_url=fresh_nats.url), "approval-answer-sigterm-test")
+    await conn.ensure_stream()
+    process = subprocess.Popen([sys.executable, "-m", "caduceus_approval"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    carol = httpx.AsyncClient(base_url=base, cookies={SESSION_COOKIE: cookie}, timeout=10)
+    try:
+        await healthy(conn)
+        call = ask(identity, policy, command="rm -rf build", session="s-answer-term")
+        await call.publish(conn)
+        for _ in range(200):  # waiting in carol's inbox
+            if call.call_id in (await carol.get("/inbox")).text:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the approval never reached carol's inbox")
+        inbox_open = asyncio.Event()
+        inbox = asyncio.create_task(follow(carol, inbox_open))
+        await asyncio.wait_for(inbox_open.wait(), 10)
+
+        form = urlencode({"csrf": jar.signed_in(cookie).csrf, "answer": "approve", "digest": call.digest,
+                          "comment": "fine, it is a build directory"}).encode()
+        rest_may_go = asyncio.Event()
+
+        async def slowly_sent() -> Any:  # the answer is in progress: half of it has arrived at the signal
+            yield form[:20]
+            await rest_may_go.wait()
+            yield form[20:]
+
+        answering = asyncio.create_task(carol.post(
+            f"/approvals/{call.call_id}", content=slowly_sent(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"}))
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        await asyncio.wait_for(inbox, 2)  # the live stream ends at once, cleanly (a cut one raises)
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=base, cookies={SESSION_COOKIE: cookie}) as new_tab:
+            with pytest.raises(httpx.ConnectError):
+                await new_tab.get("/inbox")
+        rest_may_go.set()
+        answered = await asyncio.wait_for(answering, 10)
+        assert (answered.status_code, answered.headers.get("location")) == (303, f"/approvals/{call.call_id}"), \
+            answered.text[-2000:]
+        output = (await asyncio.to_thread(process.communicate, timeout=30))[0].decode()
+        assert process.returncode == 0, output[-3000:]
+        assert time.monotonic() - signalled < 10, "the drain is bounded"
+        temporal = await Client.connect(temporal_server.address)
+        history = await temporal.get_workflow_handle(workflow_id(TENANT, call.call_id)).fetch_history()
+        taken = [e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+                 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+        assert taken == ["approve"]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        await carol.aclose()
+        await conn.close()
+
+
+async def follow(browser: httpx.AsyncClient, opened: asyncio.Event) -> list[str]:
+    """The lines of the inbox's live stream, until the server ends it (a cut stream raises)."""
+    lines: list[str] = []
+    async with browser.stream("GET", "/events", timeout=httpx.Timeout(10, read=None)) as stream:
+        assert stream.status_code == 200
+        async for line in stream.aiter_lines():
+            opened.set()
+            lines.append(line)
+    return lines
 
 
 async def healthy(conn: EventConnection) -> None:

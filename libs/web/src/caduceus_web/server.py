@@ -65,7 +65,16 @@ class HttpServer:
                 raise HttpUnavailable(f"{self.what} did not start on {self.host}:{self.port}")
             await asyncio.sleep(0.01)
 
+    def stop_listening(self) -> None:
+        """Take no new connection from now on (replicas sharing the port get them); connections already open may
+        still send requests, and `stop()` ends the rest. For a service that first finishes work of its own that
+        open responses are waiting for (the web chat's turns, whose replies its event streams carry)."""
+        if self._server is not None:
+            for listening in self._server.servers:
+                listening.close()
+
     async def stop(self) -> None:
+        """Take no new connection, close idle ones, give requests in progress `grace_s` to finish, then cut them."""
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True

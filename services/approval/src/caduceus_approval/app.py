@@ -3,6 +3,7 @@ built the same way by `__main__` and the tests."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
@@ -57,6 +58,8 @@ class ApprovalService(BusService):
         self.desk = ApprovalDesk(self.inbox, self.temporal, desk_signer, self.publish)
         self.usage = AuditUsage(self._request, settings.usage_timeout_s)
         self.http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        # Set on SIGTERM: the UI's live inbox streams end rather than hold the stop.
+        self.streams_end = asyncio.Event()
         self.verifier = (OidcVerifier(settings.oidc_issuer_url, settings.oidc_audience or settings.oidc_client_id,
                                       client=self.http) if settings.oidc_issuer_url else None)
         self.ui = self._ui()
@@ -84,9 +87,9 @@ class ApprovalService(BusService):
                             api_verifier=self.verifier, publisher=self.publisher,
                             secure_cookies=settings.ui_url.startswith("https://"),
                             temporal_ui_url=settings.temporal_ui_url, temporal_namespace=settings.temporal_namespace,
-                            usage=self.usage)
+                            usage=self.usage, streams_end=self.streams_end)
         return HttpServer(build_app(context), settings.ui_host, settings.ui_port, what="the approvals UI",
-                          port_setting="CADUCEUS_UI_PORT", shared=settings.shared_ports)
+                          port_setting="CADUCEUS_UI_PORT", shared=settings.shared_ports, grace_s=settings.ui_drain_s)
 
     async def prepare(self, connection: EventConnection) -> ApprovalDeps:
         """Serve the UI, begin reaching for Temporal (health says so until it is there), hand the routes their deps."""
@@ -103,6 +106,14 @@ class ApprovalService(BusService):
         if self.temporal.connected.is_set():
             return "ok"
         return f"waiting for Temporal at {self.temporal.address}"
+
+    async def quiesce(self) -> None:
+        """On SIGTERM, with the bus and this process's Temporal worker still running: the UI takes no new request,
+        its live inbox streams end, and answers in progress get `ui_drain_s` to reach their workflow and be
+        acknowledged to their approver."""
+        self.streams_end.set()
+        if self.ui is not None:
+            await self.ui.stop()
 
     async def cleanup(self) -> None:
         if self.ui is not None:

@@ -44,6 +44,12 @@ class ApprovalSettings(BusSettings):
     ui_public_url: str | None = Field(default=None, description=(
         "The URL people reach the UI at (behind a proxy, in a container); default http://<ui_host>:<ui_port>."))
     ui_session_ttl_s: float = Field(default=8 * 3600, gt=0, description="How long a UI sign-in lasts.")
+    ui_drain_s: float = Field(default=8.0, gt=0, le=3600, description=(
+        "On SIGTERM, how long the answers in progress in the UI and its API get to reach their approval's "
+        "workflow (this process's Temporal worker still running) and be acknowledged to the approver; no new "
+        "request is taken meanwhile, and the live inbox streams end at once. An answer gives up on Temporal "
+        "after twice `temporal_rpc_timeout_s` anyway. Keep it under the stop grace period (10 s for docker "
+        "compose and `caduceus up`, terminationGracePeriodSeconds on Kubernetes)."))
     temporal_ui_url: str | None = Field(default=None, description=(
         "The Temporal Web UI, for links from an approval to its workflow (unset: no link)."))
     oidc_issuer_url: str | None = Field(default=None, description=(

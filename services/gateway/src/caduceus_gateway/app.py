@@ -14,7 +14,7 @@ from caduceus_bus import BusService, ConfigurationError, EventConnection
 from caduceus_directory import DirectoryError, DirectorySource
 from caduceus_gateway.handlers import ROUTES
 from caduceus_gateway.integrations import Integration, configured_integrations
-from caduceus_gateway.relay import Relay, Speaker, TurnTimedOut, TurnUpdate
+from caduceus_gateway.relay import GatewayStopping, Relay, Speaker, TurnTimedOut, TurnUpdate
 from caduceus_gateway.settings import GatewaySettings
 from caduceus_gateway.slack import SlackConfigError, SlackGateway, load_slack_config
 from caduceus_gateway.store import ConversationStore
@@ -42,6 +42,9 @@ class GatewayService(BusService):
         self._directory = DirectorySource(settings.tenants_file)
         self.http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
         self._turns: set[asyncio.Task[None]] = set()
+        self.taking_turns = True
+        # Set once the turns in progress at SIGTERM are answered (or cut off): the web chat's event streams end.
+        self.streams_end = asyncio.Event()
         for outcome in ("reply", "refused", "error", "no-reply"):
             TURNS.labels(outcome)  # shown (as 0) before the first turn
         self.web = self._web()
@@ -65,7 +68,9 @@ class GatewayService(BusService):
 
     async def speak(self, person: SignedIn, conversation_id: str, workspace: str, text: str) -> None:
         """A signed-in person's message: recorded, sent, and its turn recorded as it happens (in the background,
-        so the conversation is complete even when the person closes the page)."""
+        so the conversation is complete even when the person closes the page). GatewayStopping once it stops."""
+        if not self.taking_turns:
+            raise GatewayStopping("the chat is restarting: send your message again in a moment")
         conversation = self.store.get(conversation_id, person.tenant, person.user)
         if conversation is not None and conversation.title == "New conversation":
             self.store.retitle(conversation_id, text)
@@ -86,6 +91,11 @@ class GatewayService(BusService):
         except TurnTimedOut as exc:
             TURNS.labels("no-reply").inc()
             self._failed(speaker.tenant, conversation_id, str(exc))
+        except asyncio.CancelledError:  # the gateway stopped before the reply came
+            TURNS.labels("no-reply").inc()
+            self._failed(speaker.tenant, conversation_id, "the chat restarted before this message's reply came; "
+                                                          "ask again to see where things stand")
+            raise
         except Exception as exc:
             TURNS.labels("error").inc()
             log.exception("the turn in conversation %s could not be relayed", conversation_id)
@@ -112,7 +122,7 @@ class GatewayService(BusService):
                                                settings.web_session_ttl_s),
                              oidc=oidc, workspaces=self.workspaces, member=self.member, start_turn=self.speak,
                              audit_refusal=lambda where, reason: self.refuse(where, b"", reason),
-                             approvals_url=settings.approvals_url,
+                             approvals_url=settings.approvals_url, streams_end=self.streams_end,
                              secure_cookies=settings.web_url.startswith("https://"))
         return HttpServer(build_app(context), settings.web_host, settings.web_port, what="the web chat",
                           port_setting="CADUCEUS_WEB_PORT", shared=settings.shared_ports)
@@ -142,6 +152,29 @@ class GatewayService(BusService):
         if self.web is not None:  # the Events API and interactivity URL: <web chat URL>/slack/events
             self.web.app.router.routes.extend(self.slack.routes())
         self.integrations.append(self.slack)  # started with the relay and stopped like any integration
+
+    async def quiesce(self) -> None:
+        """On SIGTERM, with the bus still up: no new turn is taken (the web chat stops listening, and a message
+        sent on a connection still open is answered 503; Slack's deliveries are left for Slack to send again),
+        the turns in progress get `gateway_drain_s` for their replies to reach their people, those still
+        unanswered then are told so, the event streams end, and the web chat stops."""
+        self.taking_turns = False
+        if self.web is not None:
+            self.web.stop_listening()
+        drain_s = self.settings.gateway_drain_s
+        await asyncio.gather(self._finish_turns(drain_s), *(i.drain(drain_s) for i in self.integrations))
+        self.streams_end.set()
+        if self.web is not None:
+            await self.web.stop()
+
+    async def _finish_turns(self, within_s: float) -> None:
+        """Wait up to `within_s` for the web chat's turns in progress; cut off those still waiting then."""
+        if not self._turns:
+            return
+        _, waiting = await asyncio.wait(tuple(self._turns), timeout=within_s)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
 
     async def cleanup(self) -> None:
         for task in tuple(self._turns):

@@ -1,5 +1,6 @@
 """Chat platforms the gateway serves beside the web chat (Slack, ...): each one is an `Integration`, started once
-the gateway is on the bus and handed the relay, stopped before it leaves.
+the gateway is on the bus and handed the relay, drained on SIGTERM while the bus still works, stopped before it
+leaves.
 
 An integration turns its platform's messages into `Relay.turn()` calls with a `Speaker` (the integration's
 service-account key and the platform user, a channel name that keeps shared channels' memory apart) and shows
@@ -20,6 +21,10 @@ class Integration(Protocol):
 
     async def start(self, relay: Relay) -> None:
         """Begin serving the platform (connect, listen); raise to stop the gateway from starting, saying why."""
+
+    async def drain(self, within_s: float) -> None:
+        """On SIGTERM, with the bus still up: take no new message, give the turns in progress up to `within_s`
+        for their replies, and tell the people of those still unanswered then that the reply was cut off."""
 
     async def stop(self) -> None:
         """Stop serving and release what `start` took."""

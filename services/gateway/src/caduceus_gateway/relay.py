@@ -92,6 +92,10 @@ class TurnTimedOut(TimeoutError):
     """No reply came in time; the message says what to check."""
 
 
+class GatewayStopping(RuntimeError):
+    """The gateway is stopping and takes no new turn; the message tells the person to send it again shortly."""
+
+
 class Relay:
     """Sends people's messages and hands each conversation's updates to whoever listens to it."""
 

@@ -29,6 +29,12 @@ class GatewaySettings(BusSettings):
         "`gateway_db`, so gateway replicas share them (a person sees theirs whichever replica serves the page)."))
     turn_timeout_s: float = Field(default=300.0, gt=0, description=(
         "How long a turn may take (approvals included) before the person is told no reply came."))
+    gateway_drain_s: float = Field(default=8.0, gt=0, le=3600, description=(
+        "On SIGTERM, how long the turns in progress (web chat and Slack) get for their replies to arrive and reach "
+        "their people; no new turn is taken meanwhile, and the process exits as soon as they are answered. Most "
+        "turns answer within seconds, but one waiting for an approver may take the whole `turn_timeout_s`, far "
+        "longer than a stop may: such a turn's person is told the reply was cut off. Keep it under the stop grace "
+        "period (10 s for docker compose and `caduceus up`, terminationGracePeriodSeconds on Kubernetes)."))
     web_host: str = Field(default="127.0.0.1", description="The address the web chat listens on.")
     web_port: int = Field(default=8903, ge=0, le=65535, description="The web chat's port: 0 disables it.")
     web_public_url: str | None = Field(default=None, description=(

@@ -99,7 +99,14 @@ class McpService(BusService):
             connection, self.keyring, self.gateway.tools_for, host=s.endpoint_host, port=s.endpoint_port,
             public_url=s.endpoint_url, issuer_for=issuer_lookup(DirectorySource(s.tenants_file), s.oidc_issuer_url),
             decision_timeout_s=s.endpoint_decision_timeout_s, approval_wait_s=s.endpoint_approval_wait_s,
-            call_timeout_s=s.call_timeout_s + 15, shared=s.shared_ports)
+            call_timeout_s=s.call_timeout_s + 15, shared=s.shared_ports, drain_s=s.endpoint_drain_s)
+
+    async def quiesce(self) -> None:
+        """On SIGTERM, with the bus and the routes still running: the MCP endpoint takes no new request, and the
+        calls in progress get `endpoint_drain_s` for their decisions and outcomes to arrive and reach their
+        clients (an upstream call dispatched here meanwhile is still run)."""
+        if self.endpoint is not None:
+            await self.endpoint.stop()
 
     async def cleanup(self) -> None:
         if self.endpoint is not None:

@@ -363,8 +363,9 @@ class McpEndpoint:
         async with self.manager.run():
             yield
 
-    async def start(self, host: str, port: int, *, shared: bool = False) -> None:
-        """Serve on host:port in the running loop (HttpUnavailable when the port is taken) until stop()."""
+    async def start(self, host: str, port: int, *, shared: bool = False, drain_s: float = 2.0) -> None:
+        """Serve on host:port in the running loop (HttpUnavailable when the port is taken) until stop(), which
+        gives the requests in progress `drain_s` to finish."""
         ready, self._stopping = asyncio.Event(), asyncio.Event()
 
         async def run_manager() -> None:
@@ -374,8 +375,8 @@ class McpEndpoint:
 
         self._manager_task = asyncio.create_task(run_manager(), name="mcp-endpoint-sessions")
         await ready.wait()
-        self.http = HttpServer(self, host, port, what="the MCP endpoint", port_setting="CADUCEUS_MCP_ENDPOINT_PORT",
-                               shared=shared)
+        self.http = HttpServer(self, host, port, what="the MCP endpoint", port_setting="CADUCEUS_ENDPOINT_PORT",
+                               shared=shared, grace_s=drain_s)
         await self.http.start()
         log.info("MCP endpoint for other clients at %s%s/<tenant>[/<workspace>]", self.base, PATH_PREFIX)
 
@@ -491,12 +492,12 @@ def issuer_lookup(directory: Callable[[], Any], deployment_issuer: str | None) -
 async def start_endpoint(connection: EventConnection, keyring: Keyring, list_tools: ToolLister, *, host: str,
                          port: int, public_url: str, issuer_for: Callable[[str], str | None],
                          decision_timeout_s: float, approval_wait_s: float, call_timeout_s: float,
-                         shared: bool = False) -> McpEndpoint:
+                         shared: bool = False, drain_s: float = 2.0) -> McpEndpoint:
     """The endpoint of a running gateway: grants from identity and calls on `connection`, served on host:port."""
     calls = GovernedCalls(connection.publish, decision_timeout_s=decision_timeout_s,
                           approval_wait_s=approval_wait_s, call_timeout_s=call_timeout_s)
     await follow_calls(connection, calls)
     endpoint = McpEndpoint(EndpointConfig(public_url, issuer_for), GrantDesk(ask_identity(connection), keyring),
                            mcp_server(list_tools, calls))
-    await endpoint.start(host, port, shared=shared)
+    await endpoint.start(host, port, shared=shared, drain_s=drain_s)
     return endpoint

@@ -75,6 +75,13 @@ class McpSettings(BusSettings):
     endpoint_approval_wait_s: float = Field(default=25.0, gt=0, description=(
         "How long a call through the MCP endpoint waits for approvers before it answers \"waiting for approval\" "
         "(the client calls again to keep waiting; the approval is not asked twice)."))
+    endpoint_drain_s: float = Field(default=8.0, gt=0, le=3600, description=(
+        "On SIGTERM, how long the requests in progress at the MCP endpoint (tool calls waiting for their decision "
+        "and outcome, which still arrive over the bus) get to finish before they are cut; no new request is taken "
+        "meanwhile. A call can take longer (up to `endpoint_decision_timeout_s` plus `call_timeout_s` and 15 s, "
+        "or `endpoint_approval_wait_s` waiting for approvers): one still waiting then is cut. Keep it under the "
+        "stop grace period (10 s for docker compose and `caduceus up`, terminationGracePeriodSeconds on "
+        "Kubernetes)."))
 
     @model_validator(mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from caduceus_bus import Publisher
 from caduceus_contracts import ApprovalView, UsageDimension, UsageTotals, utcnow
 from caduceus_oidc import OidcClient, OidcVerifier, SignInFailed, TokenRefused, pkce_pair
 from caduceus_redaction import redact_value
+from caduceus_web import until_stopped
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -117,7 +118,8 @@ class SecurityHeaders:
 
 @dataclass
 class UiContext:
-    """What the UI needs: the inbox and desk, who may sign in, how, and where Temporal's Web UI is."""
+    """What the UI needs: the inbox and desk, who may sign in, how, where Temporal's Web UI is, and when its live
+    streams end (the service stopping)."""
 
     inbox: Inbox
     desk: ApprovalDesk
@@ -130,6 +132,7 @@ class UiContext:
     temporal_ui_url: str | None = None
     temporal_namespace: str = "default"
     usage: AuditUsage | None = None
+    streams_end: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _time_left(expires_at: datetime) -> str:
@@ -323,13 +326,10 @@ def build_app(ui: UiContext) -> Starlette:
         async def stream():
             with ui.inbox.listen() as changes:
                 yield ": connected\n\n"
-                while True:
-                    try:
-                        view = await asyncio.wait_for(changes.get(), KEEPALIVE_S)
-                    except TimeoutError:
+                async for view in until_stopped(changes, ui.streams_end, keepalive_s=KEEPALIVE_S):
+                    if view is None:
                         yield ": keepalive\n\n"
-                        continue
-                    if visible_to(view, person):
+                    elif visible_to(view, person):
                         data = json.dumps({"call_id": view.call_id, "status": view.status})
                         yield f"event: approval\ndata: {data}\n\n"
 

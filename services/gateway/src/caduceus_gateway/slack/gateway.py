@@ -114,6 +114,8 @@ class SlackGateway:
         self._approval_lock = asyncio.Lock()
         self._dms: dict[tuple[str, str], str | None] = {}  # (team, approver) -> their DM channel with the bot
         self._tasks: set[asyncio.Task] = set()
+        self._conversations: set[asyncio.Task] = set()  # each waiting for its turn's reply
+        self.taking_messages = True
         self._refused_at: dict[str, list[float]] = {}
         self._unaudited: dict[str, int] = {}
         self._subscriptions: list = []
@@ -141,10 +143,27 @@ class SlackGateway:
         log.info("Slack: serving %d workspace(s) for tenant(s) %s", len(self.installations),
                  ", ".join(sorted(self.config.tenants())) or "none")
 
-    async def stop(self) -> None:
+    async def drain(self, within_s: float) -> None:
+        """Take no new message (Socket Mode connections close; the Events API answers 503, and Slack sends the
+        event again later, to whichever gateway then listens); the conversations in progress get `within_s` for
+        their replies, and those still waiting then tell their thread the reply was cut off."""
+        self.taking_messages = False
+        await self._close_sockets()
+        if not self._conversations:
+            return
+        _, waiting = await asyncio.wait(tuple(self._conversations), timeout=within_s)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+    async def _close_sockets(self) -> None:
         for handler in self._sockets:
             with contextlib.suppress(Exception):
                 await handler.close_async()
+        self._sockets.clear()
+
+    async def stop(self) -> None:
+        await self._close_sockets()
         for sub in self._subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -166,6 +185,9 @@ class SlackGateway:
     async def handle_http(self, request: Request) -> Response:
         body = await request.body()
         parsed = _parse_body(body, request.headers.get("content-type", ""))
+        if parsed.get("type") == "event_callback" and not self.taking_messages:
+            # Not acknowledged, so Slack delivers it again later (to a replica, or to this gateway once back).
+            return PlainTextResponse("the gateway is restarting", status_code=503, headers={"Retry-After": "5"})
         if parsed.get("type") == "url_verification":
             # No team in Slack's URL check: whichever installation's secret signed it answers.
             for installation in self.installations.values():
@@ -244,6 +266,10 @@ class SlackGateway:
             self._spawn(self._post(client, channel=channel, thread_ts=thread, text=escape(notice.text)),
                         "slack-notice")
 
+        conversation = asyncio.current_task()  # Bolt's task for this delivery: `drain` waits for it
+        if conversation is not None:
+            self._conversations.add(conversation)
+            conversation.add_done_callback(self._conversations.discard)
         email = await self._verified_email(installation, user) if ws.link_by_email else None
         try:
             transcript = await self.chat.send(tenant=ws.tenant, token=ws.service_account_key, text=text,
@@ -256,6 +282,11 @@ class SlackGateway:
             await self._post(client, channel=channel, thread_ts=thread,
                              text="No answer in time from Caduceus; please try again, or tell an administrator.")
             return
+        except asyncio.CancelledError:  # the gateway stopped before the reply came
+            await self._post(client, channel=channel, thread_ts=thread,
+                             text="Caduceus restarted before the reply to this message came; please send it again "
+                                  "to see where things stand.")
+            raise
         except Exception:  # the bus is down or refused us: say so rather than stay silent
             log.exception("the Slack message of %s in %s could not be sent to Caduceus", user, ws.team_id)
             await self._post(client, channel=channel, thread_ts=thread,

@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -40,11 +40,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caduceus_client import ApprovalsClient, ApprovalsError
 from caduceus_contracts import new_id
-from caduceus_gateway.relay import Relay
+from caduceus_gateway.relay import GatewayStopping, Relay
 from caduceus_gateway.store import ConversationStore
 from caduceus_gateway.transcript import shown_entries
 from caduceus_gateway.web.sessions import LOGIN_COOKIE, SESSION_COOKIE, CookieJar, ForgedCookie, SignedIn
 from caduceus_oidc import OidcClient, Refused, SignInFailed, VerifiedIdentity, pkce_pair
+from caduceus_web import until_stopped
 
 HERE = Path(__file__).parent
 KEEPALIVE_S = 15.0
@@ -64,7 +65,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WebContext:
-    """What the web chat needs: the relay and store, sign-in, who has which workspaces, the approvals API."""
+    """What the web chat needs: the relay and store, sign-in, who has which workspaces, the approvals API, and
+    when its event streams end (the gateway stopping)."""
 
     relay: Relay
     store: ConversationStore
@@ -72,10 +74,12 @@ class WebContext:
     oidc: OidcClient | None
     workspaces: Callable[[str], tuple[str, ...]]  # a tenant's workspaces (empty: unknown tenant)
     member: Callable[[VerifiedIdentity], str]  # the directory's name for a person, or Refused saying why not
-    start_turn: Callable[[SignedIn, str, str, str], Awaitable[None]]  # (person, conversation, workspace, text)
+    # (person, conversation, workspace, text); GatewayStopping when the gateway takes no new turn
+    start_turn: Callable[[SignedIn, str, str, str], Awaitable[None]]
     audit_refusal: Callable[[str, str], Awaitable[None]]  # (where, reason): an audited error event
     approvals_url: str | None = None
     secure_cookies: bool = False
+    streams_end: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SecurityHeaders:
@@ -270,7 +274,13 @@ def build_app(web: WebContext) -> Starlette:
             return JSONResponse({"error": "no such conversation of yours"}, status_code=404)
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
             return JSONResponse({"error": f"write a message (at most {MAX_TEXT} characters)"}, status_code=400)
-        await web.start_turn(session, conversation.conversation_id, conversation.workspace, text)
+        try:
+            await web.start_turn(session, conversation.conversation_id, conversation.workspace, text)
+        except GatewayStopping as exc:
+            if as_json:
+                return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+            return page("message.html", 503, session=session, title="Not sent", text=str(exc),
+                        link=(f"/c/{quote(conversation.conversation_id)}", "Back to the conversation"))
         if as_json:
             return JSONResponse({"accepted": True}, status_code=202)
         return RedirectResponse(f"/c/{quote(conversation.conversation_id)}", status_code=303)
@@ -286,10 +296,8 @@ def build_app(web: WebContext) -> Starlette:
         async def stream():
             with web.relay.listen(session.tenant, conversation.conversation_id) as updates:
                 yield ": connected\n\n"
-                while True:
-                    try:
-                        update = await asyncio.wait_for(updates.get(), KEEPALIVE_S)
-                    except TimeoutError:
+                async for update in until_stopped(updates, web.streams_end, keepalive_s=KEEPALIVE_S):
+                    if update is None:
                         yield ": keepalive\n\n"
                         continue
                     yield f"event: update\ndata: {json.dumps(update.as_json(), ensure_ascii=False)}\n\n"

@@ -80,8 +80,12 @@
         method: "POST", credentials: "same-origin",
         headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
         body: JSON.stringify({text: text}),
-      });
-      if (response.ok) {
+      }).catch(function () { return null; });
+      if (!response) {  // no answer at all: the chat is restarting, or the network is down
+        transcript.appendChild(el("li", "entry error", "not sent: the chat could not be reached (it may be " +
+                                                       "restarting); send your message again in a moment"));
+        setBusy(false);
+      } else if (response.ok) {
         if (!transcript.querySelector("li.person")) {  // the conversation is named after its first message
           const title = document.querySelector(".conversation-title");
           const current = document.querySelector("#conversations a[aria-current] .title");

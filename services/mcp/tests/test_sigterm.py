@@ -1,0 +1,131 @@
+"""SIGTERM while an outside MCP client's tools/call is in progress at the MCP endpoint: its outcome, arriving over
+the bus after the signal, still reaches the client; a new request is refused at the door; the process exits 0. The
+gateway runs as `python -m caduceus_mcp`, the way `caduceus up`, compose and Kubernetes run it; the test stands in
+for identity (the person's grant), policy (the decision) and whoever runs the call (its outcome)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from caduceus_bus import BusSettings, EventConnection
+from caduceus_contracts import (
+    Decision,
+    GrantAnswer,
+    GrantRequested,
+    SessionGrant,
+    SignedDecision,
+    SignedGrant,
+    ToolCallCompleted,
+    ToolCallDecided,
+    ToolCallRequested,
+    ensure_signer,
+    parse_event,
+    subjects,
+    utcnow,
+)
+from caduceus_directory.testing import TENANTS
+from caduceus_embedded.ports import free_port
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+TOOL = "mcp__notes__search"
+REVISION = "2025-11-25"  # the handshake revision Hermes 0.19's MCP client speaks
+OUTCOME_AFTER_S = 3.0  # longer than the 2 s the endpoint used to give a request in progress
+
+
+async def test_a_call_in_progress_at_sigterm_gets_its_result_and_nothing_new_is_taken(tmp_path: Path,
+                                                                                    fresh_nats: Any) -> None:
+    (tmp_path / "tenants.yaml").write_text(TENANTS)
+    identity, policy = ensure_signer(tmp_path / "keys", "identity"), ensure_signer(tmp_path / "keys", "policy")
+    bus = await EventConnection.connect(BusSettings(nats_url=fresh_nats.url), "identity-policy-broker-stand-in")
+    requested: list[ToolCallRequested] = []
+
+    async def grant(msg: Any) -> None:
+        asked = GrantRequested.model_validate_json(msg.data)
+        now = utcnow()
+        signed = SignedGrant.issue(identity, SessionGrant(
+            tenant=asked.tenant, workspace=asked.workspace, user="alice", roles=("member",), channel=asked.channel,
+            session_id=asked.session_id, issued_at=now - timedelta(seconds=5), expires_at=now + timedelta(minutes=5)))
+        await msg.respond(GrantAnswer(grant=signed).model_dump_json().encode())
+
+    async def decide(msg: Any) -> None:
+        call = parse_event(msg.data, expect=ToolCallRequested, subject=msg.subject)
+        requested.append(call)
+        decision = Decision(tenant=call.tenant, workspace=call.workspace, session_id=call.session_id,
+                            call_id=call.call_id, tool=call.tool, digest=call.digest, verdict="allow",
+                            reason="members may search notes", policy_ids=("members-search-notes",),
+                            expires_at=utcnow() + timedelta(seconds=60))
+        await bus.publish(subjects.tool_decided(call.tenant),
+                          ToolCallDecided(tenant=call.tenant, call_id=call.call_id, workspace=call.workspace,
+                                          decision=SignedDecision.issue(policy, decision)))
+
+    await bus.nc.subscribe(subjects.identity_grant("acme"), cb=grant)
+    await bus.subscribe(subjects.tool_requested("acme"), decide)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp/acme"
+    env = {**os.environ, "CADUCEUS_NATS_URL": fresh_nats.url, "CADUCEUS_STATE_DIR": str(tmp_path),
+           "CADUCEUS_ENDPOINT_PORT": str(port), "CADUCEUS_OIDC_ISSUER_URL": "http://127.0.0.1:9/issuer",
+           "CADUCEUS_SANDBOX_STDIO": "false"}
+    process = subprocess.Popen([sys.executable, "-m", "caduceus_mcp"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        await healthy(bus)
+        headers = {"Authorization": "Bearer alice-access-token", "Accept": "application/json, text/event-stream",
+                   "MCP-Protocol-Version": REVISION}
+        search = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                  "params": {"name": TOOL, "arguments": {"query": "quarterly plan"}}}
+        async with httpx.AsyncClient(timeout=30) as client:
+            calling = asyncio.create_task(client.post(url, json=search, headers=headers))
+            for _ in range(200):
+                if requested:
+                    break
+                await asyncio.sleep(0.05)
+            assert requested, "the call never reached the bus"
+            process.send_signal(signal.SIGTERM)  # decided, and waiting for its outcome
+            signalled = time.monotonic()
+            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient() as another:
+                with pytest.raises(httpx.ConnectError):  # stopping: a new request is not taken
+                    await another.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                                       headers=headers)
+            await asyncio.sleep(OUTCOME_AFTER_S - 0.5)
+            call = requested[0]
+            await bus.publish(subjects.tool_completed(call.tenant, call.workspace),
+                              ToolCallCompleted(tenant=call.tenant, call_id=call.call_id, workspace=call.workspace,
+                                                session_id=call.session_id, tool=call.tool, status="ok",
+                                                result="3 notes mention the quarterly plan", executed_by="mcp"))
+            answered = await asyncio.wait_for(calling, 10)
+        assert answered.status_code == 200, answered.text
+        result = answered.json()["result"]
+        assert not result.get("isError")
+        assert [block["text"] for block in result["content"]] == ["3 notes mention the quarterly plan"]
+        output = (await asyncio.to_thread(process.communicate, timeout=30))[0].decode()
+        assert process.returncode == 0, output[-3000:]
+        assert time.monotonic() - signalled < 10, "the drain is bounded"
+        assert len(requested) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        await bus.close()
+
+
+async def healthy(bus: EventConnection) -> None:
+    for _ in range(300):
+        try:
+            if (await bus.nc.request("caduceus.health.mcp", b"", timeout=0.2)).data == b"ok":
+                return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            await asyncio.sleep(0.1)
+    raise AssertionError("the MCP gateway did not answer its health check within 60 s")
