@@ -147,18 +147,25 @@ async def test_an_answer_in_progress_at_sigterm_is_carried_out_and_acknowledged(
         await asyncio.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        await asyncio.wait_for(inbox, 2)  # the live stream ends at once, cleanly (a cut one raises)
-        await asyncio.sleep(0.3)
+        # The live stream ends at once (well within the drain), cleanly (a cut one raises).
+        await asyncio.wait_for(inbox, 5)
         async with httpx.AsyncClient(base_url=base, cookies={SESSION_COOKIE: cookie}) as new_tab:
-            with pytest.raises(httpx.ConnectError):
-                await new_tab.get("/inbox")
+            refused = False
+            for _ in range(50):  # new connections are refused once the UI stops listening
+                try:
+                    await new_tab.get("/inbox")
+                except httpx.ConnectError:
+                    refused = True
+                    break
+                await asyncio.sleep(0.1)
+            assert refused, "a new connection was still taken after SIGTERM"
         rest_may_go.set()
         answered = await asyncio.wait_for(answering, 10)
         assert (answered.status_code, answered.headers.get("location")) == (303, f"/approvals/{call.call_id}"), \
             answered.text[-2000:]
         output = (await asyncio.to_thread(process.communicate, timeout=30))[0].decode()
         assert process.returncode == 0, output[-3000:]
-        assert time.monotonic() - signalled < 10, "the drain is bounded"
+        assert time.monotonic() - signalled < 8 + 6, "the drain is bounded (CADUCEUS_UI_DRAIN_S, 8 s, and the stop)"
         temporal = await Client.connect(temporal_server.address)
         history = await temporal.get_workflow_handle(workflow_id(TENANT, call.call_id)).fetch_history()
         taken = [e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name

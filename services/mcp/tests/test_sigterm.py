@@ -112,7 +112,7 @@ async def test_a_call_in_progress_at_sigterm_gets_its_result_and_nothing_new_is_
         assert [block["text"] for block in result["content"]] == ["3 notes mention the quarterly plan"]
         output = (await asyncio.to_thread(process.communicate, timeout=30))[0].decode()
         assert process.returncode == 0, output[-3000:]
-        assert time.monotonic() - signalled < 10, "the drain is bounded"
+        assert time.monotonic() - signalled < 8 + 6, "the drain is bounded (CADUCEUS_ENDPOINT_DRAIN_S, 8 s, and the stop)"
         assert len(requested) == 1
     finally:
         if process.poll() is None:
