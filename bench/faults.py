@@ -86,8 +86,7 @@ SERVICE_FAULTS = ("policy", "identity", "approval", "audit", "gateway", "mcp", "
 # pair's start to a phase); bench/faults.py runs it after the services.
 BROKER_OWNER = "broker-owner"
 # The nats-server node leading the event stream, on a 3-node cluster (`--nats-nodes 3`): killed, then started again
-# after NATS_DOWN_S on its own store (it catches up from the others). Not in the suite's short form (a single node
-# there); tests/test_nats_cluster.py kills a node under load in the suite.
+# after NATS_DOWN_S on its own store (it catches up from the others). In the suite's short form too.
 NATS_LEADER = "nats-leader"
 NATS_DOWN_S = 5.0
 # PostgreSQL, when the stack keeps its stores there: stopped (every connection dropped), down for a while under the

@@ -1,6 +1,6 @@
 """A steady load of governed tool calls against an embedded stack, and the checks a fault must not break.
 
-Shared by the HA tests (tests/test_nats_cluster.py, tests/test_faults.py) and the long forms in bench/.
+Shared by tests/test_broker_lease.py and bench/broker_takeover.py (the fault suite's harness is bench/faults.py).
 Each call is a real governed `terminal` call from a planner's gateway: policy decides and signs, the broker
 dispatches, the executor runs `echo <call id> >> .ha-ledger` in the workspace. The ledger file is how the
 checks see what ran: an id twice is a call executed twice; an id with no decision is a call that ran

@@ -1,7 +1,8 @@
-"""Fault injection, short form: the embedded stack with two replicas of every service and every store in one
-PostgreSQL database (`caduceus up --replicas 2 --database-url`), a steady load of governed calls from two tenants,
-and one process killed with SIGKILL at a time (one replica of each service, then the Temporal dev server, which is
-restarted), then PostgreSQL restarted; some calls need an admin's approval, given through the approvals API.
+"""Fault injection, short form: the embedded stack with two replicas of every service on a 3-node NATS cluster
+and every store in one PostgreSQL database (`caduceus up --replicas 2 --nats-nodes 3 --database-url`), a steady
+load of governed calls from two tenants, and one process killed with SIGKILL at a time (one replica of each
+service, then the Temporal dev server, which is restarted, then the nats-server node leading the event stream,
+started again 5 s later), then PostgreSQL restarted; some calls need an admin's approval, given through the approvals API.
 The harness is bench/faults.py; its long form runs there.
 
 After each kill: no call lost (each got a result, a denial or an error), none ran twice (the tool's own ledger in
@@ -11,6 +12,7 @@ answered, and the shared web ports (approvals UI, web chat, MCP endpoint, infere
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -21,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from caduceus.cli import app
+from caduceus_bus import EventConnection
 from caduceus_embedded.stack import EmbeddedStack
 from caduceus_embedded.testing import PostgresServer
 
@@ -45,7 +48,8 @@ def replicated(tmp_path_factory: pytest.TempPathFactory, database: PostgresServe
     os.environ["CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S"] = "2"
     try:
         with database.database("faults") as url, \
-                faults.replicated_stack(tmp_path_factory.mktemp("faults"), replicas=2, database_url=url) as stack:
+                faults.replicated_stack(tmp_path_factory.mktemp("faults"), replicas=2, nats_nodes=3,
+                                        database_url=url) as stack:
             yield stack
     finally:
         for key, value in saved.items():
@@ -55,11 +59,24 @@ def replicated(tmp_path_factory: pytest.TempPathFactory, database: PostgresServe
                 os.environ[key] = value
 
 
+async def copies_of(stack: EmbeddedStack) -> dict[str, int]:
+    """How many nodes keep the event stream and the policy's buckets."""
+    conn = await EventConnection.connect(stack.bus_settings("operator"), "faults-copies", role="operator")
+    try:
+        streams = [stack.bus_settings().stream_name, "KV_caduceus_policy_limits", "KV_caduceus_policy_packs"]
+        return {name: (await conn.js.stream_info(name)).config.num_replicas for name in streams}
+    finally:
+        await conn.close()
+
+
 def test_status_lists_every_replica_with_a_process_of_its_own(replicated: EmbeddedStack) -> None:
     result = CliRunner().invoke(app, ["status", "--state-dir", str(replicated.layout.root), "--json"])
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)
     assert status["database"].startswith("postgresql+psycopg2://") and "/faults_" in status["database"]
+    assert len(status["nats"]) == 3
+    copies = asyncio.run(copies_of(replicated))
+    assert set(copies.values()) == {3}, f"the stream and the buckets are kept on every node: {copies}"
     listed = {s["name"]: s for s in status["services"]}
     for name in (*faults.SERVICE_FAULTS, "broker"):
         assert listed[name]["up"] and listed[f"{name}-2"]["up"], sorted(listed)
@@ -69,10 +86,11 @@ def test_status_lists_every_replica_with_a_process_of_its_own(replicated: Embedd
 
 def test_each_kill_leaves_every_call_answered_once_and_the_audit_trail_whole(replicated: EmbeddedStack,
                                                                              database: PostgresServer) -> None:
-    phases = faults.run(replicated, faults.faults_of(replicas=2, postgres=True), PHASE_S, say=print,
+    phases = faults.run(replicated, faults.faults_of(replicas=2, nats_nodes=3, postgres=True), PHASE_S, say=print,
                         database=database)
     print("\n" + faults.table(phases) + "\n\n" + faults.answers_not_ok(phases))
-    assert [p.fault for p in phases] == [*faults.SERVICE_FAULTS, "temporal", "postgres"]
+    assert [p.fault.split(" (")[0] for p in phases][:-2] == [*faults.SERVICE_FAULTS, "temporal"]
+    assert phases[-2].fault.endswith("(stream leader)") and phases[-1].fault == "postgres"
     for p in phases:
         assert p.sent > 0, f"{p.fault}: no load during the phase"
         assert p.lost == 0, f"{p.fault}: {p.lost} calls never answered"
