@@ -75,10 +75,30 @@ def test_services_reach_the_engines_by_their_compose_names() -> None:
         env = spec.get("environment", {})
         assert env.get("CADUCEUS_NATS_URL") == "nats://nats:4222", name
     services = COMPOSE["services"]
-    assert "@postgres:5432/" in services["audit"]["environment"]["CADUCEUS_AUDIT_DB_URL"]
     assert services["approval"]["environment"]["CADUCEUS_TEMPORAL_ADDRESS"] == "temporal:7233"
     assert services["broker"]["environment"]["CADUCEUS_MODEL_BASE_URL"] == "http://inference:8905/v1"
     assert "http://model:8901/v1" in services["inference"]["environment"]["CADUCEUS_INFERENCE_UPSTREAMS"]
+
+
+def database_url_variables() -> dict[str, str]:
+    """Each compose service's database URL variable: every `*_db_url` setting of its package (a store of its own)."""
+    return {model.__module__.split(".")[0].removeprefix("caduceus_"): f"{model.model_config['env_prefix']}{field}".upper()
+            for model in SETTINGS for field in model.model_fields if field.endswith("db_url")}
+
+
+def test_every_store_is_in_the_one_postgresql_and_waits_for_it() -> None:
+    """Compose runs one PostgreSQL; a store left on SQLite would be the only one a second replica could not share."""
+    variables = database_url_variables()
+    assert variables.items() >= {"audit": "CADUCEUS_AUDIT_DB_URL", "identity": "CADUCEUS_IDENTITY_DB_URL",
+                                 "gateway": "CADUCEUS_GATEWAY_DB_URL", "mcp": "CADUCEUS_PINS_DB_URL"}.items()
+    services = COMPOSE["services"]
+    database = services["postgres"]["environment"]
+    expected = (f"postgresql+psycopg2://{database['POSTGRES_USER']}:{database['POSTGRES_PASSWORD']}"
+                f"@postgres:5432/{database['POSTGRES_DB']}")
+    for name, variable in variables.items():
+        assert services[name]["environment"].get(variable) == expected, f"{name} does not keep its store in postgres"
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        assert services[name]["depends_on"]["nats"]["condition"] == "service_healthy", name
 
 
 def nats_services() -> dict[str, dict]:

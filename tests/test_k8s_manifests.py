@@ -4,22 +4,26 @@ The production overlay is rendered with the files an operator provides (`caduceu
 env files, tenants and policy), every object is validated strictly against the schemas of the two newest
 Kubernetes minor versions kubernetes-validate knows, and the properties the issue asks for are checked:
 one Secret per service that no other service can mount, non-root read-only containers, probes, resources,
-replicas, disruption budgets and network policies.
+replicas, disruption budgets, network policies, and every store in PostgreSQL (a URL from the service's own Secret,
+the database reachable and nothing else on its port).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import importlib
 import json
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate import utils as k8s_schemas
+from pydantic_settings import BaseSettings
 from typer.testing import CliRunner
 
 from caduceus.cli import app
@@ -29,8 +33,27 @@ from caduceus_embedded.binaries import engine_versions
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "infra" / "k8s"
 DEFAULTS = ROOT / "libs" / "embedded" / "src" / "caduceus_embedded" / "defaults"
+README = ROOT / "README.md"
 SERVICES = sorted(path.name for path in (ROOT / "services").iterdir() if (path / "pyproject.toml").exists())
 CLUSTER_SCOPED = {"Namespace"}
+OVERLAY_DATABASE = [{"ipBlock": {"cidr": "10.20.30.40/32"}}]  # the address the production overlay's patches set
+
+
+def database_url_settings() -> dict[str, str]:
+    """Each service's database URL variable, from its settings: every `*_db_url` field (a store of its own)."""
+    found: dict[str, str] = {}
+    for service in SERVICES:
+        module = importlib.import_module(f"caduceus_{service}.settings")
+        for model in vars(module).values():
+            if isinstance(model, type) and issubclass(model, BaseSettings) and model.__module__ == module.__name__:
+                prefix = model.model_config.get("env_prefix", "")
+                for field in (field for field in model.model_fields if field.endswith("db_url")):
+                    assert service not in found, f"{service} has two databases: one Secret caduceus-{service}-db each?"
+                    found[service] = f"{prefix}{field}".upper()
+    return found
+
+
+DATABASE_URLS = database_url_settings()
 
 
 # --- a small kustomize: resources, namespace, generators (no name hash), strategic-merge patches by name, images
@@ -114,8 +137,9 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     overlay = k8s / "overlays" / "production"
     made = CliRunner().invoke(app, ["deployment", "secrets", "--out", str(overlay / "secrets")])
     assert made.exit_code == 0, made.output
-    (overlay / "secrets" / "audit-db.env").write_text("url=postgresql+psycopg2://caduceus:pw@db:5432/caduceus\n")
-    (overlay / "secrets" / "mcp-db.env").write_text("url=postgresql+psycopg2://caduceus:pw@db:5432/caduceus\n")
+    for service in DATABASE_URLS:
+        (overlay / "secrets" / f"{service}-db.env").write_text(
+            "url=postgresql+psycopg2://caduceus:pw@db.example.internal:5432/caduceus\n")
     (overlay / "secrets" / "approval-oidc.env").write_text("oidc-client-secret=\n")
     (overlay / "secrets" / "inference-upstreams.env").write_text(
         'upstreams={"default": {"base_url": "https://models.example.com/v1", "api_key": "sk-test"}}\n')
@@ -261,13 +285,27 @@ def test_every_deployment_has_probes_on_the_one_http_port_and_resources(producti
         assert {"configMapRef": {"name": "caduceus-runtime"}} in container["envFrom"]
 
 
-def test_production_runs_two_or_more_of_each_with_a_disruption_budget(production) -> None:
+def test_production_runs_two_or_more_of_each_and_a_drain_never_takes_all_of_one(production) -> None:
     budgets = of_kind(production, "PodDisruptionBudget")
     for name, deployment in of_kind(production, "Deployment").items():
         assert deployment["spec"]["replicas"] >= 2, name
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        covering = [b for b in budgets.values() if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
-        assert len(covering) == 1 and covering[0]["spec"].get("maxUnavailable") == 1, name
+        covering = [b for b in budgets.values() if b["spec"]["selector"]["matchLabels"].items() <= labels.items()
+                    and b["metadata"]["namespace"] == deployment["metadata"]["namespace"]]
+        # Exactly one: the eviction API refuses to evict a pod that two budgets cover.
+        assert len(covering) == 1, f"{name} is covered by {len(covering)} PodDisruptionBudgets"
+        # One pod at a time whatever the replica count; minAvailable: 1 would block drains of a one-replica base.
+        assert covering[0]["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}, name
+
+
+def network_rules(objects: list[dict], service: str, direction: str) -> list[dict]:
+    """The ingress or egress rules of every NetworkPolicy that selects the service's pods."""
+    labels = of_kind(objects, "Deployment")[service]["spec"]["template"]["metadata"]["labels"]
+    found = []
+    for policy in of_kind(objects, "NetworkPolicy").values():
+        if policy["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items():
+            found += policy["spec"].get(direction, [])
+    return found
 
 
 def test_network_policies_allow_only_the_bus_the_database_temporal_and_each_services_needs(production) -> None:
@@ -277,25 +315,19 @@ def test_network_policies_allow_only_the_bus_the_database_temporal_and_each_serv
                     "policyTypes": ["Ingress", "Egress"]}
 
     def rules(service: str, direction: str) -> list[dict]:
-        found = []
-        labels = pod_spec(of_kind(production, "Deployment")[service]) and \
-            of_kind(production, "Deployment")[service]["spec"]["template"]["metadata"]["labels"]
-        for policy in policies.values():
-            selector = policy["spec"]["podSelector"].get("matchLabels", {})
-            if selector.items() <= labels.items():
-                found += policy["spec"].get(direction, [])
-        return found
+        return network_rules(production, service, direction)
 
     def ports(service: str, direction: str) -> set[int]:
         return {port["port"] for rule in rules(service, direction) for port in rule.get("ports", [])}
 
     assert ports("policy", "egress") == {53, 4222}
-    assert ports("identity", "egress") == {53, 4222, 443}
+    assert ports("identity", "egress") == {53, 4222, 443, 5432}
     assert ports("approval", "egress") == {53, 4222, 7233, 443}
     assert ports("broker", "egress") == {53, 4222, 443, 8905}
     assert ports("inference", "egress") == {53, 4222, 443}
     assert ports("audit", "egress") == {53, 4222, 5432}
-    assert ports("gateway", "egress") == {53, 4222, 443, 8902}  # the approvals API, for approvers in the chat
+    assert ports("gateway", "egress") == {53, 4222, 443, 8902, 5432}  # 8902: the approvals API, for approvers
+    assert ports("mcp", "egress") == {53, 4222, 443, 5432}
     assert {service for service in SERVICES if rules(service, "ingress")} == {"approval", "gateway", "inference"}
     assert ports("approval", "ingress") == {8902}
     assert ports("gateway", "ingress") == {8903}
@@ -304,8 +336,56 @@ def test_network_policies_allow_only_the_bus_the_database_temporal_and_each_serv
     assert gateway_in["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "broker",
                                                                    "app.kubernetes.io/part-of": "caduceus"}}}]
     assert ports("inference", "ingress") == {8905}
-    (database,) = [rule for rule in rules("audit", "egress") if rule["ports"][0]["port"] == 5432]
-    assert database["to"] == [{"ipBlock": {"cidr": "10.20.30.40/32"}}], "the overlay sets the database's address"
+
+
+def test_every_store_in_production_is_a_database_url_from_the_services_own_secret(production) -> None:
+    """Replicas share one store only in a database: a SQLite file in a pod's emptyDir is that pod's alone."""
+    assert {"audit", "identity", "gateway", "mcp"} <= set(DATABASE_URLS)
+    secrets = of_kind(production, "Secret")
+    for service, variable in DATABASE_URLS.items():
+        (container,) = pod_spec(of_kind(production, "Deployment")[service])["containers"]
+        env = {entry["name"]: entry for entry in container.get("env", [])}
+        assert variable in env, f"{service} has no {variable}: each replica would keep a store of its own"
+        reference = env[variable].get("valueFrom", {}).get("secretKeyRef")
+        assert reference == {"name": f"caduceus-{service}-db", "key": "url"}, \
+            f"{service}'s {variable} is not read from its Secret caduceus-{service}-db"
+        url = base64.b64decode(secrets[reference["name"]]["data"]["url"]).decode()
+        assert url.startswith("postgresql"), f"{service}'s store is {url.split(':')[0]}, not PostgreSQL"
+
+
+def test_a_service_with_a_database_reaches_it_at_the_overlays_address_and_no_other_does(production) -> None:
+    secrets = of_kind(production, "Secret")
+    for service in SERVICES:
+        egress = network_rules(production, service, "egress")
+        if service not in DATABASE_URLS:
+            assert not [rule for rule in egress for port in rule.get("ports", []) if port["port"] == 5432], service
+            continue
+        assert f"caduceus-{service}-db" in secrets, f"the overlay makes no Secret caduceus-{service}-db"
+        url = base64.b64decode(secrets[f"caduceus-{service}-db"]["data"]["url"]).decode()
+        port = urlsplit(url).port or 5432
+        to_database = [rule for rule in egress if {"protocol": "TCP", "port": port} in rule.get("ports", [])]
+        assert to_database, f"{service}'s NetworkPolicy does not allow egress to its database on port {port}"
+        assert [rule["to"] for rule in to_database] == [OVERLAY_DATABASE], \
+            f"{service} reaches port {port} beyond the database's address the overlay sets: {to_database}"
+
+
+def test_the_overlay_and_the_readme_name_every_file_an_operator_provides_and_edits() -> None:
+    overlay = K8S / "overlays" / "production"
+    text = (overlay / "kustomization.yaml").read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    spec = yaml.safe_load(text)
+    generators = spec["configMapGenerator"] + spec["secretGenerator"]
+    read = {entry.rpartition("=")[2] for gen in generators for entry in gen.get("files", []) + gen.get("envs", [])}
+    # `caduceus deployment secrets` makes secrets/<service>/...; the operator writes the rest.
+    provided = {path for path in read if not re.fullmatch(r"secrets/[^/]+/.+", path)}
+    database_patches = {patch["path"] for patch in spec["patches"] if patch["path"].endswith("-database.yaml")}
+    assert {f"secrets/{service}-db.env" for service in DATABASE_URLS} <= provided
+    assert {f"{service}-database.yaml" for service in DATABASE_URLS} == database_patches
+    production_section = README.read_text().split("## Running in production", 1)[1].split("\n## ", 1)[0]
+    for path in sorted(provided | database_patches):
+        assert path in header, f"the overlay's header comment does not name {path}"
+        if path.endswith((".env", "-database.yaml")):
+            assert path in production_section, f"README, Running in production, does not name {path}"
 
 
 def test_nats_and_temporal_come_from_their_charts_at_the_versions_the_embedded_stack_runs() -> None:
@@ -320,6 +400,17 @@ def test_nats_and_temporal_come_from_their_charts_at_the_versions_the_embedded_s
     assert all(temporal[store]["enabled"] is False for store in ("cassandra", "mysql", "postgresql", "elasticsearch"))
     assert {temporal["server"]["config"]["persistence"][store]["sql"]["driver"]
             for store in ("default", "visibility")} == {"postgres12"}
+
+
+def test_on_the_production_bus_every_stream_and_bucket_has_a_copy_on_each_nats_server(production) -> None:
+    """Losing a NATS node (a drain, a crash) loses no event, lease or used decision, and publishes wait it out."""
+    servers = yaml.safe_load((K8S / "helm" / "nats-values.yaml").read_text())["config"]["cluster"]["replicas"]
+    runtime = of_kind(production, "ConfigMap")["caduceus-runtime"]["data"]
+    assert int(runtime.get("CADUCEUS_STREAM_REPLICAS", 1)) == min(3, servers)
+    assert int(runtime.get("CADUCEUS_USED_DECISIONS_REPLICAS", 1)) == min(3, servers)
+    assert float(runtime.get("CADUCEUS_PUBLISH_RETRY_S", 0)) >= 15, "a publish fails during a leader's election"
+    for name, deployment in of_kind(production, "Deployment").items():
+        assert {"configMapRef": {"name": "caduceus-runtime"}} in pod_spec(deployment)["containers"][0]["envFrom"], name
 
 
 def test_the_renderer_merges_named_lists_by_name_and_replaces_others() -> None:
