@@ -10,7 +10,15 @@ from caduceus_bus.authority import (
     WorkerCredentialIssuer,
 )
 from caduceus_bus.connect import CredentialsUnreadable, auth_options, take_credentials
-from caduceus_bus.connection import EventConnection, Publisher, event_headers, excerpt, settle, through_elections
+from caduceus_bus.connection import (
+    EventConnection,
+    Publisher,
+    create_key,
+    event_headers,
+    excerpt,
+    settle,
+    through_elections,
+)
 from caduceus_bus.lifecycle import stop_event
 from caduceus_bus.permissions import (
     Grant,
@@ -44,7 +52,7 @@ __all__ = [
     "BusAuthority", "BusService", "BusSettings", "CORE", "ConfigurationError", "Core", "CredentialError",
     "CredentialsUnreadable", "Delivery", "EventConnection", "Grant", "PermissionFile", "PermissionsError",
     "Publisher", "Pull", "Role", "Route", "RouteTable", "Router", "WorkerCredential", "WorkerCredentialIssuer",
-    "auth_options", "default_state_dir", "ensure_stream", "event_headers", "excerpt", "extract_context",
+    "auth_options", "create_key", "default_state_dir", "ensure_stream", "event_headers", "excerpt", "extract_context",
     "inject_headers", "kv_bucket_subjects", "load_permissions", "main_of", "nats_servers", "open_bucket",
     "permissions_from_tables",
     "pull_consumer_subjects", "render_permissions", "serve", "settle", "stop_event", "stream_config", "through_elections",

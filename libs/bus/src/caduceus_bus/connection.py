@@ -24,7 +24,13 @@ from nats.errors import (
     StaleConnectionError,
 )
 from nats.js import JetStreamContext
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import (
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
+from nats.js.kv import KeyValue
 from opentelemetry import trace
 
 from caduceus_bus.connect import auth_options
@@ -94,6 +100,21 @@ async def through_elections(operation: Callable[[], Awaitable[T]], within_s: flo
             log.info("%s not answered (%s); trying again", what or "a JetStream operation", type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+async def create_key(kv: KeyValue, key: str, value: bytes) -> int:
+    """`kv.create(key, value)`: the new key's revision, or KeyWrongLastSequenceError when the key has a value,
+    always (compare-and-set loops and leases read that as "another writer was first").
+
+    nats-py's create answers the server's refusal by reading the key, to re-create one that was deleted. On a
+    cluster that read is a direct get, which any replica serves: one that has not applied the other writer's value
+    yet says KeyNotFoundError, though the server refused the create because the key has a value. Seen under load on
+    a 3-node cluster as calls denied with "turn guardrails cannot be checked (KeyNotFoundError)".
+    """
+    try:
+        return await kv.create(key, value)
+    except KeyNotFoundError:
+        raise KeyWrongLastSequenceError(f"{key} was created by another writer first") from None
 
 
 async def settle(nc: Client) -> None:

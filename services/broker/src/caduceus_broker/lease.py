@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from caduceus_bus import open_bucket
+from caduceus_bus import create_key, open_bucket
 from caduceus_contracts import new_id, utcnow
 
 log = logging.getLogger("caduceus.broker.lease")
@@ -107,7 +107,7 @@ class Leases:
                 return False
             value = json.dumps({"broker": self.owner, "since": utcnow().isoformat()}).encode()
             try:
-                revision = await self.kv.create(lease_key(tenant, workspace), value)
+                revision = await create_key(self.kv, lease_key(tenant, workspace), value)
             except KeyWrongLastSequenceError:  # a live lease: another replica's, or a stale one of ours
                 self._others[key] = time.monotonic() + self.ttl_s / RENEWALS_PER_TTL
                 return False
@@ -172,7 +172,7 @@ class Leases:
     async def once(self, name: str) -> bool:
         """True for the first replica to ask about `name` within a TTL (who answers something all replicas see)."""
         try:
-            await self.kv.create(f"once.{name}", self.owner.encode())
+            await create_key(self.kv, f"once.{name}", self.owner.encode())
             return True
         except KeyWrongLastSequenceError:
             return False

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from caduceus_bus import open_bucket
+from caduceus_bus import create_key, open_bucket
 from caduceus_policy.limits import SlidingWindow, counter_key
 from caduceus_policy.pack.model import Limit
 
@@ -87,7 +87,7 @@ class SharedCounters:
                 if revision:
                     revision = await self.kv.update(key, updated.to_json(), last=revision)
                 else:
-                    revision = await self.kv.create(key, updated.to_json())
+                    revision = await create_key(self.kv, key, updated.to_json())
             except KeyWrongLastSequenceError:
                 continue  # another replica charged first: read the counter again
             self._remember(key, updated, revision)

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from caduceus_bus import open_bucket
+from caduceus_bus import create_key, open_bucket
 from caduceus_policy.turns import TurnRecord
 
 BUCKET = "caduceus_policy_turns"
@@ -73,7 +73,7 @@ class TurnRecords:
                 if revision:
                     revision = await self.kv.update(key, updated.to_json(), last=revision)
                 else:
-                    revision = await self.kv.create(key, updated.to_json())
+                    revision = await create_key(self.kv, key, updated.to_json())
             except KeyWrongLastSequenceError:
                 continue  # another replica changed the turn first: read it again
             self._known[key] = (updated, revision)
