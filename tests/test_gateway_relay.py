@@ -5,6 +5,8 @@ decision, an admitted turn, a reply or an approval outcome."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from typer.testing import CliRunner
 
@@ -32,7 +34,9 @@ class RecordingIntegration:
         self.stopped = True
 
 
-async def test_an_integration_holds_a_turn_through_the_relay_and_an_unpaired_user_gets_no_agent(stack, tmp_path) -> None:
+async def test_an_integration_holds_a_turn_through_the_relay_and_an_unpaired_user_gets_no_agent(
+        stack, tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """... and an integration with no `drain` (written before drains existed) stops cleanly with the gateway."""
     bus = stack.bus_settings("gateway")
     settings = GatewaySettings(nats_url=bus.nats_url, nats_credentials=bus.nats_credentials, state_dir=tmp_path,
                                tenants_file=stack.layout.tenants_file, web_port=0)
@@ -58,6 +62,7 @@ async def test_an_integration_holds_a_turn_through_the_relay_and_an_unpaired_use
     finally:
         await gateway.stop()
     assert integration.stopped
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize("forged", ["cad.v1.tool.decided.acme", "cad.v1.turn.requested.acme",

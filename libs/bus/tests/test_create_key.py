@@ -23,9 +23,9 @@ async def test_writers_racing_on_a_new_key_see_one_winner_and_a_wrong_sequence_f
         buckets = [await open_bucket(client.jetstream(), "create_race", replicas=3) for client in clients]
         outcomes: collections.Counter[str] = collections.Counter()
         for round_ in range(ROUNDS):
-            async def create(bucket, writer: int) -> str:
+            async def create(bucket, writer: int, key: str = f"turn-{round_}") -> str:
                 try:
-                    await create_key(bucket, f"turn-{round_}", f"writer {writer}".encode())
+                    await create_key(bucket, key, f"writer {writer}".encode())
                     return "won"
                 except KeyWrongLastSequenceError:
                     return "lost"

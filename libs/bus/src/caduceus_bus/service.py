@@ -115,8 +115,10 @@ class BusService:
     async def stop(self) -> None:
         """Finish HTTP requests in progress (quiesce), stop taking messages, answer those in hand, stop background
         work, release, disconnect."""
-        with contextlib.suppress(Exception):
+        try:
             await self.quiesce()
+        except Exception:  # the stop goes on (the bus must still be released), saying what was cut short
+            log.exception("%s could not finish its requests in progress before stopping", self.connection_name)
         if self.router is not None:
             await self.router.stop(self.drain_s)
             self.router = None

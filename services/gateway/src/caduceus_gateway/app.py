@@ -162,7 +162,9 @@ class GatewayService(BusService):
         if self.web is not None:
             self.web.stop_listening()
         drain_s = self.settings.gateway_drain_s
-        await asyncio.gather(self._finish_turns(drain_s), *(i.drain(drain_s) for i in self.integrations))
+        # drain is optional: an integration written before it existed is stopped after the others drained.
+        draining = [i.drain(drain_s) for i in self.integrations if hasattr(i, "drain")]
+        await asyncio.gather(self._finish_turns(drain_s), *draining)
         self.streams_end.set()
         if self.web is not None:
             await self.web.stop()

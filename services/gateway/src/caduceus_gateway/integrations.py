@@ -24,7 +24,8 @@ class Integration(Protocol):
 
     async def drain(self, within_s: float) -> None:
         """On SIGTERM, with the bus still up: take no new message, give the turns in progress up to `within_s`
-        for their replies, and tell the people of those still unanswered then that the reply was cut off."""
+        for their replies, and tell the people of those still unanswered then that the reply was cut off.
+        Optional: an integration without it is simply stopped once the web chat has drained."""
 
     async def stop(self) -> None:
         """Stop serving and release what `start` took."""
