@@ -305,6 +305,7 @@ class Phase:
     lost: int
     executed_twice: int
     ran_without_decision: int
+    ran_after_a_denial: int  # told "denied" or "refused" (nothing ran), and it ran: must be 0
     ran_after_an_error_answer: int
     slowest_s: float
     recovered_s: float | None
@@ -548,7 +549,8 @@ def run_phase(stack: EmbeddedStack, load: Load, fault: str, phase_s: float,
         lost=len(calls) - len(answered),
         executed_twice=sum(1 for c in calls if ran[c.tag] > 1),
         ran_without_decision=sum(1 for c in calls if ran[c.tag] and c.tag not in allowed),
-        ran_after_an_error_answer=sum(1 for c in answered if ran[c.tag] and c.status != "ok"),
+        ran_after_a_denial=sum(1 for c in answered if ran[c.tag] and c.status in ("denied", "refused")),
+        ran_after_an_error_answer=sum(1 for c in answered if ran[c.tag] and c.status == "error"),
         slowest_s=max((c.answered_at - c.sent_at for c in answered), default=0.0),
         recovered_s=recovered,
         turns=f"{sum(p == 'ok' for _, _, p in turns)}/{len(turns)}",
@@ -599,15 +601,16 @@ def faults_of(replicas: int, rounds: int = 1, first_replica: int = 1, broker: bo
 
 
 def table(phases: list[Phase]) -> str:
-    lines = ["| fault | calls sent | answered | lost | executed twice | ran without decision | ran after an error "
-             "answer | slowest answer s | time to recover s | turns ok | turns unanswered | approved calls ran | web ports | "
-             "audit verify | stream = stored |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| fault | calls sent | answered | lost | executed twice | ran without decision | ran after a denial | "
+             "ran after an error answer | slowest answer s | time to recover s | turns ok | turns unanswered | "
+             "approved calls ran | web ports | audit verify | stream = stored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in phases:
         recovered = f"{p.recovered_s:.1f}" if p.recovered_s is not None else "never"
         verify = "ok" if p.audit_verify == "ok" else "FAILED"
         lines.append(f"| {_fault_name(p.fault)} | {p.sent} | {p.answered} | {p.lost} | {p.executed_twice} | "
-                     f"{p.ran_without_decision} | {p.ran_after_an_error_answer} | {p.slowest_s:.1f} | {recovered} | "
+                     f"{p.ran_without_decision} | {p.ran_after_a_denial} | {p.ran_after_an_error_answer} | "
+                     f"{p.slowest_s:.1f} | {recovered} | "
                      f"{p.turns} | {p.turns_unanswered} | {p.approved} | "
                      f"{'ok' if p.web_ports == 'ok' else 'FAILED'} | {verify} | "
                      f"{p.stream_events} = {p.stored_events} |")
@@ -691,8 +694,9 @@ def main() -> None:
         answers_not_ok(phases),
         "",
         "How to read it: each row is one SIGKILL (or PostgreSQL's restart), with the load on for the phase. lost, "
-        "executed twice and ran without decision must be 0; ran after an error answer counts calls whose requester "
-        "was told of an error (a decision or result timeout) while the call still ran once. time to recover is from "
+        "executed twice, ran without decision and ran after a denial (its requester told it was denied or refused, "
+        "so nothing ran) must be 0; ran after an error answer counts calls whose requester was told of an error "
+        "that says the call may have run (taken up, no result in time) while it ran once. time to recover is from "
         "the kill until a call sent after it succeeded for every tenant.",
     ]
     report = "\n".join(lines) + "\n"

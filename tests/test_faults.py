@@ -96,6 +96,7 @@ def test_each_kill_leaves_every_call_answered_once_and_the_audit_trail_whole(rep
         assert p.lost == 0, f"{p.fault}: {p.lost} calls never answered"
         assert p.executed_twice == 0, f"{p.fault}: {p.executed_twice} calls ran twice"
         assert p.ran_without_decision == 0, f"{p.fault}: {p.ran_without_decision} ran without an allow decision"
+        assert p.ran_after_a_denial == 0, f"{p.fault}: {p.ran_after_a_denial} ran after their requester was told no"
         assert p.slowest_s <= faults.BOUND_S, f"{p.fault}: an answer took {p.slowest_s:.1f} s"
         assert p.recovered_s is not None, f"{p.fault}: no call succeeded for every tenant after the kill"
         assert p.audit_verify == "ok", f"{p.fault}: {p.audit_verify}"

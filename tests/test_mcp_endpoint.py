@@ -19,7 +19,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_PROTOCOL_VERSION
 
-from caduceus_bus import BusSettings, EventConnection
+from caduceus_bus import BusSettings, CallClaims, EventConnection
 from caduceus_contracts import ReloadingKeyring
 from caduceus_directory.testing import TENANTS
 from caduceus_embedded.ports import free_port
@@ -28,7 +28,15 @@ from caduceus_identity.app import IdentityService, bootstrap
 from caduceus_identity.devtoken import mint_dev_token
 from caduceus_identity.settings import IdentitySettings
 from caduceus_mcp import McpService, McpSettings, build
-from caduceus_mcp.endpoint import EndpointConfig, GovernedCalls, GrantDesk, McpEndpoint, ask_identity, mcp_server
+from caduceus_mcp.endpoint import (
+    EndpointConfig,
+    GovernedCalls,
+    GrantDesk,
+    McpEndpoint,
+    ask_identity,
+    closer,
+    mcp_server,
+)
 
 MCP_AUDIENCE = "caduceus-mcp"
 # The handshake revision of mcp 1.26 (the SDK Hermes 0.19 pins), and the newest published revision.
@@ -175,7 +183,8 @@ async def test_identity_down_is_503_try_again_not_a_bad_token(stack: Stack, fres
     port = free_port()
     endpoint = McpEndpoint(EndpointConfig(f"http://127.0.0.1:{port}", lambda tenant: stack.issuer_url),
                            GrantDesk(ask_identity(lonely, timeout_s=1.0), ReloadingKeyring(tmp_path)),
-                           mcp_server(stack.mcp.gateway.tools_for, GovernedCalls(lonely.publish)))
+                           mcp_server(stack.mcp.gateway.tools_for,
+                                      GovernedCalls(lonely.publish, closer(CallClaims(lonely.js)))))
     await endpoint.start("127.0.0.1", port)
     try:
         async with httpx.AsyncClient() as http:

@@ -18,9 +18,11 @@ from nats.js.errors import NoStreamResponseError
 from caduceus_bus import (
     BusAuthority,
     BusSettings,
+    CallClaims,
     EventConnection,
     PermissionsError,
     WorkerCredentialIssuer,
+    ensure_used_decisions,
     load_permissions,
 )
 from caduceus_bus.permissions import PermissionFile, Role, covers
@@ -315,3 +317,23 @@ async def test_the_broker_reads_back_the_subjects_it_routes_and_nothing_else(bus
         with pytest.raises((TimeoutError, nats.errors.Error)):
             await js.add_consumer("CADUCEUS", reading(name, subject))
     assert len(await broker.violations()) == 2
+
+
+async def test_a_planner_closes_its_own_calls_and_writes_nothing_else_in_the_ledger(bus: SecuredBus, connect) -> None:
+    """A planner that stops waiting for a decision closes the call (caduceus_bus.claims). Its credential reaches
+    its own tenant/workspace's call keys only: not a decision's key (it could use up a decision), not another
+    workspace's calls (it could keep them from running), and it cannot take the bucket down."""
+    broker = await connect("broker")
+    await ensure_used_decisions(broker.nc.jetstream())
+    planner = await connect("planner", "acme", "default")
+    claims = CallClaims(planner.nc.jetstream(timeout=2), within_s=1)
+    assert await claims.close("acme", "default", "c-1")
+    assert not await claims.close("acme", "default", "c-1")  # closed once: the second write is refused
+    for subject in ("$KV.caduceus_used_decisions.acme.default.d-1",
+                    "$KV.caduceus_used_decisions.acme.other.call.c-2",
+                    "$KV.caduceus_used_decisions.globex.default.call.c-3",
+                    "$JS.API.STREAM.PURGE.KV_caduceus_used_decisions"):
+        await planner.nc.publish(subject, b"closed")
+    assert len(await planner.violations()) == 4
+    mcp = CallClaims((await connect("mcp")).nc.jetstream(timeout=2), within_s=1)
+    assert await mcp.take("globex", "default", "c-3", "d-9")  # the MCP gateway takes calls of every tenant

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes
 
-from caduceus_bus import BusSettings, EventConnection
+from caduceus_bus import BusSettings, EventConnection, ensure_used_decisions
 from caduceus_contracts import (
     ApprovalRequested,
     ApprovalView,
@@ -54,6 +54,7 @@ async def gateway_with_policy(nats_url: str, *, opens_approval_for_s: float | No
         issued_at=now, expires_at=now + timedelta(minutes=5))))
     stand_in = await EventConnection.connect(BusSettings(nats_url=nats_url), "test-policy")
     await stand_in.ensure_stream()
+    await ensure_used_decisions(stand_in.js)  # as the broker does before it starts a planner
 
     async def decide(msg: Msg) -> None:
         request = parse_event(msg.data, expect=ToolCallRequested)

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import nats
 import pytest
 
+from caduceus_bus import CallClaims, ensure_used_decisions
 from caduceus_contracts import (
     Decision,
     Keyring,
@@ -61,7 +63,8 @@ def stdio_server(name: str, rug: Path, extra: str = "", scope: str = "tenant") -
 
 
 @pytest.fixture()
-async def gateway(tmp_path: Path, keys: Keys):
+async def gateway(tmp_path: Path, keys: Keys, nats_server):
+    """The gateway, its calls taken in the ledger of calls on a real nats-server (as the broker creates it)."""
     registry = tmp_path / "mcp.yaml"
     write_registry(registry, stdio_server("files", tmp_path / "rug", "        timeout_s: 3\n"))
     secrets = SecretStore(tmp_path / "mcp-secrets")
@@ -75,8 +78,12 @@ async def gateway(tmp_path: Path, keys: Keys):
                     publish=publish, list_timeout_s=20, max_result_bytes=5000,
                     egress=UpstreamEgress(PolicyFiles(None, tmp_path / "sandboxes")))
     gw.published = published  # type: ignore[attr-defined]
+    nc = await nats.connect(nats_server.url)
+    await ensure_used_decisions(nc.jetstream())
+    gw.calls = CallClaims(nc.jetstream())
     yield gw
     await gw.sessions.close_all()  # its stdio servers stay up between calls: stop them
+    await nc.close()
 
 
 def grant(keys: Keys, roles: tuple[str, ...] = ("member",), workspace: str = "default") -> SignedGrant:

@@ -39,9 +39,19 @@ class Bus:
     def __init__(self) -> None:
         self.requests: list[ToolCallRequested] = []
         self.calls: GovernedCalls | None = None
+        # The ledger of calls (caduceus_bus.claims, tested on a real server in test_closed_calls.py): who wrote
+        # each call's key first, the gateway ("ran") or the endpoint closing it ("closed").
+        self.ledger: dict[str, str] = {}
 
     async def publish(self, subject: str, request: ToolCallRequested) -> None:
         self.requests.append(request)
+
+    async def close(self, request: ToolCallRequested) -> bool:
+        return self.ledger.setdefault(request.call_id, "closed") == "closed"
+
+    def governed(self, **timeouts: float) -> GovernedCalls:
+        self.calls = GovernedCalls(self.publish, self.close, **timeouts)
+        return self.calls
 
     def decide(self, request: ToolCallRequested, verdict: str, signer: Signer = POLICY,
                reason: str = "policy said so") -> None:
@@ -65,7 +75,7 @@ class Bus:
 @pytest.fixture()
 def bus() -> Bus:
     bus = Bus()
-    bus.calls = GovernedCalls(bus.publish, decision_timeout_s=0.5, approval_wait_s=0.3, call_timeout_s=1.0)
+    bus.governed(decision_timeout_s=0.5, approval_wait_s=0.3, call_timeout_s=1.0)
     return bus
 
 
@@ -116,6 +126,37 @@ async def test_no_decision_denies_and_nothing_is_left_waiting(bus: Bus) -> None:
     assert outcome.status == "denied" and "policy did not decide within 0.5 s" in outcome.text
     await bus.calls.call(*grant(), "mcp__notes__read", {})
     assert len(bus.requests) == 2  # asked again: a call nobody decided is not remembered
+
+
+async def test_a_call_nobody_decided_is_closed_so_that_a_late_decision_cannot_run_it(bus: Bus) -> None:
+    assert bus.calls is not None
+    outcome = await bus.calls.call(*grant(), "mcp__notes__read", {})
+    assert outcome.status == "denied"
+    assert bus.ledger == {bus.requests[0].call_id: "closed"}  # the gateway's take of it now fails
+
+
+async def test_a_call_the_gateway_took_as_the_decision_bound_passed_is_answered_with_its_result(bus: Bus) -> None:
+    """The decision came (and was dispatched) just as the endpoint stopped waiting: the client gets the result,
+    never "denied, nothing ran" about a call that runs."""
+    assert bus.calls is not None
+    call = asyncio.create_task(bus.calls.call(*grant(), "mcp__notes__read", {"name": "todo"}))
+    request = await first_request(bus)
+    bus.ledger[request.call_id] = "ran d-1"  # the gateway took it; its decision never reached the endpoint
+    await asyncio.sleep(0.7)  # past the 0.5 s decision bound
+    bus.complete(request, "ok", result="buy milk")
+    outcome = await call
+    assert (outcome.status, outcome.text) == ("ok", "buy milk")
+
+
+async def test_a_decided_call_nobody_took_is_closed_when_its_outcome_does_not_come(bus: Bus) -> None:
+    assert bus.calls is not None
+    call = asyncio.create_task(bus.calls.call(*grant(), "mcp__notes__read", {}))
+    request = await first_request(bus)
+    bus.decide(request, "allow")
+    outcome = await call
+    assert outcome.status == "error"
+    assert outcome.text == "no outcome within 1 s; the gateway never took the call, and now it never will"
+    assert bus.ledger == {request.call_id: "closed"}
 
 
 async def test_waiting_for_approval_then_the_same_call_again_gets_the_result_without_asking_twice(
@@ -174,7 +215,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 def test_hostile_arguments_are_governed_or_refused_never_a_crash(args) -> None:
     async def run() -> None:
         bus = Bus()
-        bus.calls = GovernedCalls(bus.publish, decision_timeout_s=0.01, approval_wait_s=0.01, call_timeout_s=0.01)
+        bus.governed(decision_timeout_s=0.01, approval_wait_s=0.01, call_timeout_s=0.01)
         outcome = await bus.calls.call(*grant(), "mcp__notes__write", args)
         if outcome.status == "refused":
             assert bus.requests == [] and outcome.text.startswith("the arguments cannot be governed")

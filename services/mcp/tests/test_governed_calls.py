@@ -114,7 +114,8 @@ async def test_the_same_change_after_a_new_approval_is_reported_again(gateway, k
     assert len(changes) == 2 and changes[0].served_digest == changes[1].served_digest
 
 
-@pytest.mark.parametrize("tamper", ["args", "expired", "deny", "replay", "other-workspace"])
+@pytest.mark.parametrize("tamper", ["args", "expired", "deny", "replay", "other-workspace", "second-decision",
+                                    "closed-by-requester"])
 async def test_a_call_without_a_valid_unused_decision_for_exactly_it_never_reaches_the_upstream(
         gateway, keys, tamper) -> None:
     await approve_first_use(gateway, keys, ECHO, {"text": "hi"})
@@ -126,9 +127,16 @@ async def test_a_call_without_a_valid_unused_decision_for_exactly_it_never_reach
         event = event.model_copy(update={"workspace": "other"})
     if tamper == "replay":
         assert (await gateway.call(event)).status == "ok"
+    if tamper == "second-decision":  # policy decided the same call twice (a redelivered request): it runs once
+        assert (await gateway.call(event)).status == "ok"
+        event = dispatched(keys, ECHO, {"text": "ok"}, call_id=event.call_id)
+    if tamper == "closed-by-requester":  # its requester stopped waiting for the decision and was told "denied"
+        assert await gateway.calls.close("acme", "default", event.call_id)
     done = await gateway.call(event)
     assert done.status == "denied", done
     assert done.result == ""
+    if tamper in ("second-decision", "closed-by-requester"):
+        assert f"call {event.call_id} was already taken" in done.reason
 
 
 async def test_a_decision_signed_by_an_unknown_key_is_refused(gateway, keys) -> None:

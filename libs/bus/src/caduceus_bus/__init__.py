@@ -9,6 +9,16 @@ from caduceus_bus.authority import (
     WorkerCredential,
     WorkerCredentialIssuer,
 )
+from caduceus_bus.claims import (
+    CLAIM_WAIT_S,
+    USED_DECISIONS_BUCKET,
+    CallClaims,
+    ClaimUnknown,
+    call_claim_subjects,
+    call_key,
+    ensure_used_decisions,
+    write_once,
+)
 from caduceus_bus.connect import CredentialsUnreadable, auth_options, take_credentials
 from caduceus_bus.connection import (
     EventConnection,
@@ -47,15 +57,13 @@ from caduceus_bus.streams import ensure_stream, open_bucket, stream_config
 from caduceus_bus.tracing import extract_context, inject_headers
 
 __all__ = [
-    "SERVER_CONFIG_FILE",
-    "WORKER_SIGNING_FILE",
-    "BusAuthority", "BusService", "BusSettings", "CORE", "ConfigurationError", "Core", "CredentialError",
-    "CredentialsUnreadable", "Delivery", "EventConnection", "Grant", "PermissionFile", "PermissionsError",
-    "Publisher", "Pull", "Role", "Route", "RouteTable", "Router", "WorkerCredential", "WorkerCredentialIssuer",
-    "auth_options", "create_key", "default_state_dir", "ensure_stream", "event_headers", "excerpt", "extract_context",
-    "inject_headers", "kv_bucket_subjects", "load_permissions", "main_of", "nats_servers", "open_bucket",
-    "permissions_from_tables",
-    "pull_consumer_subjects", "render_permissions", "serve", "settle", "stop_event", "stream_config", "through_elections",
-    "take_credentials",
-    "with_state_paths", "worker_health_subject",
+    "CLAIM_WAIT_S", "CORE", "SERVER_CONFIG_FILE", "USED_DECISIONS_BUCKET", "WORKER_SIGNING_FILE", "auth_options",
+    "BusAuthority", "BusService", "BusSettings", "call_claim_subjects", "call_key", "CallClaims", "ClaimUnknown",
+    "ConfigurationError", "Core", "create_key", "CredentialError", "CredentialsUnreadable", "default_state_dir",
+    "Delivery", "ensure_stream", "ensure_used_decisions", "event_headers", "EventConnection", "excerpt",
+    "extract_context", "Grant", "inject_headers", "kv_bucket_subjects", "load_permissions", "main_of", "nats_servers",
+    "open_bucket", "PermissionFile", "permissions_from_tables", "PermissionsError", "Publisher", "Pull",
+    "pull_consumer_subjects", "render_permissions", "Role", "Route", "Router", "RouteTable", "serve", "settle",
+    "stop_event", "stream_config", "take_credentials", "through_elections", "with_state_paths",
+    "worker_health_subject", "WorkerCredential", "WorkerCredentialIssuer", "write_once",
 ]

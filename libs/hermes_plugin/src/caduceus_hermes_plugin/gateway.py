@@ -18,7 +18,17 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from caduceus_bus import BusSettings, EventConnection, Route, Router, RouteTable
+from caduceus_bus import (
+    CLAIM_WAIT_S,
+    BusSettings,
+    CallClaims,
+    ClaimUnknown,
+    EventConnection,
+    Route,
+    Router,
+    RouteTable,
+    call_claim_subjects,
+)
 from caduceus_contracts import (
     ApprovalRequested,
     CanonicalizationError,
@@ -81,6 +91,7 @@ class ToolGateway:
         self._traces: dict[str, otel_context.Context] = {}
         self._pending: dict[str, _PendingCall] = {}
         self._router: Router | None = None
+        self._claims: CallClaims | None = None
 
     # --- lifecycle (on the gateway's loop) ---
 
@@ -112,7 +123,7 @@ class ToolGateway:
         try:
             future: Future = asyncio.run_coroutine_threadsafe(self._traced(tool, args, session_id), self.loop)
             outcome, request = future.result(self.timeouts.decision_s * 2 + self.timeouts.approval_s
-                                             + self.timeouts.completion_s + 5)
+                                             + self.timeouts.completion_s + 2 * CLAIM_WAIT_S + 5)
         except Exception as exc:  # the plugin must never raise into Hermes
             log.exception("governed call failed")
             return denied(f"the control plane could not be reached ({type(exc).__name__}); nothing ran")
@@ -173,23 +184,57 @@ class ToolGateway:
                                                                  verdict.policy_ids, verdict.pack_version),
                                timestamp=signed_at)
             if decision is None:
-                outcome = denied(self._no_decision_reason(pending))
-                await self._publish_outcome(request, outcome)
-                return outcome, request
+                return await self._undecided(pending), request
             if decision.verdict == "allow" and runs_in_planner(tool):
                 return CallOutcome("allowed-in-planner"), request
             if decision.verdict == "deny":
                 return denied(decision.reason), request
-            try:
-                completed: ToolCallCompleted = await asyncio.wait_for(
-                    asyncio.shield(pending.completed), self.timeouts.completion_s)
-            except TimeoutError:
-                outcome = CallOutcome("error", reason=f"no result within {self.timeouts.completion_s:g} s")
-                await self._publish_outcome(request, outcome)
-                return outcome, request
-            return CallOutcome(completed.status, completed.result, completed.reason), request
+            return await self._result(pending), request
         finally:
             self._pending.pop(request.call_id, None)
+
+    async def _undecided(self, pending: _PendingCall) -> CallOutcome:
+        """No decision in time: close the call so that nothing runs it, then say it was denied. If an executor
+        took it first (its decision came, and was dispatched, just as the planner stopped waiting), its result
+        is the answer: the requester is never told "denied" about a call that runs."""
+        closed = await self._close(pending.request)
+        if closed is False:
+            log.info("call %s was taken by its runner as its decision bound passed: waiting for its result",
+                     pending.request.call_id)
+            return await self._result(pending)
+        reason = self._no_decision_reason(pending)
+        outcome = denied(reason) if closed else CallOutcome("error", reason=(
+            f"{reason.removesuffix('; denied (fail closed)')}, and the call could not be closed (the ledger of "
+            "used decisions did not answer): it should not run, but that cannot be confirmed"))
+        await self._publish_outcome(pending.request, outcome)
+        return outcome
+
+    async def _result(self, pending: _PendingCall) -> CallOutcome:
+        """The outcome of a decided call; none in time: closed, if it was never taken, so that it never runs."""
+        try:
+            completed: ToolCallCompleted = await asyncio.wait_for(
+                asyncio.shield(pending.completed), self.timeouts.completion_s)
+        except TimeoutError:
+            closed = await self._close(pending.request)
+            bound = f"{self.timeouts.completion_s:g} s"
+            reason = (f"no executor took the call within {bound}; it was closed and will not run" if closed else
+                      f"no result within {bound}; the call was taken up and may have run" if closed is False else
+                      f"no result within {bound}")
+            outcome = CallOutcome("error", reason=reason)
+            await self._publish_outcome(pending.request, outcome)
+            return outcome
+        return CallOutcome(completed.status, completed.result, completed.reason)
+
+    async def _close(self, request: ToolCallRequested) -> bool | None:
+        """Close the call in the ledger (caduceus_bus.claims): True when nothing can run it any more, False when
+        a runner took it first, None when the ledger did not answer."""
+        if self._claims is None:
+            self._claims = CallClaims(self.conn.js)
+        try:
+            return await self._claims.close(self.tenant, self.workspace, request.call_id)
+        except ClaimUnknown as exc:
+            log.warning("could not close call %s: %s", request.call_id, exc)
+            return None
 
     async def _decision(self, pending: _PendingCall):
         """The call's decision, or None once its deadline (which an approval moves) has passed."""
@@ -279,7 +324,12 @@ GATEWAY_ROUTES = RouteTable(
         Route("cad.v1.tool.completed.{tenant}.{workspace}", ToolCallCompleted, ToolGateway.on_completed,
               malformed="ignore"),
     ),
-    publishes=("cad.v1.tool.requested.{tenant}", "cad.v1.tool.completed.{tenant}.{workspace}"),
+    publishes=(
+        "cad.v1.tool.requested.{tenant}",
+        "cad.v1.tool.completed.{tenant}.{workspace}",
+        # closes a call it stopped waiting for, so that nothing runs it (its own tenant/workspace's calls only)
+        *call_claim_subjects(),
+    ),
 )
 
 

@@ -34,6 +34,8 @@ class BrokerApp(BusService):
 
     async def prepare(self, connection: EventConnection) -> BrokerHandlers:
         pool = WorkerPool(self.settings, self.bus, self.model, connection.nc, self._report_worker)
+        # Before any call is dispatched: the MCP gateway takes its calls in this bucket too (no worker involved).
+        await pool.ensure_ledger()
         # Exactly one replica runs each workspace's planner and executor: the one holding its lease.
         self.leases = await Leases.open(connection.js, self.broker_id, self.settings.lease_ttl_s,
                                         replicas=self.bus.stream_replicas, on_lost=self._lease_lost)

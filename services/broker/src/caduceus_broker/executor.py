@@ -80,6 +80,13 @@ class Executor:
             raise DispatchRefused(str(exc)) from None
         if not claimed:
             raise DispatchRefused(f"decision {decision.decision_id} was already used (replay)")
+        try:
+            taken = await self.ledger.take_call(event.call_id, decision.decision_id)
+        except LedgerUnavailable as exc:
+            raise DispatchRefused(str(exc)) from None
+        if not taken:
+            raise DispatchRefused(f"call {event.call_id} was already taken: it ran under another decision, or its "
+                                  "requester stopped waiting for a decision and was told it was denied")
         return decision
 
     def _run(self, event: ToolCallDispatched) -> tuple[str, str]:

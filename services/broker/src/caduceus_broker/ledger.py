@@ -11,32 +11,15 @@ use wins, on any executor of any replica of the broker, and even a delete marker
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from caduceus_bus import through_elections
+from caduceus_bus import USED_DECISIONS_BUCKET, CallClaims, ClaimUnknown, ensure_used_decisions, write_once
 
-USED_DECISIONS_BUCKET = "caduceus_used_decisions"
-# How long a claim waits out the bucket's leader election before the call is refused (its requester waits 30 s).
-CLAIM_WAIT_S = 10.0
+__all__ = ["USED_DECISIONS_BUCKET", "DecisionLedger", "LedgerUnavailable", "ensure_used_decisions"]
 
 
 class LedgerUnavailable(Exception):
     """The ledger could not say whether a decision was used: the call must not run."""
-
-
-async def ensure_used_decisions(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create the bucket if it is not there (the broker does, before it starts any executor)."""
-    try:
-        await js.key_value(USED_DECISIONS_BUCKET)
-    except BucketNotFoundError:
-        config = KeyValueConfig(bucket=USED_DECISIONS_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas,
-                                description="Decisions executors have used: one key per decision, written once")
-        try:
-            await js.create_key_value(config)
-        except Exception:
-            await js.key_value(USED_DECISIONS_BUCKET)  # another broker replica created it first
 
 
 def used_decision_key(tenant: str, workspace: str, decision_id: str) -> str:
@@ -46,16 +29,18 @@ def used_decision_key(tenant: str, workspace: str, decision_id: str) -> str:
 class DecisionLedger:
     """One executor's view of the bucket: its own tenant and workspace's keys (its credential allows no others)."""
 
-    def __init__(self, kv: KeyValue, tenant: str, workspace: str) -> None:
+    def __init__(self, kv: KeyValue, tenant: str, workspace: str, calls: CallClaims) -> None:
         self.kv = kv
         self.tenant = tenant
         self.workspace = workspace
+        self.calls = calls
 
     @classmethod
     async def open(cls, js: JetStreamContext, tenant: str, workspace: str) -> "DecisionLedger":
         """Bind the bucket the broker created. Raises LedgerUnavailable when it is not there."""
         try:
-            return cls(await js.key_value(USED_DECISIONS_BUCKET), tenant, workspace)
+            kv = await js.key_value(USED_DECISIONS_BUCKET)
+            return cls(kv, tenant, workspace, CallClaims(js, kv=kv))
         except Exception as exc:
             raise LedgerUnavailable(f"the bucket {USED_DECISIONS_BUCKET} of used decisions cannot be read "
                                     f"({type(exc).__name__}: {exc})") from None
@@ -68,11 +53,14 @@ class DecisionLedger:
         requester is told so (never a run after a refusal, never a second run)."""
         key = used_decision_key(self.tenant, self.workspace, decision_id)
         try:
-            await through_elections(lambda: self.kv.update(key, call_id.encode(), last=0), CLAIM_WAIT_S,
-                                    f"the claim of decision {decision_id}")
-            return True
-        except KeyWrongLastSequenceError:
-            return False
-        except Exception as exc:  # cannot tell: fail closed
-            raise LedgerUnavailable(f"the ledger of used decisions did not answer ({type(exc).__name__}: "
-                                    f"{exc})") from None
+            return await write_once(self.kv, key, call_id.encode(), f"the claim of decision {decision_id}")
+        except ClaimUnknown as exc:
+            raise LedgerUnavailable(f"the ledger of used decisions did not answer ({exc})") from None
+
+    async def take_call(self, call_id: str, decision_id: str) -> bool:
+        """Take the call itself (claims.py): False when it ran before or its requester closed it, having stopped
+        waiting for a decision (it was told the call was denied). Raises LedgerUnavailable."""
+        try:
+            return await self.calls.take(self.tenant, self.workspace, call_id, decision_id)
+        except ClaimUnknown as exc:
+            raise LedgerUnavailable(f"the ledger of used decisions did not answer ({exc})") from None

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from functools import partial
 
-from caduceus_bus import BusService, EventConnection
+from caduceus_bus import BusService, CallClaims, EventConnection
 from caduceus_contracts import Event, ReloadingKeyring, SignedGrant, ToolsReachAnswer, ToolsReachQuery, subjects
 from caduceus_directory import DirectorySource
 from caduceus_mcp.egress import UpstreamEgress
@@ -63,6 +63,7 @@ class McpService(BusService):
 
     async def prepare(self, connection: EventConnection) -> McpGateway:
         nc = connection.nc
+        self.gateway.calls = CallClaims(connection.js)
         await nc.subscribe(subjects.MCP_TOOLS_ALL, queue="mcp", cb=partial(answer_tools, self.gateway, self.keyring))
         await nc.subscribe(subjects.MCP_FACTS_ALL, queue="mcp", cb=partial(answer_facts, self.gateway))
         self.background(self._audit_loop(), "mcp audit of registry and pin changes")

@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 from starlette.types import Receive, Scope, Send
 
-from caduceus_bus import EventConnection, RouteTable
+from caduceus_bus import CallClaims, ClaimUnknown, EventConnection, RouteTable
 from caduceus_contracts import (
     CanonicalizationError,
     ContractError,
@@ -192,10 +192,14 @@ class GovernedCalls:
     `publish` sends a ToolCallRequested; `on_event` must receive every `tool.decided` and `tool.completed` event.
     """
 
-    def __init__(self, publish: Callable[[str, ToolCallRequested], Awaitable[None]], *,
+    def __init__(self, publish: Callable[[str, ToolCallRequested], Awaitable[None]],
+                 close: Callable[[ToolCallRequested], Awaitable[bool | None]], *,
                  decision_timeout_s: float = 10.0, approval_wait_s: float = 25.0, call_timeout_s: float = 45.0,
                  keep_s: float = 3600.0) -> None:
         self.publish = publish
+        # Closes a call it stops waiting for (True: nothing can run it now; False: the gateway took it first;
+        # None: the ledger did not answer). See caduceus_bus.claims.
+        self.close = close
         self.decision_timeout_s = decision_timeout_s
         self.approval_wait_s = approval_wait_s
         self.call_timeout_s = call_timeout_s
@@ -241,9 +245,16 @@ class GovernedCalls:
             try:
                 await asyncio.wait_for(pending.decided.wait(), self.decision_timeout_s)
             except TimeoutError:
-                self._forget(action)
-                return CallOutcome("denied", f"policy did not decide within {self.decision_timeout_s:g} s, so "
-                                             "nothing ran; try again, and tell an operator if this persists")
+                closed = await self.close(request)
+                if closed is not False:  # else the gateway took the call just as the bound passed: its result
+                    self._forget(action)
+                    bound = f"policy did not decide within {self.decision_timeout_s:g} s"
+                    if closed:
+                        return CallOutcome("denied", f"{bound}, so nothing ran; try again, and tell an operator "
+                                                     "if this persists")
+                    return CallOutcome("error", f"{bound}, and the call could not be closed (the ledger of used "
+                                                "decisions did not answer): it should not run, but that cannot "
+                                                "be confirmed")
         waiting = pending.verdict == "approve" and not pending.completed.done()
         try:
             completed = await asyncio.wait_for(asyncio.shield(pending.completed),
@@ -254,7 +265,13 @@ class GovernedCalls:
                                               "nothing has run yet. Call the tool again with the same arguments "
                                               "to wait for the approvers' answer and get the result.")
             self._forget(action)
-            return CallOutcome("error", f"no outcome within {self.call_timeout_s:g} s; the call may not have run")
+            closed = await self.close(pending.request)
+            bound = f"no outcome within {self.call_timeout_s:g} s"
+            if closed:
+                return CallOutcome("error", f"{bound}; the gateway never took the call, and now it never will")
+            if closed is False:
+                return CallOutcome("error", f"{bound}; the gateway took the call up, so it may have run")
+            return CallOutcome("error", f"{bound}; the call may not have run")
         self._forget(action)
         if completed.status == "ok":
             return CallOutcome("ok", completed.result)
@@ -475,6 +492,18 @@ async def follow_calls(connection: EventConnection, calls: GovernedCalls) -> lis
             await connection.subscribe(subjects.TOOL_COMPLETED_ALL, on_msg)]
 
 
+def closer(claims: CallClaims) -> Callable[[ToolCallRequested], Awaitable[bool | None]]:
+    """GovernedCalls' `close`: the call closed in the bus's ledger (None when the ledger does not answer)."""
+    async def close(request: ToolCallRequested) -> bool | None:
+        try:
+            return await claims.close(request.tenant, request.workspace, request.call_id)
+        except ClaimUnknown as exc:
+            log.warning("could not close call %s: %s", request.call_id, exc)
+            return None
+
+    return close
+
+
 def issuer_lookup(directory: Callable[[], Any], deployment_issuer: str | None) -> Callable[[str], str | None]:
     """A tenant's OIDC issuer from the tenants file: its own (`issuers:`), else the deployment's; None: no such
     tenant."""
@@ -494,8 +523,9 @@ async def start_endpoint(connection: EventConnection, keyring: Keyring, list_too
                          decision_timeout_s: float, approval_wait_s: float, call_timeout_s: float,
                          shared: bool = False, drain_s: float = 2.0) -> McpEndpoint:
     """The endpoint of a running gateway: grants from identity and calls on `connection`, served on host:port."""
-    calls = GovernedCalls(connection.publish, decision_timeout_s=decision_timeout_s,
-                          approval_wait_s=approval_wait_s, call_timeout_s=call_timeout_s)
+    calls = GovernedCalls(connection.publish, closer(CallClaims(connection.js)),
+                          decision_timeout_s=decision_timeout_s, approval_wait_s=approval_wait_s,
+                          call_timeout_s=call_timeout_s)
     await follow_calls(connection, calls)
     endpoint = McpEndpoint(EndpointConfig(public_url, issuer_for), GrantDesk(ask_identity(connection), keyring),
                            mcp_server(list_tools, calls))

@@ -22,6 +22,7 @@ import jsonschema
 from sqlalchemy import Column, DateTime, String, Table
 from sqlalchemy.exc import IntegrityError
 
+from caduceus_bus import CallClaims, ClaimUnknown
 from caduceus_contracts import (
     CanonicalizationError,
     Decision,
@@ -166,6 +167,8 @@ class McpGateway:
     _asked: dict[tuple[str, str], float] = field(default_factory=dict)
     # Live sessions with stdio servers, kept between calls (upstream.SessionPool).
     sessions: SessionPool = field(default_factory=SessionPool)
+    # The bus's ledger of calls (caduceus_bus.claims), set once connected: a call runs only if taken there first.
+    calls: CallClaims | None = None
 
     def __post_init__(self) -> None:
         create_tables(self.pins.engine)
@@ -384,6 +387,19 @@ class McpGateway:
         except IntegrityError:
             raise CallRefused(f"decision {decision.decision_id} was already used (replay)") from None
 
+    async def take(self, event: ToolCallDispatched, decision: Decision) -> None:
+        """Take the call in the bus's ledger, as an executor does: refused when it ran before, or when its
+        requester stopped waiting for a decision and closed it (it was told the call was denied)."""
+        if self.calls is None:
+            raise CallRefused("the MCP gateway is not connected to the ledger of calls; nothing ran")
+        try:
+            taken = await self.calls.take(event.tenant, event.workspace, event.call_id, decision.decision_id)
+        except ClaimUnknown as exc:
+            raise CallRefused(f"the call cannot be taken ({exc}); nothing ran") from None
+        if not taken:
+            raise CallRefused(f"call {event.call_id} was already taken: it ran under another decision, or its "
+                              "requester stopped waiting for a decision and was told it was denied")
+
     async def call(self, event: ToolCallDispatched) -> ToolCallCompleted:
         """Run one dispatched call upstream, governed; always returns the outcome (never raises)."""
         try:
@@ -405,6 +421,7 @@ class McpGateway:
         if server is None or not server.serves(event.workspace):
             raise CallRefused(f"no MCP server {split[0]!r} is registered for {event.tenant}/{event.workspace}")
         self.claim(decision)
+        await self.take(event, decision)
         self._asked[(server.tenant, server.name)] = time.monotonic()
         timeout_s = server.timeout_s or self.call_timeout_s
         try:

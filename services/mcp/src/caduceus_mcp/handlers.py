@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from caduceus_bus import Route, RouteTable
+from caduceus_bus import Route, RouteTable, call_claim_subjects
 from caduceus_contracts import (
     GrantExpired,
     Keyring,
@@ -96,6 +96,8 @@ ROUTES = RouteTable(
         f"{subjects.PREFIX}.mcp.pin.*",
         f"{subjects.PREFIX}.mcp.definition.*",
         subjects.POLICY_REACHABLE_ALL,  # asks policy which tools a person could ever use (request/reply)
+        # takes each call before it runs, and closes the endpoint's calls it stopped waiting for (claims.py)
+        *call_claim_subjects(tenant="*", workspace="*"),
     ),
     grants=("stream-setup",),
     # Requests answered by app.py (core NATS request/reply, outside the stored `cad.v1` events).
