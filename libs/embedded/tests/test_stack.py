@@ -498,3 +498,8 @@ def test_a_cluster_node_that_dies_comes_back_but_one_held_down_stays_down_until_
         assert stack.nats_cluster[2] is third and third.process.poll() is not None
         stack.start_nats_node(2)
         assert stack.nats_cluster[2].process.poll() is None
+        # The watcher can still hold the killed process from its last look: it must see it was replaced (it once
+        # raised ValueError on it and the watcher thread died, so nothing was restarted for the rest of the run).
+        node = stack.nats_cluster[2]
+        assert stack._start_server_again(third)
+        assert stack.nats_cluster[2] is node and node.process.poll() is None

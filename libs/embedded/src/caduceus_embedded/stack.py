@@ -345,24 +345,31 @@ class EmbeddedStack:
         """Say when a child dies; restart a server or service that dies, leave one that crash-loops down."""
         reported: set[str] = set()
         while not self._stopping.wait(WATCH_INTERVAL_S):
-            for server in (*(self.nats_cluster or [self.nats]), self.temporal):
-                if server is not None and server.name not in reported and server.process.poll() is not None:
-                    if not self._start_server_again(server):
-                        reported.add(server.name)
-            for service in list(self.services.values()):
-                code = service.exit_code()
-                if code is None or service.key in reported or self._stopping.is_set():
-                    continue
-                if service.restarts >= 1 and service.uptime() < self.crash_loop_s:
-                    reported.add(service.key)
-                    self._leave_down(service, f"{service.key} exited again with code {code} within "
-                                     f"{self.crash_loop_s:g} s of its restart (log: {service.log_path}); not "
-                                     "restarting it")
-                    continue
-                self.warn(f"{service.key} exited unexpectedly with code {code} (log: {service.log_path}); "
-                          f"restarting it")
-                if not self._restart(service):
-                    reported.add(service.key)
+            try:
+                self._look_after(reported)
+            except Exception as exc:  # the watcher must outlive any one failure, or nothing is restarted again
+                self.warn(f"the stack's watcher failed ({type(exc).__name__}: {exc}); watching on")
+
+    def _look_after(self, reported: set[str]) -> None:
+        """One look at every server and service (see _watch)."""
+        for server in (*(self.nats_cluster or [self.nats]), self.temporal):
+            if server is not None and server.name not in reported and server.process.poll() is not None:
+                if not self._start_server_again(server):
+                    reported.add(server.name)
+        for service in list(self.services.values()):
+            code = service.exit_code()
+            if code is None or service.key in reported or self._stopping.is_set():
+                continue
+            if service.restarts >= 1 and service.uptime() < self.crash_loop_s:
+                reported.add(service.key)
+                self._leave_down(service, f"{service.key} exited again with code {code} within "
+                                 f"{self.crash_loop_s:g} s of its restart (log: {service.log_path}); not "
+                                 "restarting it")
+                continue
+            self.warn(f"{service.key} exited unexpectedly with code {code} (log: {service.log_path}); "
+                      f"restarting it")
+            if not self._restart(service):
+                reported.add(service.key)
 
     def _start_server_again(self, server: ServerProcess) -> bool:
         """Start a nats-server or Temporal that died again on its own store; False when it is left down (a crash
@@ -370,6 +377,10 @@ class EmbeddedStack:
         with self._servers_lock:
             if server.name in self._held or self._stopping.is_set() or server.process.poll() is None:
                 return True
+            current = (self.temporal,) if server.name == getattr(self.temporal, "name", None) else \
+                tuple(self.nats_cluster or [self.nats])
+            if not any(server is running for running in current):
+                return True  # replaced meanwhile (a fault test started it again): the watcher saw the old process
             code = server.process.returncode
             last = self._server_restarted_at.get(server.name)
             if last is not None and time.monotonic() - last < self.crash_loop_s:
