@@ -10,6 +10,7 @@ from prometheus_client import Gauge
 from caduceus_broker.catch_up import read_back
 from caduceus_broker.handlers import PENDING_TTL_S, ROUTES, BrokerHandlers
 from caduceus_broker.lease import Leases, broker_id
+from caduceus_broker.ledger import create_ledger
 from caduceus_broker.settings import BrokerSettings, ModelSettings
 from caduceus_broker.workers import Worker, WorkerPool
 from caduceus_bus import BusService, BusSettings, EventConnection
@@ -35,7 +36,7 @@ class BrokerApp(BusService):
     async def prepare(self, connection: EventConnection) -> BrokerHandlers:
         pool = WorkerPool(self.settings, self.bus, self.model, connection.nc, self._report_worker)
         # Before any call is dispatched: the MCP gateway takes its calls in this bucket too (no worker involved).
-        await pool.ensure_ledger()
+        await create_ledger(connection.js, self.settings.used_decisions_replicas)
         # Exactly one replica runs each workspace's planner and executor: the one holding its lease.
         self.leases = await Leases.open(connection.js, self.broker_id, self.settings.lease_ttl_s,
                                         replicas=self.bus.stream_replicas, on_lost=self._lease_lost)

@@ -13,9 +13,22 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from caduceus_bus import USED_DECISIONS_BUCKET, CallClaims, ClaimUnknown, ensure_used_decisions, write_once
+from caduceus_bus import (
+    CLAIM_WAIT_S,
+    USED_DECISIONS_BUCKET,
+    CallClaims,
+    ClaimUnknown,
+    ensure_used_decisions,
+    through_elections,
+    write_once,
+)
 
-__all__ = ["USED_DECISIONS_BUCKET", "DecisionLedger", "LedgerUnavailable", "ensure_used_decisions"]
+
+async def create_ledger(js: JetStreamContext, replicas: int) -> None:
+    """Create the bucket of used decisions and calls (caduceus_bus.claims) if it is not there, through a cluster's
+    election: executors, the MCP gateway and planners write to it, and none of them may create it."""
+    await through_elections(lambda: ensure_used_decisions(js, replicas=replicas), CLAIM_WAIT_S,
+                            "the creation of the bucket of used decisions")
 
 
 class LedgerUnavailable(Exception):

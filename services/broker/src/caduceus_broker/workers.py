@@ -23,11 +23,11 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from caduceus_broker.bus_access import WorkerBusAccess
-from caduceus_broker.ledger import ensure_used_decisions
+from caduceus_broker.ledger import create_ledger
 from caduceus_broker.profiles import worker_paths, write_profile
 from caduceus_broker.sandboxing import SandboxedProcess, Sandboxes, WorkerEndpoints
 from caduceus_broker.settings import BrokerSettings, ModelSettings
-from caduceus_bus import CLAIM_WAIT_S, BusSettings, CredentialError, through_elections, worker_health_subject
+from caduceus_bus import BusSettings, CredentialError, worker_health_subject
 from caduceus_contracts import ToolCallDispatched, TurnRequested, new_id
 from caduceus_sandbox import BwrapBackend, ChannelError, PolicyError, PolicyFiles, SandboxUnavailable
 from caduceus_telemetry import TelemetrySettings
@@ -131,14 +131,6 @@ class WorkerPool:
             self.workers[key] = worker
             return worker
 
-    async def ensure_ledger(self) -> None:
-        """Create the bucket of used decisions and calls (caduceus_bus.claims) if it is not there: executors, the
-        MCP gateway and planners write to it, and none of them may create it."""
-        await through_elections(lambda: ensure_used_decisions(self.nc.jetstream(),
-                                                              replicas=self.settings.used_decisions_replicas),
-                                CLAIM_WAIT_S, "the creation of the bucket of used decisions")
-        self._ledger_ready = True
-
     def find(self, tenant: str, workspace: str) -> Worker | None:
         return self.workers.get((tenant, workspace))
 
@@ -146,7 +138,8 @@ class WorkerPool:
         worker = Worker(tenant, workspace, new_id()[:12])
         if not self._ledger_ready:  # executors bind the bucket of used decisions; it must exist before them
             try:
-                await self.ensure_ledger()
+                await create_ledger(self.nc.jetstream(), self.settings.used_decisions_replicas)
+                self._ledger_ready = True
             except Exception as exc:
                 detail = f"the bucket of used decisions cannot be created ({type(exc).__name__}: {exc})"
                 await self.report(worker, "executor", "refused", detail)
