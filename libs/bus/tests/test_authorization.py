@@ -337,3 +337,26 @@ async def test_a_planner_closes_its_own_calls_and_writes_nothing_else_in_the_led
     assert len(await planner.violations()) == 4
     mcp = CallClaims((await connect("mcp")).nc.jetstream(timeout=2), within_s=1)
     assert await mcp.take("globex", "default", "c-3", "d-9")  # the MCP gateway takes calls of every tenant
+
+
+async def test_the_mcp_endpoint_shares_its_calls_in_progress_and_reads_back_their_answers(
+        bus: SecuredBus, connect) -> None:
+    """Replicas of the MCP endpoint record their waiting calls in `caduceus_mcp_calls` and read back a call's
+    decisions and outcome (caduceus_mcp.shared_calls): its credential reaches both, and a worker's reaches neither."""
+    from nats.js.api import KeyValueConfig
+
+    from caduceus_bus.read_back import read_back
+
+    admin = await connect("operator")
+    await EventConnection(admin.nc, BusSettings(nats_url=bus.url)).ensure_stream()
+    mcp = await connect("mcp")
+    js = mcp.nc.jetstream(timeout=2)
+    kv = await js.create_key_value(KeyValueConfig(bucket="caduceus_mcp_calls", ttl=60))
+    await kv.create("acme.default.action", b'{"call_id": "c-1"}')
+    assert (await kv.get("acme.default.action")).value == b'{"call_id": "c-1"}'
+    await read_back(mcp.nc, js, "CADUCEUS", 60, (subjects.tool_completed("acme", "default"),
+                                                 subjects.tool_decided("acme")))
+    assert await mcp.violations() == []
+    planner = await connect("planner")
+    await planner.nc.publish("$KV.caduceus_mcp_calls.acme.default.action", b'{"call_id": "mine"}')
+    assert len(await planner.violations()) == 1

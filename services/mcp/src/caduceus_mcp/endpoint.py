@@ -70,6 +70,7 @@ from caduceus_contracts import (
     subjects,
     utcnow,
 )
+from caduceus_mcp.shared_calls import KV_WAIT_S, SharedCall, SharedCalls, action_key
 from caduceus_web import HttpServer
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,10 @@ class CallOutcome:
         return self.status != "ok"
 
 
+# How long a call waiting for approval is remembered for a client that calls again.
+KEEP_S = 3600.0
+
+
 @dataclass
 class PendingCall:
     request: ToolCallRequested
@@ -184,6 +189,7 @@ class PendingCall:
     completed: asyncio.Future[ToolCallCompleted] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     asked_at: float = field(default_factory=time.monotonic)
+    mine: bool = True  # requested by this replica (False: taken up from another one, see shared_calls.py)
 
 
 class GovernedCalls:
@@ -195,8 +201,10 @@ class GovernedCalls:
     def __init__(self, publish: Callable[[str, ToolCallRequested], Awaitable[None]],
                  close: Callable[[ToolCallRequested], Awaitable[bool | None]], *,
                  decision_timeout_s: float = 10.0, approval_wait_s: float = 25.0, call_timeout_s: float = 45.0,
-                 keep_s: float = 3600.0) -> None:
+                 keep_s: float = KEEP_S, shared: SharedCalls | None = None) -> None:
         self.publish = publish
+        # The calls in progress of every replica (shared_calls.py); None: this replica's own only.
+        self.shared = shared
         # Closes a call it stops waiting for (True: nothing can run it now; False: the gateway took it first;
         # None: the ledger did not answer). See caduceus_bus.claims.
         self.close = close
@@ -236,18 +244,20 @@ class GovernedCalls:
                                    tool=tool, args=args))
         except (CanonicalizationError, ValueError) as exc:
             return CallOutcome("refused", f"the arguments cannot be governed: {str(exc)[:300]}")
-        pending = self._by_action.get(action)
-        if pending is None:
-            pending = PendingCall(request)
-            self._by_call[request.call_id] = pending
-            self._by_action[action] = pending
+        pending, new = await self._pending_for(action, request)
+        mine = pending.mine
+        if new:
             await self.publish(subjects.tool_requested(grant.tenant), request)
+        if (new or not mine) and not pending.decided.is_set():
             try:
                 await asyncio.wait_for(pending.decided.wait(), self.decision_timeout_s)
             except TimeoutError:
+                if not mine:  # taken up from another replica, which answers for it: nothing to close here
+                    return CallOutcome("error", "no decision yet for this call (asked at another replica of the "
+                                                "endpoint); call the tool again with the same arguments to wait on")
                 closed = await self.close(request)
                 if closed is not False:  # else the gateway took the call just as the bound passed: its result
-                    self._forget(action)
+                    await self._forget(action)
                     bound = f"policy did not decide within {self.decision_timeout_s:g} s"
                     if closed:
                         return CallOutcome("denied", f"{bound}, so nothing ran; try again, and tell an operator "
@@ -264,7 +274,11 @@ class GovernedCalls:
                 return CallOutcome("waiting", f"waiting for approval: {pending.reason or 'policy asks a person'}; "
                                               "nothing has run yet. Call the tool again with the same arguments "
                                               "to wait for the approvers' answer and get the result.")
-            self._forget(action)
+            if not mine:
+                return CallOutcome("error", f"no outcome yet within {self.call_timeout_s:g} s (the call was asked "
+                                            "at another replica of the endpoint); call the tool again with the "
+                                            "same arguments to wait on")
+            await self._forget(action)
             closed = await self.close(pending.request)
             bound = f"no outcome within {self.call_timeout_s:g} s"
             if closed:
@@ -272,23 +286,76 @@ class GovernedCalls:
             if closed is False:
                 return CallOutcome("error", f"{bound}; the gateway took the call up, so it may have run")
             return CallOutcome("error", f"{bound}; the call may not have run")
-        self._forget(action)
+        await self._forget(action)
         if completed.status == "ok":
             return CallOutcome("ok", completed.result)
         # An upstream's error result says what went wrong (redacted and cut by the gateway): the client reads it.
         detail = ": ".join(part for part in (completed.reason, completed.result) if part)
         return CallOutcome(completed.status, f"{completed.status}: {detail}")
 
-    def _forget(self, action: tuple) -> None:
+    async def _pending_for(self, action: tuple, request: ToolCallRequested) -> tuple[PendingCall, bool]:
+        """The call in progress for this action (held here, or taken up from another replica), or a new one;
+        True when it is new: this replica requests it and answers for it."""
+        pending = self._by_action.get(action)
+        if pending is not None and await self._still_shared(action, pending):
+            return pending, False
+        if pending is not None:  # answered at another replica meanwhile: a new call
+            self._drop(action)
+        pending = PendingCall(request)
+        found = await self._share(action, pending)
+        if found is not None and found.call_id != request.call_id:
+            pending = PendingCall(request.model_copy(update={"call_id": found.call_id, "digest": found.digest}),
+                                  mine=False)
+        self._by_call[pending.request.call_id] = pending
+        self._by_action[action] = pending
+        if not pending.mine and self.shared is not None:
+            try:
+                for event in await self.shared.so_far(request.tenant, request.workspace, found):
+                    self.on_event(event)
+            except Exception as exc:  # it still hears what comes from now on
+                log.warning("could not read back call %s (%s: %s)", found.call_id, type(exc).__name__, exc)
+            log.info("took up call %s, asked at another replica of the endpoint", found.call_id)
+        return pending, pending.mine
+
+    async def _share(self, action: tuple, pending: PendingCall) -> SharedCall | None:
+        if self.shared is None:
+            return None
+        own = SharedCall(pending.request.call_id, pending.request.digest, time.time())
+        try:
+            return await asyncio.wait_for(self.shared.take(action_key(*action), own), KV_WAIT_S)
+        except Exception as exc:  # on its own, as one replica would: the worst is asking the approvers again
+            log.warning("calls in progress not shared (%s: %s); asking on our own", type(exc).__name__, exc)
+            return None
+
+    async def _still_shared(self, action: tuple, pending: PendingCall) -> bool:
+        """False when the call this replica holds was answered at another replica (its record released)."""
+        if self.shared is None:
+            return True
+        try:
+            holder = await asyncio.wait_for(self.shared.holder(action_key(*action)), KV_WAIT_S)
+        except Exception:
+            return True
+        return holder == pending.request.call_id
+
+    async def _forget(self, action: tuple) -> None:
+        pending = self._drop(action)
+        if pending is not None and self.shared is not None:
+            try:
+                await asyncio.wait_for(self.shared.release(action_key(*action), pending.request.call_id), KV_WAIT_S)
+            except Exception as exc:  # it expires with the bucket's TTL
+                log.warning("could not release call %s (%s: %s)", pending.request.call_id, type(exc).__name__, exc)
+
+    def _drop(self, action: tuple) -> PendingCall | None:
         pending = self._by_action.pop(action, None)
         if pending is not None:
             self._by_call.pop(pending.request.call_id, None)
+        return pending
 
     def _expire(self) -> None:
         now = time.monotonic()
         for action, pending in list(self._by_action.items()):
             if now - pending.asked_at > self.keep_s:
-                self._forget(action)
+                self._drop(action)
 
 
 # --- the MCP server and the HTTP resource -----------------------------------------------------------------------
@@ -523,9 +590,15 @@ async def start_endpoint(connection: EventConnection, keyring: Keyring, list_too
                          decision_timeout_s: float, approval_wait_s: float, call_timeout_s: float,
                          shared: bool = False, drain_s: float = 2.0) -> McpEndpoint:
     """The endpoint of a running gateway: grants from identity and calls on `connection`, served on host:port."""
+    try:
+        shared = await SharedCalls.open(connection, keep_s=KEEP_S, replicas=connection.settings.stream_replicas)
+    except Exception as exc:  # each replica then knows its own calls only: a call asked again elsewhere is new
+        log.warning("the MCP endpoint's calls in progress cannot be shared with other replicas (%s: %s)",
+                    type(exc).__name__, exc)
+        shared = None
     calls = GovernedCalls(connection.publish, closer(CallClaims(connection.js)),
                           decision_timeout_s=decision_timeout_s, approval_wait_s=approval_wait_s,
-                          call_timeout_s=call_timeout_s)
+                          call_timeout_s=call_timeout_s, keep_s=KEEP_S, shared=shared)
     await follow_calls(connection, calls)
     endpoint = McpEndpoint(EndpointConfig(public_url, issuer_for), GrantDesk(ask_identity(connection), keyring),
                            mcp_server(list_tools, calls))

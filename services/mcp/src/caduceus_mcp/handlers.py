@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from caduceus_bus import Route, RouteTable, call_claim_subjects
+from caduceus_bus import Route, RouteTable, call_claim_subjects, kv_bucket_subjects
 from caduceus_contracts import (
     GrantExpired,
     Keyring,
@@ -28,6 +28,7 @@ from caduceus_contracts import (
     subjects,
 )
 from caduceus_mcp.gateway import McpGateway
+from caduceus_mcp.shared_calls import CALLS_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ ROUTES = RouteTable(
         subjects.POLICY_REACHABLE_ALL,  # asks policy which tools a person could ever use (request/reply)
         # takes each call before it runs, and closes the endpoint's calls it stopped waiting for (claims.py)
         *call_claim_subjects(tenant="*", workspace="*"),
+        *kv_bucket_subjects(CALLS_BUCKET),  # the endpoint's calls in progress, shared by its replicas
     ),
+    # A replica taking up a call another replica of the endpoint asked reads back its decisions and outcome.
+    reads_back=(subjects.TOOL_DECIDED_ALL, subjects.TOOL_COMPLETED_ALL),
     grants=("stream-setup",),
     # Requests answered by app.py (core NATS request/reply, outside the stored `cad.v1` events).
     extra_subscribes=(subjects.MCP_TOOLS_ALL, subjects.MCP_FACTS_ALL),
