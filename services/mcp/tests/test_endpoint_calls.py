@@ -177,6 +177,18 @@ async def test_waiting_for_approval_then_the_same_call_again_gets_the_result_wit
     assert len(bus.requests) == 1
 
 
+async def test_a_call_waiting_when_the_endpoint_stops_is_answered_call_again_not_cut(bus: Bus) -> None:
+    calls = bus.governed(decision_timeout_s=30, approval_wait_s=30, call_timeout_s=30)
+    waiting = asyncio.create_task(calls.call(*grant(), "mcp__notes__write", {"text": "hi"}))
+    bus.decide(await first_request(bus), "approve")
+    await asyncio.sleep(0.1)
+    calls.wind_down()
+    outcome = await asyncio.wait_for(waiting, 2)
+    assert outcome.status == "waiting"
+    assert "Call the tool again with the same arguments to get its outcome" in outcome.text
+    assert bus.ledger == {}  # not closed: the call goes on, for the client's next call
+
+
 async def test_other_arguments_or_another_person_are_another_call(bus: Bus) -> None:
     assert bus.calls is not None
     first = asyncio.create_task(bus.calls.call(*grant(), "mcp__notes__write", {"text": "hi"}))

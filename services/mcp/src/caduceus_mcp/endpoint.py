@@ -178,6 +178,12 @@ class CallOutcome:
 
 # How long a call waiting for approval is remembered for a client that calls again.
 KEEP_S = 3600.0
+# On stop, the calls still waiting are answered "call again" this long before the drain would cut them.
+WIND_DOWN_BEFORE_CUT_S = 1.5
+
+
+class _Stopping(Exception):
+    """The endpoint winds down (GovernedCalls.wind_down)."""
 
 
 @dataclass
@@ -214,6 +220,25 @@ class GovernedCalls:
         self.keep_s = keep_s
         self._by_call: dict[str, PendingCall] = {}
         self._by_action: dict[tuple, PendingCall] = {}
+        self._stopping = asyncio.Event()
+
+    def wind_down(self) -> None:
+        """The endpoint is stopping: every call still waiting is answered now, "call again" (the call goes on, and
+        another replica, or this one restarted, takes it up), rather than cut with an HTTP error."""
+        self._stopping.set()
+
+    async def _until(self, waited: Awaitable[Any], timeout_s: float) -> Any:
+        """`waited` within `timeout_s` (TimeoutError), or _Stopping once the endpoint winds down."""
+        stop = asyncio.ensure_future(self._stopping.wait())
+        task = asyncio.ensure_future(waited)
+        try:
+            done, _ = await asyncio.wait({task, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise _Stopping() if stop in done else TimeoutError()
 
     def on_event(self, event: ToolCallDecided | ToolCallCompleted) -> None:
         pending = self._by_call.get(event.call_id)
@@ -230,6 +255,13 @@ class GovernedCalls:
             pending.decided.set()
 
     async def call(self, signed: SignedGrant, grant: SessionGrant, tool: str, args: dict[str, Any]) -> CallOutcome:
+        try:
+            return await self._call(signed, grant, tool, args)
+        except _Stopping:
+            return CallOutcome("waiting", "this MCP endpoint is restarting and nothing was lost: the call goes on. "
+                                          "Call the tool again with the same arguments to get its outcome.")
+
+    async def _call(self, signed: SignedGrant, grant: SessionGrant, tool: str, args: dict[str, Any]) -> CallOutcome:
         if not tool.startswith(MCP_TOOL_PREFIX):
             # Only the gateway's tools: the endpoint is no way to the workspace's native tools (shell, files).
             return CallOutcome("refused", f"{tool[:200]!r} is not one of this endpoint's tools (they are named "
@@ -250,7 +282,7 @@ class GovernedCalls:
             await self.publish(subjects.tool_requested(grant.tenant), request)
         if (new or not mine) and not pending.decided.is_set():
             try:
-                await asyncio.wait_for(pending.decided.wait(), self.decision_timeout_s)
+                await self._until(pending.decided.wait(), self.decision_timeout_s)
             except TimeoutError:
                 if not mine:  # taken up from another replica, which answers for it: nothing to close here
                     return CallOutcome("error", "no decision yet for this call (asked at another replica of the "
@@ -267,8 +299,8 @@ class GovernedCalls:
                                                 "be confirmed")
         waiting = pending.verdict == "approve" and not pending.completed.done()
         try:
-            completed = await asyncio.wait_for(asyncio.shield(pending.completed),
-                                               self.approval_wait_s if waiting else self.call_timeout_s)
+            completed = await self._until(asyncio.shield(pending.completed),
+                                          self.approval_wait_s if waiting else self.call_timeout_s)
         except TimeoutError:
             if waiting:
                 return CallOutcome("waiting", f"waiting for approval: {pending.reason or 'policy asks a person'}; "
@@ -419,10 +451,12 @@ def _split(path: str) -> tuple[str, str] | None:
 class McpEndpoint:
     """The ASGI app: RFC 9728 metadata, the bearer check, then the SDK's streamable HTTP transport."""
 
-    def __init__(self, config: EndpointConfig, desk: GrantDesk, server: Server) -> None:
+    def __init__(self, config: EndpointConfig, desk: GrantDesk, server: Server,
+                 calls: GovernedCalls | None = None) -> None:
         self.config = config
         self.desk = desk
         self.server = server
+        self.calls = calls  # answered "call again" just before the drain ends (GovernedCalls.wind_down)
         base = config.public_url.rstrip("/")
         netloc = base.split("://", 1)[-1].split("/", 1)[0]
         self.manager = StreamableHTTPSessionManager(
@@ -466,7 +500,13 @@ class McpEndpoint:
 
     async def stop(self) -> None:
         if getattr(self, "http", None) is not None:
+            winding = None
+            if self.calls is not None:
+                winding = asyncio.get_running_loop().call_later(
+                    max(0.0, self.http.grace_s - WIND_DOWN_BEFORE_CUT_S), self.calls.wind_down)
             await self.http.stop()
+            if winding is not None:
+                winding.cancel()
         if getattr(self, "_manager_task", None) is not None:
             self._stopping.set()
             await self._manager_task
@@ -601,6 +641,6 @@ async def start_endpoint(connection: EventConnection, keyring: Keyring, list_too
                           call_timeout_s=call_timeout_s, keep_s=KEEP_S, shared=shared)
     await follow_calls(connection, calls)
     endpoint = McpEndpoint(EndpointConfig(public_url, issuer_for), GrantDesk(ask_identity(connection), keyring),
-                           mcp_server(list_tools, calls))
+                           mcp_server(list_tools, calls), calls)
     await endpoint.start(host, port, shared=shared, drain_s=drain_s)
     return endpoint

@@ -79,7 +79,8 @@ class McpSettings(BusSettings):
         "On SIGTERM, how long the requests in progress at the MCP endpoint (tool calls waiting for their decision "
         "and outcome, which still arrive over the bus) get to finish before they are cut; no new request is taken "
         "meanwhile. A call can take longer (up to `endpoint_decision_timeout_s` plus `call_timeout_s` and 15 s, "
-        "or `endpoint_approval_wait_s` waiting for approvers): one still waiting then is cut. Keep it under the "
+        "or `endpoint_approval_wait_s` waiting for approvers): one still waiting 1.5 s before the bound is "
+        "answered \"call the tool again\" (the call goes on; another replica takes it up). Keep it under the "
         "stop grace period (10 s for docker compose and `caduceus up`, terminationGracePeriodSeconds on "
         "Kubernetes)."))
 
