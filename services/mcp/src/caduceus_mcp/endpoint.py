@@ -195,6 +195,7 @@ class PendingCall:
     completed: asyncio.Future[ToolCallCompleted] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     asked_at: float = field(default_factory=time.monotonic)
+    asked_epoch: float = field(default_factory=time.time)  # when it was asked, at whichever replica
     mine: bool = True  # requested by this replica (False: taken up from another one, see shared_calls.py)
 
 
@@ -284,10 +285,12 @@ class GovernedCalls:
             try:
                 await self._until(pending.decided.wait(), self.decision_timeout_s)
             except TimeoutError:
-                if not mine:  # taken up from another replica, which answers for it: nothing to close here
+                # Taken up from another replica, which closes it at its own bound; past twice that, that replica is
+                # gone (stopped, killed) and this one closes it.
+                if not mine and time.time() - pending.asked_epoch < 2 * self.decision_timeout_s:
                     return CallOutcome("error", "no decision yet for this call (asked at another replica of the "
                                                 "endpoint); call the tool again with the same arguments to wait on")
-                closed = await self.close(request)
+                closed = await self.close(pending.request)
                 if closed is not False:  # else the gateway took the call just as the bound passed: its result
                     await self._forget(action)
                     bound = f"policy did not decide within {self.decision_timeout_s:g} s"
@@ -306,7 +309,7 @@ class GovernedCalls:
                 return CallOutcome("waiting", f"waiting for approval: {pending.reason or 'policy asks a person'}; "
                                               "nothing has run yet. Call the tool again with the same arguments "
                                               "to wait for the approvers' answer and get the result.")
-            if not mine:
+            if not mine and time.time() - pending.asked_epoch < 2 * (self.decision_timeout_s + self.call_timeout_s):
                 return CallOutcome("error", f"no outcome yet within {self.call_timeout_s:g} s (the call was asked "
                                             "at another replica of the endpoint); call the tool again with the "
                                             "same arguments to wait on")
@@ -337,7 +340,7 @@ class GovernedCalls:
         found = await self._share(action, pending)
         if found is not None and found.call_id != request.call_id:
             pending = PendingCall(request.model_copy(update={"call_id": found.call_id, "digest": found.digest}),
-                                  mine=False)
+                                  mine=False, asked_epoch=found.asked_at)
         self._by_call[pending.request.call_id] = pending
         self._by_action[action] = pending
         if not pending.mine and self.shared is not None:
