@@ -52,7 +52,7 @@ from pathlib import Path
 
 import yaml
 
-from caduceus_audit import AuditStore
+from caduceus_audit import AuditStore, verify_trail
 from caduceus_bus import EventConnection
 from caduceus_client import ApprovalsClient, ChatClient
 from caduceus_contracts import SessionGrant, SignedGrant, ensure_signer, load_keyring, parse_event, utcnow
@@ -81,6 +81,9 @@ BOUND_S = TIMEOUTS.decision_s * 2 + TIMEOUTS.approval_s + TIMEOUTS.completion_s 
 TURN_BOUND_S = 120.0
 # What is killed, in order: one replica of each replicated service, then the Temporal dev server (and its restart).
 SERVICE_FAULTS = ("policy", "identity", "approval", "audit", "gateway", "mcp", "inference")
+# The suite's short form kills the stateless web-facing services' replicas together, in one phase (`a+b+c`): the
+# same checks, three phases' worth of restarts in one.
+SHORT_SERVICE_FAULTS = ("policy", "identity+gateway+inference", "approval", "audit", "mcp")
 # The broker replica holding the lease of the first tenant's workspace (the load's calls and turns run there): the
 # other takes the workspace over about one lease TTL later. Not in the suite's short form (it adds the TTL and a
 # pair's start to a phase); bench/faults.py runs it after the services.
@@ -382,6 +385,18 @@ def stream_and_stored(stack: EmbeddedStack, settle_s: float = 60.0) -> tuple[int
 
 
 def audit_verify(stack: EmbeddedStack) -> str:
+    """What `caduceus audit verify` checks (its verify_trail, in this process: a CLI start costs seconds a phase)
+    over the stack's audit database: "ok", or its findings. `audit_verify_cli` runs the command itself."""
+    store = AuditStore(stack.info.audit_db_url)
+    try:
+        verdicts = verify_trail(store, load_keyring(stack.layout.keys))
+    finally:
+        store.close()
+    bad = [f"{v.tenant}: {v.reason} (record {v.first_bad_seq})" for v in verdicts if not v.ok]
+    return "ok" if not bad else "; ".join(bad)[-800:]
+
+
+def audit_verify_cli(stack: EmbeddedStack) -> str:
     """`caduceus audit verify` over the stack's audit database: "ok", or its findings."""
     done = subprocess.run([sys.executable, "-m", "caduceus.cli", "audit", "verify", "--db", stack.info.audit_db_url,
                            "--keys-dir", str(stack.layout.keys), "--json"], capture_output=True, text=True, timeout=120)
@@ -480,6 +495,9 @@ def kill(stack: EmbeddedStack, fault: str, database: PostgresServer | None = Non
         time.sleep(2)  # down for a moment: the approval workers lose it and must reconnect
         stack.restart_temporal()
         return lambda: True
+    if "+" in fault:  # several processes at once: back when all are
+        checks = [kill(stack, one, database) for one in fault.split("+")]
+        return lambda: all(check() for check in checks)
     running = stack.services[fault]
     old_pid = running.pid
     running.kill()
@@ -583,14 +601,16 @@ def run(stack: EmbeddedStack, faults: tuple[str, ...], phase_s: float,
 
 
 def faults_of(replicas: int, rounds: int = 1, first_replica: int = 1, broker: bool = False,
-              nats_nodes: int = 1, postgres: bool = False) -> tuple[str, ...]:
-    """Round r kills replica first_replica + r (of each service, wrapping around), then Temporal; with `broker`,
-    then the broker replica owning the load's workspace (when there are several); on a NATS cluster, then the node
-    leading the event stream; with `postgres`, then restarts PostgreSQL."""
+              nats_nodes: int = 1, postgres: bool = False,
+              services: tuple[str, ...] = SERVICE_FAULTS) -> tuple[str, ...]:
+    """Round r kills replica first_replica + r (of each service, wrapping around; `a+b` kills both at once), then
+    Temporal; with `broker`, then the broker replica owning the load's workspace (when there are several); on a NATS
+    cluster, then the node leading the event stream; with `postgres`, then restarts PostgreSQL."""
     chosen = []
     for r in range(rounds):
         replica = (first_replica - 1 + r) % replicas + 1
-        chosen += [name if replica == 1 else f"{name}-{replica}" for name in SERVICE_FAULTS] + ["temporal"]
+        chosen += ["+".join(one if replica == 1 else f"{one}-{replica}" for one in name.split("+"))
+                   for name in services] + ["temporal"]
         if broker and replicas > 1:
             chosen.append(BROKER_OWNER)
         if nats_nodes > 1:

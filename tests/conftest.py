@@ -67,11 +67,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, otlp_collector: OtlpCollecto
     """The embedded stack on free ports in a throwaway state dir, exporting traces to the test collector."""
     state_dir = tmp_path_factory.mktemp("stack")
     saved = {k: os.environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_BSP_SCHEDULE_DELAY",
-                                            "CADUCEUS_MODEL_BASE_URL", "CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S")}
+                                            "CADUCEUS_MODEL_BASE_URL", "CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S",
+                                            "CADUCEUS_ENDPOINT_APPROVAL_WAIT_S")}
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_collector.url
     os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # export spans quickly
     os.environ["CADUCEUS_AUDIT_CHECKPOINT_INTERVAL_S"] = "1"  # sign chain heads within a second
     os.environ.pop("CADUCEUS_MODEL_BASE_URL", None)  # always the scripted model here
+    os.environ["CADUCEUS_ENDPOINT_APPROVAL_WAIT_S"] = "5"  # an MCP client told "waiting for approval" sooner
     embedded = EmbeddedStack(state_dir, StackPorts.free())
     try:
         embedded.start()
