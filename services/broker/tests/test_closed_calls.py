@@ -70,11 +70,12 @@ async def race(nats_server, tmp_path_factory):
     await conn.close()
 
 
-async def planner(conn: EventConnection, identity: Signer, state, session: str) -> ToolGateway:
-    """A planner's gateway with a 1 s decision bound, its session bound to alice's grant."""
+async def planner(conn: EventConnection, identity: Signer, state, session: str,
+                  decision_s: float = 1.0) -> ToolGateway:
+    """A planner's gateway with a short decision bound, its session bound to alice's grant."""
     gateway = ToolGateway(conn, asyncio.get_running_loop(), tenant=TENANT, workspace=WORKSPACE,
                           keyring=load_keyring(state / "keys"),
-                          timeouts=GatewayTimeouts(decision_s=1.0, completion_s=30.0))
+                          timeouts=GatewayTimeouts(decision_s=decision_s, completion_s=30.0))
     await gateway.start()
     now = utcnow()
     gateway.bind_session(session, SignedGrant.issue(identity, SessionGrant(
@@ -124,7 +125,7 @@ async def test_a_decision_after_the_planner_said_denied_does_not_run_the_call(ra
 async def test_a_call_taken_as_the_bound_passed_answers_with_its_result_not_denied(race) -> None:
     """The executor took the call (its decision never reached the planner) and runs past the decision bound."""
     conn, policy, identity, state, requested, completed, workspace = race
-    gateway = await planner(conn, identity, state, "s-slow")
+    gateway = await planner(conn, identity, state, "s-slow", decision_s=2.0)  # the executor takes it well before
 
     async def dispatch_without_telling_the_planner():
         request = await asyncio.wait_for(requested.get(), 5)
@@ -134,7 +135,7 @@ async def test_a_call_taken_as_the_bound_passed_answers_with_its_result_not_deni
     try:
         dispatching = asyncio.create_task(dispatch_without_telling_the_planner())
         outcome = await asyncio.to_thread(gateway.request_call, "terminal",
-                                          {"command": "sleep 2 && echo slow-result"}, session_id="s-slow")
+                                          {"command": "sleep 4 && echo slow-result"}, session_id="s-slow")
         request = await dispatching
     finally:
         await gateway.stop()
